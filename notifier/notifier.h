@@ -1,0 +1,19 @@
+/*
+ * The notifier: serves the backend HTTP API (POST /v1/notify,
+ * /v1/notify/batch, GET /v1/presence/<user>, /healthz, /metrics), finds a
+ * user's live connections in the registry and hands each notification to the
+ * owning worker over its control socket (worker/handoff.h).
+ */
+#ifndef TETHER_NOTIFIER_NOTIFIER_H
+#define TETHER_NOTIFIER_NOTIFIER_H
+
+#include "shm/config.h"
+#include "shm/registry.h"
+
+/*
+ * Run until SIGTERM/SIGINT. api_fd is the already listening, non-blocking API
+ * socket. Returns the process exit status (0 on a clean stop).
+ */
+int th_notifier_main(const struct th_config *cfg, struct th_reg *reg, int api_fd);
+
+#endif

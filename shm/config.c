@@ -1,0 +1,320 @@
+/*
+ * Flag and environment parsing for `tether run` (see shm/config.h). One
+ * table describes every flag: its name, where it is stored and how it is
+ * checked, so the environment and argv paths, the usage text and the error
+ * messages cannot drift apart.
+ */
+#include "shm/config.h"
+#include "shm/log.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum flag_kind { F_HOSTPORT_LISTEN, F_HOSTPORT_API, F_U32, F_U64, F_SHM, F_PATH, F_LEVEL, F_FORMAT };
+
+struct flag {
+    const char *name; /* without the leading "--" */
+    enum flag_kind kind;
+    size_t off;       /* offset of the field in struct th_config */
+    uint64_t min, max;
+    const char *help;
+};
+
+#define OFF(f) offsetof(struct th_config, f)
+static const struct flag flags[] = {
+    {"listen", F_HOSTPORT_LISTEN, 0, 0, 0, "ADDR:PORT  client WebSocket endpoint, path /ws (0.0.0.0:8080)"},
+    {"api-listen", F_HOSTPORT_API, 0, 0, 0, "ADDR:PORT  backend HTTP API (127.0.0.1:8081)"},
+    {"workers", F_U32, OFF(workers), 1, 64,
+     "N  pre-forked socket workers (number of CPUs); each holds at most 20,000 fds,\n"
+     "                             so connection capacity is about 19,900 x N"},
+    {"shm-name", F_SHM, OFF(shm_name), 0, 0, "NAME  POSIX shared-memory segment (/tether)"},
+    {"slots", F_U32, OFF(slots), 16, 1u << 24, "N  connection slots, the connection limit (65536)"},
+    {"stale-after", F_U32, OFF(stale_after_s), 1, 86400 * 7, "SECONDS  evict a connection silent this long (300)"},
+    {"sweep-every", F_U32, OFF(sweep_every_s), 1, 86400, "SECONDS  janitor sweep period (60)"},
+    {"max-conns-per-user", F_U32, OFF(max_conns_per_user), 1, 1024,
+     "N  devices per user; a newer one replaces the oldest (8)"},
+    {"max-message", F_U32, OFF(max_message), 125, 16u << 20, "BYTES  largest client message, larger closes 1009 (65536)"},
+    {"send-queue-cap", F_U64, OFF(send_queue_cap), 4096, 1ull << 32,
+     "BYTES  close a client whose unsent data passes this (1048576)"},
+    {"drain-timeout", F_U32, OFF(drain_timeout_s), 0, 3600, "SECONDS  grace for clients to close on SIGTERM (10)"},
+    {"handoff-timeout-ms", F_U32, OFF(handoff_timeout_ms), 1, 60000,
+     "MS  notifier's bound for a worker to confirm a delivery (200)"},
+    {"jwt-secret-file", F_PATH, OFF(jwt_secret_file), 0, 0, "PATH  HS256 secret (or TETHER_JWT_SECRET)"},
+    {"log-level", F_LEVEL, OFF(log_level), 0, 0, "LEVEL  error, warn, info, debug (info)"},
+    {"log-format", F_FORMAT, OFF(log_format), 0, 0, "FMT  text or json (text)"},
+    {"log-file", F_PATH, OFF(log_file), 0, 0, "PATH  append logs there instead of stderr; SIGHUP reopens"},
+};
+#define NFLAGS (sizeof(flags) / sizeof(flags[0]))
+
+void th_config_defaults(struct th_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    snprintf(c->listen_host, sizeof(c->listen_host), "0.0.0.0");
+    c->listen_port = 8080;
+    snprintf(c->api_host, sizeof(c->api_host), "127.0.0.1");
+    c->api_port = 8081;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    c->workers = ncpu < 1 ? 1 : ncpu > 64 ? 64 : (uint32_t)ncpu;
+    snprintf(c->shm_name, sizeof(c->shm_name), "/tether");
+    c->slots = 65536;
+    c->stale_after_s = 300;
+    c->sweep_every_s = 60;
+    c->max_conns_per_user = 8;
+    c->max_message = 65536;
+    c->send_queue_cap = 1048576;
+    c->drain_timeout_s = 10;
+    c->handoff_timeout_ms = 200;
+    c->log_level = TH_LOG_INFO;
+    c->log_format = TH_LOG_TEXT;
+}
+
+void th_config_usage(FILE *out)
+{
+    fprintf(out, "usage: tether run [flags]\n\n"
+                 "Runs the tether process group: supervisor, socket workers, janitor, notifier.\n"
+                 "Every flag can also be set as TETHER_<NAME> in the environment\n"
+                 "(e.g. TETHER_STALE_AFTER=300); the command line wins.\n\n");
+    for (size_t i = 0; i < NFLAGS; i++)
+        fprintf(out, "  --%-22s %s\n", flags[i].name, flags[i].help);
+    fprintf(out, "  --%-22s %s\n", "help", "show this text");
+}
+
+int th_parse_hostport(const char *s, char *host, size_t hostcap, uint16_t *port)
+{
+    const char *colon = strrchr(s, ':');
+    if (!colon)
+        return -1;
+    size_t hl = (size_t)(colon - s);
+    const char *h = s;
+    if (hl >= 2 && s[0] == '[' && s[hl - 1] == ']') { /* [::1]:8080 */
+        h++;
+        hl -= 2;
+    }
+    if (hl >= hostcap)
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long p = strtoul(colon + 1, &end, 10);
+    if (errno || *end || end == colon + 1 || p > 65535)
+        return -1;
+    if (hl == 0)
+        snprintf(host, hostcap, "0.0.0.0");
+    else
+        snprintf(host, hostcap, "%.*s", (int)hl, h);
+    *port = (uint16_t)p;
+    return 0;
+}
+
+static int parse_u64(const char *v, uint64_t min, uint64_t max, uint64_t *out)
+{
+    char *end;
+    if (!*v || *v == '-' || isspace((unsigned char)*v))
+        return -1;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno || *end || x < min || x > max)
+        return -1;
+    *out = x;
+    return 0;
+}
+
+static int apply(struct th_config *c, const struct flag *f, const char *v, const char *from,
+                 char *err, size_t errlen)
+{
+    char *base = (char *)c;
+    uint64_t x;
+    switch (f->kind) {
+    case F_HOSTPORT_LISTEN:
+        if (th_parse_hostport(v, c->listen_host, sizeof(c->listen_host), &c->listen_port) == 0)
+            return 0;
+        break;
+    case F_HOSTPORT_API:
+        if (th_parse_hostport(v, c->api_host, sizeof(c->api_host), &c->api_port) == 0)
+            return 0;
+        break;
+    case F_U32:
+        if (parse_u64(v, f->min, f->max, &x) == 0) {
+            *(uint32_t *)(base + f->off) = (uint32_t)x;
+            return 0;
+        }
+        snprintf(err, errlen, "%s: invalid value '%s' (expected a whole number from %llu to %llu)",
+                 from, v, (unsigned long long)f->min, (unsigned long long)f->max);
+        return -1;
+    case F_U64:
+        if (parse_u64(v, f->min, f->max, &x) == 0) {
+            *(uint64_t *)(base + f->off) = x;
+            return 0;
+        }
+        snprintf(err, errlen, "%s: invalid value '%s' (expected a whole number from %llu to %llu)",
+                 from, v, (unsigned long long)f->min, (unsigned long long)f->max);
+        return -1;
+    case F_SHM: {
+        size_t n = strlen(v);
+        int bad = n == 0 || n + 2 > TH_SHM_NAME_MAX;
+        for (const char *p = v + (v[0] == '/'); !bad && *p; p++)
+            bad = !(isalnum((unsigned char)*p) || *p == '-' || *p == '_' || *p == '.');
+        if (!bad) {
+            snprintf(c->shm_name, sizeof(c->shm_name), "%s%s", v[0] == '/' ? "" : "/", v);
+            return 0;
+        }
+        snprintf(err, errlen, "%s: invalid segment name '%s' (letters, digits, '-', '_', '.'; at most %d)",
+                 from, v, TH_SHM_NAME_MAX - 2);
+        return -1;
+    }
+    case F_PATH:
+        if (*v && strlen(v) < TH_PATH_MAX) {
+            snprintf(base + f->off, TH_PATH_MAX, "%s", v);
+            return 0;
+        }
+        break;
+    case F_LEVEL: {
+        static const char *const names[] = {"error", "warn", "info", "debug"};
+        for (int i = 0; i < 4; i++)
+            if (strcmp(v, names[i]) == 0) {
+                c->log_level = i;
+                return 0;
+            }
+        break;
+    }
+    case F_FORMAT:
+        if (strcmp(v, "text") == 0 || strcmp(v, "json") == 0) {
+            c->log_format = strcmp(v, "json") == 0 ? TH_LOG_JSON : TH_LOG_TEXT;
+            return 0;
+        }
+        break;
+    }
+    snprintf(err, errlen, "%s: invalid value '%s'", from, v);
+    return -1;
+}
+
+static const struct flag *find_flag(const char *name, size_t len)
+{
+    for (size_t i = 0; i < NFLAGS; i++)
+        if (strlen(flags[i].name) == len && strncmp(flags[i].name, name, len) == 0)
+            return &flags[i];
+    return NULL;
+}
+
+static int load_secret(struct th_config *c, char *err, size_t errlen)
+{
+    if (c->jwt_secret_file[0]) {
+        int fd = open(c->jwt_secret_file, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            snprintf(err, errlen, "--jwt-secret-file %s: %s", c->jwt_secret_file, strerror(errno));
+            return -1;
+        }
+        ssize_t n = read(fd, c->jwt_secret, sizeof(c->jwt_secret));
+        close(fd);
+        if (n < 0) {
+            snprintf(err, errlen, "--jwt-secret-file %s: %s", c->jwt_secret_file, strerror(errno));
+            return -1;
+        }
+        /* A trailing newline from `echo secret > file` is not part of the secret. */
+        while (n > 0 && (c->jwt_secret[n - 1] == '\n' || c->jwt_secret[n - 1] == '\r'))
+            n--;
+        if (n == 0 || (size_t)n >= sizeof(c->jwt_secret)) {
+            snprintf(err, errlen, "--jwt-secret-file %s: secret must be 1 to %zu bytes",
+                     c->jwt_secret_file, sizeof(c->jwt_secret) - 1);
+            return -1;
+        }
+        c->jwt_secret_len = (size_t)n;
+        return 0;
+    }
+    const char *env = getenv("TETHER_JWT_SECRET");
+    if (env && *env) {
+        size_t n = strlen(env);
+        if (n >= sizeof(c->jwt_secret)) {
+            snprintf(err, errlen, "TETHER_JWT_SECRET: longer than %zu bytes", sizeof(c->jwt_secret) - 1);
+            return -1;
+        }
+        memcpy(c->jwt_secret, env, n);
+        c->jwt_secret_len = n;
+    }
+    return 0;
+}
+
+static int check(struct th_config *c, char *err, size_t errlen)
+{
+    if (c->jwt_secret_len == 0) {
+        snprintf(err, errlen, "no JWT secret: pass --jwt-secret-file PATH or set TETHER_JWT_SECRET");
+        return -1;
+    }
+    if (c->workers > c->slots) {
+        snprintf(err, errlen, "--workers %u is more than --slots %u", c->workers, c->slots);
+        return -1;
+    }
+    return 0;
+}
+
+int th_config_parse(struct th_config *c, int argc, char **argv, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < NFLAGS; i++) {
+        char env[64] = "TETHER_";
+        size_t o = strlen(env);
+        for (const char *p = flags[i].name; *p && o + 1 < sizeof(env); p++)
+            env[o++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
+        env[o] = '\0';
+        const char *v = getenv(env);
+        if (v && apply(c, &flags[i], v, env, err, errlen) < 0)
+            return TH_CONFIG_ERROR;
+    }
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
+            return TH_CONFIG_HELP;
+        if (strncmp(a, "--", 2) != 0) {
+            snprintf(err, errlen, "unexpected argument '%s'", a);
+            return TH_CONFIG_ERROR;
+        }
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+        const struct flag *f = find_flag(name, nlen);
+        if (!f) {
+            snprintf(err, errlen, "unknown flag '--%.*s' (see --help)", (int)nlen, name);
+            return TH_CONFIG_ERROR;
+        }
+        const char *v = eq ? eq + 1 : NULL;
+        if (!v) {
+            if (i + 1 >= argc) {
+                snprintf(err, errlen, "--%s: missing value", f->name);
+                return TH_CONFIG_ERROR;
+            }
+            v = argv[++i];
+        }
+        char from[40];
+        snprintf(from, sizeof(from), "--%s", f->name);
+        if (apply(c, f, v, from, err, errlen) < 0)
+            return TH_CONFIG_ERROR;
+    }
+    if (load_secret(c, err, errlen) < 0 || check(c, err, errlen) < 0)
+        return TH_CONFIG_ERROR;
+    return TH_CONFIG_OK;
+}
+
+int th_runtime_dir(const char *shm_name, char *buf, size_t cap)
+{
+    const char *name = shm_name[0] == '/' ? shm_name + 1 : shm_name;
+    const char *env = getenv("TETHER_RUNTIME_DIR");
+    int n;
+    if (env && *env)
+        n = snprintf(buf, cap, "%s", env);
+    else if (geteuid() == 0)
+        n = snprintf(buf, cap, "/run/tether-%s", name);
+    else
+        n = snprintf(buf, cap, "/tmp/tether-%u-%s", (unsigned)geteuid(), name);
+    return n < 0 || (size_t)n >= cap ? -1 : 0;
+}
+
+int th_worker_sock_path(const char *shm_name, unsigned index, char *buf, size_t cap)
+{
+    char dir[TH_PATH_MAX];
+    if (th_runtime_dir(shm_name, dir, sizeof(dir)) < 0)
+        return -1;
+    int n = snprintf(buf, cap, "%s/worker-%u.sock", dir, index);
+    return n < 0 || (size_t)n >= cap ? -1 : 0;
+}

@@ -1,0 +1,71 @@
+/*
+ * The configuration of one tether process group: every `tether run` flag of
+ * the contract, parsed once by the supervisor and inherited by the roles it
+ * forks. Each flag may also come from the environment as TETHER_<NAME>
+ * (e.g. TETHER_STALE_AFTER); a flag on the command line wins.
+ *
+ * Also derives the runtime directory (worker control sockets) from the
+ * segment name, so every role finds the same paths without being told.
+ */
+#ifndef TETHER_SHM_CONFIG_H
+#define TETHER_SHM_CONFIG_H
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdint.h>
+
+#define TH_ADDR_MAX 64
+#define TH_SHM_NAME_MAX 64
+#define TH_SECRET_MAX 1024
+#define TH_PATH_MAX 4096
+
+struct th_config {
+    char listen_host[TH_ADDR_MAX];
+    uint16_t listen_port;
+    char api_host[TH_ADDR_MAX];
+    uint16_t api_port;
+    uint32_t workers;
+    char shm_name[TH_SHM_NAME_MAX]; /* always starts with '/' */
+    uint32_t slots;
+    uint32_t stale_after_s;
+    uint32_t sweep_every_s;
+    uint32_t max_conns_per_user;
+    uint32_t max_message;
+    uint64_t send_queue_cap;
+    uint32_t drain_timeout_s;
+    uint32_t handoff_timeout_ms; /* notifier's bound for a worker's confirmation */
+    char jwt_secret_file[TH_PATH_MAX];
+    unsigned char jwt_secret[TH_SECRET_MAX];
+    size_t jwt_secret_len;
+    int log_level;  /* enum th_log_level */
+    int log_format; /* enum th_log_format */
+    char log_file[TH_PATH_MAX];
+};
+
+enum { TH_CONFIG_OK = 0, TH_CONFIG_HELP = 1, TH_CONFIG_ERROR = -1 };
+
+/* Fill in the contract's defaults (workers = number of online CPUs). */
+void th_config_defaults(struct th_config *c);
+/*
+ * Apply TETHER_* environment variables, then argv (argv[0] is the first flag,
+ * not the program name). Returns TH_CONFIG_OK, TH_CONFIG_HELP for --help, or
+ * TH_CONFIG_ERROR with a one-line message naming the flag in err.
+ * Loads the JWT secret from --jwt-secret-file or TETHER_JWT_SECRET.
+ */
+int th_config_parse(struct th_config *c, int argc, char **argv, char *err, size_t errlen);
+/* Usage text for `tether run --help`. */
+void th_config_usage(FILE *out);
+
+/* Parse "HOST:PORT" (HOST may be empty for 0.0.0.0). Returns 0 or -1. */
+int th_parse_hostport(const char *s, char *host, size_t hostcap, uint16_t *port);
+
+/*
+ * Runtime directory for a segment name: $TETHER_RUNTIME_DIR if set, else
+ * /run/tether-<name> for root, /tmp/tether-<uid>-<name> otherwise (the
+ * leading '/' of the segment name dropped). Returns 0 or -1 if it won't fit.
+ */
+int th_runtime_dir(const char *shm_name, char *buf, size_t cap);
+/* "<runtime dir>/worker-<index>.sock" */
+int th_worker_sock_path(const char *shm_name, unsigned index, char *buf, size_t cap);
+
+#endif

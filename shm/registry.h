@@ -1,0 +1,290 @@
+/*
+ * The connection registry: a fixed-slot table in one POSIX shared-memory
+ * segment, mapped by every tether process.
+ *
+ * Layout (every part starts on a 64-byte boundary; sizes come from
+ * th_reg_layout(), overflow-checked):
+ *
+ *   struct th_reg_hdr     magic, version, sizes, creator, boot epoch,
+ *                         worker and role tables, counters
+ *   index[]               uint32 buckets, 2 x slots rounded up to a power
+ *                         of two: user hash -> slot, for lookups by user
+ *   freemap[]             one bit per slot, "probably free" hints for claim
+ *   disc[]                recent disconnects: user -> LastSeen after the
+ *                         last connection of that user went away
+ *   slots[]               struct th_slot, one per connection, 128 bytes
+ *
+ * CONCURRENCY PROTOCOL (who writes, who reads, what a dead writer leaves)
+ *
+ * No lock anywhere in the segment: nothing can be left held by a process
+ * killed at any instruction. Every shared word is a C11 atomic.
+ *
+ * slot.ctl (64-bit: generation 32 | owner worker 16 | state 8 | spare 8)
+ *   The single source of truth for a slot. Changed only by CAS.
+ *   FREE -> CLAIMING (owner = claiming worker, generation + 1): claim.
+ *   CLAIMING -> LIVE: claim finished, all fields and the index entry written.
+ *   LIVE -> RELEASING -> FREE: release (owner, or a repairer for a dead owner).
+ *   Writers: the owning worker (claim, release); the supervisor and janitor
+ *   (reclaim of a dead worker's slots, completing a dead writer's transition).
+ *   Readers: everybody. A reader copies a slot's fields between two loads of
+ *   ctl and keeps the copy only if both loads are equal and LIVE (a seqlock
+ *   without a lock: the generation changes on every claim, so a torn copy
+ *   of a reused slot is always detected).
+ *   Dead writer: a slot stuck in CLAIMING or RELEASING whose owner worker's
+ *   pid is dead is released by th_reg_repair() (janitor, each sweep) and by
+ *   th_reg_reclaim_worker() (supervisor after waitpid, and the worker's new
+ *   incarnation at start). Nothing else can be half-done.
+ *
+ * slot.last_seen: one relaxed atomic store by the owning worker per inbound
+ *   frame (th_reg_touch: no lock, no syscall). Read by janitor, notifier,
+ *   dump. A dead writer leaves the last complete stamp (64-bit stores do not
+ *   tear).
+ *
+ * slot user/user_hash/conn_id/connected_at/bucket: written only while the
+ *   slot is CLAIMING by the claimer; read under the ctl seqlock above.
+ *
+ * index[] buckets (0 = empty, else slot + 1): a claimer CASes an empty bucket
+ *   in the 64-bucket window starting at hash(user); a releaser CASes it back
+ *   to 0. Lookups read the whole window (no tombstones, no probe chains), then
+ *   confirm each candidate slot under the seqlock. A claimer dying between
+ *   the bucket CAS and LIVE leaves a bucket pointing at a non-LIVE slot:
+ *   readers ignore it and the repairing release clears every bucket of the
+ *   window that points at the slot. If a window is ever full (vanishingly
+ *   rare at load <= 0.5) the slot is marked unindexed and hdr->unindexed is
+ *   raised; lookups then also scan the table until it drops to zero.
+ *
+ * freemap[] bits: hints only; the slot's ctl decides. Release sets the bit
+ *   after FREE, claim clears it after the CAS. A stale hint either costs a
+ *   failed CAS (bit set, slot busy: the claimer clears it) or hides a free
+ *   slot (bit clear, slot FREE: th_reg_repair sets it again each sweep).
+ *
+ * disc[] (recent disconnects, direct-mapped by user hash): written by the
+ *   releaser of a user's last live connection, read by the notifier for the
+ *   404's last_seen. Each entry has its own seqlock word (odd while being
+ *   written, taken by CAS); an entry left odd by a dead writer is reset by
+ *   th_reg_repair. A lost entry only loses a last_seen hint.
+ *
+ * hdr worker/role tables: each entry written by that process (pid, start,
+ *   heartbeat) and by the supervisor (reset on reap). Counters: atomic adds.
+ *
+ * All functions return 0 or a positive count on success and -errno on
+ * failure, with a message in err where a human needs one.
+ */
+#ifndef TETHER_SHM_REGISTRY_H
+#define TETHER_SHM_REGISTRY_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define TH_REG_MAGIC 0x3147455248544554ULL /* "TETHREG1" little-endian */
+#define TH_REG_VERSION 1
+#define TH_MAX_WORKERS 64
+#define TH_USER_MAX 64
+#define TH_NO_SLOT UINT32_MAX
+
+enum th_slot_state { TH_SLOT_FREE = 0, TH_SLOT_CLAIMING = 1, TH_SLOT_LIVE = 2, TH_SLOT_RELEASING = 3 };
+enum th_role { TH_ROLE_SUPERVISOR = 0, TH_ROLE_JANITOR, TH_ROLE_NOTIFIER, TH_ROLE_COUNT };
+
+/* One process (worker or role) as the others see it. */
+struct th_proc_sh {
+    _Atomic int32_t pid;          /* 0 = not running */
+    _Atomic uint64_t started_ns;  /* realtime */
+    _Atomic uint64_t heartbeat_ns; /* realtime, stamped by the process's loop */
+    _Atomic uint64_t restarts;    /* incremented by the supervisor */
+    char sock_path[108];          /* workers: control socket (sockaddr_un path) */
+} __attribute__((aligned(64)));
+
+/* Group-wide counters, exported by /metrics. Writers: any process, atomic add. */
+struct th_counters_sh {
+    _Atomic uint64_t connections_opened;
+    _Atomic uint64_t connections_closed;
+    _Atomic uint64_t pings;            /* app-level {"type":"ping"} */
+    _Atomic uint64_t frames_in;
+    _Atomic uint64_t acks;
+    _Atomic uint64_t notify_delivered;
+    _Atomic uint64_t notify_not_connected;
+    _Atomic uint64_t notify_unavailable;
+    _Atomic uint64_t notify_bad_request;
+    _Atomic uint64_t stale_evictions;
+    _Atomic uint64_t replaced;         /* closed with 4001 */
+    _Atomic uint64_t registry_full;    /* claims refused: HTTP 503 */
+    _Atomic uint64_t worker_restarts;
+    _Atomic uint64_t role_restarts;
+    _Atomic uint64_t dead_reclaimed;   /* slots reclaimed from dead workers */
+    _Atomic uint64_t repairs;          /* half-done transitions completed */
+} __attribute__((aligned(64)));
+
+struct th_reg_hdr {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t slot_size;           /* sizeof(struct th_slot), checked on attach */
+    uint64_t total_size;
+    uint32_t nslots;
+    uint32_t nbuckets;            /* power of two */
+    uint32_t ndisc;               /* power of two */
+    uint32_t nworkers;            /* configured workers */
+    _Atomic int32_t creator_pid;  /* the supervisor that initialised it */
+    uint64_t creator_start;       /* its start time (/proc/pid/stat field 22), against pid reuse */
+    uint64_t boot_epoch;          /* random, new on every initialisation */
+    uint64_t created_ns;
+    uint64_t off_index, off_freemap, off_disc, off_slots;
+    _Atomic uint32_t used;        /* LIVE + CLAIMING slots, approximate under races */
+    _Atomic uint32_t unindexed;   /* slots whose index window was full */
+    _Atomic uint32_t ready;       /* 1 once initialisation finished */
+    uint32_t stale_after_s, sweep_every_s; /* informational, for the dump */
+    struct th_proc_sh workers[TH_MAX_WORKERS];
+    struct th_proc_sh roles[TH_ROLE_COUNT];
+    struct th_counters_sh counters;
+} __attribute__((aligned(64)));
+
+struct th_slot {
+    _Atomic uint64_t ctl;          /* see protocol above */
+    _Atomic uint64_t last_seen;    /* realtime ns */
+    _Atomic uint64_t connected_at; /* realtime ns */
+    _Atomic uint32_t user_hash;
+    _Atomic uint32_t conn_id;      /* the owning worker's own connection index */
+    _Atomic uint32_t bucket;       /* index bucket holding this slot, or TH_NO_SLOT */
+    _Atomic uint32_t flags;        /* TH_SLOT_F_UNINDEXED */
+    _Atomic uint8_t user_len;
+    char user[TH_USER_MAX];        /* not NUL-terminated when 64 bytes long */
+} __attribute__((aligned(64)));
+
+#define TH_SLOT_F_UNINDEXED 1u
+
+/* A disconnect record: the last LastSeen of a user with no live connection. */
+struct th_disc {
+    _Atomic uint32_t seq; /* odd while being written */
+    _Atomic uint32_t user_hash;
+    _Atomic uint64_t last_seen;
+    _Atomic uint8_t user_len;
+    char user[TH_USER_MAX];
+};
+
+/* A process's handle on the mapped segment (not shared). */
+struct th_reg {
+    void *base;
+    size_t size;
+    int writable;
+    struct th_reg_hdr *hdr;
+    _Atomic uint32_t *index;
+    _Atomic uint64_t *freemap;
+    struct th_disc *disc;
+    struct th_slot *slots;
+    uint32_t cursor; /* this process's freemap scan position */
+};
+
+/* What a claim returns: enough to touch, release and check for reuse. */
+struct th_handle {
+    uint32_t slot;
+    uint32_t gen;
+};
+
+/* A consistent copy of one live slot. */
+struct th_conn_info {
+    uint32_t slot;
+    uint32_t gen;
+    uint16_t worker;
+    uint32_t conn_id;
+    uint64_t connected_at;
+    uint64_t last_seen;
+    size_t user_len;
+    char user[TH_USER_MAX + 1]; /* NUL-terminated copy */
+};
+
+/* Bytes the segment needs for nslots; 0 on overflow. */
+size_t th_reg_layout(uint32_t nslots, struct th_reg_hdr *out_hdr_template);
+
+/*
+ * Supervisor: create the segment, or take over one whose creator is dead
+ * (re-initialised, new boot epoch). Refuses (-EBUSY, clear message) a segment
+ * whose creator is alive. Mode 0600.
+ */
+int th_reg_create(struct th_reg *r, const char *name, uint32_t nslots, char *err, size_t errlen);
+/*
+ * Everybody else: map an existing segment. Checks magic, version, slot size
+ * and total size against the file before touching anything else; refuses
+ * (-EPROTO / -EINVAL, clear message) a mismatch. writable = 0 maps O_RDONLY
+ * and PROT_READ (the dump tool).
+ */
+int th_reg_attach(struct th_reg *r, const char *name, int writable, char *err, size_t errlen);
+void th_reg_detach(struct th_reg *r);
+int th_reg_unlink(const char *name);
+
+/*
+ * Claim a slot for (user, worker, conn_id) with connected_at = last_seen = now.
+ * If the user then has more than cap live connections, *evict receives the
+ * oldest other one (the caller must close it with 4001), else
+ * evict->slot = TH_NO_SLOT. Returns 0, -ENOSPC when the registry is full
+ * (HTTP 503), -EINVAL for a bad user id (empty, over 64 bytes).
+ */
+int th_reg_claim(struct th_reg *r, const char *user, size_t ulen, uint16_t worker, uint32_t conn_id,
+                 uint64_t now_ns, uint32_t cap, struct th_handle *out, struct th_handle *evict);
+
+/* LastSeen := now. One relaxed store: the worker owns the slot. */
+static inline void th_reg_touch(struct th_reg *r, struct th_handle h, uint64_t now_ns)
+{
+    atomic_store_explicit(&r->slots[h.slot].last_seen, now_ns, memory_order_relaxed);
+}
+
+/*
+ * Release the slot if it still carries h.gen. Records a disconnect entry when
+ * it was the user's last live connection. Any process may call it (a
+ * repairer releasing for a dead owner). Returns 0, or -ESTALE when the slot
+ * was already released or reused.
+ */
+int th_reg_release(struct th_reg *r, struct th_handle h, uint64_t now_ns);
+
+/* Consistent copy of slot i if it is LIVE: 1, else 0. */
+int th_reg_read(const struct th_reg *r, uint32_t slot, struct th_conn_info *out);
+
+/* Every live slot of a user (up to max), without scanning the table. Returns count. */
+int th_reg_find_user(const struct th_reg *r, const char *user, size_t ulen, struct th_conn_info *out,
+                     int max);
+
+/*
+ * Latest LastSeen known for a user: over its live slots, else its disconnect
+ * record. Returns 1 with *ns set, 0 if never seen (or forgotten).
+ */
+int th_reg_last_seen(const struct th_reg *r, const char *user, size_t ulen, uint64_t *ns);
+
+/* Visit every live slot in slot order; stop early if fn returns nonzero. */
+typedef int (*th_reg_visit_fn)(const struct th_conn_info *ci, void *arg);
+void th_reg_foreach(const struct th_reg *r, th_reg_visit_fn fn, void *arg);
+
+/* Release every slot owned by a worker index (any state). Returns count. */
+int th_reg_reclaim_worker(struct th_reg *r, uint16_t worker, uint64_t now_ns);
+
+/*
+ * Sweep-time repair: release slots whose owner worker is not alive (pid 0 or
+ * dead), finish transitions left half-done by dead writers, reset disconnect
+ * entries left odd, restore freemap hints. Returns slots released.
+ */
+int th_reg_repair(struct th_reg *r, uint64_t now_ns);
+
+/* Is this pid alive (kill(pid, 0) succeeds or fails with EPERM)? */
+int th_pid_alive(pid_t pid);
+
+/* Hash of a user id (also the index and disconnect-record key). */
+uint32_t th_user_hash(const char *user, size_t ulen);
+
+/* ctl word helpers */
+static inline uint32_t th_ctl_gen(uint64_t c)
+{
+    return (uint32_t)(c >> 32);
+}
+static inline uint16_t th_ctl_owner(uint64_t c)
+{
+    return (uint16_t)(c >> 16);
+}
+static inline uint8_t th_ctl_state(uint64_t c)
+{
+    return (uint8_t)(c >> 8);
+}
+static inline uint64_t th_ctl_make(uint32_t gen, uint16_t owner, uint8_t state)
+{
+    return ((uint64_t)gen << 32) | ((uint64_t)owner << 16) | ((uint64_t)state << 8);
+}
+
+#endif

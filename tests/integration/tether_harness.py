@@ -1,0 +1,199 @@
+"""Shared harness for tether's integration tests.
+
+Starts a real `tether run` process group on free loopback ports with a
+segment name, runtime directory and secret of its own, so tests can run in
+parallel, and gives tests the pieces they need: tokens (signed here with
+Python's hmac, independently of tether's own signer), the WebSocket URL,
+the backend API, `tether-dump --json`, and the group's log.
+
+Clients nobody on the team wrote: Debian's python3-websockets (the
+`websockets` package) is the main client used against these groups.
+"""
+import base64
+import hashlib
+import hmac
+import http.client
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+BIN = os.environ.get("TETHER_BIN") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "build", "bin")
+SANITIZED = os.environ.get("TETHER_SANITIZED") == "1"
+_counter = itertools.count()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def b64url(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def make_token(secret, sub, ttl=3600, alg="HS256", extra=None, header=None):
+    """An HS256 JWT signed with Python's hmac (not tether's code)."""
+    hdr = header if header is not None else {"alg": alg, "typ": "JWT"}
+    claims = {"sub": sub, "iat": int(time.time())}
+    if ttl is not None:
+        claims["exp"] = int(time.time()) + ttl
+    if extra:
+        claims.update(extra)
+    signing_input = b64url(json.dumps(hdr).encode()) + "." + b64url(json.dumps(claims).encode())
+    sig = hmac.new(secret.encode() if isinstance(secret, str) else secret,
+                   signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64url(sig)
+
+
+class Group:
+    """A running `tether run` process group. Use as a context manager."""
+
+    def __init__(self, workers=2, slots=1024, extra_args=(), env=None, secret="test-secret-0123456789"):
+        self.tmp = tempfile.mkdtemp(prefix="tether-it-")
+        self.port = free_port()
+        self.api_port = free_port()
+        self.shm_name = "/tether-it-%d-%d" % (os.getpid(), next(_counter))
+        self.secret = secret
+        self.secret_file = os.path.join(self.tmp, "secret")
+        with open(self.secret_file, "w") as f:
+            f.write(secret + "\n")
+        self.log_path = os.path.join(self.tmp, "tether.log")
+        self.args = [os.path.join(BIN, "tether"), "run",
+                     "--listen", "127.0.0.1:%d" % self.port,
+                     "--api-listen", "127.0.0.1:%d" % self.api_port,
+                     "--workers", str(workers), "--slots", str(slots),
+                     "--shm-name", self.shm_name,
+                     "--jwt-secret-file", self.secret_file,
+                     "--log-level", "debug"] + list(extra_args)
+        self.env = dict(os.environ)
+        self.env["TETHER_RUNTIME_DIR"] = os.path.join(self.tmp, "run")
+        self.env.pop("TETHER_JWT_SECRET", None)
+        if env:
+            self.env.update(env)
+        self.proc = None
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self, timeout=20 if not SANITIZED else 40):
+        self.logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args, stdout=self.logf, stderr=self.logf, env=self.env,
+                                     start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("tether run exited %s:\n%s" % (self.proc.returncode, self.log()))
+            try:
+                status, _ = self.api("GET", "/healthz")
+                if status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("tether group not healthy within %ss:\n%s" % (timeout, self.log()))
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        """Stop the group; returns the supervisor's exit status."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        try:
+            self.stop()
+        finally:
+            if self.proc and self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            # Whatever happened, leave no segment behind.
+            try:
+                os.unlink("/dev/shm" + self.shm_name)
+            except FileNotFoundError:
+                pass
+            self.logf.close()
+        return False
+
+    # -- clients -----------------------------------------------------------
+    def token(self, user, **kw):
+        return make_token(self.secret, user, **kw)
+
+    def ws_url(self, user=None, token=None):
+        url = "ws://127.0.0.1:%d/ws" % self.port
+        if token is None and user is not None:
+            token = self.token(user)
+        return url + ("?token=" + token if token else "")
+
+    def api(self, method, path, body=None, headers=None, timeout=10):
+        """One request on a fresh connection. Returns (status, parsed JSON or text)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=timeout)
+        try:
+            data = body
+            hdrs = dict(headers or {})
+            if body is not None and not isinstance(body, (bytes, str)):
+                data = json.dumps(body)
+                hdrs.setdefault("Content-Type", "application/json")
+            conn.request(method, path, body=data, headers=hdrs)
+            resp = conn.getresponse()
+            raw = resp.read()
+            try:
+                return resp.status, json.loads(raw)
+            except ValueError:
+                return resp.status, raw.decode(errors="replace")
+        finally:
+            conn.close()
+
+    def notify(self, user, data=None, type_="meal_log.completed", nid=None):
+        body = {"user_id": user, "type": type_, "data": data or {}}
+        if nid is not None:
+            body["id"] = nid
+        return self.api("POST", "/v1/notify", body)
+
+    def dump(self, user=None):
+        args = [os.path.join(BIN, "tether-dump"), "--shm-name", self.shm_name, "--json"]
+        if user:
+            args += ["--user", user]
+        out = subprocess.run(args, capture_output=True, timeout=30, check=True)
+        return json.loads(out.stdout)
+
+    def log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, needle, timeout=10):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if needle in self.log():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def child_pids(self):
+        """pids of the supervisor's children (workers, janitor, notifier)."""
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+
+def wait_until(pred, timeout=10, interval=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    return pred()

@@ -1,0 +1,45 @@
+/*
+ * `tether`: the command users run. `tether run [flags]` starts the process
+ * group (janitor/supervisor.c); everything about flags lives in
+ * shm/config.c so the roles and this command agree on them.
+ */
+#include "janitor/supervisor.h"
+#include "shm/config.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: tether run [flags]    run the process group (tether run --help)\n"
+                 "       tether --help\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "run") != 0) {
+        fprintf(stderr, "tether: unknown command '%s'\n", argv[1]);
+        usage(stderr);
+        return 2;
+    }
+    struct th_config cfg;
+    char err[512];
+    th_config_defaults(&cfg);
+    switch (th_config_parse(&cfg, argc - 2, argv + 2, err, sizeof(err))) {
+    case TH_CONFIG_HELP:
+        th_config_usage(stdout);
+        return 0;
+    case TH_CONFIG_ERROR:
+        fprintf(stderr, "tether run: %s\n", err);
+        return 2;
+    }
+    return th_supervisor_run(&cfg);
+}

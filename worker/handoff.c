@@ -1,0 +1,83 @@
+/*
+ * Client side of the worker control channel (see worker/handoff.h): the
+ * blocking helpers used by the janitor, the tests and any role that sends a
+ * few requests at a time. The worker's serving side lives in its io_uring
+ * loop; the notifier drives the same wire format asynchronously.
+ */
+#include "worker/handoff.h"
+#include "shm/config.h"
+#include "shm/clock.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+int th_ho_connect_path(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sa.sun_path))
+        return -ENAMETOOLONG;
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+int th_ho_connect(const char *shm_name, unsigned index)
+{
+    char path[TH_PATH_MAX];
+    if (th_worker_sock_path(shm_name, index, path, sizeof(path)) < 0)
+        return -ENAMETOOLONG;
+    return th_ho_connect_path(path);
+}
+
+int th_ho_send(int fd, const struct th_ho_msg *m, const void *payload)
+{
+    struct iovec iov[2] = {{(void *)m, sizeof(*m)}, {(void *)payload, payload ? m->len : 0}};
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = payload && m->len ? 2 : 1};
+    ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL);
+    if (n < 0)
+        return -errno;
+    return (size_t)n == sizeof(*m) + (payload ? m->len : 0) ? 0 : -EMSGSIZE;
+}
+
+int th_ho_call(int fd, const struct th_ho_msg *m, const void *payload, int timeout_ms)
+{
+    int rc = th_ho_send(fd, m, payload);
+    if (rc < 0)
+        return rc;
+    uint64_t deadline = th_mono_ns() + (uint64_t)timeout_ms * TH_NS_PER_MS;
+    for (;;) {
+        uint64_t now = th_mono_ns();
+        if (now >= deadline)
+            return -ETIMEDOUT;
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        int pr = poll(&pfd, 1, (int)((deadline - now + TH_NS_PER_MS - 1) / TH_NS_PER_MS));
+        if (pr < 0 && errno != EINTR)
+            return -errno;
+        if (pr <= 0)
+            continue;
+        struct th_ho_msg reply;
+        ssize_t n = recv(fd, &reply, sizeof(reply), 0);
+        if (n == 0)
+            return -ECONNRESET;
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            return -errno;
+        }
+        if ((size_t)n == sizeof(reply) && reply.magic == TH_HO_MAGIC &&
+            reply.type == TH_HO_REPLY && reply.seq == m->seq)
+            return reply.code;
+    }
+}

@@ -1,0 +1,62 @@
+/*
+ * The worker control channel: how the notifier, the janitor and other
+ * workers ask a socket worker to act on one of its connections.
+ *
+ * Each worker listens on a SOCK_SEQPACKET Unix socket at
+ * th_worker_sock_path(shm_name, index) (also published in the segment's
+ * worker table). A request is one packet: struct th_ho_msg followed by len
+ * payload bytes. Every request gets exactly one reply packet (a th_ho_msg of
+ * type TH_HO_REPLY, same seq, status in code, no payload), in any order
+ * relative to other requests on the same connection (match on seq).
+ *
+ * The worker checks (slot, gen) against the connection it holds in that
+ * slot, so a message for a connection that went away never reaches another
+ * connection that reuses the slot: it answers TH_HO_GONE instead.
+ */
+#ifndef TETHER_WORKER_HANDOFF_H
+#define TETHER_WORKER_HANDOFF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TH_HO_MAGIC 0x54480001u
+#define TH_HO_MAX_PAYLOAD (256u * 1024u) /* one notification frame's text */
+
+enum th_ho_type {
+    TH_HO_DELIVER = 1, /* payload = text frame body; reply OK once queued to the socket */
+    TH_HO_CLOSE = 2,   /* close with code (4000 stale, 4001 replaced, ...); reply OK once closing */
+    TH_HO_REPLY = 3,
+};
+
+enum th_ho_status {
+    TH_HO_OK = 0,
+    TH_HO_GONE = 1,    /* no such connection (slot released or reused: generation differs) */
+    TH_HO_BUSY = 2,    /* connection closing or its send queue is over the cap */
+    TH_HO_BAD = 3,     /* malformed request */
+};
+
+struct th_ho_msg {
+    uint32_t magic;
+    uint16_t type;
+    uint16_t code;  /* close code for TH_HO_CLOSE, status for TH_HO_REPLY */
+    uint32_t slot;
+    uint32_t gen;
+    uint64_t seq;   /* chosen by the requester, echoed in the reply */
+    uint32_t len;   /* payload bytes following the header */
+    uint32_t reserved;
+};
+
+/* Connect to worker index's control socket (blocking, SOCK_CLOEXEC). Returns fd or -errno. */
+int th_ho_connect(const char *shm_name, unsigned index);
+/* Connect to a control socket path. Returns fd or -errno. */
+int th_ho_connect_path(const char *path);
+/* Send one request (header + payload in one packet). Returns 0 or -errno. */
+int th_ho_send(int fd, const struct th_ho_msg *m, const void *payload);
+/*
+ * Blocking request/response with a timeout: sends m and waits up to
+ * timeout_ms for the reply with the same seq (other replies are dropped).
+ * Returns the reply status (>= 0) or -errno (-ETIMEDOUT, -ECONNRESET, ...).
+ */
+int th_ho_call(int fd, const struct th_ho_msg *m, const void *payload, int timeout_ms);
+
+#endif

@@ -1,0 +1,42 @@
+/*
+ * JWT (RFC 7519) verification for client connects: HS256 only, HMAC from
+ * libcrypto, signature compared in constant time, "alg" pinned. "sub" is the
+ * user id (1 to 64 bytes, no control characters); "exp" and "nbf" are
+ * enforced when present. Also signs tokens, for tether-token and the tests.
+ */
+#ifndef TETHER_WORKER_JWT_H
+#define TETHER_WORKER_JWT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum th_jwt_result {
+    TH_JWT_OK = 0,
+    TH_JWT_MALFORMED,   /* not three base64url parts of JSON objects */
+    TH_JWT_BAD_ALG,     /* alg missing or not HS256 (none, HS384, RS256, ...) */
+    TH_JWT_BAD_SIG,
+    TH_JWT_EXPIRED,     /* now >= exp */
+    TH_JWT_NOT_YET,     /* now < nbf */
+    TH_JWT_BAD_SUB,     /* missing, empty, over 64 bytes, control characters */
+    TH_JWT_BAD_CLAIM,   /* exp/nbf present but not numbers */
+};
+
+struct th_jwt_claims {
+    char sub[65];
+    size_t sub_len;
+    int64_t exp; /* 0 when absent */
+};
+
+/* Verify token[0..len) with the secret at now_s (Unix seconds). */
+int th_jwt_verify(const char *token, size_t len, const uint8_t *secret, size_t secret_len,
+                  int64_t now_s, struct th_jwt_claims *out);
+const char *th_jwt_strerror(int result);
+
+/*
+ * Sign an HS256 token for sub with exp = now + ttl (no exp when ttl_s is 0).
+ * Writes a NUL-terminated token into out. Returns its length or -1 if cap is short.
+ */
+int th_jwt_sign(const char *sub, const uint8_t *secret, size_t secret_len, int64_t now_s,
+                int64_t ttl_s, char *out, size_t cap);
+
+#endif

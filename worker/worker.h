@@ -1,0 +1,23 @@
+/*
+ * A socket worker: one pre-forked process running one io_uring loop that
+ * accepts WebSocket clients on the shared listener, authenticates them,
+ * registers each connection in the registry, stamps LastSeen on every
+ * inbound frame, answers pings, and serves its control socket
+ * (worker/handoff.h) for notifications and evictions.
+ */
+#ifndef TETHER_WORKER_WORKER_H
+#define TETHER_WORKER_WORKER_H
+
+#include "shm/config.h"
+#include "shm/registry.h"
+
+/*
+ * Run worker `index` until SIGTERM/SIGINT (drain: close every client with
+ * 1001, wait up to drain_timeout_s, release every slot) or a fatal error.
+ * listen_fd is the shared, already listening, non-blocking client socket.
+ * The caller has attached reg writable. Returns the process exit status:
+ * 0 after a drain, 1 on a fatal error (logged, e.g. io_uring unavailable).
+ */
+int th_worker_main(const struct th_config *cfg, struct th_reg *reg, unsigned index, int listen_fd);
+
+#endif
