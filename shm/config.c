@@ -253,6 +253,10 @@ static int check(struct th_config *c, char *err, size_t errlen)
 
 int th_config_parse(struct th_config *c, int argc, char **argv, char *err, size_t errlen)
 {
+    /* --help answers even when the environment holds a bad value. */
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return TH_CONFIG_HELP;
     for (size_t i = 0; i < NFLAGS; i++) {
         char env[64] = "TETHER_";
         size_t o = strlen(env);
@@ -265,8 +269,6 @@ int th_config_parse(struct th_config *c, int argc, char **argv, char *err, size_
     }
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
-            return TH_CONFIG_HELP;
         if (strncmp(a, "--", 2) != 0) {
             snprintf(err, errlen, "unexpected argument '%s'", a);
             return TH_CONFIG_ERROR;

@@ -1,0 +1,130 @@
+/*
+ * Unit tests of `tether run` flag and environment parsing (shm/config.c):
+ * defaults, both flag forms, environment fallback and precedence, the
+ * one-line errors that name the flag, and secret loading.
+ */
+#include "shm/config.h"
+#include "shm/log.h"
+
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static struct th_config cfg;
+static char err[512];
+
+static int parse(int argc, char **argv)
+{
+    th_config_defaults(&cfg);
+    err[0] = '\0';
+    return th_config_parse(&cfg, argc, argv, err, sizeof(err));
+}
+
+static void clean_env(void)
+{
+    unsetenv("TETHER_JWT_SECRET");
+    unsetenv("TETHER_STALE_AFTER");
+    unsetenv("TETHER_WORKERS");
+    unsetenv("TETHER_RUNTIME_DIR");
+}
+
+TestSuite(config, .init = clean_env);
+
+Test(config, defaults_match_the_contract)
+{
+    setenv("TETHER_JWT_SECRET", "s", 1);
+    cr_assert_eq(parse(0, NULL), TH_CONFIG_OK);
+    cr_assert_str_eq(cfg.listen_host, "0.0.0.0");
+    cr_assert_eq(cfg.listen_port, 8080);
+    cr_assert_str_eq(cfg.api_host, "127.0.0.1");
+    cr_assert_eq(cfg.api_port, 8081);
+    cr_assert_str_eq(cfg.shm_name, "/tether");
+    cr_assert_eq(cfg.slots, 65536);
+    cr_assert_eq(cfg.stale_after_s, 300);
+    cr_assert_eq(cfg.sweep_every_s, 60);
+    cr_assert_eq(cfg.max_conns_per_user, 8);
+    cr_assert_eq(cfg.max_message, 65536);
+    cr_assert_eq(cfg.send_queue_cap, 1048576);
+    cr_assert_eq(cfg.drain_timeout_s, 10);
+    cr_assert_eq(cfg.log_level, TH_LOG_INFO);
+    cr_assert_eq(cfg.log_format, TH_LOG_TEXT);
+    cr_assert_eq(cfg.workers, (uint32_t)sysconf(_SC_NPROCESSORS_ONLN));
+    cr_assert_eq(cfg.jwt_secret_len, 1);
+}
+
+Test(config, both_flag_forms_and_env_precedence)
+{
+    setenv("TETHER_JWT_SECRET", "secret", 1);
+    setenv("TETHER_STALE_AFTER", "600", 1);
+    setenv("TETHER_WORKERS", "3", 1);
+    char *argv[] = {"--workers=5", "--listen", "127.0.0.1:9000", "--shm-name", "t1",
+                    "--log-format", "json", "--api-listen=[::1]:9001"};
+    cr_assert_eq(parse(8, argv), TH_CONFIG_OK, "%s", err);
+    cr_assert_eq(cfg.stale_after_s, 600, "environment applies when no flag is given");
+    cr_assert_eq(cfg.workers, 5, "the command line wins over the environment");
+    cr_assert_str_eq(cfg.listen_host, "127.0.0.1");
+    cr_assert_eq(cfg.listen_port, 9000);
+    cr_assert_str_eq(cfg.api_host, "::1");
+    cr_assert_eq(cfg.api_port, 9001);
+    cr_assert_str_eq(cfg.shm_name, "/t1");
+    cr_assert_eq(cfg.log_format, TH_LOG_JSON);
+}
+
+Test(config, errors_name_the_flag)
+{
+    setenv("TETHER_JWT_SECRET", "s", 1);
+    char *a1[] = {"--workers", "0"};
+    cr_assert_eq(parse(2, a1), TH_CONFIG_ERROR);
+    cr_assert(strstr(err, "--workers"), "%s", err);
+    char *a2[] = {"--nope"};
+    cr_assert_eq(parse(1, a2), TH_CONFIG_ERROR);
+    cr_assert(strstr(err, "--nope"), "%s", err);
+    char *a3[] = {"--slots"};
+    cr_assert_eq(parse(1, a3), TH_CONFIG_ERROR);
+    cr_assert(strstr(err, "missing value"), "%s", err);
+    char *a4[] = {"--listen", "localhost"};
+    cr_assert_eq(parse(2, a4), TH_CONFIG_ERROR);
+    char *a5[] = {"--log-level", "loud"};
+    cr_assert_eq(parse(2, a5), TH_CONFIG_ERROR);
+    char *a6[] = {"--slots", "-1"};
+    cr_assert_eq(parse(2, a6), TH_CONFIG_ERROR);
+    char *a7[] = {"--shm-name", "a/b"};
+    cr_assert_eq(parse(2, a7), TH_CONFIG_ERROR);
+    setenv("TETHER_STALE_AFTER", "5m", 1);
+    cr_assert_eq(parse(0, NULL), TH_CONFIG_ERROR);
+    cr_assert(strstr(err, "TETHER_STALE_AFTER"), "%s", err);
+    char *help[] = {"--help"};
+    cr_assert_eq(parse(1, help), TH_CONFIG_HELP);
+}
+
+Test(config, secret_is_required_and_loaded_from_file)
+{
+    cr_assert_eq(parse(0, NULL), TH_CONFIG_ERROR);
+    cr_assert(strstr(err, "JWT"), "%s", err);
+
+    char path[] = "/tmp/tether-secret-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    cr_assert_eq(write(fd, "abc\n", 4), 4);
+    close(fd);
+    char *argv[] = {"--jwt-secret-file", path};
+    cr_assert_eq(parse(2, argv), TH_CONFIG_OK, "%s", err);
+    cr_assert_eq(cfg.jwt_secret_len, 3, "a trailing newline is not part of the secret");
+    cr_assert_eq(memcmp(cfg.jwt_secret, "abc", 3), 0);
+    unlink(path);
+    cr_assert_eq(parse(2, argv), TH_CONFIG_ERROR, "a missing file is an error");
+    cr_assert(strstr(err, "--jwt-secret-file"), "%s", err);
+}
+
+Test(config, runtime_dir_follows_the_segment_name)
+{
+    char buf[256];
+    setenv("TETHER_RUNTIME_DIR", "/tmp/x", 1);
+    cr_assert_eq(th_worker_sock_path("/tether", 3, buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "/tmp/x/worker-3.sock");
+    unsetenv("TETHER_RUNTIME_DIR");
+    cr_assert_eq(th_runtime_dir("/tether", buf, sizeof(buf)), 0);
+    cr_assert(strstr(buf, "tether-tether") != NULL, "%s", buf);
+    cr_assert_eq(th_runtime_dir("/tether", buf, 4), -1, "too small a buffer is refused");
+}
