@@ -2,13 +2,17 @@
  * JWT (RFC 7519) verification for client connects: HS256 only, HMAC from
  * libcrypto, signature compared in constant time, "alg" pinned. "sub" is the
  * user id (1 to 64 bytes, no control characters); "exp" and "nbf" are
- * enforced when present. Also signs tokens, for tether-token and the tests.
+ * enforced when present (no leeway) and must be numbers. base64url parts
+ * must be unpadded and canonical; tokens over TH_JWT_MAX_TOKEN are rejected. Also signs tokens, for tether-token and the tests.
  */
 #ifndef TETHER_WORKER_JWT_H
 #define TETHER_WORKER_JWT_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+/* Longer tokens are TH_JWT_MALFORMED without being decoded. */
+#define TH_JWT_MAX_TOKEN 4096
 
 enum th_jwt_result {
     TH_JWT_OK = 0,
@@ -38,5 +42,11 @@ const char *th_jwt_strerror(int result);
  */
 int th_jwt_sign(const char *sub, const uint8_t *secret, size_t secret_len, int64_t now_s,
                 int64_t ttl_s, char *out, size_t cap);
+/*
+ * Sign arbitrary header and payload JSON texts as given (tests use it to
+ * build tokens verify must reject). Same return as th_jwt_sign.
+ */
+int th_jwt_sign_raw(const char *header_json, const char *payload_json, const uint8_t *secret,
+                    size_t secret_len, char *out, size_t cap);
 
 #endif

@@ -16,7 +16,10 @@
  * bits, reserved opcode, control frame over 125 bytes or fragmented,
  * continuation with nothing to continue, data frame inside a fragmented
  * message, 64-bit length with the top bit set, bad close payload/code),
- * 1007 (invalid UTF-8 in text or a close reason), 1009 (too big).
+ * 1007 (invalid UTF-8 in text or a close reason), 1009 (too big, or more
+ * than TH_WS_MAX_FRAGMENTS frames in one message). Non-minimal length
+ * encodings are accepted. After a close frame the rest of the stream is
+ * ignored.
  */
 #ifndef TETHER_WORKER_WS_H
 #define TETHER_WORKER_WS_H
@@ -46,6 +49,11 @@ enum th_ws_close_code {
     TH_WS_REPLACED = 4001,
 };
 
+/* Frames per message; one more closes with 1009 (a flood of tiny fragments). */
+#define TH_WS_MAX_FRAGMENTS 1024
+/* th_ws_reader_init clamps max_message to this. */
+#define TH_WS_MAX_MESSAGE_LIMIT (1u << 30)
+
 struct th_ws_frame_hdr {
     uint8_t fin, rsv, opcode, masked;
     uint8_t mask[4];
@@ -59,12 +67,17 @@ struct th_ws_frame_hdr {
  * detectable from the header alone.
  */
 int th_ws_parse_frame_hdr(const uint8_t *buf, size_t n, struct th_ws_frame_hdr *h);
+/* The same for a client reading server frames: unmasked required, masked is -1002. */
+int th_ws_parse_server_frame_hdr(const uint8_t *buf, size_t n, struct th_ws_frame_hdr *h);
 
 /* XOR-unmask p[0..n) that starts at payload offset off. */
 void th_ws_unmask(uint8_t *p, size_t n, const uint8_t mask[4], uint64_t off);
 
 /* Write an unmasked FIN frame header for len bytes; returns its length (2, 4 or 10). */
 size_t th_ws_frame_hdr_write(uint8_t out[10], enum th_ws_opcode op, uint64_t len);
+/* A client's masked frame header (fin 0 or 1); returns its length (6, 8 or 14). */
+size_t th_ws_frame_hdr_write_masked(uint8_t out[14], enum th_ws_opcode op, int fin, uint64_t len,
+                                    const uint8_t mask[4]);
 
 /* Is this a close code a peer may send (1000-1003, 1007-1011, 3000-4999)? */
 int th_ws_close_code_valid(uint16_t code);

@@ -1,0 +1,279 @@
+/*
+ * HS256 JWT verification and signing (see jwt.h).
+ *
+ * Order of checks: size and shape first (cheap, no allocation), then the
+ * header's "alg" (so "none" or an asymmetric algorithm can never reach the
+ * HMAC), then the signature in constant time, and only then the payload:
+ * unauthenticated JSON is parsed once (the header), authenticated JSON once.
+ *
+ * base64url is strict: the URL alphabet only, no '=' padding (RFC 7515
+ * section 2 omits it), no length that is 1 mod 4, and unused low bits of the
+ * last character must be zero, so every token has exactly one encoding and a
+ * signature cannot be altered without invalidating it. Tokens are at most
+ * TH_JWT_MAX_TOKEN bytes. JSON duplicate keys are rejected (a second "alg"
+ * or "sub" must not be able to shadow the first). A "crit" header is
+ * rejected: we implement no extensions.
+ */
+#include "worker/jwt.h"
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char b64url_chars[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+static int b64url_value(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '-')
+        return 62;
+    if (c == '_')
+        return 63;
+    return -1;
+}
+
+/* Decode in[0..n) into out (room for n*3/4 bytes). Returns the length or -1. */
+static long b64url_decode(const char *in, size_t n, uint8_t *out)
+{
+    if (n % 4 == 1)
+        return -1;
+    uint32_t acc = 0;
+    int bits = 0;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int v = b64url_value((unsigned char)in[i]);
+        if (v < 0)
+            return -1;
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (uint8_t)(acc >> bits);
+        }
+    }
+    if (bits > 0 && (acc & ((1u << bits) - 1)) != 0)
+        return -1; /* non-canonical: leftover bits set */
+    return (long)o;
+}
+
+/* Encode in[0..n) without padding into out; returns the length or -1 if cap is short. */
+static long b64url_encode(const uint8_t *in, size_t n, char *out, size_t cap)
+{
+    size_t need = n / 3 * 4 + (n % 3 ? n % 3 + 1 : 0);
+    if (need >= cap)
+        return -1;
+    size_t o = 0, i = 0;
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        for (int s = 18; s >= 0; s -= 6)
+            out[o++] = b64url_chars[(v >> s) & 63];
+    }
+    if (n - i == 1) {
+        out[o++] = b64url_chars[in[i] >> 2];
+        out[o++] = b64url_chars[(in[i] & 3) << 4];
+    } else if (n - i == 2) {
+        uint32_t v = (uint32_t)in[i] << 8 | in[i + 1];
+        out[o++] = b64url_chars[v >> 10];
+        out[o++] = b64url_chars[(v >> 4) & 63];
+        out[o++] = b64url_chars[(v << 2) & 63];
+    }
+    out[o] = '\0';
+    return (long)o;
+}
+
+/* Decode a base64url part holding a JSON object. NULL when it is not one. */
+static json_t *decode_json_part(const char *p, size_t n)
+{
+    uint8_t buf[TH_JWT_MAX_TOKEN];
+    long len = b64url_decode(p, n, buf);
+    if (len <= 0)
+        return NULL;
+    json_t *j = json_loadb((const char *)buf, (size_t)len, JSON_REJECT_DUPLICATES, NULL);
+    if (j && !json_is_object(j)) {
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
+static int check_header(const char *p, size_t n)
+{
+    json_t *h = decode_json_part(p, n);
+    if (!h)
+        return TH_JWT_MALFORMED;
+    const char *alg = json_string_value(json_object_get(h, "alg"));
+    int rc = TH_JWT_OK;
+    if (json_object_get(h, "crit"))
+        rc = TH_JWT_MALFORMED;
+    else if (!alg || strcmp(alg, "HS256") != 0 ||
+             json_string_length(json_object_get(h, "alg")) != 5)
+        rc = TH_JWT_BAD_ALG;
+    json_decref(h);
+    return rc;
+}
+
+static int check_signature(const char *token, size_t signed_len, const char *sig, size_t sig_n,
+                           const uint8_t *secret, size_t secret_len)
+{
+    uint8_t want[EVP_MAX_MD_SIZE], got[TH_JWT_MAX_TOKEN];
+    unsigned int want_len = 0;
+    long got_len = b64url_decode(sig, sig_n, got);
+    if (got_len < 0)
+        return TH_JWT_MALFORMED;
+    if (secret_len == 0 || secret_len > INT32_MAX)
+        return TH_JWT_BAD_SIG;
+    if (!HMAC(EVP_sha256(), secret, (int)secret_len, (const uint8_t *)token, signed_len, want,
+              &want_len))
+        return TH_JWT_BAD_SIG;
+    if (got_len != (long)want_len || CRYPTO_memcmp(want, got, want_len) != 0)
+        return TH_JWT_BAD_SIG;
+    return TH_JWT_OK;
+}
+
+/* A numeric date claim: absent (0), a number (*v set), or TH_JWT_BAD_CLAIM. */
+static int get_time_claim(json_t *payload, const char *name, double *v, int *present)
+{
+    json_t *c = json_object_get(payload, name);
+    *present = c != NULL;
+    if (!c)
+        return TH_JWT_OK;
+    if (!json_is_number(c))
+        return TH_JWT_BAD_CLAIM;
+    *v = json_number_value(c);
+    return TH_JWT_OK;
+}
+
+static int check_sub(json_t *payload, struct th_jwt_claims *out)
+{
+    json_t *s = json_object_get(payload, "sub");
+    if (!json_is_string(s))
+        return TH_JWT_BAD_SUB;
+    const char *p = json_string_value(s);
+    size_t n = json_string_length(s);
+    if (n == 0 || n > 64)
+        return TH_JWT_BAD_SUB;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)p[i] < 0x20 || p[i] == 0x7f)
+            return TH_JWT_BAD_SUB; /* \u0000 included: jansson keeps it in the length */
+    memcpy(out->sub, p, n);
+    out->sub[n] = '\0';
+    out->sub_len = n;
+    return TH_JWT_OK;
+}
+
+static int check_claims(json_t *payload, int64_t now_s, struct th_jwt_claims *out)
+{
+    double exp = 0, nbf = 0;
+    int has_exp, has_nbf;
+    int rc = get_time_claim(payload, "exp", &exp, &has_exp);
+    if (rc == TH_JWT_OK)
+        rc = get_time_claim(payload, "nbf", &nbf, &has_nbf);
+    if (rc == TH_JWT_OK)
+        rc = check_sub(payload, out);
+    if (rc != TH_JWT_OK)
+        return rc;
+    /* Compared as doubles: a huge or fractional exp must not overflow an int64_t. */
+    if (has_exp && (double)now_s >= exp)
+        return TH_JWT_EXPIRED;
+    if (has_nbf && (double)now_s < nbf)
+        return TH_JWT_NOT_YET;
+    out->exp = !has_exp ? 0 : exp >= 9.2e18 ? INT64_MAX : (int64_t)exp;
+    return TH_JWT_OK;
+}
+
+int th_jwt_verify(const char *token, size_t len, const uint8_t *secret, size_t secret_len,
+                  int64_t now_s, struct th_jwt_claims *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (len == 0 || len > TH_JWT_MAX_TOKEN)
+        return TH_JWT_MALFORMED;
+    const char *d1 = memchr(token, '.', len);
+    const char *d2 = d1 ? memchr(d1 + 1, '.', len - (size_t)(d1 + 1 - token)) : NULL;
+    if (!d2 || memchr(d2 + 1, '.', len - (size_t)(d2 + 1 - token)))
+        return TH_JWT_MALFORMED;
+    int rc = check_header(token, (size_t)(d1 - token));
+    if (rc == TH_JWT_OK)
+        rc = check_signature(token, (size_t)(d2 - token), d2 + 1, len - (size_t)(d2 + 1 - token),
+                             secret, secret_len);
+    if (rc != TH_JWT_OK)
+        return rc;
+    json_t *payload = decode_json_part(d1 + 1, (size_t)(d2 - d1 - 1));
+    if (!payload)
+        return TH_JWT_MALFORMED;
+    rc = check_claims(payload, now_s, out);
+    json_decref(payload);
+    if (rc != TH_JWT_OK)
+        memset(out, 0, sizeof(*out));
+    return rc;
+}
+
+const char *th_jwt_strerror(int result)
+{
+    switch (result) {
+    case TH_JWT_OK: return "ok";
+    case TH_JWT_MALFORMED: return "malformed token";
+    case TH_JWT_BAD_ALG: return "algorithm is not HS256";
+    case TH_JWT_BAD_SIG: return "bad signature";
+    case TH_JWT_EXPIRED: return "token expired";
+    case TH_JWT_NOT_YET: return "token not yet valid";
+    case TH_JWT_BAD_SUB: return "bad sub claim";
+    case TH_JWT_BAD_CLAIM: return "exp or nbf is not a number";
+    default: return "unknown JWT error";
+    }
+}
+
+/* Append ".<base64url of s>" (no dot when o == 0) at out[o..cap). */
+static long append_part(char *out, size_t o, size_t cap, const uint8_t *s, size_t n)
+{
+    if (o > 0) {
+        if (o + 1 >= cap)
+            return -1;
+        out[o++] = '.';
+    }
+    long w = b64url_encode(s, n, out + o, cap - o);
+    return w < 0 ? -1 : (long)o + w;
+}
+
+int th_jwt_sign_raw(const char *header_json, const char *payload_json, const uint8_t *secret,
+                    size_t secret_len, char *out, size_t cap)
+{
+    long o = append_part(out, 0, cap, (const uint8_t *)header_json, strlen(header_json));
+    if (o >= 0)
+        o = append_part(out, (size_t)o, cap, (const uint8_t *)payload_json, strlen(payload_json));
+    if (o < 0 || secret_len > INT32_MAX)
+        return -1;
+    uint8_t mac[EVP_MAX_MD_SIZE];
+    unsigned int mac_len = 0;
+    if (!HMAC(EVP_sha256(), secret, (int)secret_len, (const uint8_t *)out, (size_t)o, mac,
+              &mac_len))
+        return -1;
+    o = append_part(out, (size_t)o, cap, mac, mac_len);
+    return o < 0 || o > INT32_MAX ? -1 : (int)o;
+}
+
+int th_jwt_sign(const char *sub, const uint8_t *secret, size_t secret_len, int64_t now_s,
+                int64_t ttl_s, char *out, size_t cap)
+{
+    json_t *claims = json_pack("{s:s, s:I}", "sub", sub, "iat", (json_int_t)now_s);
+    if (!claims)
+        return -1;
+    if (ttl_s != 0)
+        json_object_set_new(claims, "exp", json_integer((json_int_t)(now_s + ttl_s)));
+    char *payload = json_dumps(claims, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(claims);
+    if (!payload)
+        return -1;
+    int rc = th_jwt_sign_raw("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", payload, secret, secret_len,
+                             out, cap);
+    free(payload);
+    return rc;
+}
