@@ -1,0 +1,790 @@
+/*
+ * One tether-load process: a single io_uring loop that opens its share of
+ * the WebSocket clients at a paced rate, pings them (evenly spread over the
+ * interval, or as fast as possible with one ping outstanding per connection),
+ * posts notifications to the backend API over keep-alive connections and
+ * times both kinds of answer. Received data comes through one multishot recv
+ * per socket over a provided-buffer ring (registered by hand: liburing 2.3
+ * has no io_uring_setup_buf_ring). Nothing blocks but the ring wait.
+ *
+ * Notifications go only to users of this process, so the send timestamp
+ * (CLOCK_MONOTONIC, carried as data.t_ns) and the arrival time are read in
+ * the same process, and "lost" is counted here without cross-process state.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <liburing.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tools/load/load.h"
+
+#define BUF_ENTRIES 4096
+#define BUF_SIZE 2048
+#define BGID 7
+#define MAX_INFLIGHT 256          /* handshakes under way at once */
+#define PER_SOURCE_ADDR 20000     /* connections per 127.0.0.x (ephemeral range is ~28k) */
+#define HS_MAX 4096
+
+/* user_data: op in the top byte, connection or API index below. */
+enum op { OP_CONNECT = 1, OP_HS_SEND, OP_RECV, OP_PING_SEND, OP_CTRL_SEND,
+          OP_API_CONNECT, OP_API_SEND, OP_API_RECV };
+static inline uint64_t ud_pack(enum op op, uint32_t idx) { return ((uint64_t)op << 56) | idx; }
+static inline enum op ud_op(uint64_t ud) { return (enum op)(ud >> 56); }
+static inline uint32_t ud_idx(uint64_t ud) { return (uint32_t)ud; }
+
+enum cstate { CS_NEW, CS_CONNECTING, CS_HANDSHAKE, CS_OPEN, CS_DEAD };
+
+struct conn {
+    int fd;
+    uint8_t state;
+    uint8_t ping_out;   /* a ping is waiting for its pong */
+    uint8_t ctrl_busy;  /* ctrl (handshake or pong reply) buffer in flight */
+    uint32_t plen, pcap;
+    char *partial;      /* bytes of an incomplete response or frame */
+    char *ctrl;         /* handshake request, later a pong reply */
+    uint64_t ping_ns;
+};
+
+enum astate { AS_DOWN, AS_CONNECTING, AS_IDLE, AS_BUSY };
+
+struct api_conn {
+    int fd;
+    int state;
+    int req_len;
+    int resp_len;
+    uint64_t down_ns;
+    char req[640];
+    char resp[2048];
+};
+
+enum phase { PH_CONNECT, PH_RUN, PH_DRAIN, PH_DONE };
+
+struct child {
+    const struct load_opts *o;
+    int id, report_fd;
+    long first, count;
+    struct io_uring ring;
+    struct io_uring_buf_ring *br;
+    char *bufs;
+    struct conn *conns;
+    struct api_conn *api;
+    long next_conn, inflight;
+    enum phase phase;
+    uint64_t t0, run_t0, drain_t0, last_progress;
+    uint64_t ping_sched, notify_sched;
+    uint64_t rng;
+    int saturate;
+    double notify_rate;
+    int hs_errors_shown;
+    struct load_counts c;
+    struct lhist rtt, delivery;
+    unsigned char ping_frame[21];
+};
+
+static volatile sig_atomic_t g_stop;
+static void on_stop(int sig) { (void)sig; g_stop = 1; }
+
+uint64_t load_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static struct io_uring_sqe *get_sqe(struct child *ch)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&ch->ring);
+    while (!sqe) {
+        io_uring_submit(&ch->ring);
+        sqe = io_uring_get_sqe(&ch->ring);
+    }
+    return sqe;
+}
+
+static void user_name(const struct child *ch, long global, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s-%ld", ch->o->user_prefix, global);
+}
+
+/* ---- set-up ---------------------------------------------------------- */
+
+static int ring_init(struct child *ch)
+{
+    struct io_uring_params p = {0};
+    p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    p.cq_entries = 65536;
+    int r = io_uring_queue_init_params(4096, &ch->ring, &p);
+    if (r < 0) { /* kernels before 6.1 lack the last two flags */
+        memset(&p, 0, sizeof p);
+        p.flags = IORING_SETUP_CQSIZE;
+        p.cq_entries = 65536;
+        r = io_uring_queue_init_params(4096, &ch->ring, &p);
+    }
+    if (r < 0) {
+        fprintf(stderr, "tether-load: io_uring_queue_init: %s\n", strerror(-r));
+        return r;
+    }
+    return 0;
+}
+
+static int bufring_init(struct child *ch)
+{
+    size_t sz = BUF_ENTRIES * sizeof(struct io_uring_buf);
+    void *mem = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ch->bufs = malloc((size_t)BUF_ENTRIES * BUF_SIZE);
+    if (mem == MAP_FAILED || !ch->bufs)
+        return -ENOMEM;
+    ch->br = mem;
+    struct io_uring_buf_reg reg = {.ring_addr = (unsigned long)mem,
+                                   .ring_entries = BUF_ENTRIES, .bgid = BGID};
+    int r = io_uring_register_buf_ring(&ch->ring, &reg, 0);
+    if (r < 0) {
+        fprintf(stderr, "tether-load: io_uring_register_buf_ring: %s\n", strerror(-r));
+        return r;
+    }
+    io_uring_buf_ring_init(ch->br);
+    int mask = io_uring_buf_ring_mask(BUF_ENTRIES);
+    for (int i = 0; i < BUF_ENTRIES; i++)
+        io_uring_buf_ring_add(ch->br, ch->bufs + (size_t)i * BUF_SIZE, BUF_SIZE, (unsigned short)i,
+                              mask, i);
+    io_uring_buf_ring_advance(ch->br, BUF_ENTRIES);
+    return 0;
+}
+
+static void buf_recycle(struct child *ch, unsigned bid)
+{
+    io_uring_buf_ring_add(ch->br, ch->bufs + (size_t)bid * BUF_SIZE, BUF_SIZE, (unsigned short)bid,
+                          io_uring_buf_ring_mask(BUF_ENTRIES), 0);
+    io_uring_buf_ring_advance(ch->br, 1);
+}
+
+/* A masked text frame {"type":"ping"} with a fixed non-zero key, built once. */
+static void build_ping(struct child *ch)
+{
+    static const char msg[] = "{\"type\":\"ping\"}";
+    static const unsigned char key[4] = {0x37, 0xfa, 0x21, 0x3d};
+    ch->ping_frame[0] = 0x81;
+    ch->ping_frame[1] = 0x80 | (unsigned char)(sizeof msg - 1);
+    memcpy(ch->ping_frame + 2, key, 4);
+    for (size_t i = 0; i < sizeof msg - 1; i++)
+        ch->ping_frame[6 + i] = (unsigned char)msg[i] ^ key[i % 4];
+}
+
+/* ---- connection life ------------------------------------------------- */
+
+static void conn_kill(struct child *ch, struct conn *c, int was_open)
+{
+    if (c->state == CS_DEAD)
+        return;
+    if (was_open)
+        ch->c.disconnects++;
+    else
+        ch->c.connect_errors++;
+    if (c->state == CS_CONNECTING || c->state == CS_HANDSHAKE)
+        ch->inflight--;
+    if (c->fd >= 0) {
+        shutdown(c->fd, SHUT_RDWR); /* ends the multishot recv, which holds a file ref */
+        close(c->fd);
+    }
+    c->fd = -1;
+    c->state = CS_DEAD;
+    c->ping_out = 0;
+    free(c->partial);
+    c->partial = NULL;
+    c->plen = c->pcap = 0;
+    if (!c->ctrl_busy) {
+        free(c->ctrl);
+        c->ctrl = NULL;
+    }
+}
+
+static int bind_source(const struct child *ch, int fd, long global)
+{
+    long a = 2 + global / PER_SOURCE_ADDR;
+    if (a > 254)
+        return -ERANGE;
+    int one = 1;
+    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl((127u << 24) | (unsigned)a);
+    return bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ? -errno : 0;
+}
+
+static void conn_start(struct child *ch, long i)
+{
+    struct conn *c = &ch->conns[i];
+    if (!ch->c.connect_start_ns)
+        ch->c.connect_start_ns = load_mono_ns();
+    ch->inflight++;
+    c->state = CS_CONNECTING;
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (c->fd < 0 || (ch->o->spread_sources && bind_source(ch, c->fd, ch->first + i) < 0)) {
+        if (ch->hs_errors_shown++ < 3)
+            fprintf(stderr, "tether-load: socket/bind for connection %ld: %s\n", ch->first + i,
+                    strerror(errno));
+        conn_kill(ch, c, 0);
+        return;
+    }
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct io_uring_sqe *sqe = get_sqe(ch);
+    io_uring_prep_connect(sqe, c->fd, (struct sockaddr *)&ch->o->ws_addr, sizeof ch->o->ws_addr);
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_CONNECT, (uint32_t)i));
+}
+
+static void arm_recv(struct child *ch, long i)
+{
+    struct io_uring_sqe *sqe = get_sqe(ch);
+    io_uring_prep_recv_multishot(sqe, ch->conns[i].fd, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = BGID;
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_RECV, (uint32_t)i));
+}
+
+static void on_connected(struct child *ch, long i, int res)
+{
+    struct conn *c = &ch->conns[i];
+    if (res < 0) {
+        if (ch->hs_errors_shown++ < 3)
+            fprintf(stderr, "tether-load: connect: %s\n", strerror(-res));
+        conn_kill(ch, c, 0);
+        return;
+    }
+    char user[96], token[600];
+    user_name(ch, ch->first + i, user, sizeof user);
+    c->ctrl = malloc(HS_MAX);
+    if (!c->ctrl || load_sign_token(user, ch->o->secret, ch->o->secret_len, token, sizeof token) < 0) {
+        conn_kill(ch, c, 0);
+        return;
+    }
+    int n = snprintf(c->ctrl, HS_MAX,
+                     "GET %s%ctoken=%s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n",
+                     ch->o->ws_path, strchr(ch->o->ws_path, '?') ? '&' : '?', token, ch->o->ws_host);
+    c->state = CS_HANDSHAKE;
+    c->ctrl_busy = 1;
+    struct io_uring_sqe *sqe = get_sqe(ch);
+    io_uring_prep_send(sqe, c->fd, c->ctrl, (size_t)n, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_HS_SEND, (uint32_t)i));
+    arm_recv(ch, i);
+}
+
+static int partial_append(struct conn *c, const char *p, size_t n)
+{
+    if (c->plen + n > c->pcap) {
+        uint32_t cap = c->pcap ? c->pcap : 512;
+        while (cap < c->plen + n)
+            cap *= 2;
+        char *np = realloc(c->partial, cap);
+        if (!np)
+            return -ENOMEM;
+        c->partial = np;
+        c->pcap = cap;
+    }
+    memcpy(c->partial + c->plen, p, n);
+    c->plen += (uint32_t)n;
+    return 0;
+}
+
+static void send_ping(struct child *ch, long i, uint64_t now)
+{
+    struct conn *c = &ch->conns[i];
+    c->ping_out = 1;
+    c->ping_ns = now;
+    ch->c.pings_sent++;
+    struct io_uring_sqe *sqe = get_sqe(ch);
+    io_uring_prep_send(sqe, c->fd, ch->ping_frame, sizeof ch->ping_frame, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_PING_SEND, (uint32_t)i));
+}
+
+/* ---- inbound frames -------------------------------------------------- */
+
+static void on_text(struct child *ch, long i, const char *p, size_t n)
+{
+    struct conn *c = &ch->conns[i];
+    uint64_t now = load_mono_ns();
+    const char *t = memmem(p, n, "\"t_ns\":", 7);
+    if (t) {
+        uint64_t sent = strtoull(t + 7, NULL, 10);
+        ch->c.notifications_received++;
+        lh_record(&ch->delivery, now > sent ? now - sent : 0);
+    } else if (memmem(p, n, "\"pong\"", 6)) {
+        ch->c.pongs_received++;
+        if (c->ping_out) {
+            lh_record(&ch->rtt, now - c->ping_ns);
+            c->ping_out = 0;
+        }
+        if (ch->saturate && ch->phase == PH_RUN)
+            send_ping(ch, i, now);
+    } else {
+        ch->c.other_messages++;
+    }
+}
+
+static void send_pong_reply(struct child *ch, long i, const unsigned char *payload, size_t n)
+{
+    struct conn *c = &ch->conns[i];
+    if (c->ctrl_busy || n > 125)
+        return; /* a reply is already in flight; the server will ping again */
+    if (!c->ctrl && !(c->ctrl = malloc(6 + 125)))
+        return;
+    unsigned char *f = (unsigned char *)c->ctrl;
+    f[0] = 0x8a;
+    f[1] = 0x80 | (unsigned char)n;
+    memset(f + 2, 0, 4); /* zero key: payload goes as is */
+    memcpy(f + 6, payload, n);
+    c->ctrl_busy = 1;
+    struct io_uring_sqe *sqe = get_sqe(ch);
+    io_uring_prep_send(sqe, c->fd, f, 6 + n, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_CTRL_SEND, (uint32_t)i));
+}
+
+/* Parses whole server frames from p; returns bytes consumed or -1 to drop the connection. */
+static long parse_frames(struct child *ch, long i, const unsigned char *p, size_t n)
+{
+    size_t off = 0;
+    while (n - off >= 2) {
+        const unsigned char *f = p + off;
+        unsigned op = f[0] & 0x0f;
+        uint64_t len = f[1] & 0x7f;
+        size_t hdr = 2;
+        if (f[1] & 0x80)
+            return -1; /* servers never mask */
+        if (len == 126) {
+            if (n - off < 4) break;
+            len = ((uint64_t)f[2] << 8) | f[3];
+            hdr = 4;
+        } else if (len == 127) {
+            if (n - off < 10) break;
+            len = 0;
+            for (int k = 0; k < 8; k++) len = (len << 8) | f[2 + k];
+            hdr = 10;
+        }
+        if (len > (1u << 24))
+            return -1;
+        if (n - off < hdr + len)
+            break;
+        const unsigned char *pl = f + hdr;
+        if (op == 0x1 || op == 0x0)
+            on_text(ch, i, (const char *)pl, (size_t)len);
+        else if (op == 0x8)
+            return -1;
+        else if (op == 0x9)
+            send_pong_reply(ch, i, pl, (size_t)len);
+        off += hdr + (size_t)len;
+    }
+    return (long)off;
+}
+
+/* Frames may straddle recv buffers: keep the tail in c->partial. */
+static int on_frame_bytes(struct child *ch, long i, const char *data, size_t n)
+{
+    struct conn *c = &ch->conns[i];
+    const char *p = data;
+    size_t len = n;
+    if (c->plen) {
+        if (partial_append(c, data, n) < 0)
+            return -1;
+        p = c->partial;
+        len = c->plen;
+    }
+    long used = parse_frames(ch, i, (const unsigned char *)p, len);
+    if (used < 0 || c->state != CS_OPEN)
+        return -1;
+    size_t rest = len - (size_t)used;
+    if (rest && p == c->partial)
+        memmove(c->partial, c->partial + used, rest);
+    else if (rest && partial_append(c, p + used, rest) < 0)
+        return -1;
+    if (p == c->partial)
+        c->plen = (uint32_t)rest;
+    return 0;
+}
+
+static void show_bad_handshake(struct child *ch, const char *resp)
+{
+    if (ch->hs_errors_shown++ >= 3)
+        return;
+    const char *e = strstr(resp, "\r\n");
+    fprintf(stderr, "tether-load: handshake refused: %.*s\n", e ? (int)(e - resp) : 60, resp);
+}
+
+static int on_handshake_bytes(struct child *ch, long i, const char *data, size_t n)
+{
+    struct conn *c = &ch->conns[i];
+    if (partial_append(c, data, n) < 0 || partial_append(c, "", 1) < 0)
+        return -1;
+    c->plen--; /* keep a NUL after the bytes for strstr */
+    char *end = strstr(c->partial, "\r\n\r\n");
+    if (!end)
+        return c->plen > HS_MAX ? -1 : 0;
+    if (strncmp(c->partial, "HTTP/1.1 101", 12) != 0) {
+        show_bad_handshake(ch, c->partial);
+        return -1;
+    }
+    c->state = CS_OPEN;
+    ch->inflight--;
+    ch->c.connections_ok++;
+    size_t hl = (size_t)(end + 4 - c->partial);
+    size_t rest = c->plen - hl;
+    char *tmp = c->partial;
+    c->partial = NULL;
+    c->plen = c->pcap = 0;
+    int r = rest ? on_frame_bytes(ch, i, tmp + hl, rest) : 0;
+    free(tmp);
+    return r;
+}
+
+static void on_recv(struct child *ch, long i, struct io_uring_cqe *cqe)
+{
+    struct conn *c = &ch->conns[i];
+    int res = cqe->res;
+    if (cqe->flags & IORING_CQE_F_BUFFER) {
+        unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+        if (res > 0 && c->state == CS_HANDSHAKE) {
+            if (on_handshake_bytes(ch, i, ch->bufs + (size_t)bid * BUF_SIZE, (size_t)res) < 0)
+                conn_kill(ch, c, 0);
+        } else if (res > 0 && c->state == CS_OPEN) {
+            if (on_frame_bytes(ch, i, ch->bufs + (size_t)bid * BUF_SIZE, (size_t)res) < 0)
+                conn_kill(ch, c, 1);
+        }
+        buf_recycle(ch, bid);
+    }
+    if (c->state == CS_DEAD || (cqe->flags & IORING_CQE_F_MORE))
+        return;
+    if (res > 0 || res == -ENOBUFS)
+        arm_recv(ch, i);
+    else
+        conn_kill(ch, c, c->state == CS_OPEN); /* EOF or error */
+}
+
+/* ---- backend API ----------------------------------------------------- */
+
+static void api_connect(struct child *ch, int k)
+{
+    struct api_conn *a = &ch->api[k];
+    a->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (a->fd < 0) {
+        a->state = AS_DOWN;
+        a->down_ns = load_mono_ns();
+        return;
+    }
+    int one = 1;
+    setsockopt(a->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    a->state = AS_CONNECTING;
+    struct io_uring_sqe *sqe = get_sqe(ch);
+    io_uring_prep_connect(sqe, a->fd, (struct sockaddr *)&ch->o->api_addr, sizeof ch->o->api_addr);
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_API_CONNECT, (uint32_t)k));
+}
+
+static void api_down(struct child *ch, int k)
+{
+    struct api_conn *a = &ch->api[k];
+    if (a->state == AS_BUSY)
+        ch->c.notify_io_errors++;
+    if (a->fd >= 0)
+        close(a->fd);
+    a->fd = -1;
+    a->state = AS_DOWN;
+    a->down_ns = load_mono_ns();
+}
+
+static void api_recv(struct child *ch, int k)
+{
+    struct api_conn *a = &ch->api[k];
+    struct io_uring_sqe *sqe = get_sqe(ch);
+    io_uring_prep_recv(sqe, a->fd, a->resp + a->resp_len, sizeof a->resp - 1 - (size_t)a->resp_len, 0);
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_API_RECV, (uint32_t)k));
+}
+
+/* Picks a random open connection of this process (a few tries), or -1. */
+static long pick_open(struct child *ch)
+{
+    for (int tries = 0; tries < 8; tries++) {
+        ch->rng ^= ch->rng << 13;
+        ch->rng ^= ch->rng >> 7;
+        ch->rng ^= ch->rng << 17;
+        long i = (long)(ch->rng % (uint64_t)ch->count);
+        if (ch->conns[i].state == CS_OPEN)
+            return i;
+    }
+    return -1;
+}
+
+static int api_send_notify(struct child *ch, int k)
+{
+    struct api_conn *a = &ch->api[k];
+    long i = pick_open(ch);
+    if (i < 0)
+        return -1;
+    char user[96], body[256];
+    user_name(ch, ch->first + i, user, sizeof user);
+    int bl = snprintf(body, sizeof body,
+                      "{\"user_id\":\"%s\",\"type\":\"load.test\",\"data\":{\"t_ns\":%llu,\"seq\":%llu}}",
+                      user, (unsigned long long)load_mono_ns(), (unsigned long long)ch->notify_sched);
+    a->req_len = snprintf(a->req, sizeof a->req,
+                          "POST /v1/notify HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                          "Content-Length: %d\r\n\r\n%s",
+                          ch->o->api_host, bl, body);
+    a->state = AS_BUSY;
+    a->resp_len = 0;
+    ch->c.notifications_sent++;
+    struct io_uring_sqe *sqe = get_sqe(ch);
+    io_uring_prep_send(sqe, a->fd, a->req, (size_t)a->req_len, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_API_SEND, (uint32_t)k));
+    api_recv(ch, k);
+    return 0;
+}
+
+/* A complete response counts its status; returns 1 when complete, 0 when more is due. */
+static int api_response(struct child *ch, struct api_conn *a)
+{
+    a->resp[a->resp_len] = 0;
+    char *end = strstr(a->resp, "\r\n\r\n");
+    if (!end)
+        return 0;
+    const char *cl = strcasestr(a->resp, "\r\ncontent-length:");
+    long body = cl && cl < end ? strtol(cl + 17, NULL, 10) : 0;
+    if ((end + 4 - a->resp) + body > a->resp_len)
+        return 0;
+    int status = a->resp_len > 12 ? atoi(a->resp + 9) : 0;
+    if (status >= 200 && status < 300)
+        ch->c.notify_2xx++;
+    else if (status == 404)
+        ch->c.notify_404++;
+    else if (status == 503)
+        ch->c.notify_503++;
+    else
+        ch->c.notify_other++;
+    return 1;
+}
+
+static void on_api(struct child *ch, enum op op, int k, int res)
+{
+    struct api_conn *a = &ch->api[k];
+    if (op == OP_API_CONNECT) {
+        if (res < 0)
+            api_down(ch, k);
+        else
+            a->state = AS_IDLE;
+    } else if (op == OP_API_SEND) {
+        if (res < 0 && a->state == AS_BUSY)
+            shutdown(a->fd, SHUT_RDWR); /* the pending recv then fails and takes it down */
+    } else if (op == OP_API_RECV) {
+        if (res <= 0 || a->state != AS_BUSY) {
+            api_down(ch, k);
+            return;
+        }
+        a->resp_len += res;
+        if (api_response(ch, a))
+            a->state = AS_IDLE;
+        else if (a->resp_len >= (int)sizeof a->resp - 1)
+            api_down(ch, k);
+        else
+            api_recv(ch, k);
+    }
+}
+
+/* ---- dispatch and pacing --------------------------------------------- */
+
+static void on_cqe(struct child *ch, struct io_uring_cqe *cqe)
+{
+    uint64_t ud = io_uring_cqe_get_data64(cqe);
+    enum op op = ud_op(ud);
+    uint32_t i = ud_idx(ud);
+    struct conn *c = op <= OP_CTRL_SEND ? &ch->conns[i] : NULL;
+    switch (op) {
+    case OP_CONNECT:
+        on_connected(ch, i, cqe->res);
+        break;
+    case OP_RECV:
+        on_recv(ch, i, cqe);
+        break;
+    case OP_HS_SEND:
+    case OP_CTRL_SEND:
+        c->ctrl_busy = 0;
+        if (op == OP_HS_SEND || c->state == CS_DEAD) { /* the 4 KiB request buffer is done */
+            free(c->ctrl);
+            c->ctrl = NULL;
+        }
+        if (cqe->res < 0)
+            conn_kill(ch, c, c->state == CS_OPEN);
+        break;
+    case OP_PING_SEND:
+        if (cqe->res < 0)
+            conn_kill(ch, c, 1);
+        break;
+    default:
+        on_api(ch, op, (int)i, cqe->res);
+    }
+}
+
+static void pace_connects(struct child *ch, uint64_t now)
+{
+    double rate = ch->o->connect_rate > 0 ? ch->o->connect_rate / ch->o->procs : 0;
+    long due = rate > 0 ? (long)((double)(now - ch->t0) * 1e-9 * rate) + 1 : ch->count;
+    while (ch->next_conn < ch->count && ch->next_conn < due && ch->inflight < MAX_INFLIGHT)
+        conn_start(ch, ch->next_conn++);
+    if (ch->next_conn == ch->count && ch->inflight == 0) {
+        ch->c.connect_end_ns = now;
+        ch->c.connect_done = 1;
+        ch->phase = ch->c.connections_ok ? PH_RUN : PH_DONE; /* nothing to load */
+        ch->run_t0 = now;
+        ch->c.ping_start_ns = now;
+        ch->last_progress = 0; /* tell the parent at once */
+        if (ch->saturate && !ch->o->idle)
+            for (long i = 0; i < ch->count; i++)
+                if (ch->conns[i].state == CS_OPEN)
+                    send_ping(ch, i, now);
+    }
+}
+
+/* Interval pings: connection i's ping falls at phase i/count of each interval. */
+static void pace_pings(struct child *ch, uint64_t now)
+{
+    if (ch->saturate || ch->o->idle || ch->count == 0)
+        return;
+    double per_s = (double)ch->count / ch->o->ping_interval;
+    uint64_t due = (uint64_t)((double)(now - ch->run_t0) * 1e-9 * per_s);
+    for (; ch->ping_sched < due; ch->ping_sched++) {
+        long i = (long)(ch->ping_sched % (uint64_t)ch->count);
+        struct conn *c = &ch->conns[i];
+        if (c->state != CS_OPEN)
+            continue;
+        if (c->ping_out)
+            ch->c.pings_skipped++;
+        else
+            send_ping(ch, i, now);
+    }
+}
+
+static void pace_notifies(struct child *ch, uint64_t now)
+{
+    if (ch->notify_rate <= 0)
+        return;
+    uint64_t due = (uint64_t)((double)(now - ch->run_t0) * 1e-9 * ch->notify_rate);
+    for (int k = 0; k < ch->o->api_conns && ch->notify_sched < due; k++) {
+        struct api_conn *a = &ch->api[k];
+        if (a->state == AS_DOWN && now - a->down_ns > 100000000ull)
+            api_connect(ch, k);
+        if (a->state != AS_IDLE)
+            continue;
+        if (api_send_notify(ch, k) < 0)
+            break;
+        ch->notify_sched++;
+    }
+}
+
+static int settled(const struct child *ch)
+{
+    for (long i = 0; i < ch->count; i++)
+        if (ch->conns[i].ping_out)
+            return 0;
+    for (int k = 0; k < ch->o->api_conns; k++)
+        if (ch->api[k].state == AS_BUSY)
+            return 0;
+    return ch->c.notifications_received >= ch->c.notifications_sent;
+}
+
+static void report(struct child *ch, uint32_t type)
+{
+    struct load_rec r = {.type = type, .child = (uint32_t)ch->id, .c = ch->c};
+    if (write(ch->report_fd, &r, sizeof r) != (ssize_t)sizeof r)
+        return;
+    if (type == LR_FINAL) {
+        if (write(ch->report_fd, &ch->rtt, sizeof ch->rtt) < 0 ||
+            write(ch->report_fd, &ch->delivery, sizeof ch->delivery) < 0)
+            return;
+    }
+}
+
+static void step(struct child *ch, uint64_t now)
+{
+    if (g_stop && ch->phase < PH_DRAIN) {
+        ch->phase = PH_DRAIN;
+        ch->drain_t0 = now;
+        ch->c.ping_end_ns = now;
+    }
+    if (ch->phase == PH_CONNECT)
+        pace_connects(ch, now);
+    if (ch->phase == PH_RUN) {
+        pace_pings(ch, now);
+        pace_notifies(ch, now);
+        if (now - ch->run_t0 >= (uint64_t)(ch->o->duration * 1e9)) {
+            ch->phase = PH_DRAIN;
+            ch->drain_t0 = now;
+            ch->c.ping_end_ns = now;
+        }
+    }
+    if (ch->phase == PH_DRAIN &&
+        (settled(ch) || now - ch->drain_t0 >= (uint64_t)(ch->o->grace * 1e9)))
+        ch->phase = PH_DONE;
+    if (now - ch->last_progress >= 1000000000ull) {
+        ch->last_progress = now;
+        report(ch, LR_PROGRESS);
+    }
+}
+
+static int child_setup(struct child *ch)
+{
+    ch->conns = calloc((size_t)ch->count + 1, sizeof *ch->conns);
+    ch->api = calloc((size_t)ch->o->api_conns + 1, sizeof *ch->api);
+    if (!ch->conns || !ch->api)
+        return -ENOMEM;
+    for (long i = 0; i < ch->count; i++)
+        ch->conns[i].fd = -1;
+    int r = ring_init(ch);
+    if (r < 0 || (r = bufring_init(ch)) < 0)
+        return r;
+    build_ping(ch);
+    ch->saturate = !ch->o->idle && ch->o->ping_interval <= 0;
+    ch->notify_rate = ch->o->notify_rate / ch->o->procs;
+    ch->rng = 0x9e3779b97f4a7c15ull ^ ((uint64_t)getpid() << 20) ^ (uint64_t)ch->id;
+    ch->t0 = load_mono_ns();
+    ch->c.target = (uint64_t)ch->count;
+    for (int k = 0; k < (ch->notify_rate > 0 ? ch->o->api_conns : 0); k++)
+        api_connect(ch, k);
+    for (int k = ch->notify_rate > 0 ? ch->o->api_conns : 0; k < ch->o->api_conns; k++)
+        ch->api[k].fd = -1;
+    return 0;
+}
+
+int load_child_run(const struct load_opts *o, int id, long first, long count, int report_fd)
+{
+    static struct child ch; /* one per process; histograms are large */
+    ch.o = o;
+    ch.id = id;
+    ch.first = first;
+    ch.count = count;
+    ch.report_fd = report_fd;
+    signal(SIGINT, on_stop);
+    signal(SIGTERM, on_stop);
+    signal(SIGPIPE, SIG_IGN);
+    if (child_setup(&ch) < 0)
+        return 1;
+    struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 1000000};
+    while (ch.phase != PH_DONE) {
+        step(&ch, load_mono_ns());
+        struct io_uring_cqe *cqe;
+        io_uring_submit_and_wait_timeout(&ch.ring, &cqe, 1, &ts, NULL);
+        unsigned head, n = 0;
+        io_uring_for_each_cqe(&ch.ring, head, cqe) {
+            on_cqe(&ch, cqe);
+            n++;
+        }
+        io_uring_cq_advance(&ch.ring, n);
+    }
+    /* Connections still connecting when the run ended never made it. */
+    ch.c.connect_errors += ch.c.target - ch.c.connections_ok - ch.c.connect_errors;
+    report(&ch, LR_FINAL);
+    return 0;
+}

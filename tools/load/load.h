@@ -1,0 +1,72 @@
+/*
+ * tether-load internals shared by the parent (flags, fork, merge, summary)
+ * and each load process (one io_uring loop over a share of the connections).
+ * A child reports to the parent over a pipe: a progress record each second
+ * and a final record followed by its two histograms.
+ */
+#ifndef TETHER_LOAD_LOAD_H
+#define TETHER_LOAD_LOAD_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <netinet/in.h>
+
+#include "tools/load/hist.h"
+
+struct load_opts {
+    struct sockaddr_in ws_addr;   /* --url host:port */
+    char ws_host[128];            /* Host header */
+    char ws_path[256];            /* path, e.g. /ws */
+    struct sockaddr_in api_addr;  /* --api host:port */
+    char api_host[128];
+    uint8_t secret[512];
+    size_t secret_len;
+    long connections;
+    double ping_interval;  /* seconds; 0 = saturate (one outstanding ping per connection) */
+    int idle;              /* no pings at all */
+    double duration;
+    double notify_rate;    /* notifications per second, all processes together */
+    double connect_rate;   /* new connections per second, all processes; 0 = unlimited */
+    int procs;
+    int api_conns;         /* keep-alive API connections per process */
+    int spread_sources;    /* bind to 127.0.0.x source addresses */
+    double grace;          /* seconds to wait for late pongs/notifications */
+    char user_prefix[32];
+    char ready_file[256];
+};
+
+enum load_rec_type { LR_PROGRESS = 1, LR_FINAL = 2 };
+
+struct load_counts {
+    uint64_t target;          /* connections this process should open */
+    uint64_t connections_ok;
+    uint64_t connect_errors;  /* refused, reset, non-101 answers */
+    uint64_t disconnects;     /* established connections the server closed */
+    uint64_t pings_sent;
+    uint64_t pongs_received;
+    uint64_t pings_skipped;   /* interval came while the previous ping was outstanding */
+    uint64_t notifications_sent;
+    uint64_t notifications_received;
+    uint64_t notify_2xx, notify_404, notify_503, notify_other, notify_io_errors;
+    uint64_t other_messages;  /* text frames neither pong nor load notification */
+    uint64_t connect_start_ns, connect_end_ns; /* first connect issued, last handshake done */
+    uint64_t ping_start_ns, ping_end_ns;
+    int connect_done;
+};
+
+struct load_rec {
+    uint32_t type;
+    uint32_t child;
+    struct load_counts c;
+};
+
+/* Child side: run the loop for connections [first, first+count), report on fd. */
+int load_child_run(const struct load_opts *o, int child, long first, long count, int report_fd);
+
+/* HS256 token for sub, signed with libcrypto HMAC. Returns length or -1. */
+int load_sign_token(const char *sub, const uint8_t *secret, size_t secret_len, char *out,
+                    size_t cap);
+
+uint64_t load_mono_ns(void);
+
+#endif
