@@ -1,0 +1,311 @@
+/*
+ * The worker's connection table and each connection's outbound path.
+ *
+ * Connections live in one preallocated array and are named by index; the
+ * entry's generation goes into io_uring user_data so a completion can never
+ * act on a reused entry. Outbound bytes go through a two-buffer send queue:
+ * `fly` is what the kernel is sending (never moved while a send is
+ * outstanding) and `pend` collects frames queued meanwhile, so appending
+ * never invalidates a buffer the kernel holds. Both are allocated on demand
+ * and freed as soon as they drain: an idle connection holds no heap.
+ *
+ * Closing is always the same path: final bytes queued (a close frame or an
+ * HTTP error), state CLOSING, the registry slot released at once; once the
+ * queue drains we shutdown(SHUT_WR) (our FIN) and wait for the peer's EOF or
+ * a deadline, then abort. Abort shuts the socket both ways, which ends any
+ * outstanding recv/send; the entry is freed when the last one completes.
+ */
+#include "worker/wk.h"
+#include "shm/clock.h"
+#include "shm/log.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+int wk_conn_alloc(struct worker *w, int fd)
+{
+    uint32_t idx;
+    if (w->free_head != UINT32_MAX) {
+        idx = w->free_head;
+        w->free_head = w->conns[idx].next;
+    } else if (w->high < WK_MAX_CONNS) {
+        idx = w->high++;
+    } else {
+        return -ENFILE;
+    }
+    struct conn *c = &w->conns[idx];
+    uint32_t gen = c->gen;
+    memset(c, 0, sizeof(*c));
+    c->gen = gen;
+    c->fd = fd;
+    c->state = CS_HANDSHAKE;
+    c->deadline_s = w->mono_s + WK_HANDSHAKE_S;
+    th_ws_reader_init(&c->rd, w->cfg->max_message);
+    w->live++;
+    return (int)idx;
+}
+
+size_t wk_conn_queued(const struct conn *c)
+{
+    if (!c->sq)
+        return 0;
+    return (size_t)(c->sq->fly_len - c->sq->fly_off) + c->sq->pend_len;
+}
+
+static void list_flush(struct worker *w, uint32_t idx)
+{
+    struct conn *c = &w->conns[idx];
+    if (c->flags & CF_FLUSH_LISTED)
+        return;
+    c->flags |= CF_FLUSH_LISTED;
+    w->flush[w->nflush++] = idx;
+}
+
+/* Room for n more pending bytes; NULL (and the connection aborted) when over cap or out of memory. */
+static uint8_t *reserve(struct worker *w, uint32_t idx, size_t n)
+{
+    struct conn *c = &w->conns[idx];
+    if (c->state == CS_FREE || c->state == CS_DEAD)
+        return NULL;
+    if (wk_conn_queued(c) + n > w->cfg->send_queue_cap) {
+        th_debug("connection %u: send queue over %llu bytes, closing", idx,
+                 (unsigned long long)w->cfg->send_queue_cap);
+        wk_conn_abort(w, idx);
+        return NULL;
+    }
+    if (!c->sq && !(c->sq = calloc(1, sizeof(*c->sq))))
+        goto oom;
+    struct sendq *q = c->sq;
+    if (q->pend_len + n > q->pend_cap) {
+        size_t cap = q->pend_cap ? (size_t)q->pend_cap * 2 : 256;
+        while (cap < q->pend_len + n)
+            cap *= 2;
+        uint8_t *np = realloc(q->pend, cap);
+        if (!np)
+            goto oom;
+        q->pend = np;
+        q->pend_cap = (uint32_t)cap;
+    }
+    list_flush(w, idx);
+    uint8_t *at = q->pend + q->pend_len;
+    q->pend_len += (uint32_t)n;
+    return at;
+oom:
+    th_warn("connection %u: out of memory for the send queue, closing", idx);
+    wk_conn_abort(w, idx);
+    return NULL;
+}
+
+void wk_conn_send(struct worker *w, uint32_t idx, const void *p, size_t n)
+{
+    uint8_t *at = reserve(w, idx, n);
+    if (at)
+        memcpy(at, p, n);
+}
+
+void wk_conn_send_frame(struct worker *w, uint32_t idx, enum th_ws_opcode op, const void *p, size_t n)
+{
+    uint8_t hdr[10];
+    size_t hl = th_ws_frame_hdr_write(hdr, op, n);
+    uint8_t *at = reserve(w, idx, hl + n);
+    if (!at)
+        return;
+    memcpy(at, hdr, hl);
+    if (n)
+        memcpy(at + hl, p, n);
+}
+
+static void send_fin(struct worker *w, struct conn *c)
+{
+    if (c->flags & CF_FIN_SENT)
+        return;
+    c->flags |= CF_FIN_SENT;
+    shutdown(c->fd, SHUT_WR);
+}
+
+/* Hand the queue's oldest bytes to the kernel (one send outstanding at a time). */
+static void start_send(struct worker *w, uint32_t idx)
+{
+    struct conn *c = &w->conns[idx];
+    struct sendq *q = c->sq;
+    if (!q || (c->flags & CF_SENDING) || c->state == CS_DEAD || c->state == CS_FREE)
+        return;
+    if (q->fly_off == q->fly_len) {
+        if (!q->pend_len)
+            return;
+        free(q->fly);
+        q->fly = q->pend, q->fly_len = q->pend_len, q->fly_off = 0;
+        q->pend = NULL, q->pend_len = q->pend_cap = 0;
+    }
+    struct io_uring_sqe *sqe = wk_sqe(w);
+    io_uring_prep_send(sqe, c->fd, q->fly + q->fly_off, q->fly_len - q->fly_off, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, wk_ud(OP_SEND, idx, c->gen));
+    c->flags |= CF_SENDING;
+}
+
+void wk_conn_flush_all(struct worker *w)
+{
+    for (uint32_t i = 0; i < w->nflush; i++) {
+        uint32_t idx = w->flush[i];
+        w->conns[idx].flags &= ~CF_FLUSH_LISTED;
+        start_send(w, idx);
+    }
+    w->nflush = 0;
+}
+
+static void sendq_free(struct conn *c)
+{
+    if (!c->sq)
+        return;
+    free(c->sq->fly);
+    free(c->sq->pend);
+    free(c->sq);
+    c->sq = NULL;
+}
+
+void wk_on_send(struct worker *w, uint32_t idx, int res)
+{
+    struct conn *c = &w->conns[idx];
+    c->flags &= ~CF_SENDING;
+    if (c->state == CS_DEAD) {
+        wk_conn_maybe_free(w, idx);
+        return;
+    }
+    if (res < 0) { /* EPIPE, ECONNRESET: the peer is gone */
+        wk_conn_abort(w, idx);
+        wk_conn_maybe_free(w, idx);
+        return;
+    }
+    struct sendq *q = c->sq;
+    q->fly_off += (uint32_t)res;
+    if (q->fly_off < q->fly_len || q->pend_len) {
+        start_send(w, idx);
+        return;
+    }
+    sendq_free(c); /* drained: idle connections hold no buffer */
+    if (c->state == CS_CLOSING)
+        send_fin(w, c);
+}
+
+void wk_conn_unregister(struct worker *w, uint32_t idx)
+{
+    struct conn *c = &w->conns[idx];
+    if (!(c->flags & CF_REGISTERED))
+        return;
+    c->flags &= ~CF_REGISTERED;
+    th_reg_release(w->reg, c->h, w->now_ns);
+    atomic_fetch_add_explicit(&w->reg->hdr->counters.connections_closed, 1, memory_order_relaxed);
+}
+
+/* Final bytes are queued: release the slot, flush, FIN, wait for EOF until a deadline. */
+void wk_conn_finish(struct worker *w, uint32_t idx)
+{
+    struct conn *c = &w->conns[idx];
+    if (c->state == CS_FREE || c->state == CS_DEAD)
+        return;
+    wk_conn_unregister(w, idx);
+    c->state = CS_CLOSING;
+    c->deadline_s = w->mono_s + WK_CLOSE_WAIT_S;
+    if (w->draining && c->deadline_s > w->drain_deadline_s)
+        c->deadline_s = w->drain_deadline_s;
+    free(c->head);
+    c->head = NULL;
+    th_ws_reader_free(&c->rd);
+    if (!wk_conn_queued(c) && !(c->flags & CF_SENDING))
+        send_fin(w, c);
+}
+
+void wk_conn_close(struct worker *w, uint32_t idx, uint16_t code)
+{
+    struct conn *c = &w->conns[idx];
+    if (c->state == CS_HANDSHAKE) {
+        wk_conn_abort(w, idx);
+        return;
+    }
+    if (c->state != CS_OPEN)
+        return;
+    uint8_t body[2] = {(uint8_t)(code >> 8), (uint8_t)code};
+    wk_conn_send_frame(w, idx, TH_WS_CLOSE, body, sizeof(body));
+    wk_conn_finish(w, idx);
+}
+
+void wk_conn_abort(struct worker *w, uint32_t idx)
+{
+    struct conn *c = &w->conns[idx];
+    if (c->state == CS_FREE || c->state == CS_DEAD)
+        return;
+    wk_conn_unregister(w, idx);
+    c->state = CS_DEAD;
+    /* Ends the outstanding multishot recv (EOF) and any send (EPIPE). */
+    shutdown(c->fd, SHUT_RDWR);
+    free(c->head);
+    c->head = NULL;
+    th_ws_reader_free(&c->rd);
+    if (c->sq) {
+        free(c->sq->pend);
+        c->sq->pend = NULL;
+        c->sq->pend_len = c->sq->pend_cap = 0;
+    }
+}
+
+void wk_conn_maybe_free(struct worker *w, uint32_t idx)
+{
+    struct conn *c = &w->conns[idx];
+    if (c->state != CS_DEAD || (c->flags & (CF_RECV_ARMED | CF_SENDING)))
+        return;
+    close(c->fd);
+    sendq_free(c);
+    c->fd = -1;
+    c->state = CS_FREE;
+    c->gen++;
+    c->next = w->free_head;
+    w->free_head = idx;
+    w->live--;
+}
+
+/*
+ * Once a second: handshakes over 10 s (slowloris), closing connections past
+ * their deadline, tokens past exp (1008). A linear pass over the used part
+ * of the table: about 20,000 compares a second at most, no timer per
+ * connection and no extra memory per connection.
+ */
+void wk_conn_tick(struct worker *w)
+{
+    uint32_t now_s = w->mono_s;
+    uint64_t wall_s = w->now_ns / TH_NS_PER_S;
+    for (uint32_t i = 0; i < w->high; i++) {
+        struct conn *c = &w->conns[i];
+        switch (c->state) {
+        case CS_HANDSHAKE:
+        case CS_CLOSING:
+            if (c->deadline_s && now_s >= c->deadline_s) {
+                wk_conn_abort(w, i);
+                wk_conn_maybe_free(w, i);
+            }
+            break;
+        case CS_OPEN:
+            if (c->exp_s && wall_s >= c->exp_s)
+                wk_conn_close(w, i, TH_WS_POLICY);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+size_t wk_conn_user(const struct worker *w, const struct conn *c, char out[TH_USER_MAX + 1])
+{
+    size_t n = 0;
+    if (c->flags & CF_REGISTERED) {
+        const struct th_slot *s = &w->reg->slots[c->h.slot];
+        n = atomic_load_explicit(&s->user_len, memory_order_relaxed);
+        if (n > TH_USER_MAX)
+            n = TH_USER_MAX;
+        memcpy(out, s->user, n);
+    }
+    out[n] = '\0';
+    return n;
+}

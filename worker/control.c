@@ -1,0 +1,249 @@
+/*
+ * The worker's control socket (wire format in worker/handoff.h), served
+ * inside the io_uring loop: a multishot accept on the SOCK_SEQPACKET
+ * listener and one readiness poll per client; a ready client's packets are
+ * read with non-blocking recv into one per-worker buffer, handled at once,
+ * and answered on the same socket (replies are 32 bytes: a non-blocking
+ * send into an empty-ish socket buffer).
+ *
+ * Also the other direction: closing a connection owned by another worker
+ * (4001 replacement) over a non-blocking socket per peer, opened lazily,
+ * fire-and-forget; its replies are drained before each send so they never
+ * pile up.
+ */
+#include "worker/wk.h"
+#include "shm/clock.h"
+#include "shm/log.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define CTL_PACKET_MAX (sizeof(struct th_ho_msg) + TH_HO_MAX_PAYLOAD)
+
+static int mkdir_p(const char *dir)
+{
+    char tmp[TH_PATH_MAX];
+    snprintf(tmp, sizeof(tmp), "%s", dir);
+    for (char *s = tmp + 1; *s; s++) {
+        if (*s != '/')
+            continue;
+        *s = '\0';
+        if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+            return -errno;
+        *s = '/';
+    }
+    if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+int wk_ctl_listen(struct worker *w)
+{
+    char dir[TH_PATH_MAX];
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (th_runtime_dir(w->cfg->shm_name, dir, sizeof(dir)) < 0 ||
+        th_worker_sock_path(w->cfg->shm_name, w->index, w->ctl_path, sizeof(w->ctl_path)) < 0 ||
+        strlen(w->ctl_path) >= sizeof(sa.sun_path)) {
+        th_error("control socket path for worker %u is too long", w->index);
+        return -ENAMETOOLONG;
+    }
+    int rc = mkdir_p(dir);
+    if (rc < 0) {
+        th_error("mkdir %s: %s", dir, strerror(-rc));
+        return rc;
+    }
+    strcpy(sa.sun_path, w->ctl_path);
+    unlink(w->ctl_path); /* a stale socket of a previous incarnation */
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 64) < 0) {
+        rc = -errno;
+        th_error("control socket %s: %s", w->ctl_path, strerror(-rc));
+        if (fd >= 0)
+            close(fd);
+        return rc;
+    }
+    w->ctl_fd = fd;
+    struct th_proc_sh *me = &w->reg->hdr->workers[w->index];
+    snprintf(me->sock_path, sizeof(me->sock_path), "%s", w->ctl_path);
+    return 0;
+}
+
+void wk_ctl_arm_accept(struct worker *w)
+{
+    struct io_uring_sqe *sqe = wk_sqe(w);
+    io_uring_prep_multishot_accept(sqe, w->ctl_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, wk_ud(OP_CTL_ACCEPT, 0, 0));
+}
+
+static void arm_poll(struct worker *w, uint32_t i)
+{
+    struct io_uring_sqe *sqe = wk_sqe(w);
+    io_uring_prep_poll_add(sqe, w->ctl[i].fd, POLLIN);
+    io_uring_sqe_set_data64(sqe, wk_ud(OP_CTL_POLL, i, w->ctl[i].gen));
+}
+
+void wk_ctl_on_accept(struct worker *w, int res)
+{
+    if (res < 0) {
+        if (res != -ECANCELED)
+            th_warn("control accept: %s", strerror(-res));
+        return;
+    }
+    for (uint32_t i = 0; i < WK_MAX_CTL; i++) {
+        if (w->ctl[i].fd < 0) {
+            w->ctl[i].fd = res;
+            w->ctl[i].gen++;
+            arm_poll(w, i);
+            return;
+        }
+    }
+    th_warn("control socket: more than %u clients, refusing one", WK_MAX_CTL);
+    close(res);
+}
+
+/* (slot, gen) -> our connection index, or -1 when it is not (or no longer) ours. */
+static int lookup(struct worker *w, uint32_t slot, uint32_t gen)
+{
+    if (slot >= w->reg->hdr->nslots)
+        return -1;
+    struct th_slot *s = &w->reg->slots[slot];
+    uint64_t ctl = atomic_load_explicit(&s->ctl, memory_order_acquire);
+    if (th_ctl_gen(ctl) != gen || th_ctl_owner(ctl) != w->index || th_ctl_state(ctl) != TH_SLOT_LIVE)
+        return -1;
+    uint32_t idx = atomic_load_explicit(&s->conn_id, memory_order_relaxed);
+    if (idx >= w->high)
+        return -1;
+    struct conn *c = &w->conns[idx];
+    if (!(c->flags & CF_REGISTERED) || c->h.slot != slot || c->h.gen != gen)
+        return -1;
+    return (int)idx;
+}
+
+static uint16_t handle(struct worker *w, const struct th_ho_msg *m, const uint8_t *payload)
+{
+    int idx = lookup(w, m->slot, m->gen);
+    if (m->type == TH_HO_DELIVER) {
+        if (idx < 0)
+            return TH_HO_GONE;
+        struct conn *c = &w->conns[idx];
+        if (c->state != CS_OPEN || wk_conn_queued(c) + m->len + 10 > w->cfg->send_queue_cap)
+            return TH_HO_BUSY;
+        wk_conn_send_frame(w, (uint32_t)idx, TH_WS_TEXT, payload, m->len);
+        return w->conns[idx].state == CS_OPEN ? TH_HO_OK : TH_HO_BUSY;
+    }
+    if (m->type == TH_HO_CLOSE) {
+        if (!th_ws_close_code_valid(m->code))
+            return TH_HO_BAD;
+        if (idx < 0)
+            return TH_HO_GONE;
+        wk_conn_close(w, (uint32_t)idx, m->code);
+        return TH_HO_OK;
+    }
+    return TH_HO_BAD;
+}
+
+static void packet(struct worker *w, int fd, size_t n)
+{
+    struct th_ho_msg m, r;
+    if (n < sizeof(m))
+        return; /* cannot even echo a seq */
+    memcpy(&m, w->ctl_buf, sizeof(m));
+    uint16_t status = TH_HO_BAD;
+    if (m.magic == TH_HO_MAGIC && m.len == n - sizeof(m))
+        status = handle(w, &m, w->ctl_buf + sizeof(m));
+    memset(&r, 0, sizeof(r));
+    r.magic = TH_HO_MAGIC, r.type = TH_HO_REPLY, r.code = status;
+    r.slot = m.slot, r.gen = m.gen, r.seq = m.seq;
+    if (send(fd, &r, sizeof(r), MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+        th_warn("control reply (seq %llu): %s", (unsigned long long)m.seq, strerror(errno));
+}
+
+static void ctl_drop(struct worker *w, uint32_t i)
+{
+    close(w->ctl[i].fd);
+    w->ctl[i].fd = -1;
+}
+
+void wk_ctl_on_poll(struct worker *w, uint32_t i, uint32_t gen, int res)
+{
+    if (i >= WK_MAX_CTL || w->ctl[i].fd < 0 || w->ctl[i].gen != gen)
+        return;
+    if (res < 0) {
+        ctl_drop(w, i);
+        return;
+    }
+    for (int k = 0; k < 256; k++) { /* bounded: other work must not starve */
+        ssize_t n = recv(w->ctl[i].fd, w->ctl_buf, CTL_PACKET_MAX, MSG_DONTWAIT | MSG_TRUNC);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+            ctl_drop(w, i);
+            return;
+        }
+        if (n < 0 && errno == EAGAIN)
+            break;
+        if (n > 0)
+            packet(w, w->ctl[i].fd, (size_t)n > CTL_PACKET_MAX ? 0 : (size_t)n);
+    }
+    arm_poll(w, i);
+}
+
+static int peer_open(struct worker *w, unsigned peer)
+{
+    char path[TH_PATH_MAX];
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (th_worker_sock_path(w->cfg->shm_name, peer, path, sizeof(path)) < 0 ||
+        strlen(path) >= sizeof(sa.sun_path))
+        return -ENAMETOOLONG;
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+int wk_peer_close(struct worker *w, unsigned peer, struct th_handle h, uint16_t code)
+{
+    static uint64_t seq;
+    struct th_ho_msg m = {.magic = TH_HO_MAGIC, .type = TH_HO_CLOSE, .code = code,
+                          .slot = h.slot, .gen = h.gen, .seq = ++seq};
+    if (peer >= TH_MAX_WORKERS)
+        return -EINVAL;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (w->peer_fd[peer] < 0 && (w->peer_fd[peer] = peer_open(w, peer)) < 0)
+            return w->peer_fd[peer];
+        struct th_ho_msg reply;
+        while (recv(w->peer_fd[peer], &reply, sizeof(reply), MSG_DONTWAIT) > 0)
+            ; /* earlier replies: fire-and-forget */
+        if (send(w->peer_fd[peer], &m, sizeof(m), MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)sizeof(m))
+            return 0;
+        int e = errno;
+        close(w->peer_fd[peer]);
+        w->peer_fd[peer] = -1;
+        if (e == EAGAIN)
+            return -EAGAIN;
+    }
+    return -EPIPE;
+}
+
+void wk_ctl_shutdown(struct worker *w)
+{
+    for (uint32_t i = 0; i < WK_MAX_CTL; i++)
+        if (w->ctl[i].fd >= 0)
+            ctl_drop(w, i);
+    for (unsigned p = 0; p < TH_MAX_WORKERS; p++)
+        if (w->peer_fd[p] >= 0)
+            close(w->peer_fd[p]);
+    if (w->ctl_fd >= 0) {
+        close(w->ctl_fd);
+        unlink(w->ctl_path);
+    }
+}

@@ -1,0 +1,151 @@
+/*
+ * An established WebSocket session: the RFC 6455 reader's callbacks and the
+ * app protocol on top (JSON ping -> pong, ack, error replies).
+ *
+ * Every complete inbound frame stamps the connection's LastSeen with one
+ * relaxed store (the clock is read once per loop iteration, not per frame)
+ * and counts in frames_in; server-sent frames never stamp it. Replies go
+ * through the connection's send queue and leave in one send per connection
+ * at the end of the completion batch.
+ */
+#include "worker/wk.h"
+#include "shm/clock.h"
+#include "shm/log.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+struct sess {
+    struct worker *w;
+    uint32_t idx;
+};
+
+static void on_frame(void *ctx)
+{
+    struct sess *s = ctx;
+    struct conn *c = &s->w->conns[s->idx];
+    s->w->c_frames++;
+    if (c->flags & CF_REGISTERED)
+        th_reg_touch(s->w->reg, c->h, s->w->now_ns);
+}
+
+static int on_ping(void *ctx, const uint8_t *p, size_t n)
+{
+    struct sess *s = ctx;
+    wk_conn_send_frame(s->w, s->idx, TH_WS_PONG, p, n);
+    return s->w->conns[s->idx].state == CS_OPEN ? 0 : 1;
+}
+
+static int on_pong(void *ctx, const uint8_t *p, size_t n)
+{
+    return 0;
+}
+
+/* A peer's close: echo its code (1000 when it sent none), then close TCP. */
+static int on_close(void *ctx, uint16_t code, const uint8_t *reason, size_t n)
+{
+    struct sess *s = ctx;
+    wk_conn_close(s->w, s->idx, code == TH_WS_NO_STATUS ? TH_WS_NORMAL : code);
+    return 1;
+}
+
+static void send_error(struct worker *w, uint32_t idx, const char *why)
+{
+    char buf[160];
+    int n = snprintf(buf, sizeof(buf), "{\"type\":\"error\",\"error\":\"%s\"}", why);
+    wk_conn_send_frame(w, idx, TH_WS_TEXT, buf, (size_t)n);
+}
+
+static void send_pong(struct worker *w, uint32_t idx)
+{
+    uint64_t sec = w->now_ns / TH_NS_PER_S;
+    if (sec != w->pong_sec || !w->pong_len) {
+        char ts[40];
+        th_fmt_rfc3339(ts, sizeof(ts), w->now_ns);
+        w->pong_len = (size_t)snprintf(w->pong, sizeof(w->pong),
+                                       "{\"type\":\"pong\",\"timestamp\":\"%s\"}", ts);
+        w->pong_sec = sec;
+    }
+    wk_conn_send_frame(w, idx, TH_WS_TEXT, w->pong, w->pong_len);
+}
+
+static void app_ping(struct worker *w, uint32_t idx)
+{
+    w->c_pings++;
+    send_pong(w, idx);
+    if (TH_LOG_DEBUG <= th_log_level_now) {
+        char user[TH_USER_MAX + 1];
+        wk_conn_user(w, &w->conns[idx], user);
+        th_debug("[WebSocket] User %s - connection refreshed via ping", user);
+        th_debug("[ConnectionManager] Updated LastSeen for user %s", user);
+    }
+}
+
+/* One client text message: a JSON object with a "type". */
+static void app_text(struct worker *w, uint32_t idx, const uint8_t *p, size_t n)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb((const char *)p, n, JSON_REJECT_DUPLICATES, &jerr);
+    const char *type = root ? json_string_value(json_object_get(root, "type")) : NULL;
+    if (!root || !json_is_object(root))
+        send_error(w, idx, "invalid JSON: expected an object");
+    else if (!type)
+        send_error(w, idx, "missing \\\"type\\\"");
+    else if (!strcmp(type, "ping"))
+        app_ping(w, idx);
+    else if (!strcmp(type, "ack") && json_object_get(root, "id"))
+        w->c_acks++;
+    else if (!strcmp(type, "ack"))
+        send_error(w, idx, "ack without \\\"id\\\"");
+    else
+        send_error(w, idx, "unknown type");
+    json_decref(root);
+}
+
+static int on_message(void *ctx, enum th_ws_opcode op, const uint8_t *p, size_t n)
+{
+    struct sess *s = ctx;
+    if (op == TH_WS_TEXT)
+        app_text(s->w, s->idx, p, n);
+    else
+        send_error(s->w, s->idx, "binary messages are not supported");
+    return s->w->conns[s->idx].state == CS_OPEN ? 0 : 1;
+}
+
+static const struct th_ws_callbacks callbacks = {
+    .on_message = on_message,
+    .on_ping = on_ping,
+    .on_pong = on_pong,
+    .on_close = on_close,
+    .on_frame = on_frame,
+};
+
+void wk_ws_input(struct worker *w, uint32_t idx, uint8_t *p, size_t n)
+{
+    struct sess s = {w, idx};
+    int rc = th_ws_reader_feed(&w->conns[idx].rd, p, n, &callbacks, &s);
+    if (rc >= 1000 && w->conns[idx].state == CS_OPEN)
+        wk_conn_close(w, idx, (uint16_t)rc); /* protocol error: 1002, 1007, 1009 */
+}
+
+/*
+ * Close a connection that a claim pushed over the per-user cap: directly when
+ * it is ours, else through its worker's control socket (fire-and-forget).
+ */
+void wk_evict(struct worker *w, struct th_handle victim, uint16_t code)
+{
+    struct th_conn_info ci;
+    if (!th_reg_read(w->reg, victim.slot, &ci) || ci.gen != victim.gen)
+        return; /* already gone */
+    if (ci.worker != w->index) {
+        if (wk_peer_close(w, ci.worker, victim, code) < 0)
+            th_warn("could not ask worker %u to close slot %u", ci.worker, victim.slot);
+        return;
+    }
+    if (ci.conn_id >= w->high)
+        return;
+    struct conn *c = &w->conns[ci.conn_id];
+    if ((c->flags & CF_REGISTERED) && c->h.slot == victim.slot && c->h.gen == victim.gen)
+        wk_conn_close(w, ci.conn_id, code);
+}

@@ -1,0 +1,191 @@
+/*
+ * Internals of one socket worker, shared by its files (not a public API):
+ * worker.c (set-up, io_uring loop, completion dispatch), conn.c (connection
+ * table, send queue, closing), upgrade.c (HTTP handshake, auth, claim),
+ * session.c (RFC 6455 frames and the app protocol), control.c (control
+ * socket server and the fire-and-forget client to peer workers).
+ *
+ * Everything here is owned by the worker's single thread: no locks.
+ */
+#ifndef TETHER_WORKER_WK_H
+#define TETHER_WORKER_WK_H
+
+#include "shm/config.h"
+#include "shm/registry.h"
+#include "worker/handoff.h"
+#include "worker/http.h"
+#include "worker/ws.h"
+
+#include <liburing.h>
+#include <stdint.h>
+
+/*
+ * Each process may hold at most 20,000 file descriptors (a hard limit on
+ * this deployment). A worker keeps about 100 for its listener, control
+ * socket, control clients, peer sockets, io_uring, logs and libraries, so
+ * one worker serves at most 19,900 clients: the group's capacity scales
+ * with --workers (and is also bounded by --slots).
+ */
+#define WK_MAX_CONNS 19900u
+#define WK_MAX_CTL 64u        /* control-socket clients (notifier, janitor, peers, tools) */
+#define WK_BUF_COUNT 1024u    /* provided recv buffers shared by all connections */
+#define WK_BUF_SIZE 4096u
+#define WK_BGID 1
+#define WK_HANDSHAKE_S 10u    /* slowloris bound: time to finish the HTTP upgrade */
+#define WK_CLOSE_WAIT_S 5u    /* after our close frame: wait this long for the peer */
+
+/* user_data: op (8 bits) | index (24 bits) | generation (32 bits). */
+enum wk_op {
+    OP_ACCEPT = 1, /* multishot accept on the client listener */
+    OP_RECV,       /* multishot recv of connection index */
+    OP_SEND,       /* one send of connection index's in-flight buffer */
+    OP_CTL_ACCEPT, /* multishot accept on the control listener */
+    OP_CTL_POLL,   /* readability of control client index */
+    OP_CANCEL,     /* completions of our own cancel requests: ignored */
+};
+
+static inline uint64_t wk_ud(enum wk_op op, uint32_t idx, uint32_t gen)
+{
+    return ((uint64_t)op << 56) | ((uint64_t)(idx & 0xffffffu) << 32) | gen;
+}
+static inline enum wk_op wk_ud_op(uint64_t ud)
+{
+    return (enum wk_op)(ud >> 56);
+}
+static inline uint32_t wk_ud_idx(uint64_t ud)
+{
+    return (uint32_t)(ud >> 32) & 0xffffffu;
+}
+static inline uint32_t wk_ud_gen(uint64_t ud)
+{
+    return (uint32_t)ud;
+}
+
+enum conn_state {
+    CS_FREE = 0,
+    CS_HANDSHAKE, /* reading the HTTP request head */
+    CS_OPEN,      /* WebSocket established, slot claimed */
+    CS_CLOSING,   /* final bytes queued (close frame or HTTP error): flush, FIN, wait for EOF */
+    CS_DEAD,      /* socket shut down: waiting for in-flight operations to finish */
+};
+
+enum conn_flag {
+    CF_RECV_ARMED = 1u << 0, /* a multishot recv is outstanding */
+    CF_SENDING = 1u << 1,    /* a send is outstanding */
+    CF_FLUSH_LISTED = 1u << 2,
+    CF_REGISTERED = 1u << 3, /* holds registry slot h */
+    CF_FIN_SENT = 1u << 4,   /* shutdown(SHUT_WR) done */
+};
+
+/* Outbound bytes of one connection: allocated on demand, freed once drained. */
+struct sendq {
+    uint8_t *fly;   /* buffer handed to the kernel: never moved while CF_SENDING */
+    uint32_t fly_len, fly_off;
+    uint8_t *pend;  /* bytes queued since: grows by realloc */
+    uint32_t pend_len, pend_cap;
+};
+
+/*
+ * One client connection. Compact on purpose: an idle open connection holds
+ * only this struct (no heap), so user-space memory per idle connection is
+ * sizeof(struct conn) plus its share of the table's page rounding.
+ */
+struct conn {
+    int32_t fd;
+    uint32_t gen;        /* bumped when the entry is reused: stale completions are ignored */
+    struct th_handle h;  /* registry slot while CF_REGISTERED */
+    uint32_t exp_s;      /* token exp (Unix seconds), 0 = none */
+    uint32_t deadline_s; /* monotonic seconds: handshake or close-wait deadline, 0 = none */
+    uint16_t flags;
+    uint8_t state;
+    uint8_t pad;
+    uint16_t head_len, head_cap; /* partial HTTP head, only while CS_HANDSHAKE */
+    uint32_t next;               /* free-list / flush-list link */
+    uint32_t head_scanned;
+    char *head;
+    struct sendq *sq;
+    struct th_ws_reader rd;
+};
+
+struct ctl_client {
+    int fd; /* -1 when unused */
+    uint32_t gen;
+};
+
+struct worker {
+    const struct th_config *cfg;
+    struct th_reg *reg;
+    unsigned index;
+    int listen_fd, ctl_fd;
+    char ctl_path[TH_PATH_MAX];
+    struct io_uring ring;
+    struct io_uring_buf_ring *br;
+    size_t br_size;
+    uint8_t *bufs;
+    unsigned br_returned; /* buffers added since the last advance */
+
+    struct conn *conns;   /* WK_MAX_CONNS, calloc'd: untouched pages cost nothing */
+    uint32_t free_head;   /* free list of conn indexes (UINT32_MAX = empty) */
+    uint32_t high;        /* entries ever used: the tick scans [0, high) */
+    uint32_t live;        /* entries not CS_FREE */
+    uint32_t *flush;      /* connections with bytes to send after this batch */
+    uint32_t nflush;
+
+    struct ctl_client ctl[WK_MAX_CTL];
+    uint8_t *ctl_buf;     /* one received control packet */
+    int peer_fd[TH_MAX_WORKERS]; /* lazily opened, non-blocking, to other workers */
+
+    struct th_http_req req; /* scratch for the handshake parser */
+
+    uint64_t now_ns;      /* realtime, read once per loop iteration */
+    uint64_t mono_ns;
+    uint32_t mono_s;
+    uint64_t pong_sec;    /* second of the cached timestamp */
+    char pong[80];        /* cached pong frame payload */
+    size_t pong_len;
+
+    uint64_t c_frames, c_pings, c_acks; /* counter deltas, added to the segment once per iteration */
+
+    int accepting;        /* multishot accept armed */
+    int accept_paused;    /* EMFILE/ENFILE: re-arm at the next tick */
+    int draining;
+    uint32_t drain_deadline_s;
+};
+
+/* worker.c */
+struct io_uring_sqe *wk_sqe(struct worker *w);
+void wk_arm_recv(struct worker *w, uint32_t idx);
+
+/* conn.c */
+int wk_conn_alloc(struct worker *w, int fd);
+void wk_conn_send(struct worker *w, uint32_t idx, const void *p, size_t n);
+void wk_conn_send_frame(struct worker *w, uint32_t idx, enum th_ws_opcode op, const void *p, size_t n);
+size_t wk_conn_queued(const struct conn *c);
+void wk_conn_flush_all(struct worker *w);
+void wk_on_send(struct worker *w, uint32_t idx, int res);
+void wk_conn_close(struct worker *w, uint32_t idx, uint16_t code);
+void wk_conn_finish(struct worker *w, uint32_t idx);
+void wk_conn_abort(struct worker *w, uint32_t idx);
+void wk_conn_maybe_free(struct worker *w, uint32_t idx);
+void wk_conn_unregister(struct worker *w, uint32_t idx);
+void wk_conn_tick(struct worker *w);
+size_t wk_conn_user(const struct worker *w, const struct conn *c, char out[TH_USER_MAX + 1]);
+
+/* upgrade.c */
+void wk_handshake_input(struct worker *w, uint32_t idx, uint8_t *p, size_t n);
+void wk_http_reply(struct worker *w, uint32_t idx, int status, const char *extra_hdrs,
+                   const char *body);
+
+/* session.c */
+void wk_ws_input(struct worker *w, uint32_t idx, uint8_t *p, size_t n);
+void wk_evict(struct worker *w, struct th_handle victim, uint16_t code);
+
+/* control.c */
+int wk_ctl_listen(struct worker *w);
+void wk_ctl_arm_accept(struct worker *w);
+void wk_ctl_on_accept(struct worker *w, int res);
+void wk_ctl_on_poll(struct worker *w, uint32_t i, uint32_t gen, int res);
+int wk_peer_close(struct worker *w, unsigned peer, struct th_handle h, uint16_t code);
+void wk_ctl_shutdown(struct worker *w);
+
+#endif
