@@ -1,14 +1,123 @@
-/* PLACEHOLDER (to be replaced by the janitor implementation). */
+/*
+ * The janitor role (janitor/janitor.h): a one-second loop that heartbeats in
+ * the segment's role table and runs a sweep (janitor/sweep.c) every
+ * --sweep-every seconds. Also the start-up check of the stale/sweep
+ * settings, run by the supervisor before anything is created.
+ */
 #include "janitor/janitor.h"
+#include "janitor/sweep.h"
+#include "shm/clock.h"
 #include "shm/log.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
 #include <unistd.h>
+
+#define CLIENT_PING_S 30    /* the mobile clients' ping interval */
+#define MIN_PINGS_MISSED 10 /* --stale-after below this many intervals risks live clients */
+#define EVICT_TIMEOUT_MS 250
+
+static volatile sig_atomic_t got_stop, got_hup;
+
+static void on_signal(int sig)
+{
+    if (sig == SIGHUP)
+        got_hup = 1;
+    else
+        got_stop = 1;
+}
+
 int th_janitor_check_config(const struct th_config *cfg, char *err, size_t errlen)
 {
+    if (cfg->stale_after_s <= cfg->sweep_every_s) {
+        snprintf(err, errlen,
+                 "--stale-after %u must be above --sweep-every %u (otherwise a connection is evicted "
+                 "before it had one sweep period to show it is alive)",
+                 cfg->stale_after_s, cfg->sweep_every_s);
+        return -1;
+    }
+    if (cfg->stale_after_s < CLIENT_PING_S * MIN_PINGS_MISSED)
+        th_warn("--stale-after %u s is under %u s (%u client ping intervals of %u s): a client that "
+                "misses a few pings will be evicted and stop receiving notifications",
+                cfg->stale_after_s, CLIENT_PING_S * MIN_PINGS_MISSED, MIN_PINGS_MISSED, CLIENT_PING_S);
+    if (cfg->sweep_every_s < 1)
+        th_warn("--sweep-every %u s is under 1 s: the janitor would sweep continuously",
+                cfg->sweep_every_s);
     return 0;
 }
+
+static void install_signals(sigset_t *waitmask)
+{
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigset_t block;
+    sigemptyset(&sa.sa_mask);
+    sigemptyset(&block);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGHUP);
+    sigprocmask(SIG_BLOCK, &block, waitmask);
+    sigdelset(waitmask, SIGTERM);
+    sigdelset(waitmask, SIGINT);
+    sigdelset(waitmask, SIGHUP);
+}
+
+static void publish(struct th_proc_sh *me)
+{
+    uint64_t now = th_now_ns();
+    atomic_store(&me->started_ns, now);
+    atomic_store(&me->heartbeat_ns, now);
+    atomic_store(&me->pid, (int32_t)getpid());
+}
+
+static void sweep_once(struct th_sweeper *sw)
+{
+    struct th_sweep_stats st;
+    th_sweep(sw, th_now_ns(), &st);
+    if (st.repaired > 0)
+        th_info("janitor: released %d slots left by dead processes", st.repaired);
+    if (st.stale > 0)
+        th_info("janitor: evicted %u stale connections (%u closed by their worker, %u released here, "
+                "%u already gone)", st.stale, st.closed, st.released, st.vanished);
+    th_debug("janitor: sweep of %u live connections took %.3f ms (%u stale, %d repaired)", st.live,
+             (double)st.duration_ns / 1e6, st.stale, st.repaired);
+}
+
 int th_janitor_main(const struct th_config *cfg, struct th_reg *reg)
 {
-    th_error("janitor not implemented yet");
-    pause();
-    return 1;
+    sigset_t waitmask;
+    install_signals(&waitmask);
+    struct th_proc_sh *me = &reg->hdr->roles[TH_ROLE_JANITOR];
+    publish(me);
+    struct th_sweeper sw;
+    th_sweeper_init(&sw, cfg->shm_name, reg, cfg->stale_after_s, EVICT_TIMEOUT_MS);
+    th_info("janitor running (pid %d): evicting connections silent over %u s, sweeping every %u s",
+            (int)getpid(), cfg->stale_after_s, cfg->sweep_every_s);
+    uint64_t period = (uint64_t)cfg->sweep_every_s * TH_NS_PER_S;
+    uint64_t next = th_mono_ns() + period;
+    while (!got_stop) {
+        if (got_hup) {
+            got_hup = 0;
+            th_log_reopen();
+        }
+        uint64_t now = th_mono_ns();
+        if (now >= next) {
+            sweep_once(&sw);
+            next += period;
+            now = th_mono_ns();
+            if (next <= now) /* a sweep longer than the period: do not run them back to back */
+                next = now + period;
+        }
+        atomic_store(&me->heartbeat_ns, th_now_ns());
+        uint64_t wait = next - now < TH_NS_PER_S ? next - now : TH_NS_PER_S;
+        struct timespec ts = {.tv_sec = (time_t)(wait / TH_NS_PER_S), .tv_nsec = (long)(wait % TH_NS_PER_S)};
+        ppoll(NULL, 0, &ts, &waitmask);
+    }
+    th_sweeper_close(&sw);
+    atomic_store(&me->pid, 0);
+    th_info("janitor stopped");
+    return 0;
 }

@@ -1,8 +1,477 @@
-/* PLACEHOLDER (to be replaced by the supervisor implementation). */
+/*
+ * The supervisor behind `tether run` (janitor/supervisor.h).
+ *
+ * Start-up order matters for "touch nothing of another group": the segment
+ * is created first (th_reg_create refuses one whose creator is alive, so a
+ * second group on the same --shm-name stops there), then both listeners are
+ * bound (a port in use stops the start and removes only the segment this
+ * process just created), then the runtime directory, then the children.
+ *
+ * The loop is single-threaded: signal handlers only set flags, the signals
+ * stay blocked except inside ppoll(), which wakes at least once a second to
+ * heartbeat, reap (waitpid WNOHANG), start children whose backoff has
+ * elapsed and drive a drain.
+ */
 #include "janitor/supervisor.h"
+#include "janitor/janitor.h"
+#include "janitor/proc.h"
+#include "notifier/notifier.h"
+#include "shm/clock.h"
+#include "shm/log.h"
+#include "shm/registry.h"
+#include "worker/worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define LISTEN_BACKLOG 4096
+#define DRAIN_SLACK_S 2 /* beyond --drain-timeout before stragglers get SIGKILL */
+
+struct sup {
+    const struct th_config *cfg;
+    struct th_reg reg;
+    int listen_fd, api_fd;
+    char rundir[TH_PATH_MAX];
+    struct th_child kids[TH_MAX_WORKERS + 2];
+    int nkids;
+    int draining;
+    uint64_t drain_deadline; /* monotonic ns */
+};
+
+/* One supervisor per process; the child entry points reach it from here. */
+static struct sup S;
+static volatile sig_atomic_t got_stop, got_hup, got_chld;
+
+static void on_signal(int sig)
+{
+    if (sig == SIGTERM || sig == SIGINT)
+        got_stop = 1;
+    else if (sig == SIGHUP)
+        got_hup = 1;
+    else if (sig == SIGCHLD)
+        got_chld = 1;
+}
+
+/* A start-up failure: logged, and also on stderr when the log goes to a file. */
+static void startup_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void startup_error(const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    th_error("%s", msg);
+    if (S.cfg->log_file[0])
+        fprintf(stderr, "tether run: %s\n", msg);
+}
+
+/* Handlers set flags; the signals are blocked outside ppoll() so none is lost between checks. */
+static void install_signals(sigset_t *waitmask)
+{
+    static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGCHLD};
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigset_t block;
+    sigemptyset(&sa.sa_mask);
+    sigemptyset(&block);
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+        sigaction(sigs[i], &sa, NULL);
+        sigaddset(&block, sigs[i]);
+    }
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+    sigprocmask(SIG_BLOCK, &block, waitmask);
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+        sigdelset(waitmask, sigs[i]);
+}
+
+/* Workers hold up to ~20,000 client sockets each: use the whole hard limit. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 20000)
+        th_warn("open-file limit is %llu: each worker can hold fewer than that many connections "
+                "(raise LimitNOFILE / ulimit -n to 20000)", (unsigned long long)rl.rlim_cur);
+}
+
+/* Bind and listen on host:port. Returns the fd or -1 after logging why, naming flag and address. */
+static int open_listener(const char *flag, const char *host, uint16_t port)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV}, *ai = NULL;
+    char portstr[8];
+    snprintf(portstr, sizeof(portstr), "%u", port);
+    int gai = getaddrinfo(host, portstr, &hints, &ai);
+    if (gai != 0) {
+        startup_error("%s %s:%u: cannot resolve address: %s", flag, host, port, gai_strerror(gai));
+        return -1;
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1, e = 0;
+    const char *call = "socket";
+    if (fd >= 0) {
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        call = "bind";
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+            call = "listen";
+            if (listen(fd, LISTEN_BACKLOG) == 0) {
+                freeaddrinfo(ai);
+                return fd;
+            }
+        }
+    }
+    e = errno;
+    freeaddrinfo(ai);
+    if (fd >= 0)
+        close(fd);
+    startup_error("%s %s:%u: %s failed: %s%s", flag, host, port, call, strerror(e),
+                  e == EADDRINUSE ? " (another process is listening there)" : "");
+    return -1;
+}
+
+/* mkdir -p path with mode 0700 for the directories it creates. Returns 0 or -errno. */
+static int mkdir_p(const char *path)
+{
+    char buf[TH_PATH_MAX];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, 0700) < 0 && errno != EEXIST)
+            return -errno;
+        *p = '/';
+    }
+    if (mkdir(buf, 0700) < 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+static void publish_self(void)
+{
+    struct th_proc_sh *me = &S.reg.hdr->roles[TH_ROLE_SUPERVISOR];
+    uint64_t now = th_now_ns();
+    atomic_store(&me->started_ns, now);
+    atomic_store(&me->heartbeat_ns, now);
+    atomic_store(&me->pid, (int32_t)getpid());
+}
+
+/* ---- children ------------------------------------------------------------ */
+
+static int worker_entry(void *arg)
+{
+    const struct th_child *c = arg;
+    return th_worker_main(S.cfg, &S.reg, (unsigned)c->worker, S.listen_fd);
+}
+
+static int janitor_entry(void *arg)
+{
+    return th_janitor_main(S.cfg, &S.reg);
+}
+
+static int notifier_entry(void *arg)
+{
+    return th_notifier_main(S.cfg, &S.reg, S.api_fd);
+}
+
+static struct th_proc_sh *child_sh(const struct th_child *c)
+{
+    return c->worker >= 0 ? &S.reg.hdr->workers[c->worker] : &S.reg.hdr->roles[c->role];
+}
+
+static void init_children(void)
+{
+    S.nkids = 0;
+    for (uint32_t i = 0; i < S.cfg->workers; i++) {
+        struct th_child *c = &S.kids[S.nkids++];
+        snprintf(c->name, sizeof(c->name), "worker[%u]", i);
+        c->worker = (int)i;
+    }
+    struct th_child *j = &S.kids[S.nkids++];
+    snprintf(j->name, sizeof(j->name), "janitor");
+    j->worker = -1;
+    j->role = TH_ROLE_JANITOR;
+    struct th_child *n = &S.kids[S.nkids++];
+    snprintf(n->name, sizeof(n->name), "notifier");
+    n->worker = -1;
+    n->role = TH_ROLE_NOTIFIER;
+}
+
+static void start_child(struct th_child *c, uint64_t now_mono)
+{
+    int closes[2] = {-1, -1};
+    int (*fn)(void *) = worker_entry;
+    if (c->worker >= 0) {
+        closes[0] = S.api_fd;
+    } else if (c->role == TH_ROLE_JANITOR) {
+        closes[0] = S.api_fd;
+        closes[1] = S.listen_fd;
+        fn = janitor_entry;
+    } else {
+        closes[0] = S.listen_fd;
+        fn = notifier_entry;
+    }
+    pid_t pid = th_proc_spawn(c->name, closes, 2, fn, c);
+    if (pid < 0) {
+        uint64_t delay = th_proc_backoff(c, now_mono);
+        th_error("%s: fork failed: %s; retrying in %llu ms", c->name, strerror((int)-pid),
+                 (unsigned long long)(delay / TH_NS_PER_MS));
+        return;
+    }
+    c->pid = pid;
+    c->started_mono = now_mono;
+    c->next_start_mono = 0;
+    /* The child publishes itself too; storing the pid here makes it visible at once. */
+    atomic_store(&child_sh(c)->pid, (int32_t)pid);
+    th_info("%s started (pid %d)", c->name, (int)pid);
+}
+
+static void start_due_children(uint64_t now_mono)
+{
+    for (int i = 0; i < S.nkids; i++)
+        if (S.kids[i].pid == 0 && now_mono >= S.kids[i].next_start_mono)
+            start_child(&S.kids[i], now_mono);
+}
+
+/* Bookkeeping for a reaped child: reclaim, unpublish, count, schedule the restart. */
+static void child_died(struct th_child *c, int status, uint64_t now_mono)
+{
+    char how[96];
+    th_proc_describe_status(status, how, sizeof(how));
+    struct th_proc_sh *sh = child_sh(c);
+    atomic_store(&sh->pid, 0);
+    c->pid = 0;
+    int reclaimed = 0;
+    if (c->worker >= 0) {
+        reclaimed = th_reg_reclaim_worker(&S.reg, (uint16_t)c->worker, th_now_ns());
+        if (reclaimed > 0)
+            atomic_fetch_add_explicit(&S.reg.hdr->counters.dead_reclaimed, (uint64_t)reclaimed,
+                                      memory_order_relaxed);
+    }
+    if (S.draining) {
+        th_info("%s %s%s", c->name, how, c->worker >= 0 && reclaimed > 0 ? "; released its slots" : "");
+        return;
+    }
+    atomic_fetch_add(&sh->restarts, 1);
+    atomic_fetch_add_explicit(c->worker >= 0 ? &S.reg.hdr->counters.worker_restarts
+                                             : &S.reg.hdr->counters.role_restarts,
+                              1, memory_order_relaxed);
+    uint64_t delay = th_proc_backoff(c, now_mono);
+    if (c->worker >= 0)
+        th_warn("%s %s; reclaimed %d slots; restarting in %llu ms", c->name, how,
+                reclaimed < 0 ? 0 : reclaimed, (unsigned long long)(delay / TH_NS_PER_MS));
+    else
+        th_warn("%s %s; restarting in %llu ms", c->name, how, (unsigned long long)(delay / TH_NS_PER_MS));
+}
+
+static struct th_child *find_child(pid_t pid)
+{
+    for (int i = 0; i < S.nkids; i++)
+        if (S.kids[i].pid == pid)
+            return &S.kids[i];
+    return NULL;
+}
+
+static void reap_children(void)
+{
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        struct th_child *c = find_child(pid);
+        if (c)
+            child_died(c, status, th_mono_ns());
+    }
+}
+
+static int live_children(void)
+{
+    int n = 0;
+    for (int i = 0; i < S.nkids; i++)
+        n += S.kids[i].pid != 0;
+    return n;
+}
+
+static void signal_children(int sig)
+{
+    for (int i = 0; i < S.nkids; i++)
+        if (S.kids[i].pid > 0)
+            kill(S.kids[i].pid, sig);
+}
+
+/* ---- drain and clean-up ------------------------------------------------- */
+
+static void start_drain(uint64_t now_mono)
+{
+    S.draining = 1;
+    S.drain_deadline = now_mono + (uint64_t)(S.cfg->drain_timeout_s + DRAIN_SLACK_S) * TH_NS_PER_S;
+    th_info("draining: SIGTERM to %d processes, clients get 1001, up to %u s", live_children(),
+            S.cfg->drain_timeout_s + DRAIN_SLACK_S);
+    signal_children(SIGTERM);
+}
+
+static void kill_stragglers(void)
+{
+    for (int i = 0; i < S.nkids; i++) {
+        struct th_child *c = &S.kids[i];
+        if (c->pid <= 0)
+            continue;
+        th_warn("%s (pid %d) did not stop within the drain timeout: SIGKILL", c->name, (int)c->pid);
+        kill(c->pid, SIGKILL);
+        int status;
+        while (waitpid(c->pid, &status, 0) < 0 && errno == EINTR)
+            ;
+        child_died(c, status, th_mono_ns());
+    }
+}
+
+static void remove_runtime_files(void)
+{
+    char path[TH_PATH_MAX];
+    for (uint32_t i = 0; i < S.cfg->workers; i++)
+        if (th_worker_sock_path(S.cfg->shm_name, i, path, sizeof(path)) == 0)
+            unlink(path);
+    if (S.rundir[0] && rmdir(S.rundir) < 0 && errno != ENOENT)
+        th_warn("runtime directory %s not removed: %s", S.rundir, strerror(errno));
+}
+
+static void shutdown_group(void)
+{
+    remove_runtime_files();
+    atomic_store(&S.reg.hdr->roles[TH_ROLE_SUPERVISOR].pid, 0);
+    int rc = th_reg_unlink(S.cfg->shm_name);
+    if (rc < 0 && rc != -ENOENT)
+        th_warn("segment %s not removed: %s", S.cfg->shm_name, strerror(-rc));
+    th_reg_detach(&S.reg);
+    if (S.listen_fd >= 0)
+        close(S.listen_fd);
+    if (S.api_fd >= 0)
+        close(S.api_fd);
+    th_info("stopped");
+}
+
+/* ---- start-up and loop -------------------------------------------------- */
+
+/* Everything up to the first fork. Returns 0, or the exit status to stop with. */
+static int start_up(const struct th_config *cfg)
+{
+    char err[512] = "";
+    int rc = th_reg_create(&S.reg, cfg->shm_name, cfg->slots, err, sizeof(err));
+    if (rc < 0) {
+        startup_error("segment %s: %s", cfg->shm_name, err[0] ? err : strerror(-rc));
+        return 1;
+    }
+    S.reg.hdr->nworkers = cfg->workers;
+    S.reg.hdr->stale_after_s = cfg->stale_after_s;
+    S.reg.hdr->sweep_every_s = cfg->sweep_every_s;
+    publish_self();
+    S.listen_fd = open_listener("--listen", cfg->listen_host, cfg->listen_port);
+    if (S.listen_fd >= 0)
+        S.api_fd = open_listener("--api-listen", cfg->api_host, cfg->api_port);
+    if (S.listen_fd < 0 || S.api_fd < 0)
+        goto fail;
+    if (th_runtime_dir(cfg->shm_name, S.rundir, sizeof(S.rundir)) < 0 || (rc = mkdir_p(S.rundir)) < 0) {
+        startup_error("runtime directory %s: %s", S.rundir, S.rundir[0] ? strerror(-rc) : "path too long");
+        S.rundir[0] = '\0';
+        goto fail;
+    }
+    return 0;
+fail:
+    /* Only what this process created: its own segment and listeners. */
+    shutdown_group();
+    return 1;
+}
+
+static void log_startup(const struct th_config *cfg)
+{
+    th_info("tether starting: segment %s, %u slots (%.1f MiB), %u workers, stale-after %u s, "
+            "sweep-every %u s, pid %d", cfg->shm_name, cfg->slots, (double)S.reg.size / (1 << 20),
+            cfg->workers, cfg->stale_after_s, cfg->sweep_every_s, (int)getpid());
+    th_info("listening for clients on ws://%s:%u/ws", cfg->listen_host, cfg->listen_port);
+    th_info("backend API on http://%s:%u", cfg->api_host, cfg->api_port);
+    th_info("runtime directory %s", S.rundir);
+}
+
+/* Sleep until a signal, the next 1 s tick, or the earliest pending restart. */
+static void wait_tick(const sigset_t *waitmask, uint64_t now_mono)
+{
+    uint64_t wait = TH_NS_PER_S;
+    for (int i = 0; i < S.nkids && !S.draining; i++) {
+        const struct th_child *c = &S.kids[i];
+        if (c->pid == 0 && c->next_start_mono > now_mono && c->next_start_mono - now_mono < wait)
+            wait = c->next_start_mono - now_mono;
+    }
+    struct timespec ts = {.tv_sec = (time_t)(wait / TH_NS_PER_S), .tv_nsec = (long)(wait % TH_NS_PER_S)};
+    ppoll(NULL, 0, &ts, waitmask);
+}
+
+static void run_loop(const sigset_t *waitmask)
+{
+    for (;;) {
+        uint64_t now = th_mono_ns();
+        if (got_hup) {
+            got_hup = 0;
+            th_log_reopen();
+            th_info("SIGHUP: log reopened, forwarded to children");
+            signal_children(SIGHUP);
+        }
+        if (got_stop && !S.draining)
+            start_drain(now);
+        got_chld = 0;
+        reap_children();
+        if (S.draining) {
+            if (live_children() == 0)
+                return;
+            if (now >= S.drain_deadline) {
+                kill_stragglers();
+                return;
+            }
+        } else {
+            start_due_children(now);
+        }
+        atomic_store(&S.reg.hdr->roles[TH_ROLE_SUPERVISOR].heartbeat_ns, th_now_ns());
+        wait_tick(waitmask, th_mono_ns());
+    }
+}
+
 int th_supervisor_run(const struct th_config *cfg)
 {
-    fprintf(stderr, "tether run: supervisor not implemented yet\n");
-    return 1;
+    char err[512] = "";
+    memset(&S, 0, sizeof(S));
+    S.cfg = cfg;
+    S.listen_fd = S.api_fd = -1;
+    int rc = th_log_init(cfg->log_level, cfg->log_format, cfg->log_file[0] ? cfg->log_file : NULL);
+    if (rc < 0) {
+        fprintf(stderr, "tether run: --log-file %s: %s\n", cfg->log_file, strerror(-rc));
+        return 2;
+    }
+    th_log_set_role("supervisor");
+    if (th_janitor_check_config(cfg, err, sizeof(err)) < 0) {
+        startup_error("%s", err);
+        return 2;
+    }
+    sigset_t waitmask;
+    install_signals(&waitmask);
+    raise_nofile();
+    if ((rc = start_up(cfg)) != 0)
+        return rc;
+    log_startup(cfg);
+    init_children();
+    run_loop(&waitmask);
+    shutdown_group();
+    return 0;
 }

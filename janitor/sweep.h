@@ -1,0 +1,43 @@
+/*
+ * One janitor sweep over the registry: repair what dead processes left, then
+ * evict every connection whose LastSeen is older than --stale-after by asking
+ * its worker to close it with 4000 (or releasing the slot here when the
+ * worker cannot answer). Split from janitor.c so a benchmark and unit tests
+ * can run a sweep on a segment of their own. Internal to janitor/.
+ */
+#ifndef TETHER_JANITOR_SWEEP_H
+#define TETHER_JANITOR_SWEEP_H
+
+#include "shm/config.h"
+#include "shm/registry.h"
+
+#include <stdint.h>
+
+struct th_sweeper {
+    const char *shm_name;         /* finds the workers' control sockets */
+    struct th_reg *reg;
+    uint64_t stale_ns;
+    int timeout_ms;               /* bound for one worker's answer */
+    uint64_t seq;
+    int fd[TH_MAX_WORKERS];       /* persistent control connections, -1 = none */
+    int32_t fd_pid[TH_MAX_WORKERS]; /* the worker incarnation fd[] was opened to */
+    uint8_t silent[TH_MAX_WORKERS]; /* did not answer during this sweep: stop asking */
+};
+
+struct th_sweep_stats {
+    uint32_t live;         /* live slots seen */
+    uint32_t stale;        /* stale connections found (each logged) */
+    uint32_t closed;       /* ... closed by their worker */
+    uint32_t released;     /* ... released here: worker silent, dead or lost it */
+    uint32_t vanished;     /* ... gone before anyone acted (closed meanwhile) */
+    int repaired;          /* slots released by th_reg_repair */
+    uint64_t duration_ns;
+};
+
+void th_sweeper_init(struct th_sweeper *s, const char *shm_name, struct th_reg *reg,
+                     uint32_t stale_after_s, int timeout_ms);
+void th_sweeper_close(struct th_sweeper *s);
+/* One sweep at wall-clock now_ns. Only reads the segment, CASes slots and sends small requests. */
+void th_sweep(struct th_sweeper *s, uint64_t now_ns, struct th_sweep_stats *st);
+
+#endif
