@@ -1,0 +1,423 @@
+/*
+ * Request framing, notify validation and JSON rendering for the backend API
+ * (see notifier/api.h). Pure functions: the same bytes always give the same
+ * answer, which is what lets the tests and fuzzers call them without a
+ * running group.
+ */
+#include "notifier/api.h"
+#include "shm/clock.h"
+#include "shm/registry.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- output buffer ------------------------------------------------------ */
+
+static int buf_reserve(struct th_buf *b, size_t more)
+{
+    if (b->oom)
+        return -1;
+    if (b->len + more + 1 <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + more + 1)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) {
+        b->oom = 1;
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+void th_buf_put(struct th_buf *b, const void *p, size_t n)
+{
+    if (buf_reserve(b, n) < 0)
+        return;
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+void th_buf_puts(struct th_buf *b, const char *s)
+{
+    th_buf_put(b, s, strlen(s));
+}
+
+void th_buf_printf(struct th_buf *b, const char *fmt, ...)
+{
+    char tmp[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n < sizeof(tmp)) {
+        th_buf_put(b, tmp, (size_t)n);
+        return;
+    }
+    if (buf_reserve(b, (size_t)n) < 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+void th_buf_json_str(struct th_buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    /* Worst case every byte becomes \u00XX. */
+    if (buf_reserve(b, n * 6 + 2) < 0)
+        return;
+    char *o = b->p + b->len;
+    *o++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            *o++ = '\\';
+            *o++ = (char)c;
+        } else if (c < 0x20 || c == 0x7f) {
+            memcpy(o, "\\u00", 4);
+            o[4] = hex[c >> 4];
+            o[5] = hex[c & 15];
+            o += 6;
+        } else {
+            *o++ = (char)c;
+        }
+    }
+    *o++ = '"';
+    *o = '\0';
+    b->len = (size_t)(o - b->p);
+}
+
+void th_buf_json_time(struct th_buf *b, int has, uint64_t ns)
+{
+    if (!has) {
+        th_buf_puts(b, "null");
+        return;
+    }
+    char t[40];
+    size_t n = th_fmt_rfc3339(t, sizeof(t), ns);
+    th_buf_json_str(b, t, n);
+}
+
+void th_buf_free(struct th_buf *b)
+{
+    free(b->p);
+    memset(b, 0, sizeof(*b));
+}
+
+/* ---- framing ------------------------------------------------------------ */
+
+static int str_eq(const struct th_str *s, const char *c)
+{
+    size_t n = strlen(c);
+    return s->n == n && memcmp(s->p, c, n) == 0;
+}
+
+static int str_prefix(const struct th_str *s, const char *c)
+{
+    size_t n = strlen(c);
+    return s->n >= n && memcmp(s->p, c, n) == 0;
+}
+
+/* Which endpoint, or 404/405 in req->status. */
+static void resolve_route(struct th_api_req *req)
+{
+    const struct th_str *m = &req->http.method, *p = &req->http.path;
+    int post = str_eq(m, "POST"), get = str_eq(m, "GET");
+    int want_post = 0, route = 0;
+    if (str_eq(p, "/v1/notify"))
+        route = TH_API_NOTIFY, want_post = 1;
+    else if (str_eq(p, "/v1/notify/batch"))
+        route = TH_API_BATCH, want_post = 1;
+    else if (str_prefix(p, "/v1/presence/") && p->n > strlen("/v1/presence/"))
+        route = TH_API_PRESENCE;
+    else if (str_eq(p, "/healthz"))
+        route = TH_API_HEALTHZ;
+    else if (str_eq(p, "/metrics"))
+        route = TH_API_METRICS;
+    if (!route) {
+        req->status = 404;
+        return;
+    }
+    if (want_post ? !post : !get) {
+        req->status = 405;
+        return;
+    }
+    req->route = route;
+    if (route == TH_API_PRESENCE) {
+        size_t k = strlen("/v1/presence/");
+        req->presence_user = (struct th_str){p->p + k, p->n - k};
+    }
+}
+
+/* Strict decimal Content-Length (no sign, no spaces inside, <= 10 digits). */
+static int parse_length(const struct th_str *v, uint64_t *out)
+{
+    if (v->n == 0 || v->n > 10)
+        return -1;
+    uint64_t x = 0;
+    for (size_t i = 0; i < v->n; i++) {
+        if (v->p[i] < '0' || v->p[i] > '9')
+            return -1;
+        x = x * 10 + (uint64_t)(v->p[i] - '0');
+    }
+    *out = x;
+    return 0;
+}
+
+/* Content-Length: every occurrence must agree (request smuggling guard). */
+static int content_length(const struct th_http_req *h, uint64_t *out)
+{
+    int seen = 0;
+    *out = 0;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        uint64_t v;
+        if (!th_str_ieq(&h->headers[i].name, "content-length"))
+            continue;
+        if (parse_length(&h->headers[i].value, &v) < 0 || (seen && v != *out))
+            return -1;
+        *out = v;
+        seen = 1;
+    }
+    return 0;
+}
+
+static int keep_alive(const struct th_http_req *h)
+{
+    const struct th_str *c = th_http_header(h, "connection");
+    if (h->minor_version >= 1)
+        return !(c && th_http_has_token(c, "close"));
+    return c && th_http_has_token(c, "keep-alive");
+}
+
+int th_api_frame(const char *buf, size_t len, struct th_api_req *req, const char **reason)
+{
+    int h = th_http_parse_request(&req->http, buf, len, TH_HTTP_MAX_HEAD);
+    if (h == TH_HTTP_PARTIAL)
+        return TH_API_PARTIAL;
+    if (h == TH_HTTP_TOO_BIG) {
+        *reason = "request head over 8192 bytes or over 64 headers";
+        return -431;
+    }
+    if (h < 0) {
+        *reason = "malformed HTTP request";
+        return -400;
+    }
+    req->route = 0;
+    req->status = 0;
+    resolve_route(req);
+    if (th_http_header(&req->http, "transfer-encoding")) {
+        *reason = "Transfer-Encoding is not supported: send the body with Content-Length";
+        return -411;
+    }
+    uint64_t cl;
+    if (content_length(&req->http, &cl) < 0) {
+        *reason = "invalid Content-Length";
+        return -400;
+    }
+    uint64_t max = req->route == TH_API_BATCH ? TH_API_MAX_BATCH_BODY : TH_API_MAX_NOTIFY_BODY;
+    if (cl > max) {
+        *reason = req->route == TH_API_BATCH ? "body over 1048576 bytes (batch limit)"
+                                             : "body over 65536 bytes";
+        return -413;
+    }
+    if (len - (size_t)h < cl)
+        return TH_API_PARTIAL;
+    req->head_len = (size_t)h;
+    req->body_len = (size_t)cl;
+    req->body = buf + h;
+    req->keep_alive = keep_alive(&req->http);
+    return (int)(h + cl);
+}
+
+/* ---- notify validation -------------------------------------------------- */
+
+int th_api_valid_user(const char *s, size_t n)
+{
+    if (n < 1 || n > TH_USER_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
+static int no_controls(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] == 0x7f)
+            return 0;
+    return 1;
+}
+
+static int fail(char *err, size_t errlen, const char *msg)
+{
+    snprintf(err, errlen, "%s", msg);
+    return -EINVAL;
+}
+
+int th_api_check_notify(json_t *obj, struct th_notify *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof(*out));
+    if (!json_is_object(obj))
+        return fail(err, errlen, "body must be a JSON object");
+    json_t *u = json_object_get(obj, "user_id"), *t = json_object_get(obj, "type");
+    json_t *d = json_object_get(obj, "data"), *id = json_object_get(obj, "id");
+    if (!u)
+        return fail(err, errlen, "missing field: user_id");
+    if (!json_is_string(u) || !th_api_valid_user(json_string_value(u), json_string_length(u)))
+        return fail(err, errlen, "user_id must be a string of 1 to 64 bytes without control characters");
+    if (!t)
+        return fail(err, errlen, "missing field: type");
+    if (!json_is_string(t) || json_string_length(t) == 0)
+        return fail(err, errlen, "type must be a non-empty string");
+    if (id && !json_is_null(id)) {
+        size_t n = json_is_string(id) ? json_string_length(id) : 0;
+        if (n == 0 || n > TH_API_MAX_ID || !no_controls(json_string_value(id), n))
+            return fail(err, errlen, "id must be a string of 1 to 128 bytes without control characters");
+        out->id = json_string_value(id);
+        out->idlen = n;
+    }
+    out->user = json_string_value(u);
+    out->ulen = json_string_length(u);
+    out->type = json_string_value(t);
+    out->tlen = json_string_length(t);
+    out->data = json_is_null(d) ? NULL : d;
+    return 0;
+}
+
+int th_api_parse_notify(const char *body, size_t len, json_t **root, struct th_notify *out, char *err,
+                        size_t errlen)
+{
+    json_error_t je;
+    *root = json_loadb(body, len, 0, &je);
+    if (!*root) {
+        snprintf(err, errlen, "invalid JSON: %s (at byte %d)", je.text, je.position);
+        return -EINVAL;
+    }
+    int rc = th_api_check_notify(*root, out, err, errlen);
+    if (rc < 0) {
+        json_decref(*root);
+        *root = NULL;
+    }
+    return rc;
+}
+
+/* ---- rendering ---------------------------------------------------------- */
+
+static int dump_cb(const char *p, size_t n, void *arg)
+{
+    th_buf_put(arg, p, n);
+    return 0;
+}
+
+char *th_api_render_frame(const struct th_notify *n, const char *id, size_t idlen, uint64_t now_ns,
+                          size_t *len)
+{
+    struct th_buf b = {0};
+    th_buf_puts(&b, "{\"type\":");
+    th_buf_json_str(&b, n->type, n->tlen);
+    th_buf_puts(&b, ",\"id\":");
+    th_buf_json_str(&b, id, idlen);
+    th_buf_puts(&b, ",\"timestamp\":");
+    th_buf_json_time(&b, 1, now_ns);
+    th_buf_puts(&b, ",\"data\":");
+    if (n->data)
+        json_dump_callback(n->data, dump_cb, &b, JSON_COMPACT | JSON_ENCODE_ANY);
+    else
+        th_buf_puts(&b, "{}");
+    th_buf_puts(&b, "}");
+    if (b.oom) {
+        th_buf_free(&b);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
+}
+
+void th_api_render_result(struct th_buf *b, int status, const char *user, size_t ulen, const char *id,
+                          size_t idlen, unsigned connections, int has_last_seen, uint64_t last_seen_ns,
+                          int with_code)
+{
+    const char *name = status == TH_OUT_DELIVERED       ? "delivered"
+                       : status == TH_OUT_NOT_CONNECTED ? "not_connected"
+                                                        : "unavailable";
+    th_buf_printf(b, "{\"status\":\"%s\",\"user_id\":", name);
+    th_buf_json_str(b, user, ulen);
+    if (status != TH_OUT_NOT_CONNECTED) {
+        th_buf_puts(b, ",\"id\":");
+        th_buf_json_str(b, id, idlen);
+    }
+    if (status == TH_OUT_DELIVERED)
+        th_buf_printf(b, ",\"connections\":%u", connections);
+    if (status == TH_OUT_NOT_CONNECTED) {
+        th_buf_puts(b, ",\"last_seen\":");
+        th_buf_json_time(b, has_last_seen, last_seen_ns);
+    }
+    if (with_code)
+        th_buf_printf(b, ",\"code\":%d", status);
+    th_buf_puts(b, "}");
+}
+
+void th_api_render_error(struct th_buf *b, const char *msg, int code, int with_code)
+{
+    th_buf_puts(b, "{\"error\":");
+    th_buf_json_str(b, msg, strlen(msg));
+    if (with_code)
+        th_buf_printf(b, ",\"code\":%d", code);
+    th_buf_puts(b, "}");
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c |= 0x20;
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+int th_api_pct_decode(const char *s, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)s[i];
+        if (c == '%') {
+            if (i + 2 >= n || hexval(s[i + 1]) < 0 || hexval(s[i + 2]) < 0)
+                return -1;
+            c = hexval(s[i + 1]) << 4 | hexval(s[i + 2]);
+            i += 2;
+        }
+        if (o >= cap)
+            return -1;
+        out[o++] = (char)c;
+    }
+    return (int)o;
+}
+
+const char *th_api_reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 411: return "Length Required";
+    case 413: return "Payload Too Large";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return "Unknown";
+    }
+}

@@ -1,0 +1,113 @@
+/*
+ * /metrics and /healthz rendering (see notifier/metrics.h). Everything but
+ * the latency histogram is read from the segment header, written by the
+ * other roles with relaxed atomic adds, so a scrape is a few dozen loads.
+ */
+#include "notifier/metrics.h"
+
+#include <stdatomic.h>
+
+/* Upper bounds in seconds: 50 us to 1 s. */
+static const double bounds[TH_HIST_BUCKETS] = {0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+                                               0.0025,  0.005,  0.01,    0.025,  0.05,
+                                               0.1,     0.25,   0.5,     0.75,   1.0};
+
+void th_hist_add(struct th_hist *h, uint64_t ns)
+{
+    double s = (double)ns / 1e9;
+    unsigned i = 0;
+    while (i < TH_HIST_BUCKETS && s > bounds[i])
+        i++;
+    h->count[i]++;
+    h->total++;
+    h->sum_s += s;
+}
+
+#define LOAD(x) ((unsigned long long)atomic_load_explicit(&(x), memory_order_relaxed))
+
+static void counter(struct th_buf *b, const char *name, const char *help, unsigned long long v)
+{
+    th_buf_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, v);
+}
+
+static void render_hist(struct th_buf *b, const struct th_hist *h)
+{
+    const char *n = "tether_notify_confirm_seconds";
+    th_buf_printf(b, "# HELP %s Notify request to worker confirmation latency (this notifier).\n"
+                     "# TYPE %s histogram\n", n, n);
+    unsigned long long cum = 0;
+    for (unsigned i = 0; i < TH_HIST_BUCKETS; i++) {
+        cum += h->count[i];
+        th_buf_printf(b, "%s_bucket{le=\"%g\"} %llu\n", n, bounds[i], cum);
+    }
+    th_buf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.9f\n%s_count %llu\n", n,
+                  (unsigned long long)h->total, n, h->sum_s, n, (unsigned long long)h->total);
+}
+
+void th_metrics_render(struct th_buf *b, const struct th_reg *reg, const struct th_hist *h)
+{
+    const struct th_reg_hdr *hdr = reg->hdr;
+    const struct th_counters_sh *c = &hdr->counters;
+    th_buf_printf(b, "# HELP tether_connections Live WebSocket connections (registry slots in use).\n"
+                     "# TYPE tether_connections gauge\ntether_connections %llu\n",
+                  LOAD(hdr->used));
+    th_buf_printf(b, "# HELP tether_slots Registry slots (the connection limit).\n"
+                     "# TYPE tether_slots gauge\ntether_slots %u\n", hdr->nslots);
+    counter(b, "tether_pings_total", "Application pings received.", LOAD(c->pings));
+    th_buf_puts(b, "# HELP tether_notifications_total Notify outcomes.\n"
+                   "# TYPE tether_notifications_total counter\n");
+    th_buf_printf(b, "tether_notifications_total{status=\"delivered\"} %llu\n"
+                     "tether_notifications_total{status=\"not_connected\"} %llu\n"
+                     "tether_notifications_total{status=\"unavailable\"} %llu\n"
+                     "tether_notifications_total{status=\"bad_request\"} %llu\n",
+                  LOAD(c->notify_delivered), LOAD(c->notify_not_connected),
+                  LOAD(c->notify_unavailable), LOAD(c->notify_bad_request));
+    counter(b, "tether_stale_evictions_total", "Connections closed as stale (4000).", LOAD(c->stale_evictions));
+    counter(b, "tether_worker_restarts_total", "Workers restarted by the supervisor.", LOAD(c->worker_restarts));
+    counter(b, "tether_role_restarts_total", "Janitor/notifier restarts.", LOAD(c->role_restarts));
+    counter(b, "tether_connections_opened_total", "Connections accepted into the registry.", LOAD(c->connections_opened));
+    counter(b, "tether_connections_closed_total", "Connections released.", LOAD(c->connections_closed));
+    counter(b, "tether_frames_in_total", "Client frames received.", LOAD(c->frames_in));
+    counter(b, "tether_acks_total", "Client acks received.", LOAD(c->acks));
+    counter(b, "tether_replaced_total", "Connections replaced by a newer device (4001).", LOAD(c->replaced));
+    counter(b, "tether_registry_full_total", "Connections refused: registry full.", LOAD(c->registry_full));
+    counter(b, "tether_dead_reclaimed_total", "Slots reclaimed from dead workers.", LOAD(c->dead_reclaimed));
+    counter(b, "tether_repairs_total", "Half-done registry transitions completed.", LOAD(c->repairs));
+    render_hist(b, h);
+}
+
+/* One role entry {"pid":N,"alive":bool}; returns alive. */
+static int proc_entry(struct th_buf *b, const struct th_proc_sh *p)
+{
+    int pid = (int)atomic_load_explicit(&p->pid, memory_order_relaxed);
+    int alive = pid > 0 && th_pid_alive(pid);
+    th_buf_printf(b, "{\"pid\":%d,\"alive\":%s}", pid, alive ? "true" : "false");
+    return alive;
+}
+
+int th_health_render(struct th_buf *b, const struct th_reg *reg)
+{
+    const struct th_reg_hdr *hdr = reg->hdr;
+    struct th_buf body = {0};
+    int ok = 1;
+    th_buf_puts(&body, "\"supervisor\":");
+    ok &= proc_entry(&body, &hdr->roles[TH_ROLE_SUPERVISOR]);
+    th_buf_puts(&body, ",\"janitor\":");
+    ok &= proc_entry(&body, &hdr->roles[TH_ROLE_JANITOR]);
+    th_buf_puts(&body, ",\"notifier\":");
+    proc_entry(&body, &hdr->roles[TH_ROLE_NOTIFIER]);
+    th_buf_puts(&body, ",\"workers\":[");
+    unsigned n = hdr->nworkers < TH_MAX_WORKERS ? hdr->nworkers : TH_MAX_WORKERS;
+    for (unsigned i = 0; i < n; i++) {
+        th_buf_printf(&body, "%s{\"index\":%u,", i ? "," : "", i);
+        int pid = (int)atomic_load_explicit(&hdr->workers[i].pid, memory_order_relaxed);
+        int alive = pid > 0 && th_pid_alive(pid);
+        th_buf_printf(&body, "\"pid\":%d,\"alive\":%s}", pid, alive ? "true" : "false");
+        ok &= alive;
+    }
+    th_buf_puts(&body, "]}");
+    th_buf_printf(b, "{\"status\":\"%s\",", ok ? "ok" : "degraded");
+    th_buf_put(b, body.p, body.len);
+    th_buf_free(&body);
+    return ok ? 200 : 503;
+}

@@ -1,0 +1,31 @@
+/*
+ * What the notifier reports about the group: /metrics (Prometheus text,
+ * counters from the segment header plus the notifier's own notify-to-confirmed
+ * latency histogram) and /healthz (is every role and worker alive).
+ */
+#ifndef TETHER_NOTIFIER_METRICS_H
+#define TETHER_NOTIFIER_METRICS_H
+
+#include "notifier/api.h"
+#include "shm/registry.h"
+
+#include <stdint.h>
+
+#define TH_HIST_BUCKETS 15
+
+/* Notify-to-confirmed latency, kept in the notifier process only. */
+struct th_hist {
+    uint64_t count[TH_HIST_BUCKETS + 1]; /* last: +Inf */
+    uint64_t total;
+    double sum_s;
+};
+
+void th_hist_add(struct th_hist *h, uint64_t ns);
+
+/* Prometheus text for the whole group into b. */
+void th_metrics_render(struct th_buf *b, const struct th_reg *reg, const struct th_hist *h);
+
+/* Health JSON into b; returns 200 when everything is up, else 503. */
+int th_health_render(struct th_buf *b, const struct th_reg *reg);
+
+#endif

@@ -1,0 +1,64 @@
+/*
+ * How a notification reaches a user's connections, behind one small
+ * interface so the HTTP side never knows where they live. The local route
+ * (route_local.c) looks the user up in this node's registry and hands the
+ * frame to the owning workers over their control sockets; a second route
+ * (another node via a message broker) would implement the same operations.
+ *
+ * A route is driven by the notifier's single-threaded io_uring loop: it may
+ * queue SQEs on the loop's ring with user_data from th_ud_make(TH_UD_ROUTE,
+ * ...) (notifier/loop.h); the loop hands the matching completions back
+ * through on_cqe, and calls expire() with the monotonic clock whenever
+ * next_deadline() has passed.
+ */
+#ifndef TETHER_NOTIFIER_ROUTE_H
+#define TETHER_NOTIFIER_ROUTE_H
+
+#include <liburing.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shm/config.h"
+#include "shm/registry.h"
+
+/* The outcome of one delivery, as the route saw it. */
+struct th_route_result {
+    int status;           /* 200 delivered, 404 not connected, 503 unavailable */
+    unsigned confirmed;   /* connections whose worker confirmed (TH_HO_OK) */
+    int has_last_seen;    /* 404: LastSeen known */
+    uint64_t last_seen_ns;
+};
+
+/* Called exactly once per deliver(), possibly before deliver() returns. */
+typedef void (*th_route_done_fn)(void *arg, const struct th_route_result *res);
+
+struct th_route;
+struct th_route_ops {
+    /*
+     * Deliver frame (flen bytes, copied if the route needs it later) to
+     * every live connection of user. Returns 0 (done will be called) or
+     * -errno (done will not be called; treat as unavailable).
+     */
+    int (*deliver)(struct th_route *r, const char *user, size_t ulen, const char *frame, size_t flen,
+                   th_route_done_fn done, void *arg);
+    /* A completion for an SQE this route queued (user_data payload given back). */
+    void (*on_cqe)(struct th_route *r, uint32_t idx, uint32_t gen, int res, unsigned flags);
+    /* Monotonic ns of the next timeout to act on, or UINT64_MAX. */
+    uint64_t (*next_deadline)(struct th_route *r);
+    /* Fail every delivery whose bound passed by now_mono. */
+    void (*expire)(struct th_route *r, uint64_t now_mono);
+    void (*destroy)(struct th_route *r);
+};
+
+struct th_route {
+    const struct th_route_ops *ops;
+};
+
+/*
+ * The local route: registry lookup plus worker handoff. timeout_ms bounds
+ * how long a delivery waits for workers. Returns NULL on out of memory.
+ */
+struct th_route *th_route_local_new(const struct th_config *cfg, struct th_reg *reg,
+                                    struct io_uring *ring);
+
+#endif

@@ -1,0 +1,520 @@
+/*
+ * The local route: finds a user's live connections in this node's registry
+ * and hands the rendered frame to each owning worker over that worker's
+ * control socket (worker/handoff.h), without ever blocking the notifier's
+ * loop.
+ *
+ * One persistent non-blocking SOCK_SEQPACKET connection per worker ("channel"),
+ * opened lazily and reopened when the worker's pid in the segment changes or
+ * the socket fails. A delivery is a "job" with one "leg" per connection; a
+ * leg's request seq encodes (job generation, job index, leg number) so a
+ * reply finds its leg in O(1) and a late reply for a finished job (its
+ * generation moved on) is dropped. Jobs live in a list ordered by creation,
+ * which is also deadline order since every job gets the same bound, so
+ * expiry only looks at the head.
+ *
+ * Outcome: any leg confirmed (TH_HO_OK) -> 200 with that count, even if
+ * others timed out or failed (the backend learns the notification reached
+ * the user); every leg GONE -> 404 (the connections went away between the
+ * lookup and the handoff); otherwise -> 503.
+ */
+#include "notifier/route.h"
+#include "notifier/loop.h"
+#include "shm/clock.h"
+#include "shm/log.h"
+#include "worker/handoff.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define NO_JOB UINT32_MAX
+#define MAX_LEGS 256                 /* leg number is 8 bits of the seq */
+#define MAX_JOBS (1u << 16)          /* deliveries in flight; more gets 503 */
+#define CHAN_SNDBUF (4 * 1024 * 1024)
+
+enum { LEG_QUEUED = 1, LEG_SENT, LEG_DONE };
+
+struct leg {
+    uint32_t slot, gen;
+    uint16_t worker;
+    uint8_t state;
+};
+
+struct job {
+    uint32_t gen; /* 0 while free */
+    uint32_t prev, next;
+    th_route_done_fn done;
+    void *arg;
+    char *frame;
+    size_t flen;
+    uint64_t deadline;
+    struct leg *legs;
+    uint16_t nlegs, outstanding, ok, gone;
+    uint8_t ulen;
+    char user[TH_USER_MAX];
+};
+
+struct chan {
+    int fd;
+    pid_t pid;
+    uint32_t gen;
+    int out_armed;
+    uint64_t *q; /* ring of seqs waiting for socket space, in order */
+    size_t qhead, qlen, qcap;
+};
+
+struct route_local {
+    struct th_route base;
+    const struct th_config *cfg;
+    struct th_reg *reg;
+    struct io_uring *ring;
+    struct job *jobs;
+    uint32_t cap, free_head, head, tail, next_gen;
+    struct th_conn_info *infos;
+    int ninfos;
+    uint64_t timeout_ns;
+    struct chan ch[TH_MAX_WORKERS];
+};
+
+static uint64_t seq_make(uint32_t gen, uint32_t job, unsigned leg)
+{
+    return ((uint64_t)gen << 32) | ((uint64_t)job << 8) | leg;
+}
+
+/* ---- jobs --------------------------------------------------------------- */
+
+static uint32_t job_alloc(struct route_local *rl)
+{
+    if (rl->free_head == NO_JOB) {
+        if (rl->cap >= MAX_JOBS)
+            return NO_JOB;
+        uint32_t ncap = rl->cap ? rl->cap * 2 : 256;
+        struct job *j = realloc(rl->jobs, ncap * sizeof(*j));
+        if (!j)
+            return NO_JOB;
+        memset(j + rl->cap, 0, (ncap - rl->cap) * sizeof(*j));
+        for (uint32_t i = rl->cap; i < ncap; i++)
+            j[i].next = i + 1 < ncap ? i + 1 : NO_JOB;
+        rl->jobs = j;
+        rl->free_head = rl->cap;
+        rl->cap = ncap;
+    }
+    uint32_t i = rl->free_head;
+    struct job *j = &rl->jobs[i];
+    rl->free_head = j->next;
+    memset(j, 0, sizeof(*j));
+    j->gen = ++rl->next_gen ? rl->next_gen : ++rl->next_gen; /* never 0 */
+    j->prev = rl->tail;
+    j->next = NO_JOB;
+    if (rl->tail != NO_JOB)
+        rl->jobs[rl->tail].next = i;
+    else
+        rl->head = i;
+    rl->tail = i;
+    return i;
+}
+
+static void job_unlink_free(struct route_local *rl, uint32_t i)
+{
+    struct job *j = &rl->jobs[i];
+    if (j->prev != NO_JOB)
+        rl->jobs[j->prev].next = j->next;
+    else
+        rl->head = j->next;
+    if (j->next != NO_JOB)
+        rl->jobs[j->next].prev = j->prev;
+    else
+        rl->tail = j->prev;
+    free(j->frame);
+    free(j->legs);
+    j->frame = NULL;
+    j->legs = NULL;
+    j->gen = 0;
+    j->next = rl->free_head;
+    rl->free_head = i;
+}
+
+static void not_connected_result(struct route_local *rl, const char *user, size_t ulen,
+                                 struct th_route_result *res)
+{
+    res->status = 404;
+    res->has_last_seen = th_reg_last_seen(rl->reg, user, ulen, &res->last_seen_ns) == 1;
+    if (th_log_level_now < TH_LOG_INFO)
+        return;
+    if (!res->has_last_seen) {
+        th_info("[Notifier] User %.*s NOT connected (never in registry)", (int)ulen, user);
+        return;
+    }
+    char t[40], d[32];
+    uint64_t now = th_now_ns();
+    th_fmt_rfc3339(t, sizeof(t), res->last_seen_ns);
+    th_fmt_duration(d, sizeof(d), now > res->last_seen_ns ? now - res->last_seen_ns : 0);
+    th_info("[Notifier] User %.*s NOT connected (LastSeen: %s, %s ago)", (int)ulen, user, t, d);
+}
+
+/* Answer the job's caller and free it. */
+static void job_finish(struct route_local *rl, uint32_t i, int timed_out)
+{
+    struct job *j = &rl->jobs[i];
+    struct th_route_result res = {.status = 503, .confirmed = j->ok};
+    if (j->ok)
+        res.status = 200;
+    else if (!timed_out && j->gone == j->nlegs)
+        not_connected_result(rl, j->user, j->ulen, &res);
+    if (timed_out)
+        th_warn("[Notifier] Delivery to user %.*s: %u of %u connections confirmed within %u ms",
+                (int)j->ulen, j->user, j->ok, j->nlegs, rl->cfg->handoff_timeout_ms);
+    th_route_done_fn done = j->done;
+    void *arg = j->arg;
+    job_unlink_free(rl, i);
+    done(arg, &res);
+}
+
+/* Drop one outstanding count; the last one answers the caller. */
+static void job_release(struct route_local *rl, uint32_t i)
+{
+    if (--rl->jobs[i].outstanding == 0)
+        job_finish(rl, i, 0);
+}
+
+/* A leg got its answer (status < 0: the channel failed). */
+static void leg_resolve(struct route_local *rl, uint32_t i, unsigned n, int status)
+{
+    struct job *j = &rl->jobs[i];
+    j->legs[n].state = LEG_DONE;
+    if (status == TH_HO_OK)
+        j->ok++;
+    else if (status == TH_HO_GONE)
+        j->gone++;
+    job_release(rl, i);
+}
+
+/* ---- channels ----------------------------------------------------------- */
+
+static void chan_arm(struct route_local *rl, unsigned w, int out)
+{
+    struct chan *c = &rl->ch[w];
+    struct io_uring_sqe *sqe = th_get_sqe(rl->ring);
+    if (!sqe)
+        return;
+    if (out) {
+        io_uring_prep_poll_add(sqe, c->fd, POLLOUT);
+        c->out_armed = 1;
+    } else {
+        io_uring_prep_poll_multishot(sqe, c->fd, POLLIN);
+    }
+    io_uring_sqe_set_data64(sqe, th_ud_make(TH_UD_ROUTE, w << 1 | (unsigned)out, c->gen));
+}
+
+static void chan_cancel(struct route_local *rl, unsigned w, int out)
+{
+    struct io_uring_sqe *sqe = th_get_sqe(rl->ring);
+    if (!sqe)
+        return;
+    io_uring_prep_poll_remove(sqe, th_ud_make(TH_UD_ROUTE, w << 1 | (unsigned)out, rl->ch[w].gen));
+    io_uring_sqe_set_data64(sqe, th_ud_make(TH_UD_NONE, 0, 0));
+}
+
+/* Close a channel and fail every leg still waiting on it. */
+static void chan_close(struct route_local *rl, unsigned w, const char *why)
+{
+    struct chan *c = &rl->ch[w];
+    if (c->fd < 0)
+        return;
+    th_warn("[Notifier] control channel to worker %u closed: %s", w, why);
+    chan_cancel(rl, w, 0);
+    if (c->out_armed)
+        chan_cancel(rl, w, 1);
+    close(c->fd);
+    c->fd = -1;
+    c->gen++;
+    c->out_armed = 0;
+    c->qlen = c->qhead = 0;
+    for (uint32_t i = rl->head, next; i != NO_JOB; i = next) {
+        next = rl->jobs[i].next;
+        /* Resolving the job's last leg frees it: stop at that point. */
+        for (unsigned n = 0; n < rl->jobs[i].nlegs && rl->jobs[i].gen; n++) {
+            struct leg *l = &rl->jobs[i].legs[n];
+            if (l->worker == w && (l->state == LEG_QUEUED || l->state == LEG_SENT))
+                leg_resolve(rl, i, n, -1);
+        }
+    }
+}
+
+/* Non-blocking connect: a worker whose backlog is full must not stall the loop. */
+static int chan_connect(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (!path[0] || strlen(path) >= sizeof(sa.sun_path))
+        return -ENAMETOOLONG;
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    int sz = CHAN_SNDBUF;
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)) < 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+    return fd;
+}
+
+/* The channel to worker w, (re)opened for its current pid; NULL if unreachable. */
+static struct chan *chan_get(struct route_local *rl, unsigned w)
+{
+    struct chan *c = &rl->ch[w];
+    pid_t pid = atomic_load_explicit(&rl->reg->hdr->workers[w].pid, memory_order_acquire);
+    if (c->fd >= 0 && c->pid == pid)
+        return c;
+    if (c->fd >= 0)
+        chan_close(rl, w, "worker restarted");
+    if (pid <= 0)
+        return NULL;
+    char path[sizeof(rl->reg->hdr->workers[w].sock_path) + 1];
+    memcpy(path, rl->reg->hdr->workers[w].sock_path, sizeof(path) - 1);
+    path[sizeof(path) - 1] = '\0';
+    if (!path[0] && th_worker_sock_path(rl->cfg->shm_name, w, path, sizeof(path)) < 0)
+        return NULL;
+    int fd = chan_connect(path);
+    if (fd < 0) {
+        th_warn("[Notifier] cannot connect to worker %u at %s: %s", w, path, strerror(-fd));
+        return NULL;
+    }
+    c->fd = fd;
+    c->pid = pid;
+    chan_arm(rl, w, 0);
+    return c;
+}
+
+static int chan_push(struct chan *c, uint64_t seq)
+{
+    if (c->qlen == c->qcap) {
+        size_t ncap = c->qcap ? c->qcap * 2 : 64;
+        uint64_t *q = malloc(ncap * sizeof(*q));
+        if (!q)
+            return -ENOMEM;
+        for (size_t k = 0; k < c->qlen; k++)
+            q[k] = c->q[(c->qhead + k) % c->qcap];
+        free(c->q);
+        c->q = q;
+        c->qhead = 0;
+        c->qcap = ncap;
+    }
+    c->q[(c->qhead + c->qlen++) % c->qcap] = seq;
+    return 0;
+}
+
+/* Send one leg now. Returns 0, -EAGAIN (socket full) or another -errno. */
+static int leg_send(struct route_local *rl, uint32_t i, unsigned n)
+{
+    struct job *j = &rl->jobs[i];
+    struct leg *l = &j->legs[n];
+    struct th_ho_msg m = {.magic = TH_HO_MAGIC, .type = TH_HO_DELIVER, .slot = l->slot,
+                          .gen = l->gen, .seq = seq_make(j->gen, i, n), .len = (uint32_t)j->flen};
+    int rc = th_ho_send(rl->ch[l->worker].fd, &m, j->frame);
+    if (rc == 0)
+        l->state = LEG_SENT;
+    return rc;
+}
+
+/* Send what waits on channel w, in order, until the socket is full again. */
+static void chan_flush(struct route_local *rl, unsigned w)
+{
+    struct chan *c = &rl->ch[w];
+    while (c->fd >= 0 && c->qlen) {
+        uint64_t seq = c->q[c->qhead];
+        uint32_t i = (uint32_t)(seq >> 8) & 0xffffffu;
+        unsigned n = seq & 0xff;
+        int live = i < rl->cap && rl->jobs[i].gen == (uint32_t)(seq >> 32) &&
+                   rl->jobs[i].legs[n].state == LEG_QUEUED;
+        int rc = live ? leg_send(rl, i, n) : 0;
+        if (rc == -EAGAIN) {
+            chan_arm(rl, w, 1);
+            return;
+        }
+        c->qhead = (c->qhead + 1) % c->qcap;
+        c->qlen--;
+        if (rc < 0) {
+            chan_close(rl, w, strerror(-rc));
+            return;
+        }
+    }
+}
+
+/* Start leg n of job i on its worker's channel. */
+static void leg_start(struct route_local *rl, uint32_t i, unsigned n)
+{
+    unsigned w = rl->jobs[i].legs[n].worker;
+    struct chan *c = w < rl->reg->hdr->nworkers && w < TH_MAX_WORKERS ? chan_get(rl, w) : NULL;
+    if (!c) {
+        leg_resolve(rl, i, n, -1);
+        return;
+    }
+    rl->jobs[i].legs[n].state = LEG_QUEUED;
+    int rc = c->qlen ? -EAGAIN : leg_send(rl, i, n);
+    if (rc == 0)
+        return;
+    if (rc == -EAGAIN && chan_push(c, seq_make(rl->jobs[i].gen, i, n)) == 0) {
+        if (!c->out_armed)
+            chan_arm(rl, w, 1);
+        return;
+    }
+    leg_resolve(rl, i, n, -1);
+    if (rc != -EAGAIN)
+        chan_close(rl, w, strerror(-rc));
+}
+
+/* ---- route operations --------------------------------------------------- */
+
+static int local_deliver(struct th_route *r, const char *user, size_t ulen, const char *frame,
+                         size_t flen, th_route_done_fn done, void *arg)
+{
+    struct route_local *rl = (struct route_local *)r;
+    int n = th_reg_find_user(rl->reg, user, ulen, rl->infos, rl->ninfos);
+    if (n <= 0) {
+        struct th_route_result res = {0};
+        not_connected_result(rl, user, ulen, &res);
+        done(arg, &res);
+        return 0;
+    }
+    th_info("[Notifier] User %.*s IS connected - sending notification", (int)ulen, user);
+    uint32_t i = job_alloc(rl);
+    if (i == NO_JOB)
+        return -EBUSY;
+    struct job *j = &rl->jobs[i];
+    j->frame = malloc(flen);
+    j->legs = calloc((size_t)n, sizeof(*j->legs));
+    if (!j->frame || !j->legs) {
+        job_unlink_free(rl, i);
+        return -ENOMEM;
+    }
+    memcpy(j->frame, frame, flen);
+    memcpy(j->user, user, ulen);
+    j->ulen = (uint8_t)ulen;
+    j->flen = flen;
+    j->done = done;
+    j->arg = arg;
+    j->nlegs = (uint16_t)n;
+    j->deadline = th_mono_ns() + rl->timeout_ns;
+    for (int k = 0; k < n; k++)
+        j->legs[k] = (struct leg){rl->infos[k].slot, rl->infos[k].gen, rl->infos[k].worker, 0};
+    /* Hold one extra count so a leg failing at once cannot finish the job mid-loop. */
+    j->outstanding = (uint16_t)(n + 1);
+    for (int k = 0; k < n; k++)
+        leg_start(rl, i, (unsigned)k);
+    job_release(rl, i);
+    return 0;
+}
+
+/* Read every reply waiting on channel w. */
+static void chan_read(struct route_local *rl, unsigned w)
+{
+    struct chan *c = &rl->ch[w];
+    while (c->fd >= 0) {
+        struct th_ho_msg m;
+        ssize_t got = recv(c->fd, &m, sizeof(m), MSG_DONTWAIT);
+        if (got < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        if (got <= 0) {
+            chan_close(rl, w, got == 0 ? "worker closed it" : strerror(errno));
+            return;
+        }
+        if ((size_t)got != sizeof(m) || m.magic != TH_HO_MAGIC || m.type != TH_HO_REPLY)
+            continue;
+        uint32_t i = (uint32_t)(m.seq >> 8) & 0xffffffu;
+        unsigned n = m.seq & 0xff;
+        if (i >= rl->cap || rl->jobs[i].gen != (uint32_t)(m.seq >> 32) || n >= rl->jobs[i].nlegs)
+            continue; /* late reply for a finished job */
+        struct leg *l = &rl->jobs[i].legs[n];
+        if (l->state == LEG_SENT && l->worker == w)
+            leg_resolve(rl, i, n, m.code);
+    }
+}
+
+static void local_on_cqe(struct th_route *r, uint32_t idx, uint32_t gen, int res, unsigned flags)
+{
+    struct route_local *rl = (struct route_local *)r;
+    unsigned w = idx >> 1, out = idx & 1;
+    if (w >= TH_MAX_WORKERS || rl->ch[w].gen != gen || rl->ch[w].fd < 0)
+        return; /* for a channel since closed */
+    if (out) {
+        rl->ch[w].out_armed = 0;
+        chan_flush(rl, w);
+        return;
+    }
+    chan_read(rl, w);
+    if (rl->ch[w].fd >= 0 && rl->ch[w].gen == gen && res > 0 && (res & (POLLHUP | POLLERR)))
+        chan_close(rl, w, "hang-up");
+    if (rl->ch[w].fd >= 0 && rl->ch[w].gen == gen && !(flags & IORING_CQE_F_MORE))
+        chan_arm(rl, w, 0);
+}
+
+static uint64_t local_next_deadline(struct th_route *r)
+{
+    struct route_local *rl = (struct route_local *)r;
+    return rl->head == NO_JOB ? UINT64_MAX : rl->jobs[rl->head].deadline;
+}
+
+static void local_expire(struct th_route *r, uint64_t now)
+{
+    struct route_local *rl = (struct route_local *)r;
+    while (rl->head != NO_JOB && rl->jobs[rl->head].deadline <= now)
+        job_finish(rl, rl->head, 1);
+}
+
+static void local_destroy(struct th_route *r)
+{
+    struct route_local *rl = (struct route_local *)r;
+    for (unsigned w = 0; w < TH_MAX_WORKERS; w++) {
+        if (rl->ch[w].fd >= 0)
+            close(rl->ch[w].fd);
+        free(rl->ch[w].q);
+    }
+    for (uint32_t i = 0; i < rl->cap; i++) {
+        free(rl->jobs[i].frame);
+        free(rl->jobs[i].legs);
+    }
+    free(rl->jobs);
+    free(rl->infos);
+    free(rl);
+}
+
+static const struct th_route_ops local_ops = {
+    .deliver = local_deliver,
+    .on_cqe = local_on_cqe,
+    .next_deadline = local_next_deadline,
+    .expire = local_expire,
+    .destroy = local_destroy,
+};
+
+struct th_route *th_route_local_new(const struct th_config *cfg, struct th_reg *reg,
+                                    struct io_uring *ring)
+{
+    struct route_local *rl = calloc(1, sizeof(*rl));
+    if (!rl)
+        return NULL;
+    rl->base.ops = &local_ops;
+    rl->cfg = cfg;
+    rl->reg = reg;
+    rl->ring = ring;
+    rl->free_head = rl->head = rl->tail = NO_JOB;
+    rl->timeout_ns = (uint64_t)(cfg->handoff_timeout_ms ? cfg->handoff_timeout_ms : 200) * TH_NS_PER_MS;
+    uint32_t want = cfg->max_conns_per_user + 8;
+    rl->ninfos = (int)(want > MAX_LEGS - 1 ? MAX_LEGS - 1 : want);
+    rl->infos = calloc((size_t)rl->ninfos, sizeof(*rl->infos));
+    if (!rl->infos) {
+        free(rl);
+        return NULL;
+    }
+    for (unsigned w = 0; w < TH_MAX_WORKERS; w++)
+        rl->ch[w].fd = -1;
+    return &rl->base;
+}

@@ -1,0 +1,746 @@
+/*
+ * The backend API server (see notifier/server.h).
+ *
+ * Connections live in a fixed table found by index (user_data carries index
+ * and generation). Each connection keeps one recv and at most one send in
+ * flight. Requests are framed from its input buffer as they arrive; each gets
+ * a response record queued in arrival order, and records are written out
+ * strictly in that order once complete, so pipelined requests are answered in
+ * order even though notifications finish out of order. A notification's
+ * record waits for its route callback; when the client goes away first, the
+ * record is orphaned and freed by the last callback.
+ *
+ * Memory per connection is bounded by the request limits (8 KiB head, 1 MiB
+ * batch body) and by TH_API_MAX_PIPELINE: past it, reading pauses until
+ * answers drain.
+ */
+#include "notifier/server.h"
+#include "notifier/api.h"
+#include "notifier/loop.h"
+#include "notifier/metrics.h"
+#include "notifier/route.h"
+#include "shm/clock.h"
+#include "shm/log.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define NO_CONN UINT32_MAX
+#define RECV_MIN 16384
+#define RECV_MAX_BUF (TH_HTTP_MAX_HEAD + TH_API_MAX_BATCH_BODY + 4096)
+
+struct resp;
+
+/* One notification inside a response (a single notify has one). */
+struct item {
+    struct resp *r;
+    int code;
+    unsigned connections;
+    int has_ls;
+    uint64_t ls, t0;
+    char *err; /* 400/413 reason (malloc'd) */
+    uint8_t ulen, idlen;
+    char user[TH_USER_MAX];
+    char id[TH_API_MAX_ID];
+};
+
+struct resp {
+    struct resp *next;
+    struct conn *c; /* NULL once the connection is gone */
+    int status;
+    const char *ctype;
+    struct th_buf body; /* complete body for non-notify answers */
+    int batch, close_after, keep10;
+    uint32_t nitems, pending;
+    struct item *items;
+};
+
+struct conn {
+    int fd;
+    uint32_t gen, next_free;
+    int in_use, recv_busy, send_busy, closing, stop_read, eof, woken, paused;
+    char *in;
+    size_t in_len, in_cap;
+    struct th_buf out, sending; /* appended while a send is in flight / owned by the kernel */
+    size_t sent;
+    struct resp *rhead, *rtail;
+    unsigned nresp;
+    uint64_t last_active;
+    struct conn *wake_next;
+};
+
+struct server {
+    const struct th_config *cfg;
+    struct th_reg *reg;
+    struct io_uring ring;
+    struct th_route *route;
+    int api_fd;
+    struct conn conns[TH_API_MAX_CONNS];
+    uint32_t free_head;
+    unsigned nconns;
+    struct conn *wake;
+    struct th_hist hist;
+    uint64_t id_prefix, id_counter;
+    struct th_conn_info infos[256];
+};
+
+static struct server *S; /* route callbacks carry only an item pointer */
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static uint32_t conn_index(struct conn *c)
+{
+    return (uint32_t)(c - S->conns);
+}
+
+static void submit_recv(struct conn *c)
+{
+    if (c->in_cap - c->in_len < RECV_MIN / 2 && c->in_cap < RECV_MAX_BUF) {
+        size_t ncap = c->in_cap ? c->in_cap * 2 : RECV_MIN;
+        char *p = realloc(c->in, ncap > RECV_MAX_BUF ? RECV_MAX_BUF : ncap);
+        if (!p)
+            return; /* retried on the next wake; the idle sweep ends a stuck one */
+        c->in = p;
+        c->in_cap = ncap > RECV_MAX_BUF ? RECV_MAX_BUF : ncap;
+    }
+    struct io_uring_sqe *sqe = th_get_sqe(&S->ring);
+    if (!sqe || c->in_cap == c->in_len)
+        return;
+    io_uring_prep_recv(sqe, c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+    io_uring_sqe_set_data64(sqe, th_ud_make(TH_UD_RECV, conn_index(c), c->gen));
+    c->recv_busy = 1;
+}
+
+static void submit_send(struct conn *c)
+{
+    if (c->send_busy || c->closing)
+        return;
+    if (c->sent == c->sending.len) {
+        if (c->out.len == 0)
+            return;
+        struct th_buf t = c->sending;
+        c->sending = c->out;
+        c->out = t;
+        c->out.len = 0;
+        c->sent = 0;
+    }
+    struct io_uring_sqe *sqe = th_get_sqe(&S->ring);
+    if (!sqe)
+        return;
+    io_uring_prep_send(sqe, c->fd, c->sending.p + c->sent, c->sending.len - c->sent, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, th_ud_make(TH_UD_SEND, conn_index(c), c->gen));
+    c->send_busy = 1;
+}
+
+static void resp_free(struct resp *r)
+{
+    for (uint32_t i = 0; i < r->nitems; i++)
+        free(r->items[i].err);
+    free(r->items);
+    th_buf_free(&r->body);
+    free(r);
+}
+
+/* Free the connection's slot once the kernel holds none of its buffers. */
+static void conn_try_release(struct conn *c)
+{
+    if (!c->closing || c->recv_busy || c->send_busy || !c->in_use)
+        return;
+    close(c->fd);
+    free(c->in);
+    th_buf_free(&c->out);
+    th_buf_free(&c->sending);
+    uint32_t gen = c->gen + 1, idx = conn_index(c);
+    memset(c, 0, sizeof(*c));
+    c->fd = -1;
+    c->gen = gen;
+    c->next_free = S->free_head;
+    S->free_head = idx;
+    S->nconns--;
+}
+
+static void conn_close(struct conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    shutdown(c->fd, SHUT_RDWR); /* completes an in-flight recv */
+    for (struct resp *r = c->rhead, *next; r; r = next) {
+        next = r->next;
+        if (r->pending) {
+            r->c = NULL; /* the last route callback frees it */
+            r->next = NULL;
+        } else {
+            resp_free(r);
+        }
+    }
+    c->rhead = c->rtail = NULL;
+    c->nresp = 0;
+    conn_try_release(c);
+}
+
+/* ---- answers ------------------------------------------------------------ */
+
+static void render_item(struct th_buf *b, const struct item *it, int with_code)
+{
+    if (it->err)
+        th_api_render_error(b, it->err, it->code, with_code);
+    else
+        th_api_render_result(b, it->code, it->user, it->ulen, it->id, it->idlen, it->connections,
+                             it->has_ls, it->ls, with_code);
+}
+
+/* Status line, headers and body of a complete response into c->out. */
+static void write_resp(struct conn *c, struct resp *r)
+{
+    struct th_buf *body = &r->body;
+    if (r->nitems && !r->batch) {
+        r->status = r->items[0].code;
+        render_item(body, &r->items[0], 0);
+    } else if (r->batch) {
+        th_buf_puts(body, "{\"results\":[");
+        for (uint32_t i = 0; i < r->nitems; i++) {
+            if (i)
+                th_buf_puts(body, ",");
+            render_item(body, &r->items[i], 1);
+        }
+        th_buf_puts(body, "]}");
+    }
+    if (body->oom) {
+        r->status = 500;
+        r->close_after = 1;
+        body->len = 0;
+    }
+    th_buf_printf(&c->out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n",
+                  r->status, th_api_reason(r->status), r->ctype ? r->ctype : "application/json",
+                  body->len + 1, r->close_after ? "Connection: close\r\n"
+                                 : r->keep10    ? "Connection: keep-alive\r\n"
+                                                : "");
+    th_buf_put(&c->out, body->p ? body->p : "", body->len);
+    th_buf_put(&c->out, "\n", 1);
+}
+
+static void conn_wake(struct conn *c)
+{
+    if (!c->woken) {
+        c->woken = 1;
+        c->wake_next = S->wake;
+        S->wake = c;
+    }
+}
+
+/* Write every answer at the head of the queue that is complete, in order. */
+static void conn_emit(struct conn *c)
+{
+    while (c->rhead && c->rhead->pending == 0) {
+        struct resp *r = c->rhead;
+        c->rhead = r->next;
+        if (!c->rhead)
+            c->rtail = NULL;
+        c->nresp--;
+        write_resp(c, r);
+        if (r->close_after)
+            c->stop_read = c->eof = 1;
+        resp_free(r);
+    }
+    if (c->out.oom) {
+        conn_close(c);
+        return;
+    }
+    submit_send(c);
+    if (c->paused && c->nresp < TH_API_MAX_PIPELINE / 2) {
+        c->paused = 0;
+        conn_wake(c);
+    }
+}
+
+static struct resp *resp_new(struct conn *c, const struct th_api_req *req)
+{
+    struct resp *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->c = c;
+    r->close_after = req ? !req->keep_alive : 1;
+    r->keep10 = req && req->keep_alive && req->http.minor_version == 0;
+    if (c->rtail)
+        c->rtail->next = r;
+    else
+        c->rhead = r;
+    c->rtail = r;
+    c->nresp++;
+    return r;
+}
+
+static void resp_error(struct resp *r, int status, const char *msg)
+{
+    r->status = status;
+    th_api_render_error(&r->body, msg, status, 0);
+}
+
+/* ---- notifications ------------------------------------------------------ */
+
+static void item_settle(struct item *it)
+{
+    struct resp *r = it->r;
+    if (--r->pending)
+        return;
+    if (!r->c)
+        resp_free(r);
+    else if (r == r->c->rhead)
+        conn_emit(r->c);
+}
+
+static void item_done(void *arg, const struct th_route_result *res)
+{
+    struct item *it = arg;
+    struct th_counters_sh *k = &S->reg->hdr->counters;
+    it->code = res->status;
+    it->connections = res->confirmed;
+    it->has_ls = res->has_last_seen;
+    it->ls = res->last_seen_ns;
+    if (res->status == 200) {
+        atomic_fetch_add_explicit(&k->notify_delivered, 1, memory_order_relaxed);
+        th_hist_add(&S->hist, th_mono_ns() - it->t0);
+    } else if (res->status == 404) {
+        atomic_fetch_add_explicit(&k->notify_not_connected, 1, memory_order_relaxed);
+    } else {
+        atomic_fetch_add_explicit(&k->notify_unavailable, 1, memory_order_relaxed);
+    }
+    item_settle(it);
+}
+
+static void item_fail(struct item *it, int code, const char *msg)
+{
+    it->code = code;
+    it->err = strdup(msg);
+    if (!it->err)
+        it->code = 500;
+    atomic_fetch_add_explicit(&S->reg->hdr->counters.notify_bad_request, 1, memory_order_relaxed);
+}
+
+/* Render the frame once and hand it to the route. it->r->pending covers it. */
+static void item_start(struct item *it, const struct th_notify *n)
+{
+    char idbuf[40];
+    const char *id = n->id;
+    size_t idlen = n->idlen;
+    th_info("[Notifier] Attempting to send notification to user %.*s", (int)n->ulen, n->user);
+    if (!id) {
+        idlen = (size_t)snprintf(idbuf, sizeof(idbuf), "%016llx%016llx",
+                                 (unsigned long long)S->id_prefix,
+                                 (unsigned long long)++S->id_counter);
+        id = idbuf;
+    }
+    memcpy(it->user, n->user, n->ulen);
+    it->ulen = (uint8_t)n->ulen;
+    memcpy(it->id, id, idlen);
+    it->idlen = (uint8_t)idlen;
+    size_t flen;
+    char *frame = th_api_render_frame(n, id, idlen, th_now_ns(), &flen);
+    if (!frame || flen > TH_API_MAX_FRAME) {
+        item_fail(it, frame ? 413 : 500, frame ? "notification frame over 66560 bytes" : "out of memory");
+        free(frame);
+        return;
+    }
+    it->r->pending++;
+    it->t0 = th_mono_ns();
+    int rc = S->route->ops->deliver(S->route, n->user, n->ulen, frame, flen, item_done, it);
+    free(frame);
+    if (rc < 0) {
+        struct th_route_result res = {.status = 503};
+        th_warn("[Notifier] Delivery to user %.*s refused: %s", (int)n->ulen, n->user, strerror(-rc));
+        item_done(it, &res);
+    }
+}
+
+static void handle_notify(struct resp *r, const struct th_api_req *req)
+{
+    char err[256];
+    json_t *root;
+    struct th_notify n;
+    r->items = calloc(1, sizeof(*r->items));
+    if (!r->items) {
+        resp_error(r, 500, "out of memory");
+        return;
+    }
+    r->nitems = 1;
+    r->items[0].r = r;
+    if (th_api_parse_notify(req->body, req->body_len, &root, &n, err, sizeof(err)) < 0) {
+        item_fail(&r->items[0], 400, err);
+        return;
+    }
+    r->pending++; /* hold: a synchronous answer must not emit mid-setup */
+    item_start(&r->items[0], &n);
+    json_decref(root);
+    r->pending--;
+}
+
+static void handle_batch(struct resp *r, const struct th_api_req *req)
+{
+    json_error_t je;
+    json_t *root = json_loadb(req->body, req->body_len, 0, &je);
+    r->batch = 1;
+    if (!root || !json_is_array(root)) {
+        char err[256];
+        snprintf(err, sizeof(err), root ? "batch body must be a JSON array" : "invalid JSON: %s (at byte %d)",
+                 je.text, je.position);
+        r->batch = 0;
+        resp_error(r, 400, err);
+        atomic_fetch_add_explicit(&S->reg->hdr->counters.notify_bad_request, 1, memory_order_relaxed);
+        json_decref(root);
+        return;
+    }
+    size_t n = json_array_size(root);
+    r->items = calloc(n ? n : 1, sizeof(*r->items));
+    if (!r->items) {
+        r->batch = 0;
+        resp_error(r, 500, "out of memory");
+        json_decref(root);
+        return;
+    }
+    r->nitems = (uint32_t)n;
+    r->pending++;
+    for (size_t i = 0; i < n; i++) {
+        struct th_notify nt;
+        char err[256];
+        r->items[i].r = r;
+        if (th_api_check_notify(json_array_get(root, i), &nt, err, sizeof(err)) < 0)
+            item_fail(&r->items[i], 400, err);
+        else
+            item_start(&r->items[i], &nt);
+    }
+    json_decref(root);
+    r->pending--;
+}
+
+/* ---- other endpoints ---------------------------------------------------- */
+
+static void handle_presence(struct resp *r, const struct th_api_req *req)
+{
+    char user[TH_USER_MAX];
+    int ulen = th_api_pct_decode(req->presence_user.p, req->presence_user.n, user, sizeof(user));
+    if (ulen < 0 || !th_api_valid_user(user, (size_t)ulen)) {
+        resp_error(r, 400, "user id must be 1 to 64 bytes without control characters");
+        return;
+    }
+    int n = th_reg_find_user(S->reg, user, (size_t)ulen, S->infos, 256);
+    uint64_t ls = 0;
+    int has_ls = 0;
+    for (int i = 0; i < n; i++)
+        if (!has_ls || S->infos[i].last_seen > ls)
+            ls = S->infos[i].last_seen, has_ls = 1;
+    if (n <= 0)
+        has_ls = th_reg_last_seen(S->reg, user, (size_t)ulen, &ls) == 1;
+    struct th_buf *b = &r->body;
+    r->status = 200;
+    th_buf_puts(b, "{\"user_id\":");
+    th_buf_json_str(b, user, (size_t)ulen);
+    th_buf_printf(b, ",\"connected\":%s,\"last_seen\":", n > 0 ? "true" : "false");
+    th_buf_json_time(b, has_ls, ls);
+    th_buf_puts(b, ",\"connections\":[");
+    for (int i = 0; i < n; i++) {
+        th_buf_printf(b, "%s{\"worker\":%u,\"connected_at\":", i ? "," : "", S->infos[i].worker);
+        th_buf_json_time(b, 1, S->infos[i].connected_at);
+        th_buf_puts(b, ",\"last_seen\":");
+        th_buf_json_time(b, 1, S->infos[i].last_seen);
+        th_buf_puts(b, "}");
+    }
+    th_buf_puts(b, "]}");
+}
+
+static void handle_request(struct conn *c, const struct th_api_req *req)
+{
+    struct resp *r = resp_new(c, req);
+    if (!r) {
+        conn_close(c);
+        return;
+    }
+    if (req->status) {
+        resp_error(r, req->status, req->status == 404 ? "no such endpoint" : "method not allowed");
+        return;
+    }
+    switch (req->route) {
+    case TH_API_NOTIFY: handle_notify(r, req); break;
+    case TH_API_BATCH: handle_batch(r, req); break;
+    case TH_API_PRESENCE: handle_presence(r, req); break;
+    case TH_API_HEALTHZ: r->status = th_health_render(&r->body, S->reg); break;
+    case TH_API_METRICS:
+        r->status = 200;
+        r->ctype = "text/plain; version=0.0.4";
+        th_metrics_render(&r->body, S->reg, &S->hist);
+        break;
+    }
+}
+
+/* Frame and dispatch every complete request in the input buffer. */
+static void conn_parse(struct conn *c)
+{
+    size_t off = 0;
+    while (!c->closing && !c->stop_read && c->nresp < TH_API_MAX_PIPELINE && off < c->in_len) {
+        struct th_api_req req;
+        const char *reason = NULL;
+        memset(&req.http, 0, sizeof(req.http));
+        int rc = th_api_frame(c->in + off, c->in_len - off, &req, &reason);
+        if (rc == TH_API_PARTIAL)
+            break;
+        if (rc < 0) {
+            struct resp *r = resp_new(c, NULL);
+            if (r)
+                resp_error(r, -rc, reason);
+            atomic_fetch_add_explicit(&S->reg->hdr->counters.notify_bad_request, 1, memory_order_relaxed);
+            c->stop_read = 1;
+            off = c->in_len;
+            break;
+        }
+        handle_request(c, &req);
+        off += (size_t)rc;
+        if (!req.keep_alive)
+            c->stop_read = 1; /* answer this one last, then close */
+    }
+    if (c->nresp >= TH_API_MAX_PIPELINE)
+        c->paused = 1;
+    if (c->closing)
+        return;
+    memmove(c->in, c->in + off, c->in_len - off);
+    c->in_len -= off;
+    if (c->in_len == 0 && c->in_cap > 4 * RECV_MIN) {
+        free(c->in); /* a big body is gone: give its buffer back */
+        c->in = NULL;
+        c->in_cap = 0;
+    }
+    conn_emit(c);
+    if (!c->closing && !c->stop_read && !c->eof && !c->recv_busy && c->nresp < TH_API_MAX_PIPELINE)
+        submit_recv(c);
+}
+
+/* ---- completions -------------------------------------------------------- */
+
+static struct conn *conn_of(uint64_t ud)
+{
+    uint32_t i = th_ud_idx(ud);
+    if (i >= TH_API_MAX_CONNS || !S->conns[i].in_use || S->conns[i].gen != th_ud_gen(ud))
+        return NULL;
+    return &S->conns[i];
+}
+
+/* Everything answered and sent on a connection that is finishing: close it. */
+static void conn_maybe_finish(struct conn *c)
+{
+    if (c->eof && !c->closing && !c->rhead && !c->send_busy && c->out.len == 0 &&
+        c->sent == c->sending.len)
+        conn_close(c);
+}
+
+static void on_recv(struct conn *c, int res)
+{
+    c->recv_busy = 0;
+    if (c->closing) {
+        conn_try_release(c);
+        return;
+    }
+    if (res < 0) {
+        conn_close(c);
+        return;
+    }
+    if (res == 0) {
+        c->eof = 1; /* peer done sending: answer what was asked, then close */
+        conn_maybe_finish(c);
+        return;
+    }
+    c->in_len += (size_t)res;
+    c->last_active = th_mono_ns();
+    conn_parse(c);
+    conn_maybe_finish(c);
+}
+
+static void on_send(struct conn *c, int res)
+{
+    c->send_busy = 0;
+    if (c->closing) {
+        conn_try_release(c);
+        return;
+    }
+    if (res <= 0) {
+        conn_close(c);
+        return;
+    }
+    c->sent += (size_t)res;
+    c->last_active = th_mono_ns();
+    if (c->sent == c->sending.len) {
+        c->sending.len = c->sent = 0;
+        if (c->sending.cap > 4 * RECV_MIN)
+            th_buf_free(&c->sending);
+    }
+    submit_send(c);
+    conn_maybe_finish(c);
+}
+
+static void submit_accept(void)
+{
+    struct io_uring_sqe *sqe = th_get_sqe(&S->ring);
+    if (!sqe)
+        return;
+    io_uring_prep_multishot_accept(sqe, S->api_fd, NULL, NULL, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, th_ud_make(TH_UD_ACCEPT, 0, 0));
+}
+
+static void on_accept(int res, unsigned flags)
+{
+    if (!(flags & IORING_CQE_F_MORE))
+        submit_accept();
+    if (res < 0) {
+        if (res != -ECANCELED)
+            th_warn("[Notifier] accept: %s", strerror(-res));
+        return;
+    }
+    if (S->free_head == NO_CONN) {
+        close(res); /* over TH_API_MAX_CONNS: refuse rather than grow */
+        return;
+    }
+    struct conn *c = &S->conns[S->free_head];
+    S->free_head = c->next_free;
+    S->nconns++;
+    c->in_use = 1;
+    c->fd = res;
+    c->last_active = th_mono_ns();
+    int one = 1;
+    setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    submit_recv(c);
+}
+
+static void dispatch(struct io_uring_cqe *cqe)
+{
+    uint64_t ud = io_uring_cqe_get_data64(cqe);
+    struct conn *c;
+    switch (th_ud_kind(ud)) {
+    case TH_UD_ACCEPT: on_accept(cqe->res, cqe->flags); break;
+    case TH_UD_RECV:
+        if ((c = conn_of(ud)))
+            on_recv(c, cqe->res);
+        break;
+    case TH_UD_SEND:
+        if ((c = conn_of(ud)))
+            on_send(c, cqe->res);
+        break;
+    case TH_UD_ROUTE:
+        S->route->ops->on_cqe(S->route, th_ud_idx(ud), th_ud_gen(ud), cqe->res, cqe->flags);
+        break;
+    default: break;
+    }
+}
+
+/* Connections that paused reading on a full pipeline and may go on. */
+static void run_wakes(void)
+{
+    while (S->wake) {
+        struct conn *c = S->wake;
+        S->wake = c->wake_next;
+        c->woken = 0;
+        if (c->in_use && !c->closing)
+            conn_parse(c);
+    }
+}
+
+/* Once a second: heartbeat, idle keep-alive connections. */
+static void tick(uint64_t now)
+{
+    atomic_store_explicit(&S->reg->hdr->roles[TH_ROLE_NOTIFIER].heartbeat_ns, th_now_ns(),
+                          memory_order_relaxed);
+    for (unsigned i = 0; i < TH_API_MAX_CONNS; i++) {
+        struct conn *c = &S->conns[i];
+        if (c->in_use && !c->closing && !c->rhead && !c->send_busy &&
+            now - c->last_active > (uint64_t)TH_API_IDLE_S * TH_NS_PER_S)
+            conn_close(c);
+    }
+}
+
+static int ring_init(struct io_uring *ring)
+{
+    struct io_uring_params p = {0};
+    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE;
+    p.cq_entries = 16384;
+    int rc = io_uring_queue_init_params(2048, ring, &p);
+    if (rc == -EINVAL) { /* older kernel: no SINGLE_ISSUER / DEFER_TASKRUN */
+        memset(&p, 0, sizeof(p));
+        p.flags = IORING_SETUP_CQSIZE;
+        p.cq_entries = 16384;
+        rc = io_uring_queue_init_params(2048, ring, &p);
+    }
+    return rc;
+}
+
+static void loop(volatile sig_atomic_t *stop, volatile sig_atomic_t *hup)
+{
+    uint64_t next_tick = th_mono_ns();
+    while (!*stop) {
+        uint64_t now = th_mono_ns();
+        S->route->ops->expire(S->route, now);
+        if (now >= next_tick) {
+            tick(now);
+            next_tick = now + TH_NS_PER_S;
+        }
+        if (*hup) {
+            *hup = 0;
+            th_log_reopen();
+        }
+        run_wakes();
+        uint64_t until = S->route->ops->next_deadline(S->route);
+        if (until > next_tick)
+            until = next_tick;
+        uint64_t wait = until > now ? until - now : 0;
+        struct __kernel_timespec ts = {.tv_sec = (long long)(wait / TH_NS_PER_S),
+                                       .tv_nsec = (long long)(wait % TH_NS_PER_S)};
+        struct io_uring_cqe *cqe;
+        int rc = io_uring_submit_and_wait_timeout(&S->ring, &cqe, 1, &ts, NULL);
+        if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
+            th_warn("[Notifier] io_uring wait: %s", strerror(-rc));
+        unsigned head, seen = 0;
+        io_uring_for_each_cqe(&S->ring, head, cqe)
+        {
+            dispatch(cqe);
+            seen++;
+        }
+        io_uring_cq_advance(&S->ring, seen);
+    }
+}
+
+int th_server_run(const struct th_config *cfg, struct th_reg *reg, int api_fd,
+                  volatile sig_atomic_t *stop, volatile sig_atomic_t *hup)
+{
+    S = calloc(1, sizeof(*S));
+    if (!S)
+        return -ENOMEM;
+    S->cfg = cfg;
+    S->reg = reg;
+    S->api_fd = api_fd;
+    for (uint32_t i = 0; i < TH_API_MAX_CONNS; i++) {
+        S->conns[i].fd = -1;
+        S->conns[i].next_free = i + 1 < TH_API_MAX_CONNS ? i + 1 : NO_CONN;
+    }
+    if (getrandom(&S->id_prefix, sizeof(S->id_prefix), 0) != sizeof(S->id_prefix))
+        S->id_prefix = reg->hdr->boot_epoch ^ th_now_ns();
+    int rc = ring_init(&S->ring);
+    if (rc < 0) {
+        th_error("[Notifier] io_uring_queue_init: %s", strerror(-rc));
+        free(S);
+        return rc;
+    }
+    S->route = th_route_local_new(cfg, reg, &S->ring);
+    if (!S->route) {
+        io_uring_queue_exit(&S->ring);
+        free(S);
+        return -ENOMEM;
+    }
+    submit_accept();
+    loop(stop, hup);
+    S->route->ops->destroy(S->route);
+    io_uring_queue_exit(&S->ring);
+    return 0;
+}
