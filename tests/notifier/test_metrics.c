@@ -1,0 +1,80 @@
+/*
+ * Unit tests of notifier/metrics.c: the latency histogram's buckets and the
+ * Prometheus text names the contract fixes, rendered from a segment header
+ * built in ordinary memory.
+ */
+#include "notifier/metrics.h"
+
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+Test(hist, buckets_are_cumulative)
+{
+    struct th_hist h = {0};
+    th_hist_add(&h, 40000);      /* 40 us: first bucket */
+    th_hist_add(&h, 300000);     /* 300 us: le=0.0005 */
+    th_hist_add(&h, 2000000000); /* 2 s: +Inf only */
+    cr_assert_eq(h.count[0], 1);
+    cr_assert_eq(h.count[3], 1);
+    cr_assert_eq(h.count[TH_HIST_BUCKETS], 1);
+    cr_assert_eq(h.total, 3);
+}
+
+static struct th_reg_hdr *fake_hdr(void)
+{
+    struct th_reg_hdr *hdr = aligned_alloc(64, sizeof(*hdr));
+    memset(hdr, 0, sizeof(*hdr));
+    hdr->nworkers = 2;
+    hdr->nslots = 16;
+    atomic_store(&hdr->used, 3);
+    atomic_store(&hdr->counters.pings, 7);
+    atomic_store(&hdr->counters.notify_delivered, 5);
+    atomic_store(&hdr->counters.notify_bad_request, 2);
+    return hdr;
+}
+
+Test(metrics, contract_names)
+{
+    struct th_reg reg = {0};
+    reg.hdr = fake_hdr();
+    struct th_hist h = {0};
+    th_hist_add(&h, 100000);
+    struct th_buf b = {0};
+    th_metrics_render(&b, &reg, &h);
+    cr_assert(strstr(b.p, "\ntether_connections 3\n"));
+    cr_assert(strstr(b.p, "\ntether_pings_total 7\n"));
+    cr_assert(strstr(b.p, "tether_notifications_total{status=\"delivered\"} 5\n"));
+    cr_assert(strstr(b.p, "tether_notifications_total{status=\"bad_request\"} 2\n"));
+    cr_assert(strstr(b.p, "tether_notifications_total{status=\"not_connected\"} 0\n"));
+    cr_assert(strstr(b.p, "\ntether_stale_evictions_total 0\n"));
+    cr_assert(strstr(b.p, "\ntether_worker_restarts_total 0\n"));
+    cr_assert(strstr(b.p, "tether_notify_confirm_seconds_bucket{le=\"5e-05\"} 0\n"));
+    cr_assert(strstr(b.p, "tether_notify_confirm_seconds_bucket{le=\"0.0001\"} 1\n"));
+    cr_assert(strstr(b.p, "tether_notify_confirm_seconds_count 1\n"));
+    th_buf_free(&b);
+    free(reg.hdr);
+}
+
+Test(health, degraded_until_every_role_is_alive)
+{
+    struct th_reg reg = {0};
+    reg.hdr = fake_hdr();
+    struct th_buf b = {0};
+    cr_assert_eq(th_health_render(&b, &reg), 503);
+    cr_assert(strstr(b.p, "\"status\":\"degraded\""));
+    b.len = 0;
+    pid_t me = getpid();
+    atomic_store(&reg.hdr->roles[TH_ROLE_SUPERVISOR].pid, me);
+    atomic_store(&reg.hdr->roles[TH_ROLE_JANITOR].pid, me);
+    atomic_store(&reg.hdr->workers[0].pid, me);
+    cr_assert_eq(th_health_render(&b, &reg), 503); /* worker 1 missing */
+    b.len = 0;
+    atomic_store(&reg.hdr->workers[1].pid, me);
+    cr_assert_eq(th_health_render(&b, &reg), 200);
+    cr_assert(strstr(b.p, "\"status\":\"ok\""));
+    cr_assert(strstr(b.p, "\"workers\":[{\"index\":0,"));
+    th_buf_free(&b);
+    free(reg.hdr);
+}
