@@ -1,0 +1,86 @@
+"""tether-load driving a real tether group.
+
+A short run (200 clients, pings every second, notifications flowing) must
+report every client connected and every notification delivered, in one JSON
+object on stdout, with exit status 0. Against a port nobody listens on it
+must fail with a non-zero status; bad flags exit 2. Speed is not asserted
+here: tools/bench measures it.
+"""
+import json
+import os
+import subprocess
+import tempfile
+import unittest
+
+import tether_harness as th
+
+LOAD = os.path.join(th.BIN, "tether-load")
+
+
+def run_load(args, timeout=60):
+    return subprocess.run([LOAD] + args, capture_output=True, text=True, timeout=timeout)
+
+
+class TetherLoadTest(unittest.TestCase):
+    def test_run_against_tether(self):
+        with th.Group(workers=2, slots=1024) as g:
+            p = run_load(["--url", g.ws_url(), "--api", "http://127.0.0.1:%d" % g.api_port,
+                          "--secret-file", g.secret_file, "--connections", "200",
+                          "--ping-interval", "1", "--duration", "3", "--notify-rate", "50",
+                          "--procs", "2"])
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            lines = p.stdout.strip().splitlines()
+            self.assertEqual(len(lines), 1, p.stdout)
+            s = json.loads(lines[0])
+            self.assertEqual(s["connections_ok"], 200)
+            self.assertEqual(s["connect_errors"], 0)
+            self.assertEqual(s["disconnects"], 0)
+            self.assertEqual(s["lost"], 0)
+            self.assertGreater(s["notifications_sent"], 50)
+            self.assertEqual(s["notifications_received"], s["notifications_sent"])
+            self.assertEqual(s["notify_status"]["2xx"], s["notifications_sent"])
+            # 200 clients pinging once a second for 3 s: about 600 round trips.
+            self.assertGreater(s["pongs_received"], 400)
+            self.assertEqual(s["pongs_received"], s["pings_sent"])
+            self.assertGreater(s["pong_rtt_us"]["p50"], 0)
+            self.assertLessEqual(s["pong_rtt_us"]["p50"], s["pong_rtt_us"]["p99"])
+            self.assertLessEqual(s["pong_rtt_us"]["p99"], s["pong_rtt_us"]["max"])
+            self.assertGreater(s["delivery_us"]["p50"], 0)
+
+    def test_wrong_secret_fails(self):
+        with th.Group(workers=1, slots=64) as g:
+            bad = os.path.join(g.tmp, "wrong-secret")
+            with open(bad, "w") as f:
+                f.write("not-the-secret\n")
+            p = run_load(["--url", g.ws_url(), "--secret-file", bad, "--connections", "5",
+                          "--ping-interval", "1", "--duration", "1"])
+            self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+            s = json.loads(p.stdout)
+            self.assertEqual(s["connections_ok"], 0)
+            self.assertEqual(s["connect_errors"], 5)
+            self.assertIn("401", p.stderr)
+
+    def test_no_server_fails(self):
+        port = th.free_port()
+        with tempfile.NamedTemporaryFile("w", suffix=".secret") as f:
+            f.write("some-secret\n")
+            f.flush()
+            p = run_load(["--url", "ws://127.0.0.1:%d/ws" % port, "--secret-file", f.name,
+                          "--connections", "20", "--ping-interval", "1", "--duration", "1"])
+        self.assertNotEqual(p.returncode, 0)
+        s = json.loads(p.stdout)
+        self.assertEqual(s["connections_ok"], 0)
+        self.assertEqual(s["connect_errors"], 20)
+
+    def test_bad_flags_exit_2(self):
+        for args in (["--bogus"], ["--connections", "x"], ["--url", "http://a/ws"],
+                     ["--url", "ws://127.0.0.1:1/ws", "--secret-file", "/nonexistent",
+                      "--connections", "1", "--duration", "1", "--idle"]):
+            p = run_load(args)
+            self.assertEqual(p.returncode, 2, args)
+            self.assertEqual(len(p.stderr.strip().splitlines()), 1, p.stderr)
+            self.assertEqual(p.stdout, "")
+
+
+if __name__ == "__main__":
+    unittest.main()
