@@ -205,6 +205,7 @@ static void write_resp(struct conn *c, struct resp *r)
         r->status = r->items[0].code;
         render_item(body, &r->items[0], 0);
     } else if (r->batch) {
+        r->status = 200;
         th_buf_puts(body, "{\"results\":[");
         for (uint32_t i = 0; i < r->nitems; i++) {
             if (i)

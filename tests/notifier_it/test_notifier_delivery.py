@@ -1,0 +1,147 @@
+"""Notifier delivery through a real group: one user, two devices, not
+connected (never seen and after a disconnect), backend-chosen ids, the
+contract's log lines, presence and metrics shapes."""
+import asyncio
+import json
+import re
+import unittest
+
+import tether_harness as th
+from notifier_it_util import api, connect, notify, wait_connected
+
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+class Delivery(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.g = th.Group(workers=2).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.__exit__(None, None, None)
+
+    def run_async(self, coro):
+        return asyncio.run(asyncio.wait_for(coro, 30))
+
+    def test_one_user_frame_content(self):
+        async def go():
+            ws = await connect(self.g, "alice")
+            await wait_connected(self.g, "alice", 1)
+            st, body = await notify(self.g, "alice", {"meal": "lunch", "kcal": 640})
+            self.assertEqual(st, 200, body)
+            self.assertEqual(body["status"], "delivered")
+            self.assertEqual(body["user_id"], "alice")
+            self.assertEqual(body["connections"], 1)
+            self.assertTrue(body["id"])
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            self.assertEqual(list(frame), ["type", "id", "timestamp", "data"])
+            self.assertEqual(frame["type"], "meal_log.completed")
+            self.assertEqual(frame["id"], body["id"])
+            self.assertRegex(frame["timestamp"], RFC3339)
+            self.assertEqual(frame["data"], {"meal": "lunch", "kcal": 640})
+            await ws.close()
+        self.run_async(go())
+        log = self.g.log()
+        self.assertIn("[Notifier] Attempting to send notification to user alice", log)
+        self.assertIn("[Notifier] User alice IS connected - sending notification", log)
+
+    def test_backend_id_and_generated_ids_unique(self):
+        async def go():
+            ws = await connect(self.g, "idu")
+            await wait_connected(self.g, "idu", 1)
+            st, body = await notify(self.g, "idu", {}, nid="backend-42")
+            self.assertEqual((st, body["id"]), (200, "backend-42"))
+            self.assertEqual(json.loads(await ws.recv())["id"], "backend-42")
+            ids = set()
+            for _ in range(5):
+                st, body = await notify(self.g, "idu")
+                self.assertEqual(st, 200)
+                ids.add(body["id"])
+                self.assertEqual(json.loads(await ws.recv())["id"], body["id"])
+            self.assertEqual(len(ids), 5)
+            await ws.close()
+        self.run_async(go())
+
+    def test_two_devices_both_receive(self):
+        async def go():
+            a = await connect(self.g, "bob")
+            b = await connect(self.g, "bob")
+            await wait_connected(self.g, "bob", 2)
+            st, body = await notify(self.g, "bob", {"n": 1})
+            self.assertEqual(st, 200, body)
+            self.assertEqual(body["connections"], 2)
+            fa = json.loads(await asyncio.wait_for(a.recv(), 5))
+            fb = json.loads(await asyncio.wait_for(b.recv(), 5))
+            self.assertEqual(fa, fb)
+            self.assertEqual(fa["data"], {"n": 1})
+            await a.close()
+            await b.close()
+        self.run_async(go())
+
+    def test_never_seen(self):
+        st, body = self.g.notify("ghost-never")
+        self.assertEqual(st, 404)
+        self.assertEqual(body, {"status": "not_connected", "user_id": "ghost-never", "last_seen": None})
+        self.assertTrue(self.g.wait_log("[Notifier] User ghost-never NOT connected (never in registry)"))
+
+    def test_after_disconnect_last_seen(self):
+        async def go():
+            ws = await connect(self.g, "carol")
+            await wait_connected(self.g, "carol", 1)
+            await ws.close()
+            await wait_connected(self.g, "carol", 0)
+        self.run_async(go())
+        st, body = self.g.notify("carol")
+        self.assertEqual(st, 404, body)
+        self.assertEqual(body["status"], "not_connected")
+        self.assertRegex(body["last_seen"], RFC3339)
+        self.assertTrue(re.search(r"\[Notifier\] User carol NOT connected \(LastSeen: "
+                                  r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ, [0-9.]+(ms|s) ago\)", self.g.log()))
+
+    def test_presence_shape(self):
+        async def go():
+            ws = await connect(self.g, "dave")
+            await wait_connected(self.g, "dave", 1)
+            st, body = await api(self.g, "GET", "/v1/presence/dave")
+            self.assertEqual(st, 200)
+            self.assertEqual(set(body), {"user_id", "connected", "last_seen", "connections"})
+            self.assertEqual(body["user_id"], "dave")
+            self.assertIs(body["connected"], True)
+            self.assertRegex(body["last_seen"], RFC3339)
+            c = body["connections"][0]
+            self.assertEqual(set(c), {"worker", "connected_at", "last_seen"})
+            self.assertIn(c["worker"], (0, 1))
+            await ws.close()
+        self.run_async(go())
+        st, body = self.g.api("GET", "/v1/presence/nobody-here")
+        self.assertEqual((st, body), (200, {"user_id": "nobody-here", "connected": False,
+                                            "last_seen": None, "connections": []}))
+        st, body = self.g.api("GET", "/v1/presence/a%01b")
+        self.assertEqual(st, 400)
+        self.assertIn("error", body)
+
+    def test_metrics_and_healthz_shape(self):
+        self.g.notify("metrics-nobody")
+        self.g.api("POST", "/v1/notify", "{bad")
+        st, text = self.g.api("GET", "/metrics")
+        self.assertEqual(st, 200)
+        for name in ("tether_connections", "tether_pings_total", "tether_stale_evictions_total",
+                     "tether_worker_restarts_total", "tether_notify_confirm_seconds_count"):
+            self.assertRegex(text, r"(?m)^%s \d+(\.\d+)?$" % name)
+        for status in ("delivered", "not_connected", "unavailable", "bad_request"):
+            self.assertRegex(text, r'(?m)^tether_notifications_total\{status="%s"\} \d+$' % status)
+        nc = int(re.search(r'status="not_connected"\} (\d+)', text).group(1))
+        bad = int(re.search(r'status="bad_request"\} (\d+)', text).group(1))
+        self.assertGreaterEqual(nc, 1)
+        self.assertGreaterEqual(bad, 1)
+        st, body = self.g.api("GET", "/healthz")
+        self.assertEqual(st, 200)
+        self.assertEqual(body["status"], "ok")
+        self.assertEqual([w["index"] for w in body["workers"]], [0, 1])
+        self.assertTrue(all(w["alive"] for w in body["workers"]))
+        self.assertTrue(body["janitor"]["alive"] and body["supervisor"]["alive"])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
