@@ -213,7 +213,8 @@ void wk_conn_finish(struct worker *w, uint32_t idx)
         c->deadline_s = w->drain_deadline_s;
     free(c->head);
     c->head = NULL;
-    th_ws_reader_free(&c->rd);
+    if (w->feeding != idx)
+        th_ws_reader_free(&c->rd); /* else wk_ws_input frees it once the reader returns */
     if (!wk_conn_queued(c) && !(c->flags & CF_SENDING))
         send_fin(w, c);
 }
@@ -243,7 +244,8 @@ void wk_conn_abort(struct worker *w, uint32_t idx)
     shutdown(c->fd, SHUT_RDWR);
     free(c->head);
     c->head = NULL;
-    th_ws_reader_free(&c->rd);
+    if (w->feeding != idx)
+        th_ws_reader_free(&c->rd);
     if (c->sq) {
         free(c->sq->pend);
         c->sq->pend = NULL;
@@ -258,6 +260,7 @@ void wk_conn_maybe_free(struct worker *w, uint32_t idx)
         return;
     close(c->fd);
     sendq_free(c);
+    th_ws_reader_free(&c->rd);
     c->fd = -1;
     c->state = CS_FREE;
     c->gen++;
@@ -298,14 +301,10 @@ void wk_conn_tick(struct worker *w)
 
 size_t wk_conn_user(const struct worker *w, const struct conn *c, char out[TH_USER_MAX + 1])
 {
-    size_t n = 0;
-    if (c->flags & CF_REGISTERED) {
-        const struct th_slot *s = &w->reg->slots[c->h.slot];
-        n = atomic_load_explicit(&s->user_len, memory_order_relaxed);
-        if (n > TH_USER_MAX)
-            n = TH_USER_MAX;
-        memcpy(out, s->user, n);
-    }
-    out[n] = '\0';
-    return n;
+    struct th_conn_info ci;
+    out[0] = '\0';
+    if (!(c->flags & CF_REGISTERED) || !th_reg_read(w->reg, c->h.slot, &ci) || ci.gen != c->h.gen)
+        return 0;
+    memcpy(out, ci.user, ci.user_len + 1);
+    return ci.user_len;
 }

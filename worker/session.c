@@ -124,9 +124,13 @@ static const struct th_ws_callbacks callbacks = {
 void wk_ws_input(struct worker *w, uint32_t idx, uint8_t *p, size_t n)
 {
     struct sess s = {w, idx};
+    w->feeding = idx;
     int rc = th_ws_reader_feed(&w->conns[idx].rd, p, n, &callbacks, &s);
+    w->feeding = UINT32_MAX;
     if (rc >= 1000 && w->conns[idx].state == CS_OPEN)
         wk_conn_close(w, idx, (uint16_t)rc); /* protocol error: 1002, 1007, 1009 */
+    if (w->conns[idx].state != CS_OPEN)
+        th_ws_reader_free(&w->conns[idx].rd);
 }
 
 /*

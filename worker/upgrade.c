@@ -152,12 +152,14 @@ static int handle_request(struct worker *w, uint32_t idx, const struct th_http_r
         return 0;
     }
     if (!find_token(req, &tok)) {
+        th_debug("connection %u refused: no token", idx);
         reply_error(w, idx, 401, "missing token");
         return 0;
     }
     int jr = th_jwt_verify(tok.p, tok.n, w->cfg->jwt_secret, w->cfg->jwt_secret_len,
                            (int64_t)(w->now_ns / TH_NS_PER_S), &cl);
     if (jr != TH_JWT_OK) {
+        th_debug("connection %u refused: token %s", idx, th_jwt_strerror(jr));
         reply_error(w, idx, 401, th_jwt_strerror(jr));
         return 0;
     }

@@ -146,6 +146,7 @@ struct worker {
 
     uint64_t c_frames, c_pings, c_acks; /* counter deltas, added to the segment once per iteration */
 
+    uint32_t feeding;     /* connection whose reader is running (its buffer must stay), or UINT32_MAX */
     int accepting;        /* multishot accept armed */
     int accept_paused;    /* EMFILE/ENFILE: re-arm at the next tick */
     int draining;

@@ -339,6 +339,7 @@ static int setup(struct worker *w)
         return -ENOMEM;
     }
     w->free_head = UINT32_MAX;
+    w->feeding = UINT32_MAX;
     for (unsigned i = 0; i < WK_MAX_CTL; i++)
         w->ctl[i].fd = -1;
     for (unsigned i = 0; i < TH_MAX_WORKERS; i++)

@@ -1,0 +1,66 @@
+"""Socket worker: limits that involve the registry.
+
+4001 replacement past --max-conns-per-user (same worker and across
+workers through the control socket), HTTP 503 once --slots is exhausted
+with the refused client taking nothing, and 1008 when a token's exp passes
+on a live connection.
+"""
+import asyncio
+import unittest
+
+import websockets
+
+from tether_harness import Group, wait_until
+from test_worker_util import app_ping, connect, run, slots_of
+
+
+async def closed_code(ws, timeout=8):
+    await asyncio.wait_for(ws.wait_closed(), timeout)
+    return ws.close_code
+
+
+class Limits(unittest.TestCase):
+    def test_replacement_4001(self):
+        with Group(workers=2, extra_args=["--max-conns-per-user", "2"]) as g:
+            async def go():
+                # Enough connections that both workers own some of them.
+                old = [await connect(g.ws_url("l-dev")) for _ in range(2)]
+                for i in range(6):
+                    new = await connect(g.ws_url("l-dev"))
+                    self.assertEqual(await closed_code(old[0]), 4001, "round %d" % i)
+                    old = old[1:] + [new]
+                    self.assertEqual((await app_ping(old[-1]))["type"], "pong")
+                self.assertEqual(len(wait_until(lambda: len(slots_of(g, "l-dev")) == 2 and
+                                                slots_of(g, "l-dev"), timeout=5)), 2)
+                workers = {c["worker"] for c in g.dump()["connections"]}
+                for ws in old:
+                    await ws.close()
+                return workers
+            run(go(), timeout=60)
+
+    def test_registry_full_503(self):
+        with Group(workers=1, slots=16) as g:  # 16 is the smallest --slots
+            async def go():
+                held = [await connect(g.ws_url("l-full-%d" % i)) for i in range(16)]
+                with self.assertRaises(websockets.exceptions.InvalidStatusCode) as cm:
+                    await connect(g.ws_url("l-full-x"))
+                self.assertEqual(cm.exception.status_code, 503)
+                self.assertEqual(slots_of(g, "l-full-x"), [])
+                await held[0].close()
+                wait_until(lambda: len(slots_of(g)) == 15, timeout=5)
+                extra = await connect(g.ws_url("l-full-y"))  # a slot came back
+                for ws in held[1:] + [extra]:
+                    await ws.close()
+            run(go())
+
+    def test_token_expiry_1008(self):
+        with Group(workers=1) as g:
+            async def go():
+                ws = await connect(g.ws_url(token=g.token("l-exp", ttl=2)))
+                self.assertEqual(await closed_code(ws, timeout=8), 1008)
+            run(go())
+            self.assertTrue(wait_until(lambda: not slots_of(g, "l-exp"), timeout=5))
+
+
+if __name__ == "__main__":
+    unittest.main()

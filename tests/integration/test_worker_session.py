@@ -1,0 +1,115 @@
+"""Socket worker: an established WebSocket session.
+
+JSON ping/pong (RFC 3339 UTC timestamp), protocol ping echoed, LastSeen
+moving in `tether-dump --json` after a ping, error replies that keep the
+connection open, the close handshake (1000 echoed, then TCP close), 1002 for
+an unmasked frame, and the registry slot released after each close.
+"""
+import asyncio
+import json
+import re
+import time
+import unittest
+
+from tether_harness import Group, wait_until
+from test_worker_util import (app_ping, close_code, connect, frame, raw_ws, read_frames, run,
+                              slots_of)
+
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+class Session(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.g = Group(workers=2).__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.__exit__(None, None, None)
+
+    def test_json_ping_pong_and_last_seen(self):
+        async def go():
+            ws = await connect(self.g.ws_url("s-ping"))
+            before = wait_until(lambda: slots_of(self.g, "s-ping"), timeout=5)[0]["last_seen"]
+            await asyncio.sleep(1.2)  # dump stamps have second resolution
+            pong = await app_ping(ws)
+            self.assertEqual(set(pong), {"type", "timestamp"})
+            self.assertEqual(pong["type"], "pong")
+            self.assertRegex(pong["timestamp"], RFC3339)
+            after = slots_of(self.g, "s-ping")[0]["last_seen"]
+            self.assertGreater(after, before)
+            await ws.close()
+        run(go())
+        self.assertTrue(self.g.wait_log("[WebSocket] User s-ping - connection refreshed via ping"))
+        self.assertTrue(self.g.wait_log("[ConnectionManager] Updated LastSeen for user s-ping"))
+
+    def test_protocol_ping_echo(self):
+        async def go():
+            ws = await connect(self.g.ws_url("s-pping"))
+            waiter = await ws.ping(b"echo-me-123")  # websockets checks the payload matches
+            await asyncio.wait_for(waiter, 5)
+            await ws.close()
+        run(go())
+
+    def test_errors_keep_connection(self):
+        async def go():
+            ws = await connect(self.g.ws_url("s-err"))
+            for bad in ["not json", "[1,2]", json.dumps({"type": "nope"}), json.dumps({"x": 1})]:
+                await ws.send(bad)
+                reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                self.assertEqual(reply["type"], "error", bad)
+                self.assertTrue(reply["error"])
+            await ws.send(b"\x01\x02")
+            self.assertEqual(json.loads(await asyncio.wait_for(ws.recv(), 5))["type"], "error")
+            await ws.send(json.dumps({"type": "ack", "id": "n-1"}))  # accepted: no reply
+            self.assertEqual((await app_ping(ws))["type"], "pong")
+            await ws.close()
+        run(go())
+
+    def test_close_1000_echoed_and_slot_released(self):
+        async def go():
+            ws = await connect(self.g.ws_url("s-close"))
+            wait_until(lambda: slots_of(self.g, "s-close"), timeout=5)
+            await ws.close(code=1000)
+            self.assertEqual(ws.close_rcvd.code, 1000)
+        run(go())
+        self.assertTrue(wait_until(lambda: not slots_of(self.g, "s-close"), timeout=5))
+
+    def test_close_without_code_gets_1000(self):
+        s, rest = raw_ws(self.g.port, self.g.token("s-close0"))
+        s.sendall(frame(0x8, b""))
+        frames = read_frames(s, rest)
+        s.close()
+        self.assertEqual([(op, close_code(p)) for op, p in frames], [(0x8, 1000)])
+
+    def test_unmasked_frame_1002(self):
+        s, rest = raw_ws(self.g.port, self.g.token("s-1002"))
+        wait_until(lambda: slots_of(self.g, "s-1002"), timeout=5)
+        s.sendall(frame(0x1, b'{"type":"ping"}', mask=False))
+        frames = read_frames(s, rest)
+        s.close()
+        self.assertEqual(frames[-1][0], 0x8)
+        self.assertEqual(close_code(frames[-1][1]), 1002)
+        self.assertTrue(wait_until(lambda: not slots_of(self.g, "s-1002"), timeout=5))
+
+    def test_abrupt_disconnect_releases_slot(self):
+        s, _ = raw_ws(self.g.port, self.g.token("s-reset"))
+        self.assertTrue(wait_until(lambda: slots_of(self.g, "s-reset"), timeout=5))
+        s.close()
+        self.assertTrue(wait_until(lambda: not slots_of(self.g, "s-reset"), timeout=5))
+
+    def test_split_frames_and_pipelined_pings(self):
+        s, rest = raw_ws(self.g.port, self.g.token("s-split"))
+        data = frame(0x1, b'{"type":"ping"}') * 3 + frame(0x8, b"\x03\xe8")
+        for i in range(len(data)):  # one byte per write
+            s.sendall(data[i:i + 1])
+            time.sleep(0.001)
+        frames = read_frames(s, rest)
+        s.close()
+        pongs = [json.loads(p)["type"] for op, p in frames if op == 0x1]
+        self.assertEqual(pongs, ["pong"] * 3)
+        self.assertEqual((frames[-1][0], close_code(frames[-1][1])), (0x8, 1000))
+
+
+if __name__ == "__main__":
+    unittest.main()
