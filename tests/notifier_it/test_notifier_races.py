@@ -1,0 +1,156 @@
+"""The notifier under churn and failure, against a real group:
+
+- slots released and reused by other users between the registry lookup and
+  the handoff never cause cross-delivery: every client checks it only ever
+  receives its own user's notifications while other users churn;
+- a worker that stops answering gets a 503 within the handoff bound, and its
+  late replies are dropped harmlessly;
+- a worker killed (kill -9) during a handoff: an answer within the bound, no
+  hang, and delivery works again through the restarted worker.
+"""
+import asyncio
+import http.client
+import json
+import os
+import signal
+import threading
+import time
+import unittest
+
+import tether_harness as th
+from notifier_it_util import connect, wait_connected
+
+
+def notify_loop(port, users, stop, results):
+    """Keep-alive notifier client: cycles through users until stop is set."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    i = 0
+    while not stop.is_set():
+        u = users[i % len(users)]
+        i += 1
+        body = json.dumps({"user_id": u, "type": "race", "data": {"to": u, "n": i}})
+        conn.request("POST", "/v1/notify", body, {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        results.append((u, r.status, json.loads(r.read())))
+    conn.close()
+
+
+class Races(unittest.TestCase):
+    def test_no_cross_delivery_under_churn(self):
+        with th.Group(workers=2, slots=64) as g:
+            churners = ["churn-%d" % k for k in range(6)]
+            wrong = []
+            received = {"steady": 0}
+
+            async def check(ws, user):
+                async for msg in ws:
+                    f = json.loads(msg)
+                    if f["data"]["to"] != user:
+                        wrong.append((user, f))
+                    if user == "steady":
+                        received["steady"] += 1
+
+            async def churn(user, stop):
+                while not stop.is_set():
+                    ws = await connect(g, user)
+                    t = asyncio.ensure_future(check(ws, user))
+                    await asyncio.sleep(0.005)
+                    await ws.close()
+                    await t
+
+            async def go():
+                stop = threading.Event()
+                steady = await connect(g, "steady")
+                await wait_connected(g, "steady", 1)
+                st_task = asyncio.ensure_future(check(steady, "steady"))
+                results = []
+                loop = asyncio.get_running_loop()
+                senders = [loop.run_in_executor(None, notify_loop, g.api_port, churners + ["steady"], stop,
+                                                results) for _ in range(3)]
+                churns = [asyncio.ensure_future(churn(u, stop)) for u in churners]
+                await asyncio.sleep(3)
+                stop.set()
+                await asyncio.gather(*senders, *churns)
+                await asyncio.sleep(0.3)  # let the last confirmed frames arrive
+                await steady.close()
+                await st_task
+                return results
+
+            results = asyncio.run(asyncio.wait_for(go(), 60))
+            self.assertEqual(wrong, [])
+            codes = {}
+            for u, st, body in results:
+                codes[st] = codes.get(st, 0) + 1
+                self.assertIn(st, (200, 404), body)
+            steady_ok = sum(1 for u, st, b in results if u == "steady" and st == 200)
+            self.assertEqual(received["steady"], steady_ok)
+            self.assertGreater(codes.get(200, 0), 0)
+            self.assertEqual(g.proc.poll(), None)
+
+    def worker_of(self, g, user):
+        """pid of the worker holding user's connection (presence + healthz;
+        tether-dump --json shows the same)."""
+        w = g.api("GET", "/v1/presence/" + user)[1]["connections"][0]["worker"]
+        return [x["pid"] for x in g.api("GET", "/healthz")[1]["workers"] if x["index"] == w][0]
+
+    def test_stopped_worker_503_then_recovers(self):
+        with th.Group(workers=1, extra_args=["--handoff-timeout-ms", "200"]) as g:
+            async def go():
+                ws = await connect(g, "sleepy")
+                await wait_connected(g, "sleepy", 1)
+                pid = self.worker_of(g, "sleepy")
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    t0 = time.time()
+                    st, body = await asyncio.get_running_loop().run_in_executor(None, g.notify, "sleepy")
+                    elapsed = time.time() - t0
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                self.assertEqual(st, 503, body)
+                self.assertEqual(body["status"], "unavailable")
+                self.assertTrue(body["id"])
+                self.assertLess(elapsed, 5)
+                # The late frame reaches the client; the late reply is dropped.
+                first = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                self.assertEqual(first["id"], body["id"])
+                st, body = await asyncio.get_running_loop().run_in_executor(None, g.notify, "sleepy")
+                self.assertEqual(st, 200, body)
+                self.assertEqual(json.loads(await asyncio.wait_for(ws.recv(), 5))["id"], body["id"])
+                await ws.close()
+            asyncio.run(asyncio.wait_for(go(), 30))
+            st, text = g.api("GET", "/metrics")
+            self.assertRegex(text, r'status="unavailable"\} [1-9]')
+
+    def test_worker_killed_during_handoff(self):
+        with th.Group(workers=1) as g:
+            async def go():
+                ws = await connect(g, "victim")
+                await wait_connected(g, "victim", 1)
+                pid = self.worker_of(g, "victim")
+                os.kill(pid, signal.SIGSTOP)  # hold the handoff open ...
+                loop = asyncio.get_running_loop()
+                t0 = time.time()
+                fut = loop.run_in_executor(None, g.notify, "victim")
+                await asyncio.sleep(0.05)
+                os.kill(pid, signal.SIGKILL)  # ... and kill the worker in the middle of it
+                st, body = await fut
+                self.assertLess(time.time() - t0, 5)
+                self.assertIn(st, (503, 404), body)
+                try:
+                    await ws.close()
+                except Exception:
+                    pass
+                # The supervisor restarts the worker; delivery works through the new one.
+                th.wait_until(lambda: g.api("GET", "/healthz")[0] == 200 and
+                              all(w["pid"] != pid for w in g.api("GET", "/healthz")[1]["workers"]), 20)
+                ws2 = await connect(g, "victim")
+                await wait_connected(g, "victim", 1)
+                st, body = await loop.run_in_executor(None, g.notify, "victim")
+                self.assertEqual(st, 200, body)
+                self.assertEqual(json.loads(await asyncio.wait_for(ws2.recv(), 5))["id"], body["id"])
+                await ws2.close()
+            asyncio.run(asyncio.wait_for(go(), 60))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
