@@ -16,8 +16,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* Dispositions the supervisor changes; a child starts from the defaults. */
-static const int reset_signals[] = {SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGQUIT, SIGUSR1, SIGUSR2};
+/*
+ * Dispositions the supervisor changes; a child starts from the defaults,
+ * except SIGHUP: it is ignored until the role installs its log-reopen
+ * handler, so a SIGHUP forwarded right after a fork cannot kill the child.
+ */
+static const int reset_signals[] = {SIGTERM, SIGINT, SIGCHLD, SIGQUIT, SIGUSR1, SIGUSR2};
 
 static void child_setup(const char *role, pid_t parent)
 {
@@ -31,6 +35,7 @@ static void child_setup(const char *role, pid_t parent)
         sigaction(reset_signals[i], &sa, NULL);
     sa.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);

@@ -1,8 +1,9 @@
 /*
  * Child processes of the supervisor: how one is forked (the environment every
- * role may rely on: parent-death signal, default signal dispositions, SIGPIPE
- * ignored, its log role and process name, only the descriptors it needs) and how its
- * restart delay grows when it keeps dying. Internal to janitor/.
+ * role may rely on: parent-death signal, default signal dispositions with
+ * SIGPIPE ignored and SIGHUP ignored until the role handles it, its log role
+ * and process name, only the descriptors it needs) and how its restart delay
+ * grows when it keeps dying. Internal to janitor/.
  */
 #ifndef TETHER_JANITOR_PROC_H
 #define TETHER_JANITOR_PROC_H

@@ -1,0 +1,323 @@
+/*
+ * Unit tests of the janitor (janitor/janitor.c, janitor/sweep.c) and the
+ * supervisor's restart pacing (janitor/proc.c). Sweeps run against a real
+ * segment of their own; the owning "worker" is a thread of this test serving
+ * a control socket at the path the sweeper looks up, so the 4000 requests it
+ * sends are seen exactly as a worker would see them.
+ */
+#include "janitor/janitor.h"
+#include "janitor/proc.h"
+#include "janitor/sweep.h"
+#include "shm/clock.h"
+#include "shm/log.h"
+#include "worker/handoff.h"
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* ---- config checks ------------------------------------------------------- */
+
+static char logpath[256];
+
+static char *read_log(void)
+{
+    static char buf[8192];
+    FILE *f = fopen(logpath, "r");
+    size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[n] = '\0';
+    return buf;
+}
+
+static void log_to_file(void)
+{
+    snprintf(logpath, sizeof(logpath), "/tmp/test-janitor-%d.log", (int)getpid());
+    unlink(logpath);
+    th_log_init(TH_LOG_DEBUG, TH_LOG_TEXT, logpath);
+}
+
+static void cfg_with(struct th_config *c, uint32_t stale, uint32_t sweep)
+{
+    th_config_defaults(c);
+    c->stale_after_s = stale;
+    c->sweep_every_s = sweep;
+}
+
+Test(janitor_config, defaults_pass_without_warning, .init = log_to_file)
+{
+    struct th_config c;
+    char err[256] = "";
+    cfg_with(&c, 300, 60);
+    cr_assert_eq(th_janitor_check_config(&c, err, sizeof(err)), 0);
+    cr_assert_eq(strstr(read_log(), "WARN"), NULL, "%s", read_log());
+}
+
+Test(janitor_config, short_threshold_warns, .init = log_to_file)
+{
+    struct th_config c;
+    char err[256] = "";
+    cfg_with(&c, 2, 1);
+    cr_assert_eq(th_janitor_check_config(&c, err, sizeof(err)), 0);
+    cr_assert_neq(strstr(read_log(), "--stale-after 2 s is under 300 s"), NULL, "%s", read_log());
+}
+
+Test(janitor_config, threshold_not_above_sweep_is_refused)
+{
+    struct th_config c;
+    char err[256] = "";
+    cfg_with(&c, 60, 60);
+    cr_assert_eq(th_janitor_check_config(&c, err, sizeof(err)), -1);
+    cr_assert_neq(strstr(err, "--stale-after 60"), NULL, "%s", err);
+    cr_assert_neq(strstr(err, "--sweep-every 60"), NULL, "%s", err);
+    cfg_with(&c, 30, 60);
+    cr_assert_eq(th_janitor_check_config(&c, err, sizeof(err)), -1);
+    cfg_with(&c, 61, 60);
+    cr_assert_eq(th_janitor_check_config(&c, err, sizeof(err)), 0);
+}
+
+/* ---- restart pacing ------------------------------------------------------ */
+
+Test(proc, backoff_doubles_caps_and_resets_after_stable_run)
+{
+    struct th_child c = {.worker = 0};
+    uint64_t now = 1000 * TH_NS_PER_S, expect = TH_BACKOFF_MIN_NS;
+    for (int i = 0; i < 12; i++) {
+        c.started_mono = now; /* died right after starting: a crash loop */
+        now += TH_NS_PER_MS;
+        cr_assert_eq(th_proc_backoff(&c, now), expect, "restart %d", i);
+        cr_assert_eq(c.next_start_mono, now + expect);
+        expect = expect * 2 > TH_BACKOFF_MAX_NS ? TH_BACKOFF_MAX_NS : expect * 2;
+    }
+    cr_assert_eq(expect, TH_BACKOFF_MAX_NS, "12 quick deaths must reach the cap");
+    c.started_mono = now;
+    now += TH_STABLE_NS;
+    cr_assert_eq(th_proc_backoff(&c, now), TH_BACKOFF_MIN_NS, "30 s of running resets the delay");
+}
+
+static int exit_seven(void *arg)
+{
+    /* The child must start with default dispositions and an empty mask. */
+    struct sigaction sa;
+    sigaction(SIGTERM, NULL, &sa);
+    sigset_t cur;
+    sigprocmask(SIG_SETMASK, NULL, &cur);
+    return sa.sa_handler == SIG_DFL && !sigismember(&cur, SIGTERM) ? 7 : 1;
+}
+
+static void ignore(int sig)
+{
+}
+
+Test(proc, spawn_resets_signals_and_returns_the_status)
+{
+    struct sigaction sa = {.sa_handler = ignore};
+    sigaction(SIGTERM, &sa, NULL);
+    sigset_t b;
+    sigemptyset(&b);
+    sigaddset(&b, SIGTERM);
+    sigprocmask(SIG_BLOCK, &b, NULL);
+    pid_t pid = th_proc_spawn("worker[3]", NULL, 0, exit_seven, NULL);
+    cr_assert_gt(pid, 0);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    char how[96];
+    th_proc_describe_status(status, how, sizeof(how));
+    cr_assert_str_eq(how, "exited with status 7");
+    sigprocmask(SIG_UNBLOCK, &b, NULL);
+}
+
+/* ---- sweeps -------------------------------------------------------------- */
+
+enum fake_mode { ANSWER_OK, ANSWER_GONE, NEVER_ANSWER };
+
+struct fake_worker {
+    int lfd;
+    enum fake_mode mode;
+    pthread_t thr;
+    int requests;
+    struct th_ho_msg last;
+};
+
+static struct th_reg reg;
+static char shm_name[64], rundir[128];
+
+static void seg_setup(void)
+{
+    char err[256];
+    snprintf(shm_name, sizeof(shm_name), "/test-janitor-%d", (int)getpid());
+    snprintf(rundir, sizeof(rundir), "/tmp/test-janitor-run-%d", (int)getpid());
+    setenv("TETHER_RUNTIME_DIR", rundir, 1);
+    mkdir(rundir, 0700);
+    th_reg_unlink(shm_name);
+    cr_assert_eq(th_reg_create(&reg, shm_name, 1024, err, sizeof(err)), 0, "%s", err);
+    reg.hdr->nworkers = 2;
+    th_log_init(TH_LOG_ERROR, TH_LOG_TEXT, NULL);
+}
+
+static void seg_teardown(void)
+{
+    char path[256];
+    th_reg_detach(&reg);
+    th_reg_unlink(shm_name);
+    for (unsigned i = 0; i < 2; i++)
+        if (th_worker_sock_path(shm_name, i, path, sizeof(path)) == 0)
+            unlink(path);
+    rmdir(rundir);
+}
+
+static void *fake_serve(void *arg)
+{
+    struct fake_worker *fw = arg;
+    for (;;) {
+        int fd = accept(fw->lfd, NULL, NULL);
+        if (fd < 0)
+            return NULL;
+        struct th_ho_msg m;
+        while (recv(fd, &m, sizeof(m), 0) == (ssize_t)sizeof(m)) {
+            __atomic_add_fetch(&fw->requests, 1, __ATOMIC_SEQ_CST);
+            fw->last = m;
+            if (fw->mode == NEVER_ANSWER)
+                continue;
+            struct th_ho_msg r = {.magic = TH_HO_MAGIC, .type = TH_HO_REPLY, .seq = m.seq,
+                                  .code = fw->mode == ANSWER_OK ? TH_HO_OK : TH_HO_GONE};
+            send(fd, &r, sizeof(r), MSG_NOSIGNAL);
+        }
+        close(fd);
+    }
+}
+
+/* Serve worker index w's control socket from a thread, as worker pid getpid(). */
+static void fake_start(struct fake_worker *fw, unsigned w, enum fake_mode mode)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    cr_assert_eq(th_worker_sock_path(shm_name, w, sa.sun_path, sizeof(sa.sun_path)), 0);
+    unlink(sa.sun_path);
+    fw->mode = mode;
+    fw->lfd = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+    cr_assert_eq(bind(fw->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0, "%s", strerror(errno));
+    cr_assert_eq(listen(fw->lfd, 8), 0);
+    atomic_store(&reg.hdr->workers[w].pid, (int32_t)getpid());
+    pthread_create(&fw->thr, NULL, fake_serve, fw);
+}
+
+static struct th_handle claim(const char *user, uint16_t w, uint64_t last_seen)
+{
+    struct th_handle h, ev;
+    int rc = th_reg_claim(&reg, user, strlen(user), w, 1, last_seen, 8, &h, &ev);
+    cr_assert_eq(rc, 0, "claim %s: %d", user, rc);
+    return h;
+}
+
+static int slot_live(struct th_handle h)
+{
+    struct th_conn_info ci;
+    return th_reg_read(&reg, h.slot, &ci) && ci.gen == h.gen;
+}
+
+TestSuite(sweep, .init = seg_setup, .fini = seg_teardown);
+
+Test(sweep, stale_connection_is_sent_4000_fresh_one_is_left)
+{
+    struct fake_worker fw = {0};
+    fake_start(&fw, 0, ANSWER_OK);
+    uint64_t now = th_now_ns();
+    struct th_handle old = claim("stale-user", 0, now - 20 * TH_NS_PER_S);
+    struct th_handle fresh = claim("fresh-user", 0, now - 5 * TH_NS_PER_S);
+    struct th_sweeper sw;
+    struct th_sweep_stats st;
+    th_sweeper_init(&sw, shm_name, &reg, 10, 500);
+    th_sweep(&sw, now, &st);
+    cr_assert_eq(st.live, 2);
+    cr_assert_eq(st.stale, 1);
+    cr_assert_eq(st.closed, 1);
+    cr_assert_eq(fw.requests, 1);
+    cr_assert_eq(fw.last.type, TH_HO_CLOSE);
+    cr_assert_eq(fw.last.code, 4000);
+    cr_assert_eq(fw.last.slot, old.slot);
+    cr_assert_eq(fw.last.gen, old.gen);
+    /* The worker releases on close; the janitor must not have. */
+    cr_assert(slot_live(old));
+    cr_assert(slot_live(fresh));
+    cr_assert_eq(atomic_load(&reg.hdr->counters.stale_evictions), 1);
+    th_sweeper_close(&sw);
+    shutdown(fw.lfd, SHUT_RDWR);
+    close(fw.lfd);
+    pthread_join(fw.thr, NULL);
+}
+
+Test(sweep, slot_the_worker_no_longer_holds_is_released_here)
+{
+    struct fake_worker fw = {0};
+    fake_start(&fw, 0, ANSWER_GONE);
+    uint64_t now = th_now_ns();
+    struct th_handle h = claim("orphan", 0, now - 20 * TH_NS_PER_S);
+    struct th_sweeper sw;
+    struct th_sweep_stats st;
+    th_sweeper_init(&sw, shm_name, &reg, 10, 500);
+    th_sweep(&sw, now, &st);
+    cr_assert_eq(st.released, 1);
+    cr_assert_not(slot_live(h));
+    th_sweeper_close(&sw);
+    shutdown(fw.lfd, SHUT_RDWR);
+    close(fw.lfd);
+    pthread_join(fw.thr, NULL);
+}
+
+Test(sweep, silent_worker_costs_one_request_per_sweep)
+{
+    struct fake_worker fw = {0};
+    fake_start(&fw, 1, NEVER_ANSWER);
+    uint64_t now = th_now_ns();
+    struct th_handle h[5];
+    for (int i = 0; i < 5; i++) {
+        char user[16];
+        snprintf(user, sizeof(user), "u%d", i);
+        h[i] = claim(user, 1, now - 20 * TH_NS_PER_S);
+    }
+    struct th_sweeper sw;
+    struct th_sweep_stats st;
+    th_sweeper_init(&sw, shm_name, &reg, 10, 100);
+    th_sweep(&sw, now, &st);
+    cr_assert_eq(st.stale, 5);
+    cr_assert_eq(st.released, 5, "a worker that does not answer: the janitor frees the slots");
+    cr_assert_eq(fw.requests, 1, "asked %d times", fw.requests);
+    for (int i = 0; i < 5; i++)
+        cr_assert_not(slot_live(h[i]));
+    cr_assert_eq(atomic_load(&reg.hdr->counters.stale_evictions), 5);
+    th_sweeper_close(&sw);
+    shutdown(fw.lfd, SHUT_RDWR);
+    close(fw.lfd);
+    pthread_join(fw.thr, NULL);
+}
+
+Test(sweep, slots_of_a_dead_worker_go_in_one_sweep)
+{
+    /* Worker 1 "ran" as a child that has exited: its pid is dead. */
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(0);
+    waitpid(pid, NULL, 0);
+    atomic_store(&reg.hdr->workers[1].pid, (int32_t)pid);
+    uint64_t now = th_now_ns();
+    struct th_handle a = claim("dead-a", 1, now), b = claim("dead-b", 1, now);
+    struct th_sweeper sw;
+    struct th_sweep_stats st;
+    th_sweeper_init(&sw, shm_name, &reg, 10, 100);
+    th_sweep(&sw, now, &st);
+    cr_assert_eq(st.repaired, 2);
+    cr_assert_eq(st.stale, 0, "fresh slots of a dead worker are repaired, not reported stale");
+    cr_assert_not(slot_live(a));
+    cr_assert_not(slot_live(b));
+    th_sweeper_close(&sw);
+}
