@@ -70,9 +70,9 @@ static uint8_t *reserve(struct worker *w, uint32_t idx, size_t n)
     struct conn *c = &w->conns[idx];
     if (c->state == CS_FREE || c->state == CS_DEAD)
         return NULL;
-    if (wk_conn_queued(c) + n > w->cfg->send_queue_cap) {
-        th_debug("connection %u: send queue over %llu bytes, closing", idx,
-                 (unsigned long long)w->cfg->send_queue_cap);
+    if (wk_conn_queued(c) + n > w->cfg->send_queue_cap || w->queued_bytes + n > WK_QUEUE_BUDGET) {
+        th_debug("connection %u: send queue over %llu bytes (worker total %llu), closing", idx,
+                 (unsigned long long)w->cfg->send_queue_cap, (unsigned long long)w->queued_bytes);
         wk_conn_abort(w, idx);
         return NULL;
     }
@@ -92,6 +92,7 @@ static uint8_t *reserve(struct worker *w, uint32_t idx, size_t n)
     list_flush(w, idx);
     uint8_t *at = q->pend + q->pend_len;
     q->pend_len += (uint32_t)n;
+    w->queued_bytes += n;
     return at;
 oom:
     th_warn("connection %u: out of memory for the send queue, closing", idx);
@@ -156,10 +157,11 @@ void wk_conn_flush_all(struct worker *w)
     w->nflush = 0;
 }
 
-static void sendq_free(struct conn *c)
+static void sendq_free(struct worker *w, struct conn *c)
 {
     if (!c->sq)
         return;
+    w->queued_bytes -= wk_conn_queued(c);
     free(c->sq->fly);
     free(c->sq->pend);
     free(c->sq);
@@ -181,11 +183,12 @@ void wk_on_send(struct worker *w, uint32_t idx, int res)
     }
     struct sendq *q = c->sq;
     q->fly_off += (uint32_t)res;
+    w->queued_bytes -= (uint64_t)res;
     if (q->fly_off < q->fly_len || q->pend_len) {
         start_send(w, idx);
         return;
     }
-    sendq_free(c); /* drained: idle connections hold no buffer */
+    sendq_free(w, c); /* drained: idle connections hold no buffer */
     if (c->state == CS_CLOSING)
         send_fin(w, c);
 }
@@ -247,6 +250,7 @@ void wk_conn_abort(struct worker *w, uint32_t idx)
     if (w->feeding != idx)
         th_ws_reader_free(&c->rd);
     if (c->sq) {
+        w->queued_bytes -= c->sq->pend_len;
         free(c->sq->pend);
         c->sq->pend = NULL;
         c->sq->pend_len = c->sq->pend_cap = 0;
@@ -259,7 +263,7 @@ void wk_conn_maybe_free(struct worker *w, uint32_t idx)
     if (c->state != CS_DEAD || (c->flags & (CF_RECV_ARMED | CF_SENDING)))
         return;
     close(c->fd);
-    sendq_free(c);
+    sendq_free(w, c);
     th_ws_reader_free(&c->rd);
     c->fd = -1;
     c->state = CS_FREE;

@@ -33,6 +33,8 @@
 #define WK_BGID 1
 #define WK_HANDSHAKE_S 10u    /* slowloris bound: time to finish the HTTP upgrade */
 #define WK_CLOSE_WAIT_S 5u    /* after our close frame: wait this long for the peer */
+/* All send queues of one worker together: past this, whoever adds is closed (or BUSY). */
+#define WK_QUEUE_BUDGET (256ull << 20)
 
 /* user_data: op (8 bits) | index (24 bits) | generation (32 bits). */
 enum wk_op {
@@ -130,6 +132,7 @@ struct worker {
     uint32_t live;        /* entries not CS_FREE */
     uint32_t *flush;      /* connections with bytes to send after this batch */
     uint32_t nflush;
+    uint64_t queued_bytes; /* sum of wk_conn_queued() over all connections */
 
     struct ctl_client ctl[WK_MAX_CTL];
     uint8_t *ctl_buf;     /* one received control packet */

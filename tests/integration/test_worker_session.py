@@ -7,7 +7,10 @@ an unmasked frame, and the registry slot released after each close.
 """
 import asyncio
 import json
+import os
 import re
+import socket
+import struct
 import time
 import unittest
 
@@ -109,6 +112,36 @@ class Session(unittest.TestCase):
         pongs = [json.loads(p)["type"] for op, p in frames if op == 0x1]
         self.assertEqual(pongs, ["pong"] * 3)
         self.assertEqual((frames[-1][0], close_code(frames[-1][1])), (0x8, 1000))
+
+    def test_notification_delivered_and_ack(self):
+        async def go():
+            ws = await connect(self.g.ws_url("s-notify"))
+            wait_until(lambda: slots_of(self.g, "s-notify"), timeout=5)
+            status, body = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: self.g.notify("s-notify", {"meal": 7}, nid="n-42"))
+            self.assertEqual((status, body.get("connections")), (200, 1), body)
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            self.assertEqual((msg["type"], msg["id"], msg["data"]), ("meal_log.completed", "n-42", {"meal": 7}))
+            await ws.send(json.dumps({"type": "ack", "id": msg["id"]}))
+            self.assertEqual((await app_ping(ws))["type"], "pong")
+            await ws.close()
+        run(go())
+
+    def test_control_socket_gone_and_bad(self):
+        path = os.path.join(self.g.env["TETHER_RUNTIME_DIR"], "worker-0.sock")
+        hdr = "<IHHIIQII"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+            s.settimeout(5)
+            s.connect(path)
+            # A (slot, gen) nobody holds: GONE, and nothing else happens.
+            s.send(struct.pack(hdr, 0x54480001, 1, 0, 0, 0xDEADBEEF, 7, 2, 0) + b"{}")
+            r = struct.unpack(hdr, s.recv(64))
+            self.assertEqual((r[1], r[2], r[5]), (3, 1, 7))
+            s.send(struct.pack(hdr, 0x12345678, 1, 0, 0, 0, 8, 0, 0))  # bad magic: BAD
+            r = struct.unpack(hdr, s.recv(64))
+            self.assertEqual((r[1], r[2], r[5]), (3, 3, 8))
+            s.send(struct.pack(hdr, 0x54480001, 2, 1234, 0, 0, 9, 0, 0))  # invalid close code
+            self.assertEqual(struct.unpack(hdr, s.recv(64))[2], 3)
 
 
 if __name__ == "__main__":
