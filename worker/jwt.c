@@ -163,7 +163,7 @@ static int check_sub(json_t *payload, struct th_jwt_claims *out)
         return TH_JWT_BAD_SUB;
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)p[i] < 0x20 || p[i] == 0x7f)
-            return TH_JWT_BAD_SUB; /* \u0000 included: jansson keeps it in the length */
+            return TH_JWT_BAD_SUB; /* jansson already refuses \u0000; the rest is ours */
     memcpy(out->sub, p, n);
     out->sub[n] = '\0';
     out->sub_len = n;
