@@ -33,7 +33,7 @@ static void usage(FILE *out)
 {
     fprintf(out, "usage: tether-token --secret-file PATH --user ID [--ttl SECONDS]\n"
                  "  --secret-file PATH  file holding the HS256 secret (trailing newline ignored)\n"
-                 "  --user ID           the token's sub: 1 to 64 bytes, no control characters\n"
+                 "  --user ID           the token's sub: 1 to 64 bytes of UTF-8, no control characters\n"
                  "  --ttl SECONDS       lifetime, default 3600; 0 means no expiry\n");
 }
 
@@ -129,8 +129,9 @@ int main(int argc, char **argv)
     struct th_jwt_claims claims;
     int v = n < 0 ? TH_JWT_BAD_SUB : th_jwt_verify(tok, (size_t)n, secret, (size_t)slen, now, &claims);
     if (v != TH_JWT_OK)
-        return bad("--user", v == TH_JWT_BAD_SUB ? "must be 1 to 64 bytes without control characters"
-                                                 : th_jwt_strerror(v));
+        return bad("--user", v == TH_JWT_BAD_SUB
+                                 ? "must be 1 to 64 bytes of UTF-8 without control characters"
+                                 : th_jwt_strerror(v));
     printf("%s\n", tok);
     return fflush(stdout) == 0 ? 0 : 1;
 }
