@@ -37,6 +37,7 @@
 
 #define LISTEN_BACKLOG 4096
 #define DRAIN_SLACK_S 2 /* beyond --drain-timeout before stragglers get SIGKILL */
+#define BIND_RETRY_MS 2000ULL
 
 struct sup {
     const struct th_config *cfg;
@@ -109,7 +110,33 @@ static void raise_nofile(void)
                 "(raise LimitNOFILE / ulimit -n to 20000)", (unsigned long long)rl.rlim_cur);
 }
 
-/* Bind and listen on host:port. Returns the fd or -1 after logging why, naming flag and address. */
+/* One attempt: socket, SO_REUSEADDR, bind, listen. Returns the fd, or -errno with *call naming the step. */
+static int try_listen(const struct addrinfo *ai, const char **call)
+{
+    int one = 1;
+    *call = "socket";
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    *call = "bind";
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+        *call = "listen";
+        if (listen(fd, LISTEN_BACKLOG) == 0)
+            return fd;
+    }
+    int e = errno;
+    close(fd);
+    return -e;
+}
+
+/*
+ * Bind and listen on host:port. Returns the fd or -1 after logging why, naming
+ * flag and address. "In use" is retried for BIND_RETRY_MS: the listener of a
+ * group that just stopped stays referenced by its workers' io_uring instances
+ * until the kernel finishes tearing them down, a few milliseconds after exit,
+ * and `systemctl restart` must not trip over that.
+ */
 static int open_listener(const char *flag, const char *host, uint16_t port)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
@@ -121,26 +148,16 @@ static int open_listener(const char *flag, const char *host, uint16_t port)
         startup_error("%s %s:%u: cannot resolve address: %s", flag, host, port, gai_strerror(gai));
         return -1;
     }
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1, e = 0;
-    const char *call = "socket";
-    if (fd >= 0) {
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        call = "bind";
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
-            call = "listen";
-            if (listen(fd, LISTEN_BACKLOG) == 0) {
-                freeaddrinfo(ai);
-                return fd;
-            }
-        }
-    }
-    e = errno;
+    const char *call;
+    uint64_t give_up = th_mono_ns() + BIND_RETRY_MS * TH_NS_PER_MS;
+    int fd;
+    while ((fd = try_listen(ai, &call)) == -EADDRINUSE && th_mono_ns() < give_up)
+        usleep(50 * 1000);
     freeaddrinfo(ai);
     if (fd >= 0)
-        close(fd);
-    startup_error("%s %s:%u: %s failed: %s%s", flag, host, port, call, strerror(e),
-                  e == EADDRINUSE ? " (another process is listening there)" : "");
+        return fd;
+    startup_error("%s %s:%u: %s failed: %s%s", flag, host, port, call, strerror(-fd),
+                  fd == -EADDRINUSE ? " (another process is listening there)" : "");
     return -1;
 }
 

@@ -1,0 +1,142 @@
+"""Helpers shared by the fault tests: asyncio WebSocket clients (Debian's
+python3-websockets) that ping on a schedule and record what they receive,
+and small views of a group's processes (roles told apart by process name,
+which the supervisor sets to tether-worker<N>, tether-janitor,
+tether-notifier)."""
+import asyncio
+import json
+import os
+
+import websockets
+
+
+class Client:
+    """One WebSocket client. ping_every=None: silent (no app pings and no
+    protocol keepalive either, so only what the test sends refreshes it)."""
+
+    def __init__(self, group, user, ping_every=None):
+        self.group, self.user, self.ping_every = group, user, ping_every
+        self.ws = None
+        self.notes = []          # notification objects received
+        self.pongs = 0
+        self.close_code = None   # set once the connection is closed
+        self.tasks = []
+
+    async def open(self, timeout=10):
+        self.close_code = None
+        self.ws = await asyncio.wait_for(
+            websockets.connect(self.group.ws_url(self.user), ping_interval=None, close_timeout=2,
+                               open_timeout=timeout), timeout)
+        self.tasks = [asyncio.ensure_future(self._read())]
+        if self.ping_every:
+            self.tasks.append(asyncio.ensure_future(self._ping()))
+        return self
+
+    async def _read(self):
+        try:
+            async for msg in self.ws:
+                obj = json.loads(msg)
+                if obj.get("type") == "pong":
+                    self.pongs += 1
+                else:
+                    self.notes.append(obj)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.ws.close_code if self.ws.close_code is not None else 1006
+
+    async def _ping(self):
+        try:
+            while True:
+                await self.ws.send('{"type":"ping"}')
+                await asyncio.sleep(self.ping_every)
+        except websockets.ConnectionClosed:
+            pass
+
+    @property
+    def closed(self):
+        return self.close_code is not None
+
+    def note_ids(self):
+        return {n.get("id") for n in self.notes}
+
+    async def reopen_until_ok(self, timeout=15):
+        """Reconnect (after the worker serving it died) until it succeeds."""
+        loop = asyncio.get_event_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                await self.close()
+                return await self.open()
+            except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake,
+                    websockets.ConnectionClosed):
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def close(self):
+        for t in self.tasks:
+            t.cancel()
+        self.tasks = []
+        if self.ws is not None:
+            try:
+                await asyncio.wait_for(self.ws.close(), 3)
+            except Exception:
+                pass
+
+
+async def in_thread(fn, *args):
+    """Run a blocking harness call (API request, dump) without stalling the clients."""
+    return await asyncio.get_event_loop().run_in_executor(None, fn, *args)
+
+
+async def wait_for(pred, timeout=10, interval=0.05):
+    loop = asyncio.get_event_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if pred():
+            return True
+        await asyncio.sleep(interval)
+    return bool(pred())
+
+
+def proc_name(pid):
+    try:
+        with open("/proc/%d/comm" % pid) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def role_pids(group):
+    """{"tether-janitor": pid, "tether-notifier": pid, "tether-worker0": pid, ...}"""
+    return {proc_name(p): p for p in group.child_pids() if proc_name(p)}
+
+
+def pid_running(pid):
+    """True if pid exists and is not a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def dump_consistent(testcase, dump, nworkers, quiet=True):
+    """What must hold in every tether-dump --json snapshot. quiet=False while
+    clients connect and disconnect: a slot being claimed counts as used
+    before it is listed."""
+    if quiet:
+        testcase.assertEqual(dump["slots_used"], len(dump["connections"]), dump)
+    else:
+        testcase.assertGreaterEqual(dump["slots_used"] + 2 * nworkers, len(dump["connections"]), dump)
+    testcase.assertEqual(len(dump["workers"]), nworkers, dump)
+    slots = [c["slot"] for c in dump["connections"]]
+    testcase.assertEqual(len(slots), len(set(slots)), dump)
+    for c in dump["connections"]:
+        testcase.assertTrue(0 <= c["worker"] < nworkers, c)
+        testcase.assertGreaterEqual(c["age_s"], 0, c)
+
+
+def segment_exists(group):
+    return os.path.exists("/dev/shm" + group.shm_name)

@@ -1,0 +1,189 @@
+"""kill -9 each role in turn (a worker, the janitor, the notifier) while
+clients ping and notifications flow. Each role comes back with a new pid;
+clients of surviving workers receive every notification the API confirmed;
+clients of the killed worker reconnect and are reachable again; after one
+sweep no slot belongs to a dead process; tether-dump --json stays
+consistent throughout."""
+import asyncio
+import os
+import signal
+import unittest
+
+import tether_harness as th
+from faultlib import Client, dump_consistent, in_thread, role_pids, wait_for
+
+WORKERS = 2
+
+
+class Flow:
+    """Notifications to a set of users, as fast as the API answers."""
+
+    def __init__(self, group, users):
+        self.g, self.users = group, list(users)
+        self.sent = {u: [] for u in self.users}  # ids the API confirmed (200)
+        self.failed = []                          # (user, status or error, body)
+        self.task = None
+        self.n = 0
+
+    async def _run(self):
+        while True:
+            for u in self.users:
+                self.n += 1
+                nid = "%s-%d" % (u, self.n)
+                try:
+                    status, body = await in_thread(self.g.notify, u, {"n": self.n}, "meal_log.completed", nid)
+                except OSError as e:
+                    self.failed.append((u, repr(e), None))
+                    continue
+                if status == 200:
+                    self.sent[u].append(nid)
+                else:
+                    self.failed.append((u, status, body))
+            await asyncio.sleep(0.05)
+
+    def start(self):
+        self.task = asyncio.ensure_future(self._run())
+        return self
+
+    async def stop(self):
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass
+
+
+class DumpWatch:
+    """Checks every tether-dump --json snapshot while the faults happen."""
+
+    def __init__(self, tc, group):
+        self.tc, self.g, self.count, self.task = tc, group, 0, None
+
+    async def _run(self):
+        while True:
+            dump_consistent(self.tc, await in_thread(self.g.dump), WORKERS, quiet=False)
+            self.count += 1
+            await asyncio.sleep(0.2)
+
+    def start(self):
+        self.task = asyncio.ensure_future(self._run())
+        return self
+
+    async def stop(self):
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass
+
+
+class KillRoles(unittest.TestCase):
+    def setUp(self):
+        self.g = th.Group(workers=WORKERS, extra_args=["--stale-after", "30", "--sweep-every", "1"])
+        self.g.start()
+
+    def tearDown(self):
+        self.g.__exit__(None, None, None)
+
+    async def open_spread(self):
+        """Clients until every worker serves at least one (the kernel picks the worker)."""
+        clients = {}
+        for i in range(40):
+            u = "user-%d" % i
+            clients[u] = await Client(self.g, u, ping_every=0.5).open()
+            if len(clients) >= 6:
+                d = await in_thread(self.g.dump)
+                if len({c["worker"] for c in d["connections"]}) == WORKERS:
+                    break
+        self.assertTrue(await wait_for(lambda: all(c.pongs > 0 for c in clients.values()), 10))
+        return clients
+
+    async def assert_received(self, flow, clients, users):
+        for u in users:
+            want = set(flow.sent[u])
+            ok = await wait_for(lambda: want <= clients[u].note_ids(), 5)
+            self.assertTrue(ok, "%s missed %s" % (u, sorted(want - clients[u].note_ids())))
+
+    async def all_reachable(self, clients):
+        flow = Flow(self.g, clients)
+        for u in clients:
+            status, body = await in_thread(self.g.notify, u, {}, "meal_log.completed", "check-" + u)
+            self.assertEqual(status, 200, (u, body))
+            flow.sent[u].append("check-" + u)
+        await self.assert_received(flow, clients, clients)
+
+    async def new_pid(self, name, old):
+        ok = await wait_for(lambda: role_pids(self.g).get(name) not in (None, old), 15)
+        self.assertTrue(ok, "%s not restarted:\n%s" % (name, self.g.log()[-3000:]))
+
+    async def no_dead_owner_after_sweep(self, clients):
+        await asyncio.sleep(2.5)  # more than one --sweep-every 1
+        d = await in_thread(self.g.dump)
+        dump_consistent(self, d, WORKERS)
+        alive = {w["index"]: w["alive"] for w in d["workers"]}
+        self.assertTrue(all(alive[c["worker"]] for c in d["connections"]), d)
+        self.assertEqual(sorted(c["user_id"] for c in d["connections"]), sorted(clients), d)
+
+    async def kill_worker(self, clients):
+        d = await in_thread(self.g.dump)
+        victim = d["connections"][0]["worker"]
+        pid = d["workers"][victim]["pid"]
+        victims = [c["user_id"] for c in d["connections"] if c["worker"] == victim]
+        survivors = [u for u in clients if u not in victims]
+        flow = Flow(self.g, survivors).start()
+        await asyncio.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        self.assertTrue(await wait_for(lambda: all(clients[u].closed for u in victims), 10))
+        await self.new_pid("tether-worker%d" % victim, pid)
+        for u in victims:
+            await clients[u].reopen_until_ok()
+        await asyncio.sleep(0.5)
+        await flow.stop()
+        self.assertEqual(flow.failed, [])
+        self.assertTrue(all(flow.sent[u] for u in survivors))
+        await self.assert_received(flow, clients, survivors)
+        self.assertFalse(any(clients[u].closed for u in survivors))
+        await self.all_reachable(clients)
+        await self.no_dead_owner_after_sweep(clients)
+        self.assertIn("reclaimed", self.g.log())
+
+    async def kill_role(self, clients, name):
+        pid = role_pids(self.g)[name]
+        flow = Flow(self.g, clients).start() if name != "tether-notifier" else None
+        await asyncio.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        await self.new_pid(name, pid)
+        ok = await wait_for(lambda: self.g.api("GET", "/healthz")[0] == 200, 15, 0.2)
+        self.assertTrue(ok, "/healthz not back to 200 after %s restart" % name)
+        if flow:
+            await asyncio.sleep(0.5)
+            await flow.stop()
+            self.assertEqual(flow.failed, [])
+            await self.assert_received(flow, clients, clients)
+        self.assertFalse(any(c.closed for c in clients.values()))
+        await self.all_reachable(clients)
+        await self.no_dead_owner_after_sweep(clients)
+
+    def test_kill_each_role(self):
+        async def scenario():
+            clients = await self.open_spread()
+            watch = DumpWatch(self, self.g).start()
+            await self.kill_worker(clients)
+            await self.kill_role(clients, "tether-janitor")
+            await self.kill_role(clients, "tether-notifier")
+            await watch.stop()
+            self.assertGreater(watch.count, 10)
+            for c in clients.values():
+                await c.close()
+
+        asyncio.run(scenario())
+        status, metrics = self.g.api("GET", "/metrics")
+        self.assertEqual(status, 200)
+        restarts = [l for l in metrics.splitlines() if l.startswith("tether_worker_restarts_total")]
+        self.assertEqual(len(restarts), 1, metrics)
+        self.assertGreaterEqual(float(restarts[0].split()[-1]), 1)
+        self.assertEqual(self.g.stop(), 0)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
