@@ -21,7 +21,9 @@
  * - a message may have at most TH_WS_MAX_FRAGMENTS frames; past that the
  *   connection closes with 1009, so a flood of tiny fragments cannot keep
  *   the server busy for one message forever;
- * - after a close frame everything is ignored (the caller answers the close).
+ * - after a close frame everything is ignored (the caller answers the close);
+ *   so is everything after a protocol error, whose code the feed returned
+ *   once; either way the buffer is freed at once.
  */
 #include "worker/ws.h"
 #include "worker/utf8.h"
@@ -203,6 +205,17 @@ static void end_message(struct th_ws_reader *r)
     r->utf8_state = TH_UTF8_ACCEPT;
 }
 
+/*
+ * A protocol error ends the stream: free what is buffered now (the caller is
+ * about to close) and ignore anything fed later. Returns code.
+ */
+static int fail(struct th_ws_reader *r, int code)
+{
+    end_message(r);
+    r->closed = 1;
+    return code;
+}
+
 /* Validate a new frame against the message state; returns 0 or a close code. */
 static int start_frame(struct th_ws_reader *r, const struct th_ws_frame_hdr *h)
 {
@@ -275,13 +288,13 @@ static int deliver_close(struct th_ws_reader *r, const uint8_t *p, size_t n,
 {
     uint16_t code = TH_WS_NO_STATUS;
     if (n == 1)
-        return TH_WS_PROTOCOL_ERROR;
+        return fail(r, TH_WS_PROTOCOL_ERROR);
     if (n >= 2) {
         code = (uint16_t)(p[0] << 8 | p[1]);
         if (!th_ws_close_code_valid(code))
-            return TH_WS_PROTOCOL_ERROR;
+            return fail(r, TH_WS_PROTOCOL_ERROR);
         if (th_utf8_feed(TH_UTF8_ACCEPT, p + 2, n - 2) != TH_UTF8_ACCEPT)
-            return TH_WS_INVALID_UTF8;
+            return fail(r, TH_WS_INVALID_UTF8);
     }
     r->closed = 1;
     if (cb->on_frame)
@@ -313,7 +326,7 @@ static int deliver_data(struct th_ws_reader *r, const uint8_t *p, size_t n,
         return 0;
     }
     if (op == TH_WS_TEXT && r->utf8_state != TH_UTF8_ACCEPT)
-        return TH_WS_INVALID_UTF8; /* the message ends inside a code point */
+        return fail(r, TH_WS_INVALID_UTF8); /* the message ends inside a code point */
     if (cb->on_frame)
         cb->on_frame(ctx);
     int rc = cb->on_message ? cb->on_message(ctx, (enum th_ws_opcode)op, p ? p : empty_payload, n)
@@ -331,8 +344,9 @@ static int finish_frame(struct th_ws_reader *r, const uint8_t *direct, const str
     if (is_control(r->cur.opcode)) {
         const uint8_t *p = direct ? direct : r->buf ? r->buf + r->buf_len : empty_payload;
         int rc = deliver_control(r, p, len, cb, ctx);
-        if (r->msg_op == 0 && r->buf_len == 0)
-            th_ws_reader_free(r); /* a lone control frame: idle again, no buffer */
+        /* A lone control frame leaves the reader idle; after a close nothing more is read. */
+        if (r->closed || (r->msg_op == 0 && r->buf_len == 0))
+            end_message(r);
         return rc;
     }
     if (direct)
@@ -358,7 +372,7 @@ static int take_payload(struct th_ws_reader *r, uint8_t *p, size_t n, size_t *us
     if (text) {
         r->utf8_state = th_utf8_feed(r->utf8_state, p, k);
         if (r->utf8_state == TH_UTF8_REJECT)
-            return TH_WS_INVALID_UTF8;
+            return fail(r, TH_WS_INVALID_UTF8);
     }
     /* Whole frame in hand and nothing of its message buffered: no copy. */
     int whole = r->cur_off == 0 && k == r->cur.len;
@@ -366,7 +380,7 @@ static int take_payload(struct th_ws_reader *r, uint8_t *p, size_t n, size_t *us
     if (!direct && k > 0) {
         int rc = reserve(r, k);
         if (rc)
-            return rc;
+            return fail(r, rc);
         memcpy(r->buf + r->buf_len + r->cur_off, p, k);
     }
     r->cur_off += k;
@@ -382,12 +396,12 @@ static int take_frame_start(struct th_ws_reader *r, uint8_t *p, size_t n, size_t
     struct th_ws_frame_hdr h;
     int rc = take_header(r, p, n, &h);
     if (rc < 0)
-        return -rc;
+        return fail(r, -rc);
     *used = (size_t)rc;
     if (r->hdr_have != 0)
         return 0; /* header still incomplete: all of p went into hdr_buf */
     if ((rc = start_frame(r, &h)) != 0)
-        return rc;
+        return fail(r, rc);
     if (h.len > 0)
         return 0;
     size_t none;

@@ -100,7 +100,7 @@ struct th_ws_reader {
     uint8_t hdr_have;
     uint8_t in_frame;      /* inside a frame's payload */
     uint8_t msg_op;        /* opcode of the fragmented message in progress, 0 if none */
-    uint8_t closed;        /* a close frame was seen: ignore the rest */
+    uint8_t closed;        /* a close frame or a protocol error was seen: ignore the rest */
     uint32_t utf8_state;
     struct th_ws_frame_hdr cur;
     uint64_t cur_off;      /* payload bytes of cur consumed so far */

@@ -770,3 +770,41 @@ Test(ws_reader, free_in_the_middle_of_a_message)
     cr_assert_null(rd.buf);
     free(w.p);
 }
+
+Test(ws_reader, errors_free_the_buffer_and_end_the_stream)
+{
+    struct wire w = {0};
+    frame_str(&w, 0, TH_WS_TEXT, "buffered part");
+    frame_str(&w, 1, TH_WS_TEXT, "a new message inside the first");
+    struct th_ws_reader rd;
+    th_ws_reader_init(&rd, 1024);
+    struct rec r = {0};
+    struct wire first = {w.p, 6 + 13, 0}, rest = {w.p + 19, w.n - 19, 0};
+    cr_assert_eq(feed_chunked(&rd, &first, 0, &r), 0);
+    cr_assert_not_null(rd.buf);
+    cr_assert_eq(feed_chunked(&rd, &rest, 0, &r), 1002);
+    cr_assert_null(rd.buf, "the buffer is freed as soon as the error is found");
+    /* The code was reported once; later bytes are ignored. */
+    cr_assert_eq(feed_chunked(&rd, &first, 0, &r), 0);
+    cr_assert_eq(r.nev, 0);
+    th_ws_reader_free(&rd);
+    free(w.p);
+}
+
+Test(ws_reader, close_inside_a_fragmented_message_frees_the_buffer)
+{
+    struct wire w = {0};
+    frame_str(&w, 0, TH_WS_BINARY, "half a message");
+    frame_str(&w, 1, TH_WS_CLOSE, "\x03\xe9" "going");
+    struct th_ws_reader rd;
+    th_ws_reader_init(&rd, 1024);
+    struct rec r = {0};
+    cr_assert_eq(feed_chunked(&rd, &w, 5, &r), 0); /* the close payload arrives in pieces */
+    cr_assert_eq(r.nev, 1);
+    expect_event(&r, 0, 'c', TH_WS_CLOSE, "going", 5);
+    cr_assert_eq(r.ev[0].code, 1001);
+    cr_assert_null(rd.buf);
+    rec_free(&r);
+    th_ws_reader_free(&rd);
+    free(w.p);
+}
