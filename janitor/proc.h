@@ -24,6 +24,7 @@ struct th_child {
     uint64_t started_mono;    /* when this incarnation was forked */
     uint64_t next_start_mono; /* earliest restart (monotonic ns), 0 = at once */
     uint64_t backoff_ns;      /* delay before the next restart */
+    uint64_t hung_since_mono; /* watchdog: first tick its heartbeat looked too old, 0 = fine */
 };
 
 /*

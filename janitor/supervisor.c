@@ -38,6 +38,12 @@
 #define LISTEN_BACKLOG 4096
 #define DRAIN_SLACK_S 2 /* beyond --drain-timeout before stragglers get SIGKILL */
 #define BIND_RETRY_MS 2000ULL
+/*
+ * Every role stamps its heartbeat at least once a second; one silent this
+ * long is hung (a stuck loop, a blocking call gone wrong), not slow: it gets
+ * SIGKILL and the normal restart path.
+ */
+#define WATCHDOG_S 30
 
 struct sup {
     const struct th_config *cfg;
@@ -315,6 +321,35 @@ static void reap_children(void)
     }
 }
 
+/*
+ * SIGKILL children whose heartbeat stopped; reaping then restarts them like
+ * any crash. Heartbeats are wall-clock stamps, so a clock step forward makes
+ * every one look old at once: a child is only judged hung when it still
+ * looks so 2 s later (by then a live one has stamped again).
+ */
+static void watchdog(uint64_t now_mono)
+{
+    uint64_t now = th_now_ns(), limit = (uint64_t)WATCHDOG_S * TH_NS_PER_S;
+    for (int i = 0; i < S.nkids; i++) {
+        struct th_child *c = &S.kids[i];
+        uint64_t hb = c->pid > 0 ? atomic_load(&child_sh(c)->heartbeat_ns) : 0;
+        int silent = c->pid > 0 && now_mono - c->started_mono >= limit && hb < now && now - hb >= limit;
+        if (!silent) {
+            c->hung_since_mono = 0;
+            continue;
+        }
+        if (c->hung_since_mono == 0)
+            c->hung_since_mono = now_mono;
+        if (now_mono - c->hung_since_mono < 2 * TH_NS_PER_S)
+            continue;
+        char ago[32];
+        th_fmt_duration(ago, sizeof(ago), now - hb);
+        th_error("%s (pid %d) has not heartbeated for %s: hung, sending SIGKILL", c->name, (int)c->pid, ago);
+        kill(c->pid, SIGKILL);
+        c->hung_since_mono = 0;
+    }
+}
+
 static int live_children(void)
 {
     int n = 0;
@@ -458,6 +493,7 @@ static void run_loop(const sigset_t *waitmask)
                 return;
             }
         } else {
+            watchdog(now);
             start_due_children(now);
         }
         atomic_store(&S.reg.hdr->roles[TH_ROLE_SUPERVISOR].heartbeat_ns, th_now_ns());
