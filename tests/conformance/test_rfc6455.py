@@ -11,6 +11,7 @@ by the close code. One group serves the whole script; each case opens its
 own connection (as a user of its own, so the per-user cap never interferes).
 """
 import itertools
+import json
 import os
 import socket
 import struct
@@ -24,6 +25,7 @@ from rawws import BINARY, CLOSE, CONT, PING, PONG, TEXT, frame, ping_message  # 
 import tether_harness as th  # noqa: E402
 
 MAX_MESSAGE = 65536
+MAX_FRAGMENTS = 1024  # worker/ws.h TH_WS_MAX_FRAGMENTS: more fragments close with 1009
 T = 10.0 if th.SANITIZED else 5.0
 GROUP = None
 _users = itertools.count()
@@ -89,18 +91,27 @@ def fragments(payload, size, opcode=TEXT):
 
 
 # -- framing -----------------------------------------------------------------
-SIZES = [0, 125, 126, 127, 128, 65535, 65536]
+SIZES = [0, 1, 15, 16, 124, 125, 126, 127, 128, 255, 256, 1000, 4095, 4096, 8192, 16384, 32768,
+         65534, 65535, 65536]
+AUTOBAHN_SIZES = [0, 125, 126, 127, 128, 65535, 65536]
 
 
-def framing_case(size, chop, frag):
+def framing_case(size, chop, frag, opcode=TEXT):
+    """A message of size bytes, written in TCP chops and/or WebSocket fragments.
+    A text message is a padded app ping (its pong proves it arrived whole); a
+    binary message, or text too short for a ping, must get one error reply."""
     def run(self):
         ws = self.conn()
-        msg = ping_message(size) if size >= 15 else b" " * size
-        data = fragments(msg, frag) if frag else frame(TEXT, msg)
-        self.assertTrue(ws.send_raw(data, chop=chop))
-        if size >= 15:
+        is_ping = opcode == TEXT and size >= 15
+        msg = ping_message(size) if is_ping else (b" " * size if opcode == TEXT else os.urandom(size))
+        data = fragments(msg, frag, opcode) if frag else frame(opcode, msg)
+        # small messages one byte at a time also pause, so each byte is a read of its own
+        delay = 0.0002 if chop == 1 and size <= 256 else 0.0
+        self.assertTrue(ws.send_raw(data, chop=chop, delay=delay), "server closed while the message was sent")
+        if is_ping:
             self.assertAlive_after_message(ws)
-        else:  # not app JSON: the server may answer an error, but must stay up
+        else:
+            self.assertErrorReply(ws)
             self.assertAlive(ws)
     return run
 
@@ -113,18 +124,37 @@ def assert_alive_after_message(self, ws):
         self.fail("no pong for the message")
 
 
+def assert_error_reply(self, ws):
+    """A message the app cannot use (binary, not JSON) gets a {"type":"error"} reply."""
+    fin, rsv, op, payload = ws.recv_frame()
+    self.assertEqual(op, TEXT, "wanted an error reply, got opcode %d %r" % (op, payload[:60]))
+    self.assertEqual(json.loads(payload).get("type"), "error", payload)
+
+
 RFC6455.assertAlive_after_message = assert_alive_after_message
+RFC6455.assertErrorReply = assert_error_reply
 
 for size in SIZES:
-    add("framing_%05d_whole" % size, framing_case(size, None, None))
-    add("framing_%05d_chops997" % size, framing_case(size, 997, None))
-    add("framing_%05d_chops7" % size, framing_case(size, 7, None))
-    add("framing_%05d_fragments_%d" % (size, 1 if size <= 128 else 4096),
-        framing_case(size, None, 1 if size <= 128 else 4096))
-    if size <= 128 or size == 65536:
-        add("framing_%05d_one_byte_at_a_time" % size, framing_case(size, 1, None))
+    chops = [None, 3, 7, 64, 997, 4096]
+    if size <= 256 or size == 65536:
+        chops.append(1)
+    for chop in chops:
+        add("framing_text_%05d_%s" % (size, "whole" if chop is None else
+                                      "one_byte_at_a_time" if chop == 1 else "chops_%d" % chop),
+            framing_case(size, chop, None))
+    frags = [7, 64, 1000] + ([1] if size <= 256 else []) + ([4096] if size >= 4096 else [])
+    for frag in frags:
+        if frag >= size or -(-size // frag) > MAX_FRAGMENTS:
+            continue  # nothing to fragment, or more fragments than tether allows a message
+        add("framing_text_%05d_fragments_of_%d" % (size, frag), framing_case(size, None, frag))
+for size in AUTOBAHN_SIZES:
+    add("framing_binary_%05d_whole" % size, framing_case(size, None, None, BINARY))
+    add("framing_binary_%05d_chops_997" % size, framing_case(size, 997, None, BINARY))
+    add("framing_binary_%05d_fragments_of_64" % size, framing_case(size, None, 64, BINARY))
+    if size <= 128:
+        add("framing_binary_%05d_one_byte_at_a_time" % size, framing_case(size, 1, None, BINARY))
 for size in (126, 65535):
-    add("framing_%05d_fragments_64_chops_13" % size, framing_case(size, 13, 64))
+    add("framing_text_%05d_fragments_of_64_chops_13" % size, framing_case(size, 13, 64))
 
 
 def several_messages_one_write(self):
@@ -148,8 +178,8 @@ def ping_case(payload, chop=None):
     return run
 
 
-for n in (0, 1, 10, 125):
-    add("ping_payload_%03d" % n, ping_case(b"p" * n))
+for n in range(126):
+    add("ping_payload_%03d" % n, ping_case(os.urandom(n)))
 add("ping_binary_payload_125", ping_case(bytes(range(125))))
 add("ping_one_byte_at_a_time", ping_case(b"hello", chop=1))
 
@@ -434,6 +464,56 @@ for name, bad in TRUNCATED_AT_END.items():
     add("utf8_invalid_%s_fragment_then_empty_fin" % name, truncated_fragment_then_fin(bad))
 
 
+def first_bad_index(b):
+    """Index of the first byte that makes b invalid UTF-8 (Unicode Table 3-7), or None."""
+    i = 0
+    while i < len(b):
+        c = b[i]
+        if c < 0x80:
+            i += 1
+            continue
+        if 0xC2 <= c <= 0xDF:
+            n, lo, hi = 2, 0x80, 0xBF
+        elif 0xE0 <= c <= 0xEF:
+            n, lo, hi = 3, 0xA0 if c == 0xE0 else 0x80, 0x9F if c == 0xED else 0xBF
+        elif 0xF0 <= c <= 0xF4:
+            n, lo, hi = 4, 0x90 if c == 0xF0 else 0x80, 0x8F if c == 0xF4 else 0xBF
+        else:
+            return i
+        for k in range(1, n):
+            if i + k >= len(b):
+                return None
+            if not ((lo if k == 1 else 0x80) <= b[i + k] <= (hi if k == 1 else 0xBF)):
+                return i + k
+        i += n
+    return None
+
+
+def invalid_split_at(bad, j):
+    """Fragment boundary j bytes into the bad sequence: the close must come right
+    after the fragment holding the first bad byte, not before and not later."""
+    def run(self):
+        ws = self.conn()
+        msg = PREFIX + bad + b"tail"
+        cut = len(PREFIX) + j
+        first_bad = first_bad_index(msg)
+        ws.send_raw(frame(TEXT, msg[:cut], fin=False))
+        if first_bad < cut:
+            self.assertCloses(ws, 1007)
+            return
+        ws.send(PING, b"not-yet")
+        ok, _ = ws.expect_pong(b"not-yet")
+        self.assertTrue(ok)
+        ws.send_raw(frame(CONT, msg[cut:], fin=False))
+        self.assertCloses(ws, 1007)
+    return run
+
+
+for name, bad in INVALID.items():
+    for j in range(1, len(bad)):
+        add("utf8_invalid_%s_split_at_%d" % (name, j), invalid_split_at(bad, j))
+
+
 def binary_not_validated(self):
     """Binary messages carry no UTF-8 promise: invalid bytes are no 1007."""
     ws = self.conn()
@@ -465,6 +545,21 @@ for code in VALID_CODES:
     add("close_code_%04d_with_reason_echoed" % code, close_echo(code, b"bye"))
 for code in INVALID_CODES:
     add("close_code_%05d_fails" % code, bad_frame_case(frame(CLOSE, rawws.close_payload(code))))
+def peer_may_send(code):
+    """RFC 6455 7.4: codes a peer may send (1004-1006, 1015 reserved; 1012-1014, 1016-2999 unassigned)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1011 or 3000 <= code <= 4999
+
+
+# Sweep: every code up to 1100, then a stride through the rest of the 16-bit space.
+SWEEP = sorted((set(range(0, 1101)) | set(range(1101, 3000, 37)) | set(range(3000, 5000, 97)) |
+                set(range(5000, 65536, 1999)) | {2999, 3000, 4999, 5000, 65535}) -
+               set(VALID_CODES) - set(INVALID_CODES))
+for code in SWEEP:
+    if peer_may_send(code):
+        add("close_sweep_%05d_echoed" % code, close_echo(code))
+    else:
+        add("close_sweep_%05d_fails" % code, bad_frame_case(frame(CLOSE, rawws.close_payload(code))))
+
 add("close_reason_123_bytes_echoed", close_echo(1000, b"r" * 123))
 add("close_reason_utf8_echoed", close_echo(1000, "κόσμε 𝄞".encode()))
 

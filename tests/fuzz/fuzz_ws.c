@@ -152,6 +152,15 @@ static int run(const uint8_t *data, size_t size, uint32_t max_message, unsigned 
     FUZZ_CHECK(result_ok(rc), "feed returned %d", rc);
     if (rc == 0 && !r.closed)
         FUZZ_CHECK(r.buf == NULL || r.in_frame || r.msg_op, "idle reader holds a buffer");
+    if (rc != 0 && rc != 77) {
+        /* A protocol error ends the stream: buffer freed at once, later bytes ignored. */
+        FUZZ_CHECK(r.buf == NULL, "buffer kept after protocol error %d", rc);
+        size_t before = l->len;
+        uint8_t *again = fuzz_dup(data, size);
+        FUZZ_CHECK(th_ws_reader_feed(&r, again, size, &cbs, l) == 0 && l->len == before,
+                   "bytes after protocol error %d were not ignored", rc);
+        free(again);
+    }
     th_ws_reader_free(&r);
     return rc;
 }
