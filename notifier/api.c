@@ -97,15 +97,33 @@ void th_buf_json_str(struct th_buf *b, const char *s, size_t n)
     b->len = (size_t)(o - b->p);
 }
 
+void th_buf_u64(struct th_buf *b, uint64_t v)
+{
+    char t[24], *p = t + sizeof(t);
+    do
+        *--p = (char)('0' + v % 10);
+    while (v /= 10);
+    th_buf_put(b, p, (size_t)(t + sizeof(t) - p));
+}
+
 void th_buf_json_time(struct th_buf *b, int has, uint64_t ns)
 {
+    /* Stamps repeat within a second on the hot path: format each second once. */
+    static __thread uint64_t cached_s = UINT64_MAX;
+    static __thread char t[40];
+    static __thread size_t n;
     if (!has) {
         th_buf_puts(b, "null");
         return;
     }
-    char t[40];
-    size_t n = th_fmt_rfc3339(t, sizeof(t), ns);
-    th_buf_json_str(b, t, n);
+    if (ns / TH_NS_PER_S != cached_s) {
+        n = th_fmt_rfc3339(t + 1, sizeof(t) - 2, ns);
+        t[0] = '"';
+        t[n + 1] = '"';
+        n += 2;
+        cached_s = ns / TH_NS_PER_S;
+    }
+    th_buf_put(b, t, n);
 }
 
 void th_buf_free(struct th_buf *b)
@@ -322,22 +340,28 @@ static int dump_cb(const char *p, size_t n, void *arg)
     return 0;
 }
 
+void th_api_render_frame_into(struct th_buf *b, const struct th_notify *n, const char *id, size_t idlen,
+                              uint64_t now_ns)
+{
+    th_buf_puts(b, "{\"type\":");
+    th_buf_json_str(b, n->type, n->tlen);
+    th_buf_puts(b, ",\"id\":");
+    th_buf_json_str(b, id, idlen);
+    th_buf_puts(b, ",\"timestamp\":");
+    th_buf_json_time(b, 1, now_ns);
+    th_buf_puts(b, ",\"data\":");
+    if (n->data)
+        json_dump_callback(n->data, dump_cb, b, JSON_COMPACT | JSON_ENCODE_ANY);
+    else
+        th_buf_puts(b, "{}");
+    th_buf_puts(b, "}");
+}
+
 char *th_api_render_frame(const struct th_notify *n, const char *id, size_t idlen, uint64_t now_ns,
                           size_t *len)
 {
     struct th_buf b = {0};
-    th_buf_puts(&b, "{\"type\":");
-    th_buf_json_str(&b, n->type, n->tlen);
-    th_buf_puts(&b, ",\"id\":");
-    th_buf_json_str(&b, id, idlen);
-    th_buf_puts(&b, ",\"timestamp\":");
-    th_buf_json_time(&b, 1, now_ns);
-    th_buf_puts(&b, ",\"data\":");
-    if (n->data)
-        json_dump_callback(n->data, dump_cb, &b, JSON_COMPACT | JSON_ENCODE_ANY);
-    else
-        th_buf_puts(&b, "{}");
-    th_buf_puts(&b, "}");
+    th_api_render_frame_into(&b, n, id, idlen, now_ns);
     if (b.oom) {
         th_buf_free(&b);
         return NULL;
@@ -353,20 +377,26 @@ void th_api_render_result(struct th_buf *b, int status, const char *user, size_t
     const char *name = status == TH_OUT_DELIVERED       ? "delivered"
                        : status == TH_OUT_NOT_CONNECTED ? "not_connected"
                                                         : "unavailable";
-    th_buf_printf(b, "{\"status\":\"%s\",\"user_id\":", name);
+    th_buf_puts(b, "{\"status\":\"");
+    th_buf_puts(b, name);
+    th_buf_puts(b, "\",\"user_id\":");
     th_buf_json_str(b, user, ulen);
     if (status != TH_OUT_NOT_CONNECTED) {
         th_buf_puts(b, ",\"id\":");
         th_buf_json_str(b, id, idlen);
     }
-    if (status == TH_OUT_DELIVERED)
-        th_buf_printf(b, ",\"connections\":%u", connections);
+    if (status == TH_OUT_DELIVERED) {
+        th_buf_puts(b, ",\"connections\":");
+        th_buf_u64(b, connections);
+    }
     if (status == TH_OUT_NOT_CONNECTED) {
         th_buf_puts(b, ",\"last_seen\":");
         th_buf_json_time(b, has_last_seen, last_seen_ns);
     }
-    if (with_code)
-        th_buf_printf(b, ",\"code\":%d", status);
+    if (with_code) {
+        th_buf_puts(b, ",\"code\":");
+        th_buf_u64(b, (uint64_t)status);
+    }
     th_buf_puts(b, "}");
 }
 

@@ -84,6 +84,11 @@ int th_api_valid_user(const char *s, size_t n);
 char *th_api_render_frame(const struct th_notify *n, const char *id, size_t idlen, uint64_t now_ns,
                           size_t *len);
 
+struct th_buf;
+/* The same frame appended to b (b->oom set on failure). */
+void th_api_render_frame_into(struct th_buf *b, const struct th_notify *n, const char *id, size_t idlen,
+                              uint64_t now_ns);
+
 /* A growable output buffer for the renderers below. */
 struct th_buf {
     char *p;
@@ -95,6 +100,8 @@ void th_buf_puts(struct th_buf *b, const char *s);
 void th_buf_printf(struct th_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Append s as a JSON string literal (quotes included). */
 void th_buf_json_str(struct th_buf *b, const char *s, size_t n);
+/* Append v in decimal. */
+void th_buf_u64(struct th_buf *b, uint64_t v);
 /* Append a RFC 3339 time as a JSON string, or null when has == 0. */
 void th_buf_json_time(struct th_buf *b, int has, uint64_t ns);
 void th_buf_free(struct th_buf *b);

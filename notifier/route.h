@@ -8,7 +8,8 @@
  * A route is driven by the notifier's single-threaded io_uring loop: it may
  * queue SQEs on the loop's ring with user_data from th_ud_make(TH_UD_ROUTE,
  * ...) (notifier/loop.h); the loop hands the matching completions back
- * through on_cqe, and calls expire() with the monotonic clock whenever
+ * through on_cqe, calls flush() before every wait (so deliveries queued by
+ * one batch of requests leave in as few syscalls as possible), and calls expire() with the monotonic clock whenever
  * next_deadline() has passed.
  */
 #ifndef TETHER_NOTIFIER_ROUTE_H
@@ -43,6 +44,8 @@ struct th_route_ops {
                    th_route_done_fn done, void *arg);
     /* A completion for an SQE this route queued (user_data payload given back). */
     void (*on_cqe)(struct th_route *r, uint32_t idx, uint32_t gen, int res, unsigned flags);
+    /* Send what deliver() queued (batched); the loop calls it before it waits. */
+    void (*flush)(struct th_route *r);
     /* Monotonic ns of the next timeout to act on, or UINT64_MAX. */
     uint64_t (*next_deadline)(struct th_route *r);
     /* Fail every delivery whose bound passed by now_mono. */

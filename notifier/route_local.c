@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -36,6 +37,13 @@
 #define MAX_LEGS 256                 /* leg number is 8 bits of the seq */
 #define MAX_JOBS (1u << 16)          /* deliveries in flight; more gets 503 */
 #define CHAN_SNDBUF (4 * 1024 * 1024)
+/*
+ * Requests in flight per worker: the worker's replies queue in its socket's
+ * send buffer until we read them, and a reply that does not fit is lost (it
+ * cannot block). 128 x ~1 KiB of kernel accounting stays well inside the
+ * default 208 KiB.
+ */
+#define CHAN_WINDOW 128
 
 enum { LEG_QUEUED = 1, LEG_SENT, LEG_DONE };
 
@@ -61,6 +69,7 @@ struct job {
 
 struct chan {
     int fd;
+    int inflight; /* legs SENT and not yet answered: bounded by CHAN_WINDOW */
     pid_t pid;
     uint32_t gen;
     int out_armed;
@@ -78,6 +87,7 @@ struct route_local {
     struct th_conn_info *infos;
     int ninfos;
     uint64_t timeout_ns;
+    uint64_t dirty; /* bit per worker channel with legs queued since the last flush */
     struct chan ch[TH_MAX_WORKERS];
 };
 
@@ -130,7 +140,9 @@ static void job_unlink_free(struct route_local *rl, uint32_t i)
         rl->jobs[j->next].prev = j->prev;
     else
         rl->tail = j->prev;
-    free(j->frame);
+    for (unsigned n = 0; n < j->nlegs; n++)
+        if (j->legs[n].state == LEG_SENT) /* timed out: its window share comes back now */
+            rl->ch[j->legs[n].worker].inflight--;
     free(j->legs);
     j->frame = NULL;
     j->legs = NULL;
@@ -186,6 +198,8 @@ static void job_release(struct route_local *rl, uint32_t i)
 static void leg_resolve(struct route_local *rl, uint32_t i, unsigned n, int status)
 {
     struct job *j = &rl->jobs[i];
+    if (j->legs[n].state == LEG_SENT)
+        rl->ch[j->legs[n].worker].inflight--;
     j->legs[n].state = LEG_DONE;
     if (status == TH_HO_OK)
         j->ok++;
@@ -244,6 +258,7 @@ static void chan_close(struct route_local *rl, unsigned w, const char *why)
                 leg_resolve(rl, i, n, -1);
         }
     }
+    c->inflight = 0;
 }
 
 /* Non-blocking connect: a worker whose backlog is full must not stall the loop. */
@@ -312,64 +327,82 @@ static int chan_push(struct chan *c, uint64_t seq)
     return 0;
 }
 
-/* Send one leg now. Returns 0, -EAGAIN (socket full) or another -errno. */
-static int leg_send(struct route_local *rl, uint32_t i, unsigned n)
+#define IO_BATCH 64 /* messages per sendmmsg / recvmmsg */
+
+/* Is queue entry seq still a leg waiting to be sent? */
+static int seq_queued(struct route_local *rl, uint64_t seq, uint32_t *i, unsigned *n)
 {
-    struct job *j = &rl->jobs[i];
-    struct leg *l = &j->legs[n];
-    struct th_ho_msg m = {.magic = TH_HO_MAGIC, .type = TH_HO_DELIVER, .slot = l->slot,
-                          .gen = l->gen, .seq = seq_make(j->gen, i, n), .len = (uint32_t)j->flen};
-    int rc = th_ho_send(rl->ch[l->worker].fd, &m, j->frame);
-    if (rc == 0)
-        l->state = LEG_SENT;
-    return rc;
+    *i = (uint32_t)(seq >> 8) & 0xffffffu;
+    *n = seq & 0xff;
+    return *i < rl->cap && rl->jobs[*i].gen == (uint32_t)(seq >> 32) &&
+           rl->jobs[*i].legs[*n].state == LEG_QUEUED;
 }
 
-/* Send what waits on channel w, in order, until the socket is full again. */
+/*
+ * Send what waits on channel w, in order, IO_BATCH messages per syscall,
+ * until the queue is empty, the window is full (replies reopen it) or the
+ * socket is full (then wait for POLLOUT).
+ */
 static void chan_flush(struct route_local *rl, unsigned w)
 {
     struct chan *c = &rl->ch[w];
-    while (c->fd >= 0 && c->qlen) {
-        uint64_t seq = c->q[c->qhead];
-        uint32_t i = (uint32_t)(seq >> 8) & 0xffffffu;
-        unsigned n = seq & 0xff;
-        int live = i < rl->cap && rl->jobs[i].gen == (uint32_t)(seq >> 32) &&
-                   rl->jobs[i].legs[n].state == LEG_QUEUED;
-        int rc = live ? leg_send(rl, i, n) : 0;
-        if (rc == -EAGAIN) {
-            chan_arm(rl, w, 1);
+    struct mmsghdr mm[IO_BATCH];
+    struct iovec iov[IO_BATCH][2];
+    struct th_ho_msg hdr[IO_BATCH];
+    size_t upto[IO_BATCH];
+    while (c->fd >= 0 && c->qlen && c->inflight < CHAN_WINDOW) {
+        int k = 0, room = CHAN_WINDOW - c->inflight;
+        size_t scanned = 0;
+        while (k < IO_BATCH && k < room && scanned < c->qlen) {
+            uint32_t i;
+            unsigned n;
+            if (!seq_queued(rl, c->q[(c->qhead + scanned++) % c->qcap], &i, &n))
+                continue; /* its job finished (timeout) before it could be sent */
+            struct job *j = &rl->jobs[i];
+            hdr[k] = (struct th_ho_msg){.magic = TH_HO_MAGIC, .type = TH_HO_DELIVER,
+                                        .slot = j->legs[n].slot, .gen = j->legs[n].gen,
+                                        .seq = seq_make(j->gen, i, n), .len = (uint32_t)j->flen};
+            iov[k][0] = (struct iovec){&hdr[k], sizeof(hdr[k])};
+            iov[k][1] = (struct iovec){j->frame, j->flen};
+            mm[k] = (struct mmsghdr){.msg_hdr = {.msg_iov = iov[k], .msg_iovlen = 2}};
+            upto[k++] = scanned;
+        }
+        int sent = k ? sendmmsg(c->fd, mm, (unsigned)k, MSG_DONTWAIT | MSG_NOSIGNAL) : 0;
+        if (sent < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                chan_arm(rl, w, 1);
+            else
+                chan_close(rl, w, strerror(errno));
             return;
         }
-        c->qhead = (c->qhead + 1) % c->qcap;
-        c->qlen--;
-        if (rc < 0) {
-            chan_close(rl, w, strerror(-rc));
+        for (int m = 0; m < sent; m++) {
+            uint32_t i;
+            unsigned n;
+            seq_queued(rl, hdr[m].seq, &i, &n);
+            rl->jobs[i].legs[n].state = LEG_SENT;
+        }
+        c->inflight += sent;
+        size_t used = sent == k ? scanned : upto[sent - 1];
+        c->qhead = (c->qhead + used) % c->qcap;
+        c->qlen -= used;
+        if (sent < k) {
+            chan_arm(rl, w, 1); /* socket full: the rest goes on POLLOUT */
             return;
         }
     }
 }
 
-/* Start leg n of job i on its worker's channel. */
+/* Queue leg n of job i on its worker's channel; local_flush() sends it. */
 static void leg_start(struct route_local *rl, uint32_t i, unsigned n)
 {
     unsigned w = rl->jobs[i].legs[n].worker;
     struct chan *c = w < rl->reg->hdr->nworkers && w < TH_MAX_WORKERS ? chan_get(rl, w) : NULL;
-    if (!c) {
+    if (!c || chan_push(c, seq_make(rl->jobs[i].gen, i, n)) < 0) {
         leg_resolve(rl, i, n, -1);
         return;
     }
     rl->jobs[i].legs[n].state = LEG_QUEUED;
-    int rc = c->qlen ? -EAGAIN : leg_send(rl, i, n);
-    if (rc == 0)
-        return;
-    if (rc == -EAGAIN && chan_push(c, seq_make(rl->jobs[i].gen, i, n)) == 0) {
-        if (!c->out_armed)
-            chan_arm(rl, w, 1);
-        return;
-    }
-    leg_resolve(rl, i, n, -1);
-    if (rc != -EAGAIN)
-        chan_close(rl, w, strerror(-rc));
+    rl->dirty |= 1ull << w;
 }
 
 /* ---- route operations --------------------------------------------------- */
@@ -390,12 +423,13 @@ static int local_deliver(struct th_route *r, const char *user, size_t ulen, cons
     if (i == NO_JOB)
         return -EBUSY;
     struct job *j = &rl->jobs[i];
-    j->frame = malloc(flen);
-    j->legs = calloc((size_t)n, sizeof(*j->legs));
-    if (!j->frame || !j->legs) {
+    /* One allocation for the legs and the frame copy. */
+    j->legs = malloc((size_t)n * sizeof(*j->legs) + flen);
+    if (!j->legs) {
         job_unlink_free(rl, i);
         return -ENOMEM;
     }
+    j->frame = (char *)(j->legs + n);
     memcpy(j->frame, frame, flen);
     memcpy(j->user, user, ulen);
     j->ulen = (uint8_t)ulen;
@@ -414,28 +448,52 @@ static int local_deliver(struct th_route *r, const char *user, size_t ulen, cons
     return 0;
 }
 
-/* Read every reply waiting on channel w. */
+/* One reply: find its leg and resolve it. Late or foreign replies are dropped. */
+static void on_reply(struct route_local *rl, unsigned w, const struct th_ho_msg *m)
+{
+    if (m->magic != TH_HO_MAGIC || m->type != TH_HO_REPLY)
+        return;
+    uint32_t i = (uint32_t)(m->seq >> 8) & 0xffffffu;
+    unsigned n = m->seq & 0xff;
+    if (i >= rl->cap || rl->jobs[i].gen != (uint32_t)(m->seq >> 32) || n >= rl->jobs[i].nlegs)
+        return; /* late reply for a finished job */
+    struct leg *l = &rl->jobs[i].legs[n];
+    if (l->state == LEG_SENT && l->worker == w)
+        leg_resolve(rl, i, n, m->code);
+}
+
+/* Read every reply waiting on channel w, IO_BATCH per syscall. */
 static void chan_read(struct route_local *rl, unsigned w)
 {
     struct chan *c = &rl->ch[w];
-    while (c->fd >= 0) {
-        struct th_ho_msg m;
-        ssize_t got = recv(c->fd, &m, sizeof(m), MSG_DONTWAIT);
+    struct th_ho_msg rep[IO_BATCH];
+    struct iovec iov[IO_BATCH];
+    struct mmsghdr mm[IO_BATCH];
+    uint32_t gen = c->gen;
+    for (;;) {
+        for (int k = 0; k < IO_BATCH; k++) {
+            iov[k] = (struct iovec){&rep[k], sizeof(rep[k])};
+            mm[k] = (struct mmsghdr){.msg_hdr = {.msg_iov = &iov[k], .msg_iovlen = 1}};
+        }
+        int got = recvmmsg(c->fd, mm, IO_BATCH, MSG_DONTWAIT, NULL);
         if (got < 0 && (errno == EAGAIN || errno == EINTR))
             return;
-        if (got <= 0) {
-            chan_close(rl, w, got == 0 ? "worker closed it" : strerror(errno));
+        if (got < 0) {
+            chan_close(rl, w, strerror(errno));
             return;
         }
-        if ((size_t)got != sizeof(m) || m.magic != TH_HO_MAGIC || m.type != TH_HO_REPLY)
-            continue;
-        uint32_t i = (uint32_t)(m.seq >> 8) & 0xffffffu;
-        unsigned n = m.seq & 0xff;
-        if (i >= rl->cap || rl->jobs[i].gen != (uint32_t)(m.seq >> 32) || n >= rl->jobs[i].nlegs)
-            continue; /* late reply for a finished job */
-        struct leg *l = &rl->jobs[i].legs[n];
-        if (l->state == LEG_SENT && l->worker == w)
-            leg_resolve(rl, i, n, m.code);
+        for (int k = 0; k < got; k++) {
+            if (mm[k].msg_len == 0) { /* end of stream: the worker went away */
+                chan_close(rl, w, "worker closed it");
+                return;
+            }
+            if (mm[k].msg_len == sizeof(rep[k]))
+                on_reply(rl, w, &rep[k]);
+            if (c->gen != gen)
+                return; /* closed while resolving */
+        }
+        if (got < IO_BATCH)
+            return;
     }
 }
 
@@ -453,8 +511,21 @@ static void local_on_cqe(struct th_route *r, uint32_t idx, uint32_t gen, int res
     chan_read(rl, w);
     if (rl->ch[w].fd >= 0 && rl->ch[w].gen == gen && res > 0 && (res & (POLLHUP | POLLERR)))
         chan_close(rl, w, "hang-up");
+    if (rl->ch[w].fd >= 0 && rl->ch[w].gen == gen && rl->ch[w].qlen && !rl->ch[w].out_armed)
+        rl->dirty |= 1ull << w; /* replies reopened the window: send more on the next flush */
     if (rl->ch[w].fd >= 0 && rl->ch[w].gen == gen && !(flags & IORING_CQE_F_MORE))
         chan_arm(rl, w, 0);
+}
+
+static void local_flush(struct th_route *r)
+{
+    struct route_local *rl = (struct route_local *)r;
+    while (rl->dirty) {
+        unsigned w = (unsigned)__builtin_ctzll(rl->dirty);
+        rl->dirty &= rl->dirty - 1;
+        if (rl->ch[w].fd >= 0 && !rl->ch[w].out_armed)
+            chan_flush(rl, w);
+    }
 }
 
 static uint64_t local_next_deadline(struct th_route *r)
@@ -478,10 +549,8 @@ static void local_destroy(struct th_route *r)
             close(rl->ch[w].fd);
         free(rl->ch[w].q);
     }
-    for (uint32_t i = 0; i < rl->cap; i++) {
-        free(rl->jobs[i].frame);
+    for (uint32_t i = 0; i < rl->cap; i++)
         free(rl->jobs[i].legs);
-    }
     free(rl->jobs);
     free(rl->infos);
     free(rl);
@@ -490,6 +559,7 @@ static void local_destroy(struct th_route *r)
 static const struct th_route_ops local_ops = {
     .deliver = local_deliver,
     .on_cqe = local_on_cqe,
+    .flush = local_flush,
     .next_deadline = local_next_deadline,
     .expire = local_expire,
     .destroy = local_destroy,

@@ -88,6 +88,7 @@ struct server {
     struct conn *wake;
     struct th_hist hist;
     uint64_t id_prefix, id_counter;
+    struct th_buf frame; /* reused for every rendering: the route copies what it keeps */
     struct th_conn_info infos[256];
 };
 
@@ -326,34 +327,45 @@ static void item_fail(struct item *it, int code, const char *msg)
     atomic_fetch_add_explicit(&S->reg->hdr->counters.notify_bad_request, 1, memory_order_relaxed);
 }
 
+/* 32 hex digits: a random per-process prefix and a counter, unique across restarts. */
+static void make_id(char out[32])
+{
+    static const char hex[] = "0123456789abcdef";
+    uint64_t parts[2] = {S->id_prefix, ++S->id_counter};
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < 16; i++)
+            out[k * 16 + i] = hex[(parts[k] >> (60 - 4 * i)) & 15];
+}
+
 /* Render the frame once and hand it to the route. it->r->pending covers it. */
 static void item_start(struct item *it, const struct th_notify *n)
 {
-    char idbuf[40];
+    char idbuf[32];
     const char *id = n->id;
     size_t idlen = n->idlen;
     th_info("[Notifier] Attempting to send notification to user %.*s", (int)n->ulen, n->user);
     if (!id) {
-        idlen = (size_t)snprintf(idbuf, sizeof(idbuf), "%016llx%016llx",
-                                 (unsigned long long)S->id_prefix,
-                                 (unsigned long long)++S->id_counter);
+        make_id(idbuf);
         id = idbuf;
+        idlen = sizeof(idbuf);
     }
     memcpy(it->user, n->user, n->ulen);
     it->ulen = (uint8_t)n->ulen;
     memcpy(it->id, id, idlen);
     it->idlen = (uint8_t)idlen;
-    size_t flen;
-    char *frame = th_api_render_frame(n, id, idlen, th_now_ns(), &flen);
-    if (!frame || flen > TH_API_MAX_FRAME) {
-        item_fail(it, frame ? 413 : 500, frame ? "notification frame over 66560 bytes" : "out of memory");
-        free(frame);
+    struct th_buf *f = &S->frame;
+    f->len = 0;
+    f->oom = 0;
+    th_api_render_frame_into(f, n, id, idlen, th_now_ns());
+    if (f->oom || f->len > TH_API_MAX_FRAME) {
+        item_fail(it, f->oom ? 500 : 413, f->oom ? "out of memory" : "notification frame over 66560 bytes");
+        if (f->cap > 4 * TH_API_MAX_FRAME)
+            th_buf_free(f);
         return;
     }
     it->r->pending++;
     it->t0 = th_mono_ns();
-    int rc = S->route->ops->deliver(S->route, n->user, n->ulen, frame, flen, item_done, it);
-    free(frame);
+    int rc = S->route->ops->deliver(S->route, n->user, n->ulen, f->p, f->len, item_done, it);
     if (rc < 0) {
         struct th_route_result res = {.status = 503};
         th_warn("[Notifier] Delivery to user %.*s refused: %s", (int)n->ulen, n->user, strerror(-rc));
@@ -692,6 +704,7 @@ static void loop(volatile sig_atomic_t *stop, volatile sig_atomic_t *hup)
             th_log_reopen();
         }
         run_wakes();
+        S->route->ops->flush(S->route);
         uint64_t until = S->route->ops->next_deadline(S->route);
         if (until > next_tick)
             until = next_tick;
