@@ -4,10 +4,13 @@
  * The sweep never holds anything a worker or the notifier waits for: it
  * walks the slots with th_reg_foreach (seqlock copies, no lock), and an
  * eviction is one small TH_HO_CLOSE request on a persistent control
- * connection to the owning worker, with a short timeout. A worker that does
- * not answer once is not asked again during the same sweep: its stale slots
- * are released here (generation-checked), so one hung worker costs one
- * timeout per sweep, not one per connection.
+ * connection to the owning worker. Requests are pipelined, up to
+ * TH_EVICT_WINDOW in flight per worker, because a mass eviction (every client
+ * of a network that went away) would otherwise pay one round trip each.
+ * A worker that does not answer a window within the timeout is not asked
+ * again during the same sweep: its stale slots are released here
+ * (generation-checked), so one hung worker costs one timeout per sweep, not
+ * one per connection.
  */
 #include "janitor/sweep.h"
 #include "shm/clock.h"
@@ -15,6 +18,7 @@
 #include "worker/handoff.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -68,53 +72,109 @@ static int worker_fd(struct th_sweeper *s, unsigned w)
     return fd;
 }
 
-/* Ask the owner to close h with 4000. Returns its reply status, or -errno if it could not answer. */
-static int ask_close(struct th_sweeper *s, unsigned w, struct th_handle h)
+/* The slot's eviction is settled here: release it if it still carries h's generation. */
+static void release_here(struct th_sweeper *s, struct th_handle h, uint64_t now_ns,
+                         struct th_sweep_stats *st)
 {
-    if (w >= TH_MAX_WORKERS)
-        return -EINVAL;
-    if (s->silent[w])
-        return -ETIMEDOUT;
-    struct th_ho_msg m = {.magic = TH_HO_MAGIC, .type = TH_HO_CLOSE, .code = CLOSE_STALE,
-                          .slot = h.slot, .gen = h.gen};
-    int rc = -ESRCH;
-    /* Two attempts: the first may go over a connection to a worker that has since restarted. */
-    for (int attempt = 0; attempt < 2; attempt++) {
-        int fd = worker_fd(s, w);
-        if (fd < 0) {
-            rc = fd;
-            break;
-        }
-        m.seq = ++s->seq;
-        rc = th_ho_call(fd, &m, NULL, s->timeout_ms);
-        if (rc >= 0)
-            return rc;
-        if (rc == -ETIMEDOUT || rc == -EAGAIN)
-            break; /* keep the connection: a late reply is skipped by its seq */
-        drop_fd(s, w);
-    }
-    s->silent[w] = 1;
-    th_warn("janitor: worker[%u] did not take an eviction (%s): releasing its stale slots directly "
-            "for the rest of this sweep", w, strerror(-rc));
-    return rc;
-}
-
-static void evict(struct th_sweeper *s, const struct th_conn_info *ci, uint64_t now_ns,
-                  struct th_sweep_stats *st)
-{
-    struct th_handle h = {.slot = ci->slot, .gen = ci->gen};
-    int rc = ask_close(s, ci->worker, h);
-    if (rc == TH_HO_OK || rc == TH_HO_BUSY) {
-        /* The worker closes with 4000 and releases the slot itself. */
-        st->closed++;
-    } else if (th_reg_release(s->reg, h, now_ns) == 0) {
-        /* Silent, dead, or the worker no longer holds it (GONE): nobody else will free it. */
-        st->released++;
-    } else {
-        st->vanished++;
+    if (th_reg_release(s->reg, h, now_ns) != 0) {
+        st->vanished++; /* closed or reused meanwhile: nothing was evicted */
         return;
     }
+    st->released++;
     atomic_fetch_add_explicit(&s->reg->hdr->counters.stale_evictions, 1, memory_order_relaxed);
+}
+
+/* A worker's answer to one eviction. */
+static void settle(struct th_sweeper *s, struct th_handle h, int status, uint64_t now_ns,
+                   struct th_sweep_stats *st)
+{
+    if (status == TH_HO_OK || status == TH_HO_BUSY) {
+        /* The worker closes with 4000 and releases the slot itself. */
+        st->closed++;
+        atomic_fetch_add_explicit(&s->reg->hdr->counters.stale_evictions, 1, memory_order_relaxed);
+        return;
+    }
+    /* GONE or BAD: the worker does not hold it (any more); nobody else will free it. */
+    release_here(s, h, now_ns, st);
+}
+
+/* Worker w stopped answering: settle everything in flight here and stop asking it this sweep. */
+static void give_up(struct th_sweeper *s, unsigned w, int err, uint64_t now_ns, struct th_sweep_stats *st)
+{
+    if (!s->silent[w])
+        th_warn("janitor: worker[%u] did not take evictions (%s): releasing its stale slots directly "
+                "for the rest of this sweep", w, strerror(-err));
+    s->silent[w] = 1;
+    for (int i = 0; i < s->nq[w]; i++)
+        release_here(s, s->q[w][i].h, now_ns, st);
+    s->nq[w] = 0;
+    if (err != -ETIMEDOUT) /* a timed-out connection stays: late replies are skipped by seq */
+        drop_fd(s, w);
+}
+
+/* Match one reply to its request in flight. */
+static void take_reply(struct th_sweeper *s, unsigned w, const struct th_ho_msg *r, uint64_t now_ns,
+                       struct th_sweep_stats *st)
+{
+    for (int i = 0; i < s->nq[w]; i++) {
+        if (s->q[w][i].seq != r->seq)
+            continue;
+        settle(s, s->q[w][i].h, r->code, now_ns, st);
+        s->q[w][i] = s->q[w][--s->nq[w]];
+        return;
+    }
+}
+
+/* Wait (up to timeout_ms overall) for every reply in flight to worker w. */
+static void collect(struct th_sweeper *s, unsigned w, uint64_t now_ns, struct th_sweep_stats *st)
+{
+    uint64_t deadline = th_mono_ns() + (uint64_t)s->timeout_ms * TH_NS_PER_MS;
+    while (s->nq[w] > 0) {
+        uint64_t t = th_mono_ns();
+        if (t >= deadline)
+            return give_up(s, w, -ETIMEDOUT, now_ns, st);
+        struct pollfd pfd = {.fd = s->fd[w], .events = POLLIN};
+        int pr = poll(&pfd, 1, (int)((deadline - t + TH_NS_PER_MS - 1) / TH_NS_PER_MS));
+        if (pr < 0 && errno != EINTR)
+            return give_up(s, w, -errno, now_ns, st);
+        if (pr <= 0)
+            continue;
+        struct th_ho_msg r;
+        ssize_t n = recv(s->fd[w], &r, sizeof(r), MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN))
+            return give_up(s, w, n == 0 ? -ECONNRESET : -errno, now_ns, st);
+        if (n == (ssize_t)sizeof(r) && r.magic == TH_HO_MAGIC && r.type == TH_HO_REPLY)
+            take_reply(s, w, &r, now_ns, st);
+    }
+}
+
+/* Send worker w a 4000 close for h; collect the replies whenever the window fills. */
+static void submit(struct th_sweeper *s, unsigned w, struct th_handle h, uint64_t now_ns,
+                   struct th_sweep_stats *st)
+{
+    if (w >= TH_MAX_WORKERS || s->silent[w])
+        return release_here(s, h, now_ns, st);
+    if (s->nq[w] > 0 && s->fd_pid[w] != atomic_load(&s->reg->hdr->workers[w].pid)) {
+        /* Restarted since: the requests in flight died with the old incarnation. */
+        for (int i = 0; i < s->nq[w]; i++)
+            release_here(s, s->q[w][i].h, now_ns, st);
+        s->nq[w] = 0;
+    }
+    int fd = worker_fd(s, w);
+    if (fd < 0) {
+        give_up(s, w, fd, now_ns, st);
+        return release_here(s, h, now_ns, st);
+    }
+    struct th_ho_msg m = {.magic = TH_HO_MAGIC, .type = TH_HO_CLOSE, .code = CLOSE_STALE,
+                          .slot = h.slot, .gen = h.gen, .seq = ++s->seq};
+    int rc = th_ho_send(fd, &m, NULL);
+    if (rc < 0) {
+        give_up(s, w, rc, now_ns, st);
+        return release_here(s, h, now_ns, st);
+    }
+    s->q[w][s->nq[w]++] = (struct th_inflight){.h = h, .seq = m.seq};
+    if (s->nq[w] == TH_EVICT_WINDOW)
+        collect(s, w, now_ns, st);
 }
 
 struct visit_ctx {
@@ -136,7 +196,7 @@ static int visit(const struct th_conn_info *ci, void *arg)
     th_fmt_rfc3339(ts, sizeof(ts), ci->last_seen);
     th_info("[ConnectionManager] Removing stale connection: %s (LastSeen: %s)", ci->user, ts);
     x->st->stale++;
-    evict(x->s, ci, x->now_ns, x->st);
+    submit(x->s, ci->worker, (struct th_handle){.slot = ci->slot, .gen = ci->gen}, x->now_ns, x->st);
     return 0;
 }
 
@@ -149,5 +209,8 @@ void th_sweep(struct th_sweeper *s, uint64_t now_ns, struct th_sweep_stats *st)
     st->repaired = th_reg_repair(s->reg, now_ns);
     struct visit_ctx x = {.s = s, .now_ns = now_ns, .st = st};
     th_reg_foreach(s->reg, visit, &x);
+    for (unsigned w = 0; w < TH_MAX_WORKERS; w++)
+        if (s->nq[w] > 0)
+            collect(s, w, now_ns, st);
     st->duration_ns = th_mono_ns() - t0;
 }

@@ -13,6 +13,14 @@
 
 #include <stdint.h>
 
+/* Evictions in flight per worker: requests are pipelined, replies matched by seq. */
+#define TH_EVICT_WINDOW 64
+
+struct th_inflight {
+    struct th_handle h;
+    uint64_t seq;
+};
+
 struct th_sweeper {
     const char *shm_name;         /* finds the workers' control sockets */
     struct th_reg *reg;
@@ -22,6 +30,8 @@ struct th_sweeper {
     int fd[TH_MAX_WORKERS];       /* persistent control connections, -1 = none */
     int32_t fd_pid[TH_MAX_WORKERS]; /* the worker incarnation fd[] was opened to */
     uint8_t silent[TH_MAX_WORKERS]; /* did not answer during this sweep: stop asking */
+    int nq[TH_MAX_WORKERS];       /* requests in flight per worker */
+    struct th_inflight q[TH_MAX_WORKERS][TH_EVICT_WINDOW];
 };
 
 struct th_sweep_stats {

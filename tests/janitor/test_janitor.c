@@ -160,7 +160,7 @@ static void seg_setup(void)
     setenv("TETHER_RUNTIME_DIR", rundir, 1);
     mkdir(rundir, 0700);
     th_reg_unlink(shm_name);
-    cr_assert_eq(th_reg_create(&reg, shm_name, 1024, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(th_reg_create(&reg, shm_name, 4096, err, sizeof(err)), 0, "%s", err);
     reg.hdr->nworkers = 2;
     th_log_init(TH_LOG_ERROR, TH_LOG_TEXT, NULL);
 }
@@ -274,13 +274,14 @@ Test(sweep, slot_the_worker_no_longer_holds_is_released_here)
     pthread_join(fw.thr, NULL);
 }
 
-Test(sweep, silent_worker_costs_one_request_per_sweep)
+Test(sweep, silent_worker_costs_one_window_per_sweep)
 {
+    enum { N = TH_EVICT_WINDOW + 36 };
     struct fake_worker fw = {0};
     fake_start(&fw, 1, NEVER_ANSWER);
     uint64_t now = th_now_ns();
-    struct th_handle h[5];
-    for (int i = 0; i < 5; i++) {
+    static struct th_handle h[N];
+    for (int i = 0; i < N; i++) {
         char user[16];
         snprintf(user, sizeof(user), "u%d", i);
         h[i] = claim(user, 1, now - 20 * TH_NS_PER_S);
@@ -289,12 +290,38 @@ Test(sweep, silent_worker_costs_one_request_per_sweep)
     struct th_sweep_stats st;
     th_sweeper_init(&sw, shm_name, &reg, 10, 100);
     th_sweep(&sw, now, &st);
-    cr_assert_eq(st.stale, 5);
-    cr_assert_eq(st.released, 5, "a worker that does not answer: the janitor frees the slots");
-    cr_assert_eq(fw.requests, 1, "asked %d times", fw.requests);
-    for (int i = 0; i < 5; i++)
+    cr_assert_eq(st.stale, N);
+    cr_assert_eq(st.released, N, "a worker that does not answer: the janitor frees the slots");
+    cr_assert_eq(fw.requests, TH_EVICT_WINDOW, "asked %d times: once it timed out it must not be asked again",
+                 fw.requests);
+    for (int i = 0; i < N; i++)
         cr_assert_not(slot_live(h[i]));
-    cr_assert_eq(atomic_load(&reg.hdr->counters.stale_evictions), 5);
+    cr_assert_eq(atomic_load(&reg.hdr->counters.stale_evictions), N);
+    th_sweeper_close(&sw);
+    shutdown(fw.lfd, SHUT_RDWR);
+    close(fw.lfd);
+    pthread_join(fw.thr, NULL);
+}
+
+Test(sweep, many_evictions_pipelined_all_answered)
+{
+    enum { N = 3 * TH_EVICT_WINDOW + 5 };
+    struct fake_worker fw = {0};
+    fake_start(&fw, 0, ANSWER_OK);
+    uint64_t now = th_now_ns();
+    for (int i = 0; i < N; i++) {
+        char user[16];
+        snprintf(user, sizeof(user), "p%d", i);
+        claim(user, 0, now - 20 * TH_NS_PER_S);
+    }
+    struct th_sweeper sw;
+    struct th_sweep_stats st;
+    th_sweeper_init(&sw, shm_name, &reg, 10, 1000);
+    th_sweep(&sw, now, &st);
+    cr_assert_eq(st.stale, N);
+    cr_assert_eq(st.closed, N, "closed %u released %u", st.closed, st.released);
+    cr_assert_eq(fw.requests, N);
+    cr_assert_eq(atomic_load(&reg.hdr->counters.stale_evictions), N);
     th_sweeper_close(&sw);
     shutdown(fw.lfd, SHUT_RDWR);
     close(fw.lfd);
