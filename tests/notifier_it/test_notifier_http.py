@@ -93,6 +93,19 @@ class Http(unittest.TestCase):
         self.assertEqual(json.loads(out[1][2])["user_id"], "pipe-b")
         self.assertEqual(json.loads(out[4][2])["results"][0]["user_id"], "pipe-c")
 
+    def test_deep_pipeline_pauses_and_resumes(self):
+        # More requests than the server reads ahead (it pauses past 256 owed answers).
+        reqs = []
+        for i in range(700):
+            if i % 2:
+                reqs.append(post("/v1/notify", {"user_id": "deep-%d" % i, "type": "t"}))
+            else:
+                reqs.append(b"GET /v1/presence/deep-%d HTTP/1.1\r\n\r\n" % i)
+        out = raw_request(self.port, b"".join(reqs), count=700, timeout=30)
+        for i, (st, _, raw) in enumerate(out):
+            self.assertEqual(st, 404 if i % 2 else 200, i)
+            self.assertEqual(json.loads(raw)["user_id"], "deep-%d" % i)
+
     def test_pipelined_byte_by_byte_and_keep_alive(self):
         data = post("/v1/notify", {"user_id": "drip", "type": "t"}) * 3
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:

@@ -121,6 +121,32 @@ class Races(unittest.TestCase):
             st, text = g.api("GET", "/metrics")
             self.assertRegex(text, r'status="unavailable"\} [1-9]')
 
+    def test_pipeline_of_pending_notifies_in_order(self):
+        """600 notifies pipelined on one socket while the user's worker is
+        stopped: reading pauses past 256 owed answers and resumes as they
+        time out; every answer arrives, in order, within the bound."""
+        from notifier_it_util import post, raw_request
+        with th.Group(workers=1) as g:
+            async def go():
+                ws = await connect(g, "held")
+                await wait_connected(g, "held", 1)
+                pid = self.worker_of(g, "held")
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    data = b"".join(post("/v1/notify", {"user_id": "held", "type": "t", "id": "p-%d" % i})
+                                    for i in range(600))
+                    t0 = time.time()
+                    out = await asyncio.get_running_loop().run_in_executor(
+                        None, lambda: raw_request(g.api_port, data, count=600, timeout=30))
+                    elapsed = time.time() - t0
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                self.assertEqual([json.loads(b)["id"] for _, _, b in out], ["p-%d" % i for i in range(600)])
+                self.assertEqual({st for st, _, _ in out}, {503})
+                self.assertLess(elapsed, 20)
+                await ws.close()
+            asyncio.run(asyncio.wait_for(go(), 60))
+
     def test_worker_killed_during_handoff(self):
         with th.Group(workers=1) as g:
             async def go():
