@@ -725,6 +725,29 @@ static void loop(volatile sig_atomic_t *stop, volatile sig_atomic_t *hup)
     }
 }
 
+/* Stop: the route drops its deliveries without callbacks, so every answer goes too. */
+static void server_free(void)
+{
+    S->route->ops->destroy(S->route);
+    io_uring_queue_exit(&S->ring);
+    for (unsigned i = 0; i < TH_API_MAX_CONNS; i++) {
+        struct conn *c = &S->conns[i];
+        if (!c->in_use)
+            continue;
+        for (struct resp *r = c->rhead, *next; r; r = next) {
+            next = r->next;
+            resp_free(r);
+        }
+        close(c->fd);
+        free(c->in);
+        th_buf_free(&c->out);
+        th_buf_free(&c->sending);
+    }
+    th_buf_free(&S->frame);
+    free(S);
+    S = NULL;
+}
+
 int th_server_run(const struct th_config *cfg, struct th_reg *reg, int api_fd,
                   volatile sig_atomic_t *stop, volatile sig_atomic_t *hup)
 {
@@ -754,7 +777,6 @@ int th_server_run(const struct th_config *cfg, struct th_reg *reg, int api_fd,
     }
     submit_accept();
     loop(stop, hup);
-    S->route->ops->destroy(S->route);
-    io_uring_queue_exit(&S->ring);
+    server_free();
     return 0;
 }
