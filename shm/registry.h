@@ -19,21 +19,29 @@
  * No lock anywhere in the segment: nothing can be left held by a process
  * killed at any instruction. Every shared word is a C11 atomic.
  *
- * slot.ctl (64-bit: generation 32 | owner worker 16 | state 8 | spare 8)
- *   The single source of truth for a slot. Changed only by CAS.
- *   FREE -> CLAIMING (owner = claiming worker, generation + 1): claim.
- *   CLAIMING -> LIVE: claim finished, all fields and the index entry written.
- *   LIVE -> RELEASING -> FREE: release (owner, or a repairer for a dead owner).
- *   Writers: the owning worker (claim, release); the supervisor and janitor
- *   (reclaim of a dead worker's slots, completing a dead writer's transition).
+ * slot.ctl (64-bit: generation 32 | who 24 | state 8, see th_ctl_*)
+ *   The single source of truth for a slot. Changed only by CAS. "who" is the
+ *   owner worker index while FREE/LIVE and the pid of the process doing the
+ *   transition (the "actor") while CLAIMING/RELEASING: binding the actor to
+ *   the state in one word is what lets a survivor tell a dead actor from a
+ *   slow one without a lock.
+ *   FREE -> CLAIMING (actor = claimer's pid, generation + 1): claim.
+ *   CLAIMING -> LIVE (who = owner worker): all fields and the index entry written.
+ *   LIVE -> RELEASING (actor = releaser's pid) -> FREE: release, by the owner
+ *   or by anyone holding the handle (janitor for a silent worker, repairers).
+ *   Only the actor moves a slot out of CLAIMING/RELEASING. If the actor's pid
+ *   is dead, a repairer takes the slot over with one CAS (-> RELEASING with
+ *   its own pid) and finishes the release; two repairers cannot both win.
  *   Readers: everybody. A reader copies a slot's fields between two loads of
  *   ctl and keeps the copy only if both loads are equal and LIVE (a seqlock
  *   without a lock: the generation changes on every claim, so a torn copy
- *   of a reused slot is always detected).
- *   Dead writer: a slot stuck in CLAIMING or RELEASING whose owner worker's
- *   pid is dead is released by th_reg_repair() (janitor, each sweep) and by
- *   th_reg_reclaim_worker() (supervisor after waitpid, and the worker's new
- *   incarnation at start). Nothing else can be half-done.
+ *   of a reused slot is always detected). User bytes are copied as relaxed
+ *   atomic 64-bit words, so the deliberate racy read is defined behaviour.
+ *   Dead writer: CLAIMING/RELEASING with a dead actor is finished by
+ *   th_reg_repair() (janitor, each sweep) and th_reg_reclaim_worker()
+ *   (supervisor after waitpid, the worker's new incarnation at start); LIVE
+ *   slots of a dead owner worker (workers[w].pid 0 or dead) are released by
+ *   both. Nothing else can be half-done.
  *
  * slot.last_seen: one relaxed atomic store by the owning worker per inbound
  *   frame (th_reg_touch: no lock, no syscall). Read by janitor, notifier,
@@ -60,9 +68,17 @@
  *
  * disc[] (recent disconnects, direct-mapped by user hash): written by the
  *   releaser of a user's last live connection, read by the notifier for the
- *   404's last_seen. Each entry has its own seqlock word (odd while being
- *   written, taken by CAS); an entry left odd by a dead writer is reset by
- *   th_reg_repair. A lost entry only loses a last_seen hint.
+ *   404's last_seen. Each entry has its own seqlock word (low 32 bits odd
+ *   while being written, high 32 bits the writer's pid then, taken by CAS);
+ *   an entry left odd by a dead writer is invalidated by th_reg_repair. A
+ *   busy or lost entry only loses a last_seen hint.
+ *
+ * hdr->used / hdr->unindexed: atomic adds by the winner of each FREE->CLAIMING
+ *   and RELEASING->FREE CAS (hdr->transitions is bumped at each such CAS). A
+ *   process killed between the CAS and the add leaves them off by one:
+ *   th_reg_repair recounts them from the slots and stores the count when no
+ *   transition happened during its scan and the counters stayed put for a
+ *   moment after it, so the drift lasts at most until a quiet sweep.
  *
  * hdr worker/role tables: each entry written by that process (pid, start,
  *   heartbeat) and by the supervisor (reset on reap). Counters: atomic adds.
@@ -130,10 +146,11 @@ struct th_reg_hdr {
     uint64_t boot_epoch;          /* random, new on every initialisation */
     uint64_t created_ns;
     uint64_t off_index, off_freemap, off_disc, off_slots;
-    _Atomic uint32_t used;        /* LIVE + CLAIMING slots, approximate under races */
+    _Atomic uint32_t used;        /* non-FREE slots; see the protocol on drift */
     _Atomic uint32_t unindexed;   /* slots whose index window was full */
     _Atomic uint32_t ready;       /* 1 once initialisation finished */
     uint32_t stale_after_s, sweep_every_s; /* informational, for the dump */
+    _Atomic uint64_t transitions; /* bumped by every claim and release CAS */
     struct th_proc_sh workers[TH_MAX_WORKERS];
     struct th_proc_sh roles[TH_ROLE_COUNT];
     struct th_counters_sh counters;
@@ -147,19 +164,19 @@ struct th_slot {
     _Atomic uint32_t conn_id;      /* the owning worker's own connection index */
     _Atomic uint32_t bucket;       /* index bucket holding this slot, or TH_NO_SLOT */
     _Atomic uint32_t flags;        /* TH_SLOT_F_UNINDEXED */
+    char user[TH_USER_MAX] __attribute__((aligned(8))); /* words: see protocol; not NUL-terminated */
     _Atomic uint8_t user_len;
-    char user[TH_USER_MAX];        /* not NUL-terminated when 64 bytes long */
 } __attribute__((aligned(64)));
 
 #define TH_SLOT_F_UNINDEXED 1u
 
 /* A disconnect record: the last LastSeen of a user with no live connection. */
 struct th_disc {
-    _Atomic uint32_t seq; /* odd while being written */
-    _Atomic uint32_t user_hash;
+    _Atomic uint64_t seq; /* low 32: odd while being written; high 32: writer pid then */
     _Atomic uint64_t last_seen;
+    _Atomic uint32_t user_hash;
     _Atomic uint8_t user_len;
-    char user[TH_USER_MAX];
+    char user[TH_USER_MAX] __attribute__((aligned(8)));
 };
 
 /* A process's handle on the mapped segment (not shared). */
@@ -216,8 +233,12 @@ int th_reg_unlink(const char *name);
  * Claim a slot for (user, worker, conn_id) with connected_at = last_seen = now.
  * If the user then has more than cap live connections, *evict receives the
  * oldest other one (the caller must close it with 4001), else
- * evict->slot = TH_NO_SLOT. Returns 0, -ENOSPC when the registry is full
- * (HTTP 503), -EINVAL for a bad user id (empty, over 64 bytes).
+ * evict->slot = TH_NO_SLOT. cap 0 means no cap. evict may be NULL. Two
+ * simultaneous claims of one user may both pick the same victim, so the cap
+ * can be exceeded by one for a moment. Returns 0, -ENOSPC when the registry
+ * is full (HTTP 503), -EINVAL for a bad user id (empty, over 64 bytes) or a
+ * worker index >= TH_MAX_WORKERS, -EROFS on a read-only mapping. Counters
+ * (connections_opened, registry_full, ...) are the caller's to bump.
  */
 int th_reg_claim(struct th_reg *r, const char *user, size_t ulen, uint16_t worker, uint32_t conn_id,
                  uint64_t now_ns, uint32_t cap, struct th_handle *out, struct th_handle *evict);
@@ -253,13 +274,21 @@ int th_reg_last_seen(const struct th_reg *r, const char *user, size_t ulen, uint
 typedef int (*th_reg_visit_fn)(const struct th_conn_info *ci, void *arg);
 void th_reg_foreach(const struct th_reg *r, th_reg_visit_fn fn, void *arg);
 
-/* Release every slot owned by a worker index (any state). Returns count. */
+/*
+ * Release every LIVE slot owned by a worker index, and finish any slot left
+ * CLAIMING/RELEASING by a dead process. Call it only when that worker index
+ * has no live process (after waitpid, or in the new incarnation before its
+ * first claim). Returns slots released. Counters are the caller's.
+ */
 int th_reg_reclaim_worker(struct th_reg *r, uint16_t worker, uint64_t now_ns);
 
 /*
  * Sweep-time repair: release slots whose owner worker is not alive (pid 0 or
  * dead), finish transitions left half-done by dead writers, reset disconnect
- * entries left odd, restore freemap hints. Returns slots released.
+ * entries left odd, restore freemap hints, correct hdr->used/unindexed
+ * drift. A worker index whose workers[w].pid is 0 counts as dead. Bumps
+ * counters.repairs for each half-done transition it finished. Returns slots
+ * released.
  */
 int th_reg_repair(struct th_reg *r, uint64_t now_ns);
 
@@ -269,7 +298,13 @@ int th_pid_alive(pid_t pid);
 /* Hash of a user id (also the index and disconnect-record key). */
 uint32_t th_user_hash(const char *user, size_t ulen);
 
-/* ctl word helpers */
+/* Number of non-FREE slots counted from the slots themselves (a full scan). */
+uint32_t th_reg_count_used(const struct th_reg *r);
+
+/* Readable name of a slot state ("free", "claiming", "live", "releasing"). */
+const char *th_slot_state_name(unsigned state);
+
+/* ctl word helpers. th_ctl_owner is meaningful only while FREE or LIVE. */
 static inline uint32_t th_ctl_gen(uint64_t c)
 {
     return (uint32_t)(c >> 32);
@@ -282,9 +317,19 @@ static inline uint8_t th_ctl_state(uint64_t c)
 {
     return (uint8_t)(c >> 8);
 }
+/* The actor pid of a CLAIMING/RELEASING slot: owner bits and the low byte together. */
+static inline pid_t th_ctl_actor(uint64_t c)
+{
+    return (pid_t)((((uint32_t)c >> 16) << 8) | (c & 0xff));
+}
 static inline uint64_t th_ctl_make(uint32_t gen, uint16_t owner, uint8_t state)
 {
     return ((uint64_t)gen << 32) | ((uint64_t)owner << 16) | ((uint64_t)state << 8);
+}
+static inline uint64_t th_ctl_make_actor(uint32_t gen, pid_t pid, uint8_t state)
+{
+    uint32_t p = (uint32_t)pid & 0xffffffu; /* pid_max is at most 2^22 on Linux */
+    return ((uint64_t)gen << 32) | ((uint64_t)(p >> 8) << 16) | ((uint64_t)state << 8) | (p & 0xff);
 }
 
 #endif

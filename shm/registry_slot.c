@@ -1,0 +1,395 @@
+/*
+ * Slot operations on a mapped registry: claim and release (the only writers
+ * of slot fields), seqlock-checked reads, lookups by user through the index
+ * window, the recent-disconnect records and the full-table visit. Every step
+ * follows the protocol in registry.h; comments here say why each ordering
+ * matters for a reader that races with us or a survivor that repairs after us.
+ */
+#include "shm/registry_impl.h"
+
+#include <errno.h>
+#include <string.h>
+
+#define RELAXED memory_order_relaxed
+
+/* ---- reads ---- */
+
+/* Seqlock copy of slot i; on success also its hash and flags. */
+static int read_slot(const struct th_reg *r, uint32_t i, struct th_conn_info *out,
+                     uint32_t *hash, uint32_t *flags)
+{
+    struct th_slot *s = &r->slots[i];
+    uint64_t c1 = atomic_load_explicit(&s->ctl, memory_order_acquire);
+    if (th_ctl_state(c1) != TH_SLOT_LIVE)
+        return 0;
+    out->slot = i;
+    out->gen = th_ctl_gen(c1);
+    out->worker = th_ctl_owner(c1);
+    out->conn_id = atomic_load_explicit(&s->conn_id, RELAXED);
+    out->connected_at = atomic_load_explicit(&s->connected_at, RELAXED);
+    out->last_seen = atomic_load_explicit(&s->last_seen, RELAXED);
+    *hash = atomic_load_explicit(&s->user_hash, RELAXED);
+    *flags = atomic_load_explicit(&s->flags, RELAXED);
+    size_t len = atomic_load_explicit(&s->user_len, RELAXED);
+    th_user_load(out->user, s->user);
+    atomic_thread_fence(memory_order_acquire);
+    if (atomic_load_explicit(&s->ctl, RELAXED) != c1)
+        return 0; /* released or reused while we copied */
+    out->user_len = len > TH_USER_MAX ? TH_USER_MAX : len;
+    out->user[out->user_len] = 0;
+    return 1;
+}
+
+int th_reg_read(const struct th_reg *r, uint32_t slot, struct th_conn_info *out)
+{
+    uint32_t hash, flags;
+    if (slot >= r->hdr->nslots)
+        return 0;
+    return read_slot(r, slot, out, &hash, &flags);
+}
+
+void th_reg_foreach(const struct th_reg *r, th_reg_visit_fn fn, void *arg)
+{
+    struct th_conn_info ci;
+    uint32_t hash, flags;
+    for (uint32_t i = 0; i < r->hdr->nslots; i++)
+        if (read_slot(r, i, &ci, &hash, &flags) && fn(&ci, arg))
+            return;
+}
+
+/* ---- lookups by user ---- */
+
+struct user_key {
+    const char *user;
+    size_t ulen;
+    uint32_t hash;
+};
+
+static int key_matches(const struct user_key *k, const struct th_conn_info *ci, uint32_t hash)
+{
+    return hash == k->hash && ci->user_len == k->ulen && memcmp(ci->user, k->user, k->ulen) == 0;
+}
+
+/*
+ * Visit every live slot of a user: the 64-bucket window, plus a table scan
+ * for slots that found their window full (hdr->unindexed > 0, rare).
+ * Stops and returns fn's value when it is nonzero.
+ */
+static int each_user_slot(const struct th_reg *r, const struct user_key *k,
+                          th_reg_visit_fn fn, void *arg)
+{
+    struct th_conn_info ci;
+    uint32_t hash, flags, n = r->hdr->nslots;
+    for (uint32_t j = 0; j < TH_REG_WINDOW; j++) {
+        uint32_t v = atomic_load_explicit(&r->index[th_reg_bucket(r, k->hash, j)], RELAXED);
+        if (v == 0 || v > n || !read_slot(r, v - 1, &ci, &hash, &flags))
+            continue;
+        if (!(flags & TH_SLOT_F_UNINDEXED) && key_matches(k, &ci, hash)) {
+            int rc = fn(&ci, arg);
+            if (rc)
+                return rc;
+        }
+    }
+    if (atomic_load_explicit(&r->hdr->unindexed, memory_order_acquire) == 0)
+        return 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (!read_slot(r, i, &ci, &hash, &flags) || !(flags & TH_SLOT_F_UNINDEXED) ||
+            !key_matches(k, &ci, hash))
+            continue;
+        int rc = fn(&ci, arg);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static int valid_user(const char *user, size_t ulen)
+{
+    return user && ulen >= 1 && ulen <= TH_USER_MAX;
+}
+
+struct collect {
+    struct th_conn_info *out;
+    int max, n;
+};
+
+static int collect_one(const struct th_conn_info *ci, void *arg)
+{
+    struct collect *c = arg;
+    if (c->n < c->max)
+        c->out[c->n] = *ci;
+    c->n++;
+    return c->n >= c->max;
+}
+
+int th_reg_find_user(const struct th_reg *r, const char *user, size_t ulen, struct th_conn_info *out,
+                     int max)
+{
+    if (!valid_user(user, ulen) || max <= 0)
+        return 0;
+    struct user_key k = {user, ulen, th_user_hash(user, ulen)};
+    struct collect c = {out, max, 0};
+    each_user_slot(r, &k, collect_one, &c);
+    return c.n;
+}
+
+/* ---- disconnect records ---- */
+
+static struct th_disc *disc_of(const struct th_reg *r, uint32_t hash)
+{
+    return &r->disc[hash & (r->hdr->ndisc - 1)];
+}
+
+/* Remember a user's LastSeen after its last connection went. Best effort: skips a busy entry. */
+static void disc_record(struct th_reg *r, const struct user_key *k, uint64_t last_seen)
+{
+    struct th_disc *d = disc_of(r, k->hash);
+    uint64_t s = atomic_load_explicit(&d->seq, RELAXED);
+    uint32_t seq = (uint32_t)s;
+    if (seq & 1)
+        return;
+    uint64_t held = ((uint64_t)(uint32_t)th_reg_self() << 32) | (uint32_t)(seq + 1);
+    if (!atomic_compare_exchange_strong(&d->seq, &s, held))
+        return;
+    atomic_thread_fence(memory_order_release); /* readers that see new bytes see odd seq */
+    atomic_store_explicit(&d->user_hash, k->hash, RELAXED);
+    atomic_store_explicit(&d->last_seen, last_seen, RELAXED);
+    atomic_store_explicit(&d->user_len, (uint8_t)k->ulen, RELAXED);
+    th_user_store(d->user, k->user, k->ulen);
+    atomic_store_explicit(&d->seq, (uint32_t)(seq + 2), memory_order_release);
+}
+
+/* The disconnect record's LastSeen for a user: 1 with *ns, else 0. */
+static int disc_lookup(const struct th_reg *r, const struct user_key *k, uint64_t *ns)
+{
+    struct th_disc *d = disc_of(r, k->hash);
+    char user[TH_USER_MAX];
+    uint64_t s1 = atomic_load_explicit(&d->seq, memory_order_acquire);
+    if (s1 & 1)
+        return 0;
+    uint32_t hash = atomic_load_explicit(&d->user_hash, RELAXED);
+    uint64_t seen = atomic_load_explicit(&d->last_seen, RELAXED);
+    size_t len = atomic_load_explicit(&d->user_len, RELAXED);
+    th_user_load(user, d->user);
+    atomic_thread_fence(memory_order_acquire);
+    if (atomic_load_explicit(&d->seq, RELAXED) != s1 || hash != k->hash || len != k->ulen ||
+        memcmp(user, k->user, len) != 0)
+        return 0;
+    *ns = seen;
+    return 1;
+}
+
+static int max_seen(const struct th_conn_info *ci, void *arg)
+{
+    uint64_t *best = arg;
+    if (ci->last_seen > *best)
+        *best = ci->last_seen;
+    return 0;
+}
+
+int th_reg_last_seen(const struct th_reg *r, const char *user, size_t ulen, uint64_t *ns)
+{
+    if (!valid_user(user, ulen))
+        return 0;
+    struct user_key k = {user, ulen, th_user_hash(user, ulen)};
+    uint64_t best = 0;
+    each_user_slot(r, &k, max_seen, &best);
+    if (best) {
+        *ns = best;
+        return 1;
+    }
+    return disc_lookup(r, &k, ns);
+}
+
+/* ---- claim ---- */
+
+/* Try to take slot i (hinted free) for this process. Returns 1 with *ctl = CLAIMING word. */
+static int try_take(struct th_reg *r, uint32_t i, uint64_t *ctl)
+{
+    _Atomic uint64_t *word = &r->freemap[i / 64];
+    uint64_t bit = 1ull << (i % 64);
+    uint64_t c = atomic_load_explicit(&r->slots[i].ctl, RELAXED);
+    if (th_ctl_state(c) != TH_SLOT_FREE) {
+        atomic_fetch_and_explicit(word, ~bit, RELAXED); /* stale hint */
+        return 0;
+    }
+    uint64_t want = th_ctl_make_actor(th_ctl_gen(c) + 1, th_reg_self(), TH_SLOT_CLAIMING);
+    if (!atomic_compare_exchange_strong(&r->slots[i].ctl, &c, want))
+        return 0; /* another claimer won; it clears the hint */
+    atomic_fetch_add_explicit(&r->hdr->transitions, 1, RELAXED);
+    atomic_fetch_add_explicit(&r->hdr->used, 1, RELAXED);
+    atomic_fetch_and_explicit(word, ~bit, RELAXED);
+    *ctl = want;
+    return 1;
+}
+
+/* Scan the free hints from this process's cursor; returns the slot or TH_NO_SLOT. */
+static uint32_t grab_slot(struct th_reg *r, uint64_t *ctl)
+{
+    uint32_t n = r->hdr->nslots, words = (n + 63) / 64;
+    if (r->cursor == 0) /* spread processes over the table so claimers rarely collide */
+        r->cursor = (uint32_t)(((uint64_t)th_reg_self() * 2654435761u) % n);
+    uint32_t w0 = (r->cursor % n) / 64;
+    for (uint32_t k = 0; k <= words; k++) {
+        uint32_t w = (w0 + k) % words;
+        uint64_t bits = atomic_load_explicit(&r->freemap[w], RELAXED);
+        while (bits) {
+            uint32_t i = w * 64 + (uint32_t)__builtin_ctzll(bits);
+            bits &= bits - 1;
+            if (i < n && try_take(r, i, ctl)) {
+                r->cursor = i + 1 < n ? i + 1 : 0;
+                return i;
+            }
+        }
+    }
+    return TH_NO_SLOT;
+}
+
+static void fill_slot(struct th_slot *s, const struct user_key *k, uint32_t conn_id, uint64_t now)
+{
+    /* Pairs with read_slot's acquire fence: a reader that sees any of these
+     * stores also sees ctl != LIVE(old gen) and drops its copy. */
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&s->user_hash, k->hash, RELAXED);
+    atomic_store_explicit(&s->conn_id, conn_id, RELAXED);
+    atomic_store_explicit(&s->connected_at, now, RELAXED);
+    atomic_store_explicit(&s->last_seen, now, RELAXED);
+    atomic_store_explicit(&s->flags, 0, RELAXED);
+    atomic_store_explicit(&s->user_len, (uint8_t)k->ulen, RELAXED);
+    th_user_store(s->user, k->user, k->ulen);
+}
+
+static void index_insert(struct th_reg *r, uint32_t i, uint32_t hash)
+{
+    for (uint32_t j = 0; j < TH_REG_WINDOW; j++) {
+        uint32_t b = th_reg_bucket(r, hash, j), empty = 0;
+        if (atomic_load_explicit(&r->index[b], RELAXED) == 0 &&
+            atomic_compare_exchange_strong(&r->index[b], &empty, i + 1)) {
+            atomic_store_explicit(&r->slots[i].bucket, b, RELAXED);
+            return;
+        }
+    }
+    /* Count first: a crash here over-counts (lookups scan more), never under-counts. */
+    atomic_fetch_add(&r->hdr->unindexed, 1);
+    atomic_store_explicit(&r->slots[i].flags, TH_SLOT_F_UNINDEXED, RELAXED);
+}
+
+struct oldest {
+    uint32_t self;
+    uint32_t others;
+    struct th_conn_info best;
+};
+
+static int note_oldest(const struct th_conn_info *ci, void *arg)
+{
+    struct oldest *o = arg;
+    if (ci->slot == o->self)
+        return 0;
+    if (o->others++ == 0 || ci->connected_at < o->best.connected_at ||
+        (ci->connected_at == o->best.connected_at && ci->slot < o->best.slot))
+        o->best = *ci;
+    return 0;
+}
+
+/* Past the cap, name the user's oldest other connection as the one to replace. */
+static void pick_evict(const struct th_reg *r, const struct user_key *k, uint32_t self, uint32_t cap,
+                       struct th_handle *evict)
+{
+    struct oldest o = {.self = self};
+    each_user_slot(r, k, note_oldest, &o);
+    if (o.others + 1 > cap) {
+        evict->slot = o.best.slot;
+        evict->gen = o.best.gen;
+    }
+}
+
+int th_reg_claim(struct th_reg *r, const char *user, size_t ulen, uint16_t worker, uint32_t conn_id,
+                 uint64_t now_ns, uint32_t cap, struct th_handle *out, struct th_handle *evict)
+{
+    if (evict)
+        *evict = (struct th_handle){TH_NO_SLOT, 0};
+    if (!valid_user(user, ulen) || worker >= TH_MAX_WORKERS)
+        return -EINVAL;
+    if (!r->writable)
+        return -EROFS;
+    struct user_key k = {user, ulen, th_user_hash(user, ulen)};
+    uint64_t c;
+    uint32_t i = grab_slot(r, &c);
+    if (i == TH_NO_SLOT)
+        return -ENOSPC;
+    fill_slot(&r->slots[i], &k, conn_id, now_ns);
+    index_insert(r, i, k.hash);
+    atomic_store_explicit(&r->slots[i].ctl, th_ctl_make(th_ctl_gen(c), worker, TH_SLOT_LIVE),
+                          memory_order_release);
+    *out = (struct th_handle){i, th_ctl_gen(c)};
+    if (cap && evict)
+        pick_evict(r, &k, i, cap, evict);
+    return 0;
+}
+
+/* ---- release ---- */
+
+static int any_live(const struct th_conn_info *ci, void *arg)
+{
+    return 1;
+}
+
+/* Clear every bucket of the slot's window that points at it (a dead claimer may have left one). */
+static void index_remove(struct th_reg *r, uint32_t i, uint32_t hash)
+{
+    for (uint32_t j = 0; j < TH_REG_WINDOW; j++) {
+        uint32_t b = th_reg_bucket(r, hash, j), mine = i + 1;
+        if (atomic_load_explicit(&r->index[b], RELAXED) == mine)
+            atomic_compare_exchange_strong(&r->index[b], &mine, 0);
+    }
+    atomic_store_explicit(&r->slots[i].bucket, TH_NO_SLOT, RELAXED);
+    if (atomic_load_explicit(&r->slots[i].flags, RELAXED) & TH_SLOT_F_UNINDEXED) {
+        atomic_store_explicit(&r->slots[i].flags, 0, RELAXED);
+        th_reg_counter_dec(&r->hdr->unindexed);
+    }
+}
+
+void th_reg_finish_release(struct th_reg *r, uint32_t i, uint64_t c, int was_live)
+{
+    struct th_slot *s = &r->slots[i];
+    char user[TH_USER_MAX];
+    /* We hold the slot (RELEASING under our pid): its fields no longer change. */
+    struct user_key k = {user, atomic_load_explicit(&s->user_len, RELAXED),
+                         atomic_load_explicit(&s->user_hash, RELAXED)};
+    uint64_t seen = atomic_load_explicit(&s->last_seen, RELAXED);
+    th_user_load(user, s->user);
+    index_remove(r, i, k.hash);
+    /* Our slot is already not LIVE, so of two last connections released at
+     * once at least one sees the other gone and writes the record. */
+    if (was_live && valid_user(user, k.ulen) &&
+        !each_user_slot(r, &k, any_live, NULL))
+        disc_record(r, &k, seen);
+    if (!atomic_compare_exchange_strong(&s->ctl, &c, th_ctl_make(th_ctl_gen(c), 0, TH_SLOT_FREE)))
+        return; /* taken over by a repairer: only possible if our pid looked dead */
+    atomic_fetch_add_explicit(&r->hdr->transitions, 1, RELAXED);
+    th_reg_counter_dec(&r->hdr->used);
+    atomic_fetch_or_explicit(&r->freemap[i / 64], 1ull << (i % 64), memory_order_release);
+}
+
+int th_reg_force_release(struct th_reg *r, uint32_t i, uint64_t c, uint64_t now_ns)
+{
+    uint64_t want = th_ctl_make_actor(th_ctl_gen(c), th_reg_self(), TH_SLOT_RELEASING);
+    if (!atomic_compare_exchange_strong(&r->slots[i].ctl, &c, want))
+        return 0;
+    atomic_fetch_add_explicit(&r->hdr->transitions, 1, RELAXED);
+    /* A dead claimer's slot was never LIVE: it leaves no disconnect record. */
+    th_reg_finish_release(r, i, want, th_ctl_state(c) == TH_SLOT_LIVE);
+    return 1;
+}
+
+int th_reg_release(struct th_reg *r, struct th_handle h, uint64_t now_ns)
+{
+    if (h.slot >= r->hdr->nslots)
+        return -EINVAL;
+    if (!r->writable)
+        return -EROFS;
+    uint64_t c = atomic_load_explicit(&r->slots[h.slot].ctl, memory_order_acquire);
+    if (th_ctl_gen(c) != h.gen || th_ctl_state(c) != TH_SLOT_LIVE)
+        return -ESTALE;
+    return th_reg_force_release(r, h.slot, c, now_ns) ? 0 : -ESTALE;
+}
