@@ -273,3 +273,20 @@ class WS:
             self.sock.close()
         except OSError:
             pass
+
+
+SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer", "runtime error:",
+                   "ThreadSanitizer")
+
+
+def sanitizer_reports(log):
+    """Sanitizer report markers found in a group's log (empty when clean)."""
+    return [m for m in SANITIZER_MARKS if m in log]
+
+
+def stop_and_check(group):
+    """Stop a harness Group and raise if its log holds a sanitizer report."""
+    group.__exit__(None, None, None)
+    found = sanitizer_reports(group.log())
+    if found:
+        raise AssertionError("sanitizer report (%s) in the group's log:\n%s" % (found, group.log()[-4000:]))

@@ -19,8 +19,6 @@ import tether_harness as th  # noqa: E402
 
 CYCLES = int(os.environ.get("TETHER_CYCLES", 2000 if th.SANITIZED else 10000))
 T = 10.0 if th.SANITIZED else 5.0
-SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer", "runtime error:",
-                   "ThreadSanitizer")
 
 
 def clean_close(g, i):
@@ -90,7 +88,7 @@ class Cycles(unittest.TestCase):
             status = g.stop()
         self.assertEqual(status, 0, "tether run exited %s" % status)
         log = g.log()
-        reports = [m for m in SANITIZER_MARKS if m in log]
+        reports = rawws.sanitizer_reports(log)
         self.assertEqual(reports, [], "sanitizer report in the log:\n" + log[-4000:])
 
 

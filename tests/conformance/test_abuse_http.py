@@ -33,7 +33,7 @@ def setUpModule():
 
 def tearDownModule():
     if GROUP is not None:
-        GROUP.__exit__(None, None, None)
+        rawws.stop_and_check(GROUP)
 
 
 def b64(b):
@@ -252,6 +252,100 @@ class NotUpgrades(unittest.TestCase):
     def test_no_slot_taken(self):
         self.refused(self.upgrade(drop=("Sec-WebSocket-Key",)))
         self.assertEqual(th.wait_until(lambda: GROUP.dump()["slots_used"] == 0, 5), True)
+
+
+class BackendApiAbuse(unittest.TestCase):
+    """The backend API refuses bad requests with a status and a body that is
+    valid JSON (UTF-8), whatever bytes the request carried."""
+
+    def raw(self, data):
+        s = socket.create_connection(("127.0.0.1", GROUP.api_port), timeout=10)
+        try:
+            try:
+                s.sendall(data)
+            except OSError:
+                pass
+            buf = b""
+            while True:
+                try:
+                    chunk = s.recv(65536)
+                except (ConnectionResetError, socket.timeout):
+                    break
+                if not chunk:
+                    break
+                buf += chunk
+                head, sep, body = buf.partition(b"\r\n\r\n")
+                if sep:
+                    status, hdrs, _ = rawws.parse_response_head(head + sep)
+                    n = int(hdrs.get("content-length", "-1"))
+                    if 0 <= n <= len(body):
+                        return status, body[:n]
+            status, hdrs, body = rawws.parse_response_head(buf)
+            return status, body
+        finally:
+            s.close()
+
+    def post(self, body, path="/v1/notify", extra=b""):
+        return self.raw(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%s"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (path.encode(), extra, len(body)) + body)
+
+    def assertJsonError(self, status, body, want):
+        self.assertEqual(status, want, body[:200])
+        try:
+            obj = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            self.fail("%d reply body is not valid UTF-8 JSON (%s): %r" % (status, e, body[:200]))
+        self.assertIn("error", obj)
+
+
+BAD_BODIES = {
+    "not_json": b"hello", "truncated": b'{"user_id":"u1","type":', "array": b"[1,2]", "empty": b"",
+    "no_user": b'{"type":"t"}', "no_type": b'{"user_id":"u1"}', "user_number": b'{"user_id":1,"type":"t"}',
+    "user_65": b'{"user_id":"' + b"u" * 65 + b'","type":"t"}', "user_ctl": b'{"user_id":"a\\u0001","type":"t"}',
+    "invalid_utf8": b'{"user_id":"\xff\xfe","type":"t"}',
+    "bad_escape_before_2byte_char": b'{"\\\xc3\xa9":1}',
+    "bad_escape_before_3byte_char": b'{"user_id":"u\\\xe2\x82\xac","type":"t"}',
+    "nul_byte": b'{"user_id":"u\x001","type":"t"}', "deep_nesting": b"[" * 5000,
+}
+
+
+def add_api_case(name, body):
+    def run(self):
+        status, reply = self.post(body)
+        self.assertJsonError(status, reply, 400)
+    setattr(BackendApiAbuse, "test_notify_body_%s_400" % name, run)
+
+
+for _name, _body in BAD_BODIES.items():
+    add_api_case(_name, _body)
+
+
+def _api_extra_cases():
+    def too_large(self):
+        status, reply = self.raw(b"POST /v1/notify HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n")
+        self.assertEqual(status, 413, reply)
+
+    def chunked(self):
+        status, reply = self.raw(b"POST /v1/notify HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        self.assertEqual(status, 411, reply)
+
+    def huge_head(self):
+        status, reply = self.raw(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n")
+        self.assertEqual(status, 431, reply)
+
+    def conflicting_lengths(self):
+        status, reply = self.raw(b"POST /v1/notify HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}")
+        self.assertEqual(status, 400, reply)
+
+    def garbage(self):
+        status, reply = self.raw(b"\x00\x01\x02 garbage\r\n\r\n")
+        self.assertEqual(status, 400, reply)
+
+    for fn in (too_large, chunked, huge_head, conflicting_lengths, garbage):
+        setattr(BackendApiAbuse, "test_api_" + fn.__name__, fn)
+
+
+_api_extra_cases()
 
 
 def slow_client(payload, interval, result, key, limit):

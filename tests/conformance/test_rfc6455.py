@@ -40,7 +40,7 @@ def setUpModule():
 
 def tearDownModule():
     if GROUP is not None:
-        GROUP.__exit__(None, None, None)
+        rawws.stop_and_check(GROUP)
 
 
 class RFC6455(unittest.TestCase):
