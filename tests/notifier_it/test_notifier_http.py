@@ -5,7 +5,9 @@ on one raw socket, and a batch with mixed results."""
 import asyncio
 import http.client
 import json
+import resource
 import socket
+import time
 import unittest
 
 import tether_harness as th
@@ -129,6 +131,40 @@ class Http(unittest.TestCase):
             (st, hdrs, _), = read_responses(s, 1)
             self.assertEqual(hdrs.get("connection"), "close")
             self.assertEqual(s.recv(100), b"")  # closed, second request not answered
+
+    def test_connection_cap(self):
+        """1,024 concurrent API connections are served; one more is closed at
+        once (bounded memory), and capacity comes back when they go."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < 1200:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+        socks = []
+        try:
+            for _ in range(1024):
+                socks.append(socket.create_connection(("127.0.0.1", self.port), timeout=10))
+            socks[-1].sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+            self.assertEqual(read_responses(socks[-1], 1)[0][0], 200)
+            extra = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            try:
+                extra.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+                try:
+                    self.assertEqual(extra.recv(100), b"")
+                except ConnectionResetError:
+                    pass
+            finally:
+                extra.close()
+        finally:
+            for s in socks:
+                s.close()
+        deadline = time.time() + 10
+        while True:
+            try:
+                if self.one(b"GET /healthz HTTP/1.1\r\n\r\n")[0] == 200:
+                    break
+            except (ConnectionError, OSError):
+                pass
+            self.assertLess(time.time(), deadline, "capacity never came back")
+            time.sleep(0.05)
 
     def test_batch_mixed(self):
         async def go():
