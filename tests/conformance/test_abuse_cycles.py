@@ -2,13 +2,14 @@
 client can end one (clean close handshake, plain TCP close, reset, mid-frame,
 mid-handshake, refused token) must leave no registry slot taken, and the group
 must stop cleanly with no sanitizer report in its log. tools/test runs this in
-the ASan+UBSan build too (TETHER_SANITIZED=1), where the cycle count is
-reduced to keep the run bounded; the count used is printed.
+the ASan+UBSan build too (TETHER_SANITIZED=1) with the same 10,000 cycles
+(TETHER_CYCLES overrides the count; the count used is printed).
 """
 import os
 import socket
 import struct
 import sys
+import threading
 import time
 import unittest
 
@@ -17,7 +18,8 @@ import rawws  # noqa: E402
 from rawws import CLOSE, PING, TEXT, frame  # noqa: E402
 import tether_harness as th  # noqa: E402
 
-CYCLES = int(os.environ.get("TETHER_CYCLES", 2000 if th.SANITIZED else 10000))
+CYCLES = int(os.environ.get("TETHER_CYCLES", 10000))
+THREADS = 4  # concurrent churn, so slot reclaim races with new connections
 T = 10.0 if th.SANITIZED else 5.0
 
 
@@ -75,11 +77,24 @@ class Cycles(unittest.TestCase):
         g = th.Group(workers=2, slots=512, extra_args=["--log-level", "info"])
         with g:
             t0 = time.monotonic()
-            for i in range(CYCLES):
-                STYLES[i % len(STYLES)](g, i)
+            errors = []
+
+            def churn(first):
+                try:
+                    for i in range(first, CYCLES, THREADS):
+                        STYLES[i % len(STYLES)](g, i)
+                except Exception as e:  # reported below, with the cycle's style
+                    errors.append("cycle %d (%s): %r" % (i, STYLES[i % len(STYLES)].__name__, e))
+
+            threads = [threading.Thread(target=churn, args=(k,)) for k in range(THREADS)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
             took = time.monotonic() - t0
-            print("cycles: %d connect/disconnect cycles in %.1fs (sanitized=%s)"
-                  % (CYCLES, took, th.SANITIZED), file=sys.stderr)
+            print("cycles: %d connect/disconnect cycles from %d threads in %.1fs (sanitized=%s)"
+                  % (CYCLES, THREADS, took, th.SANITIZED), file=sys.stderr)
+            self.assertEqual(errors, [])
             used = th.wait_until(lambda: g.dump()["slots_used"] == 0, 2 * T)
             self.assertTrue(used, "slots still taken: %r" % g.dump())
             alive = rawws.WS(g.port, g.token("after"), timeout=T)

@@ -649,6 +649,70 @@ def max_message_exact(self):
 add("max_message_exact_in_fragments_passes", max_message_exact)
 
 
+# -- the opening handshake ---------------------------------------------------
+def raw_upgrade(self, head, after=b"", chop=None):
+    """Send an upgrade head (plus bytes pipelined behind it); return a WS-like reader
+    positioned after the 101 response."""
+    s = socket.create_connection(("127.0.0.1", GROUP.port), timeout=T)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    ws = rawws.WS.__new__(rawws.WS)
+    ws.port, ws.timeout, ws.sock, ws.buf = GROUP.port, T, s, b""
+    self.addCleanup(ws.close)
+    ws.send_raw(head + after, chop=chop, delay=0.0002 if chop == 1 else 0.0)
+    while b"\r\n\r\n" not in ws.buf:
+        chunk = s.recv(65536)
+        self.assertTrue(chunk, "closed during the handshake")
+        ws.buf += chunk
+    n = ws.buf.index(b"\r\n\r\n") + 4
+    status, hdrs, _ = rawws.parse_response_head(ws.buf[:n])
+    ws.buf = ws.buf[n:]
+    return status, hdrs, ws
+
+
+def upgrade_case(mutate=None, after=b"", chop=None, auth_header=False):
+    def run(self):
+        key = "dGhlIHNhbXBsZSBub25jZQ=="
+        head, _ = rawws.handshake_request(GROUP.port, token=GROUP.token("hs-%d" % next(_users)), key=key,
+                                          auth_header=auth_header)
+        if mutate:
+            head = mutate(head)
+        status, hdrs, ws = raw_upgrade(self, head, after, chop)
+        self.assertEqual(status, 101)
+        self.assertEqual(hdrs.get("sec-websocket-accept"), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")  # RFC 6455 1.3
+        self.assertIn("websocket", hdrs.get("upgrade", "").lower())
+        if after:
+            ok, got = ws.expect_pong(b"pipelined")
+            self.assertTrue(ok, got)
+        self.assertAlive(ws)
+    return run
+
+
+add("handshake_rfc_example_key", upgrade_case())
+add("handshake_token_in_authorization_header", upgrade_case(auth_header=True))
+add("handshake_one_byte_at_a_time", upgrade_case(chop=1))
+add("handshake_with_frame_pipelined_in_same_write", upgrade_case(after=frame(PING, b"pipelined")))
+add("handshake_with_frame_pipelined_chopped", upgrade_case(after=frame(PING, b"pipelined"), chop=7))
+add("handshake_header_names_lower_case", upgrade_case(mutate=lambda h: b"\r\n".join(
+    l.split(b":", 1)[0].lower() + b":" + l.split(b":", 1)[1] if b":" in l and not l.startswith(b"GET") else l
+    for l in h.split(b"\r\n"))))
+add("handshake_header_values_mixed_case", upgrade_case(mutate=lambda h: h.replace(
+    b"Upgrade: websocket", b"Upgrade: WebSocket").replace(b"Connection: Upgrade", b"Connection: keep-alive, UPGRADE")))
+add("handshake_extra_headers_and_spaces", upgrade_case(mutate=lambda h: h.replace(
+    b"Upgrade: websocket", b"Upgrade:   websocket  \r\nOrigin: http://example.com\r\nSec-WebSocket-Extensions: permessage-deflate")))
+
+
+def extensions_not_negotiated(self):
+    """tether implements no extension: it must not accept permessage-deflate."""
+    head, _ = rawws.handshake_request(GROUP.port, token=GROUP.token("hs-ext"), extra_headers=[
+        ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits")])
+    status, hdrs, ws = raw_upgrade(self, head)
+    self.assertEqual(status, 101)
+    self.assertNotIn("sec-websocket-extensions", hdrs)
+
+
+add("handshake_extensions_not_negotiated", extensions_not_negotiated)
+
+
 def healthz(self):
     status, _, _ = rawws.http_exchange(GROUP.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     self.assertEqual(status, 200)
