@@ -65,7 +65,10 @@ struct resp {
 struct conn {
     int fd;
     uint32_t gen, next_free;
-    int in_use, recv_busy, send_busy, closing, stop_read, eof, woken, paused;
+    int in_use, recv_busy, send_busy, closing, woken, paused;
+    int stop_read; /* answering a last request (Connection: close, unframeable input) */
+    int eof;       /* the peer finished sending */
+    uint64_t linger_until; /* lingering close: draining the peer after our last answer */
     char *in;
     size_t in_len, in_cap;
     struct th_buf out, sending; /* appended while a send is in flight / owned by the kernel */
@@ -249,7 +252,7 @@ static void conn_emit(struct conn *c)
         c->nresp--;
         write_resp(c, r);
         if (r->close_after)
-            c->stop_read = c->eof = 1;
+            c->stop_read = 1;
         resp_free(r);
     }
     if (c->out.oom) {
@@ -543,12 +546,28 @@ static struct conn *conn_of(uint64_t ud)
     return &S->conns[i];
 }
 
-/* Everything answered and sent on a connection that is finishing: close it. */
+#define LINGER_NS (2 * TH_NS_PER_S)
+
+/*
+ * Everything answered and sent on a connection that is finishing: close it.
+ * When we chose to close (the peer may still be sending, e.g. the rest of a
+ * 413 body), half-close and drain for a moment first: closing with unread
+ * bytes would reset the connection and could destroy the answer in flight.
+ */
 static void conn_maybe_finish(struct conn *c)
 {
-    if (c->eof && !c->closing && !c->rhead && !c->send_busy && c->out.len == 0 &&
-        c->sent == c->sending.len)
+    if (!(c->eof || c->stop_read) || c->closing || c->linger_until || c->rhead || c->send_busy ||
+        c->out.len || c->sent != c->sending.len)
+        return;
+    if (c->eof) {
         conn_close(c);
+        return;
+    }
+    shutdown(c->fd, SHUT_WR);
+    c->linger_until = th_mono_ns() + LINGER_NS;
+    c->in_len = 0;
+    if (!c->recv_busy)
+        submit_recv(c);
 }
 
 static void on_recv(struct conn *c, int res)
@@ -558,8 +577,12 @@ static void on_recv(struct conn *c, int res)
         conn_try_release(c);
         return;
     }
-    if (res < 0) {
+    if (res < 0 || (res == 0 && c->linger_until)) {
         conn_close(c);
+        return;
+    }
+    if (c->linger_until) { /* discard what the peer still sends */
+        submit_recv(c);
         return;
     }
     if (res == 0) {
@@ -668,8 +691,10 @@ static void tick(uint64_t now)
                           memory_order_relaxed);
     for (unsigned i = 0; i < TH_API_MAX_CONNS; i++) {
         struct conn *c = &S->conns[i];
-        if (c->in_use && !c->closing && !c->rhead && !c->send_busy &&
-            now - c->last_active > (uint64_t)TH_API_IDLE_S * TH_NS_PER_S)
+        if (c->in_use && !c->closing && c->linger_until && now > c->linger_until)
+            conn_close(c);
+        else if (c->in_use && !c->closing && !c->rhead && !c->send_busy &&
+                 now - c->last_active > (uint64_t)TH_API_IDLE_S * TH_NS_PER_S)
             conn_close(c);
     }
 }

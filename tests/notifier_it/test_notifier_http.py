@@ -57,6 +57,12 @@ class Http(unittest.TestCase):
         st, _, raw = self.one(head)
         self.assertEqual(st, 413)
         self.assertIn("error", json.loads(raw))
+        # The whole oversized body sent before reading: the answer still
+        # arrives (the server drains before closing instead of resetting).
+        huge = json.dumps({"user_id": "u", "type": "t", "data": "z" * 3000000})
+        st, hdrs, raw = self.one(post("/v1/notify", huge))
+        self.assertEqual(st, 413)
+        self.assertEqual(hdrs.get("connection"), "close")
         # A batch body may be larger than a single notify.
         items = [{"user_id": "nobody-%d" % i, "type": "t", "data": "y" * 900} for i in range(100)]
         st, _, raw = self.one(post("/v1/notify/batch", items))
