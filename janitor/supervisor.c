@@ -282,9 +282,12 @@ static void child_died(struct th_child *c, int status, uint64_t now_mono)
     int reclaimed = 0;
     if (c->worker >= 0) {
         reclaimed = th_reg_reclaim_worker(&S.reg, (uint16_t)c->worker, th_now_ns());
-        if (reclaimed > 0)
+        if (reclaimed > 0) { /* the registry leaves counters to its callers */
             atomic_fetch_add_explicit(&S.reg.hdr->counters.dead_reclaimed, (uint64_t)reclaimed,
                                       memory_order_relaxed);
+            atomic_fetch_add_explicit(&S.reg.hdr->counters.connections_closed, (uint64_t)reclaimed,
+                                      memory_order_relaxed);
+        }
     }
     if (S.draining) {
         th_info("%s %s%s", c->name, how, c->worker >= 0 && reclaimed > 0 ? "; released its slots" : "");

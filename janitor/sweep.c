@@ -82,6 +82,7 @@ static void release_here(struct th_sweeper *s, struct th_handle h, uint64_t now_
     }
     st->released++;
     atomic_fetch_add_explicit(&s->reg->hdr->counters.stale_evictions, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->reg->hdr->counters.connections_closed, 1, memory_order_relaxed);
 }
 
 /* A worker's answer to one eviction. */
@@ -207,6 +208,12 @@ void th_sweep(struct th_sweeper *s, uint64_t now_ns, struct th_sweep_stats *st)
     memset(s->silent, 0, sizeof(s->silent));
     /* Repair first: slots of dead owners go away without being reported as stale. */
     st->repaired = th_reg_repair(s->reg, now_ns);
+    if (st->repaired > 0) { /* the registry leaves these counters to its callers */
+        atomic_fetch_add_explicit(&s->reg->hdr->counters.dead_reclaimed, (uint64_t)st->repaired,
+                                  memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->reg->hdr->counters.connections_closed, (uint64_t)st->repaired,
+                                  memory_order_relaxed);
+    }
     struct visit_ctx x = {.s = s, .now_ns = now_ns, .st = st};
     th_reg_foreach(s->reg, visit, &x);
     for (unsigned w = 0; w < TH_MAX_WORKERS; w++)
