@@ -21,6 +21,7 @@
 #define TH_API_MAX_BATCH_BODY (1024u * 1024u)   /* POST /v1/notify/batch */
 #define TH_API_MAX_FRAME (64u * 1024u + 1024u)  /* one rendered notification frame */
 #define TH_API_MAX_ID 128                       /* notification id bytes */
+#define TH_API_MAX_BATCH_ITEMS 10000            /* notifications in one batch */
 
 enum th_api_route {
     TH_API_NOTIFY = 1,

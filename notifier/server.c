@@ -414,6 +414,13 @@ static void handle_batch(struct resp *r, const struct th_api_req *req)
         return;
     }
     size_t n = json_array_size(root);
+    if (n > TH_API_MAX_BATCH_ITEMS) {
+        r->batch = 0;
+        resp_error(r, 413, "batch over 10000 notifications");
+        atomic_fetch_add_explicit(&S->reg->hdr->counters.notify_bad_request, 1, memory_order_relaxed);
+        json_decref(root);
+        return;
+    }
     r->items = calloc(n ? n : 1, sizeof(*r->items));
     if (!r->items) {
         r->batch = 0;

@@ -68,6 +68,10 @@ class Http(unittest.TestCase):
         st, _, raw = self.one(post("/v1/notify/batch", items))
         self.assertEqual(st, 200)
         self.assertEqual(len(json.loads(raw)["results"]), 100)
+        # At most 10,000 notifications in one batch, whatever their size.
+        st, _, raw = self.one(post("/v1/notify/batch", "[" + ",".join(["{}"] * 10001) + "]"))
+        self.assertEqual(st, 413)
+        self.assertIn("10000", json.loads(raw)["error"])
 
     def test_chunked_refused_411(self):
         data = (b"POST /v1/notify HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
