@@ -286,6 +286,7 @@ static int read_checked_hdr(int fd, const char *name, struct th_reg_hdr *h, char
 int th_reg_attach(struct th_reg *r, const char *name, int writable, char *err, size_t errlen)
 {
     struct th_reg_hdr h;
+    memset(r, 0, sizeof(*r));
     th_reg_self();
     int fd = shm_open(name, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC, 0);
     if (fd < 0) {
@@ -421,6 +422,7 @@ static int init_segment(struct th_reg *r, int fd, const struct th_reg_hdr *tmpl,
 int th_reg_create(struct th_reg *r, const char *name, uint32_t nslots, char *err, size_t errlen)
 {
     struct th_reg_hdr tmpl;
+    memset(r, 0, sizeof(*r));
     th_reg_self();
     if (th_reg_layout(nslots, &tmpl) == 0) {
         set_err(err, errlen, "registry: %u slots is not a usable size (1 to %u)", nslots,

@@ -29,6 +29,12 @@ int th_reg_force_release(struct th_reg *r, uint32_t i, uint64_t c, uint64_t now_
 /* Saturating decrement of a header counter (drift must not wrap to 4 billion). */
 void th_reg_counter_dec(_Atomic uint32_t *ctr);
 
+/* Buckets probed per user: 64, or the whole index when it is smaller (no bucket twice). */
+static inline uint32_t th_reg_window(const struct th_reg *r)
+{
+    return r->hdr->nbuckets < TH_REG_WINDOW ? r->hdr->nbuckets : TH_REG_WINDOW;
+}
+
 static inline uint32_t th_reg_bucket(const struct th_reg *r, uint32_t h, uint32_t k)
 {
     return (h + k) & (r->hdr->nbuckets - 1);

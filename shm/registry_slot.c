@@ -80,7 +80,7 @@ static int each_user_slot(const struct th_reg *r, const struct user_key *k,
 {
     struct th_conn_info ci;
     uint32_t hash, flags, n = r->hdr->nslots;
-    for (uint32_t j = 0; j < TH_REG_WINDOW; j++) {
+    for (uint32_t j = 0, win = th_reg_window(r); j < win; j++) {
         uint32_t v = atomic_load_explicit(&r->index[th_reg_bucket(r, k->hash, j)], RELAXED);
         if (v == 0 || v > n || !read_slot(r, v - 1, &ci, &hash, &flags))
             continue;
@@ -261,7 +261,7 @@ static void fill_slot(struct th_slot *s, const struct user_key *k, uint32_t conn
 
 static void index_insert(struct th_reg *r, uint32_t i, uint32_t hash)
 {
-    for (uint32_t j = 0; j < TH_REG_WINDOW; j++) {
+    for (uint32_t j = 0, win = th_reg_window(r); j < win; j++) {
         uint32_t b = th_reg_bucket(r, hash, j), empty = 0;
         if (atomic_load_explicit(&r->index[b], RELAXED) == 0 &&
             atomic_compare_exchange_strong(&r->index[b], &empty, i + 1)) {
@@ -337,7 +337,7 @@ static int any_live(const struct th_conn_info *ci, void *arg)
 /* Clear every bucket of the slot's window that points at it (a dead claimer may have left one). */
 static void index_remove(struct th_reg *r, uint32_t i, uint32_t hash)
 {
-    for (uint32_t j = 0; j < TH_REG_WINDOW; j++) {
+    for (uint32_t j = 0, win = th_reg_window(r); j < win; j++) {
         uint32_t b = th_reg_bucket(r, hash, j), mine = i + 1;
         if (atomic_load_explicit(&r->index[b], RELAXED) == mine)
             atomic_compare_exchange_strong(&r->index[b], &mine, 0);
@@ -378,7 +378,7 @@ int th_reg_force_release(struct th_reg *r, uint32_t i, uint64_t c, uint64_t now_
         return 0;
     atomic_fetch_add_explicit(&r->hdr->transitions, 1, RELAXED);
     /* A dead claimer's slot was never LIVE: it leaves no disconnect record. */
-    th_reg_finish_release(r, i, want, th_ctl_state(c) == TH_SLOT_LIVE);
+    th_reg_finish_release(r, i, want, th_ctl_state(c) != TH_SLOT_CLAIMING);
     return 1;
 }
 

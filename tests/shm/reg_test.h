@@ -1,0 +1,58 @@
+/*
+ * Helpers shared by the registry tests: unique segment names (pid plus a
+ * counter, so parallel ctest runs never collide), create-or-fail, and
+ * self-checking user ids whose bytes encode their own number, so a torn
+ * copy of a slot is recognisable without knowing what the writer meant.
+ */
+#ifndef TETHER_TESTS_SHM_REG_TEST_H
+#define TETHER_TESTS_SHM_REG_TEST_H
+
+#include "shm/registry.h"
+
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static inline void reg_test_name(char *buf, size_t cap, const char *tag)
+{
+    static unsigned seq;
+    snprintf(buf, cap, "/th-test-%s-%d-%u", tag, (int)getpid(), seq++);
+}
+
+/* Create a fresh segment or fail the test with the registry's message. */
+static inline void reg_test_create(struct th_reg *r, char *name, size_t cap, const char *tag,
+                                   uint32_t nslots)
+{
+    char err[256] = "";
+    reg_test_name(name, cap, tag);
+    int rc = th_reg_create(r, name, nslots, err, sizeof(err));
+    cr_assert_eq(rc, 0, "th_reg_create(%s): %d %s", name, rc, err);
+}
+
+/* "u<k>:" then a filler letter derived from k up to a length derived from k (6..64). */
+static inline size_t test_user(uint32_t k, char *buf)
+{
+    int n = snprintf(buf, TH_USER_MAX + 1, "u%u:", k);
+    size_t len = 6 + (k * 7) % (TH_USER_MAX - 5);
+    if (len < (size_t)n)
+        len = (size_t)n;
+    memset(buf + n, 'a' + (int)(k % 26), len - (size_t)n);
+    buf[len] = 0;
+    return len;
+}
+
+/* Does this copy hold exactly test_user(k) for the k its own prefix names? */
+static inline int test_user_intact(const char *user, size_t len, uint32_t *k_out)
+{
+    char want[TH_USER_MAX + 1];
+    unsigned k;
+    if (sscanf(user, "u%u:", &k) != 1)
+        return 0;
+    size_t wl = test_user(k, want);
+    if (k_out)
+        *k_out = k;
+    return wl == len && memcmp(want, user, len) == 0;
+}
+
+#endif

@@ -1,0 +1,622 @@
+/*
+ * Unit tests of the connection registry (shm/registry*.c), one process at a
+ * time: sizing, create/attach and their refusals, claim/release and every
+ * edge of user ids, the per-user cap, generations, lookups, disconnect
+ * records, and the repair of states a dead process leaves behind (which the
+ * tests build by hand with the pid of a child that has already been reaped).
+ */
+#include "reg_test.h"
+#include "shm/registry_impl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+
+static struct th_reg reg;
+static char name[96];
+
+static void fini(void)
+{
+    if (reg.base)
+        th_reg_detach(&reg);
+    if (name[0])
+        th_reg_unlink(name);
+}
+
+TestSuite(registry, .fini = fini);
+
+/* A pid that certainly belongs to no process now: a child we have reaped. */
+static pid_t dead_pid(void)
+{
+    pid_t p = fork();
+    if (p == 0)
+        _exit(0);
+    waitpid(p, NULL, 0);
+    return p;
+}
+
+static void publish_self(struct th_reg *r, unsigned w)
+{
+    atomic_store(&r->hdr->workers[w].pid, getpid());
+}
+
+static struct th_handle claim_ok(const char *user, uint16_t w, uint64_t now)
+{
+    struct th_handle h, ev;
+    int rc = th_reg_claim(&reg, user, strlen(user), w, 7, now, 0, &h, &ev);
+    cr_assert_eq(rc, 0, "claim %s: %d", user, rc);
+    cr_assert_eq(ev.slot, TH_NO_SLOT);
+    return h;
+}
+
+/* ---- layout ---- */
+
+Test(registry, layout_sizes_and_limits)
+{
+    struct th_reg_hdr h;
+    size_t sz = th_reg_layout(1000, &h);
+    cr_assert_gt(sz, 1000 * sizeof(struct th_slot));
+    cr_assert_eq(sz, h.total_size);
+    cr_assert_eq(sizeof(struct th_slot), 128);
+    cr_assert_eq(h.nbuckets, 2048);
+    cr_assert_eq(h.off_index % 64, 0);
+    cr_assert_eq(h.off_freemap % 64, 0);
+    cr_assert_eq(h.off_disc % 64, 0);
+    cr_assert_eq(h.off_slots % 64, 0);
+    cr_assert_geq(h.off_slots + 1000 * sizeof(struct th_slot), h.off_slots);
+    cr_assert_leq(h.off_slots + 1000 * sizeof(struct th_slot), sz);
+    cr_assert_eq(th_reg_layout(0, NULL), 0);
+    cr_assert_eq(th_reg_layout(UINT32_MAX, NULL), 0);
+    cr_assert_gt(th_reg_layout(1u << 20, NULL), 0);
+}
+
+/* ---- create / attach ---- */
+
+Test(registry, create_then_attach_read_write_and_read_only)
+{
+    reg_test_create(&reg, name, sizeof(name), "attach", 64);
+    publish_self(&reg, 0);
+    struct th_handle h = claim_ok("alice", 0, 100);
+    struct th_reg rw, ro;
+    char err[256];
+    cr_assert_eq(th_reg_attach(&rw, name, 1, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(th_reg_attach(&ro, name, 0, err, sizeof(err)), 0, "%s", err);
+    struct th_conn_info ci;
+    cr_assert_eq(th_reg_read(&ro, h.slot, &ci), 1);
+    cr_assert_str_eq(ci.user, "alice");
+    struct th_handle h2, ev;
+    cr_assert_eq(th_reg_claim(&ro, "bob", 3, 0, 1, 1, 0, &h2, &ev), -EROFS);
+    cr_assert_eq(th_reg_release(&ro, h, 1), -EROFS);
+    cr_assert_eq(th_reg_claim(&rw, "bob", 3, 0, 1, 1, 0, &h2, &ev), 0);
+    cr_assert_eq(th_reg_find_user(&reg, "bob", 3, &ci, 1), 1);
+    cr_assert_eq(atomic_load(&reg.hdr->used), 2);
+    cr_assert_eq(atomic_load(&reg.hdr->ready), 1);
+    cr_assert_neq(reg.hdr->boot_epoch, 0);
+    th_reg_detach(&rw);
+    th_reg_detach(&ro);
+}
+
+Test(registry, attach_missing_segment_fails_with_message)
+{
+    struct th_reg r;
+    char err[256] = "";
+    reg_test_name(name, sizeof(name), "missing");
+    cr_assert_eq(th_reg_attach(&r, name, 0, err, sizeof(err)), -ENOENT);
+    cr_assert(strstr(err, name) != NULL, "%s", err);
+    name[0] = 0;
+}
+
+Test(registry, create_rejects_bad_slot_counts)
+{
+    struct th_reg r;
+    char err[256] = "";
+    reg_test_name(name, sizeof(name), "badslots");
+    cr_assert_eq(th_reg_create(&r, name, 0, err, sizeof(err)), -EINVAL);
+    cr_assert(strstr(err, "slots") != NULL, "%s", err);
+    name[0] = 0;
+}
+
+/* Corrupt one header field through a writable mapping, then expect attach to refuse. */
+static void expect_refused(void (*corrupt)(struct th_reg_hdr *), int want, const char *words)
+{
+    reg_test_create(&reg, name, sizeof(name), "badhdr", 16);
+    corrupt(reg.hdr);
+    struct th_reg r;
+    char err[256] = "";
+    cr_assert_eq(th_reg_attach(&r, name, 0, err, sizeof(err)), want, "%s", err);
+    cr_assert(strstr(err, words) != NULL, "message '%s' lacks '%s'", err, words);
+    cr_assert_null(r.base);
+}
+
+static void bad_magic(struct th_reg_hdr *h)
+{
+    h->magic ^= 1;
+}
+static void bad_version(struct th_reg_hdr *h)
+{
+    h->version = TH_REG_VERSION + 1;
+}
+static void bad_slot_size(struct th_reg_hdr *h)
+{
+    h->slot_size = 96;
+}
+static void bad_total(struct th_reg_hdr *h)
+{
+    h->total_size += 4096;
+}
+static void bad_nslots(struct th_reg_hdr *h)
+{
+    h->nslots = 1u << 20; /* would make every slot pointer run past the mapping */
+}
+
+Test(registry, attach_refuses_wrong_magic)
+{
+    expect_refused(bad_magic, -EPROTO, "magic");
+}
+Test(registry, attach_refuses_wrong_version)
+{
+    expect_refused(bad_version, -EPROTO, "version");
+}
+Test(registry, attach_refuses_wrong_slot_size)
+{
+    expect_refused(bad_slot_size, -EPROTO, "slots");
+}
+Test(registry, attach_refuses_size_mismatch)
+{
+    expect_refused(bad_total, -EINVAL, "bytes");
+}
+Test(registry, attach_refuses_nslots_beyond_the_file)
+{
+    expect_refused(bad_nslots, -EINVAL, "corrupt");
+}
+
+Test(registry, attach_refuses_truncated_file)
+{
+    reg_test_create(&reg, name, sizeof(name), "trunc", 16);
+    int fd = shm_open(name, O_RDWR, 0);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(ftruncate(fd, 100), 0);
+    close(fd);
+    th_reg_detach(&reg); /* its pages are gone */
+    struct th_reg r;
+    char err[256] = "";
+    cr_assert_eq(th_reg_attach(&r, name, 0, err, sizeof(err)), -EPROTO);
+    cr_assert(strstr(err, "too small") != NULL, "%s", err);
+}
+
+Test(registry, create_refuses_segment_of_a_live_group)
+{
+    reg_test_create(&reg, name, sizeof(name), "live", 16);
+    uint64_t epoch = reg.hdr->boot_epoch;
+    pid_t p = fork();
+    if (p == 0) {
+        struct th_reg r;
+        char err[256] = "";
+        int rc = th_reg_create(&r, name, 16, err, sizeof(err));
+        _exit(rc == -EBUSY && strstr(err, "live") ? 0 : 1);
+    }
+    int st;
+    waitpid(p, &st, 0);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    cr_assert_eq(reg.hdr->boot_epoch, epoch, "the refused create must not touch the segment");
+}
+
+Test(registry, create_takes_over_segment_of_a_dead_group)
+{
+    reg_test_name(name, sizeof(name), "dead");
+    int pipefd[2];
+    cr_assert_eq(pipe(pipefd), 0);
+    pid_t p = fork();
+    if (p == 0) {
+        struct th_reg r;
+        struct th_handle h, ev;
+        char err[256];
+        if (th_reg_create(&r, name, 32, err, sizeof(err)) ||
+            th_reg_claim(&r, "ghost", 5, 0, 1, 1, 0, &h, &ev))
+            _exit(1);
+        write(pipefd[1], &r.hdr->boot_epoch, 8);
+        _exit(0); /* dies holding the segment, like a SIGKILLed supervisor */
+    }
+    uint64_t old_epoch = 0;
+    cr_assert_eq(read(pipefd[0], &old_epoch, 8), 8);
+    waitpid(p, NULL, 0);
+    char err[256] = "";
+    cr_assert_eq(th_reg_create(&reg, name, 64, err, sizeof(err)), 0, "%s", err);
+    cr_assert_neq(reg.hdr->boot_epoch, old_epoch);
+    cr_assert_eq(reg.hdr->nslots, 64, "re-sized to the new slot count");
+    cr_assert_eq(atomic_load(&reg.hdr->creator_pid), getpid());
+    cr_assert_eq(atomic_load(&reg.hdr->used), 0);
+    struct th_conn_info ci;
+    cr_assert_eq(th_reg_find_user(&reg, "ghost", 5, &ci, 1), 0);
+}
+
+Test(registry, create_takes_over_when_creator_pid_was_reused)
+{
+    reg_test_create(&reg, name, sizeof(name), "reuse", 16);
+    uint64_t epoch = reg.hdr->boot_epoch;
+    /* Our parent is alive, but it did not start when the header says: pid reuse. */
+    atomic_store(&reg.hdr->creator_pid, getppid());
+    reg.hdr->creator_start = 1;
+    th_reg_detach(&reg);
+    char err[256] = "";
+    cr_assert_eq(th_reg_create(&reg, name, 16, err, sizeof(err)), 0, "%s", err);
+    cr_assert_neq(reg.hdr->boot_epoch, epoch);
+}
+
+Test(registry, create_refuses_foreign_object)
+{
+    reg_test_name(name, sizeof(name), "foreign");
+    int fd = shm_open(name, O_RDWR | O_CREAT, 0600);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, "not a registry, but somebody's data......", 40), 40);
+    close(fd);
+    struct th_reg r;
+    char err[256] = "";
+    cr_assert_eq(th_reg_create(&r, name, 16, err, sizeof(err)), -EEXIST);
+    cr_assert(strstr(err, "not a tether") != NULL, "%s", err);
+}
+
+/* ---- claim / release ---- */
+
+Test(registry, full_table_gives_enospc_then_recovers)
+{
+    reg_test_create(&reg, name, sizeof(name), "full", 100);
+    publish_self(&reg, 0);
+    struct th_handle h[100], x, ev;
+    char user[TH_USER_MAX + 1];
+    for (uint32_t k = 0; k < 100; k++) {
+        size_t len = test_user(k, user);
+        cr_assert_eq(th_reg_claim(&reg, user, len, 0, k, 1, 0, &h[k], &ev), 0, "claim %u", k);
+    }
+    cr_assert_eq(atomic_load(&reg.hdr->used), 100);
+    cr_assert_eq(th_reg_claim(&reg, "late", 4, 0, 0, 1, 0, &x, &ev), -ENOSPC);
+    cr_assert_eq(th_reg_release(&reg, h[42], 2), 0);
+    cr_assert_eq(atomic_load(&reg.hdr->used), 99);
+    cr_assert_eq(th_reg_claim(&reg, "late", 4, 0, 0, 1, 0, &x, &ev), 0);
+    cr_assert_eq(x.slot, h[42].slot, "the only free slot");
+    cr_assert_eq(th_reg_count_used(&reg), 100);
+}
+
+Test(registry, user_id_lengths)
+{
+    reg_test_create(&reg, name, sizeof(name), "ids", 16);
+    publish_self(&reg, 0);
+    char u64[TH_USER_MAX + 2];
+    memset(u64, 'x', sizeof(u64));
+    u64[TH_USER_MAX - 1] = 'y';
+    struct th_handle h, ev;
+    cr_assert_eq(th_reg_claim(&reg, u64, TH_USER_MAX, 0, 1, 1, 0, &h, &ev), 0);
+    struct th_conn_info ci[2];
+    cr_assert_eq(th_reg_find_user(&reg, u64, TH_USER_MAX, ci, 2), 1);
+    cr_assert_eq(ci[0].user_len, TH_USER_MAX);
+    cr_assert_eq(strlen(ci[0].user), TH_USER_MAX, "copy is NUL-terminated");
+    cr_assert_eq(memcmp(ci[0].user, u64, TH_USER_MAX), 0);
+    cr_assert_eq(th_reg_find_user(&reg, u64, TH_USER_MAX - 1, ci, 2), 0, "prefix is another user");
+    cr_assert_eq(th_reg_claim(&reg, u64, TH_USER_MAX + 1, 0, 1, 1, 0, &h, &ev), -EINVAL);
+    cr_assert_eq(th_reg_claim(&reg, "", 0, 0, 1, 1, 0, &h, &ev), -EINVAL);
+    cr_assert_eq(th_reg_claim(&reg, NULL, 3, 0, 1, 1, 0, &h, &ev), -EINVAL);
+    cr_assert_eq(th_reg_claim(&reg, "ok", 2, TH_MAX_WORKERS, 1, 1, 0, &h, &ev), -EINVAL);
+    cr_assert_eq(th_reg_find_user(&reg, u64, TH_USER_MAX + 1, ci, 2), 0);
+    cr_assert_eq(atomic_load(&reg.hdr->used), 1, "refused claims cost nothing");
+}
+
+Test(registry, ids_with_binary_bytes_and_shared_prefix_stay_apart)
+{
+    reg_test_create(&reg, name, sizeof(name), "bin", 16);
+    publish_self(&reg, 0);
+    const char a[] = {'a', 0, 'b'}, b[] = {'a', 0, 'c'};
+    struct th_handle h, ev;
+    cr_assert_eq(th_reg_claim(&reg, a, 3, 0, 1, 1, 0, &h, &ev), 0);
+    cr_assert_eq(th_reg_claim(&reg, b, 3, 0, 2, 1, 0, &h, &ev), 0);
+    claim_ok("a", 0, 1);
+    struct th_conn_info ci[4];
+    cr_assert_eq(th_reg_find_user(&reg, a, 3, ci, 4), 1);
+    cr_assert_eq(ci[0].conn_id, 1);
+    cr_assert_eq(th_reg_find_user(&reg, "a", 1, ci, 4), 1);
+    cr_assert_eq(ci[0].conn_id, 7);
+}
+
+Test(registry, per_user_cap_names_the_oldest_other_connection)
+{
+    reg_test_create(&reg, name, sizeof(name), "cap", 32);
+    publish_self(&reg, 0);
+    struct th_handle h[4], ev, other;
+    const uint64_t at[3] = {300, 100, 200}; /* the second claim is the oldest */
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(th_reg_claim(&reg, "u", 1, 0, i, at[i], 3, &h[i], &ev), 0);
+    cr_assert_eq(ev.slot, TH_NO_SLOT, "at the cap is fine");
+    cr_assert_eq(th_reg_claim(&reg, "v", 1, 0, 9, 50, 3, &other, &ev), 0);
+    cr_assert_eq(ev.slot, TH_NO_SLOT, "other users do not count");
+    cr_assert_eq(th_reg_claim(&reg, "u", 1, 0, 3, 400, 3, &h[3], &ev), 0);
+    cr_assert_eq(ev.slot, h[1].slot);
+    cr_assert_eq(ev.gen, h[1].gen);
+    struct th_conn_info ci[8];
+    cr_assert_eq(th_reg_find_user(&reg, "u", 1, ci, 8), 4, "the caller closes the victim");
+    cr_assert_eq(th_reg_release(&reg, ev, 500), 0);
+    cr_assert_eq(th_reg_find_user(&reg, "u", 1, ci, 8), 3);
+    cr_assert_eq(th_reg_claim(&reg, "u", 1, 0, 4, 600, 0, &h[1], &ev), 0);
+    cr_assert_eq(ev.slot, TH_NO_SLOT, "cap 0: no cap");
+    cr_assert_eq(th_reg_claim(&reg, "u", 1, 0, 5, 700, 0, &h[1], NULL), 0, "evict may be NULL");
+}
+
+Test(registry, generation_changes_on_reuse_and_stale_handles_fail)
+{
+    reg_test_create(&reg, name, sizeof(name), "gen", 1);
+    publish_self(&reg, 0);
+    struct th_handle a = claim_ok("alice", 0, 1);
+    cr_assert_eq(th_reg_release(&reg, a, 2), 0);
+    cr_assert_eq(th_reg_release(&reg, a, 2), -ESTALE, "double release");
+    struct th_handle b = claim_ok("bob", 0, 3);
+    cr_assert_eq(b.slot, a.slot);
+    cr_assert_neq(b.gen, a.gen);
+    cr_assert_eq(th_reg_release(&reg, a, 4), -ESTALE, "old handle on a reused slot");
+    struct th_conn_info ci;
+    cr_assert_eq(th_reg_read(&reg, b.slot, &ci), 1);
+    cr_assert_str_eq(ci.user, "bob");
+    cr_assert_eq(ci.gen, b.gen);
+    cr_assert_eq(th_reg_release(&reg, (struct th_handle){5, b.gen}, 4), -EINVAL);
+    cr_assert_eq(th_reg_read(&reg, 5, &ci), 0);
+}
+
+struct visit_log {
+    uint32_t seen, last, stop_at;
+};
+
+static int visit(const struct th_conn_info *c, void *arg)
+{
+    struct visit_log *v = arg;
+    cr_assert(v->seen == 0 || c->slot > v->last, "slot order");
+    v->last = c->slot;
+    v->seen++;
+    return v->seen == v->stop_at;
+}
+
+Test(registry, touch_read_and_foreach)
+{
+    reg_test_create(&reg, name, sizeof(name), "foreach", 64);
+    publish_self(&reg, 3);
+    struct th_handle h[5];
+    char user[TH_USER_MAX + 1];
+    for (uint32_t k = 0; k < 5; k++) {
+        struct th_handle ev;
+        size_t len = test_user(k, user);
+        cr_assert_eq(th_reg_claim(&reg, user, len, 3, 100 + k, 1000, 0, &h[k], &ev), 0);
+    }
+    th_reg_touch(&reg, h[2], 5000);
+    struct th_conn_info ci;
+    cr_assert_eq(th_reg_read(&reg, h[2].slot, &ci), 1);
+    cr_assert_eq(ci.last_seen, 5000);
+    cr_assert_eq(ci.connected_at, 1000);
+    cr_assert_eq(ci.worker, 3);
+    cr_assert_eq(ci.conn_id, 102);
+    cr_assert(test_user_intact(ci.user, ci.user_len, NULL));
+    th_reg_release(&reg, h[4], 6000);
+    struct visit_log v = {0};
+    th_reg_foreach(&reg, visit, &v);
+    cr_assert_eq(v.seen, 4);
+    v = (struct visit_log){.stop_at = 2};
+    th_reg_foreach(&reg, visit, &v);
+    cr_assert_eq(v.seen, 2, "stops when the visitor says so");
+}
+
+Test(registry, last_seen_from_live_slots_then_disconnect_record)
+{
+    reg_test_create(&reg, name, sizeof(name), "seen", 64);
+    publish_self(&reg, 0);
+    uint64_t ns = 0;
+    cr_assert_eq(th_reg_last_seen(&reg, "carol", 5, &ns), 0, "never seen");
+    struct th_handle a = claim_ok("carol", 0, 100), b = claim_ok("carol", 0, 200);
+    th_reg_touch(&reg, a, 900);
+    cr_assert_eq(th_reg_last_seen(&reg, "carol", 5, &ns), 1);
+    cr_assert_eq(ns, 900, "the newest of the live slots");
+    cr_assert_eq(th_reg_release(&reg, a, 1000), 0);
+    cr_assert_eq(th_reg_last_seen(&reg, "carol", 5, &ns), 1);
+    cr_assert_eq(ns, 200, "only b is live now");
+    th_reg_touch(&reg, b, 1500);
+    cr_assert_eq(th_reg_release(&reg, b, 2000), 0);
+    cr_assert_eq(th_reg_last_seen(&reg, "carol", 5, &ns), 1);
+    cr_assert_eq(ns, 1500, "the disconnect record keeps the last LastSeen");
+    cr_assert_eq(th_reg_last_seen(&reg, "carl", 4, &ns), 0);
+    cr_assert_eq(th_reg_last_seen(&reg, "", 0, &ns), 0);
+}
+
+Test(registry, lookup_falls_back_to_scan_when_window_is_full)
+{
+    reg_test_create(&reg, name, sizeof(name), "window", 256);
+    publish_self(&reg, 0);
+    uint32_t h = th_user_hash("dave", 4);
+    /* Fill dave's window with entries pointing at free slots (readers ignore those). */
+    for (uint32_t j = 0; j < th_reg_window(&reg); j++)
+        atomic_store(&reg.index[th_reg_bucket(&reg, h, j)], 200 + 1);
+    struct th_handle d = claim_ok("dave", 0, 1);
+    cr_assert_eq(atomic_load(&reg.hdr->unindexed), 1);
+    cr_assert_eq(atomic_load(&reg.slots[d.slot].bucket), TH_NO_SLOT);
+    struct th_conn_info ci[2];
+    cr_assert_eq(th_reg_find_user(&reg, "dave", 4, ci, 2), 1);
+    cr_assert_eq(ci[0].slot, d.slot);
+    cr_assert_eq(th_reg_release(&reg, d, 2), 0);
+    cr_assert_eq(atomic_load(&reg.hdr->unindexed), 0);
+    cr_assert_eq(th_reg_find_user(&reg, "dave", 4, ci, 2), 0);
+}
+
+Test(registry, release_clears_its_index_entry)
+{
+    reg_test_create(&reg, name, sizeof(name), "index", 64);
+    publish_self(&reg, 0);
+    struct th_handle e = claim_ok("erin", 0, 1);
+    uint32_t b = atomic_load(&reg.slots[e.slot].bucket);
+    cr_assert_eq(atomic_load(&reg.index[b]), e.slot + 1);
+    th_reg_release(&reg, e, 2);
+    for (uint32_t i = 0; i < reg.hdr->nbuckets; i++)
+        cr_assert_eq(atomic_load(&reg.index[i]), 0, "bucket %u", i);
+}
+
+/* ---- dead writers ---- */
+
+Test(registry, reclaim_worker_releases_only_that_worker)
+{
+    reg_test_create(&reg, name, sizeof(name), "reclaim", 64);
+    publish_self(&reg, 2);
+    for (int i = 0; i < 5; i++)
+        claim_ok("w1user", 1, 10 + i);
+    struct th_handle keep = claim_ok("w2user", 2, 1);
+    claim_ok("w1user", 2, 1);
+    cr_assert_eq(th_reg_reclaim_worker(&reg, 1, 100), 5);
+    cr_assert_eq(atomic_load(&reg.hdr->used), 2);
+    struct th_conn_info ci[8];
+    cr_assert_eq(th_reg_find_user(&reg, "w1user", 6, ci, 8), 1);
+    cr_assert_eq(ci[0].worker, 2);
+    cr_assert_eq(th_reg_read(&reg, keep.slot, ci), 1);
+    cr_assert_eq(th_reg_reclaim_worker(&reg, 1, 100), 0);
+}
+
+Test(registry, repair_releases_slots_of_dead_or_unpublished_workers)
+{
+    reg_test_create(&reg, name, sizeof(name), "deadw", 64);
+    publish_self(&reg, 0);
+    atomic_store(&reg.hdr->workers[1].pid, dead_pid());
+    struct th_handle alive = claim_ok("x", 0, 1);
+    claim_ok("x", 1, 1);
+    claim_ok("y", 5, 1); /* worker 5 never published a pid */
+    cr_assert_eq(th_reg_repair(&reg, 100), 2);
+    cr_assert_eq(th_reg_count_used(&reg), 1);
+    cr_assert_eq(atomic_load(&reg.hdr->used), 1);
+    struct th_conn_info ci;
+    cr_assert_eq(th_reg_read(&reg, alive.slot, &ci), 1);
+    uint64_t ns;
+    cr_assert_eq(th_reg_last_seen(&reg, "y", 1, &ns), 1, "a repaired release still records");
+}
+
+/* Leave slot i in state st under a dead actor, as a claimer/releaser killed mid-way would. */
+static void leave_half_done(uint32_t i, uint8_t st, const char *user)
+{
+    struct th_slot *s = &reg.slots[i];
+    uint64_t c = atomic_load(&s->ctl);
+    uint32_t gen = th_ctl_gen(c) + (st == TH_SLOT_CLAIMING);
+    atomic_store(&s->ctl, th_ctl_make_actor(gen, dead_pid(), st));
+    uint32_t h = th_user_hash(user, strlen(user));
+    atomic_store(&s->user_hash, h);
+    th_user_store(s->user, user, strlen(user));
+    atomic_store(&s->user_len, strlen(user));
+    atomic_store(&reg.index[th_reg_bucket(&reg, h, 3)], i + 1); /* a bucket it had inserted */
+    atomic_fetch_and(&reg.freemap[i / 64], ~(1ull << (i % 64)));
+}
+
+Test(registry, repair_finishes_claiming_and_releasing_of_dead_actors)
+{
+    reg_test_create(&reg, name, sizeof(name), "half", 64);
+    publish_self(&reg, 0);
+    struct th_handle live = claim_ok("fred", 0, 1);
+    struct th_handle rel = claim_ok("gina", 0, 1);
+    leave_half_done(rel.slot, TH_SLOT_RELEASING, "gina");
+    leave_half_done(10, TH_SLOT_CLAIMING, "hank");
+    atomic_fetch_add(&reg.hdr->used, 1); /* the dead claimer had counted its slot */
+    struct th_conn_info ci;
+    cr_assert_eq(th_reg_find_user(&reg, "hank", 4, &ci, 1), 0, "CLAIMING is not visible");
+    uint64_t before = atomic_load(&reg.hdr->counters.repairs);
+    cr_assert_eq(th_reg_repair(&reg, 5), 2);
+    cr_assert_eq(atomic_load(&reg.hdr->counters.repairs), before + 2);
+    cr_assert_eq(th_ctl_state(atomic_load(&reg.slots[10].ctl)), TH_SLOT_FREE);
+    cr_assert_eq(th_ctl_state(atomic_load(&reg.slots[rel.slot].ctl)), TH_SLOT_FREE);
+    cr_assert(atomic_load(&reg.freemap[0]) & (1ull << 10), "free hint restored");
+    for (uint32_t b = 0; b < reg.hdr->nbuckets; b++) {
+        uint32_t v = atomic_load(&reg.index[b]);
+        cr_assert(v == 0 || v == live.slot + 1, "bucket %u still points at %u", b, v);
+    }
+    cr_assert_eq(atomic_load(&reg.hdr->used), 1);
+    uint64_t ns;
+    cr_assert_eq(th_reg_last_seen(&reg, "hank", 4, &ns), 0, "a never-live claim leaves no record");
+    cr_assert_eq(th_reg_last_seen(&reg, "gina", 4, &ns), 1);
+    cr_assert_eq(th_reg_read(&reg, live.slot, &ci), 1);
+}
+
+Test(registry, repair_leaves_transitions_of_live_actors_alone)
+{
+    reg_test_create(&reg, name, sizeof(name), "busy", 16);
+    struct th_slot *s = &reg.slots[4];
+    atomic_store(&s->ctl, th_ctl_make_actor(1, getppid(), TH_SLOT_CLAIMING));
+    cr_assert_eq(th_reg_repair(&reg, 1), 0);
+    cr_assert_eq(th_ctl_state(atomic_load(&s->ctl)), TH_SLOT_CLAIMING);
+    cr_assert_eq(th_ctl_actor(atomic_load(&s->ctl)), getppid());
+}
+
+Test(registry, repair_resets_disconnect_record_left_odd)
+{
+    reg_test_create(&reg, name, sizeof(name), "disc", 64);
+    publish_self(&reg, 0);
+    struct th_handle h = claim_ok("ivy", 0, 1);
+    th_reg_touch(&reg, h, 777);
+    th_reg_release(&reg, h, 800);
+    uint64_t ns;
+    cr_assert_eq(th_reg_last_seen(&reg, "ivy", 3, &ns), 1);
+    struct th_disc *d = &reg.disc[th_user_hash("ivy", 3) & (reg.hdr->ndisc - 1)];
+    uint64_t s = atomic_load(&d->seq);
+    atomic_store(&d->seq, ((uint64_t)dead_pid() << 32) | (uint32_t)(s + 1)); /* died mid-write */
+    cr_assert_eq(th_reg_last_seen(&reg, "ivy", 3, &ns), 0, "an odd record is not trusted");
+    th_reg_repair(&reg, 900);
+    cr_assert_eq(atomic_load(&d->seq) & 1, 0);
+    cr_assert_eq(th_reg_last_seen(&reg, "ivy", 3, &ns), 0, "its content is discarded");
+    h = claim_ok("ivy", 0, 1000);
+    th_reg_release(&reg, h, 1100);
+    cr_assert_eq(th_reg_last_seen(&reg, "ivy", 3, &ns), 1, "the entry is writable again");
+    cr_assert_eq(ns, 1000);
+}
+
+Test(registry, repair_leaves_odd_record_of_live_writer)
+{
+    reg_test_create(&reg, name, sizeof(name), "disclive", 16);
+    struct th_disc *d = &reg.disc[0];
+    uint64_t odd = ((uint64_t)getppid() << 32) | 1;
+    atomic_store(&d->seq, odd);
+    th_reg_repair(&reg, 1);
+    cr_assert_eq(atomic_load(&d->seq), odd);
+}
+
+Test(registry, repair_restores_lost_free_hints_and_counter_drift)
+{
+    reg_test_create(&reg, name, sizeof(name), "hint", 8);
+    publish_self(&reg, 0);
+    struct th_handle h[8], ev;
+    for (int i = 0; i < 7; i++)
+        h[i] = claim_ok("z", 0, 1);
+    uint32_t last = 0;
+    while (th_ctl_state(atomic_load(&reg.slots[last].ctl)) != TH_SLOT_FREE)
+        last++;
+    atomic_fetch_and(&reg.freemap[0], ~(1ull << last)); /* a releaser died before the hint */
+    cr_assert_eq(th_reg_claim(&reg, "z", 1, 0, 1, 1, 0, &h[7], &ev), -ENOSPC);
+    atomic_store(&reg.hdr->used, 3); /* and a process died between CAS and count */
+    cr_assert_eq(th_reg_repair(&reg, 1), 0);
+    cr_assert_eq(atomic_load(&reg.hdr->used), 7);
+    cr_assert_eq(th_reg_claim(&reg, "z", 1, 0, 1, 1, 0, &h[7], &ev), 0);
+    cr_assert_eq(h[7].slot, last);
+}
+
+/* ---- helpers ---- */
+
+Test(registry, pid_alive_and_hash)
+{
+    cr_assert(th_pid_alive(getpid()));
+    cr_assert_not(th_pid_alive(dead_pid()));
+    cr_assert_not(th_pid_alive(0));
+    cr_assert_eq(th_user_hash("abc", 3), th_user_hash("abc", 3));
+    cr_assert_neq(th_user_hash("abc", 3), th_user_hash("abd", 3));
+    cr_assert_neq(th_user_hash("a", 1), th_user_hash("a\0", 2));
+    cr_assert_eq(th_ctl_actor(th_ctl_make_actor(5, 4194303, TH_SLOT_RELEASING)), 4194303);
+    cr_assert_eq(th_ctl_gen(th_ctl_make_actor(5, 4194303, TH_SLOT_RELEASING)), 5);
+    cr_assert_eq(th_ctl_state(th_ctl_make_actor(5, 4194303, TH_SLOT_RELEASING)), TH_SLOT_RELEASING);
+    cr_assert_str_eq(th_slot_state_name(TH_SLOT_LIVE), "live");
+}
+
+Test(registry, self_pid_is_refreshed_in_fork_children)
+{
+    cr_assert_eq(th_reg_self(), getpid());
+    pid_t p = fork();
+    if (p == 0)
+        _exit(th_reg_self() == getpid() ? 0 : 1);
+    int st;
+    waitpid(p, &st, 0);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
