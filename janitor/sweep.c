@@ -19,6 +19,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -178,6 +179,17 @@ static void submit(struct th_sweeper *s, unsigned w, struct th_handle h, uint64_
         collect(s, w, now_ns, st);
 }
 
+/*
+ * The janitor keeps SIGTERM/SIGINT blocked outside its wait, so a sweep of a
+ * huge table would otherwise hold up a drain: look at the pending set now and
+ * then instead.
+ */
+static int stop_pending(void)
+{
+    sigset_t p;
+    return sigpending(&p) == 0 && (sigismember(&p, SIGTERM) == 1 || sigismember(&p, SIGINT) == 1);
+}
+
 struct visit_ctx {
     struct th_sweeper *s;
     uint64_t now_ns;
@@ -189,8 +201,11 @@ static int visit(const struct th_conn_info *ci, void *arg)
 {
     struct visit_ctx *x = arg;
     x->st->live++;
-    if (++x->visited % HEARTBEAT_EVERY == 0)
+    if (++x->visited % HEARTBEAT_EVERY == 0) {
         atomic_store(&x->s->reg->hdr->roles[TH_ROLE_JANITOR].heartbeat_ns, th_now_ns());
+        if (stop_pending())
+            return 1; /* a drain is on: the next incarnation (if any) sweeps again */
+    }
     if (ci->last_seen >= x->now_ns || x->now_ns - ci->last_seen <= x->s->stale_ns)
         return 0;
     char ts[40];
