@@ -598,6 +598,23 @@ add("close_then_reserved_opcode_ignored", frames_after_close(frame(5, b"x")))
 add("close_then_garbage_ignored", frames_after_close(b"\xff" * 64))
 
 
+def server_closes_without_client_reply(trigger, code):
+    """After its close frame the server must end the TCP connection even if the
+    client never answers the close."""
+    def run(self):
+        ws = self.conn()
+        ws.send_raw(trigger)
+        got, _, _ = ws.expect_close(T, reply=False)
+        self.assertEqual(got, code)
+        self.assertTrue(ws.expect_eof(T), "TCP still open %ss after the server's close" % T)
+    return run
+
+
+add("close_protocol_error_tcp_ends_without_client_reply", server_closes_without_client_reply(frame(5, b""), 1002))
+add("close_echo_tcp_ends_without_client_reply",
+    server_closes_without_client_reply(frame(CLOSE, rawws.close_payload(1000)), 1000))
+
+
 def close_one_byte_at_a_time(self):
     ws = self.conn()
     ws.send(CLOSE, rawws.close_payload(3000, b"slow"), chop=1)
