@@ -461,10 +461,14 @@ static void on_recv(struct child *ch, long i, struct io_uring_cqe *cqe)
     }
     if (c->state == CS_DEAD || (cqe->flags & IORING_CQE_F_MORE))
         return;
-    if (res > 0 || res == -ENOBUFS)
+    if (res > 0 || res == -ENOBUFS) {
         arm_recv(ch, i);
-    else
-        conn_kill(ch, c, c->state == CS_OPEN); /* EOF or error */
+        return;
+    }
+    if (c->state == CS_HANDSHAKE && ch->hs_errors_shown++ < 3)
+        fprintf(stderr, "tether-load: connection closed during the handshake: %s\n",
+                res ? strerror(-res) : "EOF");
+    conn_kill(ch, c, c->state == CS_OPEN); /* EOF or error */
 }
 
 /* ---- backend API ----------------------------------------------------- */

@@ -7,6 +7,9 @@
  * thread, as lws servers are usually deployed; outbound frames queue per
  * connection and go out in the WRITEABLE callback, the lws way. It keeps no
  * record of disconnected users, so its 404 always carries last_seen null.
+ * --event-lib picks lws's own poll() loop (default) or the libuv / libev
+ * plugins Debian ships; poll() costs O(connections) per wake-up, so
+ * tools/bench runs both poll and uv.
  */
 #include <jansson.h>
 #include <libwebsockets.h>
@@ -372,12 +375,17 @@ static struct lws_vhost *vhost(struct lws_context *cx, const char *name, const c
 
 int main(int argc, char **argv)
 {
-    const char *listen = "127.0.0.1:8080", *api = "127.0.0.1:8081", *secret = NULL;
+    const char *listen = "127.0.0.1:8080", *api = "127.0.0.1:8081", *secret = NULL, *evlib = "poll";
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--listen")) listen = argv[i + 1];
         else if (!strcmp(argv[i], "--api-listen")) api = argv[i + 1];
         else if (!strcmp(argv[i], "--jwt-secret-file")) secret = argv[i + 1];
+        else if (!strcmp(argv[i], "--event-lib")) evlib = argv[i + 1];
         else { fprintf(stderr, "tether-peer-lws: unknown flag %s\n", argv[i]); return 2; }
+    }
+    if (argc % 2 == 0) {
+        fprintf(stderr, "tether-peer-lws: flag %s needs a value\n", argv[argc - 1]);
+        return 2;
     }
     if (load_secret(secret) < 0) {
         fprintf(stderr, "tether-peer-lws: --jwt-secret-file missing or empty\n");
@@ -387,6 +395,14 @@ int main(int argc, char **argv)
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
     info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+    if (!strcmp(evlib, "ev")) /* the libev plugin (epoll) instead of lws's own poll() loop */
+        info.options |= LWS_SERVER_OPTION_LIBEV;
+    else if (!strcmp(evlib, "uv"))
+        info.options |= LWS_SERVER_OPTION_LIBUV;
+    else if (strcmp(evlib, "poll")) {
+        fprintf(stderr, "tether-peer-lws: --event-lib is poll, ev or uv\n");
+        return 2;
+    }
     struct lws_context *cx = lws_create_context(&info);
     char h1[64], h2[64];
     if (!cx || !vhost(cx, "ws", listen, g_ws_protocols, h1, sizeof h1) ||
@@ -394,9 +410,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "tether-peer-lws: cannot listen on %s / %s\n", listen, api);
         return 1;
     }
-    signal(SIGINT, on_sig);
-    signal(SIGTERM, on_sig);
-    fprintf(stderr, "lws peer: ws://%s/ws api http://%s pid %d\n", listen, api, (int)getpid());
+    if (!strcmp(evlib, "poll")) { /* the ev and uv loops never return to check a flag: */
+        signal(SIGINT, on_sig);    /* there SIGTERM keeps its default action */
+        signal(SIGTERM, on_sig);
+    }
+    fprintf(stderr, "lws peer: ws://%s/ws api http://%s pid %d event lib %s\n", listen, api,
+            (int)getpid(), evlib);
     while (!g_stop && lws_service(cx, 0) >= 0)
         ;
     lws_context_destroy(cx);
