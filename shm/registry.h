@@ -298,6 +298,13 @@ int th_pid_alive(pid_t pid);
 /* Hash of a user id (also the index and disconnect-record key). */
 uint32_t th_user_hash(const char *user, size_t ulen);
 
+/*
+ * Diagnostics (tether-dump): an unchecked copy of slot i in any state, its
+ * fields possibly half-written by a claim or release in progress. Returns the
+ * ctl word it saw. Never use it to make a decision; use th_reg_read.
+ */
+uint64_t th_reg_peek(const struct th_reg *r, uint32_t slot, struct th_conn_info *out);
+
 /* Number of non-FREE slots counted from the slots themselves (a full scan). */
 uint32_t th_reg_count_used(const struct th_reg *r);
 

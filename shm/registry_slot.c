@@ -48,6 +48,23 @@ int th_reg_read(const struct th_reg *r, uint32_t slot, struct th_conn_info *out)
     return read_slot(r, slot, out, &hash, &flags);
 }
 
+uint64_t th_reg_peek(const struct th_reg *r, uint32_t i, struct th_conn_info *out)
+{
+    struct th_slot *s = &r->slots[i];
+    uint64_t c = atomic_load_explicit(&s->ctl, memory_order_acquire);
+    size_t len = atomic_load_explicit(&s->user_len, RELAXED);
+    out->slot = i;
+    out->gen = th_ctl_gen(c);
+    out->worker = th_ctl_owner(c);
+    out->conn_id = atomic_load_explicit(&s->conn_id, RELAXED);
+    out->connected_at = atomic_load_explicit(&s->connected_at, RELAXED);
+    out->last_seen = atomic_load_explicit(&s->last_seen, RELAXED);
+    th_user_load(out->user, s->user);
+    out->user_len = len > TH_USER_MAX ? TH_USER_MAX : len;
+    out->user[out->user_len] = 0;
+    return c;
+}
+
 void th_reg_foreach(const struct th_reg *r, th_reg_visit_fn fn, void *arg)
 {
     struct th_conn_info ci;
