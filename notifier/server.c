@@ -89,6 +89,8 @@ struct server {
     uint32_t free_head;
     unsigned nconns;
     struct conn *wake;
+    uint64_t owed;     /* notifications accepted, answer not yet written */
+    int owed_paused;   /* some connection paused on MAX_OWED */
     struct th_hist hist;
     uint64_t id_prefix, id_counter;
     struct th_buf frame; /* reused for every rendering: the route copies what it keeps */
@@ -96,6 +98,13 @@ struct server {
 };
 
 static struct server *S; /* route callbacks carry only an item pointer */
+
+/*
+ * Notifications accepted but not yet answered, over every connection: past
+ * this, every connection stops reading until half have been answered. With
+ * the per-batch cap it bounds the memory held by answers in progress.
+ */
+#define MAX_OWED 100000
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -143,8 +152,19 @@ static void submit_send(struct conn *c)
     c->send_busy = 1;
 }
 
+static void conn_wake(struct conn *c);
+
 static void resp_free(struct resp *r)
 {
+    S->owed -= r->nitems;
+    if (S->owed_paused && S->owed < MAX_OWED / 2) {
+        S->owed_paused = 0;
+        for (unsigned i = 0; i < TH_API_MAX_CONNS; i++)
+            if (S->conns[i].in_use && S->conns[i].paused) {
+                S->conns[i].paused = 0;
+                conn_wake(&S->conns[i]);
+            }
+    }
     for (uint32_t i = 0; i < r->nitems; i++)
         free(r->items[i].err);
     free(r->items);
@@ -261,8 +281,12 @@ static void conn_emit(struct conn *c)
     }
     submit_send(c);
     if (c->paused && c->nresp < TH_API_MAX_PIPELINE / 2) {
-        c->paused = 0;
-        conn_wake(c);
+        if (S->owed >= MAX_OWED) {
+            S->owed_paused = 1; /* resp_free wakes it once enough is answered */
+        } else {
+            c->paused = 0;
+            conn_wake(c);
+        }
     }
 }
 
@@ -387,6 +411,7 @@ static void handle_notify(struct resp *r, const struct th_api_req *req)
         return;
     }
     r->nitems = 1;
+    S->owed++;
     r->items[0].r = r;
     if (th_api_parse_notify(req->body, req->body_len, &root, &n, err, sizeof(err)) < 0) {
         item_fail(&r->items[0], 400, err);
@@ -429,6 +454,7 @@ static void handle_batch(struct resp *r, const struct th_api_req *req)
         return;
     }
     r->nitems = (uint32_t)n;
+    S->owed += n;
     r->pending++;
     for (size_t i = 0; i < n; i++) {
         struct th_notify nt;
@@ -502,11 +528,25 @@ static void handle_request(struct conn *c, const struct th_api_req *req)
     }
 }
 
+/* May this connection take another request now (answers owed are bounded)? */
+static int may_take(struct conn *c)
+{
+    if (c->nresp >= TH_API_MAX_PIPELINE || S->owed >= MAX_OWED) {
+        c->paused = 1;
+        if (S->owed >= MAX_OWED && !S->owed_paused)
+            th_debug("[Notifier] %llu notifications owed an answer: reading paused",
+                     (unsigned long long)S->owed);
+        S->owed_paused |= S->owed >= MAX_OWED;
+        return 0;
+    }
+    return 1;
+}
+
 /* Frame and dispatch every complete request in the input buffer. */
 static void conn_parse(struct conn *c)
 {
     size_t off = 0;
-    while (!c->closing && !c->stop_read && c->nresp < TH_API_MAX_PIPELINE && off < c->in_len) {
+    while (!c->closing && !c->stop_read && off < c->in_len && may_take(c)) {
         struct th_api_req req;
         const char *reason = NULL;
         memset(&req.http, 0, sizeof(req.http));
@@ -527,8 +567,6 @@ static void conn_parse(struct conn *c)
         if (!req.keep_alive)
             c->stop_read = 1; /* answer this one last, then close */
     }
-    if (c->nresp >= TH_API_MAX_PIPELINE)
-        c->paused = 1;
     if (c->closing)
         return;
     memmove(c->in, c->in + off, c->in_len - off);
@@ -539,7 +577,7 @@ static void conn_parse(struct conn *c)
         c->in_cap = 0;
     }
     conn_emit(c);
-    if (!c->closing && !c->stop_read && !c->eof && !c->recv_busy && c->nresp < TH_API_MAX_PIPELINE)
+    if (!c->closing && !c->stop_read && !c->eof && !c->recv_busy && !c->paused)
         submit_recv(c);
 }
 
@@ -679,7 +717,7 @@ static void dispatch(struct io_uring_cqe *cqe)
     }
 }
 
-/* Connections that paused reading on a full pipeline and may go on. */
+/* Connections that paused reading (too many answers owed) and may go on. */
 static void run_wakes(void)
 {
     while (S->wake) {

@@ -147,6 +147,40 @@ class Races(unittest.TestCase):
                 await ws.close()
             asyncio.run(asyncio.wait_for(go(), 60))
 
+    def test_owed_answers_bound_pauses_reading(self):
+        """One notify held by a stopped worker, then 15 batches of 10,000
+        answered at once but owed behind it (150,000 > the 100,000 bound):
+        reading pauses; once the worker resumes and confirms the first, every
+        answer arrives, in order."""
+        from notifier_it_util import post, raw_request
+        with th.Group(workers=1, extra_args=["--handoff-timeout-ms", "60000"]) as g:
+            async def go():
+                ws = await connect(g, "held2")
+                await wait_connected(g, "held2", 1)
+                pid = self.worker_of(g, "held2")
+                batch = post("/v1/notify/batch", [{"user_id": "gone-%d" % i, "type": "t"} for i in range(10000)])
+                data = post("/v1/notify", {"user_id": "held2", "type": "t", "id": "first"}) + batch * 15
+                os.kill(pid, signal.SIGSTOP)
+                loop = asyncio.get_running_loop()
+                try:
+                    fut = loop.run_in_executor(None, lambda: raw_request(g.api_port, data, count=16, timeout=60))
+                    paused = await loop.run_in_executor(
+                        None, g.wait_log, "notifications owed an answer: reading paused", 40)
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                out = await fut
+                self.assertTrue(paused, "reading never paused")
+                self.assertEqual(out[0][0], 200)
+                self.assertEqual(json.loads(out[0][2])["id"], "first")
+                for st, _, raw in out[1:]:
+                    self.assertEqual(st, 200)
+                    res = json.loads(raw)["results"]
+                    self.assertEqual(len(res), 10000)
+                    self.assertEqual(res[-1]["user_id"], "gone-9999")
+                self.assertEqual(json.loads(await ws.recv())["id"], "first")
+                await ws.close()
+            asyncio.run(asyncio.wait_for(go(), 120))
+
     def test_worker_killed_during_handoff(self):
         with th.Group(workers=1) as g:
             async def go():
