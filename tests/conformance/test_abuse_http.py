@@ -341,7 +341,16 @@ def _api_extra_cases():
         status, reply = self.raw(b"\x00\x01\x02 garbage\r\n\r\n")
         self.assertEqual(status, 400, reply)
 
-    for fn in (too_large, chunked, huge_head, conflicting_lengths, garbage):
+    def presence_invalid_utf8_user(self):
+        """A percent-encoded user id that is not UTF-8 must not put raw bytes in the JSON reply."""
+        status, reply = self.raw(b"GET /v1/presence/%ff%fe HTTP/1.1\r\nConnection: close\r\n\r\n")
+        self.assertIn(status, (200, 400, 404), reply)
+        try:
+            json.loads(reply.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            self.fail("presence reply is not valid UTF-8 JSON (%s): %r" % (e, reply[:200]))
+
+    for fn in (too_large, chunked, huge_head, conflicting_lengths, garbage, presence_invalid_utf8_user):
         setattr(BackendApiAbuse, "test_api_" + fn.__name__, fn)
 
 
