@@ -7,6 +7,7 @@
 #include "notifier/api.h"
 #include "shm/clock.h"
 #include "shm/registry.h"
+#include "worker/utf8.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -70,17 +71,42 @@ void th_buf_printf(struct th_buf *b, const char *fmt, ...)
     b->len += (size_t)n;
 }
 
+/* Bytes in the UTF-8 sequence starting at p (max n), or 0 if it is not valid. */
+static size_t utf8_seq(const unsigned char *p, size_t n)
+{
+    size_t len = p[0] < 0xc0 ? 0 : p[0] < 0xe0 ? 2 : p[0] < 0xf0 ? 3 : p[0] < 0xf8 ? 4 : 0;
+    if (len == 0 || len > n || th_utf8_feed(TH_UTF8_ACCEPT, p, len) != TH_UTF8_ACCEPT)
+        return 0;
+    return len;
+}
+
+/*
+ * Escape quotes, backslashes and control characters; copy valid UTF-8 as is
+ * and replace each invalid byte with U+FFFD, so the output is always valid
+ * JSON even for text that echoes a client's bytes (jansson's error messages,
+ * a percent-decoded path).
+ */
 void th_buf_json_str(struct th_buf *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    /* Worst case every byte becomes \u00XX. */
+    /* Worst case every byte becomes \u00XX or a 3-byte U+FFFD. */
     if (buf_reserve(b, n * 6 + 2) < 0)
         return;
     char *o = b->p + b->len;
     *o++ = '"';
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
+        if (c >= 0x80) {
+            size_t k = utf8_seq((const unsigned char *)s + i, n - i);
+            if (k) {
+                memcpy(o, s + i, k);
+                o += k;
+                i += k - 1;
+            } else {
+                memcpy(o, "\xef\xbf\xbd", 3);
+                o += 3;
+            }
+        } else if (c == '"' || c == '\\') {
             *o++ = '\\';
             *o++ = (char)c;
         } else if (c < 0x20 || c == 0x7f) {

@@ -261,3 +261,20 @@ Test(render, pct_decode)
     cr_assert_eq(th_api_pct_decode("a%zz", 4, out, sizeof(out)), -1);
     cr_assert_eq(th_api_pct_decode("123456789", 9, out, sizeof(out)), -1);
 }
+
+Test(render, json_str_always_valid_utf8)
+{
+    struct th_buf b = {0};
+    /* valid 2-, 3- and 4-byte sequences pass through; stray, truncated,
+     * overlong and surrogate bytes become U+FFFD */
+    const char in[] = "a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80|\xff|\xc3|\xc0\xaf|\xed\xa0\x80|\xe2\x82";
+    th_buf_json_str(&b, in, sizeof(in) - 1);
+    json_error_t je;
+    json_t *j = json_loadb(b.p, b.len, JSON_DECODE_ANY, &je);
+    cr_assert(json_is_string(j), "not a JSON string: %s (%s)", b.p, je.text);
+    cr_assert_str_eq(json_string_value(j), "a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80|\xef\xbf\xbd|\xef\xbf\xbd|"
+                                           "\xef\xbf\xbd\xef\xbf\xbd|\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd|"
+                                           "\xef\xbf\xbd\xef\xbf\xbd");
+    json_decref(j);
+    th_buf_free(&b);
+}
