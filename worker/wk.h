@@ -32,6 +32,7 @@
 #define WK_BUF_SIZE 4096u
 #define WK_BGID 1
 #define WK_HANDSHAKE_S 10u    /* slowloris bound: time to finish the HTTP upgrade */
+#define WK_ACCEPT_BATCH 16u   /* clients accepted before re-queueing behind the other workers */
 #define WK_CLOSE_WAIT_S 5u    /* after our close frame: wait this long for the peer */
 /* All send queues of one worker together: past this, whoever adds is closed (or BUSY). */
 #define WK_QUEUE_BUDGET (256ull << 20)
@@ -151,6 +152,8 @@ struct worker {
 
     uint32_t feeding;     /* connection whose reader is running (its buffer must stay), or UINT32_MAX */
     int accepting;        /* multishot accept armed */
+    uint32_t accept_gen;  /* generation of the current accept request */
+    uint32_t accepted;    /* clients taken since it was armed */
     int accept_paused;    /* EMFILE/ENFILE: re-arm at the next tick */
     int draining;
     uint32_t drain_deadline_s;

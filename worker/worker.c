@@ -74,8 +74,39 @@ static void arm_accept(struct worker *w)
 {
     struct io_uring_sqe *sqe = wk_sqe(w);
     io_uring_prep_multishot_accept(sqe, w->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, wk_ud(OP_ACCEPT, 0, 0));
+    io_uring_sqe_set_data64(sqe, wk_ud(OP_ACCEPT, 0, ++w->accept_gen));
     w->accepting = 1;
+    w->accepted = 0;
+}
+
+static void stop_accept(struct worker *w)
+{
+    if (!w->accepting)
+        return;
+    struct io_uring_sqe *sqe = wk_sqe(w);
+    io_uring_prep_cancel64(sqe, wk_ud(OP_ACCEPT, 0, w->accept_gen), 0);
+    io_uring_sqe_set_data64(sqe, wk_ud(OP_CANCEL, 0, 0));
+    w->accepting = 0;
+}
+
+/*
+ * Spreading clients over the workers. A multishot accept stays at its place
+ * in the listener's wait queue, and the kernel wakes only the first waiter
+ * of an accept (exclusive wake-up), so without this the first worker would
+ * take every client. Every WK_ACCEPT_BATCH clients a worker re-arms its
+ * accept, which queues it behind the other workers: round robin by batches,
+ * and a busy worker (slower to re-arm) naturally takes fewer. A full
+ * connection table stops accepting until the next tick frees room.
+ */
+static void after_accept(struct worker *w)
+{
+    if (w->live >= WK_MAX_CONNS) {
+        stop_accept(w);
+        w->accept_paused = 1;
+    } else if (w->cfg->workers > 1 && ++w->accepted >= WK_ACCEPT_BATCH) {
+        stop_accept(w);
+        arm_accept(w);
+    }
 }
 
 /*
@@ -147,13 +178,13 @@ static void buf_return(struct worker *w, unsigned bid)
                           io_uring_buf_ring_mask(WK_BUF_COUNT), (int)w->br_returned++);
 }
 
-static void on_accept(struct worker *w, int res, unsigned flags)
+static void on_accept(struct worker *w, int res, unsigned flags, uint32_t gen)
 {
-    if (!(flags & IORING_CQE_F_MORE)) {
-        w->accepting = 0;
+    if (!(flags & IORING_CQE_F_MORE) && gen == w->accept_gen && w->accepting) {
+        w->accepting = 0; /* the kernel ended our current accept */
         if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM)
             w->accept_paused = 1; /* re-armed by the next tick, not in a hot loop */
-        else if (!w->draining && res != -ECANCELED)
+        else if (!w->draining)
             arm_accept(w);
     }
     if (res < 0) {
@@ -174,6 +205,7 @@ static void on_accept(struct worker *w, int res, unsigned flags)
     int one = 1;
     setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     wk_arm_recv(w, (uint32_t)idx);
+    after_accept(w);
 }
 
 static void on_recv(struct worker *w, uint32_t idx, uint32_t gen, int res, unsigned flags)
@@ -220,7 +252,7 @@ static void dispatch(struct worker *w, const struct io_uring_cqe *cqe)
     uint32_t idx = wk_ud_idx(ud), gen = wk_ud_gen(ud);
     switch (wk_ud_op(ud)) {
     case OP_ACCEPT:
-        on_accept(w, cqe->res, cqe->flags);
+        on_accept(w, cqe->res, cqe->flags, gen);
         break;
     case OP_RECV:
         on_recv(w, idx, gen, cqe->res, cqe->flags);
@@ -247,11 +279,7 @@ static void start_drain(struct worker *w)
     w->draining = 1;
     w->drain_deadline_s = w->mono_s + w->cfg->drain_timeout_s;
     th_info("draining: closing %u connections (up to %us)", w->live, w->cfg->drain_timeout_s);
-    if (w->accepting) {
-        struct io_uring_sqe *sqe = wk_sqe(w);
-        io_uring_prep_cancel64(sqe, wk_ud(OP_ACCEPT, 0, 0), 0);
-        io_uring_sqe_set_data64(sqe, wk_ud(OP_CANCEL, 0, 0));
-    }
+    stop_accept(w);
     for (uint32_t i = 0; i < w->high; i++) {
         if (w->conns[i].state == CS_OPEN)
             wk_conn_close(w, i, TH_WS_GOING_AWAY);
@@ -278,7 +306,7 @@ static void tick(struct worker *w)
     atomic_store_explicit(&w->reg->hdr->workers[w->index].heartbeat_ns, w->now_ns,
                           memory_order_relaxed);
     wk_conn_tick(w);
-    if (w->accept_paused && !w->draining && !w->accepting) {
+    if (w->accept_paused && !w->draining && !w->accepting && w->live < WK_MAX_CONNS) {
         w->accept_paused = 0;
         arm_accept(w);
     }

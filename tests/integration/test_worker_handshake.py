@@ -11,6 +11,7 @@ import json
 import unittest
 
 import websockets
+import websockets.exceptions
 
 from tether_harness import Group, make_token, wait_until
 from test_worker_util import app_ping, connect, http_get, run, slots_of, upgrade_headers

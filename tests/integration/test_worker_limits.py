@@ -9,6 +9,7 @@ import asyncio
 import unittest
 
 import websockets
+import websockets.exceptions
 
 from tether_harness import Group, wait_until
 from test_worker_util import app_ping, connect, run, slots_of

@@ -13,6 +13,7 @@ import socket
 import struct
 
 import websockets
+import websockets.exceptions
 
 
 def http_get(port, target, headers=(), timeout=5):
