@@ -185,7 +185,7 @@ void th_user_load(char dst[TH_USER_MAX], const char *src)
 {
     const uint64_t *w = (const uint64_t *)(const void *)src;
     for (int i = 0; i < TH_USER_MAX / 8; i++) {
-        uint64_t v = __atomic_load_n(&w[i], __ATOMIC_RELAXED);
+        uint64_t v = __atomic_load_n(&w[i], __ATOMIC_ACQUIRE);
         memcpy(dst + 8 * i, &v, 8);
     }
 }
@@ -198,7 +198,7 @@ void th_user_store(char *dst, const char *user, size_t ulen)
     for (int i = 0; i < TH_USER_MAX / 8; i++) {
         uint64_t v;
         memcpy(&v, buf + 8 * i, 8);
-        __atomic_store_n(&w[i], v, __ATOMIC_RELAXED);
+        __atomic_store_n(&w[i], v, __ATOMIC_RELEASE);
     }
 }
 

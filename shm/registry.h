@@ -35,8 +35,11 @@
  *   Readers: everybody. A reader copies a slot's fields between two loads of
  *   ctl and keeps the copy only if both loads are equal and LIVE (a seqlock
  *   without a lock: the generation changes on every claim, so a torn copy
- *   of a reused slot is always detected). User bytes are copied as relaxed
- *   atomic 64-bit words, so the deliberate racy read is defined behaviour.
+ *   of a reused slot is always detected). The claimer writes the fields with
+ *   release stores after its CAS and the reader loads them with acquire loads
+ *   before its re-check (both plain moves on x86; no fences, which TSan does
+ *   not model); user bytes go as 64-bit atomic words, so the deliberate racy
+ *   read is defined behaviour.
  *   Dead writer: CLAIMING/RELEASING with a dead actor is finished by
  *   th_reg_repair() (janitor, each sweep) and th_reg_reclaim_worker()
  *   (supervisor after waitpid, the worker's new incarnation at start); LIVE

@@ -14,7 +14,7 @@
 /* This process's pid, cached (reset in fork children). */
 pid_t th_reg_self(void);
 
-/* Relaxed word-wise copies of a 64-byte user field (seqlock-safe). */
+/* Word-wise atomic copies of a 64-byte user field (acquire loads, release stores: seqlock-safe). */
 void th_user_load(char dst[TH_USER_MAX], const char *src);
 void th_user_store(char *dst, const char *user, size_t ulen);
 

@@ -11,6 +11,8 @@
 #include <string.h>
 
 #define RELAXED memory_order_relaxed
+#define ACQ memory_order_acquire
+#define REL memory_order_release
 
 /* ---- reads ---- */
 
@@ -25,14 +27,15 @@ static int read_slot(const struct th_reg *r, uint32_t i, struct th_conn_info *ou
     out->slot = i;
     out->gen = th_ctl_gen(c1);
     out->worker = th_ctl_owner(c1);
-    out->conn_id = atomic_load_explicit(&s->conn_id, RELAXED);
-    out->connected_at = atomic_load_explicit(&s->connected_at, RELAXED);
-    out->last_seen = atomic_load_explicit(&s->last_seen, RELAXED);
-    *hash = atomic_load_explicit(&s->user_hash, RELAXED);
-    *flags = atomic_load_explicit(&s->flags, RELAXED);
-    size_t len = atomic_load_explicit(&s->user_len, RELAXED);
+    /* Acquire loads (plain moves on x86) keep the ctl re-check below after
+     * them, and pair with the claimer's release stores in fill_slot. */
+    out->conn_id = atomic_load_explicit(&s->conn_id, ACQ);
+    out->connected_at = atomic_load_explicit(&s->connected_at, ACQ);
+    out->last_seen = atomic_load_explicit(&s->last_seen, ACQ);
+    *hash = atomic_load_explicit(&s->user_hash, ACQ);
+    *flags = atomic_load_explicit(&s->flags, ACQ);
+    size_t len = atomic_load_explicit(&s->user_len, ACQ);
     th_user_load(out->user, s->user);
-    atomic_thread_fence(memory_order_acquire);
     if (atomic_load_explicit(&s->ctl, RELAXED) != c1)
         return 0; /* released or reused while we copied */
     out->user_len = len > TH_USER_MAX ? TH_USER_MAX : len;
@@ -168,10 +171,10 @@ static void disc_record(struct th_reg *r, const struct user_key *k, uint64_t las
     uint64_t held = ((uint64_t)(uint32_t)th_reg_self() << 32) | (uint32_t)(seq + 1);
     if (!atomic_compare_exchange_strong(&d->seq, &s, held))
         return;
-    atomic_thread_fence(memory_order_release); /* readers that see new bytes see odd seq */
-    atomic_store_explicit(&d->user_hash, k->hash, RELAXED);
-    atomic_store_explicit(&d->last_seen, last_seen, RELAXED);
-    atomic_store_explicit(&d->user_len, (uint8_t)k->ulen, RELAXED);
+    /* Release stores: a reader that sees any new byte also sees the odd seq. */
+    atomic_store_explicit(&d->user_hash, k->hash, REL);
+    atomic_store_explicit(&d->last_seen, last_seen, REL);
+    atomic_store_explicit(&d->user_len, (uint8_t)k->ulen, REL);
     th_user_store(d->user, k->user, k->ulen);
     atomic_store_explicit(&d->seq, (uint32_t)(seq + 2), memory_order_release);
 }
@@ -184,11 +187,10 @@ static int disc_lookup(const struct th_reg *r, const struct user_key *k, uint64_
     uint64_t s1 = atomic_load_explicit(&d->seq, memory_order_acquire);
     if (s1 & 1)
         return 0;
-    uint32_t hash = atomic_load_explicit(&d->user_hash, RELAXED);
-    uint64_t seen = atomic_load_explicit(&d->last_seen, RELAXED);
-    size_t len = atomic_load_explicit(&d->user_len, RELAXED);
+    uint32_t hash = atomic_load_explicit(&d->user_hash, ACQ);
+    uint64_t seen = atomic_load_explicit(&d->last_seen, ACQ);
+    size_t len = atomic_load_explicit(&d->user_len, ACQ);
     th_user_load(user, d->user);
-    atomic_thread_fence(memory_order_acquire);
     if (atomic_load_explicit(&d->seq, RELAXED) != s1 || hash != k->hash || len != k->ulen ||
         memcmp(user, k->user, len) != 0)
         return 0;
@@ -264,15 +266,14 @@ static uint32_t grab_slot(struct th_reg *r, uint64_t *ctl)
 
 static void fill_slot(struct th_slot *s, const struct user_key *k, uint32_t conn_id, uint64_t now)
 {
-    /* Pairs with read_slot's acquire fence: a reader that sees any of these
-     * stores also sees ctl != LIVE(old gen) and drops its copy. */
-    atomic_thread_fence(memory_order_release);
-    atomic_store_explicit(&s->user_hash, k->hash, RELAXED);
-    atomic_store_explicit(&s->conn_id, conn_id, RELAXED);
-    atomic_store_explicit(&s->connected_at, now, RELAXED);
-    atomic_store_explicit(&s->last_seen, now, RELAXED);
-    atomic_store_explicit(&s->flags, 0, RELAXED);
-    atomic_store_explicit(&s->user_len, (uint8_t)k->ulen, RELAXED);
+    /* Release stores (plain moves on x86): a reader whose acquire load sees
+     * any of them also sees our CLAIMING ctl on its re-check and drops the copy. */
+    atomic_store_explicit(&s->user_hash, k->hash, REL);
+    atomic_store_explicit(&s->conn_id, conn_id, REL);
+    atomic_store_explicit(&s->connected_at, now, REL);
+    atomic_store_explicit(&s->last_seen, now, REL);
+    atomic_store_explicit(&s->flags, 0, REL);
+    atomic_store_explicit(&s->user_len, (uint8_t)k->ulen, REL);
     th_user_store(s->user, k->user, k->ulen);
 }
 

@@ -6,6 +6,8 @@
  * must not change one byte of the segment, and bad input must fail the way
  * the contract says (exit 1 for a missing or bad segment, 2 for a bad flag).
  */
+#include <criterion/criterion.h>
+
 #include "reg_test.h"
 #include "shm/clock.h"
 

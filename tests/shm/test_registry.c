@@ -5,6 +5,8 @@
  * records, and the repair of states a dead process leaves behind (which the
  * tests build by hand with the pid of a child that has already been reaped).
  */
+#include <criterion/criterion.h>
+
 #include "reg_test.h"
 #include "shm/registry_impl.h"
 
