@@ -14,7 +14,7 @@ import websockets
 import websockets.exceptions
 
 from tether_harness import Group, make_token, wait_until
-from test_worker_util import app_ping, connect, http_get, run, slots_of, upgrade_headers
+from test_worker_util import stop_and_check, app_ping, connect, http_get, run, slots_of, upgrade_headers
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -26,7 +26,7 @@ class Handshake(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.g.__exit__(None, None, None)
+        stop_and_check(cls(), cls.g)
 
     def test_upgrade_query_token_accept_key(self):
         hdrs = upgrade_headers()

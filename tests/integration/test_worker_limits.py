@@ -12,7 +12,7 @@ import websockets
 import websockets.exceptions
 
 from tether_harness import Group, wait_until
-from test_worker_util import app_ping, connect, run, slots_of
+from test_worker_util import app_ping, connect, run, slots_of, stop_and_check
 
 
 async def closed_code(ws, timeout=8):
@@ -22,22 +22,27 @@ async def closed_code(ws, timeout=8):
 
 class Limits(unittest.TestCase):
     def test_replacement_4001(self):
-        with Group(workers=2, extra_args=["--max-conns-per-user", "2"]) as g:
+        # Cap 1: every new connection of the user replaces the previous one.
+        # Workers take clients in batches of 16, so 40 rounds cross workers
+        # (the replacement then goes through the owner's control socket).
+        with Group(workers=2, extra_args=["--max-conns-per-user", "1"]) as g:
             async def go():
-                # Enough connections that both workers own some of them.
-                old = [await connect(g.ws_url("l-dev")) for _ in range(2)]
-                for i in range(6):
+                old = await connect(g.ws_url("l-dev"))
+                owner = [wait_until(lambda: slots_of(g, "l-dev"), timeout=5)[0]["worker"]]
+                for i in range(40):
                     new = await connect(g.ws_url("l-dev"))
-                    self.assertEqual(await closed_code(old[0]), 4001, "round %d" % i)
-                    old = old[1:] + [new]
-                    self.assertEqual((await app_ping(old[-1]))["type"], "pong")
-                self.assertEqual(len(wait_until(lambda: len(slots_of(g, "l-dev")) == 2 and
-                                                slots_of(g, "l-dev"), timeout=5)), 2)
-                workers = {c["worker"] for c in g.dump()["connections"]}
-                for ws in old:
-                    await ws.close()
-                return workers
+                    self.assertEqual(await closed_code(old), 4001, "round %d" % i)
+                    live = wait_until(lambda: len(slots_of(g, "l-dev")) == 1 and slots_of(g, "l-dev"),
+                                      timeout=5)
+                    self.assertTrue(live, "round %d: %r" % (i, slots_of(g, "l-dev")))
+                    owner.append(live[0]["worker"])
+                    old = new
+                self.assertEqual((await app_ping(old))["type"], "pong")
+                await old.close()
+                crossings = sum(1 for a, b in zip(owner, owner[1:]) if a != b)
+                self.assertGreater(crossings, 0, owner)
             run(go(), timeout=60)
+            stop_and_check(self, g)
 
     def test_registry_full_503(self):
         with Group(workers=1, slots=16) as g:  # 16 is the smallest --slots
@@ -53,6 +58,7 @@ class Limits(unittest.TestCase):
                 for ws in held[1:] + [extra]:
                     await ws.close()
             run(go())
+            stop_and_check(self, g)
 
     def test_token_expiry_1008(self):
         with Group(workers=1) as g:
@@ -61,6 +67,7 @@ class Limits(unittest.TestCase):
                 self.assertEqual(await closed_code(ws, timeout=8), 1008)
             run(go())
             self.assertTrue(wait_until(lambda: not slots_of(g, "l-exp"), timeout=5))
+            stop_and_check(self, g)
 
 
 if __name__ == "__main__":

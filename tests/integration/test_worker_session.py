@@ -15,7 +15,7 @@ import time
 import unittest
 
 from tether_harness import Group, wait_until
-from test_worker_util import (app_ping, close_code, connect, frame, raw_ws, read_frames, run,
+from test_worker_util import (stop_and_check, app_ping, close_code, connect, frame, raw_ws, read_frames, run,
                               slots_of)
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -28,7 +28,7 @@ class Session(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.g.__exit__(None, None, None)
+        stop_and_check(cls(), cls.g)
 
     def test_json_ping_pong_and_last_seen(self):
         async def go():

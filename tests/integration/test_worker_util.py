@@ -127,3 +127,16 @@ async def app_ping(ws):
 def slots_of(group, user=None):
     conns = group.dump()["connections"]
     return [c for c in conns if user is None or c["user_id"] == user]
+
+
+SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer", "runtime error:")
+
+
+def stop_and_check(testcase, group):
+    """Stop the group (exit 0 expected) and fail on any sanitizer report in its log."""
+    rc = group.stop()
+    group.__exit__(None, None, None)
+    log = group.log()
+    for mark in SANITIZER_MARKS:
+        testcase.assertNotIn(mark, log)
+    testcase.assertEqual(rc, 0, log[-2000:])
