@@ -3,7 +3,9 @@ connected (never seen and after a disconnect), backend-chosen ids, the
 contract's log lines, presence and metrics shapes."""
 import asyncio
 import json
+import os
 import re
+import signal
 import unittest
 
 import tether_harness as th
@@ -141,6 +143,31 @@ class Delivery(unittest.TestCase):
         self.assertEqual([w["index"] for w in body["workers"]], [0, 1])
         self.assertTrue(all(w["alive"] for w in body["workers"]))
         self.assertTrue(body["janitor"]["alive"] and body["supervisor"]["alive"])
+
+
+class Signals(unittest.TestCase):
+    def test_sighup_reopens_log_and_sigterm_exits_0(self):
+        g = th.Group(workers=1)
+        path = os.path.join(g.tmp, "api.log")
+        g.args += ["--log-file", path]
+
+        def read(p):
+            with open(p, errors="replace") as f:
+                return f.read()
+        with g:
+            g.notify("before-rotate")
+            self.assertTrue(th.wait_until(lambda: "user before-rotate" in read(path), 10))
+            os.rename(path, path + ".1")
+            notifier = g.api("GET", "/healthz")[1]["notifier"]["pid"]
+            os.kill(notifier, signal.SIGHUP)
+            # The reopen happens on the notifier's next loop turn; keep asking until it shows.
+            self.assertTrue(th.wait_until(
+                lambda: g.notify("after-rotate")[0] == 404 and os.path.exists(path) and
+                "[Notifier] Attempting to send notification to user after-rotate" in read(path), 10))
+            self.assertEqual(g.stop(), 0)
+        # Only the notifier got SIGHUP: the supervisor still writes to the rotated file.
+        self.assertIn("notifier exited with status 0", read(path + ".1"))
+        self.assertIn("[Notifier] stopped", read(path))
 
 
 if __name__ == "__main__":
