@@ -274,9 +274,9 @@ int th_api_frame(const char *buf, size_t len, struct th_api_req *req, const char
                                              : "body over 65536 bytes";
         return -413;
     }
-    if (len - (size_t)h < cl)
-        return TH_API_PARTIAL;
     req->head_len = (size_t)h;
+    if (len - (size_t)h < cl)
+        return TH_API_PARTIAL; /* head_len set: the caller may answer Expect: 100-continue */
     req->body_len = (size_t)cl;
     req->body = buf + h;
     req->keep_alive = keep_alive(&req->http);

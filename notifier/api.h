@@ -50,6 +50,8 @@ struct th_api_req {
  * (-400, -411, -413, -431) with *reason set to a static text when the stream
  * cannot be framed (the caller answers and closes). A framed request can
  * still carry req->status 404/405 (answer it, keep the connection).
+ * TH_API_PARTIAL with req->head_len set means the head is complete and
+ * acceptable and only body bytes are missing (zero *req before each call).
  * Body: Content-Length only; Transfer-Encoding is refused (411).
  */
 int th_api_frame(const char *buf, size_t len, struct th_api_req *req, const char **reason);

@@ -67,6 +67,7 @@ struct conn {
     uint32_t gen, next_free;
     int in_use, recv_busy, send_busy, closing, woken, paused;
     int stop_read; /* answering a last request (Connection: close, unframeable input) */
+    int continued; /* "100 Continue" sent for the request being received */
     int eof;       /* the peer finished sending */
     uint64_t linger_until; /* lingering close: draining the peer after our last answer */
     char *in;
@@ -528,6 +529,22 @@ static void handle_request(struct conn *c, const struct th_api_req *req)
     }
 }
 
+/*
+ * curl and others send "Expect: 100-continue" with larger bodies and wait
+ * (1 s for curl) before sending them. Once the head is accepted, say go on,
+ * unless earlier answers are still owed (a 100 must not overtake them).
+ */
+static void maybe_continue(struct conn *c, const struct th_api_req *req)
+{
+    const struct th_str *e;
+    if (!req->head_len || c->continued || c->rhead || req->http.minor_version < 1 ||
+        !(e = th_http_header(&req->http, "expect")) || !th_str_ieq(e, "100-continue"))
+        return;
+    c->continued = 1;
+    th_buf_puts(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
+    submit_send(c);
+}
+
 /* May this connection take another request now (answers owed are bounded)? */
 static int may_take(struct conn *c)
 {
@@ -549,10 +566,13 @@ static void conn_parse(struct conn *c)
     while (!c->closing && !c->stop_read && off < c->in_len && may_take(c)) {
         struct th_api_req req;
         const char *reason = NULL;
-        memset(&req.http, 0, sizeof(req.http));
+        memset(&req, 0, sizeof(req));
         int rc = th_api_frame(c->in + off, c->in_len - off, &req, &reason);
-        if (rc == TH_API_PARTIAL)
+        if (rc == TH_API_PARTIAL) {
+            maybe_continue(c, &req);
             break;
+        }
+        c->continued = 0;
         if (rc < 0) {
             struct resp *r = resp_new(c, NULL);
             if (r)

@@ -278,3 +278,14 @@ Test(render, json_str_always_valid_utf8)
     json_decref(j);
     th_buf_free(&b);
 }
+
+Test(frame, partial_body_reports_accepted_head)
+{
+    struct th_api_req r;
+    const char *why;
+    const char *head = "POST /v1/notify HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
+    cr_assert_eq(frame(head, &r, &why), TH_API_PARTIAL);
+    cr_assert_eq(r.head_len, strlen(head));
+    cr_assert_eq(frame("POST /v1/notify HTTP/1.1\r\nContent-Le", &r, &why), TH_API_PARTIAL);
+    cr_assert_eq(r.head_len, 0);
+}

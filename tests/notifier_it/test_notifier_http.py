@@ -134,6 +134,24 @@ class Http(unittest.TestCase):
             self.assertEqual(r.status, 200)
         conn.close()
 
+    def test_expect_100_continue(self):
+        body = json.dumps({"user_id": "expecting", "type": "t", "data": "x" * 2000}).encode()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(b"POST /v1/notify HTTP/1.1\r\nExpect: 100-continue\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body))
+            got = b""
+            while b"\r\n\r\n" not in got:
+                got += s.recv(100)
+            self.assertEqual(got, b"HTTP/1.1 100 Continue\r\n\r\n")
+            s.sendall(body)
+            (st, _, raw), = read_responses(s, 1)
+            self.assertEqual((st, json.loads(raw)["user_id"]), (404, "expecting"))
+        # A body over the limit is refused from the head: no 100 first.
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(b"POST /v1/notify HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 70000\r\n\r\n")
+            (st, _, _), = read_responses(s, 1)
+            self.assertEqual(st, 413)
+
     def test_connection_close_honoured(self):
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
             s.sendall(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n"
