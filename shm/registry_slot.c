@@ -102,7 +102,8 @@ static int each_user_slot(const struct th_reg *r, const struct user_key *k,
     uint32_t hash, flags, n = r->hdr->nslots;
     for (uint32_t j = 0, win = th_reg_window(r); j < win; j++) {
         uint32_t v = atomic_load_explicit(&r->index[th_reg_bucket(r, k->hash, j)], RELAXED);
-        if (v == 0 || v > n || !read_slot(r, v - 1, &ci, &hash, &flags))
+        if (v == 0 || !th_index_tag_matches(v, k->hash) || th_index_slot(v) >= n ||
+            !read_slot(r, th_index_slot(v), &ci, &hash, &flags))
             continue;
         if (!(flags & TH_SLOT_F_UNINDEXED) && key_matches(k, &ci, hash)) {
             int rc = fn(&ci, arg);
@@ -282,7 +283,7 @@ static void index_insert(struct th_reg *r, uint32_t i, uint32_t hash)
     for (uint32_t j = 0, win = th_reg_window(r); j < win; j++) {
         uint32_t b = th_reg_bucket(r, hash, j), empty = 0;
         if (atomic_load_explicit(&r->index[b], RELAXED) == 0 &&
-            atomic_compare_exchange_strong(&r->index[b], &empty, i + 1)) {
+            atomic_compare_exchange_strong(&r->index[b], &empty, th_index_entry(hash, i))) {
             atomic_store_explicit(&r->slots[i].bucket, b, RELAXED);
             return;
         }
@@ -356,9 +357,10 @@ static int any_live(const struct th_conn_info *ci, void *arg)
 static void index_remove(struct th_reg *r, uint32_t i, uint32_t hash)
 {
     for (uint32_t j = 0, win = th_reg_window(r); j < win; j++) {
-        uint32_t b = th_reg_bucket(r, hash, j), mine = i + 1;
-        if (atomic_load_explicit(&r->index[b], RELAXED) == mine)
-            atomic_compare_exchange_strong(&r->index[b], &mine, 0);
+        uint32_t b = th_reg_bucket(r, hash, j);
+        uint32_t v = atomic_load_explicit(&r->index[b], RELAXED);
+        if (v && th_index_slot(v) == i) /* any tag: we hold the slot, nobody else inserts it */
+            atomic_compare_exchange_strong(&r->index[b], &v, 0);
     }
     atomic_store_explicit(&r->slots[i].bucket, TH_NO_SLOT, RELAXED);
     if (atomic_load_explicit(&r->slots[i].flags, RELAXED) & TH_SLOT_F_UNINDEXED) {

@@ -73,6 +73,8 @@ Test(registry, layout_sizes_and_limits)
     cr_assert_eq(th_reg_layout(0, NULL), 0);
     cr_assert_eq(th_reg_layout(UINT32_MAX, NULL), 0);
     cr_assert_gt(th_reg_layout(1u << 20, NULL), 0);
+    cr_assert_gt(th_reg_layout((1u << 24) - 1, NULL), 0);
+    cr_assert_eq(th_reg_layout(1u << 24, NULL), 0, "slot + 1 must fit an index entry");
 }
 
 /* ---- create / attach ---- */
@@ -432,7 +434,7 @@ Test(registry, lookup_falls_back_to_scan_when_window_is_full)
     uint32_t h = th_user_hash("dave", 4);
     /* Fill dave's window with entries pointing at free slots (readers ignore those). */
     for (uint32_t j = 0; j < th_reg_window(&reg); j++)
-        atomic_store(&reg.index[th_reg_bucket(&reg, h, j)], 200 + 1);
+        atomic_store(&reg.index[th_reg_bucket(&reg, h, j)], th_index_entry(h, 200));
     struct th_handle d = claim_ok("dave", 0, 1);
     cr_assert_eq(atomic_load(&reg.hdr->unindexed), 1);
     cr_assert_eq(atomic_load(&reg.slots[d.slot].bucket), TH_NO_SLOT);
@@ -450,7 +452,7 @@ Test(registry, release_clears_its_index_entry)
     publish_self(&reg, 0);
     struct th_handle e = claim_ok("erin", 0, 1);
     uint32_t b = atomic_load(&reg.slots[e.slot].bucket);
-    cr_assert_eq(atomic_load(&reg.index[b]), e.slot + 1);
+    cr_assert_eq(atomic_load(&reg.index[b]), th_index_entry(th_user_hash("erin", 4), e.slot));
     th_reg_release(&reg, e, 2);
     for (uint32_t i = 0; i < reg.hdr->nbuckets; i++)
         cr_assert_eq(atomic_load(&reg.index[i]), 0, "bucket %u", i);
@@ -503,7 +505,7 @@ static void leave_half_done(uint32_t i, uint8_t st, const char *user)
     atomic_store(&s->user_hash, h);
     th_user_store(s->user, user, strlen(user));
     atomic_store(&s->user_len, strlen(user));
-    atomic_store(&reg.index[th_reg_bucket(&reg, h, 3)], i + 1); /* a bucket it had inserted */
+    atomic_store(&reg.index[th_reg_bucket(&reg, h, 3)], th_index_entry(h, i)); /* it had inserted */
     atomic_fetch_and(&reg.freemap[i / 64], ~(1ull << (i % 64)));
 }
 
@@ -526,7 +528,7 @@ Test(registry, repair_finishes_claiming_and_releasing_of_dead_actors)
     cr_assert(atomic_load(&reg.freemap[0]) & (1ull << 10), "free hint restored");
     for (uint32_t b = 0; b < reg.hdr->nbuckets; b++) {
         uint32_t v = atomic_load(&reg.index[b]);
-        cr_assert(v == 0 || v == live.slot + 1, "bucket %u still points at %u", b, v);
+        cr_assert(v == 0 || th_index_slot(v) == live.slot, "bucket %u still points at %u", b, v);
     }
     cr_assert_eq(atomic_load(&reg.hdr->used), 1);
     uint64_t ns;

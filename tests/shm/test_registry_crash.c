@@ -132,9 +132,11 @@ static void check_index(void)
         struct th_conn_info ci;
         if (v == 0)
             continue;
-        check(v <= NSLOTS && th_reg_read(&reg, v - 1, &ci), "bucket %u points at a dead slot", b);
-        check(in_window(b, th_user_hash(ci.user, ci.user_len)), "bucket %u outside its window", b);
-        check(atomic_load(&reg.slots[v - 1].bucket) == b, "slot %u does not own bucket %u", v - 1, b);
+        uint32_t i = th_index_slot(v);
+        check(i < NSLOTS && th_reg_read(&reg, i, &ci), "bucket %u points at a dead slot", b);
+        uint32_t h = th_user_hash(ci.user, ci.user_len);
+        check(in_window(b, h) && v == th_index_entry(h, i), "bucket %u: wrong window or tag", b);
+        check(atomic_load(&reg.slots[i].bucket) == b, "slot %u does not own bucket %u", i, b);
     }
 }
 
