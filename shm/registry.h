@@ -54,11 +54,11 @@
  * slot user/user_hash/conn_id/connected_at/bucket: written only while the
  *   slot is CLAIMING by the claimer; read under the ctl seqlock above.
  *
- * index[] buckets (0 = empty, else th_index_entry(hash, slot): the hash's top
- *   8 bits over slot + 1 in the low 24): a claimer CASes an empty bucket in
+ * index[] buckets (0 = empty, else th_index_entry(hash, slot): an occupied
+ *   bit, the hash's top 7 bits, the slot in the low 24): a claimer CASes an empty bucket in
  *   the 64-bucket window starting at hash(user); a releaser CASes it back to
  *   0. Lookups read the whole window (no tombstones, no probe chains), skip
- *   entries whose 8-bit tag differs (all but 1 in 256 of other users' entries,
+ *   entries whose 7-bit tag differs (all but 1 in 128 of other users' entries,
  *   without touching their slots), then confirm each candidate slot under the
  *   seqlock. A claimer dying between
  *   the bucket CAS and LIVE leaves a bucket pointing at a non-LIVE slot:
@@ -317,20 +317,20 @@ uint32_t th_reg_count_used(const struct th_reg *r);
 /* Readable name of a slot state ("free", "claiming", "live", "releasing"). */
 const char *th_slot_state_name(unsigned state);
 
-/* Index entries: tag (hash >> 24) over slot + 1; slots are limited to 2^24 - 1. */
+/* Index entries: occupied bit 31, a 7-bit tag (hash >> 25), the slot in the low 24 bits. */
 #define TH_INDEX_SLOT_BITS 24
 static inline uint32_t th_index_entry(uint32_t hash, uint32_t slot)
 {
-    return (hash >> TH_INDEX_SLOT_BITS << TH_INDEX_SLOT_BITS) | (slot + 1);
+    return 0x80000000u | (hash >> 25 << TH_INDEX_SLOT_BITS) | slot;
 }
 /* The slot an entry points at, or TH_NO_SLOT for an empty bucket. */
 static inline uint32_t th_index_slot(uint32_t entry)
 {
-    return entry ? (entry & ((1u << TH_INDEX_SLOT_BITS) - 1)) - 1 : TH_NO_SLOT;
+    return entry ? entry & ((1u << TH_INDEX_SLOT_BITS) - 1) : TH_NO_SLOT;
 }
 static inline int th_index_tag_matches(uint32_t entry, uint32_t hash)
 {
-    return (entry >> TH_INDEX_SLOT_BITS) == (hash >> TH_INDEX_SLOT_BITS);
+    return ((entry >> TH_INDEX_SLOT_BITS) & 0x7f) == hash >> 25;
 }
 
 /* ctl word helpers. th_ctl_owner is meaningful only while FREE or LIVE. */

@@ -9,7 +9,7 @@
 #include "shm/registry.h"
 
 #define TH_REG_WINDOW 64u     /* index buckets probed per user hash */
-#define TH_REG_MAX_SLOTS ((1u << TH_INDEX_SLOT_BITS) - 1) /* slot + 1 fits an index entry */
+#define TH_REG_MAX_SLOTS (1u << TH_INDEX_SLOT_BITS) /* a slot number fits an index entry */
 
 /* This process's pid, cached (reset in fork children). */
 pid_t th_reg_self(void);

@@ -73,8 +73,8 @@ Test(registry, layout_sizes_and_limits)
     cr_assert_eq(th_reg_layout(0, NULL), 0);
     cr_assert_eq(th_reg_layout(UINT32_MAX, NULL), 0);
     cr_assert_gt(th_reg_layout(1u << 20, NULL), 0);
-    cr_assert_gt(th_reg_layout((1u << 24) - 1, NULL), 0);
-    cr_assert_eq(th_reg_layout(1u << 24, NULL), 0, "slot + 1 must fit an index entry");
+    cr_assert_gt(th_reg_layout(1u << 24, NULL), 0, "the largest --slots");
+    cr_assert_eq(th_reg_layout((1u << 24) + 1, NULL), 0, "a slot number must fit an index entry");
 }
 
 /* ---- create / attach ---- */
