@@ -309,8 +309,30 @@ static struct chan *chan_get(struct route_local *rl, unsigned w)
     return c;
 }
 
-static int chan_push(struct chan *c, uint64_t seq)
+static int seq_queued(struct route_local *rl, uint64_t seq, uint32_t *i, unsigned *n);
+
+/*
+ * Drop entries whose job already finished (timed out while the worker was
+ * not reading), so a stuck worker's queue holds only live legs: at most one
+ * per delivery in flight.
+ */
+static void chan_compact(struct route_local *rl, struct chan *c)
 {
+    size_t kept = 0;
+    for (size_t k = 0; k < c->qlen; k++) {
+        uint64_t seq = c->q[(c->qhead + k) % c->qcap];
+        uint32_t i;
+        unsigned n;
+        if (seq_queued(rl, seq, &i, &n))
+            c->q[(c->qhead + kept++) % c->qcap] = seq;
+    }
+    c->qlen = kept;
+}
+
+static int chan_push(struct route_local *rl, struct chan *c, uint64_t seq)
+{
+    if (c->qlen == c->qcap)
+        chan_compact(rl, c);
     if (c->qlen == c->qcap) {
         size_t ncap = c->qcap ? c->qcap * 2 : 64;
         uint64_t *q = malloc(ncap * sizeof(*q));
@@ -397,7 +419,7 @@ static void leg_start(struct route_local *rl, uint32_t i, unsigned n)
 {
     unsigned w = rl->jobs[i].legs[n].worker;
     struct chan *c = w < rl->reg->hdr->nworkers && w < TH_MAX_WORKERS ? chan_get(rl, w) : NULL;
-    if (!c || chan_push(c, seq_make(rl->jobs[i].gen, i, n)) < 0) {
+    if (!c || chan_push(rl, c, seq_make(rl->jobs[i].gen, i, n)) < 0) {
         leg_resolve(rl, i, n, -1);
         return;
     }
