@@ -117,6 +117,7 @@ static void after_accept(struct worker *w)
 static int ring_setup(struct worker *w)
 {
     static const unsigned tries[] = {
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_COOP_TASKRUN,
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
         IORING_SETUP_COOP_TASKRUN,
         0,
@@ -128,6 +129,8 @@ static int ring_setup(struct worker *w)
         p.flags = tries[i] | IORING_SETUP_CQSIZE;
         p.cq_entries = 16384;
         rc = io_uring_queue_init_params(4096, &w->ring, &p);
+        if (rc == 0)
+            th_debug("io_uring set up with flags 0x%x", p.flags);
     }
     if (rc < 0)
         th_error("io_uring is unavailable (io_uring_queue_init: %s): the worker cannot run "

@@ -69,6 +69,22 @@ class Limits(unittest.TestCase):
             self.assertTrue(wait_until(lambda: not slots_of(g, "l-exp"), timeout=5))
             stop_and_check(self, g)
 
+    def test_drain_1001(self):
+        g = Group(workers=2, extra_args=["--drain-timeout", "5"]).start()
+        try:
+            async def go():
+                clients = [await connect(g.ws_url("l-drain-%d" % i)) for i in range(6)]
+                wait_until(lambda: len(slots_of(g)) == 6, timeout=5)
+                stopping = asyncio.get_running_loop().run_in_executor(None, g.stop)
+                codes = [await closed_code(ws) for ws in clients]
+                return codes, await stopping
+            codes, rc = run(go())
+            self.assertEqual(codes, [1001] * 6)
+            self.assertEqual(rc, 0)
+            self.assertIn("draining", g.log())
+        finally:
+            stop_and_check(self, g)
+
 
 if __name__ == "__main__":
     unittest.main()
