@@ -3,7 +3,8 @@ clients ping and notifications flow. Each role comes back with a new pid;
 clients of surviving workers receive every notification the API confirmed;
 clients of the killed worker reconnect and are reachable again; after one
 sweep no slot belongs to a dead process; tether-dump --json stays
-consistent throughout."""
+consistent throughout. A worker killed again and again is restarted with a
+doubling delay."""
 import asyncio
 import os
 import signal
@@ -182,6 +183,20 @@ class KillRoles(unittest.TestCase):
         restarts = [l for l in metrics.splitlines() if l.startswith("tether_worker_restarts_total")]
         self.assertEqual(len(restarts), 1, metrics)
         self.assertGreaterEqual(float(restarts[0].split()[-1]), 1)
+        self.assertEqual(self.g.stop(), 0)
+
+    def test_crash_loop_backs_off(self):
+        """A worker that keeps dying is restarted after 100, 200, 400, 800 ms: never a spin."""
+        for _ in range(4):
+            pid = role_pids(self.g)["tether-worker1"]
+            os.kill(pid, signal.SIGKILL)
+            self.assertTrue(th.wait_until(lambda: role_pids(self.g).get("tether-worker1") not in (None, pid), 10))
+        delays = [int(l.split("restarting in ")[1].split()[0]) for l in self.g.log().splitlines()
+                  if "worker[1] killed by signal 9" in l]
+        self.assertEqual(delays, [100, 200, 400, 800], self.g.log()[-2000:])
+        status, metrics = self.g.api("GET", "/metrics")
+        self.assertIn("tether_worker_restarts_total 4", metrics)
+        self.assertEqual(self.g.api("GET", "/healthz")[0], 200)
         self.assertEqual(self.g.stop(), 0)
 
 
