@@ -183,9 +183,13 @@ static void conn_try_release(struct conn *c)
     th_buf_free(&c->out);
     th_buf_free(&c->sending);
     uint32_t gen = c->gen + 1, idx = conn_index(c);
+    int woken = c->woken;
+    struct conn *wake_next = c->wake_next;
     memset(c, 0, sizeof(*c));
     c->fd = -1;
     c->gen = gen;
+    c->woken = woken; /* still linked in the wake list: run_wakes unlinks it */
+    c->wake_next = wake_next;
     c->next_free = S->free_head;
     S->free_head = idx;
     S->nconns--;
@@ -589,8 +593,10 @@ static void conn_parse(struct conn *c)
     }
     if (c->closing)
         return;
-    memmove(c->in, c->in + off, c->in_len - off);
-    c->in_len -= off;
+    if (off) {
+        memmove(c->in, c->in + off, c->in_len - off);
+        c->in_len -= off;
+    }
     if (c->in_len == 0 && c->in_cap > 4 * RECV_MIN) {
         free(c->in); /* a big body is gone: give its buffer back */
         c->in = NULL;
