@@ -68,8 +68,8 @@ static void list_flush(struct worker *w, uint32_t idx)
 static uint8_t *reserve(struct worker *w, uint32_t idx, size_t n)
 {
     struct conn *c = &w->conns[idx];
-    if (c->state == CS_FREE || c->state == CS_DEAD)
-        return NULL;
+    if (c->state == CS_FREE || c->state == CS_DEAD || c->state == CS_CLOSING)
+        return NULL; /* nothing may follow the close frame or the HTTP answer */
     if (wk_conn_queued(c) + n > w->cfg->send_queue_cap || w->queued_bytes + n > WK_QUEUE_BUDGET) {
         th_debug("connection %u: send queue over %llu bytes (worker total %llu), closing", idx,
                  (unsigned long long)w->cfg->send_queue_cap, (unsigned long long)w->queued_bytes);
@@ -199,8 +199,9 @@ void wk_conn_unregister(struct worker *w, uint32_t idx)
     if (!(c->flags & CF_REGISTERED))
         return;
     c->flags &= ~CF_REGISTERED;
-    th_reg_release(w->reg, c->h, w->now_ns);
-    atomic_fetch_add_explicit(&w->reg->hdr->counters.connections_closed, 1, memory_order_relaxed);
+    /* -ESTALE: a janitor released it for us (and counted it) while we were unresponsive. */
+    if (th_reg_release(w->reg, c->h, w->now_ns) == 0)
+        atomic_fetch_add_explicit(&w->reg->hdr->counters.connections_closed, 1, memory_order_relaxed);
 }
 
 /* Final bytes are queued: release the slot, flush, FIN, wait for EOF until a deadline. */

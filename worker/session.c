@@ -21,13 +21,26 @@ struct sess {
     uint32_t idx;
 };
 
+/*
+ * LastSeen stamp. The slot is checked first: a janitor that found this
+ * worker unresponsive may have released it (and someone may have claimed it
+ * since), and our stamp must never land on another connection's slot. A
+ * connection that lost its slot that way is closed as stale (4000).
+ */
 static void on_frame(void *ctx)
 {
     struct sess *s = ctx;
     struct conn *c = &s->w->conns[s->idx];
     s->w->c_frames++;
-    if (c->flags & CF_REGISTERED)
+    if (!(c->flags & CF_REGISTERED))
+        return;
+    uint64_t ctl = atomic_load_explicit(&s->w->reg->slots[c->h.slot].ctl, memory_order_relaxed);
+    if (th_ctl_gen(ctl) == c->h.gen && th_ctl_state(ctl) == TH_SLOT_LIVE) {
         th_reg_touch(s->w->reg, c->h, s->w->now_ns);
+        return;
+    }
+    c->flags &= ~CF_REGISTERED; /* released by someone else: not ours to release again */
+    wk_conn_close(s->w, s->idx, TH_WS_STALE);
 }
 
 static int on_ping(void *ctx, const uint8_t *p, size_t n)
