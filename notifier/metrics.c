@@ -44,7 +44,7 @@ static void render_hist(struct th_buf *b, const struct th_hist *h)
                   (unsigned long long)h->total, n, h->sum_s, n, (unsigned long long)h->total);
 }
 
-void th_metrics_render(struct th_buf *b, const struct th_reg *reg, const struct th_hist *h)
+void th_metrics_render(struct th_buf *b, const struct th_reg *reg, const struct th_notifier_stats *st)
 {
     const struct th_reg_hdr *hdr = reg->hdr;
     const struct th_counters_sh *c = &hdr->counters;
@@ -73,7 +73,12 @@ void th_metrics_render(struct th_buf *b, const struct th_reg *reg, const struct 
     counter(b, "tether_registry_full_total", "Connections refused: registry full.", LOAD(c->registry_full));
     counter(b, "tether_dead_reclaimed_total", "Slots reclaimed from dead workers.", LOAD(c->dead_reclaimed));
     counter(b, "tether_repairs_total", "Half-done registry transitions completed.", LOAD(c->repairs));
-    render_hist(b, h);
+    th_buf_printf(b, "# HELP tether_api_connections Open backend API connections (this notifier).\n"
+                     "# TYPE tether_api_connections gauge\ntether_api_connections %u\n"
+                     "# HELP tether_notifications_pending Notifications accepted and not yet answered.\n"
+                     "# TYPE tether_notifications_pending gauge\ntether_notifications_pending %llu\n",
+                  st->api_conns, (unsigned long long)st->owed);
+    render_hist(b, &st->confirm);
 }
 
 /* One role entry {"pid":N,"alive":bool}; returns alive. */

@@ -92,7 +92,7 @@ struct server {
     struct conn *wake;
     uint64_t owed;     /* notifications accepted, answer not yet written */
     int owed_paused;   /* some connection paused on MAX_OWED */
-    struct th_hist hist;
+    struct th_notifier_stats stats;
     uint64_t id_prefix, id_counter;
     struct th_buf frame; /* reused for every rendering: the route copies what it keeps */
     struct th_conn_info infos[256];
@@ -341,7 +341,7 @@ static void item_done(void *arg, const struct th_route_result *res)
     it->ls = res->last_seen_ns;
     if (res->status == 200) {
         atomic_fetch_add_explicit(&k->notify_delivered, 1, memory_order_relaxed);
-        th_hist_add(&S->hist, th_mono_ns() - it->t0);
+        th_hist_add(&S->stats.confirm, th_mono_ns() - it->t0);
     } else if (res->status == 404) {
         atomic_fetch_add_explicit(&k->notify_not_connected, 1, memory_order_relaxed);
     } else {
@@ -528,7 +528,9 @@ static void handle_request(struct conn *c, const struct th_api_req *req)
     case TH_API_METRICS:
         r->status = 200;
         r->ctype = "text/plain; version=0.0.4";
-        th_metrics_render(&r->body, S->reg, &S->hist);
+        S->stats.api_conns = S->nconns;
+        S->stats.owed = S->owed;
+        th_metrics_render(&r->body, S->reg, &S->stats);
         break;
     }
 }

@@ -39,10 +39,10 @@ Test(metrics, contract_names)
 {
     struct th_reg reg = {0};
     reg.hdr = fake_hdr();
-    struct th_hist h = {0};
-    th_hist_add(&h, 100000);
+    struct th_notifier_stats st = {.api_conns = 4, .owed = 9};
+    th_hist_add(&st.confirm, 100000);
     struct th_buf b = {0};
-    th_metrics_render(&b, &reg, &h);
+    th_metrics_render(&b, &reg, &st);
     cr_assert(strstr(b.p, "\ntether_connections 3\n"));
     cr_assert(strstr(b.p, "\ntether_pings_total 7\n"));
     cr_assert(strstr(b.p, "tether_notifications_total{status=\"delivered\"} 5\n"));
@@ -53,6 +53,8 @@ Test(metrics, contract_names)
     cr_assert(strstr(b.p, "tether_notify_confirm_seconds_bucket{le=\"5e-05\"} 0\n"));
     cr_assert(strstr(b.p, "tether_notify_confirm_seconds_bucket{le=\"0.0001\"} 1\n"));
     cr_assert(strstr(b.p, "tether_notify_confirm_seconds_count 1\n"));
+    cr_assert(strstr(b.p, "\ntether_api_connections 4\n"));
+    cr_assert(strstr(b.p, "\ntether_notifications_pending 9\n"));
     th_buf_free(&b);
     free(reg.hdr);
 }

@@ -129,7 +129,8 @@ class Delivery(unittest.TestCase):
         st, text = self.g.api("GET", "/metrics")
         self.assertEqual(st, 200)
         for name in ("tether_connections", "tether_pings_total", "tether_stale_evictions_total",
-                     "tether_worker_restarts_total", "tether_notify_confirm_seconds_count"):
+                     "tether_worker_restarts_total", "tether_notify_confirm_seconds_count",
+                     "tether_api_connections", "tether_notifications_pending"):
             self.assertRegex(text, r"(?m)^%s \d+(\.\d+)?$" % name)
         for status in ("delivered", "not_connected", "unavailable", "bad_request"):
             self.assertRegex(text, r'(?m)^tether_notifications_total\{status="%s"\} \d+$' % status)
