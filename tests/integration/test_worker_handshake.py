@@ -103,6 +103,19 @@ class Handshake(unittest.TestCase):
         self.assertEqual(self._refused(self.g.ws_url(), {"Authorization": "Bearer x.y.z"}), 401)
         self.assertEqual(slots_of(self.g, "hs-401"), [])
 
+    def test_head_in_pieces(self):
+        import socket
+        import time
+        req = "GET /ws?token=%s HTTP/1.1\r\nHost: x\r\n" % self.g.token("hs-pieces")
+        req += "".join("%s: %s\r\n" % h for h in upgrade_headers()) + "\r\n"
+        with socket.create_connection(("127.0.0.1", self.g.port), timeout=5) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            data = req.encode()
+            for i in range(0, len(data), 7):
+                s.sendall(data[i:i + 7])
+                time.sleep(0.002)
+            self.assertTrue(s.recv(100).startswith(b"HTTP/1.1 101"))
+
     def test_slowloris_closed(self):
         import socket
         import time
