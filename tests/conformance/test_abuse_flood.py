@@ -102,6 +102,41 @@ class Flood(unittest.TestCase):
         bystander.app_ping()  # the worker still serves others
 
 
+class PingFlood(unittest.TestCase):
+    """Pings from a client that never reads its pongs: the pongs pile up in the
+    client's send queue, so it must be closed at the cap like any slow reader."""
+
+    def flood(self, one, user):
+        ws = rawws.WS(GROUP.port, GROUP.token(user), timeout=T, rcvbuf=4096)
+        self.addCleanup(ws.close)
+        pid = worker_pid(user)
+        reset_peak(pid)
+        rss0 = proc_kb(pid, "VmRSS")
+        batch = one * 500
+        ws.sock.settimeout(T)
+        sent, t0 = 0, time.monotonic()
+        while sent < 400000 and time.monotonic() - t0 < 60:
+            try:
+                ws.sock.sendall(batch)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            except socket.timeout:
+                break  # the server stopped reading us: also a way to bound it, checked below
+            sent += 500
+        gone = th.wait_until(lambda: not [c for c in GROUP.dump()["connections"] if c["user_id"] == user], T)
+        hwm = proc_kb(pid, "VmHWM")
+        print("ping flood (%d-byte frames): %d sent in %.1fs; worker VmRSS %d kB, VmHWM %d kB"
+              % (len(one), sent, time.monotonic() - t0, rss0, hwm), file=sys.stderr)
+        self.assertTrue(gone, "the client flooding pings without reading is still connected after %d" % sent)
+        self.assertLess(hwm - rss0, RSS_BOUND_KB, "worker memory grew by %d kB" % (hwm - rss0))
+
+    def test_protocol_ping_flood_without_reading_closed(self):
+        self.flood(frame(rawws.PING, b"p" * 125), "pingflood-proto")
+
+    def test_app_ping_flood_without_reading_closed(self):
+        self.flood(frame(TEXT, b'{"type":"ping"}'), "pingflood-app")
+
+
 class TinyFragments(unittest.TestCase):
     def flood(self, fragment_payload, user):
         ws = rawws.WS(GROUP.port, GROUP.token(user), timeout=T)

@@ -20,6 +20,7 @@ import rawws  # noqa: E402
 import tether_harness as th  # noqa: E402
 
 HANDSHAKE_TIMEOUT = 10.0
+CROWD = 1000  # concurrent half-sent heads
 MARGIN = 8.0 if th.SANITIZED else 4.0
 SECRET = "abuse-secret-9876543210"
 GROUP = None
@@ -370,8 +371,9 @@ def slow_client(payload, interval, result, key, limit):
                 except OSError:
                     break
                 i += 1
-            r, _, _ = select.select([s], [], [], interval)
-            if r:
+            p = select.poll()
+            p.register(s, select.POLLIN)
+            if p.poll(interval * 1000):
                 try:
                     if not s.recv(4096):
                         break
@@ -390,16 +392,53 @@ class Slowloris(unittest.TestCase):
         cases = {"byte_every_2s": (head, 2.0), "byte_every_0.5s": (head, 0.5),
                  "idle": (b"", 1.0), "head_without_final_crlf": (head[:-2], 0.001)}
         result, threads = {}, []
+        t0 = time.monotonic()
+        crowd = []  # many half-sent heads at once: the worker must keep serving others
+        for i in range(CROWD):
+            c = socket.create_connection(("127.0.0.1", GROUP.port))
+            c.sendall(head[:20 + i % 100])
+            crowd.append(c)
         for key, (payload, interval) in cases.items():
             t = threading.Thread(target=slow_client, args=(payload, interval, result, key, limit))
             t.start()
             threads.append(t)
+        ws = rawws.WS(GROUP.port, GROUP.token("not-slow"), timeout=10)
+        ws.app_ping()  # served while the crowd is pending
+        open_at = self.crowd_closed_by(crowd, t0, limit)
+        ws.app_ping()  # a live WebSocket is not subject to the handshake timeout
+        ws.close()
         for t in threads:
             t.join()
+        print("slowloris: closed after %s; %d half-sent heads all closed by %.1fs"
+              % (", ".join("%s %.1fs" % kv for kv in sorted(result.items())), CROWD, open_at), file=sys.stderr)
         for key in cases:
             self.assertLessEqual(result[key], HANDSHAKE_TIMEOUT + MARGIN,
                                  "%s still open after %.1fs" % (key, result[key]))
-        self.assertEqual(GROUP.dump()["slots_used"], 0)
+        self.assertLessEqual(open_at, HANDSHAKE_TIMEOUT + MARGIN,
+                             "%d half-sent heads: the last closed after %.1fs" % (CROWD, open_at))
+        self.assertEqual(th.wait_until(lambda: GROUP.dump()["slots_used"] == 0, 5), True)
+
+    def crowd_closed_by(self, socks, t0, limit):
+        """Wait until every socket sees EOF; return when the last one did (seconds since t0)."""
+        pending, last = {s.fileno(): s for s in socks}, 0.0
+        poller = select.poll()
+        for fd in pending:
+            poller.register(fd, select.POLLIN)
+        while pending and time.monotonic() - t0 < limit:
+            for fd, _ in poller.poll(500):
+                s = pending[fd]
+                try:
+                    data = s.recv(4096)
+                except ConnectionResetError:
+                    data = b""
+                if not data:
+                    poller.unregister(fd)
+                    del pending[fd]
+                    s.close()
+                    last = time.monotonic() - t0
+        for s in pending.values():
+            s.close()
+        return last if not pending else float("inf")
 
 
 if __name__ == "__main__":
