@@ -21,10 +21,11 @@
 
 /*
  * Each process may hold at most 20,000 file descriptors (a hard limit on
- * this deployment). A worker keeps about 100 for its listener, control
- * socket, control clients, peer sockets, io_uring, logs and libraries, so
- * one worker serves at most 19,900 clients: the group's capacity scales
- * with --workers (and is also bounded by --slots).
+ * this deployment), so one worker serves at most 19,900 clients and the
+ * group's capacity scales with --workers (and is bounded by --slots). The
+ * other 100 cover stdio, the log file, the two listeners, the ring, up to
+ * WK_MAX_CTL control clients and the peer sockets of a few workers; if they
+ * ever run short, accept pauses on EMFILE and retries at the next tick.
  */
 #define WK_MAX_CONNS 19900u
 #define WK_MAX_CTL 64u        /* control-socket clients (notifier, janitor, peers, tools) */
