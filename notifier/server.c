@@ -86,6 +86,7 @@ struct server {
     struct io_uring ring;
     struct th_route *route;
     int api_fd;
+    int accept_paused; /* multishot accept ended on EMFILE & co: re-armed by the tick */
     struct conn conns[TH_API_MAX_CONNS];
     uint32_t free_head;
     unsigned nconns;
@@ -702,6 +703,12 @@ static void submit_accept(void)
 
 static void on_accept(int res, unsigned flags)
 {
+    if (res == -EMFILE || res == -ENFILE || res == -ENOMEM || res == -ENOBUFS) {
+        /* Out of descriptors or memory: retrying at once would spin; the tick re-arms. */
+        th_warn("[Notifier] accept: %s; retrying in a second", strerror(-res));
+        S->accept_paused = !(flags & IORING_CQE_F_MORE);
+        return;
+    }
     if (!(flags & IORING_CQE_F_MORE))
         submit_accept();
     if (res < 0) {
@@ -760,6 +767,10 @@ static void run_wakes(void)
 /* Once a second: heartbeat, idle keep-alive connections. */
 static void tick(uint64_t now)
 {
+    if (S->accept_paused) {
+        S->accept_paused = 0;
+        submit_accept();
+    }
     atomic_store_explicit(&S->reg->hdr->roles[TH_ROLE_NOTIFIER].heartbeat_ns, th_now_ns(),
                           memory_order_relaxed);
     for (unsigned i = 0; i < TH_API_MAX_CONNS; i++) {
