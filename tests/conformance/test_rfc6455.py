@@ -615,6 +615,50 @@ add("close_echo_tcp_ends_without_client_reply",
     server_closes_without_client_reply(frame(CLOSE, rawws.close_payload(1000)), 1000))
 
 
+def nothing_after_server_close(trigger, code):
+    """RFC 6455 5.5.1: after its close frame the server sends no more frames, even
+    when the backend has a notification for the client at that very moment."""
+    def run(self):
+        for i in range(10):
+            user = "after-close-%d" % next(_users)
+            ws = rawws.WS(GROUP.port, GROUP.token(user), timeout=T)
+            self.addCleanup(ws.close)
+            ws.send_raw(trigger)
+            status, _ = GROUP.notify(user, {"round": i})
+            self.assertIn(status, (200, 404, 503))
+            got, _, before = ws.expect_close(T, reply=False)
+            self.assertEqual(got, code)
+            ws.expect_eof(T)
+            self.assertEqual(ws.buf, b"", "bytes after the server's close frame: %r" % ws.buf[:80])
+    return run
+
+
+add("close_no_notification_after_close_echo", nothing_after_server_close(frame(CLOSE, rawws.close_payload(1000)), 1000))
+add("close_no_notification_after_protocol_error", nothing_after_server_close(frame(6, b""), 1002))
+
+
+def notification_while_fragmented_message_pending(self):
+    """Server frames may interleave with a client's fragmented message."""
+    user = "frag-notify-%d" % next(_users)
+    ws = rawws.WS(GROUP.port, GROUP.token(user), timeout=T)
+    self.addCleanup(ws.close)
+    msg = ping_message(100)
+    ws.send_raw(frame(TEXT, msg[:30], fin=False))
+    ws.send(PING, b"sync")
+    self.assertTrue(ws.expect_pong(b"sync")[0])
+    status, body = GROUP.notify(user, {"k": "v"}, type_="meal_log.completed")
+    self.assertEqual(status, 200, body)
+    fin, rsv, op, payload = ws.recv_frame()
+    self.assertEqual(op, TEXT)
+    note = json.loads(payload)
+    self.assertEqual((note["type"], note["data"]), ("meal_log.completed", {"k": "v"}))
+    ws.send_raw(frame(CONT, msg[30:]))
+    self.assertAlive_after_message(ws)
+
+
+add("notification_while_fragmented_message_pending", notification_while_fragmented_message_pending)
+
+
 def close_one_byte_at_a_time(self):
     ws = self.conn()
     ws.send(CLOSE, rawws.close_payload(3000, b"slow"), chop=1)
