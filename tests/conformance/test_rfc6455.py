@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import socket
-import struct
 import sys
 import time
 import unittest
