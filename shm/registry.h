@@ -8,7 +8,8 @@
  *   struct th_reg_hdr     magic, version, sizes, creator, boot epoch,
  *                         worker and role tables, counters
  *   index[]               uint32 buckets, 2 x slots rounded up to a power
- *                         of two: user hash -> slot, for lookups by user
+ *                         of two (at least 32): user hash -> slot, for
+ *                         lookups by user
  *   freemap[]             one bit per slot, "probably free" hints for claim
  *   disc[]                recent disconnects: user -> LastSeen after the
  *                         last connection of that user went away
@@ -55,17 +56,19 @@
  *   slot is CLAIMING by the claimer; read under the ctl seqlock above.
  *
  * index[] buckets (0 = empty, else th_index_entry(hash, slot): an occupied
- *   bit, the hash's top 7 bits, the slot in the low 24): a claimer CASes an empty bucket in
- *   the 64-bucket window starting at hash(user); a releaser CASes it back to
- *   0. Lookups read the whole window (no tombstones, no probe chains), skip
+ *   bit, the hash's top 7 bits, the slot in the low 24), in 64-byte lines of
+ *   16. Each user hash has two candidate lines (its "window", 32 buckets); a
+ *   claimer CASes an empty bucket of the emptier line, a releaser CASes it
+ *   back to 0. Lookups read both lines (no tombstones, no probe chains), skip
  *   entries whose 7-bit tag differs (all but 1 in 128 of other users' entries,
  *   without touching their slots), then confirm each candidate slot under the
  *   seqlock. A claimer dying between
  *   the bucket CAS and LIVE leaves a bucket pointing at a non-LIVE slot:
  *   readers ignore it and the repairing release clears every bucket of the
- *   window that points at the slot. If a window is ever full (vanishingly
- *   rare at load <= 0.5) the slot is marked unindexed and hdr->unindexed is
- *   raised; lookups then also scan the table until it drops to zero.
+ *   window that points at the slot. If both lines are ever full (vanishingly
+ *   rare at load <= 0.5 with two choices) the slot is marked unindexed and
+ *   hdr->unindexed is raised; lookups then also scan the table until it
+ *   drops to zero.
  *
  * freemap[] bits: hints only; the slot's ctl decides. Release sets the bit
  *   after FREE, claim clears it after the CAS. A stale hint either costs a

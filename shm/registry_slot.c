@@ -90,30 +90,13 @@ static int key_matches(const struct user_key *k, const struct th_conn_info *ci, 
     return hash == k->hash && ci->user_len == k->ulen && memcmp(ci->user, k->user, k->ulen) == 0;
 }
 
-/*
- * Visit every live slot of a user: the 64-bucket window, plus a table scan
- * for slots that found their window full (hdr->unindexed > 0, rare).
- * Stops and returns fn's value when it is nonzero.
- */
-static int each_user_slot(const struct th_reg *r, const struct user_key *k,
-                          th_reg_visit_fn fn, void *arg)
+/* The rare slow path: slots whose two lines were full are found by a table scan. */
+static int scan_unindexed(const struct th_reg *r, const struct user_key *k, th_reg_visit_fn fn,
+                          void *arg)
 {
     struct th_conn_info ci;
-    uint32_t hash, flags, n = r->hdr->nslots;
-    for (uint32_t j = 0, win = th_reg_window(r); j < win; j++) {
-        uint32_t v = atomic_load_explicit(&r->index[th_reg_bucket(r, k->hash, j)], RELAXED);
-        if (v == 0 || !th_index_tag_matches(v, k->hash) || th_index_slot(v) >= n ||
-            !read_slot(r, th_index_slot(v), &ci, &hash, &flags))
-            continue;
-        if (!(flags & TH_SLOT_F_UNINDEXED) && key_matches(k, &ci, hash)) {
-            int rc = fn(&ci, arg);
-            if (rc)
-                return rc;
-        }
-    }
-    if (atomic_load_explicit(&r->hdr->unindexed, memory_order_acquire) == 0)
-        return 0;
-    for (uint32_t i = 0; i < n; i++) {
+    uint32_t hash, flags;
+    for (uint32_t i = 0; i < r->hdr->nslots; i++) {
         if (!read_slot(r, i, &ci, &hash, &flags) || !(flags & TH_SLOT_F_UNINDEXED) ||
             !key_matches(k, &ci, hash))
             continue;
@@ -122,6 +105,41 @@ static int each_user_slot(const struct th_reg *r, const struct user_key *k,
             return rc;
     }
     return 0;
+}
+
+/*
+ * Visit every live slot of a user: its two index lines (32 buckets), plus a table scan
+ * for slots that found their window full (hdr->unindexed > 0, rare).
+ * Stops and returns fn's value when it is nonzero.
+ */
+static int each_user_slot(const struct th_reg *r, const struct user_key *k,
+                          th_reg_visit_fn fn, void *arg)
+{
+    struct th_conn_info ci;
+    uint32_t hash, flags, n = r->hdr->nslots, cand[TH_REG_WINDOW], nc = 0;
+    /* Fetch both lines at once, gather their tag matches and prefetch those
+     * slots, so the cache misses overlap instead of queueing. */
+    __builtin_prefetch(&r->index[th_reg_bucket(r, k->hash, 0)]);
+    __builtin_prefetch(&r->index[th_reg_bucket(r, k->hash, TH_REG_LINE)]);
+    for (uint32_t j = 0; j < TH_REG_WINDOW; j++) {
+        uint32_t v = atomic_load_explicit(&r->index[th_reg_bucket(r, k->hash, j)], RELAXED);
+        if (v && th_index_tag_matches(v, k->hash) && th_index_slot(v) < n) {
+            cand[nc++] = th_index_slot(v);
+            __builtin_prefetch(&r->slots[th_index_slot(v)]);
+            __builtin_prefetch((const char *)&r->slots[th_index_slot(v)] + 64);
+        }
+    }
+    for (uint32_t c = 0; c < nc; c++) {
+        if (!read_slot(r, cand[c], &ci, &hash, &flags) || (flags & TH_SLOT_F_UNINDEXED) ||
+            !key_matches(k, &ci, hash))
+            continue;
+        int rc = fn(&ci, arg);
+        if (rc)
+            return rc;
+    }
+    if (atomic_load_explicit(&r->hdr->unindexed, memory_order_acquire) == 0)
+        return 0;
+    return scan_unindexed(r, k, fn, arg);
 }
 
 static int valid_user(const char *user, size_t ulen)
@@ -278,10 +296,22 @@ static void fill_slot(struct th_slot *s, const struct user_key *k, uint32_t conn
     th_user_store(s->user, k->user, k->ulen);
 }
 
+/* Empty buckets in one of the user's two index lines. */
+static int line_room(const struct th_reg *r, uint32_t hash, int second)
+{
+    int room = 0;
+    for (uint32_t k = 0; k < TH_REG_LINE; k++)
+        room += atomic_load_explicit(&r->index[th_reg_bucket(r, hash, second * TH_REG_LINE + k)],
+                                     RELAXED) == 0;
+    return room;
+}
+
+/* Insert into the emptier of the two lines (then the other); a full pair marks the slot unindexed. */
 static void index_insert(struct th_reg *r, uint32_t i, uint32_t hash)
 {
-    for (uint32_t j = 0, win = th_reg_window(r); j < win; j++) {
-        uint32_t b = th_reg_bucket(r, hash, j), empty = 0;
+    uint32_t first = line_room(r, hash, 1) > line_room(r, hash, 0) ? TH_REG_LINE : 0;
+    for (uint32_t j = 0; j < TH_REG_WINDOW; j++) {
+        uint32_t b = th_reg_bucket(r, hash, (first + j) % TH_REG_WINDOW), empty = 0;
         if (atomic_load_explicit(&r->index[b], RELAXED) == 0 &&
             atomic_compare_exchange_strong(&r->index[b], &empty, th_index_entry(hash, i))) {
             atomic_store_explicit(&r->slots[i].bucket, b, RELAXED);

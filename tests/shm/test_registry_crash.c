@@ -98,7 +98,10 @@ static void writer_main(uint16_t w, uint64_t seed)
 
 static int in_window(uint32_t b, uint32_t hash)
 {
-    return ((b - hash) & (reg.hdr->nbuckets - 1)) < th_reg_window(&reg);
+    for (uint32_t k = 0; k < th_reg_window(&reg); k++)
+        if (th_reg_bucket(&reg, hash, k) == b)
+            return 1;
+    return 0;
 }
 
 static void check_keepers(void)

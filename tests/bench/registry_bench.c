@@ -1,0 +1,215 @@
+/*
+ * tether-bench-registry: how fast the registry's hot paths are on a big,
+ * half-full table, and what a slot costs in memory. Not a test: it asserts
+ * nothing, it prints medians of several runs so figures can be compared
+ * across changes (and against the targets in the registry issue).
+ *
+ *   tether-bench-registry [--slots N] [--runs R]
+ *
+ * Operations are done in random order over the whole table, so the figures
+ * include the cache misses a worker or the notifier really takes on a table
+ * far bigger than the CPU caches. Time is this thread's CPU time, so a run
+ * on a shared machine is not charged for the time others held the CPU.
+ */
+#include "shm/clock.h"
+#include "shm/registry.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define USER_LEN 24
+#define MAX_RUNS 15
+
+struct bench {
+    struct th_reg r;
+    uint32_t nslots, nlive, nusers;
+    struct th_handle *live; /* the half that is claimed */
+    uint32_t *order;        /* a random permutation of 0..nlive-1 */
+    char (*users)[USER_LEN];
+    uint64_t rng;
+};
+
+static uint64_t cpu_ns(void)
+{
+    return th_clock_ns(CLOCK_THREAD_CPUTIME_ID);
+}
+
+static uint32_t next_rand(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return (uint32_t)(*s >> 16);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(*v), cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* ---- set-up: half the slots claimed, two connections per user ---- */
+
+static int setup(struct bench *b, uint32_t nslots)
+{
+    char name[64], err[256];
+    snprintf(name, sizeof(name), "/th-bench-registry-%d", (int)getpid());
+    if (th_reg_create(&b->r, name, nslots, err, sizeof(err)) < 0) {
+        fprintf(stderr, "tether-bench-registry: %s\n", err);
+        return -1;
+    }
+    th_reg_unlink(name); /* the mapping is all we need; nothing is left behind */
+    atomic_store(&b->r.hdr->workers[0].pid, getpid());
+    b->nslots = nslots;
+    b->nlive = nslots / 2;
+    b->nusers = b->nlive / 2;
+    b->live = calloc(b->nlive, sizeof(*b->live));
+    b->order = calloc(b->nlive, sizeof(*b->order));
+    b->users = calloc(b->nusers + 1000000, USER_LEN);
+    b->rng = 0x9e3779b97f4a7c15ull;
+    if (!b->live || !b->order || !b->users)
+        return -1;
+    for (uint32_t u = 0; u < b->nusers + 1000000; u++)
+        snprintf(b->users[u], USER_LEN, "user-%u", u);
+    return 0;
+}
+
+static int fill(struct bench *b)
+{
+    uint64_t now = th_now_ns();
+    for (uint32_t i = 0; i < b->nlive; i++) {
+        const char *u = b->users[i / 2];
+        struct th_handle ev;
+        if (th_reg_claim(&b->r, u, strlen(u), 0, i, now, 8, &b->live[i], &ev) < 0)
+            return -1;
+        b->order[i] = i;
+    }
+    for (uint32_t i = b->nlive - 1; i > 0; i--) { /* Fisher-Yates */
+        uint32_t j = next_rand(&b->rng) % (i + 1), t = b->order[i];
+        b->order[i] = b->order[j];
+        b->order[j] = t;
+    }
+    return 0;
+}
+
+/* ---- the measurements (each returns ns per operation, or ms for the sweep) ---- */
+
+static double bench_touch(struct bench *b)
+{
+    uint64_t now = th_now_ns(), t0 = cpu_ns();
+    for (uint32_t i = 0; i < b->nlive; i++)
+        th_reg_touch(&b->r, b->live[b->order[i]], now + i);
+    return (double)(cpu_ns() - t0) / b->nlive;
+}
+
+static double bench_lookup(struct bench *b, uint32_t n, int absent)
+{
+    struct th_conn_info ci[8];
+    volatile int found = 0;
+    uint64_t t0 = cpu_ns();
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t u = absent ? b->nusers + next_rand(&b->rng) % 1000000 : b->order[i] / 2;
+        const char *user = b->users[u];
+        found += th_reg_find_user(&b->r, user, strlen(user), ci, 8);
+    }
+    return (double)(cpu_ns() - t0) / n;
+}
+
+/* Claim a new user's slot and release it again, as a short-lived connection does. */
+static double bench_claim_release(struct bench *b, uint32_t n)
+{
+    uint64_t now = th_now_ns(), t0 = cpu_ns();
+    for (uint32_t i = 0; i < n; i++) {
+        const char *user = b->users[b->nusers + next_rand(&b->rng) % 1000000];
+        struct th_handle h, ev;
+        if (th_reg_claim(&b->r, user, strlen(user), 0, i, now, 8, &h, &ev) == 0)
+            th_reg_release(&b->r, h, now);
+    }
+    return (double)(cpu_ns() - t0) / n;
+}
+
+static int note_seen(const struct th_conn_info *ci, void *arg)
+{
+    uint64_t *oldest = arg;
+    if (ci->last_seen < *oldest)
+        *oldest = ci->last_seen;
+    return 0;
+}
+
+static double bench_sweep(struct bench *b)
+{
+    uint64_t oldest = UINT64_MAX, t0 = cpu_ns();
+    th_reg_foreach(&b->r, note_seen, &oldest);
+    return (double)(cpu_ns() - t0) / 1e6;
+}
+
+/* ---- main ---- */
+
+static int parse(int argc, char **argv, uint32_t *slots, int *runs)
+{
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--slots") && i + 1 < argc)
+            *slots = (uint32_t)strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--runs") && i + 1 < argc)
+            *runs = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "usage: tether-bench-registry [--slots N] [--runs R]\n");
+            return argv[i][2] == 'h' ? 0 : 2;
+        }
+    }
+    if (*slots < 1000 || *runs < 1 || *runs > MAX_RUNS) {
+        fprintf(stderr, "tether-bench-registry: --slots >= 1000, --runs 1..%d\n", MAX_RUNS);
+        return 2;
+    }
+    return -1;
+}
+
+static void print_memory(const struct bench *b)
+{
+    const struct th_reg_hdr *h = b->r.hdr;
+    printf("memory: segment %.1f MiB for %u slots = %.1f bytes/slot "
+           "(struct th_slot %zu, index %.1f, disconnect records %.1f, freemap %.3f, header %zu)\n",
+           h->total_size / 1048576.0, h->nslots, (double)h->total_size / h->nslots,
+           sizeof(struct th_slot), 4.0 * h->nbuckets / h->nslots,
+           (double)h->ndisc * sizeof(struct th_disc) / h->nslots, 1.0 / 8, sizeof(struct th_reg_hdr));
+}
+
+int main(int argc, char **argv)
+{
+    uint32_t slots = 1u << 20;
+    int runs = 5;
+    int rc = parse(argc, argv, &slots, &runs);
+    if (rc >= 0)
+        return rc;
+    static struct bench b;
+    if (setup(&b, slots) < 0 || fill(&b) < 0) {
+        fprintf(stderr, "tether-bench-registry: set-up failed\n");
+        return 1;
+    }
+    double t[5][MAX_RUNS];
+    uint32_t n = b.nlive < 200000 ? b.nlive : 200000;
+    for (int k = 0; k < runs; k++) {
+        t[0][k] = bench_touch(&b);
+        t[1][k] = bench_lookup(&b, n, 0);
+        t[2][k] = bench_lookup(&b, n, 1);
+        t[3][k] = bench_claim_release(&b, n);
+        t[4][k] = bench_sweep(&b);
+    }
+    printf("registry: %u slots, %u live (%u users x 2), median of %d runs, random order, "
+           "thread CPU time\n", slots, b.nlive, b.nusers, runs);
+    printf("touch               %8.1f ns/op\n", median(t[0], runs));
+    printf("find_user (present) %8.1f ns/op\n", median(t[1], runs));
+    printf("find_user (absent)  %8.1f ns/op\n", median(t[2], runs));
+    printf("claim+release       %8.1f ns/op\n", median(t[3], runs));
+    printf("sweep (foreach)     %8.2f ms for %u slots\n", median(t[4], runs), slots);
+    print_memory(&b);
+    return 0;
+}
