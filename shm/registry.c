@@ -419,6 +419,73 @@ static int init_segment(struct th_reg *r, int fd, const struct th_reg_hdr *tmpl,
     return 0;
 }
 
+/*
+ * Open name (creating it empty if missing) and lock it. Returns the fd, or
+ * -EAGAIN if the name stopped naming this object while we waited for the lock
+ * (another creator replaced it: start over), or -errno.
+ */
+static int open_locked(const char *name, int excl)
+{
+    struct stat a, b;
+    int fd = shm_open(name, O_RDWR | O_CREAT | O_CLOEXEC | (excl ? O_EXCL : 0), 0600);
+    if (fd < 0)
+        return errno == EEXIST ? -EAGAIN : -errno;
+    if (flock(fd, LOCK_EX) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    int again = shm_open(name, O_RDONLY | O_CLOEXEC, 0);
+    int same = again >= 0 && fstat(fd, &a) == 0 && fstat(again, &b) == 0 && a.st_ino == b.st_ino &&
+               a.st_dev == b.st_dev;
+    if (again >= 0)
+        close(again);
+    if (!same) {
+        close(fd);
+        return -EAGAIN;
+    }
+    return fd;
+}
+
+/*
+ * A dead group's segment is not re-used in place: it is unlinked and a new
+ * object created, so a process of the old group still running (a worker
+ * draining after its supervisor was killed) keeps writing into the old one.
+ */
+static int replace_locked(const char *name, int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if (st.st_size == 0)
+        return fd; /* new, or its creator died before sizing it: use it */
+    shm_unlink(name);
+    flock(fd, LOCK_UN);
+    close(fd);
+    return open_locked(name, 1);
+}
+
+/* Open, lock and vet the object for a new group; fd or -errno (message in err). */
+static int claim_object(const char *name, char *err, size_t errlen)
+{
+    for (int attempt = 0; attempt < 8; attempt++) {
+        int fd = open_locked(name, 0);
+        if (fd == -EAGAIN)
+            continue;
+        if (fd < 0)
+            return fd;
+        int rc = may_take_over(fd, name, err, errlen);
+        if (rc == 0)
+            rc = replace_locked(name, fd);
+        else
+            close(fd);
+        if (rc != -EAGAIN)
+            return rc;
+    }
+    set_err(err, errlen, "registry segment %s keeps being replaced by another process", name);
+    return -EBUSY;
+}
+
 int th_reg_create(struct th_reg *r, const char *name, uint32_t nslots, char *err, size_t errlen)
 {
     struct th_reg_hdr tmpl;
@@ -429,20 +496,15 @@ int th_reg_create(struct th_reg *r, const char *name, uint32_t nslots, char *err
                 TH_REG_MAX_SLOTS);
         return -EINVAL;
     }
-    int fd = shm_open(name, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    set_err(err, errlen, "registry segment %s", name);
+    /* Two supervisors starting at once: the second waits for the lock, then sees the first alive. */
+    int fd = claim_object(name, err, errlen);
     if (fd < 0) {
-        int e = errno;
-        set_err(err, errlen, "cannot create registry segment %s: %s", name, strerror(e));
-        return -e;
+        if (fd != -EBUSY && fd != -EEXIST && fd != -EPROTO)
+            set_err(err, errlen, "cannot create registry segment %s: %s", name, strerror(-fd));
+        return fd;
     }
-    /* Two supervisors starting at once: the second waits, then sees the first alive. */
-    int rc = flock(fd, LOCK_EX) < 0 ? -errno : 0;
-    if (rc == 0)
-        rc = may_take_over(fd, name, err, errlen);
-    if (rc == 0)
-        rc = init_segment(r, fd, &tmpl, name, err, errlen);
-    else if (rc != -EBUSY && rc != -EEXIST && rc != -EPROTO)
-        set_err(err, errlen, "registry segment %s: %s", name, strerror(-rc));
+    int rc = init_segment(r, fd, &tmpl, name, err, errlen);
     flock(fd, LOCK_UN); /* explicit: the mapping keeps the open file (and a lock) alive */
     close(fd);
     return rc;

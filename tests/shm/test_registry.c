@@ -228,7 +228,14 @@ Test(registry, create_takes_over_segment_of_a_dead_group)
     cr_assert_eq(read(pipefd[0], &old_epoch, 8), 8);
     waitpid(p, NULL, 0);
     char err[256] = "";
+    struct th_reg orphan; /* a process of the old group that outlived its supervisor */
+    cr_assert_eq(th_reg_attach(&orphan, name, 1, err, sizeof(err)), 0, "%s", err);
     cr_assert_eq(th_reg_create(&reg, name, 64, err, sizeof(err)), 0, "%s", err);
+    struct th_handle oh, oev;
+    cr_assert_eq(th_reg_claim(&orphan, "orphan", 6, 0, 1, 1, 0, &oh, &oev), 0);
+    struct th_conn_info oci;
+    cr_assert_eq(th_reg_find_user(&reg, "orphan", 6, &oci, 1), 0, "the old group writes elsewhere");
+    th_reg_detach(&orphan);
     cr_assert_neq(reg.hdr->boot_epoch, old_epoch);
     cr_assert_eq(reg.hdr->nslots, 64, "re-sized to the new slot count");
     cr_assert_eq(atomic_load(&reg.hdr->creator_pid), getpid());
