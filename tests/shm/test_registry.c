@@ -244,6 +244,43 @@ Test(registry, create_takes_over_segment_of_a_dead_group)
     cr_assert_eq(th_reg_find_user(&reg, "ghost", 5, &ci, 1), 0);
 }
 
+/* Four supervisors start at once on one name: exactly one gets it. */
+Test(registry, concurrent_creators_exactly_one_wins)
+{
+    reg_test_name(name, sizeof(name), "race");
+    int go[2], res[2], hold[2];
+    cr_assert(pipe(go) == 0 && pipe(res) == 0 && pipe(hold) == 0);
+    pid_t kid[4];
+    for (int i = 0; i < 4; i++) {
+        kid[i] = fork();
+        if (kid[i] == 0) {
+            char c, err[256];
+            struct th_reg r;
+            close(go[1]);
+            close(hold[1]);
+            read(go[0], &c, 1); /* returns 0 when the parent closes it: all start together */
+            signed char rc = (signed char)th_reg_create(&r, name, 64, err, sizeof(err));
+            write(res[1], &rc, 1);
+            read(hold[0], &c, 1); /* the winner must stay alive while the others look */
+            _exit(0);
+        }
+    }
+    close(go[0]);
+    close(go[1]);
+    int won = 0, busy = 0;
+    for (int i = 0; i < 4; i++) {
+        signed char rc;
+        cr_assert_eq(read(res[0], &rc, 1), 1);
+        won += rc == 0;
+        busy += rc == -EBUSY;
+    }
+    close(hold[1]);
+    for (int i = 0; i < 4; i++)
+        waitpid(kid[i], NULL, 0);
+    cr_assert_eq(won, 1);
+    cr_assert_eq(busy, 3);
+}
+
 Test(registry, create_takes_over_when_creator_pid_was_reused)
 {
     reg_test_create(&reg, name, sizeof(name), "reuse", 16);
