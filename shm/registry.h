@@ -62,10 +62,10 @@
  *   back to 0. Lookups read both lines (no tombstones, no probe chains), skip
  *   entries whose 7-bit tag differs (all but 1 in 128 of other users' entries,
  *   without touching their slots), then confirm each candidate slot under the
- *   seqlock. A claimer dying between
- *   the bucket CAS and LIVE leaves a bucket pointing at a non-LIVE slot:
- *   readers ignore it and the repairing release clears every bucket of the
- *   window that points at the slot. If both lines are ever full (vanishingly
+ *   seqlock. A claimer dying between the bucket CAS and LIVE leaves a bucket
+ *   pointing at a non-LIVE slot: readers ignore it, and the repairing release
+ *   clears every bucket of the window that points at the slot (safe: while
+ *   it holds the slot nobody else can insert that slot number). If both lines are ever full (vanishingly
  *   rare at load <= 0.5 with two choices) the slot is marked unindexed and
  *   hdr->unindexed is raised; lookups then also scan the table until it
  *   drops to zero.
@@ -82,15 +82,23 @@
  *   an entry left odd by a dead writer is invalidated by th_reg_repair. A
  *   busy or lost entry only loses a last_seen hint.
  *
- * hdr->used / hdr->unindexed: atomic adds by the winner of each FREE->CLAIMING
- *   and RELEASING->FREE CAS (hdr->transitions is bumped at each such CAS). A
- *   process killed between the CAS and the add leaves them off by one:
- *   th_reg_repair recounts them from the slots and stores the count when no
- *   transition happened during its scan and the counters stayed put for a
- *   moment after it, so the drift lasts at most until a quiet sweep.
+ * hdr->used (non-FREE slots; /metrics' tether_connections) / hdr->unindexed:
+ *   atomic adds by the winner of each FREE->CLAIMING and RELEASING->FREE CAS
+ *   (hdr->transitions is bumped at every ctl CAS). Two words cannot change
+ *   together, so a process killed between the CAS and the add leaves them off
+ *   by one: th_reg_repair recounts them from the slots and stores the count
+ *   (by CAS) when no transition happened during its scan nor in a 2 ms pause
+ *   after it, so a drift lasts until a sweep with no claim or release in it.
  *
  * hdr worker/role tables: each entry written by that process (pid, start,
  *   heartbeat) and by the supervisor (reset on reap). Counters: atomic adds.
+ *   A worker must publish workers[w].pid before its first claim: repair takes
+ *   LIVE slots of an index whose pid is 0 or dead for orphans, and it loads
+ *   ctl before the pid, so a new incarnation's slots never look orphaned.
+ *
+ * The segment's creator: th_reg_create refuses (-EBUSY) while the creator
+ *   pid lives with the start time it recorded; a dead group's object is
+ *   unlinked and a new one created (leftover processes keep the old one).
  *
  * All functions return 0 or a positive count on success and -errno on
  * failure, with a message in err where a human needs one.
