@@ -240,8 +240,8 @@ static int hdr_check(const struct th_reg_hdr *h, off_t fsize, const char *name, 
         return -EPROTO;
     }
     if (h->version != TH_REG_VERSION) {
-        set_err(err, errlen, "%s has registry layout version %u, this build reads version %u",
-                name, h->version, TH_REG_VERSION);
+        set_err(err, errlen, "%s has registry layout version %u, this build reads version %u", name,
+                h->version, TH_REG_VERSION);
         return -EPROTO;
     }
     if (h->slot_size != sizeof(struct th_slot)) {
@@ -250,12 +250,13 @@ static int hdr_check(const struct th_reg_hdr *h, off_t fsize, const char *name, 
         return -EPROTO;
     }
     if (h->total_size != (uint64_t)fsize || th_reg_layout(h->nslots, &want) != h->total_size ||
-        want.nbuckets != h->nbuckets || want.ndisc != h->ndisc ||
-        want.off_slots != h->off_slots || want.off_disc != h->off_disc ||
-        want.off_index != h->off_index || want.off_freemap != h->off_freemap) {
-        set_err(err, errlen, "%s: header says %llu bytes for %u slots but the segment is %lld bytes "
-                "(truncated or corrupt)", name, (unsigned long long)h->total_size, h->nslots,
-                (long long)fsize);
+        want.nbuckets != h->nbuckets || want.ndisc != h->ndisc || want.off_slots != h->off_slots ||
+        want.off_disc != h->off_disc || want.off_index != h->off_index ||
+        want.off_freemap != h->off_freemap) {
+        set_err(err, errlen,
+                "%s: header says %llu bytes for %u slots but the segment is %lld bytes "
+                "(truncated or corrupt)",
+                name, (unsigned long long)h->total_size, h->nslots, (long long)fsize);
         return -EINVAL;
     }
     return 0;
@@ -300,8 +301,8 @@ int th_reg_attach(struct th_reg *r, const char *name, int writable, char *err, s
                           MAP_SHARED, fd, 0);
         if (base == MAP_FAILED) {
             rc = -errno;
-            set_err(err, errlen, "mmap %s (%llu bytes): %s", name,
-                    (unsigned long long)h.total_size, strerror(-rc));
+            set_err(err, errlen, "mmap %s (%llu bytes): %s", name, (unsigned long long)h.total_size,
+                    strerror(-rc));
         } else {
             reg_bind(r, base, h.total_size, writable);
         }
@@ -338,20 +339,26 @@ static int may_take_over(int fd, const char *name, char *err, size_t errlen)
         return 0; /* new, or its creator died before sizing it */
     if ((size_t)st.st_size < sizeof(h) || pread(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) ||
         (h.magic != TH_REG_MAGIC && h.magic != 0)) {
-        set_err(err, errlen, "%s exists and is not a tether registry segment; remove /dev/shm%s "
-                "if it is unused", name, name);
+        set_err(err, errlen,
+                "%s exists and is not a tether registry segment; remove /dev/shm%s "
+                "if it is unused",
+                name, name);
         return -EEXIST;
     }
     if (h.magic == TH_REG_MAGIC && h.version != TH_REG_VERSION) {
-        set_err(err, errlen, "%s holds registry layout version %u (this build: %u); stop the "
-                "group using it or remove /dev/shm%s", name, h.version, TH_REG_VERSION, name);
+        set_err(err, errlen,
+                "%s holds registry layout version %u (this build: %u); stop the "
+                "group using it or remove /dev/shm%s",
+                name, h.version, TH_REG_VERSION, name);
         return -EPROTO;
     }
     /* magic 0: a creator died mid-initialisation (magic is written last) or still runs */
     int32_t pid = atomic_load(&h.creator_pid);
     if (pid > 0 && creator_alive(pid, h.creator_start)) {
-        set_err(err, errlen, "registry segment %s is held by a live tether group (supervisor "
-                "pid %d)", name, (int)pid);
+        set_err(err, errlen,
+                "registry segment %s is held by a live tether group (supervisor "
+                "pid %d)",
+                name, (int)pid);
         return -EBUSY;
     }
     return 0;
@@ -497,7 +504,8 @@ int th_reg_create(struct th_reg *r, const char *name, uint32_t nslots, char *err
         return -EINVAL;
     }
     set_err(err, errlen, "registry segment %s", name);
-    /* Two supervisors starting at once: the second waits for the lock, then sees the first alive. */
+    /* Two supervisors starting at once: the second waits for the lock, then sees the first alive.
+     */
     int fd = claim_object(name, err, errlen);
     if (fd < 0) {
         if (fd != -EBUSY && fd != -EEXIST && fd != -EPROTO)

@@ -65,10 +65,10 @@
  *   seqlock. A claimer dying between the bucket CAS and LIVE leaves a bucket
  *   pointing at a non-LIVE slot: readers ignore it, and the repairing release
  *   clears every bucket of the window that points at the slot (safe: while
- *   it holds the slot nobody else can insert that slot number). If both lines are ever full (vanishingly
- *   rare at load <= 0.5 with two choices) the slot is marked unindexed and
- *   hdr->unindexed is raised; lookups then also scan the table until it
- *   drops to zero.
+ *   it holds the slot nobody else can insert that slot number). If both
+ *   lines are ever full (vanishingly rare at load <= 0.5 with two choices)
+ *   the slot is marked unindexed and hdr->unindexed is raised; lookups then
+ *   also scan the table until it drops to zero.
  *
  * freemap[] bits: hints only; the slot's ctl decides. Release sets the bit
  *   after FREE, claim clears it after the CAS. A stale hint either costs a
@@ -117,23 +117,28 @@
 #define TH_USER_MAX 64
 #define TH_NO_SLOT UINT32_MAX
 
-enum th_slot_state { TH_SLOT_FREE = 0, TH_SLOT_CLAIMING = 1, TH_SLOT_LIVE = 2, TH_SLOT_RELEASING = 3 };
+enum th_slot_state {
+    TH_SLOT_FREE = 0,
+    TH_SLOT_CLAIMING = 1,
+    TH_SLOT_LIVE = 2,
+    TH_SLOT_RELEASING = 3
+};
 enum th_role { TH_ROLE_SUPERVISOR = 0, TH_ROLE_JANITOR, TH_ROLE_NOTIFIER, TH_ROLE_COUNT };
 
 /* One process (worker or role) as the others see it. */
 struct th_proc_sh {
-    _Atomic int32_t pid;          /* 0 = not running */
-    _Atomic uint64_t started_ns;  /* realtime */
+    _Atomic int32_t pid;           /* 0 = not running */
+    _Atomic uint64_t started_ns;   /* realtime */
     _Atomic uint64_t heartbeat_ns; /* realtime, stamped by the process's loop */
-    _Atomic uint64_t restarts;    /* incremented by the supervisor */
-    char sock_path[108];          /* workers: control socket (sockaddr_un path) */
+    _Atomic uint64_t restarts;     /* incremented by the supervisor */
+    char sock_path[108];           /* workers: control socket (sockaddr_un path) */
 } __attribute__((aligned(64)));
 
 /* Group-wide counters, exported by /metrics. Writers: any process, atomic add. */
 struct th_counters_sh {
     _Atomic uint64_t connections_opened;
     _Atomic uint64_t connections_closed;
-    _Atomic uint64_t pings;            /* app-level {"type":"ping"} */
+    _Atomic uint64_t pings; /* app-level {"type":"ping"} */
     _Atomic uint64_t frames_in;
     _Atomic uint64_t acks;
     _Atomic uint64_t notify_delivered;
@@ -141,33 +146,33 @@ struct th_counters_sh {
     _Atomic uint64_t notify_unavailable;
     _Atomic uint64_t notify_bad_request;
     _Atomic uint64_t stale_evictions;
-    _Atomic uint64_t replaced;         /* closed with 4001 */
-    _Atomic uint64_t registry_full;    /* claims refused: HTTP 503 */
+    _Atomic uint64_t replaced;      /* closed with 4001 */
+    _Atomic uint64_t registry_full; /* claims refused: HTTP 503 */
     _Atomic uint64_t worker_restarts;
     _Atomic uint64_t role_restarts;
-    _Atomic uint64_t dead_reclaimed;   /* slots reclaimed from dead workers */
-    _Atomic uint64_t repairs;          /* half-done transitions completed */
+    _Atomic uint64_t dead_reclaimed; /* slots reclaimed from dead workers */
+    _Atomic uint64_t repairs;        /* half-done transitions completed */
 } __attribute__((aligned(64)));
 
 struct th_reg_hdr {
     uint64_t magic;
     uint32_t version;
-    uint32_t slot_size;           /* sizeof(struct th_slot), checked on attach */
+    uint32_t slot_size; /* sizeof(struct th_slot), checked on attach */
     uint64_t total_size;
     uint32_t nslots;
-    uint32_t nbuckets;            /* power of two */
-    uint32_t ndisc;               /* power of two */
-    uint32_t nworkers;            /* configured workers */
-    _Atomic int32_t creator_pid;  /* the supervisor that initialised it */
-    uint64_t creator_start;       /* its start time (/proc/pid/stat field 22), against pid reuse */
-    uint64_t boot_epoch;          /* random, new on every initialisation */
+    uint32_t nbuckets;           /* power of two */
+    uint32_t ndisc;              /* power of two */
+    uint32_t nworkers;           /* configured workers */
+    _Atomic int32_t creator_pid; /* the supervisor that initialised it */
+    uint64_t creator_start;      /* its start time (/proc/pid/stat field 22), against pid reuse */
+    uint64_t boot_epoch;         /* random, new on every initialisation */
     uint64_t created_ns;
     uint64_t off_index, off_freemap, off_disc, off_slots;
-    _Atomic uint32_t used;        /* non-FREE slots; see the protocol on drift */
-    _Atomic uint32_t unindexed;   /* slots whose index window was full */
-    _Atomic uint32_t ready;       /* 1 once initialisation finished */
+    _Atomic uint32_t used;                 /* non-FREE slots; see the protocol on drift */
+    _Atomic uint32_t unindexed;            /* slots whose index window was full */
+    _Atomic uint32_t ready;                /* 1 once initialisation finished */
     uint32_t stale_after_s, sweep_every_s; /* informational, for the dump */
-    _Atomic uint64_t transitions; /* bumped by every claim and release CAS */
+    _Atomic uint64_t transitions;          /* bumped by every claim and release CAS */
     struct th_proc_sh workers[TH_MAX_WORKERS];
     struct th_proc_sh roles[TH_ROLE_COUNT];
     struct th_counters_sh counters;
@@ -178,10 +183,11 @@ struct th_slot {
     _Atomic uint64_t last_seen;    /* realtime ns */
     _Atomic uint64_t connected_at; /* realtime ns */
     _Atomic uint32_t user_hash;
-    _Atomic uint32_t conn_id;      /* the owning worker's own connection index */
-    _Atomic uint32_t bucket;       /* index bucket holding this slot, or TH_NO_SLOT */
-    _Atomic uint32_t flags;        /* TH_SLOT_F_UNINDEXED */
-    char user[TH_USER_MAX] __attribute__((aligned(8))); /* words: see protocol; not NUL-terminated */
+    _Atomic uint32_t conn_id; /* the owning worker's own connection index */
+    _Atomic uint32_t bucket;  /* index bucket holding this slot, or TH_NO_SLOT */
+    _Atomic uint32_t flags;   /* TH_SLOT_F_UNINDEXED */
+    char user[TH_USER_MAX]
+        __attribute__((aligned(8))); /* words: see protocol; not NUL-terminated */
     _Atomic uint8_t user_len;
 } __attribute__((aligned(64)));
 
@@ -278,8 +284,8 @@ int th_reg_release(struct th_reg *r, struct th_handle h, uint64_t now_ns);
 int th_reg_read(const struct th_reg *r, uint32_t slot, struct th_conn_info *out);
 
 /* Every live slot of a user (up to max), without scanning the table. Returns count. */
-int th_reg_find_user(const struct th_reg *r, const char *user, size_t ulen, struct th_conn_info *out,
-                     int max);
+int th_reg_find_user(const struct th_reg *r, const char *user, size_t ulen,
+                     struct th_conn_info *out, int max);
 
 /*
  * Latest LastSeen known for a user: over its live slots, else its disconnect

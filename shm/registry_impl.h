@@ -8,8 +8,8 @@
 
 #include "shm/registry.h"
 
-#define TH_REG_LINE 16u       /* index buckets per 64-byte cache line */
-#define TH_REG_WINDOW 32u     /* buckets probed per user: its two candidate lines */
+#define TH_REG_LINE 16u   /* index buckets per 64-byte cache line */
+#define TH_REG_WINDOW 32u /* buckets probed per user: its two candidate lines */
 #define TH_REG_MAX_SLOTS (1u << TH_INDEX_SLOT_BITS) /* a slot number fits an index entry */
 
 /* This process's pid, cached (reset in fork children). */

@@ -17,8 +17,8 @@
 /* ---- reads ---- */
 
 /* Seqlock copy of slot i; on success also its hash and flags. */
-static int read_slot(const struct th_reg *r, uint32_t i, struct th_conn_info *out,
-                     uint32_t *hash, uint32_t *flags)
+static int read_slot(const struct th_reg *r, uint32_t i, struct th_conn_info *out, uint32_t *hash,
+                     uint32_t *flags)
 {
     struct th_slot *s = &r->slots[i];
     uint64_t c1 = atomic_load_explicit(&s->ctl, memory_order_acquire);
@@ -112,8 +112,8 @@ static int scan_unindexed(const struct th_reg *r, const struct user_key *k, th_r
  * for slots that found their window full (hdr->unindexed > 0, rare).
  * Stops and returns fn's value when it is nonzero.
  */
-static int each_user_slot(const struct th_reg *r, const struct user_key *k,
-                          th_reg_visit_fn fn, void *arg)
+static int each_user_slot(const struct th_reg *r, const struct user_key *k, th_reg_visit_fn fn,
+                          void *arg)
 {
     struct th_conn_info ci;
     uint32_t hash, flags, n = r->hdr->nslots, cand[TH_REG_WINDOW], nc = 0;
@@ -161,8 +161,8 @@ static int collect_one(const struct th_conn_info *ci, void *arg)
     return c->n >= c->max;
 }
 
-int th_reg_find_user(const struct th_reg *r, const char *user, size_t ulen, struct th_conn_info *out,
-                     int max)
+int th_reg_find_user(const struct th_reg *r, const char *user, size_t ulen,
+                     struct th_conn_info *out, int max)
 {
     if (!valid_user(user, ulen) || max <= 0)
         return 0;
@@ -306,7 +306,8 @@ static int line_room(const struct th_reg *r, uint32_t hash, int second)
     return room;
 }
 
-/* Insert into the emptier of the two lines (then the other); a full pair marks the slot unindexed. */
+/* Insert into the emptier of the two lines (then the other); a full pair marks the slot unindexed.
+ */
 static void index_insert(struct th_reg *r, uint32_t i, uint32_t hash)
 {
     uint32_t first = line_room(r, hash, 1) > line_room(r, hash, 0) ? TH_REG_LINE : 0;
@@ -341,8 +342,8 @@ static int note_oldest(const struct th_conn_info *ci, void *arg)
 }
 
 /* Past the cap, name the user's oldest other connection as the one to replace. */
-static void pick_evict(const struct th_reg *r, const struct user_key *k, uint32_t self, uint32_t cap,
-                       struct th_handle *evict)
+static void pick_evict(const struct th_reg *r, const struct user_key *k, uint32_t self,
+                       uint32_t cap, struct th_handle *evict)
 {
     struct oldest o = {.self = self};
     each_user_slot(r, k, note_oldest, &o);
@@ -411,8 +412,7 @@ void th_reg_finish_release(struct th_reg *r, uint32_t i, uint64_t c, int was_liv
     index_remove(r, i, k.hash);
     /* Our slot is already not LIVE, so of two last connections released at
      * once at least one sees the other gone and writes the record. */
-    if (was_live && valid_user(user, k.ulen) &&
-        !each_user_slot(r, &k, any_live, NULL))
+    if (was_live && valid_user(user, k.ulen) && !each_user_slot(r, &k, any_live, NULL))
         disc_record(r, &k, seen);
     if (!atomic_compare_exchange_strong(&s->ctl, &c, th_ctl_make(th_ctl_gen(c), 0, TH_SLOT_FREE)))
         return; /* taken over by a repairer: only possible if our pid looked dead */

@@ -179,7 +179,8 @@ static void print_memory(const struct bench *b)
            "(struct th_slot %zu, index %.1f, disconnect records %.1f, freemap %.3f, header %zu)\n",
            h->total_size / 1048576.0, h->nslots, (double)h->total_size / h->nslots,
            sizeof(struct th_slot), 4.0 * h->nbuckets / h->nslots,
-           (double)h->ndisc * sizeof(struct th_disc) / h->nslots, 1.0 / 8, sizeof(struct th_reg_hdr));
+           (double)h->ndisc * sizeof(struct th_disc) / h->nslots, 1.0 / 8,
+           sizeof(struct th_reg_hdr));
 }
 
 int main(int argc, char **argv)
@@ -204,7 +205,8 @@ int main(int argc, char **argv)
         t[4][k] = bench_sweep(&b);
     }
     printf("registry: %u slots, %u live (%u users x 2), median of %d runs, random order, "
-           "thread CPU time\n", slots, b.nlive, b.nusers, runs);
+           "thread CPU time\n",
+           slots, b.nlive, b.nusers, runs);
     printf("touch               %8.1f ns/op\n", median(t[0], runs));
     printf("find_user (present) %8.1f ns/op\n", median(t[1], runs));
     printf("find_user (absent)  %8.1f ns/op\n", median(t[2], runs));

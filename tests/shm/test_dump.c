@@ -49,8 +49,8 @@ static void slurp(int fd, char *buf, size_t cap)
 }
 
 /* Run tether-dump with up to 6 arguments; capture stdout, stderr and the exit status. */
-static void run_dump(struct run *r, const char *a1, const char *a2, const char *a3,
-                     const char *a4, const char *a5, const char *a6)
+static void run_dump(struct run *r, const char *a1, const char *a2, const char *a3, const char *a4,
+                     const char *a5, const char *a6)
 {
     int po[2], pe[2];
     cr_assert_eq(pipe(po), 0);
@@ -60,7 +60,7 @@ static void run_dump(struct run *r, const char *a1, const char *a2, const char *
         dup2(po[1], 1);
         dup2(pe[1], 2);
         char *argv[] = {TETHER_DUMP_BIN, (char *)a1, (char *)a2, (char *)a3,
-                        (char *)a4, (char *)a5, (char *)a6, NULL};
+                        (char *)a4,      (char *)a5, (char *)a6, NULL};
         execv(argv[0], argv);
         _exit(127);
     }
@@ -122,7 +122,8 @@ static void fill(struct fixture *f)
         f->ulen[i] = strlen(users[i]);
         f->worker[i] = (uint16_t)(i % 2);
         cr_assert_eq(th_reg_claim(&reg, users[i], f->ulen[i], f->worker[i], 10 + i,
-                                  T0 + i * TH_NS_PER_S, 0, &f->h[i], &ev), 0);
+                                  T0 + i * TH_NS_PER_S, 0, &f->h[i], &ev),
+                     0);
         th_reg_touch(&reg, f->h[i], T0 + (10 + i) * TH_NS_PER_S);
     }
     struct th_handle c, ev;

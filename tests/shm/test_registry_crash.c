@@ -26,8 +26,8 @@
 #define ROUNDS 200
 #define KEEPERS 20
 #define KEEPER_WORKER 63
-#define POOL 40   /* users the writers share */
-#define HOLD 16   /* connections a writer holds at most */
+#define POOL 40 /* users the writers share */
+#define HOLD 16 /* connections a writer holds at most */
 
 static struct th_reg reg;
 static char name[96];
@@ -178,9 +178,10 @@ static void check_all_claimable(void)
     check(n == NSLOTS - KEEPERS, "claimed %u free slots, expected %d", n, NSLOTS - KEEPERS);
     for (uint32_t i = 0; i < n; i++)
         check(th_reg_release(&reg, h[i], 2) == 0, "release refill %u", i);
-    check(atomic_load(&reg.hdr->used) == KEEPERS, "used %u after refill", atomic_load(&reg.hdr->used));
-    check(atomic_load(&reg.hdr->unindexed) == 0, "unindexed %u after refill (one user, full windows)",
-          atomic_load(&reg.hdr->unindexed));
+    check(atomic_load(&reg.hdr->used) == KEEPERS, "used %u after refill",
+          atomic_load(&reg.hdr->used));
+    check(atomic_load(&reg.hdr->unindexed) == 0,
+          "unindexed %u after refill (one user, full windows)", atomic_load(&reg.hdr->unindexed));
 }
 
 /* ---- the rounds ---- */
@@ -247,7 +248,8 @@ int main(void)
         char user[TH_USER_MAX + 1];
         struct th_handle ev;
         size_t len = test_user(5000 + (uint32_t)k, user);
-        check(th_reg_claim(&reg, user, len, KEEPER_WORKER, 0, 1, 0, &keepers[k], &ev) == 0, "keeper");
+        check(th_reg_claim(&reg, user, len, KEEPER_WORKER, 0, 1, 0, &keepers[k], &ev) == 0,
+              "keeper");
     }
     uint64_t rng = 0x2545F4914F6CDD1Dull;
     struct stats s = {0};

@@ -102,8 +102,8 @@ static void writer_claim(struct writer *wr, unsigned u)
     size_t len = test_user(k, user);
     struct th_handle ev;
     atomic_fetch_add(&claims_started[k], 1); /* before the claim: readers bound by it */
-    int rc = th_reg_claim(&wr->r, user, len, (uint16_t)wr->w, k, ++wr->now, 0,
-                          &wr->h[u][wr->n[u]], &ev);
+    int rc =
+        th_reg_claim(&wr->r, user, len, (uint16_t)wr->w, k, ++wr->now, 0, &wr->h[u][wr->n[u]], &ev);
     if (rc != 0)
         wr->errors++;
     else
@@ -210,7 +210,8 @@ static void *reader_thread(void *arg)
         reader_lookup(&reg, k);
         if (th_reg_read(&reg, next_rand(&rng) % NSLOTS, &ci))
             check_copy(&ci);
-        if (atomic_load_explicit(&reg.hdr->used, memory_order_relaxed) > WRITERS * (USERS * PER_USER + 1))
+        if (atomic_load_explicit(&reg.hdr->used, memory_order_relaxed) >
+            WRITERS * (USERS * PER_USER + 1))
             violation("used above what can be claimed", atomic_load(&reg.hdr->used), 0);
         ops += 2;
     }

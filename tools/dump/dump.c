@@ -50,7 +50,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *eq = strchr(a, '=');
         size_t flen = eq ? (size_t)(eq - a) : strlen(a);
-        int takes = (flen == 10 && !strncmp(a, "--shm-name", 10)) || (flen == 6 && !strncmp(a, "--user", 6));
+        int takes = (flen == 10 && !strncmp(a, "--shm-name", 10)) ||
+                    (flen == 6 && !strncmp(a, "--user", 6));
         const char *val = eq ? eq + 1 : NULL;
         if (takes && !val && i + 1 < argc)
             val = argv[++i];
@@ -132,8 +133,8 @@ static void text_header(const struct th_reg *r, const char *name)
            h->version, th_reg_count_used(r), h->nslots, (unsigned long long)h->boot_epoch);
     printf("created %s by pid %d (%s)\n", rfc3339(t, sizeof(t), h->created_ns), (int)cpid,
            th_pid_alive(cpid) ? "alive" : "dead");
-    printf("index %u buckets, %u unindexed slots  stale after %us, sweep every %us\n",
-           h->nbuckets, atomic_load(&h->unindexed), h->stale_after_s, h->sweep_every_s);
+    printf("index %u buckets, %u unindexed slots  stale after %us, sweep every %us\n", h->nbuckets,
+           atomic_load(&h->unindexed), h->stale_after_s, h->sweep_every_s);
     for (int i = 0; i < TH_ROLE_COUNT; i++)
         printf("%-10s pid %-8d %s\n", role_name(i), (int)atomic_load(&h->roles[i].pid),
                proc_alive(&h->roles[i]) ? "alive" : "dead");
@@ -219,8 +220,8 @@ static json_t *json_time(uint64_t ns)
 /* One process entry; key/val (the worker index or the role name) goes first. */
 static json_t *json_proc(const struct th_proc_sh *p, const char *key, json_t *val)
 {
-    return json_pack("{s:o,s:i,s:b,s:o,s:o,s:I}", key, val, "pid", (int)atomic_load(&p->pid), "alive",
-                     proc_alive(p), "started", json_time(atomic_load(&p->started_ns)),
+    return json_pack("{s:o,s:i,s:b,s:o,s:o,s:I}", key, val, "pid", (int)atomic_load(&p->pid),
+                     "alive", proc_alive(p), "started", json_time(atomic_load(&p->started_ns)),
                      "heartbeat", json_time(atomic_load(&p->heartbeat_ns)), "restarts",
                      (json_int_t)atomic_load(&p->restarts));
 }
@@ -282,7 +283,8 @@ static int print_json(const struct th_reg *r, const struct opts *o)
         uint64_t ns;
         json_object_set_new(root, "user_id", json_user(o->user, o->ulen));
         json_object_set_new(root, "user_last_seen",
-                            th_reg_last_seen(r, o->user, o->ulen, &ns) ? json_time(ns) : json_null());
+                            th_reg_last_seen(r, o->user, o->ulen, &ns) ? json_time(ns)
+                                                                       : json_null());
     }
     int rc = json_dumpf(root, stdout, JSON_COMPACT | JSON_ENSURE_ASCII);
     fputc('\n', stdout);
