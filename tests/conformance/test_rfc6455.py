@@ -781,5 +781,59 @@ def healthz(self):
 add("healthz_on_client_port", healthz)
 
 
+class SmallLimit(unittest.TestCase):
+    """The same limit with a small --max-message (125 bytes, the smallest allowed): the boundary is exact
+    for whole and fragmented messages, and control frames are not subject to it."""
+    LIMIT = 125  # the smallest value tether run accepts
+
+    @classmethod
+    def setUpClass(cls):
+        cls.group = th.Group(workers=1, slots=256, extra_args=["--max-message", str(cls.LIMIT), "--log-level", "info"])
+        cls.group.__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        rawws.stop_and_check(cls.group)
+
+    def conn(self):
+        ws = rawws.WS(self.group.port, self.group.token("small-%d" % next(_users)), timeout=T)
+        self.addCleanup(ws.close)
+        return ws
+
+    assertCloses = RFC6455.assertCloses
+    assertAlive = RFC6455.assertAlive
+    assertAlive_after_message = assert_alive_after_message
+
+
+def small_case(size, frag, ok):
+    def run(self):
+        ws = self.conn()
+        msg = ping_message(size)
+        ws.send_raw(fragments(msg, frag) if frag else frame(TEXT, msg))
+        if ok:
+            self.assertAlive_after_message(ws)
+        else:
+            self.assertCloses(ws, 1009)
+    return run
+
+
+for _size in (SmallLimit.LIMIT - 1, SmallLimit.LIMIT, SmallLimit.LIMIT + 1, 127, 65536):
+    for _frag in (None, 10, 33):
+        setattr(SmallLimit, "test_small_limit_%05d_%s" % (_size, "whole" if _frag is None else "fragments_of_%d" % _frag),
+                small_case(_size, _frag, _size <= SmallLimit.LIMIT))
+
+
+def _small_control(self):
+    ws = self.conn()
+    ws.send(PING, b"p" * 125)
+    self.assertTrue(ws.expect_pong(b"p" * 125)[0])
+    ws.send(PONG, b"q" * 125)
+    ws.send_close(1000, b"r" * 123)
+    self.assertCloses(ws, 1000)
+
+
+SmallLimit.test_small_limit_control_frames_up_to_125_unaffected = _small_control
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=1)
