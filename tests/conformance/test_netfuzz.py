@@ -3,7 +3,9 @@ send path), complementing the libFuzzer targets that exercise the parsers
 alone: thousands of mutated client byte streams (bit flips, inserted,
 deleted and duplicated bytes, frames spliced from a library of valid and
 invalid frames), each on its own authenticated connection, written in random
-chops and ended with a half-close. Deterministic (fixed seed; TETHER_NETFUZZ_SEED
+chops, with a notification for that client posted to the backend API midway
+(so deliveries race streams that are failing or closing), and ended with a
+half-close. Deterministic (fixed seed; TETHER_NETFUZZ_SEED
 and TETHER_NETFUZZ_CASES override).
 
 Every stream must end with the server closing the TCP connection (it saw
@@ -13,6 +15,7 @@ frame, and afterwards the workers must be the same processes (none crashed
 and was restarted), no slot may be left, and the log must hold no sanitizer
 report.
 """
+import http.client
 import json
 import os
 import random
@@ -107,6 +110,14 @@ def check_stream(data):
     return None
 
 
+def notify(api, user, i, notes):
+    body = json.dumps({"user_id": user, "type": "race", "data": {"i": i}})
+    api.request("POST", "/v1/notify", body=body, headers={"Content-Type": "application/json"})
+    resp = api.getresponse()
+    resp.read()
+    notes[resp.status] = notes.get(resp.status, 0) + 1
+
+
 class NetFuzz(unittest.TestCase):
     def test_mutated_streams(self):
         rng = random.Random(SEED)
@@ -114,11 +125,18 @@ class NetFuzz(unittest.TestCase):
         with th.Group(workers=2, slots=256, extra_args=["--log-level", "info"]) as g:
             pids0 = sorted(w["pid"] for w in g.dump()["workers"])
             problems, hangs, t0 = [], 0, time.monotonic()
+            # A notification for each fuzzed connection races its stream (delivered to
+            # a connection that may be failing or closing): frames must stay well formed.
+            api, notes = http.client.HTTPConnection("127.0.0.1", g.api_port, timeout=30), {}
             for i in range(CASES):
                 data = mutate(rng, lib)
-                ws = rawws.WS(g.port, g.token("nf-%d" % (i % 40)), timeout=T)
+                user = "nf-%d" % (i % 40)
+                ws = rawws.WS(g.port, g.token(user), timeout=T)
                 chop = rng.choice([None, None, 1, 3, 64, 1000])
-                ws.send_raw(data, chop=chop if chop != 1 or len(data) < 2000 else 7)
+                half = rng.randrange(len(data) + 1)
+                ws.send_raw(data[:half], chop=chop if chop != 1 or half < 2000 else 7)
+                notify(api, user, i, notes)
+                ws.send_raw(data[half:], chop=chop if chop != 1 or len(data) - half < 2000 else 7)
                 try:
                     ws.sock.shutdown(socket.SHUT_WR)
                 except OSError:
@@ -132,8 +150,10 @@ class NetFuzz(unittest.TestCase):
                 ws.close()
                 if len(problems) > 10:
                     break
-            print("netfuzz: %d mutated streams in %.1fs (seed %d)" % (i + 1, time.monotonic() - t0, SEED),
-                  file=sys.stderr)
+            api.close()
+            print("netfuzz: %d mutated streams in %.1fs (seed %d); racing notifications answered %s"
+                  % (i + 1, time.monotonic() - t0, SEED, dict(sorted(notes.items()))), file=sys.stderr)
+            self.assertEqual(set(notes) - {200, 404, 503}, set(), "unexpected notify statuses")
             self.assertEqual(problems, [])
             self.assertEqual(sorted(w["pid"] for w in g.dump()["workers"]), pids0, "a worker was restarted")
             self.assertTrue(th.wait_until(lambda: g.dump()["slots_used"] == 0, T), "slots left taken")
