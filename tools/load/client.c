@@ -60,6 +60,8 @@ struct api_conn {
     int state;
     int req_len;
     int resp_len;
+    int served;   /* responses on this connection: it was reused */
+    int retrying; /* the request is being re-sent on a new connection */
     uint64_t down_ns;
     char req[640];
     char resp[2048];
@@ -80,6 +82,7 @@ struct child {
     enum phase phase;
     uint64_t t0, run_t0, drain_t0, last_progress;
     uint64_t ping_sched, notify_sched;
+    unsigned api_rr;
     uint64_t rng;
     int saturate;
     double notify_rate;
@@ -478,7 +481,9 @@ static void api_connect(struct child *ch, int k)
     struct api_conn *a = &ch->api[k];
     a->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (a->fd < 0) {
+        ch->c.notify_io_errors += a->retrying;
         a->state = AS_DOWN;
+        a->retrying = 0;
         a->down_ns = load_mono_ns();
         return;
     }
@@ -493,12 +498,13 @@ static void api_connect(struct child *ch, int k)
 static void api_down(struct child *ch, int k)
 {
     struct api_conn *a = &ch->api[k];
-    if (a->state == AS_BUSY)
+    if (a->state == AS_BUSY || a->retrying)
         ch->c.notify_io_errors++;
     if (a->fd >= 0)
         close(a->fd);
     a->fd = -1;
     a->state = AS_DOWN;
+    a->served = a->retrying = 0;
     a->down_ns = load_mono_ns();
 }
 
@@ -524,6 +530,8 @@ static long pick_open(struct child *ch)
     return -1;
 }
 
+static void api_send_req(struct child *ch, int k);
+
 static int api_send_notify(struct child *ch, int k)
 {
     struct api_conn *a = &ch->api[k];
@@ -539,14 +547,20 @@ static int api_send_notify(struct child *ch, int k)
                           "POST /v1/notify HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                           "Content-Length: %d\r\n\r\n%s",
                           ch->o->api_host, bl, body);
+    ch->c.notifications_sent++;
+    api_send_req(ch, k);
+    return 0;
+}
+
+static void api_send_req(struct child *ch, int k)
+{
+    struct api_conn *a = &ch->api[k];
     a->state = AS_BUSY;
     a->resp_len = 0;
-    ch->c.notifications_sent++;
     struct io_uring_sqe *sqe = get_sqe(ch);
     io_uring_prep_send(sqe, a->fd, a->req, (size_t)a->req_len, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, ud_pack(OP_API_SEND, (uint32_t)k));
     api_recv(ch, k);
-    return 0;
 }
 
 /* A complete response counts its status; returns 1 when complete, 0 when more is due. */
@@ -578,19 +592,31 @@ static void on_api(struct child *ch, enum op op, int k, int res)
     if (op == OP_API_CONNECT) {
         if (res < 0)
             api_down(ch, k);
+        else if (a->retrying)
+            api_send_req(ch, k);
         else
             a->state = AS_IDLE;
-    } else if (op == OP_API_SEND) {
-        if (res < 0 && a->state == AS_BUSY)
-            shutdown(a->fd, SHUT_RDWR); /* the pending recv then fails and takes it down */
     } else if (op == OP_API_RECV) {
+        /* A send error needs no handling of its own: the recv fails too. */
+        if (res <= 0 && a->state == AS_BUSY && a->resp_len == 0 && a->served && !a->retrying) {
+            /* The server closed a reused keep-alive connection (idle timeout)
+             * before reading this request: re-send it once, as HTTP clients do. */
+            close(a->fd);
+            a->fd = -1;
+            a->retrying = 1;
+            api_connect(ch, k);
+            return;
+        }
         if (res <= 0 || a->state != AS_BUSY) {
             api_down(ch, k);
             return;
         }
         a->resp_len += res;
-        if (api_response(ch, a))
+        if (api_response(ch, a)) {
             a->state = AS_IDLE;
+            a->served++;
+            a->retrying = 0;
+        }
         else if (a->resp_len >= (int)sizeof a->resp - 1)
             api_down(ch, k);
         else
@@ -676,7 +702,9 @@ static void pace_notifies(struct child *ch, uint64_t now)
     if (ch->notify_rate <= 0)
         return;
     uint64_t due = (uint64_t)((double)(now - ch->run_t0) * 1e-9 * ch->notify_rate);
-    for (int k = 0; k < ch->o->api_conns && ch->notify_sched < due; k++) {
+    /* Round robin, so no keep-alive connection sits idle while others work. */
+    for (int j = 0; j < ch->o->api_conns && ch->notify_sched < due; j++) {
+        int k = (int)(ch->api_rr++ % (unsigned)ch->o->api_conns);
         struct api_conn *a = &ch->api[k];
         if (a->state == AS_DOWN && now - a->down_ns > 100000000ull)
             api_connect(ch, k);
