@@ -4,6 +4,7 @@
  * other roles with relaxed atomic adds, so a scrape is a few dozen loads.
  */
 #include "notifier/metrics.h"
+#include "shm/clock.h"
 
 #include <stdatomic.h>
 
@@ -81,34 +82,39 @@ void th_metrics_render(struct th_buf *b, const struct th_reg *reg, const struct 
     render_hist(b, &st->confirm);
 }
 
-/* One role entry {"pid":N,"alive":bool}; returns alive. */
-static int proc_entry(struct th_buf *b, const struct th_proc_sh *p)
+/* A process counts as up when its pid lives and its loop stamped a heartbeat
+ * recently: a stopped or wedged process keeps its pid but not its heartbeat. */
+#define HEALTH_HEARTBEAT_MAX_NS (10 * TH_NS_PER_S)
+
+/* One process entry {"pid":N,"alive":bool,"heartbeat_age_s":x}; returns up. */
+static int proc_entry(struct th_buf *b, const struct th_proc_sh *p, uint64_t now)
 {
     int pid = (int)atomic_load_explicit(&p->pid, memory_order_relaxed);
+    uint64_t hb = atomic_load_explicit(&p->heartbeat_ns, memory_order_relaxed);
+    uint64_t age = hb && now > hb ? now - hb : 0;
     int alive = pid > 0 && th_pid_alive(pid);
-    th_buf_printf(b, "{\"pid\":%d,\"alive\":%s}", pid, alive ? "true" : "false");
-    return alive;
+    th_buf_printf(b, "\"pid\":%d,\"alive\":%s,\"heartbeat_age_s\":%.1f}", pid,
+                  alive ? "true" : "false", (double)age / 1e9);
+    return alive && hb != 0 && age < HEALTH_HEARTBEAT_MAX_NS;
 }
 
 int th_health_render(struct th_buf *b, const struct th_reg *reg)
 {
     const struct th_reg_hdr *hdr = reg->hdr;
     struct th_buf body = {0};
+    uint64_t now = th_now_ns();
     int ok = 1;
-    th_buf_puts(&body, "\"supervisor\":");
-    ok &= proc_entry(&body, &hdr->roles[TH_ROLE_SUPERVISOR]);
-    th_buf_puts(&body, ",\"janitor\":");
-    ok &= proc_entry(&body, &hdr->roles[TH_ROLE_JANITOR]);
-    th_buf_puts(&body, ",\"notifier\":");
-    proc_entry(&body, &hdr->roles[TH_ROLE_NOTIFIER]);
+    th_buf_puts(&body, "\"supervisor\":{");
+    ok &= proc_entry(&body, &hdr->roles[TH_ROLE_SUPERVISOR], now);
+    th_buf_puts(&body, ",\"janitor\":{");
+    ok &= proc_entry(&body, &hdr->roles[TH_ROLE_JANITOR], now);
+    th_buf_puts(&body, ",\"notifier\":{");
+    proc_entry(&body, &hdr->roles[TH_ROLE_NOTIFIER], now);
     th_buf_puts(&body, ",\"workers\":[");
     unsigned n = hdr->nworkers < TH_MAX_WORKERS ? hdr->nworkers : TH_MAX_WORKERS;
     for (unsigned i = 0; i < n; i++) {
         th_buf_printf(&body, "%s{\"index\":%u,", i ? "," : "", i);
-        int pid = (int)atomic_load_explicit(&hdr->workers[i].pid, memory_order_relaxed);
-        int alive = pid > 0 && th_pid_alive(pid);
-        th_buf_printf(&body, "\"pid\":%d,\"alive\":%s}", pid, alive ? "true" : "false");
-        ok &= alive;
+        ok &= proc_entry(&body, &hdr->workers[i], now);
     }
     th_buf_puts(&body, "]}");
     th_buf_printf(b, "{\"status\":\"%s\",", ok ? "ok" : "degraded");

@@ -69,7 +69,7 @@ int wk_ctl_listen(struct worker *w)
     }
     w->ctl_fd = fd;
     struct th_proc_sh *me = &w->reg->hdr->workers[w->index];
-    snprintf(me->sock_path, sizeof(me->sock_path), "%s", w->ctl_path);
+    memcpy(me->sock_path, w->ctl_path, strlen(w->ctl_path) + 1); /* fits: checked above */
     return 0;
 }
 
@@ -96,6 +96,11 @@ void wk_ctl_on_accept(struct worker *w, int res)
     }
     for (uint32_t i = 0; i < WK_MAX_CTL; i++) {
         if (w->ctl[i].fd < 0) {
+            /* Replies are tiny but each costs an skb: room for thousands keeps a
+             * requester with many requests in flight from seeing replies dropped. */
+            int sz = 4 << 20;
+            if (setsockopt(res, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)) < 0)
+                setsockopt(res, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
             w->ctl[i].fd = res;
             w->ctl[i].gen++;
             arm_poll(w, i);
@@ -160,7 +165,15 @@ static void packet(struct worker *w, int fd, size_t n)
     memset(&r, 0, sizeof(r));
     r.magic = TH_HO_MAGIC, r.type = TH_HO_REPLY, r.code = status;
     r.slot = m.slot, r.gen = m.gen, r.seq = m.seq;
-    if (send(fd, &r, sizeof(r), MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+    ssize_t sent = send(fd, &r, sizeof(r), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (sent < 0 && errno == EAGAIN) {
+        /* The requester is not reading its replies: wait a bounded moment
+         * rather than lose a confirmation it is waiting for. */
+        struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+        if (poll(&pfd, 1, 20) == 1)
+            sent = send(fd, &r, sizeof(r), MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+    if (sent < 0)
         th_warn("control reply (seq %llu): %s", (unsigned long long)m.seq, strerror(errno));
 }
 

@@ -5,6 +5,8 @@
  */
 #include "notifier/metrics.h"
 
+#include "shm/clock.h"
+
 #include <criterion/criterion.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,15 +70,26 @@ Test(health, degraded_until_every_role_is_alive)
     cr_assert(strstr(b.p, "\"status\":\"degraded\""));
     b.len = 0;
     pid_t me = getpid();
-    atomic_store(&reg.hdr->roles[TH_ROLE_SUPERVISOR].pid, me);
-    atomic_store(&reg.hdr->roles[TH_ROLE_JANITOR].pid, me);
-    atomic_store(&reg.hdr->workers[0].pid, me);
+    uint64_t now = th_now_ns();
+    struct th_proc_sh *up[] = {&reg.hdr->roles[TH_ROLE_SUPERVISOR], &reg.hdr->roles[TH_ROLE_JANITOR],
+                               &reg.hdr->workers[0]};
+    for (size_t i = 0; i < 3; i++) {
+        atomic_store(&up[i]->pid, me);
+        atomic_store(&up[i]->heartbeat_ns, now);
+    }
     cr_assert_eq(th_health_render(&b, &reg), 503); /* worker 1 missing */
     b.len = 0;
     atomic_store(&reg.hdr->workers[1].pid, me);
+    cr_assert_eq(th_health_render(&b, &reg), 503, "a pid without a heartbeat is not up");
+    b.len = 0;
+    atomic_store(&reg.hdr->workers[1].heartbeat_ns, now);
     cr_assert_eq(th_health_render(&b, &reg), 200);
     cr_assert(strstr(b.p, "\"status\":\"ok\""));
     cr_assert(strstr(b.p, "\"workers\":[{\"index\":0,"));
+    b.len = 0;
+    /* A stopped (SIGSTOP) or wedged process keeps its pid but its heartbeat ages. */
+    atomic_store(&reg.hdr->roles[TH_ROLE_JANITOR].heartbeat_ns, now - 30 * TH_NS_PER_S);
+    cr_assert_eq(th_health_render(&b, &reg), 503);
     th_buf_free(&b);
     free(reg.hdr);
 }
