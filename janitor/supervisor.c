@@ -167,24 +167,6 @@ static int open_listener(const char *flag, const char *host, uint16_t port)
     return -1;
 }
 
-/* mkdir -p path with mode 0700 for the directories it creates. Returns 0 or -errno. */
-static int mkdir_p(const char *path)
-{
-    char buf[TH_PATH_MAX];
-    snprintf(buf, sizeof(buf), "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, 0700) < 0 && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    if (mkdir(buf, 0700) < 0 && errno != EEXIST)
-        return -errno;
-    return 0;
-}
-
 static void publish_self(void)
 {
     struct th_proc_sh *me = &S.reg.hdr->roles[TH_ROLE_SUPERVISOR];
@@ -439,7 +421,7 @@ static int start_up(const struct th_config *cfg)
         S.api_fd = open_listener("--api-listen", cfg->api_host, cfg->api_port);
     if (S.listen_fd < 0 || S.api_fd < 0)
         goto fail;
-    if (th_runtime_dir(cfg->shm_name, S.rundir, sizeof(S.rundir)) < 0 || (rc = mkdir_p(S.rundir)) < 0) {
+    if (th_runtime_dir(cfg->shm_name, S.rundir, sizeof(S.rundir)) < 0 || (rc = th_mkdir_p(S.rundir, 0700)) < 0) {
         startup_error("runtime directory %s: %s", S.rundir, S.rundir[0] ? strerror(-rc) : "path too long");
         S.rundir[0] = '\0';
         goto fail;

@@ -62,7 +62,7 @@ static int worker_fd(struct th_sweeper *s, unsigned w)
     if (s->fd[w] >= 0 && s->fd_pid[w] == pid)
         return s->fd[w];
     drop_fd(s, w);
-    int fd = th_ho_connect(s->shm_name, w);
+    int fd = th_ho_connect(s->shm_name, w, 0);
     if (fd < 0)
         return fd;
     /* th_ho_call's timeout covers the reply; this bounds a send into a full socket. */

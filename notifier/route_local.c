@@ -30,7 +30,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #define NO_JOB UINT32_MAX
@@ -264,18 +263,9 @@ static void chan_close(struct route_local *rl, unsigned w, const char *why)
 /* Non-blocking connect: a worker whose backlog is full must not stall the loop. */
 static int chan_connect(const char *path)
 {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (!path[0] || strlen(path) >= sizeof(sa.sun_path))
-        return -ENAMETOOLONG;
-    strcpy(sa.sun_path, path);
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = th_ho_connect_path(path, 1);
     if (fd < 0)
-        return -errno;
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        int e = errno;
-        close(fd);
-        return -e;
-    }
+        return fd;
     int sz = CHAN_SNDBUF;
     if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)) < 0)
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));

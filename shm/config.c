@@ -13,6 +13,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 enum flag_kind { F_HOSTPORT_LISTEN, F_HOSTPORT_API, F_U32, F_U64, F_SHM, F_PATH, F_LEVEL, F_FORMAT };
@@ -138,21 +139,17 @@ static int apply(struct th_config *c, const struct flag *f, const char *v, const
             return 0;
         break;
     case F_U32:
-        if (parse_u64(v, f->min, f->max, &x) == 0) {
-            *(uint32_t *)(base + f->off) = (uint32_t)x;
-            return 0;
-        }
-        snprintf(err, errlen, "%s: invalid value '%s' (expected a whole number from %llu to %llu)",
-                 from, v, (unsigned long long)f->min, (unsigned long long)f->max);
-        return -1;
     case F_U64:
-        if (parse_u64(v, f->min, f->max, &x) == 0) {
-            *(uint64_t *)(base + f->off) = x;
-            return 0;
+        if (parse_u64(v, f->min, f->max, &x) < 0) {
+            snprintf(err, errlen, "%s: invalid value '%s' (expected a whole number from %llu to %llu)",
+                     from, v, (unsigned long long)f->min, (unsigned long long)f->max);
+            return -1;
         }
-        snprintf(err, errlen, "%s: invalid value '%s' (expected a whole number from %llu to %llu)",
-                 from, v, (unsigned long long)f->min, (unsigned long long)f->max);
-        return -1;
+        if (f->kind == F_U32)
+            *(uint32_t *)(base + f->off) = (uint32_t)x; /* max <= UINT32_MAX in the table */
+        else
+            *(uint64_t *)(base + f->off) = x;
+        return 0;
     case F_SHM: {
         size_t n = strlen(v);
         int bad = n == 0 || n + 2 > TH_SHM_NAME_MAX;
@@ -319,4 +316,22 @@ int th_worker_sock_path(const char *shm_name, unsigned index, char *buf, size_t 
         return -1;
     int n = snprintf(buf, cap, "%s/worker-%u.sock", dir, index);
     return n < 0 || (size_t)n >= cap ? -1 : 0;
+}
+
+int th_mkdir_p(const char *path, unsigned mode)
+{
+    char buf[TH_PATH_MAX];
+    if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf))
+        return -ENAMETOOLONG;
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, mode) < 0 && errno != EEXIST)
+            return -errno;
+        *p = '/';
+    }
+    if (mkdir(buf, mode) < 0 && errno != EEXIST)
+        return -errno;
+    return 0;
 }

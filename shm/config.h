@@ -65,6 +65,8 @@ int th_parse_hostport(const char *s, char *host, size_t hostcap, uint16_t *port)
  * leading '/' of the segment name dropped). Returns 0 or -1 if it won't fit.
  */
 int th_runtime_dir(const char *shm_name, char *buf, size_t cap);
+/* mkdir -p: create path and its missing parents with mode. Returns 0 or -errno. */
+int th_mkdir_p(const char *path, unsigned mode);
 /* "<runtime dir>/worker-<index>.sock" */
 int th_worker_sock_path(const char *shm_name, unsigned index, char *buf, size_t cap);
 

@@ -25,23 +25,6 @@
 
 #define CTL_PACKET_MAX (sizeof(struct th_ho_msg) + TH_HO_MAX_PAYLOAD)
 
-static int mkdir_p(const char *dir)
-{
-    char tmp[TH_PATH_MAX];
-    snprintf(tmp, sizeof(tmp), "%s", dir);
-    for (char *s = tmp + 1; *s; s++) {
-        if (*s != '/')
-            continue;
-        *s = '\0';
-        if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
-            return -errno;
-        *s = '/';
-    }
-    if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
-        return -errno;
-    return 0;
-}
-
 int wk_ctl_listen(struct worker *w)
 {
     char dir[TH_PATH_MAX];
@@ -52,7 +35,7 @@ int wk_ctl_listen(struct worker *w)
         th_error("control socket path for worker %u is too long", w->index);
         return -ENAMETOOLONG;
     }
-    int rc = mkdir_p(dir);
+    int rc = th_mkdir_p(dir, 0700);
     if (rc < 0) {
         th_error("mkdir %s: %s", dir, strerror(-rc));
         return rc;
@@ -205,25 +188,6 @@ void wk_ctl_on_poll(struct worker *w, uint32_t i, uint32_t gen, int res)
     arm_poll(w, i);
 }
 
-static int peer_open(struct worker *w, unsigned peer)
-{
-    char path[TH_PATH_MAX];
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (th_worker_sock_path(w->cfg->shm_name, peer, path, sizeof(path)) < 0 ||
-        strlen(path) >= sizeof(sa.sun_path))
-        return -ENAMETOOLONG;
-    strcpy(sa.sun_path, path);
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        int e = errno;
-        close(fd);
-        return -e;
-    }
-    return fd;
-}
-
 int wk_peer_close(struct worker *w, unsigned peer, struct th_handle h, uint16_t code)
 {
     static uint64_t seq;
@@ -232,7 +196,7 @@ int wk_peer_close(struct worker *w, unsigned peer, struct th_handle h, uint16_t 
     if (peer >= TH_MAX_WORKERS)
         return -EINVAL;
     for (int attempt = 0; attempt < 2; attempt++) {
-        if (w->peer_fd[peer] < 0 && (w->peer_fd[peer] = peer_open(w, peer)) < 0)
+        if (w->peer_fd[peer] < 0 && (w->peer_fd[peer] = th_ho_connect(w->cfg->shm_name, peer, 1)) < 0)
             return w->peer_fd[peer];
         struct th_ho_msg reply;
         while (recv(w->peer_fd[peer], &reply, sizeof(reply), MSG_DONTWAIT) > 0)

@@ -16,13 +16,13 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-int th_ho_connect_path(const char *path)
+int th_ho_connect_path(const char *path, int nonblock)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof(sa.sun_path))
+    if (!path[0] || strlen(path) >= sizeof(sa.sun_path))
         return -ENAMETOOLONG;
     strcpy(sa.sun_path, path);
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0);
     if (fd < 0)
         return -errno;
     if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
@@ -33,12 +33,12 @@ int th_ho_connect_path(const char *path)
     return fd;
 }
 
-int th_ho_connect(const char *shm_name, unsigned index)
+int th_ho_connect(const char *shm_name, unsigned index, int nonblock)
 {
     char path[TH_PATH_MAX];
     if (th_worker_sock_path(shm_name, index, path, sizeof(path)) < 0)
         return -ENAMETOOLONG;
-    return th_ho_connect_path(path);
+    return th_ho_connect_path(path, nonblock);
 }
 
 int th_ho_send(int fd, const struct th_ho_msg *m, const void *payload)

@@ -46,10 +46,13 @@ struct th_ho_msg {
     uint32_t reserved;
 };
 
-/* Connect to worker index's control socket (blocking, SOCK_CLOEXEC). Returns fd or -errno. */
-int th_ho_connect(const char *shm_name, unsigned index);
-/* Connect to a control socket path. Returns fd or -errno. */
-int th_ho_connect_path(const char *path);
+/*
+ * Connect to worker index's control socket (SOCK_CLOEXEC; SOCK_NONBLOCK when
+ * nonblock, for callers inside an event loop). Returns fd or -errno.
+ */
+int th_ho_connect(const char *shm_name, unsigned index, int nonblock);
+/* Connect to a control socket path, as th_ho_connect. Returns fd or -errno. */
+int th_ho_connect_path(const char *path, int nonblock);
 /* Send one request (header + payload in one packet). Returns 0 or -errno. */
 int th_ho_send(int fd, const struct th_ho_msg *m, const void *payload);
 /*
