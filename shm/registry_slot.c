@@ -112,6 +112,20 @@ static int scan_unindexed(const struct th_reg *r, const struct user_key *k, th_r
  * for slots that found their window full (hdr->unindexed > 0, rare).
  * Stops and returns fn's value when it is nonzero.
  */
+/*
+ * Has slot already been gathered? Two buckets can name the same slot for a
+ * moment: a lookup that races a release and a re-claim by the same user sees
+ * the old bucket in one line and the new one in the other. Without this the
+ * caller would get the connection twice (and deliver twice).
+ */
+static int seen(const uint32_t *cand, uint32_t nc, uint32_t slot)
+{
+    for (uint32_t i = 0; i < nc; i++)
+        if (cand[i] == slot)
+            return 1;
+    return 0;
+}
+
 static int each_user_slot(const struct th_reg *r, const struct user_key *k, th_reg_visit_fn fn,
                           void *arg)
 {
@@ -123,7 +137,8 @@ static int each_user_slot(const struct th_reg *r, const struct user_key *k, th_r
     __builtin_prefetch(&r->index[th_reg_bucket(r, k->hash, TH_REG_LINE)]);
     for (uint32_t j = 0; j < TH_REG_WINDOW; j++) {
         uint32_t v = atomic_load_explicit(&r->index[th_reg_bucket(r, k->hash, j)], RELAXED);
-        if (v && th_index_tag_matches(v, k->hash) && th_index_slot(v) < n) {
+        if (v && th_index_tag_matches(v, k->hash) && th_index_slot(v) < n &&
+            !seen(cand, nc, th_index_slot(v))) {
             cand[nc++] = th_index_slot(v);
             __builtin_prefetch(&r->slots[th_index_slot(v)]);
             __builtin_prefetch((const char *)&r->slots[th_index_slot(v)] + 64);
