@@ -12,9 +12,24 @@
 
 #include "shm/registry.h"
 
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* The segment under test: one per test binary. */
+static struct th_reg reg;
+static char name[96];
+
+/* Detach and remove the segment under test (a Criterion suite's .fini). */
+static inline void reg_test_fini(void)
+{
+    if (reg.base)
+        th_reg_detach(&reg);
+    if (name[0])
+        th_reg_unlink(name);
+}
 
 static inline void reg_test_name(char *buf, size_t cap, const char *tag)
 {
@@ -22,15 +37,37 @@ static inline void reg_test_name(char *buf, size_t cap, const char *tag)
     snprintf(buf, cap, "/th-test-%s-%d-%u", tag, (int)getpid(), seq++);
 }
 
+#ifndef CRITERION_H_
+/*
+ * Plain test programs: fail with a message, remove the segment, exit 1. Only
+ * unlinks: other threads may still be reading the mapping.
+ */
+static inline void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static inline void check(int ok, const char *fmt, ...)
+{
+    if (ok)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("FAIL: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    if (name[0])
+        th_reg_unlink(name);
+    exit(1);
+}
+#endif
+
 #ifdef CRITERION_H_
 /* Create a fresh segment or fail the test with the registry's message. */
-static inline void reg_test_create(struct th_reg *r, char *name, size_t cap, const char *tag,
+static inline void reg_test_create(struct th_reg *r, char *buf, size_t cap, const char *tag,
                                    uint32_t nslots)
 {
     char err[256] = "";
-    reg_test_name(name, cap, tag);
-    int rc = th_reg_create(r, name, nslots, err, sizeof(err));
-    cr_assert_eq(rc, 0, "th_reg_create(%s): %d %s", name, rc, err);
+    reg_test_name(buf, cap, tag);
+    int rc = th_reg_create(r, buf, nslots, err, sizeof(err));
+    cr_assert_eq(rc, 0, "th_reg_create(%s): %d %s", buf, rc, err);
 }
 #endif
 

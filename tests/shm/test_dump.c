@@ -20,18 +20,7 @@
 #error "TETHER_DUMP_BIN must name the tether-dump binary"
 #endif
 
-static struct th_reg reg;
-static char name[96];
-
-static void fini(void)
-{
-    if (reg.base)
-        th_reg_detach(&reg);
-    if (name[0])
-        th_reg_unlink(name);
-}
-
-TestSuite(dump, .fini = fini);
+TestSuite(dump, .fini = reg_test_fini);
 
 struct run {
     int status;

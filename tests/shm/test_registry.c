@@ -17,18 +17,7 @@
 #include <sys/mman.h>
 #include <sys/wait.h>
 
-static struct th_reg reg;
-static char name[96];
-
-static void fini(void)
-{
-    if (reg.base)
-        th_reg_detach(&reg);
-    if (name[0])
-        th_reg_unlink(name);
-}
-
-TestSuite(registry, .fini = fini);
+TestSuite(registry, .fini = reg_test_fini);
 
 /* A pid that certainly belongs to no process now: a child we have reaped. */
 static pid_t dead_pid(void)

@@ -29,30 +29,7 @@
 #define POOL 40 /* users the writers share */
 #define HOLD 16 /* connections a writer holds at most */
 
-static struct th_reg reg;
-static char name[96];
 static struct th_handle keepers[KEEPERS];
-
-static void cleanup(void)
-{
-    if (name[0])
-        th_reg_unlink(name);
-}
-
-static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void check(int ok, const char *fmt, ...)
-{
-    if (ok)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("FAIL: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    cleanup();
-    exit(1);
-}
 
 static uint32_t next_rand(uint64_t *s)
 {
@@ -264,6 +241,6 @@ int main(void)
            "counter drift in %d rounds; repairs counted %llu; all recovered\n",
            ROUNDS, s.half_done_slots, s.odd_records, s.drifted_rounds,
            (unsigned long long)atomic_load(&reg.hdr->counters.repairs));
-    cleanup();
+    th_reg_unlink(name);
     return 0;
 }
