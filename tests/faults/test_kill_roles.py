@@ -16,7 +16,22 @@ from faultlib import Client, dump_consistent, in_thread, role_pids, wait_for
 WORKERS = 2
 
 
-class Flow:
+class Background:
+    """An endless coroutine (_run) started and cancelled around a test."""
+
+    def start(self):
+        self.task = asyncio.ensure_future(self._run())
+        return self
+
+    async def stop(self):
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass
+
+
+class Flow(Background):
     """Notifications to a set of users, as fast as the API answers."""
 
     def __init__(self, group, users):
@@ -42,19 +57,9 @@ class Flow:
                     self.failed.append((u, status, body))
             await asyncio.sleep(0.05)
 
-    def start(self):
-        self.task = asyncio.ensure_future(self._run())
-        return self
-
-    async def stop(self):
-        self.task.cancel()
-        try:
-            await self.task
-        except asyncio.CancelledError:
-            pass
 
 
-class DumpWatch:
+class DumpWatch(Background):
     """Checks every tether-dump --json snapshot while the faults happen."""
 
     def __init__(self, tc, group):
@@ -66,16 +71,6 @@ class DumpWatch:
             self.count += 1
             await asyncio.sleep(0.2)
 
-    def start(self):
-        self.task = asyncio.ensure_future(self._run())
-        return self
-
-    async def stop(self):
-        self.task.cancel()
-        try:
-            await self.task
-        except asyncio.CancelledError:
-            pass
 
 
 class KillRoles(unittest.TestCase):

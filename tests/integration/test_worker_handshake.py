@@ -13,21 +13,13 @@ import unittest
 import websockets
 import websockets.exceptions
 
-from tether_harness import Group, make_token, wait_until
-from test_worker_util import stop_and_check, app_ping, connect, http_get, run, slots_of, upgrade_headers
+from tether_harness import make_token, wait_until
+from test_worker_util import GroupTestCase, app_ping, connect, http_get, run, slots_of, upgrade_headers
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-class Handshake(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.g = Group(workers=2).__enter__()
-
-    @classmethod
-    def tearDownClass(cls):
-        stop_and_check(cls(), cls.g)
-
+class Handshake(GroupTestCase):
     def test_upgrade_query_token_accept_key(self):
         hdrs = upgrade_headers()
         key = dict(hdrs)["Sec-WebSocket-Key"]

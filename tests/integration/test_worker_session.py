@@ -14,22 +14,14 @@ import struct
 import time
 import unittest
 
-from tether_harness import Group, wait_until
-from test_worker_util import (stop_and_check, app_ping, close_code, connect, frame, raw_ws, read_frames, run,
+from tether_harness import wait_until
+from test_worker_util import (GroupTestCase, app_ping, close_code, connect, frame, raw_ws, read_frames, run,
                               slots_of)
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 
-class Session(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.g = Group(workers=2).__enter__()
-
-    @classmethod
-    def tearDownClass(cls):
-        stop_and_check(cls(), cls.g)
-
+class Session(GroupTestCase):
     def test_json_ping_pong_and_last_seen(self):
         async def go():
             ws = await connect(self.g.ws_url("s-ping"))

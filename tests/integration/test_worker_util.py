@@ -11,9 +11,12 @@ import json
 import os
 import socket
 import struct
+import unittest
 
 import websockets
 import websockets.exceptions
+
+from tether_harness import Group
 
 
 def http_get(port, target, headers=(), timeout=5):
@@ -140,3 +143,15 @@ def stop_and_check(testcase, group):
     for mark in SANITIZER_MARKS:
         testcase.assertNotIn(mark, log)
     testcase.assertEqual(rc, 0, log[-2000:])
+
+
+class GroupTestCase(unittest.TestCase):
+    """One 2-worker group for the whole class; stopped and checked at the end."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.g = Group(workers=2).__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        stop_and_check(cls(), cls.g)
