@@ -13,10 +13,10 @@ import sys
 import time
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import rawws  # noqa: E402
-from rawws import CONT, TEXT, frame  # noqa: E402
-import tether_harness as th  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+from harness import ws as rawws  # noqa: E402
+from harness.ws import CONT, TEXT, frame  # noqa: E402
+import harness as th  # noqa: E402
 
 SEND_QUEUE_CAP = 65536
 MAX_MESSAGE = 1 << 20  # large, so the fragment cap (not the size limit) must act
@@ -34,7 +34,7 @@ def setUpModule():
 
 def tearDownModule():
     if GROUP is not None:
-        rawws.stop_and_check(GROUP)
+        GROUP.finish()
 
 
 def proc_kb(pid, field):

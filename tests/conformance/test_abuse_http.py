@@ -15,9 +15,9 @@ import threading
 import time
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import rawws  # noqa: E402
-import tether_harness as th  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+from harness import ws as rawws  # noqa: E402
+import harness as th  # noqa: E402
 
 HANDSHAKE_TIMEOUT = 10.0
 CROWD = 1000  # concurrent half-sent heads
@@ -34,7 +34,7 @@ def setUpModule():
 
 def tearDownModule():
     if GROUP is not None:
-        rawws.stop_and_check(GROUP)
+        GROUP.finish()
 
 
 def b64(b):

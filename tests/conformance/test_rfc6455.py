@@ -18,10 +18,10 @@ import sys
 import time
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import rawws  # noqa: E402
-from rawws import BINARY, CLOSE, CONT, PING, PONG, TEXT, frame, ping_message  # noqa: E402
-import tether_harness as th  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+from harness import ws as rawws  # noqa: E402
+from harness.ws import BINARY, CLOSE, CONT, PING, PONG, TEXT, frame, ping_message  # noqa: E402
+import harness as th  # noqa: E402
 
 MAX_MESSAGE = 65536
 MAX_FRAGMENTS = 1024  # worker/ws.h TH_WS_MAX_FRAGMENTS: more fragments close with 1009
@@ -39,7 +39,7 @@ def setUpModule():
 
 def tearDownModule():
     if GROUP is not None:
-        rawws.stop_and_check(GROUP)
+        GROUP.finish()
 
 
 class RFC6455(unittest.TestCase):
@@ -793,7 +793,7 @@ class SmallLimit(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        rawws.stop_and_check(cls.group)
+        cls.group.finish()
 
     def conn(self):
         ws = rawws.WS(self.group.port, self.group.token("small-%d" % next(_users)), timeout=T)

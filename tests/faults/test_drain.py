@@ -5,11 +5,14 @@ left."""
 import asyncio
 import os
 import signal
+import sys
 import time
 import unittest
 
-import tether_harness as th
-from faultlib import Client, in_thread, pid_running, role_pids, segment_exists, wait_for
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+
+import harness as th  # noqa: E402
+from harness.faults import Client, in_thread, pid_running, role_pids, segment_exists, wait_for  # noqa: E402
 
 DRAIN_S = 3
 

@@ -8,10 +8,13 @@ doubling delay."""
 import asyncio
 import os
 import signal
+import sys
 import unittest
 
-import tether_harness as th
-from faultlib import Client, dump_consistent, in_thread, role_pids, wait_for
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+
+import harness as th  # noqa: E402
+from harness.faults import Client, dump_consistent, in_thread, role_pids, wait_for  # noqa: E402
 
 WORKERS = 2
 

@@ -5,11 +5,14 @@ costs no restart."""
 import asyncio
 import os
 import signal
+import sys
 import unittest
 
-import tether_harness as th
-from faultlib import Client, in_thread, role_pids
-from tether_harness import wait_until
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+
+import harness as th  # noqa: E402
+from harness import wait_until  # noqa: E402
+from harness.faults import Client, in_thread, role_pids  # noqa: E402
 
 
 def read(path):

@@ -3,10 +3,14 @@ contract's log line, counts it, and never evicts a client that keeps
 pinging. Short thresholds (--stale-after 2 --sweep-every 1) also show the
 start-up warning about thresholds under 300 s."""
 import asyncio
+import os
+import sys
 import unittest
 
-import tether_harness as th
-from faultlib import Client, in_thread, wait_for
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+
+import harness as th  # noqa: E402
+from harness.faults import Client, in_thread, wait_for  # noqa: E402
 
 
 class Stale(unittest.TestCase):

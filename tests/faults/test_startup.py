@@ -7,11 +7,14 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import unittest
 
-import tether_harness as th
-from faultlib import pid_running, role_pids, segment_exists
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+
+import harness as th  # noqa: E402
+from harness.faults import pid_running, role_pids, segment_exists  # noqa: E402
 
 
 def run_once(group, extra, timeout=20):

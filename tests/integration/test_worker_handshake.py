@@ -8,13 +8,19 @@ other paths, 426 for a wrong Sec-WebSocket-Version, and every 401 case
 import base64
 import hashlib
 import json
+import os
+import sys
 import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
 
 import websockets
 import websockets.exceptions
 
-from tether_harness import make_token, wait_until
-from test_worker_util import GroupTestCase, app_ping, connect, http_get, run, slots_of, upgrade_headers
+from harness import make_token, wait_until  # noqa: E402
+from harness.aio import app_ping, connect, run  # noqa: E402
+from harness.unit import GroupTestCase, slots_of  # noqa: E402
+from harness.ws import http_get, upgrade_headers  # noqa: E402
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 

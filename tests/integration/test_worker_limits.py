@@ -6,13 +6,18 @@ with the refused client taking nothing, and 1008 when a token's exp passes
 on a live connection.
 """
 import asyncio
+import os
+import sys
 import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
 
 import websockets
 import websockets.exceptions
 
-from tether_harness import Group, wait_until
-from test_worker_util import app_ping, connect, run, slots_of, stop_and_check
+from harness import Group, wait_until  # noqa: E402
+from harness.aio import app_ping, connect, run  # noqa: E402
+from harness.unit import slots_of, stop_and_check  # noqa: E402
 
 
 async def closed_code(ws, timeout=8):

@@ -11,12 +11,16 @@ import os
 import re
 import socket
 import struct
+import sys
 import time
 import unittest
 
-from tether_harness import wait_until
-from test_worker_util import (GroupTestCase, app_ping, close_code, connect, frame, raw_ws, read_frames, run,
-                              slots_of)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+
+from harness import wait_until  # noqa: E402
+from harness.aio import app_ping, connect, run  # noqa: E402
+from harness.unit import GroupTestCase, slots_of  # noqa: E402
+from harness.ws import close_code, frame, raw_ws, read_frames  # noqa: E402
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 

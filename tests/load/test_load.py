@@ -9,10 +9,13 @@ here: tools/bench measures it.
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import unittest
 
-import tether_harness as th
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+
+import harness as th  # noqa: E402
 
 LOAD = os.path.join(th.BIN, "tether-load")
 

@@ -6,10 +6,13 @@ import json
 import os
 import re
 import signal
+import sys
 import unittest
 
-import tether_harness as th
-from notifier_it_util import api, connect, notify, wait_connected
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+
+import harness as th  # noqa: E402
+from harness.aio import api, connect_user, notify, wait_connected  # noqa: E402
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
@@ -28,7 +31,7 @@ class Delivery(unittest.TestCase):
 
     def test_one_user_frame_content(self):
         async def go():
-            ws = await connect(self.g, "alice")
+            ws = await connect_user(self.g, "alice")
             await wait_connected(self.g, "alice", 1)
             st, body = await notify(self.g, "alice", {"meal": "lunch", "kcal": 640})
             self.assertEqual(st, 200, body)
@@ -50,7 +53,7 @@ class Delivery(unittest.TestCase):
 
     def test_backend_id_and_generated_ids_unique(self):
         async def go():
-            ws = await connect(self.g, "idu")
+            ws = await connect_user(self.g, "idu")
             await wait_connected(self.g, "idu", 1)
             st, body = await notify(self.g, "idu", {}, nid="backend-42")
             self.assertEqual((st, body["id"]), (200, "backend-42"))
@@ -67,8 +70,8 @@ class Delivery(unittest.TestCase):
 
     def test_two_devices_both_receive(self):
         async def go():
-            a = await connect(self.g, "bob")
-            b = await connect(self.g, "bob")
+            a = await connect_user(self.g, "bob")
+            b = await connect_user(self.g, "bob")
             await wait_connected(self.g, "bob", 2)
             st, body = await notify(self.g, "bob", {"n": 1})
             self.assertEqual(st, 200, body)
@@ -89,7 +92,7 @@ class Delivery(unittest.TestCase):
 
     def test_after_disconnect_last_seen(self):
         async def go():
-            ws = await connect(self.g, "carol")
+            ws = await connect_user(self.g, "carol")
             await wait_connected(self.g, "carol", 1)
             await ws.close()
             await wait_connected(self.g, "carol", 0)
@@ -103,7 +106,7 @@ class Delivery(unittest.TestCase):
 
     def test_presence_shape(self):
         async def go():
-            ws = await connect(self.g, "dave")
+            ws = await connect_user(self.g, "dave")
             await wait_connected(self.g, "dave", 1)
             st, body = await api(self.g, "GET", "/v1/presence/dave")
             self.assertEqual(st, 200)

@@ -5,13 +5,18 @@ on one raw socket, and a batch with mixed results."""
 import asyncio
 import http.client
 import json
+import os
 import resource
 import socket
+import sys
 import time
 import unittest
 
-import tether_harness as th
-from notifier_it_util import connect, post, raw_request, read_responses, wait_connected
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+
+import harness as th  # noqa: E402
+from harness.aio import connect_user, wait_connected  # noqa: E402
+from harness.rawhttp import post, raw_request, read_responses  # noqa: E402
 
 
 class Http(unittest.TestCase):
@@ -196,7 +201,7 @@ class Http(unittest.TestCase):
 
     def test_batch_mixed(self):
         async def go():
-            ws = await connect(self.g, "batch-on")
+            ws = await connect_user(self.g, "batch-on")
             await wait_connected(self.g, "batch-on", 1)
             items = [{"user_id": "batch-on", "type": "t", "data": {"i": 0}, "id": "b0"},
                      {"user_id": "batch-off", "type": "t"},

@@ -13,12 +13,16 @@ import http.client
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import unittest
 
-import tether_harness as th
-from notifier_it_util import connect, wait_connected
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+
+import harness as th  # noqa: E402
+from harness.aio import connect_user, wait_connected  # noqa: E402
+from harness.rawhttp import post, raw_request  # noqa: E402
 
 
 def notify_loop(port, users, stop, results):
@@ -52,7 +56,7 @@ class Races(unittest.TestCase):
 
             async def churn(user, stop):
                 while not stop.is_set():
-                    ws = await connect(g, user)
+                    ws = await connect_user(g, user)
                     t = asyncio.ensure_future(check(ws, user))
                     await asyncio.sleep(0.005)
                     await ws.close()
@@ -60,7 +64,7 @@ class Races(unittest.TestCase):
 
             async def go():
                 stop = threading.Event()
-                steady = await connect(g, "steady")
+                steady = await connect_user(g, "steady")
                 await wait_connected(g, "steady", 1)
                 st_task = asyncio.ensure_future(check(steady, "steady"))
                 results = []
@@ -96,7 +100,7 @@ class Races(unittest.TestCase):
     def test_stopped_worker_503_then_recovers(self):
         with th.Group(workers=1, extra_args=["--handoff-timeout-ms", "200"]) as g:
             async def go():
-                ws = await connect(g, "sleepy")
+                ws = await connect_user(g, "sleepy")
                 await wait_connected(g, "sleepy", 1)
                 pid = self.worker_of(g, "sleepy")
                 os.kill(pid, signal.SIGSTOP)
@@ -125,10 +129,9 @@ class Races(unittest.TestCase):
         """600 notifies pipelined on one socket while the user's worker is
         stopped: reading pauses past 256 owed answers and resumes as they
         time out; every answer arrives, in order, within the bound."""
-        from notifier_it_util import post, raw_request
         with th.Group(workers=1) as g:
             async def go():
-                ws = await connect(g, "held")
+                ws = await connect_user(g, "held")
                 await wait_connected(g, "held", 1)
                 pid = self.worker_of(g, "held")
                 os.kill(pid, signal.SIGSTOP)
@@ -152,10 +155,9 @@ class Races(unittest.TestCase):
         answered at once but owed behind it (150,000 > the 100,000 bound):
         reading pauses; once the worker resumes and confirms the first, every
         answer arrives, in order."""
-        from notifier_it_util import post, raw_request
         with th.Group(workers=1, extra_args=["--handoff-timeout-ms", "60000"]) as g:
             async def go():
-                ws = await connect(g, "held2")
+                ws = await connect_user(g, "held2")
                 await wait_connected(g, "held2", 1)
                 pid = self.worker_of(g, "held2")
                 batch = post("/v1/notify/batch", [{"user_id": "gone-%d" % i, "type": "t"} for i in range(10000)])
@@ -184,7 +186,7 @@ class Races(unittest.TestCase):
     def test_worker_killed_during_handoff(self):
         with th.Group(workers=1) as g:
             async def go():
-                ws = await connect(g, "victim")
+                ws = await connect_user(g, "victim")
                 await wait_connected(g, "victim", 1)
                 pid = self.worker_of(g, "victim")
                 os.kill(pid, signal.SIGSTOP)  # hold the handoff open ...
@@ -203,7 +205,7 @@ class Races(unittest.TestCase):
                 # The supervisor restarts the worker; delivery works through the new one.
                 th.wait_until(lambda: g.api("GET", "/healthz")[0] == 200 and
                               all(w["pid"] != pid for w in g.api("GET", "/healthz")[1]["workers"]), 20)
-                ws2 = await connect(g, "victim")
+                ws2 = await connect_user(g, "victim")
                 await wait_connected(g, "victim", 1)
                 st, body = await loop.run_in_executor(None, g.notify, "victim")
                 self.assertEqual(st, 200, body)

@@ -1,4 +1,4 @@
-"""Helpers shared by the fault tests: asyncio WebSocket clients (Debian's
+"""Fault-test helpers (harness.faults): asyncio WebSocket clients (Debian's
 python3-websockets) that ping on a schedule and record what they receive,
 and small views of a group's processes (roles told apart by process name,
 which the supervisor sets to tether-worker<N>, tether-janitor,
@@ -8,6 +8,8 @@ import json
 import os
 
 import websockets
+
+from harness.aio import in_thread, wait_for  # noqa: F401  (the fault tests' names for them)
 
 
 class Client:
@@ -83,21 +85,6 @@ class Client:
                 await asyncio.wait_for(self.ws.close(), 3)
             except Exception:
                 pass
-
-
-async def in_thread(fn, *args):
-    """Run a blocking harness call (API request, dump) without stalling the clients."""
-    return await asyncio.get_event_loop().run_in_executor(None, fn, *args)
-
-
-async def wait_for(pred, timeout=10, interval=0.05):
-    loop = asyncio.get_event_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if pred():
-            return True
-        await asyncio.sleep(interval)
-    return bool(pred())
 
 
 def proc_name(pid):

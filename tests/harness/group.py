@@ -1,4 +1,4 @@
-"""Shared harness for tether's integration tests.
+"""Group start-up for tether's integration tests (harness.group).
 
 Starts a real `tether run` process group on free loopback ports with a
 segment name, runtime directory and secret of its own, so tests can run in
@@ -20,10 +20,14 @@ import signal
 import socket
 import subprocess
 import tempfile
+import sys
 import time
 
-BIN = os.environ.get("TETHER_BIN") or os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "build", "bin")
+from harness import sanitizer
+
+# ctest sets TETHER_BIN to its build's bin/; by hand, the plain build's.
+BIN = os.environ.get("TETHER_BIN") or os.path.normpath(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "build", "bin"))
 SANITIZED = os.environ.get("TETHER_SANITIZED") == "1"
 _counter = itertools.count()
 
@@ -53,7 +57,14 @@ def make_token(secret, sub, ttl=3600, alg="HS256", extra=None, header=None):
 
 
 class Group:
-    """A running `tether run` process group. Use as a context manager."""
+    """A running `tether run` process group. Use as a context manager, or
+    start() and finish() (or __exit__) by hand.
+
+    Leaving it (__exit__, finish) stops the group with SIGTERM, waits for every
+    process, removes its segment, and raises sanitizer.SanitizerReport if any
+    process of the group wrote a sanitizer report to the captured output: a
+    suite that starts a group cannot pass over one.
+    """
 
     def __init__(self, workers=2, slots=1024, extra_args=(), env=None, secret="test-secret-0123456789"):
         self.tmp = tempfile.mkdtemp(prefix="tether-it-")
@@ -112,18 +123,47 @@ class Group:
     def __enter__(self):
         return self.start()
 
-    def __exit__(self, *exc):
+    def close(self):
+        """Stop (SIGTERM, then SIGKILL after the stop timeout) and clean up;
+        idempotent. Returns the supervisor's exit status."""
+        rc = None
         try:
-            self.stop()
+            rc = self.stop()
         finally:
             if self.proc and self.proc.poll() is None:
                 os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
             # Whatever happened, leave no segment behind.
             try:
                 os.unlink("/dev/shm" + self.shm_name)
             except FileNotFoundError:
                 pass
-            self.logf.close()
+            if getattr(self, "logf", None):
+                self.logf.close()
+        return self.proc.returncode if self.proc else rc
+
+    def check_sanitizers(self):
+        """Raise sanitizer.SanitizerReport if any process of the group reported."""
+        sanitizer.check(self.log(), "the log of group %s (%s)" % (self.shm_name, self.log_path))
+
+    def finish(self, expect_exit=0):
+        """Stop the group, then fail on a sanitizer report and on an exit status
+        other than expect_exit (None: any). The supervisor exits non-zero when a
+        child ended abnormally during the drain (a LeakSanitizer exit among them)."""
+        rc = self.close()
+        self.check_sanitizers()
+        if expect_exit is not None and rc != expect_exit:
+            raise AssertionError("tether run exited %s, expected %s:\n%s"
+                                 % (rc, expect_exit, self.log()[-3000:]))
+        return rc
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close()
+        if exc_type is None:
+            self.check_sanitizers()
+        elif sanitizer.reports(self.log()):
+            # The test already failed; still show the report it may explain.
+            print("\n".join(sanitizer.reports(self.log())), file=sys.stderr)
         return False
 
     # -- clients -----------------------------------------------------------
@@ -166,6 +206,7 @@ class Group:
         if user:
             args += ["--user", user]
         out = subprocess.run(args, capture_output=True, timeout=30, check=True)
+        sanitizer.check(out.stderr.decode(errors="replace"), "tether-dump's stderr")
         return json.loads(out.stdout)
 
     def log(self):

@@ -1,4 +1,5 @@
-"""A raw-socket RFC 6455 client for tether's conformance and abuse tests.
+"""The one raw WebSocket frame encoder and raw-socket RFC 6455 client of the
+test tree (harness.ws).
 
 WebSocket libraries refuse to send bad frames (reserved bits, unmasked
 frames, fragmented pings, invalid close codes), so this client builds every
@@ -275,18 +276,90 @@ class WS:
             pass
 
 
-SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer", "runtime error:",
-                   "ThreadSanitizer")
+# -- short helpers for one-shot raw exchanges (the worker integration tests) ---
+
+def upgrade_headers(version="13"):
+    key = base64.b64encode(os.urandom(16)).decode()
+    return [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", version)]
 
 
-def sanitizer_reports(log):
-    """Sanitizer report markers found in a group's log (empty when clean)."""
-    return [m for m in SANITIZER_MARKS if m in log]
+def http_get(port, target, headers=(), timeout=5):
+    """One raw GET on the client port. Returns (status, headers dict, body bytes)."""
+    req = "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n" % target
+    req += "".join("%s: %s\r\n" % h for h in headers) + "\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(req.encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            if b"\r\n\r\n" in data and data.startswith(b"HTTP/1.1 101"):
+                break
+    status, hdrs, body = parse_response_head(data)
+    return status, hdrs, body
 
 
-def stop_and_check(group):
-    """Stop a harness Group and raise if its log holds a sanitizer report."""
-    group.__exit__(None, None, None)
-    found = sanitizer_reports(group.log())
-    if found:
-        raise AssertionError("sanitizer report (%s) in the group's log:\n%s" % (found, group.log()[-4000:]))
+def raw_ws(port, token, timeout=5):
+    """A raw socket past a successful upgrade: (socket, bytes read past the 101 head)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    req = "GET /ws?token=%s HTTP/1.1\r\nHost: 127.0.0.1\r\n" % token
+    req += "".join("%s: %s\r\n" % h for h in upgrade_headers()) + "\r\n"
+    s.sendall(req.encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed during the upgrade: %r" % data)
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 101"), data
+    return s, data.partition(b"\r\n\r\n")[2]
+
+
+def parse_frame(buf):
+    """Split one server frame off buf: ((opcode, payload), rest), or (None, buf)
+    while the frame is incomplete."""
+    if len(buf) < 2:
+        return None, buf
+    n, off = buf[1] & 0x7F, 2
+    if n == 126:
+        if len(buf) < 4:
+            return None, buf
+        n, off = struct.unpack("!H", buf[2:4])[0], 4
+    elif n == 127:
+        if len(buf) < 10:
+            return None, buf
+        n, off = struct.unpack("!Q", buf[2:10])[0], 10
+    if len(buf) < off + n:
+        return None, buf
+    return (buf[0] & 0x0F, buf[off:off + n]), buf[off + n:]
+
+
+def read_frames(s, buf=b"", timeout=5):
+    """Read server frames until the server closes TCP; returns [(opcode, payload)].
+    A server that has not closed TCP within timeout fails (AssertionError): a
+    timeout is not an end of stream. A reset counts as closed."""
+    s.settimeout(timeout)
+    frames = []
+    while True:
+        while True:
+            f, buf = parse_frame(buf)
+            if f is None:
+                break
+            frames.append(f)
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            return frames
+        except socket.timeout:
+            raise AssertionError("the server did not close the TCP connection within %ss "
+                                 "(frames so far: %r)" % (timeout, frames))
+        if not chunk:
+            return frames
+        buf += chunk
+
+
+def close_code(payload):
+    return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None

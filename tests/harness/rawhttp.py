@@ -1,12 +1,7 @@
-"""Helpers for the notifier integration tests: raw HTTP on the API port (for
-what http.client will not send: pipelining, chunked bodies, oversized
-heads) and asyncio glue around Debian's python3-websockets 10.4."""
-import asyncio
+"""Raw HTTP/1.1 on the backend API port (harness.rawhttp), for what
+http.client will not send: pipelining, chunked bodies, oversized heads."""
 import json
 import socket
-import time
-
-import websockets
 
 
 def read_responses(sock, count, timeout=10):
@@ -52,30 +47,3 @@ def post(path, body, extra=""):
         body = body.encode()
     return (("POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
              "Content-Length: %d\r\n%s\r\n") % (path, len(body), extra)).encode() + body
-
-
-async def connect(group, user):
-    ws = await websockets.connect(group.ws_url(user), max_size=2 ** 20)
-    return ws
-
-
-async def wait_connected(group, user, count, timeout=5):
-    """Wait until presence shows count connections of user."""
-    loop = asyncio.get_running_loop()
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        st, body = await loop.run_in_executor(None, group.api, "GET", "/v1/presence/" + user)
-        if st == 200 and len(body["connections"]) == count:
-            return body
-        await asyncio.sleep(0.05)
-    raise AssertionError("%s never had %d connections" % (user, count))
-
-
-async def api(group, *args, **kw):
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, lambda: group.api(*args, **kw))
-
-
-async def notify(group, user, data=None, nid=None, type_="meal_log.completed"):
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, lambda: group.notify(user, data, type_, nid))
