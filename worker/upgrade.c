@@ -10,6 +10,7 @@
  */
 #include "worker/wk.h"
 #include "worker/jwt.h"
+#include "worker/resume_req.h"
 #include "shm/clock.h"
 #include "shm/log.h"
 
@@ -161,6 +162,12 @@ static int handle_request(struct worker *w, uint32_t idx, const struct th_http_r
     if (jr != TH_JWT_OK) {
         th_debug("connection %u refused: token %s", idx, th_jwt_strerror(jr));
         reply_error(w, idx, 401, th_jwt_strerror(jr));
+        return 0;
+    }
+    struct th_resume_req rr;
+    if (th_resume_parse(&req->query, &rr, &why) < 0) {
+        th_debug("connection %u refused: %s", idx, why);
+        reply_error(w, idx, 400, why);
         return 0;
     }
     accept_upgrade(w, idx, key, &cl);

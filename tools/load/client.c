@@ -33,12 +33,26 @@
 #define PER_SOURCE_ADDR 20000     /* connections per 127.0.0.x (ephemeral range is ~28k) */
 #define HS_MAX 4096
 
-/* user_data: op in the top byte, connection or API index below. */
+/*
+ * user_data: op in the top byte, the connection's generation (24 bits: a
+ * --resume client reconnects on the same entry, and a completion of its
+ * previous socket must not act on the new one), connection or API index below.
+ */
 enum op { OP_CONNECT = 1, OP_HS_SEND, OP_RECV, OP_PING_SEND, OP_CTRL_SEND,
           OP_API_CONNECT, OP_API_SEND, OP_API_RECV };
 static inline uint64_t ud_pack(enum op op, uint32_t idx) { return ((uint64_t)op << 56) | idx; }
+static inline uint64_t ud_pack_gen(enum op op, uint32_t idx, uint32_t gen)
+{
+    return ud_pack(op, idx) | ((uint64_t)(gen & 0xffffffu) << 32);
+}
 static inline enum op ud_op(uint64_t ud) { return (enum op)(ud >> 56); }
 static inline uint32_t ud_idx(uint64_t ud) { return (uint32_t)ud; }
+static inline uint32_t ud_gen(uint64_t ud)
+{
+    return (uint32_t)(ud >> 32) & 0xffffffu;
+}
+
+#define RESUME_MAX_ATTEMPTS 20 /* a notify that got no answer, or 503, is re-sent (same id) */
 
 enum cstate { CS_NEW, CS_CONNECTING, CS_HANDSHAKE, CS_OPEN, CS_DEAD };
 
@@ -51,6 +65,9 @@ struct conn {
     char *partial;      /* bytes of an incomplete response or frame */
     char *ctrl;         /* handshake request, later a pong reply */
     uint64_t ping_ns;
+    uint32_t gen;          /* bumped by every connect of this entry */
+    uint64_t reconnect_ns; /* --resume: connect again at this time (0 = not due) */
+    struct trk_user tu;    /* --resume: the user's last seq and epoch */
 };
 
 enum astate { AS_DOWN, AS_CONNECTING, AS_IDLE, AS_BUSY };
@@ -63,6 +80,10 @@ struct api_conn {
     int served;   /* responses on this connection: it was reused */
     int retrying; /* the request is being re-sent on a new connection */
     uint64_t down_ns;
+    uint64_t n;   /* --resume: notification number of the request in req */
+    int attempts; /* times it was sent */
+    int pending;  /* req must be (re)sent: no answer came, or 503 */
+    uint64_t retry_ns;
     char req[640];
     char resp[2048];
 };
@@ -88,6 +109,9 @@ struct child {
     double notify_rate;
     int hs_errors_shown;
     struct load_counts c;
+    struct trk trk;  /* --resume bookkeeping */
+    uint64_t next_n; /* notifications numbered so far */
+    uint64_t reconnect_scan_ns, drop_sched, lost_check_ns;
     struct lhist rtt, delivery;
     unsigned char ping_frame[21];
 };
@@ -183,10 +207,21 @@ static void build_ping(struct child *ch)
 
 /* ---- connection life ------------------------------------------------- */
 
+static uint64_t rnd(struct child *ch)
+{
+    ch->rng ^= ch->rng << 13;
+    ch->rng ^= ch->rng >> 7;
+    ch->rng ^= ch->rng << 17;
+    return ch->rng;
+}
+
 static void conn_kill(struct child *ch, struct conn *c, int was_open)
 {
     if (c->state == CS_DEAD)
         return;
+    if (ch->o->resume) /* reconnect on every close: soon, a little later after a failed attempt */
+        c->reconnect_ns =
+            load_mono_ns() + (was_open ? 20 : 200) * 1000000ull + rnd(ch) % (100 * 1000000ull);
     if (was_open)
         ch->c.disconnects++;
     else
@@ -227,6 +262,8 @@ static void conn_start(struct child *ch, long i)
     if (!ch->c.connect_start_ns)
         ch->c.connect_start_ns = load_mono_ns();
     ch->inflight++;
+    c->gen++;
+    c->reconnect_ns = 0;
     c->state = CS_CONNECTING;
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (c->fd < 0 || (ch->o->spread_sources && bind_source(ch, c->fd, ch->first + i) < 0)) {
@@ -240,7 +277,7 @@ static void conn_start(struct child *ch, long i)
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct io_uring_sqe *sqe = get_sqe(ch);
     io_uring_prep_connect(sqe, c->fd, (struct sockaddr *)&ch->o->ws_addr, sizeof ch->o->ws_addr);
-    io_uring_sqe_set_data64(sqe, ud_pack(OP_CONNECT, (uint32_t)i));
+    io_uring_sqe_set_data64(sqe, ud_pack_gen(OP_CONNECT, (uint32_t)i, c->gen));
 }
 
 static void arm_recv(struct child *ch, long i)
@@ -249,7 +286,7 @@ static void arm_recv(struct child *ch, long i)
     io_uring_prep_recv_multishot(sqe, ch->conns[i].fd, NULL, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = BGID;
-    io_uring_sqe_set_data64(sqe, ud_pack(OP_RECV, (uint32_t)i));
+    io_uring_sqe_set_data64(sqe, ud_pack_gen(OP_RECV, (uint32_t)i, ch->conns[i].gen));
 }
 
 static void on_connected(struct child *ch, long i, int res)
@@ -261,18 +298,23 @@ static void on_connected(struct child *ch, long i, int res)
         conn_kill(ch, c, 0);
         return;
     }
-    char user[96], token[600];
+    char user[96], token[600], rq[128] = "";
     user_name(ch, ch->first + i, user, sizeof user);
     c->ctrl = malloc(HS_MAX);
     if (!c->ctrl || load_sign_token(user, ch->o->secret, ch->o->secret_len, token, sizeof token) < 0) {
         conn_kill(ch, c, 0);
         return;
     }
+    if (ch->o->resume) { /* every connection resumes, the first one with since=0 */
+        rq[0] = '&';
+        trk_resume_query(&c->tu, rq + 1, sizeof rq - 1);
+    }
     int n = snprintf(c->ctrl, HS_MAX,
-                     "GET %s%ctoken=%s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+                     "GET %s%ctoken=%s%s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                      "Sec-WebSocket-Version: 13\r\n\r\n",
-                     ch->o->ws_path, strchr(ch->o->ws_path, '?') ? '&' : '?', token, ch->o->ws_host);
+                     ch->o->ws_path, strchr(ch->o->ws_path, '?') ? '&' : '?', token, rq,
+                     ch->o->ws_host);
     c->state = CS_HANDSHAKE;
     c->ctrl_busy = 1;
     struct io_uring_sqe *sqe = get_sqe(ch);
@@ -306,7 +348,7 @@ static void send_ping(struct child *ch, long i, uint64_t now)
     ch->c.pings_sent++;
     struct io_uring_sqe *sqe = get_sqe(ch);
     io_uring_prep_send(sqe, c->fd, ch->ping_frame, sizeof ch->ping_frame, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, ud_pack(OP_PING_SEND, (uint32_t)i));
+    io_uring_sqe_set_data64(sqe, ud_pack_gen(OP_PING_SEND, (uint32_t)i, c->gen));
 }
 
 /* ---- inbound frames -------------------------------------------------- */
@@ -316,7 +358,19 @@ static void on_text(struct child *ch, long i, const char *p, size_t n)
     struct conn *c = &ch->conns[i];
     uint64_t now = load_mono_ns();
     const char *t = memmem(p, n, "\"t_ns\":", 7);
-    if (t) {
+    if (ch->o->resume && !memmem(p, n, "\"pong\"", 6)) {
+        uint64_t num;
+        enum trk_frame r = trk_frame(&ch->trk, &c->tu, p, n, &num);
+        if (r == TRK_NOTE_NEW) {
+            ch->c.notifications_received++;
+            if (t) {
+                uint64_t sent = strtoull(t + 7, NULL, 10);
+                lh_record(&ch->delivery, now > sent ? now - sent : 0);
+            }
+        } else if (r == TRK_OTHER) {
+            ch->c.other_messages++;
+        }
+    } else if (t) {
         uint64_t sent = strtoull(t + 7, NULL, 10);
         ch->c.notifications_received++;
         lh_record(&ch->delivery, now > sent ? now - sent : 0);
@@ -495,11 +549,22 @@ static void api_connect(struct child *ch, int k)
     io_uring_sqe_set_data64(sqe, ud_pack(OP_API_CONNECT, (uint32_t)k));
 }
 
+/* --resume: a request that got no answer (or 503) is sent again, same id, a little later. */
+static void api_retry_later(struct child *ch, struct api_conn *a, uint64_t delay_ns)
+{
+    if (!ch->o->resume || a->attempts >= RESUME_MAX_ATTEMPTS)
+        return;
+    a->pending = 1;
+    a->retry_ns = load_mono_ns() + delay_ns;
+}
+
 static void api_down(struct child *ch, int k)
 {
     struct api_conn *a = &ch->api[k];
-    if (a->state == AS_BUSY || a->retrying)
+    if (a->state == AS_BUSY || a->retrying) {
         ch->c.notify_io_errors++;
+        api_retry_later(ch, a, 100000000ull);
+    }
     if (a->fd >= 0)
         close(a->fd);
     a->fd = -1;
@@ -516,15 +581,16 @@ static void api_recv(struct child *ch, int k)
     io_uring_sqe_set_data64(sqe, ud_pack(OP_API_RECV, (uint32_t)k));
 }
 
-/* Picks a random open connection of this process (a few tries), or -1. */
+/*
+ * Picks a random open connection of this process (a few tries), or -1.
+ * With --resume any user will do: one between two connections gets the
+ * notification from the mailbox when it resumes.
+ */
 static long pick_open(struct child *ch)
 {
     for (int tries = 0; tries < 8; tries++) {
-        ch->rng ^= ch->rng << 13;
-        ch->rng ^= ch->rng >> 7;
-        ch->rng ^= ch->rng << 17;
-        long i = (long)(ch->rng % (uint64_t)ch->count);
-        if (ch->conns[i].state == CS_OPEN)
+        long i = (long)(rnd(ch) % (uint64_t)ch->count);
+        if (ch->o->resume || ch->conns[i].state == CS_OPEN)
             return i;
     }
     return -1;
@@ -538,11 +604,24 @@ static int api_send_notify(struct child *ch, int k)
     long i = pick_open(ch);
     if (i < 0)
         return -1;
-    char user[96], body[256];
+    char user[96], body[320];
     user_name(ch, ch->first + i, user, sizeof user);
-    int bl = snprintf(body, sizeof body,
-                      "{\"user_id\":\"%s\",\"type\":\"load.test\",\"data\":{\"t_ns\":%llu,\"seq\":%llu}}",
-                      user, (unsigned long long)load_mono_ns(), (unsigned long long)ch->notify_sched);
+    int bl;
+    if (ch->o->resume) { /* numbered ids: lost and duplicates are counted per notification */
+        a->n = ch->next_n++;
+        a->attempts = 0;
+        a->pending = 0;
+        bl = snprintf(body, sizeof body,
+                      "{\"user_id\":\"%s\",\"type\":\"load.test\",\"id\":\"%s%llu\","
+                      "\"data\":{\"t_ns\":%llu}}",
+                      user, ch->trk.idpfx, (unsigned long long)a->n,
+                      (unsigned long long)load_mono_ns());
+    } else {
+        bl = snprintf(
+            body, sizeof body,
+            "{\"user_id\":\"%s\",\"type\":\"load.test\",\"data\":{\"t_ns\":%llu,\"seq\":%llu}}",
+            user, (unsigned long long)load_mono_ns(), (unsigned long long)ch->notify_sched);
+    }
     a->req_len = snprintf(a->req, sizeof a->req,
                           "POST /v1/notify HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                           "Content-Length: %d\r\n\r\n%s",
@@ -555,6 +634,8 @@ static int api_send_notify(struct child *ch, int k)
 static void api_send_req(struct child *ch, int k)
 {
     struct api_conn *a = &ch->api[k];
+    a->attempts++;
+    a->pending = 0;
     a->state = AS_BUSY;
     a->resp_len = 0;
     struct io_uring_sqe *sqe = get_sqe(ch);
@@ -583,6 +664,12 @@ static int api_response(struct child *ch, struct api_conn *a)
         ch->c.notify_503++;
     else
         ch->c.notify_other++;
+    if (ch->o->resume && (status == 200 || status == 202)) {
+        ch->c.notify_accepted++;
+        trk_accepted(&ch->trk, a->n);
+    } else if (status == 503) {
+        api_retry_later(ch, a, 50000000ull);
+    }
     return 1;
 }
 
@@ -632,6 +719,13 @@ static void on_cqe(struct child *ch, struct io_uring_cqe *cqe)
     enum op op = ud_op(ud);
     uint32_t i = ud_idx(ud);
     struct conn *c = op <= OP_CTRL_SEND ? &ch->conns[i] : NULL;
+    if ((op == OP_CONNECT || op == OP_RECV || op == OP_PING_SEND) &&
+        ud_gen(ud) != (c->gen & 0xffffffu)) {
+        /* A completion of this entry's previous socket (--resume reconnected it). */
+        if (op == OP_RECV && (cqe->flags & IORING_CQE_F_BUFFER))
+            buf_recycle(ch, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+        return;
+    }
     switch (op) {
     case OP_CONNECT:
         on_connected(ch, i, cqe->res);
@@ -697,6 +791,65 @@ static void pace_pings(struct child *ch, uint64_t now)
     }
 }
 
+/* --resume: re-send requests that got no answer or 503 (also while draining). */
+static void pace_retries(struct child *ch, uint64_t now)
+{
+    for (int k = 0; k < ch->o->api_conns; k++) {
+        struct api_conn *a = &ch->api[k];
+        if (!a->pending || now < a->retry_ns)
+            continue;
+        if (a->state == AS_DOWN && now - a->down_ns > 100000000ull)
+            api_connect(ch, k);
+        if (a->state == AS_IDLE) {
+            ch->c.notify_retries++;
+            api_send_req(ch, k);
+        }
+    }
+}
+
+/* --resume: clients whose reconnect is due connect again (every close is followed by one). */
+static void pace_reconnects(struct child *ch, uint64_t now)
+{
+    if (now - ch->reconnect_scan_ns < 5000000ull)
+        return;
+    ch->reconnect_scan_ns = now;
+    for (long i = 0; i < ch->count && ch->inflight < MAX_INFLIGHT; i++) {
+        struct conn *c = &ch->conns[i];
+        /* a handshake or pong buffer still in the kernel's hands waits for its completion */
+        if (c->state == CS_DEAD && c->reconnect_ns && now >= c->reconnect_ns && !c->ctrl_busy) {
+            ch->c.reconnects++;
+            conn_start(ch, i);
+        }
+    }
+}
+
+/*
+ * --drop-rate: cut random open clients without a close frame or FIN (RST, as
+ * when a phone loses its network); each reconnects after 0..--drop-max s.
+ */
+static void pace_drops(struct child *ch, uint64_t now)
+{
+    double rate = ch->o->drop_rate / ch->o->procs;
+    if (rate <= 0)
+        return;
+    uint64_t due = (uint64_t)((double)(now - ch->run_t0) * 1e-9 * rate);
+    for (; ch->drop_sched < due; ch->drop_sched++) {
+        long i = (long)(rnd(ch) % (uint64_t)ch->count);
+        struct conn *c = &ch->conns[i];
+        if (c->state != CS_OPEN)
+            continue;
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        shutdown(c->fd, SHUT_RD); /* ends our recv without sending anything */
+        close(c->fd);
+        c->fd = -1;
+        conn_kill(ch, c, 1);
+        ch->c.disconnects--;
+        ch->c.drops++;
+        c->reconnect_ns = now + rnd(ch) % ((uint64_t)(ch->o->drop_max_s * 1e9) + 1);
+    }
+}
+
 static void pace_notifies(struct child *ch, uint64_t now)
 {
     if (ch->notify_rate <= 0)
@@ -708,7 +861,7 @@ static void pace_notifies(struct child *ch, uint64_t now)
         struct api_conn *a = &ch->api[k];
         if (a->state == AS_DOWN && now - a->down_ns > 100000000ull)
             api_connect(ch, k);
-        if (a->state != AS_IDLE)
+        if (a->state != AS_IDLE || a->pending)
             continue;
         if (api_send_notify(ch, k) < 0)
             break;
@@ -716,19 +869,33 @@ static void pace_notifies(struct child *ch, uint64_t now)
     }
 }
 
-static int settled(const struct child *ch)
+static int settled(struct child *ch, uint64_t now)
 {
     for (long i = 0; i < ch->count; i++)
         if (ch->conns[i].ping_out)
             return 0;
     for (int k = 0; k < ch->o->api_conns; k++)
-        if (ch->api[k].state == AS_BUSY)
+        if (ch->api[k].state == AS_BUSY || ch->api[k].pending)
             return 0;
-    return ch->c.notifications_received >= ch->c.notifications_sent;
+    if (!ch->o->resume)
+        return ch->c.notifications_received >= ch->c.notifications_sent;
+    if (now - ch->lost_check_ns < 100000000ull) /* a scan over every notification: 10 a second */
+        return 0;
+    ch->lost_check_ns = now;
+    return trk_lost(&ch->trk, ch->next_n) == 0;
 }
 
 static void report(struct child *ch, uint32_t type)
 {
+    if (ch->o->resume) {
+        const struct trk_counts *t = &ch->trk.c;
+        ch->c.resumes = t->resumes, ch->c.recovered_false = t->recovered_false;
+        ch->c.replayed = t->replayed, ch->c.dup = t->dup, ch->c.dup_frames = t->dup_frames;
+        ch->c.reordered = t->reordered, ch->c.epoch_changes = t->epoch_changes;
+        ch->c.bad_frames = t->bad_frames;
+        if (type == LR_FINAL)
+            ch->c.lost_resume = trk_lost(&ch->trk, ch->next_n);
+    }
     struct load_rec r = {.type = type, .child = (uint32_t)ch->id, .c = ch->c};
     if (write(ch->report_fd, &r, sizeof r) != (ssize_t)sizeof r)
         return;
@@ -748,9 +915,14 @@ static void step(struct child *ch, uint64_t now)
     }
     if (ch->phase == PH_CONNECT)
         pace_connects(ch, now);
+    if (ch->o->resume && (ch->phase == PH_RUN || ch->phase == PH_DRAIN)) {
+        pace_reconnects(ch, now);
+        pace_retries(ch, now);
+    }
     if (ch->phase == PH_RUN) {
         pace_pings(ch, now);
         pace_notifies(ch, now);
+        pace_drops(ch, now);
         if (now - ch->run_t0 >= (uint64_t)(ch->o->duration * 1e9)) {
             ch->phase = PH_DRAIN;
             ch->drain_t0 = now;
@@ -758,7 +930,7 @@ static void step(struct child *ch, uint64_t now)
         }
     }
     if (ch->phase == PH_DRAIN &&
-        (settled(ch) || now - ch->drain_t0 >= (uint64_t)(ch->o->grace * 1e9)))
+        (settled(ch, now) || now - ch->drain_t0 >= (uint64_t)(ch->o->grace * 1e9)))
         ch->phase = PH_DONE;
     if (now - ch->last_progress >= 1000000000ull) {
         ch->last_progress = now;
@@ -778,6 +950,7 @@ static int child_setup(struct child *ch)
     if (r < 0 || (r = bufring_init(ch)) < 0)
         return r;
     build_ping(ch);
+    snprintf(ch->trk.idpfx, sizeof ch->trk.idpfx, "%s-p%d-", ch->o->user_prefix, ch->id);
     ch->saturate = !ch->o->idle && ch->o->ping_interval <= 0;
     ch->notify_rate = ch->o->notify_rate / ch->o->procs;
     ch->rng = 0x9e3779b97f4a7c15ull ^ ((uint64_t)getpid() << 20) ^ (uint64_t)ch->id;
@@ -816,7 +989,8 @@ int load_child_run(const struct load_opts *o, int id, long first, long count, in
         io_uring_cq_advance(&ch.ring, n);
     }
     /* Connections still connecting when the run ended never made it. */
-    ch.c.connect_errors += ch.c.target - ch.c.connections_ok - ch.c.connect_errors;
+    if (!o->resume) /* (--resume counts every reconnect in connections_ok) */
+        ch.c.connect_errors += ch.c.target - ch.c.connections_ok - ch.c.connect_errors;
     report(&ch, LR_FINAL);
     return 0;
 }

@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 
 #include "tools/load/hist.h"
+#include "tools/load/track.h"
 
 struct load_opts {
     struct sockaddr_in ws_addr;   /* --url host:port */
@@ -33,6 +34,9 @@ struct load_opts {
     double grace;          /* seconds to wait for late pongs/notifications */
     char user_prefix[32];
     char ready_file[256];
+    int resume;        /* --resume: reconnect on every close with ?since=&epoch=, track seqs */
+    double drop_rate;  /* --drop-rate: clients per second cut without a close (RST) */
+    double drop_max_s; /* --drop-max: a cut client reconnects after 0..this many seconds */
 };
 
 enum load_rec_type { LR_PROGRESS = 1, LR_FINAL = 2 };
@@ -49,6 +53,10 @@ struct load_counts {
     uint64_t notifications_received;
     uint64_t notify_2xx, notify_404, notify_503, notify_other, notify_io_errors;
     uint64_t other_messages;  /* text frames neither pong nor load notification */
+    /* --resume only (see track.h) */
+    uint64_t reconnects, drops, notify_accepted, notify_retries;
+    uint64_t resumes, recovered_false, replayed, lost_resume, dup, dup_frames, reordered;
+    uint64_t epoch_changes, bad_frames;
     uint64_t connect_start_ns, connect_end_ns; /* first connect issued, last handshake done */
     uint64_t ping_start_ns, ping_end_ns;
     int connect_done;

@@ -39,33 +39,42 @@ static void on_parent_stop(int sig) { (void)sig; g_parent_stop = 1; }
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-"usage: tether-load --url ws://HOST:PORT/ws --secret-file PATH --connections N\n"
-"                   --duration S [--ping-interval S] [--api http://HOST:PORT] [--notify-rate R]\n"
-"Opens N authenticated WebSocket clients (one user each), pings them, posts\n"
-"notifications through the backend API and prints one JSON summary on stdout.\n"
-"  --url URL            client endpoint (ws://, IPv4 host or name)\n"
-"  --api URL            backend API base (needed with --notify-rate)\n"
-"  --secret-file PATH   HS256 secret (trailing newline ignored)\n"
-"  --connections N      clients to open\n"
-"  --ping-interval S    seconds between pings per client, spread evenly;\n"
-"                       0 = saturate: one ping outstanding per client, as fast as possible\n"
-"  --saturate           same as --ping-interval 0\n"
-"  --idle               send no pings (hold connections only)\n"
-"  --duration S         seconds of load after all clients connected\n"
-"  --notify-rate R      notifications per second to random connected users (default 0)\n"
-"  --connect-rate R     new connections per second (default 5000; 0 = unlimited)\n"
-"  --procs P            load processes (default: one per --per-proc clients,\n"
-"                       at least one per CPU with --saturate)\n"
-"  --per-proc N         clients per process (default 15000; fds are capped at 20000)\n"
-"  --api-conns K        keep-alive API connections per process (default 4)\n"
-"  --grace S            wait for late pongs and notifications (default 3)\n"
-"  --no-spread          do not bind to 127.0.0.x source addresses\n"
-"  --user-prefix P      user ids are P-<n> (default load<pid>)\n"
-"  --ready-file PATH    written once every client has connected (for scripts)\n"
-"  --help               this text\n"
-"Exit status: 0 all clients connected, none dropped, no notification lost;\n"
-"1 otherwise; 2 bad flags.\n");
+    fprintf(
+        f, "usage: tether-load --url ws://HOST:PORT/ws --secret-file PATH --connections N\n"
+           "                   --duration S [--ping-interval S] [--api http://HOST:PORT] "
+           "[--notify-rate R]\n"
+           "Opens N authenticated WebSocket clients (one user each), pings them, posts\n"
+           "notifications through the backend API and prints one JSON summary on stdout.\n"
+           "  --url URL            client endpoint (ws://, IPv4 host or name)\n"
+           "  --api URL            backend API base (needed with --notify-rate)\n"
+           "  --secret-file PATH   HS256 secret (trailing newline ignored)\n"
+           "  --connections N      clients to open\n"
+           "  --ping-interval S    seconds between pings per client, spread evenly;\n"
+           "                       0 = saturate: one ping outstanding per client, as fast as "
+           "possible\n"
+           "  --saturate           same as --ping-interval 0\n"
+           "  --idle               send no pings (hold connections only)\n"
+           "  --duration S         seconds of load after all clients connected\n"
+           "  --notify-rate R      notifications per second to random connected users (default 0)\n"
+           "  --connect-rate R     new connections per second (default 5000; 0 = unlimited)\n"
+           "  --procs P            load processes (default: one per --per-proc clients,\n"
+           "                       at least one per CPU with --saturate)\n"
+           "  --per-proc N         clients per process (default 15000; fds are capped at 20000)\n"
+           "  --api-conns K        keep-alive API connections per process (default 4)\n"
+           "  --grace S            wait for late pongs and notifications (default 3)\n"
+           "  --no-spread          do not bind to 127.0.0.x source addresses\n"
+           "  --user-prefix P      user ids are P-<n> (default load<pid>)\n"
+           "  --ready-file PATH    written once every client has connected (for scripts)\n"
+           "  --resume             every client reconnects on every close, resuming with\n"
+           "                       ?since=<last seq>&epoch=<epoch>; notifications get numbered\n"
+           "                       ids and go to any user (connected or not); a notify without\n"
+           "                       an answer, or 503, is re-sent with the same id; the summary\n"
+           "                       adds resumes, recovered_false, lost, dup, reordered\n"
+           "  --drop-rate R        clients per second cut without a close (RST); needs --resume\n"
+           "  --drop-max S         a cut client reconnects after 0..S seconds (default 3)\n"
+           "  --help               this text\n"
+           "Exit status: 0 all clients connected, none dropped, no notification lost\n"
+           "(--resume: none lost, duplicated or out of order); 1 otherwise; 2 bad flags.\n");
 }
 
 static _Noreturn void bad(const char *fmt, const char *arg)
@@ -130,17 +139,52 @@ static void read_secret(struct load_opts *o, const char *path)
     o->secret_len = (size_t)n;
 }
 
-enum { F_URL = 256, F_API, F_SECRET, F_CONNS, F_PING, F_SAT, F_IDLE, F_DUR, F_NRATE, F_CRATE,
-       F_PROCS, F_PERPROC, F_APICONNS, F_GRACE, F_NOSPREAD, F_PREFIX, F_READY, F_HELP };
+enum {
+    F_URL = 256,
+    F_API,
+    F_SECRET,
+    F_CONNS,
+    F_PING,
+    F_SAT,
+    F_IDLE,
+    F_DUR,
+    F_NRATE,
+    F_CRATE,
+    F_PROCS,
+    F_PERPROC,
+    F_APICONNS,
+    F_GRACE,
+    F_NOSPREAD,
+    F_PREFIX,
+    F_READY,
+    F_RESUME,
+    F_DROP,
+    F_DROPMAX,
+    F_HELP
+};
 
-static const struct option g_longopts[] = {
-    {"url", 1, 0, F_URL}, {"api", 1, 0, F_API}, {"secret-file", 1, 0, F_SECRET},
-    {"connections", 1, 0, F_CONNS}, {"ping-interval", 1, 0, F_PING}, {"saturate", 0, 0, F_SAT},
-    {"idle", 0, 0, F_IDLE}, {"duration", 1, 0, F_DUR}, {"notify-rate", 1, 0, F_NRATE},
-    {"connect-rate", 1, 0, F_CRATE}, {"procs", 1, 0, F_PROCS}, {"per-proc", 1, 0, F_PERPROC},
-    {"api-conns", 1, 0, F_APICONNS}, {"grace", 1, 0, F_GRACE}, {"no-spread", 0, 0, F_NOSPREAD},
-    {"user-prefix", 1, 0, F_PREFIX}, {"ready-file", 1, 0, F_READY}, {"help", 0, 0, F_HELP},
-    {0, 0, 0, 0}};
+static const struct option g_longopts[] = {{"url", 1, 0, F_URL},
+                                           {"api", 1, 0, F_API},
+                                           {"secret-file", 1, 0, F_SECRET},
+                                           {"connections", 1, 0, F_CONNS},
+                                           {"ping-interval", 1, 0, F_PING},
+                                           {"saturate", 0, 0, F_SAT},
+                                           {"idle", 0, 0, F_IDLE},
+                                           {"duration", 1, 0, F_DUR},
+                                           {"notify-rate", 1, 0, F_NRATE},
+                                           {"connect-rate", 1, 0, F_CRATE},
+                                           {"procs", 1, 0, F_PROCS},
+                                           {"per-proc", 1, 0, F_PERPROC},
+                                           {"api-conns", 1, 0, F_APICONNS},
+                                           {"grace", 1, 0, F_GRACE},
+                                           {"no-spread", 0, 0, F_NOSPREAD},
+                                           {"user-prefix", 1, 0, F_PREFIX},
+                                           {"ready-file", 1, 0, F_READY},
+                                           {"resume", 0, 0, F_RESUME},
+                                           {"drop-rate", 1, 0, F_DROP},
+                                           {"drop-max", 1, 0, F_DROPMAX},
+                                           {"help", 0, 0, F_HELP},
+                                           {0, 0, 0, 0}};
 
 static void apply_flag(struct load_opts *o, int f, const char *v, const char **url,
                        const char **api, const char **secret, long *per_proc, int *have)
@@ -167,6 +211,15 @@ static void apply_flag(struct load_opts *o, int f, const char *v, const char **u
         snprintf(o->user_prefix, sizeof o->user_prefix, "%s", v);
         break;
     case F_READY: snprintf(o->ready_file, sizeof o->ready_file, "%s", v); break;
+    case F_RESUME:
+        o->resume = 1;
+        break;
+    case F_DROP:
+        o->drop_rate = num_arg("--drop-rate", v, 0, 1000000);
+        break;
+    case F_DROPMAX:
+        o->drop_max_s = num_arg("--drop-max", v, 0, 3600);
+        break;
     case F_HELP: usage(stdout); exit(0);
     default: exit(2);
     }
@@ -181,6 +234,7 @@ static void parse_flags(int argc, char **argv, struct load_opts *o)
     o->api_conns = 4;
     o->grace = 3;
     o->spread_sources = 1;
+    o->drop_max_s = 3;
     snprintf(o->user_prefix, sizeof o->user_prefix, "load%d", (int)getpid());
     opterr = 0;
     while ((f = getopt_long(argc, argv, "", g_longopts, NULL)) != -1) {
@@ -196,6 +250,8 @@ static void parse_flags(int argc, char **argv, struct load_opts *o)
         bad("%s", "give --ping-interval S (0 = saturate) or --idle");
     if (o->notify_rate > 0 && !api)
         bad("%s", "--notify-rate needs --api");
+    if (o->drop_rate > 0 && !o->resume)
+        bad("%s", "--drop-rate needs --resume");
     char path[256];
     parse_url("--url", url, "ws://", &o->ws_addr, o->ws_host, sizeof o->ws_host, o->ws_path,
               sizeof o->ws_path);
@@ -381,6 +437,8 @@ static int summarize(const struct load_opts *o)
     double cs = cend > cstart && cstart != UINT64_MAX ? (cend - cstart) * 1e-9 : 0;
     uint64_t lost = s.notifications_sent > s.notifications_received
                         ? s.notifications_sent - s.notifications_received : 0;
+    if (o->resume) /* only what the API accepted counts, each notification by its id */
+        lost = s.lost_resume;
     if (died)
         s.connect_errors = (uint64_t)o->connections - s.connections_ok;
     printf("{\"connections\":%ld,\"procs\":%d,\"connections_ok\":%llu,\"connect_errors\":%llu,"
@@ -395,14 +453,31 @@ static int summarize(const struct load_opts *o)
     printf(",\"notifications_sent\":%llu,\"notifications_received\":%llu,",
            (unsigned long long)s.notifications_sent, (unsigned long long)s.notifications_received);
     print_hist("delivery_us", &del);
-    printf(",\"lost\":%llu,\"notify_status\":{\"2xx\":%llu,\"404\":%llu,\"503\":%llu,\"other\":%llu,"
-           "\"io_error\":%llu},\"other_messages\":%llu,\"procs_failed\":%d}\n",
-           (unsigned long long)lost, (unsigned long long)s.notify_2xx,
-           (unsigned long long)s.notify_404, (unsigned long long)s.notify_503,
-           (unsigned long long)s.notify_other, (unsigned long long)s.notify_io_errors,
-           (unsigned long long)s.other_messages, died);
+    printf(
+        ",\"lost\":%llu,\"notify_status\":{\"2xx\":%llu,\"404\":%llu,\"503\":%llu,\"other\":%llu,"
+        "\"io_error\":%llu},\"other_messages\":%llu,\"procs_failed\":%d",
+        (unsigned long long)lost, (unsigned long long)s.notify_2xx,
+        (unsigned long long)s.notify_404, (unsigned long long)s.notify_503,
+        (unsigned long long)s.notify_other, (unsigned long long)s.notify_io_errors,
+        (unsigned long long)s.other_messages, died);
+    if (o->resume) {
+        printf(",\"resumes\":%llu,\"recovered_false\":%llu,\"dup\":%llu,\"reordered\":%llu,"
+               "\"resume\":{\"reconnects\":%llu,\"drops\":%llu,\"replayed\":%llu,"
+               "\"accepted\":%llu,\"retries\":%llu,\"dup_frames_dropped\":%llu,"
+               "\"epoch_changes\":%llu,\"bad_frames\":%llu}",
+               (unsigned long long)s.resumes, (unsigned long long)s.recovered_false,
+               (unsigned long long)s.dup, (unsigned long long)s.reordered,
+               (unsigned long long)s.reconnects, (unsigned long long)s.drops,
+               (unsigned long long)s.replayed, (unsigned long long)s.notify_accepted,
+               (unsigned long long)s.notify_retries, (unsigned long long)s.dup_frames,
+               (unsigned long long)s.epoch_changes, (unsigned long long)s.bad_frames);
+    }
+    printf("}\n");
     fflush(stdout);
     int ok = !died && s.connections_ok == (uint64_t)o->connections && s.disconnects == 0 && lost == 0;
+    if (o->resume) /* closes are part of the run; every client must have come back at least once */
+        ok = !died && s.connections_ok >= (uint64_t)o->connections && lost == 0 && s.dup == 0 &&
+             s.reordered == 0 && s.bad_frames == 0;
     return ok ? 0 : 1;
 }
 
