@@ -11,8 +11,9 @@ import socket
 import sys
 import unittest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
-import tether_harness as th  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+
+from harness.unit import GroupTestCase  # noqa: E402
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -42,14 +43,8 @@ def upgrade(port, target, timeout=5):
         return status, body
 
 
-class ResumeParams(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.g = th.Group(workers=1, slots=64).start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.g.__exit__(None, None, None)
+class ResumeParams(GroupTestCase):
+    GROUP_ARGS = {"workers": 1, "slots": 64}
 
     def target(self, user, query):
         return "/ws?token=%s&%s" % (self.g.token(user), query)
