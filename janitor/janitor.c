@@ -6,8 +6,8 @@
  */
 #include "janitor/janitor.h"
 #include "janitor/sweep.h"
-#include "shm/clock.h"
-#include "shm/log.h"
+#include "shm/rt/clock.h"
+#include "shm/rt/log.h"
 
 #include <poll.h>
 #include <signal.h>

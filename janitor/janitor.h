@@ -7,7 +7,7 @@
 #ifndef TETHER_JANITOR_JANITOR_H
 #define TETHER_JANITOR_JANITOR_H
 
-#include "shm/config.h"
+#include "shm/rt/config.h"
 #include "shm/registry.h"
 
 /* Warnings and refusals for the stale/sweep settings. Returns 0, or -1 with err set. */

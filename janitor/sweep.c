@@ -13,9 +13,9 @@
  * one per connection.
  */
 #include "janitor/sweep.h"
-#include "shm/clock.h"
-#include "shm/log.h"
-#include "worker/handoff.h"
+#include "shm/rt/clock.h"
+#include "shm/rt/log.h"
+#include "shm/rt/channel.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -74,10 +74,10 @@ static int worker_fd(struct th_sweeper *s, unsigned w)
 }
 
 /* The slot's eviction is settled here: release it if it still carries h's generation. */
-static void release_here(struct th_sweeper *s, struct th_handle h, uint64_t now_ns,
+static void release_here(struct th_sweeper *s, struct th_handle h,
                          struct th_sweep_stats *st)
 {
-    if (th_reg_release(s->reg, h, now_ns) != 0) {
+    if (th_reg_release(s->reg, h) != 0) {
         st->vanished++; /* closed or reused meanwhile: nothing was evicted */
         return;
     }
@@ -87,7 +87,7 @@ static void release_here(struct th_sweeper *s, struct th_handle h, uint64_t now_
 }
 
 /* A worker's answer to one eviction. */
-static void settle(struct th_sweeper *s, struct th_handle h, int status, uint64_t now_ns,
+static void settle(struct th_sweeper *s, struct th_handle h, int status,
                    struct th_sweep_stats *st)
 {
     if (status == TH_HO_OK || status == TH_HO_BUSY) {
@@ -97,86 +97,86 @@ static void settle(struct th_sweeper *s, struct th_handle h, int status, uint64_
         return;
     }
     /* GONE or BAD: the worker does not hold it (any more); nobody else will free it. */
-    release_here(s, h, now_ns, st);
+    release_here(s, h, st);
 }
 
 /* Worker w stopped answering: settle everything in flight here and stop asking it this sweep. */
-static void give_up(struct th_sweeper *s, unsigned w, int err, uint64_t now_ns, struct th_sweep_stats *st)
+static void give_up(struct th_sweeper *s, unsigned w, int err, struct th_sweep_stats *st)
 {
     if (!s->silent[w])
         th_warn("janitor: worker[%u] did not take evictions (%s): releasing its stale slots directly "
                 "for the rest of this sweep", w, strerror(-err));
     s->silent[w] = 1;
     for (int i = 0; i < s->nq[w]; i++)
-        release_here(s, s->q[w][i].h, now_ns, st);
+        release_here(s, s->q[w][i].h, st);
     s->nq[w] = 0;
     if (err != -ETIMEDOUT) /* a timed-out connection stays: late replies are skipped by seq */
         drop_fd(s, w);
 }
 
 /* Match one reply to its request in flight. */
-static void take_reply(struct th_sweeper *s, unsigned w, const struct th_ho_msg *r, uint64_t now_ns,
+static void take_reply(struct th_sweeper *s, unsigned w, const struct th_ho_msg *r,
                        struct th_sweep_stats *st)
 {
     for (int i = 0; i < s->nq[w]; i++) {
         if (s->q[w][i].seq != r->seq)
             continue;
-        settle(s, s->q[w][i].h, r->code, now_ns, st);
+        settle(s, s->q[w][i].h, r->code, st);
         s->q[w][i] = s->q[w][--s->nq[w]];
         return;
     }
 }
 
 /* Wait (up to timeout_ms overall) for every reply in flight to worker w. */
-static void collect(struct th_sweeper *s, unsigned w, uint64_t now_ns, struct th_sweep_stats *st)
+static void collect(struct th_sweeper *s, unsigned w, struct th_sweep_stats *st)
 {
     uint64_t deadline = th_mono_ns() + (uint64_t)s->timeout_ms * TH_NS_PER_MS;
     while (s->nq[w] > 0) {
         uint64_t t = th_mono_ns();
         if (t >= deadline)
-            return give_up(s, w, -ETIMEDOUT, now_ns, st);
+            return give_up(s, w, -ETIMEDOUT, st);
         struct pollfd pfd = {.fd = s->fd[w], .events = POLLIN};
         int pr = poll(&pfd, 1, (int)((deadline - t + TH_NS_PER_MS - 1) / TH_NS_PER_MS));
         if (pr < 0 && errno != EINTR)
-            return give_up(s, w, -errno, now_ns, st);
+            return give_up(s, w, -errno, st);
         if (pr <= 0)
             continue;
         struct th_ho_msg r;
         ssize_t n = recv(s->fd[w], &r, sizeof(r), MSG_DONTWAIT);
         if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN))
-            return give_up(s, w, n == 0 ? -ECONNRESET : -errno, now_ns, st);
+            return give_up(s, w, n == 0 ? -ECONNRESET : -errno, st);
         if (n == (ssize_t)sizeof(r) && r.magic == TH_HO_MAGIC && r.type == TH_HO_REPLY)
-            take_reply(s, w, &r, now_ns, st);
+            take_reply(s, w, &r, st);
     }
 }
 
 /* Send worker w a 4000 close for h; collect the replies whenever the window fills. */
-static void submit(struct th_sweeper *s, unsigned w, struct th_handle h, uint64_t now_ns,
+static void submit(struct th_sweeper *s, unsigned w, struct th_handle h,
                    struct th_sweep_stats *st)
 {
     if (w >= TH_MAX_WORKERS || s->silent[w])
-        return release_here(s, h, now_ns, st);
+        return release_here(s, h, st);
     if (s->nq[w] > 0 && s->fd_pid[w] != atomic_load(&s->reg->hdr->workers[w].pid)) {
         /* Restarted since: the requests in flight died with the old incarnation. */
         for (int i = 0; i < s->nq[w]; i++)
-            release_here(s, s->q[w][i].h, now_ns, st);
+            release_here(s, s->q[w][i].h, st);
         s->nq[w] = 0;
     }
     int fd = worker_fd(s, w);
     if (fd < 0) {
-        give_up(s, w, fd, now_ns, st);
-        return release_here(s, h, now_ns, st);
+        give_up(s, w, fd, st);
+        return release_here(s, h, st);
     }
     struct th_ho_msg m = {.magic = TH_HO_MAGIC, .type = TH_HO_CLOSE, .code = CLOSE_STALE,
                           .slot = h.slot, .gen = h.gen, .seq = ++s->seq};
     int rc = th_ho_send(fd, &m, NULL);
     if (rc < 0) {
-        give_up(s, w, rc, now_ns, st);
-        return release_here(s, h, now_ns, st);
+        give_up(s, w, rc, st);
+        return release_here(s, h, st);
     }
     s->q[w][s->nq[w]++] = (struct th_inflight){.h = h, .seq = m.seq};
     if (s->nq[w] == TH_EVICT_WINDOW)
-        collect(s, w, now_ns, st);
+        collect(s, w, st);
 }
 
 /*
@@ -212,7 +212,7 @@ static int visit(const struct th_conn_info *ci, void *arg)
     th_fmt_rfc3339(ts, sizeof(ts), ci->last_seen);
     th_info("[ConnectionManager] Removing stale connection: %s (LastSeen: %s)", ci->user, ts);
     x->st->stale++;
-    submit(x->s, ci->worker, (struct th_handle){.slot = ci->slot, .gen = ci->gen}, x->now_ns, x->st);
+    submit(x->s, ci->worker, (struct th_handle){.slot = ci->slot, .gen = ci->gen}, x->st);
     return 0;
 }
 
@@ -222,7 +222,7 @@ void th_sweep(struct th_sweeper *s, uint64_t now_ns, struct th_sweep_stats *st)
     memset(st, 0, sizeof(*st));
     memset(s->silent, 0, sizeof(s->silent));
     /* Repair first: slots of dead owners go away without being reported as stale. */
-    st->repaired = th_reg_repair(s->reg, now_ns);
+    st->repaired = th_reg_repair(s->reg);
     if (st->repaired > 0) { /* the registry leaves these counters to its callers */
         atomic_fetch_add_explicit(&s->reg->hdr->counters.dead_reclaimed, (uint64_t)st->repaired,
                                   memory_order_relaxed);
@@ -233,6 +233,6 @@ void th_sweep(struct th_sweeper *s, uint64_t now_ns, struct th_sweep_stats *st)
     th_reg_foreach(s->reg, visit, &x);
     for (unsigned w = 0; w < TH_MAX_WORKERS; w++)
         if (s->nq[w] > 0)
-            collect(s, w, now_ns, st);
+            collect(s, w, st);
     st->duration_ns = th_mono_ns() - t0;
 }

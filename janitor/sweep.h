@@ -8,7 +8,7 @@
 #ifndef TETHER_JANITOR_SWEEP_H
 #define TETHER_JANITOR_SWEEP_H
 
-#include "shm/config.h"
+#include "shm/rt/config.h"
 #include "shm/registry.h"
 
 #include <stdint.h>

@@ -5,9 +5,10 @@
  * running group.
  */
 #include "notifier/api.h"
-#include "shm/clock.h"
+#include "shm/rt/clock.h"
 #include "shm/registry.h"
-#include "worker/utf8.h"
+#include "shm/proto/userid.h"
+#include "shm/proto/utf8.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -285,18 +286,6 @@ int th_api_frame(const char *buf, size_t len, struct th_api_req *req, const char
 
 /* ---- notify validation -------------------------------------------------- */
 
-int th_api_valid_user(const char *s, size_t n)
-{
-    if (n < 1 || n > TH_USER_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 || c == 0x7f)
-            return 0;
-    }
-    return 1;
-}
-
 static int no_controls(const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -320,7 +309,7 @@ int th_api_check_notify(json_t *obj, struct th_notify *out, char *err, size_t er
     json_t *d = json_object_get(obj, "data"), *id = json_object_get(obj, "id");
     if (!u)
         return fail(err, errlen, "missing field: user_id");
-    if (!json_is_string(u) || !th_api_valid_user(json_string_value(u), json_string_length(u)))
+    if (!json_is_string(u) || !th_userid_valid(json_string_value(u), json_string_length(u)))
         return fail(err, errlen, "user_id must be a string of 1 to 64 bytes without control characters");
     if (!t)
         return fail(err, errlen, "missing field: type");

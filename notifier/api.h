@@ -11,7 +11,7 @@
 #ifndef TETHER_NOTIFIER_API_H
 #define TETHER_NOTIFIER_API_H
 
-#include "worker/http.h"
+#include "shm/proto/http.h"
 
 #include <jansson.h>
 #include <stddef.h>
@@ -76,8 +76,6 @@ int th_api_check_notify(json_t *obj, struct th_notify *out, char *err, size_t er
 int th_api_parse_notify(const char *body, size_t len, json_t **root, struct th_notify *out, char *err,
                         size_t errlen);
 
-/* Is s (n bytes) a valid user id: 1..64 bytes, no control characters? */
-int th_api_valid_user(const char *s, size_t n);
 
 /*
  * The frame a client receives:

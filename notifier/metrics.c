@@ -4,7 +4,7 @@
  * other roles with relaxed atomic adds, so a scrape is a few dozen loads.
  */
 #include "notifier/metrics.h"
-#include "shm/clock.h"
+#include "shm/rt/clock.h"
 
 #include <stdatomic.h>
 

@@ -4,8 +4,8 @@
  */
 #include "notifier/notifier.h"
 #include "notifier/server.h"
-#include "shm/clock.h"
-#include "shm/log.h"
+#include "shm/rt/clock.h"
+#include "shm/rt/log.h"
 
 #include <signal.h>
 #include <stdatomic.h>

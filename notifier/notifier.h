@@ -2,12 +2,12 @@
  * The notifier: serves the backend HTTP API (POST /v1/notify,
  * /v1/notify/batch, GET /v1/presence/<user>, /healthz, /metrics), finds a
  * user's live connections in the registry and hands each notification to the
- * owning worker over its control socket (worker/handoff.h).
+ * owning worker over its control socket (shm/rt/channel.h).
  */
 #ifndef TETHER_NOTIFIER_NOTIFIER_H
 #define TETHER_NOTIFIER_NOTIFIER_H
 
-#include "shm/config.h"
+#include "shm/rt/config.h"
 #include "shm/registry.h"
 
 /*

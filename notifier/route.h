@@ -19,7 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "shm/config.h"
+#include "shm/rt/config.h"
 #include "shm/registry.h"
 
 /* The outcome of one delivery, as the route saw it. */

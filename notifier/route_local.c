@@ -1,7 +1,7 @@
 /*
  * The local route: finds a user's live connections in this node's registry
  * and hands the rendered frame to each owning worker over that worker's
- * control socket (worker/handoff.h), without ever blocking the notifier's
+ * control socket (shm/rt/channel.h), without ever blocking the notifier's
  * loop.
  *
  * One persistent non-blocking SOCK_SEQPACKET connection per worker ("channel"),
@@ -20,9 +20,10 @@
  */
 #include "notifier/route.h"
 #include "notifier/loop.h"
-#include "shm/clock.h"
-#include "shm/log.h"
-#include "worker/handoff.h"
+#include "shm/rt/clock.h"
+#include "shm/rt/log.h"
+#include "shm/rt/channel.h"
+#include "shm/rt/paths.h"
 
 #include <errno.h>
 #include <poll.h>

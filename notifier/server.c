@@ -19,8 +19,9 @@
 #include "notifier/loop.h"
 #include "notifier/metrics.h"
 #include "notifier/route.h"
-#include "shm/clock.h"
-#include "shm/log.h"
+#include "shm/rt/clock.h"
+#include "shm/rt/log.h"
+#include "shm/proto/userid.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -481,7 +482,7 @@ static void handle_presence(struct resp *r, const struct th_api_req *req)
 {
     char user[TH_USER_MAX];
     int ulen = th_api_pct_decode(req->presence_user.p, req->presence_user.n, user, sizeof(user));
-    if (ulen < 0 || !th_api_valid_user(user, (size_t)ulen)) {
+    if (ulen < 0 || !th_userid_valid(user, (size_t)ulen)) {
         resp_error(r, 400, "user id must be 1 to 64 bytes without control characters");
         return;
     }

@@ -9,7 +9,7 @@
 
 #include <signal.h>
 
-#include "shm/config.h"
+#include "shm/rt/config.h"
 #include "shm/registry.h"
 
 #define TH_API_MAX_CONNS 1024      /* concurrent API connections; more are closed at accept */

@@ -111,10 +111,11 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "shm/proto/userid.h" /* TH_USER_MAX */
+
 #define TH_REG_MAGIC 0x3147455248544554ULL /* "TETHREG1" little-endian */
 #define TH_REG_VERSION 1
 #define TH_MAX_WORKERS 64
-#define TH_USER_MAX 64
 #define TH_NO_SLOT UINT32_MAX
 
 enum th_slot_state {
@@ -278,7 +279,7 @@ static inline void th_reg_touch(struct th_reg *r, struct th_handle h, uint64_t n
  * repairer releasing for a dead owner). Returns 0, or -ESTALE when the slot
  * was already released or reused.
  */
-int th_reg_release(struct th_reg *r, struct th_handle h, uint64_t now_ns);
+int th_reg_release(struct th_reg *r, struct th_handle h);
 
 /* Consistent copy of slot i if it is LIVE: 1, else 0. */
 int th_reg_read(const struct th_reg *r, uint32_t slot, struct th_conn_info *out);
@@ -303,7 +304,7 @@ void th_reg_foreach(const struct th_reg *r, th_reg_visit_fn fn, void *arg);
  * has no live process (after waitpid, or in the new incarnation before its
  * first claim). Returns slots released. Counters are the caller's.
  */
-int th_reg_reclaim_worker(struct th_reg *r, uint16_t worker, uint64_t now_ns);
+int th_reg_reclaim_worker(struct th_reg *r, uint16_t worker);
 
 /*
  * Sweep-time repair: release slots whose owner worker is not alive (pid 0 or
@@ -313,7 +314,7 @@ int th_reg_reclaim_worker(struct th_reg *r, uint16_t worker, uint64_t now_ns);
  * counters.repairs for each half-done transition it finished. Returns slots
  * released.
  */
-int th_reg_repair(struct th_reg *r, uint64_t now_ns);
+int th_reg_repair(struct th_reg *r);
 
 /* Is this pid alive (kill(pid, 0) succeeds or fails with EPERM)? */
 int th_pid_alive(pid_t pid);

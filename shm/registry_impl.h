@@ -25,12 +25,12 @@ void th_reg_finish_release(struct th_reg *r, uint32_t i, uint64_t c, int was_liv
 
 /* Take over slot i whose ctl is c (CLAIMING/RELEASING with a dead actor, or LIVE):
  * CAS to RELEASING under this pid and finish. Returns 1 if this call released it. */
-int th_reg_force_release(struct th_reg *r, uint32_t i, uint64_t c, uint64_t now_ns);
+int th_reg_force_release(struct th_reg *r, uint32_t i, uint64_t c);
 
 /* Saturating decrement of a header counter (drift must not wrap to 4 billion). */
 void th_reg_counter_dec(_Atomic uint32_t *ctr);
 
-static inline uint32_t th_reg_window(const struct th_reg *r)
+static inline uint32_t th_reg_window(void)
 {
     return TH_REG_WINDOW;
 }

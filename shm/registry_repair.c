@@ -41,25 +41,25 @@ static int in_transition(uint64_t c)
 }
 
 /* Finish slot i if a dead actor left it half-way. Returns 1 if released. */
-static int finish_dead_transition(struct th_reg *r, uint32_t i, uint64_t c, uint64_t now_ns)
+static int finish_dead_transition(struct th_reg *r, uint32_t i, uint64_t c)
 {
     if (!in_transition(c) || th_pid_alive(th_ctl_actor(c)))
         return 0;
-    if (!th_reg_force_release(r, i, c, now_ns))
+    if (!th_reg_force_release(r, i, c))
         return 0;
     atomic_fetch_add_explicit(&r->hdr->counters.repairs, 1, RELAXED);
     return 1;
 }
 
-int th_reg_reclaim_worker(struct th_reg *r, uint16_t worker, uint64_t now_ns)
+int th_reg_reclaim_worker(struct th_reg *r, uint16_t worker)
 {
     int n = 0;
     for (uint32_t i = 0; i < r->hdr->nslots; i++) {
         uint64_t c = atomic_load_explicit(&r->slots[i].ctl, memory_order_acquire);
         if (th_ctl_state(c) == TH_SLOT_LIVE && th_ctl_owner(c) == worker)
-            n += th_reg_force_release(r, i, c, now_ns);
+            n += th_reg_force_release(r, i, c);
         else
-            n += finish_dead_transition(r, i, c, now_ns);
+            n += finish_dead_transition(r, i, c);
     }
     return n;
 }
@@ -77,7 +77,7 @@ struct tally {
 };
 
 /* Repair slot i if needed and count what it is afterwards. Returns 1 if released. */
-static int repair_slot(struct th_reg *r, uint32_t i, struct liveness *l, uint64_t now_ns,
+static int repair_slot(struct th_reg *r, uint32_t i, struct liveness *l,
                        struct tally *t)
 {
     uint64_t c = atomic_load_explicit(&r->slots[i].ctl, memory_order_acquire);
@@ -86,8 +86,8 @@ static int repair_slot(struct th_reg *r, uint32_t i, struct liveness *l, uint64_
         return 0;
     }
     if (th_ctl_state(c) == TH_SLOT_LIVE && !worker_alive(r, l, th_ctl_owner(c)))
-        return th_reg_force_release(r, i, c, now_ns);
-    if (finish_dead_transition(r, i, c, now_ns))
+        return th_reg_force_release(r, i, c);
+    if (finish_dead_transition(r, i, c))
         return 1;
     t->used++;
     if (atomic_load_explicit(&r->slots[i].flags, RELAXED) & TH_SLOT_F_UNINDEXED)
@@ -134,7 +134,7 @@ static void correct_counters(struct th_reg *r, uint64_t e0, uint32_t u0, uint32_
     atomic_compare_exchange_strong(&r->hdr->unindexed, &x0, t->unindexed);
 }
 
-int th_reg_repair(struct th_reg *r, uint64_t now_ns)
+int th_reg_repair(struct th_reg *r)
 {
     struct liveness l = {0};
     struct tally t = {0};
@@ -142,7 +142,7 @@ int th_reg_repair(struct th_reg *r, uint64_t now_ns)
     uint64_t e0 = atomic_load(&r->hdr->transitions);
     int released = 0;
     for (uint32_t i = 0; i < r->hdr->nslots; i++)
-        released += repair_slot(r, i, &l, now_ns, &t);
+        released += repair_slot(r, i, &l, &t);
     repair_disc(r);
     if (!released)
         correct_counters(r, e0, u0, x0, &t);

@@ -157,9 +157,10 @@ static int each_user_slot(const struct th_reg *r, const struct user_key *k, th_r
     return scan_unindexed(r, k, fn, arg);
 }
 
-static int valid_user(const char *user, size_t ulen)
+/* The registry holds any bytes within the rule's length (see shm/proto/userid.h). */
+static bool valid_user(const char *user, size_t ulen)
 {
-    return user && ulen >= 1 && ulen <= TH_USER_MAX;
+    return user && th_userid_len_ok(ulen);
 }
 
 struct collect {
@@ -396,13 +397,14 @@ int th_reg_claim(struct th_reg *r, const char *user, size_t ulen, uint16_t worke
 
 static int any_live(const struct th_conn_info *ci, void *arg)
 {
+    (void)ci, (void)arg; /* finding one is the answer */
     return 1;
 }
 
 /* Clear every bucket of the slot's window that points at it (a dead claimer may have left one). */
 static void index_remove(struct th_reg *r, uint32_t i, uint32_t hash)
 {
-    for (uint32_t j = 0, win = th_reg_window(r); j < win; j++) {
+    for (uint32_t j = 0, win = th_reg_window(); j < win; j++) {
         uint32_t b = th_reg_bucket(r, hash, j);
         uint32_t v = atomic_load_explicit(&r->index[b], RELAXED);
         if (v && th_index_slot(v) == i) /* any tag: we hold the slot, nobody else inserts it */
@@ -436,7 +438,7 @@ void th_reg_finish_release(struct th_reg *r, uint32_t i, uint64_t c, int was_liv
     atomic_fetch_or_explicit(&r->freemap[i / 64], 1ull << (i % 64), memory_order_release);
 }
 
-int th_reg_force_release(struct th_reg *r, uint32_t i, uint64_t c, uint64_t now_ns)
+int th_reg_force_release(struct th_reg *r, uint32_t i, uint64_t c)
 {
     uint64_t want = th_ctl_make_actor(th_ctl_gen(c), th_reg_self(), TH_SLOT_RELEASING);
     if (!atomic_compare_exchange_strong(&r->slots[i].ctl, &c, want))
@@ -447,7 +449,7 @@ int th_reg_force_release(struct th_reg *r, uint32_t i, uint64_t c, uint64_t now_
     return 1;
 }
 
-int th_reg_release(struct th_reg *r, struct th_handle h, uint64_t now_ns)
+int th_reg_release(struct th_reg *r, struct th_handle h)
 {
     if (h.slot >= r->hdr->nslots)
         return -EINVAL;
@@ -456,5 +458,5 @@ int th_reg_release(struct th_reg *r, struct th_handle h, uint64_t now_ns)
     uint64_t c = atomic_load_explicit(&r->slots[h.slot].ctl, memory_order_acquire);
     if (th_ctl_gen(c) != h.gen || th_ctl_state(c) != TH_SLOT_LIVE)
         return -ESTALE;
-    return th_reg_force_release(r, h.slot, c, now_ns) ? 0 : -ESTALE;
+    return th_reg_force_release(r, h.slot, c) ? 0 : -ESTALE;
 }

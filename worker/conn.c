@@ -16,8 +16,8 @@
  * outstanding recv/send; the entry is freed when the last one completes.
  */
 #include "worker/wk.h"
-#include "shm/clock.h"
-#include "shm/log.h"
+#include "shm/rt/clock.h"
+#include "shm/rt/log.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -119,7 +119,7 @@ void wk_conn_send_frame(struct worker *w, uint32_t idx, enum th_ws_opcode op, co
         memcpy(at + hl, p, n);
 }
 
-static void send_fin(struct worker *w, struct conn *c)
+static void send_fin(struct conn *c)
 {
     if (c->flags & CF_FIN_SENT)
         return;
@@ -190,7 +190,7 @@ void wk_on_send(struct worker *w, uint32_t idx, int res)
     }
     sendq_free(w, c); /* drained: idle connections hold no buffer */
     if (c->state == CS_CLOSING)
-        send_fin(w, c);
+        send_fin(c);
 }
 
 void wk_conn_unregister(struct worker *w, uint32_t idx)
@@ -200,7 +200,7 @@ void wk_conn_unregister(struct worker *w, uint32_t idx)
         return;
     c->flags &= ~CF_REGISTERED;
     /* -ESTALE: a janitor released it for us (and counted it) while we were unresponsive. */
-    if (th_reg_release(w->reg, c->h, w->now_ns) == 0)
+    if (th_reg_release(w->reg, c->h) == 0)
         atomic_fetch_add_explicit(&w->reg->hdr->counters.connections_closed, 1, memory_order_relaxed);
 }
 
@@ -220,7 +220,7 @@ void wk_conn_finish(struct worker *w, uint32_t idx)
     if (w->feeding != idx)
         th_ws_reader_free(&c->rd); /* else wk_ws_input frees it once the reader returns */
     if (!wk_conn_queued(c) && !(c->flags & CF_SENDING))
-        send_fin(w, c);
+        send_fin(c);
 }
 
 void wk_conn_close(struct worker *w, uint32_t idx, uint16_t code)

@@ -1,5 +1,5 @@
 /*
- * The worker's control socket (wire format in worker/handoff.h), served
+ * The worker's control socket (wire format in shm/rt/channel.h), served
  * inside the io_uring loop: a multishot accept on the SOCK_SEQPACKET
  * listener and one readiness poll per client; a ready client's packets are
  * read with non-blocking recv into one per-worker buffer, handled at once,
@@ -12,8 +12,9 @@
  * pile up.
  */
 #include "worker/wk.h"
-#include "shm/clock.h"
-#include "shm/log.h"
+#include "shm/rt/clock.h"
+#include "shm/rt/log.h"
+#include "shm/rt/paths.h"
 
 #include <errno.h>
 #include <poll.h>

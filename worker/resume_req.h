@@ -15,7 +15,7 @@
 #ifndef TETHER_WORKER_RESUME_REQ_H
 #define TETHER_WORKER_RESUME_REQ_H
 
-#include "worker/http.h"
+#include "shm/proto/http.h"
 
 #include <stdint.h>
 

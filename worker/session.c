@@ -9,8 +9,8 @@
  * at the end of the completion batch.
  */
 #include "worker/wk.h"
-#include "shm/clock.h"
-#include "shm/log.h"
+#include "shm/rt/clock.h"
+#include "shm/rt/log.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -52,12 +52,14 @@ static int on_ping(void *ctx, const uint8_t *p, size_t n)
 
 static int on_pong(void *ctx, const uint8_t *p, size_t n)
 {
+    (void)ctx, (void)p, (void)n; /* the frame already refreshed LastSeen */
     return 0;
 }
 
 /* A peer's close: echo its code (1000 when it sent none), then close TCP. */
 static int on_close(void *ctx, uint16_t code, const uint8_t *reason, size_t n)
 {
+    (void)reason, (void)n;
     struct sess *s = ctx;
     wk_conn_close(s->w, s->idx, code == TH_WS_NO_STATUS ? TH_WS_NORMAL : code);
     return 1;

@@ -9,10 +9,10 @@
  * followed by a TCP close, and none of them takes a registry slot.
  */
 #include "worker/wk.h"
-#include "worker/jwt.h"
+#include "shm/proto/jwt.h"
 #include "worker/resume_req.h"
-#include "shm/clock.h"
-#include "shm/log.h"
+#include "shm/rt/clock.h"
+#include "shm/rt/log.h"
 
 #include <errno.h>
 #include <stdio.h>

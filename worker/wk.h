@@ -10,10 +10,10 @@
 #ifndef TETHER_WORKER_WK_H
 #define TETHER_WORKER_WK_H
 
-#include "shm/config.h"
+#include "shm/rt/config.h"
 #include "shm/registry.h"
-#include "worker/handoff.h"
-#include "worker/http.h"
+#include "shm/rt/channel.h"
+#include "shm/proto/http.h"
 #include "worker/ws.h"
 
 #include <liburing.h>

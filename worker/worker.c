@@ -13,8 +13,8 @@
  */
 #include "worker/worker.h"
 #include "worker/wk.h"
-#include "shm/clock.h"
-#include "shm/log.h"
+#include "shm/rt/clock.h"
+#include "shm/rt/log.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -402,7 +402,7 @@ int th_worker_main(const struct th_config *cfg, struct th_reg *reg, unsigned ind
     install_signals();
     read_clocks(w);
     publish(w);
-    int n = th_reg_reclaim_worker(reg, (uint16_t)index, w->now_ns);
+    int n = th_reg_reclaim_worker(reg, (uint16_t)index);
     if (n > 0)
         th_info("reclaimed %d slots of a previous worker %u", n, index);
     if (setup(w) < 0)

@@ -3,12 +3,12 @@
  * accepts WebSocket clients on the shared listener, authenticates them,
  * registers each connection in the registry, stamps LastSeen on every
  * inbound frame, answers pings, and serves its control socket
- * (worker/handoff.h) for notifications and evictions.
+ * (shm/rt/channel.h) for notifications and evictions.
  */
 #ifndef TETHER_WORKER_WORKER_H
 #define TETHER_WORKER_WORKER_H
 
-#include "shm/config.h"
+#include "shm/rt/config.h"
 #include "shm/registry.h"
 
 /*

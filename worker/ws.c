@@ -26,7 +26,7 @@
  *   once; either way the buffer is freed at once.
  */
 #include "worker/ws.h"
-#include "worker/utf8.h"
+#include "shm/proto/utf8.h"
 
 #include <openssl/evp.h>
 #include <stdlib.h>

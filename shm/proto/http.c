@@ -19,7 +19,7 @@
  * The head, CRLFCRLF included, may be at most max_head bytes; more, or more
  * than TH_HTTP_MAX_HEADERS header lines, is TH_HTTP_TOO_BIG.
  */
-#include "worker/http.h"
+#include "shm/proto/http.h"
 
 #include <string.h>
 

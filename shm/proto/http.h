@@ -7,8 +7,8 @@
  * the same buffer grown by the new bytes; req->scanned remembers how far the
  * search for the end of the head got, so bytes are not rescanned.
  */
-#ifndef TETHER_WORKER_HTTP_H
-#define TETHER_WORKER_HTTP_H
+#ifndef TETHER_SHM_PROTO_HTTP_H
+#define TETHER_SHM_PROTO_HTTP_H
 
 #include <stddef.h>
 #include <stdint.h>

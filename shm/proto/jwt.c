@@ -14,7 +14,8 @@
  * or "sub" must not be able to shadow the first). A "crit" header is
  * rejected: we implement no extensions.
  */
-#include "worker/jwt.h"
+#include "shm/proto/jwt.h"
+#include "shm/proto/userid.h"
 
 #include <jansson.h>
 #include <openssl/crypto.h>
@@ -159,11 +160,8 @@ static int check_sub(json_t *payload, struct th_jwt_claims *out)
         return TH_JWT_BAD_SUB;
     const char *p = json_string_value(s);
     size_t n = json_string_length(s);
-    if (n == 0 || n > 64)
+    if (!th_userid_valid(p, n))
         return TH_JWT_BAD_SUB;
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)p[i] < 0x20 || p[i] == 0x7f)
-            return TH_JWT_BAD_SUB; /* jansson already refuses \u0000; the rest is ours */
     memcpy(out->sub, p, n);
     out->sub[n] = '\0';
     out->sub_len = n;

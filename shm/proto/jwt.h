@@ -1,15 +1,17 @@
 /*
  * JWT (RFC 7519) verification for client connects: HS256 only, HMAC from
  * libcrypto, signature compared in constant time, "alg" pinned. "sub" is the
- * user id (1 to 64 bytes, no control characters); "exp" and "nbf" are
+ * user id (the rule in shm/proto/userid.h); "exp" and "nbf" are
  * enforced when present (no leeway) and must be numbers. base64url parts
  * must be unpadded and canonical; tokens over TH_JWT_MAX_TOKEN are rejected. Also signs tokens, for tether-token and the tests.
  */
-#ifndef TETHER_WORKER_JWT_H
-#define TETHER_WORKER_JWT_H
+#ifndef TETHER_SHM_PROTO_JWT_H
+#define TETHER_SHM_PROTO_JWT_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "shm/proto/userid.h"
 
 /* Longer tokens are TH_JWT_MALFORMED without being decoded. */
 #define TH_JWT_MAX_TOKEN 4096
@@ -21,12 +23,12 @@ enum th_jwt_result {
     TH_JWT_BAD_SIG,
     TH_JWT_EXPIRED,     /* now >= exp */
     TH_JWT_NOT_YET,     /* now < nbf */
-    TH_JWT_BAD_SUB,     /* missing, empty, over 64 bytes, control characters */
+    TH_JWT_BAD_SUB,     /* missing, or not a valid user id (th_userid_valid) */
     TH_JWT_BAD_CLAIM,   /* exp/nbf present but not numbers */
 };
 
 struct th_jwt_claims {
-    char sub[65];
+    char sub[TH_USER_MAX + 1];
     size_t sub_len;
     int64_t exp; /* 0 when absent */
 };

@@ -9,7 +9,7 @@
  * second byte, so a bad message fails at the first bad byte. REJECT has no
  * way out, so a caller can feed a whole message and test the state once.
  */
-#include "worker/utf8.h"
+#include "shm/proto/utf8.h"
 
 #include <string.h>
 

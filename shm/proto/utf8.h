@@ -5,8 +5,8 @@
  * partial code point across calls; a text message fails at the first bad
  * byte, not at the end of the message.
  */
-#ifndef TETHER_WORKER_UTF8_H
-#define TETHER_WORKER_UTF8_H
+#ifndef TETHER_SHM_PROTO_UTF8_H
+#define TETHER_SHM_PROTO_UTF8_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,12 +1,13 @@
 /*
- * Client side of the worker control channel (see worker/handoff.h): the
+ * Client side of the worker control channel (see shm/rt/channel.h): the
  * blocking helpers used by the janitor, the tests and any role that sends a
  * few requests at a time. The worker's serving side lives in its io_uring
  * loop; the notifier drives the same wire format asynchronously.
  */
-#include "worker/handoff.h"
-#include "shm/config.h"
-#include "shm/clock.h"
+#include "shm/rt/channel.h"
+#include "shm/rt/config.h"
+#include "shm/rt/clock.h"
+#include "shm/rt/paths.h"
 
 #include <errno.h>
 #include <poll.h>

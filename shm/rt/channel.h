@@ -3,7 +3,7 @@
  * workers ask a socket worker to act on one of its connections.
  *
  * Each worker listens on a SOCK_SEQPACKET Unix socket at
- * th_worker_sock_path(shm_name, index) (also published in the segment's
+ * th_worker_sock_path(shm_name, index) (shm/rt/paths.h; also published in the segment's
  * worker table). A request is one packet: struct th_ho_msg followed by len
  * payload bytes. Every request gets exactly one reply packet (a th_ho_msg of
  * type TH_HO_REPLY, same seq, status in code, no payload), in any order
@@ -13,8 +13,8 @@
  * slot, so a message for a connection that went away never reaches another
  * connection that reuses the slot: it answers TH_HO_GONE instead.
  */
-#ifndef TETHER_WORKER_HANDOFF_H
-#define TETHER_WORKER_HANDOFF_H
+#ifndef TETHER_SHM_RT_CHANNEL_H
+#define TETHER_SHM_RT_CHANNEL_H
 
 #include <stddef.h>
 #include <stdint.h>

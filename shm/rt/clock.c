@@ -1,7 +1,7 @@
 /*
- * Formatting of registry and log timestamps (see shm/clock.h).
+ * Formatting of registry and log timestamps (see shm/rt/clock.h).
  */
-#include "shm/clock.h"
+#include "shm/rt/clock.h"
 
 #include <stdio.h>
 

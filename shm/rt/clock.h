@@ -3,8 +3,8 @@
  * nanoseconds since the Unix epoch so every process, the dump tool and a
  * post-mortem reader agree on them without a shared reference point.
  */
-#ifndef TETHER_SHM_CLOCK_H
-#define TETHER_SHM_CLOCK_H
+#ifndef TETHER_SHM_RT_CLOCK_H
+#define TETHER_SHM_RT_CLOCK_H
 
 #include <stddef.h>
 #include <stdint.h>

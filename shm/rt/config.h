@@ -4,11 +4,10 @@
  * forks. Each flag may also come from the environment as TETHER_<NAME>
  * (e.g. TETHER_STALE_AFTER); a flag on the command line wins.
  *
- * Also derives the runtime directory (worker control sockets) from the
- * segment name, so every role finds the same paths without being told.
+ * The runtime paths derived from the segment name are in shm/rt/paths.h.
  */
-#ifndef TETHER_SHM_CONFIG_H
-#define TETHER_SHM_CONFIG_H
+#ifndef TETHER_SHM_RT_CONFIG_H
+#define TETHER_SHM_RT_CONFIG_H
 
 #include <stddef.h>
 #include <stdio.h>
@@ -58,16 +57,5 @@ void th_config_usage(FILE *out);
 
 /* Parse "HOST:PORT" (HOST may be empty for 0.0.0.0). Returns 0 or -1. */
 int th_parse_hostport(const char *s, char *host, size_t hostcap, uint16_t *port);
-
-/*
- * Runtime directory for a segment name: $TETHER_RUNTIME_DIR if set, else
- * /run/tether-<name> for root, /tmp/tether-<uid>-<name> otherwise (the
- * leading '/' of the segment name dropped). Returns 0 or -1 if it won't fit.
- */
-int th_runtime_dir(const char *shm_name, char *buf, size_t cap);
-/* mkdir -p: create path and its missing parents with mode. Returns 0 or -errno. */
-int th_mkdir_p(const char *path, unsigned mode);
-/* "<runtime dir>/worker-<index>.sock" */
-int th_worker_sock_path(const char *shm_name, unsigned index, char *buf, size_t cap);
 
 #endif

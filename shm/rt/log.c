@@ -1,10 +1,10 @@
 /*
- * The logger behind shm/log.h: formats a whole line in a stack buffer and
+ * The logger behind shm/rt/log.h: formats a whole line in a stack buffer and
  * hands it to the kernel in one write(2), so concurrent processes appending
  * to the same file or pipe produce whole lines.
  */
-#include "shm/log.h"
-#include "shm/clock.h"
+#include "shm/rt/log.h"
+#include "shm/rt/clock.h"
 
 #include <errno.h>
 #include <fcntl.h>

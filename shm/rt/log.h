@@ -9,8 +9,8 @@
  * verbatim. The macro checks the level before its arguments are evaluated,
  * so debug lines on hot paths cost one compare when disabled.
  */
-#ifndef TETHER_SHM_LOG_H
-#define TETHER_SHM_LOG_H
+#ifndef TETHER_SHM_RT_LOG_H
+#define TETHER_SHM_RT_LOG_H
 
 enum th_log_level { TH_LOG_ERROR = 0, TH_LOG_WARN, TH_LOG_INFO, TH_LOG_DEBUG };
 enum th_log_format { TH_LOG_TEXT = 0, TH_LOG_JSON };

@@ -11,7 +11,7 @@
  * far bigger than the CPU caches. Time is this thread's CPU time, so a run
  * on a shared machine is not charged for the time others held the CPU.
  */
-#include "shm/clock.h"
+#include "shm/rt/clock.h"
 #include "shm/registry.h"
 
 #include <stdio.h>
@@ -131,7 +131,7 @@ static double bench_claim_release(struct bench *b, uint32_t n)
         const char *user = b->users[b->nusers + next_rand(&b->rng) % 1000000];
         struct th_handle h, ev;
         if (th_reg_claim(&b->r, user, strlen(user), 0, i, now, 8, &h, &ev) == 0)
-            th_reg_release(&b->r, h, now);
+            th_reg_release(&b->r, h);
     }
     return (double)(cpu_ns() - t0) / n;
 }

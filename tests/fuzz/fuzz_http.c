@@ -1,5 +1,5 @@
 /*
- * Fuzz target for the HTTP request-head parser (worker/http.h).
+ * Fuzz target for the HTTP request-head parser (shm/proto/http.h).
  *
  * The first input byte picks max_head (small values reach the size limit
  * quickly) and seeds the split points; the rest is the request stream. Each
@@ -10,7 +10,7 @@
  * first CRLFCRLF, and the helper functions are run on what was parsed.
  */
 #include "tests/fuzz/fuzz.h"
-#include "worker/http.h"
+#include "shm/proto/http.h"
 
 static const size_t max_heads[8] = {0, 1, 4, 17, 64, 300, TH_HTTP_MAX_HEAD, TH_HTTP_MAX_HEAD + 1};
 

@@ -1,5 +1,5 @@
 /*
- * Fuzz target for the JWT verifier (worker/jwt.h), with a fixed secret and
+ * Fuzz target for the JWT verifier (shm/proto/jwt.h), with a fixed secret and
  * a fixed clock. The first byte picks a mode:
  *  0: the rest is a token, verified as is (any OK must carry a signature
  *     that an independent HMAC over the first two parts reproduces);
@@ -13,7 +13,7 @@
  *     when the sub is valid.
  */
 #include "tests/fuzz/fuzz.h"
-#include "worker/jwt.h"
+#include "shm/proto/jwt.h"
 
 #include <jansson.h>
 #include <openssl/evp.h>

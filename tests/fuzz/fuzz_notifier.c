@@ -13,6 +13,7 @@
 #include "tests/fuzz/fuzz.h"
 #include "notifier/api.h"
 #include "shm/registry.h"
+#include "shm/proto/userid.h"
 
 #include <errno.h>
 
@@ -39,7 +40,7 @@ static void check_notify(const char *body, size_t len)
         th_buf_free(&b);
         return;
     }
-    FUZZ_CHECK(th_api_valid_user(n.user, n.ulen) && n.ulen <= TH_USER_MAX, "bad user accepted");
+    FUZZ_CHECK(th_userid_valid(n.user, n.ulen) && n.ulen <= TH_USER_MAX, "bad user accepted");
     FUZZ_CHECK(n.tlen > 0 && (!n.id || (n.idlen > 0 && n.idlen <= TH_API_MAX_ID)), "bad type or id");
     const char *id = n.id ? n.id : "generated-id";
     size_t idlen = n.id ? n.idlen : strlen(id), flen = 0;

@@ -1,5 +1,5 @@
 /*
- * Fuzz target for the incremental UTF-8 validator (worker/utf8.h).
+ * Fuzz target for the incremental UTF-8 validator (shm/proto/utf8.h).
  *
  * Compared with a reference validator written here straight from RFC 3629 /
  * Unicode Table 3-7 (a plain decoder, not an automaton): the verdict on the
@@ -9,7 +9,7 @@
  * same bytes split at input-chosen points must end in the same state.
  */
 #include "tests/fuzz/fuzz.h"
-#include "worker/utf8.h"
+#include "shm/proto/utf8.h"
 
 enum { REF_VALID, REF_INCOMPLETE, REF_INVALID };
 

@@ -14,7 +14,7 @@
  * checked on the same bytes.
  */
 #include "tests/fuzz/fuzz.h"
-#include "worker/utf8.h"
+#include "shm/proto/utf8.h"
 #include "worker/ws.h"
 
 static const uint32_t max_messages[8] = {0, 1, 16, 125, 126, 1000, 65536, 0xFFFFFFFFu};

@@ -9,8 +9,8 @@
  *   build/tests/bench_sweep --slots 1048576 --live 500000
  */
 #include "janitor/sweep.h"
-#include "shm/clock.h"
-#include "shm/log.h"
+#include "shm/rt/clock.h"
+#include "shm/rt/log.h"
 
 #include <stdio.h>
 #include <stdlib.h>

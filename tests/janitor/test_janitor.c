@@ -1,16 +1,15 @@
 /*
- * Unit tests of the janitor (janitor/janitor.c, janitor/sweep.c) and the
- * supervisor's restart pacing (janitor/proc.c). Sweeps run against a real
+ * Unit tests of the janitor (janitor/janitor.c, janitor/sweep.c). Sweeps run against a real
  * segment of their own; the owning "worker" is a thread of this test serving
  * a control socket at the path the sweeper looks up, so the 4000 requests it
  * sends are seen exactly as a worker would see them.
  */
 #include "janitor/janitor.h"
-#include "janitor/proc.h"
 #include "janitor/sweep.h"
-#include "shm/clock.h"
-#include "shm/log.h"
-#include "worker/handoff.h"
+#include "shm/rt/clock.h"
+#include "shm/rt/log.h"
+#include "shm/rt/channel.h"
+#include "shm/rt/paths.h"
 
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -84,57 +83,6 @@ Test(janitor_config, threshold_not_above_sweep_is_refused)
     cr_assert_eq(th_janitor_check_config(&c, err, sizeof(err)), -1);
     cfg_with(&c, 61, 60);
     cr_assert_eq(th_janitor_check_config(&c, err, sizeof(err)), 0);
-}
-
-/* ---- restart pacing ------------------------------------------------------ */
-
-Test(proc, backoff_doubles_caps_and_resets_after_stable_run)
-{
-    struct th_child c = {.worker = 0};
-    uint64_t now = 1000 * TH_NS_PER_S, expect = TH_BACKOFF_MIN_NS;
-    for (int i = 0; i < 12; i++) {
-        c.started_mono = now; /* died right after starting: a crash loop */
-        now += TH_NS_PER_MS;
-        cr_assert_eq(th_proc_backoff(&c, now), expect, "restart %d", i);
-        cr_assert_eq(c.next_start_mono, now + expect);
-        expect = expect * 2 > TH_BACKOFF_MAX_NS ? TH_BACKOFF_MAX_NS : expect * 2;
-    }
-    cr_assert_eq(expect, TH_BACKOFF_MAX_NS, "12 quick deaths must reach the cap");
-    c.started_mono = now;
-    now += TH_STABLE_NS;
-    cr_assert_eq(th_proc_backoff(&c, now), TH_BACKOFF_MIN_NS, "30 s of running resets the delay");
-}
-
-static int exit_seven(void *arg)
-{
-    /* The child must start with default dispositions and an empty mask. */
-    struct sigaction sa;
-    sigaction(SIGTERM, NULL, &sa);
-    sigset_t cur;
-    sigprocmask(SIG_SETMASK, NULL, &cur);
-    return sa.sa_handler == SIG_DFL && !sigismember(&cur, SIGTERM) ? 7 : 1;
-}
-
-static void ignore(int sig)
-{
-}
-
-Test(proc, spawn_resets_signals_and_returns_the_status)
-{
-    struct sigaction sa = {.sa_handler = ignore};
-    sigaction(SIGTERM, &sa, NULL);
-    sigset_t b;
-    sigemptyset(&b);
-    sigaddset(&b, SIGTERM);
-    sigprocmask(SIG_BLOCK, &b, NULL);
-    pid_t pid = th_proc_spawn("worker[3]", NULL, 0, exit_seven, NULL);
-    cr_assert_gt(pid, 0);
-    int status;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
-    char how[96];
-    th_proc_describe_status(status, how, sizeof(how));
-    cr_assert_str_eq(how, "exited with status 7");
-    sigprocmask(SIG_UNBLOCK, &b, NULL);
 }
 
 /* ---- sweeps -------------------------------------------------------------- */

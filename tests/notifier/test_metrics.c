@@ -5,7 +5,7 @@
  */
 #include "notifier/metrics.h"
 
-#include "shm/clock.h"
+#include "shm/rt/clock.h"
 
 #include <criterion/criterion.h>
 #include <stdlib.h>

@@ -82,7 +82,7 @@ Test(registry, create_then_attach_read_write_and_read_only)
     cr_assert_str_eq(ci.user, "alice");
     struct th_handle h2, ev;
     cr_assert_eq(th_reg_claim(&ro, "bob", 3, 0, 1, 1, 0, &h2, &ev), -EROFS);
-    cr_assert_eq(th_reg_release(&ro, h, 1), -EROFS);
+    cr_assert_eq(th_reg_release(&ro, h), -EROFS);
     cr_assert_eq(th_reg_claim(&rw, "bob", 3, 0, 1, 1, 0, &h2, &ev), 0);
     cr_assert_eq(th_reg_find_user(&reg, "bob", 3, &ci, 1), 1);
     cr_assert_eq(atomic_load(&reg.hdr->used), 2);
@@ -310,7 +310,7 @@ Test(registry, full_table_gives_enospc_then_recovers)
     }
     cr_assert_eq(atomic_load(&reg.hdr->used), 100);
     cr_assert_eq(th_reg_claim(&reg, "late", 4, 0, 0, 1, 0, &x, &ev), -ENOSPC);
-    cr_assert_eq(th_reg_release(&reg, h[42], 2), 0);
+    cr_assert_eq(th_reg_release(&reg, h[42]), 0);
     cr_assert_eq(atomic_load(&reg.hdr->used), 99);
     cr_assert_eq(th_reg_claim(&reg, "late", 4, 0, 0, 1, 0, &x, &ev), 0);
     cr_assert_eq(x.slot, h[42].slot, "the only free slot");
@@ -372,7 +372,7 @@ Test(registry, per_user_cap_names_the_oldest_other_connection)
     cr_assert_eq(ev.gen, h[1].gen);
     struct th_conn_info ci[8];
     cr_assert_eq(th_reg_find_user(&reg, "u", 1, ci, 8), 4, "the caller closes the victim");
-    cr_assert_eq(th_reg_release(&reg, ev, 500), 0);
+    cr_assert_eq(th_reg_release(&reg, ev), 0);
     cr_assert_eq(th_reg_find_user(&reg, "u", 1, ci, 8), 3);
     cr_assert_eq(th_reg_claim(&reg, "u", 1, 0, 4, 600, 0, &h[1], &ev), 0);
     cr_assert_eq(ev.slot, TH_NO_SLOT, "cap 0: no cap");
@@ -384,17 +384,17 @@ Test(registry, generation_changes_on_reuse_and_stale_handles_fail)
     reg_test_create(&reg, name, sizeof(name), "gen", 1);
     publish_self(&reg, 0);
     struct th_handle a = claim_ok("alice", 0, 1);
-    cr_assert_eq(th_reg_release(&reg, a, 2), 0);
-    cr_assert_eq(th_reg_release(&reg, a, 2), -ESTALE, "double release");
+    cr_assert_eq(th_reg_release(&reg, a), 0);
+    cr_assert_eq(th_reg_release(&reg, a), -ESTALE, "double release");
     struct th_handle b = claim_ok("bob", 0, 3);
     cr_assert_eq(b.slot, a.slot);
     cr_assert_neq(b.gen, a.gen);
-    cr_assert_eq(th_reg_release(&reg, a, 4), -ESTALE, "old handle on a reused slot");
+    cr_assert_eq(th_reg_release(&reg, a), -ESTALE, "old handle on a reused slot");
     struct th_conn_info ci;
     cr_assert_eq(th_reg_read(&reg, b.slot, &ci), 1);
     cr_assert_str_eq(ci.user, "bob");
     cr_assert_eq(ci.gen, b.gen);
-    cr_assert_eq(th_reg_release(&reg, (struct th_handle){5, b.gen}, 4), -EINVAL);
+    cr_assert_eq(th_reg_release(&reg, (struct th_handle){5, b.gen}), -EINVAL);
     cr_assert_eq(th_reg_read(&reg, 5, &ci), 0);
 }
 
@@ -430,7 +430,7 @@ Test(registry, touch_read_and_foreach)
     cr_assert_eq(ci.worker, 3);
     cr_assert_eq(ci.conn_id, 102);
     cr_assert(test_user_intact(ci.user, ci.user_len, NULL));
-    th_reg_release(&reg, h[4], 6000);
+    th_reg_release(&reg, h[4]);
     struct visit_log v = {0};
     th_reg_foreach(&reg, visit, &v);
     cr_assert_eq(v.seen, 4);
@@ -449,11 +449,11 @@ Test(registry, last_seen_from_live_slots_then_disconnect_record)
     th_reg_touch(&reg, a, 900);
     cr_assert_eq(th_reg_last_seen(&reg, "carol", 5, &ns), 1);
     cr_assert_eq(ns, 900, "the newest of the live slots");
-    cr_assert_eq(th_reg_release(&reg, a, 1000), 0);
+    cr_assert_eq(th_reg_release(&reg, a), 0);
     cr_assert_eq(th_reg_last_seen(&reg, "carol", 5, &ns), 1);
     cr_assert_eq(ns, 200, "only b is live now");
     th_reg_touch(&reg, b, 1500);
-    cr_assert_eq(th_reg_release(&reg, b, 2000), 0);
+    cr_assert_eq(th_reg_release(&reg, b), 0);
     cr_assert_eq(th_reg_last_seen(&reg, "carol", 5, &ns), 1);
     cr_assert_eq(ns, 1500, "the disconnect record keeps the last LastSeen");
     cr_assert_eq(th_reg_last_seen(&reg, "carl", 4, &ns), 0);
@@ -466,7 +466,7 @@ Test(registry, lookup_falls_back_to_scan_when_window_is_full)
     publish_self(&reg, 0);
     uint32_t h = th_user_hash("dave", 4);
     /* Fill dave's window with entries pointing at free slots (readers ignore those). */
-    for (uint32_t j = 0; j < th_reg_window(&reg); j++)
+    for (uint32_t j = 0; j < th_reg_window(); j++)
         atomic_store(&reg.index[th_reg_bucket(&reg, h, j)], th_index_entry(h, 200));
     struct th_handle d = claim_ok("dave", 0, 1);
     cr_assert_eq(atomic_load(&reg.hdr->unindexed), 1);
@@ -474,7 +474,7 @@ Test(registry, lookup_falls_back_to_scan_when_window_is_full)
     struct th_conn_info ci[2];
     cr_assert_eq(th_reg_find_user(&reg, "dave", 4, ci, 2), 1);
     cr_assert_eq(ci[0].slot, d.slot);
-    cr_assert_eq(th_reg_release(&reg, d, 2), 0);
+    cr_assert_eq(th_reg_release(&reg, d), 0);
     cr_assert_eq(atomic_load(&reg.hdr->unindexed), 0);
     cr_assert_eq(th_reg_find_user(&reg, "dave", 4, ci, 2), 0);
 }
@@ -486,7 +486,7 @@ Test(registry, release_clears_its_index_entry)
     struct th_handle e = claim_ok("erin", 0, 1);
     uint32_t b = atomic_load(&reg.slots[e.slot].bucket);
     cr_assert_eq(atomic_load(&reg.index[b]), th_index_entry(th_user_hash("erin", 4), e.slot));
-    th_reg_release(&reg, e, 2);
+    th_reg_release(&reg, e);
     for (uint32_t i = 0; i < reg.hdr->nbuckets; i++)
         cr_assert_eq(atomic_load(&reg.index[i]), 0, "bucket %u", i);
 }
@@ -501,13 +501,13 @@ Test(registry, reclaim_worker_releases_only_that_worker)
         claim_ok("w1user", 1, 10 + i);
     struct th_handle keep = claim_ok("w2user", 2, 1);
     claim_ok("w1user", 2, 1);
-    cr_assert_eq(th_reg_reclaim_worker(&reg, 1, 100), 5);
+    cr_assert_eq(th_reg_reclaim_worker(&reg, 1), 5);
     cr_assert_eq(atomic_load(&reg.hdr->used), 2);
     struct th_conn_info ci[8];
     cr_assert_eq(th_reg_find_user(&reg, "w1user", 6, ci, 8), 1);
     cr_assert_eq(ci[0].worker, 2);
     cr_assert_eq(th_reg_read(&reg, keep.slot, ci), 1);
-    cr_assert_eq(th_reg_reclaim_worker(&reg, 1, 100), 0);
+    cr_assert_eq(th_reg_reclaim_worker(&reg, 1), 0);
 }
 
 Test(registry, repair_releases_slots_of_dead_or_unpublished_workers)
@@ -518,7 +518,7 @@ Test(registry, repair_releases_slots_of_dead_or_unpublished_workers)
     struct th_handle alive = claim_ok("x", 0, 1);
     claim_ok("x", 1, 1);
     claim_ok("y", 5, 1); /* worker 5 never published a pid */
-    cr_assert_eq(th_reg_repair(&reg, 100), 2);
+    cr_assert_eq(th_reg_repair(&reg), 2);
     cr_assert_eq(th_reg_count_used(&reg), 1);
     cr_assert_eq(atomic_load(&reg.hdr->used), 1);
     struct th_conn_info ci;
@@ -554,7 +554,7 @@ Test(registry, repair_finishes_claiming_and_releasing_of_dead_actors)
     struct th_conn_info ci;
     cr_assert_eq(th_reg_find_user(&reg, "hank", 4, &ci, 1), 0, "CLAIMING is not visible");
     uint64_t before = atomic_load(&reg.hdr->counters.repairs);
-    cr_assert_eq(th_reg_repair(&reg, 5), 2);
+    cr_assert_eq(th_reg_repair(&reg), 2);
     cr_assert_eq(atomic_load(&reg.hdr->counters.repairs), before + 2);
     cr_assert_eq(th_ctl_state(atomic_load(&reg.slots[10].ctl)), TH_SLOT_FREE);
     cr_assert_eq(th_ctl_state(atomic_load(&reg.slots[rel.slot].ctl)), TH_SLOT_FREE);
@@ -575,7 +575,7 @@ Test(registry, repair_leaves_transitions_of_live_actors_alone)
     reg_test_create(&reg, name, sizeof(name), "busy", 16);
     struct th_slot *s = &reg.slots[4];
     atomic_store(&s->ctl, th_ctl_make_actor(1, getppid(), TH_SLOT_CLAIMING));
-    cr_assert_eq(th_reg_repair(&reg, 1), 0);
+    cr_assert_eq(th_reg_repair(&reg), 0);
     cr_assert_eq(th_ctl_state(atomic_load(&s->ctl)), TH_SLOT_CLAIMING);
     cr_assert_eq(th_ctl_actor(atomic_load(&s->ctl)), getppid());
 }
@@ -586,18 +586,18 @@ Test(registry, repair_resets_disconnect_record_left_odd)
     publish_self(&reg, 0);
     struct th_handle h = claim_ok("ivy", 0, 1);
     th_reg_touch(&reg, h, 777);
-    th_reg_release(&reg, h, 800);
+    th_reg_release(&reg, h);
     uint64_t ns;
     cr_assert_eq(th_reg_last_seen(&reg, "ivy", 3, &ns), 1);
     struct th_disc *d = &reg.disc[th_user_hash("ivy", 3) & (reg.hdr->ndisc - 1)];
     uint64_t s = atomic_load(&d->seq);
     atomic_store(&d->seq, ((uint64_t)dead_pid() << 32) | (uint32_t)(s + 1)); /* died mid-write */
     cr_assert_eq(th_reg_last_seen(&reg, "ivy", 3, &ns), 0, "an odd record is not trusted");
-    th_reg_repair(&reg, 900);
+    th_reg_repair(&reg);
     cr_assert_eq(atomic_load(&d->seq) & 1, 0);
     cr_assert_eq(th_reg_last_seen(&reg, "ivy", 3, &ns), 0, "its content is discarded");
     h = claim_ok("ivy", 0, 1000);
-    th_reg_release(&reg, h, 1100);
+    th_reg_release(&reg, h);
     cr_assert_eq(th_reg_last_seen(&reg, "ivy", 3, &ns), 1, "the entry is writable again");
     cr_assert_eq(ns, 1000);
 }
@@ -608,7 +608,7 @@ Test(registry, repair_leaves_odd_record_of_live_writer)
     struct th_disc *d = &reg.disc[0];
     uint64_t odd = ((uint64_t)getppid() << 32) | 1;
     atomic_store(&d->seq, odd);
-    th_reg_repair(&reg, 1);
+    th_reg_repair(&reg);
     cr_assert_eq(atomic_load(&d->seq), odd);
 }
 
@@ -625,7 +625,7 @@ Test(registry, repair_restores_lost_free_hints_and_counter_drift)
     atomic_fetch_and(&reg.freemap[0], ~(1ull << last)); /* a releaser died before the hint */
     cr_assert_eq(th_reg_claim(&reg, "z", 1, 0, 1, 1, 0, &h[7], &ev), -ENOSPC);
     atomic_store(&reg.hdr->used, 3); /* and a process died between CAS and count */
-    cr_assert_eq(th_reg_repair(&reg, 1), 0);
+    cr_assert_eq(th_reg_repair(&reg), 0);
     cr_assert_eq(atomic_load(&reg.hdr->used), 7);
     cr_assert_eq(th_reg_claim(&reg, "z", 1, 0, 1, 1, 0, &h[7], &ev), 0);
     cr_assert_eq(h[7].slot, last);

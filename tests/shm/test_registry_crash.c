@@ -13,7 +13,7 @@
  * A plain program (exit 0 = pass), like the stress test.
  */
 #include "reg_test.h"
-#include "shm/clock.h"
+#include "shm/rt/clock.h"
 #include "shm/registry_impl.h"
 
 #include <signal.h>
@@ -54,7 +54,7 @@ static void writer_step(struct th_reg *r, uint16_t w, uint64_t *rng, struct th_h
             (*n)++;
     } else if (*n > 0) {
         int i = (int)(next_rand(rng) % (uint32_t)*n);
-        th_reg_release(r, h[i], th_now_ns());
+        th_reg_release(r, h[i]);
         h[i] = h[--*n];
     }
 }
@@ -75,7 +75,7 @@ static void writer_main(uint16_t w, uint64_t seed)
 
 static int in_window(uint32_t b, uint32_t hash)
 {
-    for (uint32_t k = 0; k < th_reg_window(&reg); k++)
+    for (uint32_t k = 0; k < th_reg_window(); k++)
         if (th_reg_bucket(&reg, hash, k) == b)
             return 1;
     return 0;
@@ -154,7 +154,7 @@ static void check_all_claimable(void)
         n++;
     check(n == NSLOTS - KEEPERS, "claimed %u free slots, expected %d", n, NSLOTS - KEEPERS);
     for (uint32_t i = 0; i < n; i++)
-        check(th_reg_release(&reg, h[i], 2) == 0, "release refill %u", i);
+        check(th_reg_release(&reg, h[i]) == 0, "release refill %u", i);
     check(atomic_load(&reg.hdr->used) == KEEPERS, "used %u after refill",
           atomic_load(&reg.hdr->used));
     check(atomic_load(&reg.hdr->unindexed) == 0,
@@ -186,11 +186,11 @@ static void recover(uint16_t w[2], int mode)
     if (mode != 1) { /* the supervisor after waitpid */
         for (int j = 0; j < 2; j++) {
             atomic_store(&reg.hdr->workers[w[j]].pid, 0);
-            th_reg_reclaim_worker(&reg, w[j], th_now_ns());
+            th_reg_reclaim_worker(&reg, w[j]);
         }
     }
     if (mode != 0) /* the janitor's sweep, maybe with the dead pids still published */
-        th_reg_repair(&reg, th_now_ns());
+        th_reg_repair(&reg);
 }
 
 static void round_once(int round, uint64_t *rng, struct stats *s)
@@ -232,7 +232,7 @@ int main(void)
     struct stats s = {0};
     for (int round = 0; round < ROUNDS; round++)
         round_once(round, &rng, &s);
-    th_reg_repair(&reg, th_now_ns()); /* quiet now: also corrects counter drift */
+    th_reg_repair(&reg); /* quiet now: also corrects counter drift */
     check_slots();
     check_index();
     check_keepers();

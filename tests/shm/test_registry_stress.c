@@ -89,7 +89,7 @@ static void writer_claim(struct writer *wr, unsigned u)
 static void writer_release(struct writer *wr, unsigned u)
 {
     int i = (int)(next_rand(&wr->rng) % (uint32_t)wr->n[u]);
-    if (th_reg_release(&wr->r, wr->h[u][i], ++wr->now) != 0)
+    if (th_reg_release(&wr->r, wr->h[u][i]) != 0)
         wr->errors++;
     wr->h[u][i] = wr->h[u][--wr->n[u]];
 }
@@ -211,7 +211,7 @@ static pid_t fork_writer(unsigned w)
 
 static void check_quiet_registry(void)
 {
-    th_reg_repair(&reg, 0);
+    th_reg_repair(&reg);
     check(atomic_load(&reg.hdr->used) == 0, "used %u after everything was released",
           atomic_load(&reg.hdr->used));
     check(th_reg_count_used(&reg) == 0, "slots still in use");

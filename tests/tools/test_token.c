@@ -4,7 +4,7 @@
  * `tether run` does) and fails under another; --ttl sets or drops "exp";
  * bad or missing flags exit 2 with one line naming the flag.
  */
-#include "worker/jwt.h"
+#include "shm/proto/jwt.h"
 
 #include <criterion/criterion.h>
 #include <stdio.h>

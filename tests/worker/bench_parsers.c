@@ -7,9 +7,9 @@
  *
  *   build/tests/bench_worker_parsers [seconds-per-case, default 0.3]
  */
-#include "worker/http.h"
-#include "worker/jwt.h"
-#include "worker/utf8.h"
+#include "shm/proto/http.h"
+#include "shm/proto/jwt.h"
+#include "shm/proto/utf8.h"
 #include "worker/ws.h"
 
 #include <stdio.h>
@@ -61,6 +61,7 @@ static void unmask_case(void *a)
 
 static int count_msg(void *c, enum th_ws_opcode op, const uint8_t *p, size_t n)
 {
+    (void)c, (void)op, (void)p;
     sink += n;
     return 0;
 }
@@ -107,6 +108,7 @@ static const char request[] = "GET /ws?token=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MS
 
 static void http_case(void *a)
 {
+    (void)a;
     static struct th_http_req req;
     req.scanned = 0;
     sink += (uint64_t)th_http_parse_request(&req, request, sizeof(request) - 1, 0);
@@ -115,6 +117,7 @@ static void http_case(void *a)
 static char token[512];
 static void jwt_case(void *a)
 {
+    (void)a;
     struct th_jwt_claims c;
     sink += (uint64_t)th_jwt_verify(token, strlen(token), (const uint8_t *)"secret", 6,
                                     1700000000, &c);

@@ -5,7 +5,7 @@
  * guarded copy, so reading past its end crashes the test.
  */
 #include "worker/resume_req.h"
-#include "guard.h"
+#include "tests/shm/proto/guard.h"
 
 #include <criterion/criterion.h>
 #include <errno.h>

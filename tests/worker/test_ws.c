@@ -9,7 +9,7 @@
  * (not th_ws_frame_hdr_write_masked) and fed from guarded buffers.
  */
 #include "worker/ws.h"
-#include "guard.h"
+#include "tests/shm/proto/guard.h"
 
 #include <criterion/criterion.h>
 #include <stdlib.h>

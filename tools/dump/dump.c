@@ -10,7 +10,7 @@
  * Exit 0 on success, 1 if the segment is missing or its header is bad, 2 for
  * a bad flag.
  */
-#include "shm/clock.h"
+#include "shm/rt/clock.h"
 #include "shm/registry.h"
 
 #include <jansson.h>

@@ -244,7 +244,7 @@ static void conn_kill(struct child *ch, struct conn *c, int was_open)
     }
 }
 
-static int bind_source(const struct child *ch, int fd, long global)
+static int bind_source(int fd, long global)
 {
     long a = 2 + global / PER_SOURCE_ADDR;
     if (a > 254)
@@ -266,7 +266,7 @@ static void conn_start(struct child *ch, long i)
     c->reconnect_ns = 0;
     c->state = CS_CONNECTING;
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (c->fd < 0 || (ch->o->spread_sources && bind_source(ch, c->fd, ch->first + i) < 0)) {
+    if (c->fd < 0 || (ch->o->spread_sources && bind_source(c->fd, ch->first + i) < 0)) {
         if (ch->hs_errors_shown++ < 3)
             fprintf(stderr, "tether-load: socket/bind for connection %ld: %s\n", ch->first + i,
                     strerror(errno));

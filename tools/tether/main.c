@@ -1,10 +1,10 @@
 /*
  * `tether`: the command users run. `tether run [flags]` starts the process
- * group (janitor/supervisor.c); everything about flags lives in
- * shm/config.c so the roles and this command agree on them.
+ * group (tools/tether/supervisor.c); everything about flags lives in
+ * shm/rt/config.c so the roles and this command agree on them.
  */
-#include "janitor/supervisor.h"
-#include "shm/config.h"
+#include "tools/tether/supervisor.h"
+#include "shm/rt/config.h"
 
 #include <stdio.h>
 #include <string.h>

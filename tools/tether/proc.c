@@ -1,12 +1,12 @@
 /*
- * Spawning and restart pacing for the supervisor's children (janitor/proc.h).
+ * Spawning and restart pacing for the supervisor's children (tools/tether/proc.h).
  * Roles are forked without exec: they inherit the registry mapping and the
  * listening sockets, so everything a role must not inherit (the supervisor's
  * signal handlers and mask, descriptors of other roles) is undone here,
  * before the role's main runs.
  */
-#include "janitor/proc.h"
-#include "shm/log.h"
+#include "tools/tether/proc.h"
+#include "shm/rt/log.h"
 
 #include <errno.h>
 #include <signal.h>

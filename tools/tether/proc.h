@@ -5,8 +5,8 @@
  * and process name, only the descriptors it needs) and how its restart delay
  * grows when it keeps dying. Internal to janitor/.
  */
-#ifndef TETHER_JANITOR_PROC_H
-#define TETHER_JANITOR_PROC_H
+#ifndef TETHER_TOOLS_TETHER_PROC_H
+#define TETHER_TOOLS_TETHER_PROC_H
 
 #include <stdint.h>
 #include <sys/types.h>

@@ -1,5 +1,5 @@
 /*
- * The supervisor behind `tether run` (janitor/supervisor.h).
+ * The supervisor behind `tether run` (tools/tether/supervisor.h).
  *
  * Start-up order matters for "touch nothing of another group": the segment
  * is created first (th_reg_create refuses one whose creator is alive, so a
@@ -12,14 +12,15 @@
  * heartbeat, reap (waitpid WNOHANG), start children whose backoff has
  * elapsed and drive a drain.
  */
-#include "janitor/supervisor.h"
+#include "tools/tether/supervisor.h"
 #include "janitor/janitor.h"
-#include "janitor/proc.h"
+#include "tools/tether/proc.h"
 #include "notifier/notifier.h"
-#include "shm/clock.h"
-#include "shm/log.h"
+#include "shm/rt/clock.h"
+#include "shm/rt/log.h"
 #include "shm/registry.h"
 #include "worker/worker.h"
+#include "shm/rt/paths.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -186,11 +187,13 @@ static int worker_entry(void *arg)
 
 static int janitor_entry(void *arg)
 {
+    (void)arg; /* the roles read the supervisor's state S */
     return th_janitor_main(S.cfg, &S.reg);
 }
 
 static int notifier_entry(void *arg)
 {
+    (void)arg;
     return th_notifier_main(S.cfg, &S.reg, S.api_fd);
 }
 
@@ -263,7 +266,7 @@ static void child_died(struct th_child *c, int status, uint64_t now_mono)
     c->pid = 0;
     int reclaimed = 0;
     if (c->worker >= 0) {
-        reclaimed = th_reg_reclaim_worker(&S.reg, (uint16_t)c->worker, th_now_ns());
+        reclaimed = th_reg_reclaim_worker(&S.reg, (uint16_t)c->worker);
         if (reclaimed > 0) { /* the registry leaves counters to its callers */
             atomic_fetch_add_explicit(&S.reg.hdr->counters.dead_reclaimed, (uint64_t)reclaimed,
                                       memory_order_relaxed);

@@ -4,10 +4,10 @@
  * dies (with backoff), reclaims a dead worker's slots at once, and on
  * SIGTERM/SIGINT drains the group and removes the segment and sockets.
  */
-#ifndef TETHER_JANITOR_SUPERVISOR_H
-#define TETHER_JANITOR_SUPERVISOR_H
+#ifndef TETHER_TOOLS_TETHER_SUPERVISOR_H
+#define TETHER_TOOLS_TETHER_SUPERVISOR_H
 
-#include "shm/config.h"
+#include "shm/rt/config.h"
 
 /* Returns the process exit status: 0 after a clean drain, 1 on a start-up failure. */
 int th_supervisor_run(const struct th_config *cfg);

@@ -11,7 +11,7 @@
  *
  * Exit status: 0 printed, 2 bad or missing flag (one line naming it), 1 other.
  */
-#include "worker/jwt.h"
+#include "shm/proto/jwt.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,7 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SECRET_MAX 1024                  /* as TH_SECRET_MAX in shm/config.h */
+#define SECRET_MAX 1024                  /* as TH_SECRET_MAX in shm/rt/config.h */
 #define TTL_MAX (100LL * 366 * 24 * 3600) /* keeps now + ttl far from overflow */
 
 struct opts {
@@ -84,7 +84,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
     return 0;
 }
 
-/* Read the secret like shm/config.c does. Returns its length, or -1 with a message printed. */
+/* Read the secret like shm/rt/config.c does. Returns its length, or -1 with a message printed. */
 static long read_secret(const char *path, uint8_t *buf)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);

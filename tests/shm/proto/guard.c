@@ -1,7 +1,7 @@
 /*
  * Guard-page buffers for the parser tests (see guard.h).
  */
-#include "guard.h"
+#include "tests/shm/proto/guard.h"
 
 #include <criterion/criterion.h>
 #include <string.h>

@@ -1,11 +1,11 @@
 /*
- * Unit tests of the HTTP request-head parser (worker/http.c): a real
+ * Unit tests of the HTTP request-head parser (shm/proto/http.c): a real
  * upgrade request, every partial prefix, the size and header-count limits,
  * malformed lines, and the header/query helpers. Every input is parsed from
  * a guarded copy, so reading past the given length crashes the test.
  */
-#include "worker/http.h"
-#include "guard.h"
+#include "shm/proto/http.h"
+#include "tests/shm/proto/guard.h"
 
 #include <criterion/criterion.h>
 #include <stdio.h>

@@ -1,12 +1,12 @@
 /*
- * Unit tests of HS256 JWT verification and signing (worker/jwt.c): a token
+ * Unit tests of HS256 JWT verification and signing (shm/proto/jwt.c): a token
  * from an independent signer (the jwt.io example), every rejection the
  * contract names (signature, alg, exp, nbf, sub, claim types, base64url,
  * JSON, part count, size), and the signer's round trip. Tokens are verified
  * from guarded copies so an over-read crashes.
  */
-#include "worker/jwt.h"
-#include "guard.h"
+#include "shm/proto/jwt.h"
+#include "tests/shm/proto/guard.h"
 
 #include <criterion/criterion.h>
 #include <stdio.h>

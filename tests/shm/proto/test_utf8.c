@@ -1,12 +1,12 @@
 /*
- * Unit tests of the incremental UTF-8 validator (worker/utf8.c): boundary
+ * Unit tests of the incremental UTF-8 validator (shm/proto/utf8.c): boundary
  * code points, overlongs, surrogates, values above U+10FFFF, lone and
  * missing continuation bytes, splits inside code points (the Autobahn 6.x
  * style sequences), the first-bad-byte guarantee, and an exhaustive
  * comparison with a straightforward reference decoder.
  */
-#include "worker/utf8.h"
-#include "guard.h"
+#include "shm/proto/utf8.h"
+#include "tests/shm/proto/guard.h"
 
 #include <criterion/criterion.h>
 #include <string.h>

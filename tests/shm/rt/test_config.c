@@ -1,10 +1,11 @@
 /*
- * Unit tests of `tether run` flag and environment parsing (shm/config.c):
+ * Unit tests of `tether run` flag and environment parsing (shm/rt/config.c):
  * defaults, both flag forms, environment fallback and precedence, the
  * one-line errors that name the flag, and secret loading.
  */
-#include "shm/config.h"
-#include "shm/log.h"
+#include "shm/rt/config.h"
+#include "shm/rt/log.h"
+#include "shm/rt/paths.h"
 
 #include <criterion/criterion.h>
 #include <stdlib.h>
