@@ -31,16 +31,18 @@ static void on_signal(int sig)
 int th_janitor_check_config(const struct th_config *cfg, char *err, size_t errlen)
 {
     if (cfg->stale_after_s <= cfg->sweep_every_s) {
-        snprintf(err, errlen,
-                 "--stale-after %u must be above --sweep-every %u (otherwise a connection is evicted "
-                 "before it had one sweep period to show it is alive)",
-                 cfg->stale_after_s, cfg->sweep_every_s);
+        snprintf(
+            err, errlen,
+            "--stale-after %u must be above --sweep-every %u (otherwise a connection is evicted "
+            "before it had one sweep period to show it is alive)",
+            cfg->stale_after_s, cfg->sweep_every_s);
         return -1;
     }
     if (cfg->stale_after_s < CLIENT_PING_S * MIN_PINGS_MISSED)
-        th_warn("--stale-after %u s is under %u s (%u client ping intervals of %u s): a client that "
-                "misses a few pings will be evicted and stop receiving notifications",
-                cfg->stale_after_s, CLIENT_PING_S * MIN_PINGS_MISSED, MIN_PINGS_MISSED, CLIENT_PING_S);
+        th_warn(
+            "--stale-after %u s is under %u s (%u client ping intervals of %u s): a client that "
+            "misses a few pings will be evicted and stop receiving notifications",
+            cfg->stale_after_s, CLIENT_PING_S * MIN_PINGS_MISSED, MIN_PINGS_MISSED, CLIENT_PING_S);
     if (cfg->sweep_every_s < 1)
         th_warn("--sweep-every %u s is under 1 s: the janitor would sweep continuously",
                 cfg->sweep_every_s);
@@ -80,9 +82,10 @@ static void sweep_once(struct th_sweeper *sw)
     if (st.repaired > 0)
         th_info("janitor: released %d slots left by dead processes", st.repaired);
     if (st.stale > 0)
-        th_info("janitor: evicted %u stale connections (%u closed by their worker, %u released here, "
-                "%u already gone) in a %.1f ms sweep", st.stale, st.closed, st.released, st.vanished,
-                (double)st.duration_ns / 1e6);
+        th_info(
+            "janitor: evicted %u stale connections (%u closed by their worker, %u released here, "
+            "%u already gone) in a %.1f ms sweep",
+            st.stale, st.closed, st.released, st.vanished, (double)st.duration_ns / 1e6);
     th_debug("janitor: sweep of %u live connections took %.3f ms (%u stale, %d repaired)", st.live,
              (double)st.duration_ns / 1e6, st.stale, st.repaired);
 }
@@ -114,7 +117,8 @@ int th_janitor_main(const struct th_config *cfg, struct th_reg *reg)
         }
         atomic_store(&me->heartbeat_ns, th_now_ns());
         uint64_t wait = next - now < TH_NS_PER_S ? next - now : TH_NS_PER_S;
-        struct timespec ts = {.tv_sec = (time_t)(wait / TH_NS_PER_S), .tv_nsec = (long)(wait % TH_NS_PER_S)};
+        struct timespec ts = {.tv_sec = (time_t)(wait / TH_NS_PER_S),
+                              .tv_nsec = (long)(wait % TH_NS_PER_S)};
         ppoll(NULL, 0, &ts, &waitmask);
     }
     th_sweeper_close(&sw);

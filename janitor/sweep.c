@@ -74,8 +74,7 @@ static int worker_fd(struct th_sweeper *s, unsigned w)
 }
 
 /* The slot's eviction is settled here: release it if it still carries h's generation. */
-static void release_here(struct th_sweeper *s, struct th_handle h,
-                         struct th_sweep_stats *st)
+static void release_here(struct th_sweeper *s, struct th_handle h, struct th_sweep_stats *st)
 {
     if (th_reg_release(s->reg, h) != 0) {
         st->vanished++; /* closed or reused meanwhile: nothing was evicted */
@@ -87,8 +86,7 @@ static void release_here(struct th_sweeper *s, struct th_handle h,
 }
 
 /* A worker's answer to one eviction. */
-static void settle(struct th_sweeper *s, struct th_handle h, int status,
-                   struct th_sweep_stats *st)
+static void settle(struct th_sweeper *s, struct th_handle h, int status, struct th_sweep_stats *st)
 {
     if (status == TH_HO_OK || status == TH_HO_BUSY) {
         /* The worker closes with 4000 and releases the slot itself. */
@@ -104,8 +102,10 @@ static void settle(struct th_sweeper *s, struct th_handle h, int status,
 static void give_up(struct th_sweeper *s, unsigned w, int err, struct th_sweep_stats *st)
 {
     if (!s->silent[w])
-        th_warn("janitor: worker[%u] did not take evictions (%s): releasing its stale slots directly "
-                "for the rest of this sweep", w, strerror(-err));
+        th_warn(
+            "janitor: worker[%u] did not take evictions (%s): releasing its stale slots directly "
+            "for the rest of this sweep",
+            w, strerror(-err));
     s->silent[w] = 1;
     for (int i = 0; i < s->nq[w]; i++)
         release_here(s, s->q[w][i].h, st);
@@ -151,8 +151,7 @@ static void collect(struct th_sweeper *s, unsigned w, struct th_sweep_stats *st)
 }
 
 /* Send worker w a 4000 close for h; collect the replies whenever the window fills. */
-static void submit(struct th_sweeper *s, unsigned w, struct th_handle h,
-                   struct th_sweep_stats *st)
+static void submit(struct th_sweeper *s, unsigned w, struct th_handle h, struct th_sweep_stats *st)
 {
     if (w >= TH_MAX_WORKERS || s->silent[w])
         return release_here(s, h, st);
@@ -167,8 +166,12 @@ static void submit(struct th_sweeper *s, unsigned w, struct th_handle h,
         give_up(s, w, fd, st);
         return release_here(s, h, st);
     }
-    struct th_ho_msg m = {.magic = TH_HO_MAGIC, .type = TH_HO_CLOSE, .code = CLOSE_STALE,
-                          .slot = h.slot, .gen = h.gen, .seq = ++s->seq};
+    struct th_ho_msg m = {.magic = TH_HO_MAGIC,
+                          .type = TH_HO_CLOSE,
+                          .code = CLOSE_STALE,
+                          .slot = h.slot,
+                          .gen = h.gen,
+                          .seq = ++s->seq};
     int rc = th_ho_send(fd, &m, NULL);
     if (rc < 0) {
         give_up(s, w, rc, st);

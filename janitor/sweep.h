@@ -22,25 +22,25 @@ struct th_inflight {
 };
 
 struct th_sweeper {
-    const char *shm_name;         /* finds the workers' control sockets */
+    const char *shm_name; /* finds the workers' control sockets */
     struct th_reg *reg;
     uint64_t stale_ns;
-    int timeout_ms;               /* bound for one worker's answer */
+    int timeout_ms; /* bound for one worker's answer */
     uint64_t seq;
-    int fd[TH_MAX_WORKERS];       /* persistent control connections, -1 = none */
+    int fd[TH_MAX_WORKERS];         /* persistent control connections, -1 = none */
     int32_t fd_pid[TH_MAX_WORKERS]; /* the worker incarnation fd[] was opened to */
     uint8_t silent[TH_MAX_WORKERS]; /* did not answer during this sweep: stop asking */
-    int nq[TH_MAX_WORKERS];       /* requests in flight per worker */
+    int nq[TH_MAX_WORKERS];         /* requests in flight per worker */
     struct th_inflight q[TH_MAX_WORKERS][TH_EVICT_WINDOW];
 };
 
 struct th_sweep_stats {
-    uint32_t live;         /* live slots seen */
-    uint32_t stale;        /* stale connections found (each logged) */
-    uint32_t closed;       /* ... closed by their worker */
-    uint32_t released;     /* ... released here: worker silent, dead or lost it */
-    uint32_t vanished;     /* ... gone before anyone acted (closed meanwhile) */
-    int repaired;          /* slots released by th_reg_repair */
+    uint32_t live;     /* live slots seen */
+    uint32_t stale;    /* stale connections found (each logged) */
+    uint32_t closed;   /* ... closed by their worker */
+    uint32_t released; /* ... released here: worker silent, dead or lost it */
+    uint32_t vanished; /* ... gone before anyone acted (closed meanwhile) */
+    int repaired;      /* slots released by th_reg_repair */
     uint64_t duration_ns;
 };
 

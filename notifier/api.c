@@ -310,7 +310,8 @@ int th_api_check_notify(json_t *obj, struct th_notify *out, char *err, size_t er
     if (!u)
         return fail(err, errlen, "missing field: user_id");
     if (!json_is_string(u) || !th_userid_valid(json_string_value(u), json_string_length(u)))
-        return fail(err, errlen, "user_id must be a string of 1 to 64 bytes without control characters");
+        return fail(err, errlen,
+                    "user_id must be a string of 1 to 64 bytes without control characters");
     if (!t)
         return fail(err, errlen, "missing field: type");
     if (!json_is_string(t) || json_string_length(t) == 0)
@@ -318,7 +319,8 @@ int th_api_check_notify(json_t *obj, struct th_notify *out, char *err, size_t er
     if (id && !json_is_null(id)) {
         size_t n = json_is_string(id) ? json_string_length(id) : 0;
         if (n == 0 || n > TH_API_MAX_ID || !no_controls(json_string_value(id), n))
-            return fail(err, errlen, "id must be a string of 1 to 128 bytes without control characters");
+            return fail(err, errlen,
+                        "id must be a string of 1 to 128 bytes without control characters");
         out->id = json_string_value(id);
         out->idlen = n;
     }
@@ -330,8 +332,8 @@ int th_api_check_notify(json_t *obj, struct th_notify *out, char *err, size_t er
     return 0;
 }
 
-int th_api_parse_notify(const char *body, size_t len, json_t **root, struct th_notify *out, char *err,
-                        size_t errlen)
+int th_api_parse_notify(const char *body, size_t len, json_t **root, struct th_notify *out,
+                        char *err, size_t errlen)
 {
     json_error_t je;
     *root = json_loadb(body, len, 0, &je);
@@ -355,8 +357,8 @@ static int dump_cb(const char *p, size_t n, void *arg)
     return 0;
 }
 
-void th_api_render_frame_into(struct th_buf *b, const struct th_notify *n, const char *id, size_t idlen,
-                              uint64_t now_ns)
+void th_api_render_frame_into(struct th_buf *b, const struct th_notify *n, const char *id,
+                              size_t idlen, uint64_t now_ns)
 {
     th_buf_puts(b, "{\"type\":");
     th_buf_json_str(b, n->type, n->tlen);
@@ -385,9 +387,9 @@ char *th_api_render_frame(const struct th_notify *n, const char *id, size_t idle
     return b.p;
 }
 
-void th_api_render_result(struct th_buf *b, int status, const char *user, size_t ulen, const char *id,
-                          size_t idlen, unsigned connections, int has_last_seen, uint64_t last_seen_ns,
-                          int with_code)
+void th_api_render_result(struct th_buf *b, int status, const char *user, size_t ulen,
+                          const char *id, size_t idlen, unsigned connections, int has_last_seen,
+                          uint64_t last_seen_ns, int with_code)
 {
     const char *name = status == TH_OUT_DELIVERED       ? "delivered"
                        : status == TH_OUT_NOT_CONNECTED ? "not_connected"
@@ -453,16 +455,27 @@ int th_api_pct_decode(const char *s, size_t n, char *out, size_t cap)
 const char *th_api_reason(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 411: return "Length Required";
-    case 413: return "Payload Too Large";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 503: return "Service Unavailable";
-    default: return "Unknown";
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 411:
+        return "Length Required";
+    case 413:
+        return "Payload Too Large";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Unknown";
     }
 }

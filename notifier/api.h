@@ -17,11 +17,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define TH_API_MAX_NOTIFY_BODY (64u * 1024u)    /* POST /v1/notify and every other path */
-#define TH_API_MAX_BATCH_BODY (1024u * 1024u)   /* POST /v1/notify/batch */
-#define TH_API_MAX_FRAME (64u * 1024u + 1024u)  /* one rendered notification frame */
-#define TH_API_MAX_ID 128                       /* notification id bytes */
-#define TH_API_MAX_BATCH_ITEMS 10000            /* notifications in one batch */
+#define TH_API_MAX_NOTIFY_BODY (64u * 1024u)   /* POST /v1/notify and every other path */
+#define TH_API_MAX_BATCH_BODY (1024u * 1024u)  /* POST /v1/notify/batch */
+#define TH_API_MAX_FRAME (64u * 1024u + 1024u) /* one rendered notification frame */
+#define TH_API_MAX_ID 128                      /* notification id bytes */
+#define TH_API_MAX_BATCH_ITEMS 10000           /* notifications in one batch */
 
 enum th_api_route {
     TH_API_NOTIFY = 1,
@@ -36,9 +36,9 @@ struct th_api_req {
     struct th_http_req http;
     size_t head_len, body_len; /* total = head_len + body_len */
     const char *body;
-    int keep_alive;            /* HTTP/1.1 default, Connection: close/keep-alive */
-    int route;                 /* enum th_api_route, 0 when status says why not */
-    int status;                /* 0, or 404/405 for a well-framed request we refuse */
+    int keep_alive;              /* HTTP/1.1 default, Connection: close/keep-alive */
+    int route;                   /* enum th_api_route, 0 when status says why not */
+    int status;                  /* 0, or 404/405 for a well-framed request we refuse */
     struct th_str presence_user; /* TH_API_PRESENCE: the path's user id, as sent */
 };
 
@@ -60,7 +60,7 @@ int th_api_frame(const char *buf, size_t len, struct th_api_req *req, const char
 struct th_notify {
     const char *user, *type, *id; /* id NULL when the backend gave none */
     size_t ulen, tlen, idlen;
-    json_t *data;                 /* borrowed; NULL means {} */
+    json_t *data; /* borrowed; NULL means {} */
 };
 
 /*
@@ -73,9 +73,8 @@ int th_api_check_notify(json_t *obj, struct th_notify *out, char *err, size_t er
  * Parse and validate a notify body. On success *root receives the parsed
  * JSON (caller json_decref()s it) and out borrows from it.
  */
-int th_api_parse_notify(const char *body, size_t len, json_t **root, struct th_notify *out, char *err,
-                        size_t errlen);
-
+int th_api_parse_notify(const char *body, size_t len, json_t **root, struct th_notify *out,
+                        char *err, size_t errlen);
 
 /*
  * The frame a client receives:
@@ -87,8 +86,8 @@ char *th_api_render_frame(const struct th_notify *n, const char *id, size_t idle
 
 struct th_buf;
 /* The same frame appended to b (b->oom set on failure). */
-void th_api_render_frame_into(struct th_buf *b, const struct th_notify *n, const char *id, size_t idlen,
-                              uint64_t now_ns);
+void th_api_render_frame_into(struct th_buf *b, const struct th_notify *n, const char *id,
+                              size_t idlen, uint64_t now_ns);
 
 /* A growable output buffer for the renderers below. */
 struct th_buf {
@@ -108,15 +107,19 @@ void th_buf_json_time(struct th_buf *b, int has, uint64_t ns);
 void th_buf_free(struct th_buf *b);
 
 /* Outcome of one notification, as the API reports it. */
-enum th_api_outcome { TH_OUT_DELIVERED = 200, TH_OUT_NOT_CONNECTED = 404, TH_OUT_UNAVAILABLE = 503 };
+enum th_api_outcome {
+    TH_OUT_DELIVERED = 200,
+    TH_OUT_NOT_CONNECTED = 404,
+    TH_OUT_UNAVAILABLE = 503
+};
 
 /*
  * The reply object for one notification (no trailing newline). code is
  * appended as "code":N when with_code (batch items).
  */
-void th_api_render_result(struct th_buf *b, int status, const char *user, size_t ulen, const char *id,
-                          size_t idlen, unsigned connections, int has_last_seen, uint64_t last_seen_ns,
-                          int with_code);
+void th_api_render_result(struct th_buf *b, int status, const char *user, size_t ulen,
+                          const char *id, size_t idlen, unsigned connections, int has_last_seen,
+                          uint64_t last_seen_ns, int with_code);
 /* {"error":"..."} (plus "code" when with_code). */
 void th_api_render_error(struct th_buf *b, const char *msg, int code, int with_code);
 

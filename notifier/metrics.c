@@ -34,8 +34,10 @@ static void counter(struct th_buf *b, const char *name, const char *help, unsign
 static void render_hist(struct th_buf *b, const struct th_hist *h)
 {
     const char *n = "tether_notify_confirm_seconds";
-    th_buf_printf(b, "# HELP %s Notify request to worker confirmation latency (this notifier).\n"
-                     "# TYPE %s histogram\n", n, n);
+    th_buf_printf(b,
+                  "# HELP %s Notify request to worker confirmation latency (this notifier).\n"
+                  "# TYPE %s histogram\n",
+                  n, n);
     unsigned long long cum = 0;
     for (unsigned i = 0; i < TH_HIST_BUCKETS; i++) {
         cum += h->count[i];
@@ -45,40 +47,55 @@ static void render_hist(struct th_buf *b, const struct th_hist *h)
                   (unsigned long long)h->total, n, h->sum_s, n, (unsigned long long)h->total);
 }
 
-void th_metrics_render(struct th_buf *b, const struct th_reg *reg, const struct th_notifier_stats *st)
+void th_metrics_render(struct th_buf *b, const struct th_reg *reg,
+                       const struct th_notifier_stats *st)
 {
     const struct th_reg_hdr *hdr = reg->hdr;
     const struct th_counters_sh *c = &hdr->counters;
-    th_buf_printf(b, "# HELP tether_connections Live WebSocket connections (registry slots in use).\n"
-                     "# TYPE tether_connections gauge\ntether_connections %llu\n",
+    th_buf_printf(b,
+                  "# HELP tether_connections Live WebSocket connections (registry slots in use).\n"
+                  "# TYPE tether_connections gauge\ntether_connections %llu\n",
                   LOAD(hdr->used));
-    th_buf_printf(b, "# HELP tether_slots Registry slots (the connection limit).\n"
-                     "# TYPE tether_slots gauge\ntether_slots %u\n", hdr->nslots);
+    th_buf_printf(b,
+                  "# HELP tether_slots Registry slots (the connection limit).\n"
+                  "# TYPE tether_slots gauge\ntether_slots %u\n",
+                  hdr->nslots);
     counter(b, "tether_pings_total", "Application pings received.", LOAD(c->pings));
     th_buf_puts(b, "# HELP tether_notifications_total Notify outcomes.\n"
                    "# TYPE tether_notifications_total counter\n");
-    th_buf_printf(b, "tether_notifications_total{status=\"delivered\"} %llu\n"
-                     "tether_notifications_total{status=\"not_connected\"} %llu\n"
-                     "tether_notifications_total{status=\"unavailable\"} %llu\n"
-                     "tether_notifications_total{status=\"bad_request\"} %llu\n",
+    th_buf_printf(b,
+                  "tether_notifications_total{status=\"delivered\"} %llu\n"
+                  "tether_notifications_total{status=\"not_connected\"} %llu\n"
+                  "tether_notifications_total{status=\"unavailable\"} %llu\n"
+                  "tether_notifications_total{status=\"bad_request\"} %llu\n",
                   LOAD(c->notify_delivered), LOAD(c->notify_not_connected),
                   LOAD(c->notify_unavailable), LOAD(c->notify_bad_request));
-    counter(b, "tether_stale_evictions_total", "Connections closed as stale (4000).", LOAD(c->stale_evictions));
-    counter(b, "tether_worker_restarts_total", "Workers restarted by the supervisor.", LOAD(c->worker_restarts));
+    counter(b, "tether_stale_evictions_total", "Connections closed as stale (4000).",
+            LOAD(c->stale_evictions));
+    counter(b, "tether_worker_restarts_total", "Workers restarted by the supervisor.",
+            LOAD(c->worker_restarts));
     counter(b, "tether_role_restarts_total", "Janitor/notifier restarts.", LOAD(c->role_restarts));
-    counter(b, "tether_connections_opened_total", "Connections accepted into the registry.", LOAD(c->connections_opened));
-    counter(b, "tether_connections_closed_total", "Connections released.", LOAD(c->connections_closed));
+    counter(b, "tether_connections_opened_total", "Connections accepted into the registry.",
+            LOAD(c->connections_opened));
+    counter(b, "tether_connections_closed_total", "Connections released.",
+            LOAD(c->connections_closed));
     counter(b, "tether_frames_in_total", "Client frames received.", LOAD(c->frames_in));
     counter(b, "tether_acks_total", "Client acks received.", LOAD(c->acks));
-    counter(b, "tether_replaced_total", "Connections replaced by a newer device (4001).", LOAD(c->replaced));
-    counter(b, "tether_registry_full_total", "Connections refused: registry full.", LOAD(c->registry_full));
-    counter(b, "tether_dead_reclaimed_total", "Slots reclaimed from dead workers.", LOAD(c->dead_reclaimed));
-    counter(b, "tether_repairs_total", "Half-done registry transitions completed.", LOAD(c->repairs));
-    th_buf_printf(b, "# HELP tether_api_connections Open backend API connections (this notifier).\n"
-                     "# TYPE tether_api_connections gauge\ntether_api_connections %u\n"
-                     "# HELP tether_notifications_pending Notifications accepted and not yet answered.\n"
-                     "# TYPE tether_notifications_pending gauge\ntether_notifications_pending %llu\n",
-                  st->api_conns, (unsigned long long)st->owed);
+    counter(b, "tether_replaced_total", "Connections replaced by a newer device (4001).",
+            LOAD(c->replaced));
+    counter(b, "tether_registry_full_total", "Connections refused: registry full.",
+            LOAD(c->registry_full));
+    counter(b, "tether_dead_reclaimed_total", "Slots reclaimed from dead workers.",
+            LOAD(c->dead_reclaimed));
+    counter(b, "tether_repairs_total", "Half-done registry transitions completed.",
+            LOAD(c->repairs));
+    th_buf_printf(
+        b,
+        "# HELP tether_api_connections Open backend API connections (this notifier).\n"
+        "# TYPE tether_api_connections gauge\ntether_api_connections %u\n"
+        "# HELP tether_notifications_pending Notifications accepted and not yet answered.\n"
+        "# TYPE tether_notifications_pending gauge\ntether_notifications_pending %llu\n",
+        st->api_conns, (unsigned long long)st->owed);
     render_hist(b, &st->confirm);
 }
 

@@ -24,13 +24,14 @@ void th_hist_add(struct th_hist *h, uint64_t ns);
 
 /* What only the notifier process knows, exported next to the group's counters. */
 struct th_notifier_stats {
-    struct th_hist confirm;  /* notify-to-confirmed latency */
-    unsigned api_conns;      /* open backend API connections */
-    uint64_t owed;           /* notifications accepted, answer not yet written */
+    struct th_hist confirm; /* notify-to-confirmed latency */
+    unsigned api_conns;     /* open backend API connections */
+    uint64_t owed;          /* notifications accepted, answer not yet written */
 };
 
 /* Prometheus text for the whole group into b. */
-void th_metrics_render(struct th_buf *b, const struct th_reg *reg, const struct th_notifier_stats *st);
+void th_metrics_render(struct th_buf *b, const struct th_reg *reg,
+                       const struct th_notifier_stats *st);
 
 /* Health JSON into b; returns 200 when everything is up, else 503. */
 int th_health_render(struct th_buf *b, const struct th_reg *reg);

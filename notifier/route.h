@@ -9,8 +9,8 @@
  * queue SQEs on the loop's ring with user_data from th_ud_make(TH_UD_ROUTE,
  * ...) (notifier/loop.h); the loop hands the matching completions back
  * through on_cqe, calls flush() before every wait (so deliveries queued by
- * one batch of requests leave in as few syscalls as possible), and calls expire() with the monotonic clock whenever
- * next_deadline() has passed.
+ * one batch of requests leave in as few syscalls as possible), and calls expire() with the
+ * monotonic clock whenever next_deadline() has passed.
  */
 #ifndef TETHER_NOTIFIER_ROUTE_H
 #define TETHER_NOTIFIER_ROUTE_H
@@ -24,9 +24,9 @@
 
 /* The outcome of one delivery, as the route saw it. */
 struct th_route_result {
-    int status;           /* 200 delivered, 404 not connected, 503 unavailable */
-    unsigned confirmed;   /* connections whose worker confirmed (TH_HO_OK) */
-    int has_last_seen;    /* 404: LastSeen known */
+    int status;         /* 200 delivered, 404 not connected, 503 unavailable */
+    unsigned confirmed; /* connections whose worker confirmed (TH_HO_OK) */
+    int has_last_seen;  /* 404: LastSeen known */
     uint64_t last_seen_ns;
 };
 
@@ -40,8 +40,8 @@ struct th_route_ops {
      * every live connection of user. Returns 0 (done will be called) or
      * -errno (done will not be called; treat as unavailable).
      */
-    int (*deliver)(struct th_route *r, const char *user, size_t ulen, const char *frame, size_t flen,
-                   th_route_done_fn done, void *arg);
+    int (*deliver)(struct th_route *r, const char *user, size_t ulen, const char *frame,
+                   size_t flen, th_route_done_fn done, void *arg);
     /* A completion for an SQE this route queued (user_data payload given back). */
     void (*on_cqe)(struct th_route *r, uint32_t idx, uint32_t gen, int res, unsigned flags);
     /* Send what deliver() queued (batched); the loop calls it before it waits. */

@@ -34,8 +34,8 @@
 #include <unistd.h>
 
 #define NO_JOB UINT32_MAX
-#define MAX_LEGS 256                 /* leg number is 8 bits of the seq */
-#define MAX_JOBS (1u << 16)          /* deliveries in flight; more gets 503 */
+#define MAX_LEGS 256        /* leg number is 8 bits of the seq */
+#define MAX_JOBS (1u << 16) /* deliveries in flight; more gets 503 */
 #define CHAN_SNDBUF (4 * 1024 * 1024)
 /*
  * Requests in flight per worker: the worker's replies queue in its socket's
@@ -372,9 +372,12 @@ static void chan_flush(struct route_local *rl, unsigned w)
             if (!seq_queued(rl, c->q[(c->qhead + scanned++) % c->qcap], &i, &n))
                 continue; /* its job finished (timeout) before it could be sent */
             struct job *j = &rl->jobs[i];
-            hdr[k] = (struct th_ho_msg){.magic = TH_HO_MAGIC, .type = TH_HO_DELIVER,
-                                        .slot = j->legs[n].slot, .gen = j->legs[n].gen,
-                                        .seq = seq_make(j->gen, i, n), .len = (uint32_t)j->flen};
+            hdr[k] = (struct th_ho_msg){.magic = TH_HO_MAGIC,
+                                        .type = TH_HO_DELIVER,
+                                        .slot = j->legs[n].slot,
+                                        .gen = j->legs[n].gen,
+                                        .seq = seq_make(j->gen, i, n),
+                                        .len = (uint32_t)j->flen};
             iov[k][0] = (struct iovec){&hdr[k], sizeof(hdr[k])};
             iov[k][1] = (struct iovec){j->frame, j->flen};
             mm[k] = (struct mmsghdr){.msg_hdr = {.msg_iov = iov[k], .msg_iovlen = 2}};
@@ -589,7 +592,8 @@ struct th_route *th_route_local_new(const struct th_config *cfg, struct th_reg *
     rl->reg = reg;
     rl->ring = ring;
     rl->free_head = rl->head = rl->tail = NO_JOB;
-    rl->timeout_ns = (uint64_t)(cfg->handoff_timeout_ms ? cfg->handoff_timeout_ms : 200) * TH_NS_PER_MS;
+    rl->timeout_ns =
+        (uint64_t)(cfg->handoff_timeout_ms ? cfg->handoff_timeout_ms : 200) * TH_NS_PER_MS;
     uint32_t want = cfg->max_conns_per_user + 8;
     rl->ninfos = (int)(want > MAX_LEGS - 1 ? MAX_LEGS - 1 : want);
     rl->infos = calloc((size_t)rl->ninfos, sizeof(*rl->infos));

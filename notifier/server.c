@@ -67,9 +67,9 @@ struct conn {
     int fd;
     uint32_t gen, next_free;
     int in_use, recv_busy, send_busy, closing, woken, paused;
-    int stop_read; /* answering a last request (Connection: close, unframeable input) */
-    int continued; /* "100 Continue" sent for the request being received */
-    int eof;       /* the peer finished sending */
+    int stop_read;         /* answering a last request (Connection: close, unframeable input) */
+    int continued;         /* "100 Continue" sent for the request being received */
+    int eof;               /* the peer finished sending */
     uint64_t linger_until; /* lingering close: draining the peer after our last answer */
     char *in;
     size_t in_len, in_cap;
@@ -92,8 +92,8 @@ struct server {
     uint32_t free_head;
     unsigned nconns;
     struct conn *wake;
-    uint64_t owed;     /* notifications accepted, answer not yet written */
-    int owed_paused;   /* some connection paused on MAX_OWED */
+    uint64_t owed;   /* notifications accepted, answer not yet written */
+    int owed_paused; /* some connection paused on MAX_OWED */
     struct th_notifier_stats stats;
     uint64_t id_prefix, id_counter;
     struct th_buf frame; /* reused for every rendering: the route copies what it keeps */
@@ -252,9 +252,10 @@ static void write_resp(struct conn *c, struct resp *r)
     }
     th_buf_printf(&c->out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n",
                   r->status, th_api_reason(r->status), r->ctype ? r->ctype : "application/json",
-                  body->len + 1, r->close_after ? "Connection: close\r\n"
-                                 : r->keep10    ? "Connection: keep-alive\r\n"
-                                                : "");
+                  body->len + 1,
+                  r->close_after ? "Connection: close\r\n"
+                  : r->keep10    ? "Connection: keep-alive\r\n"
+                                 : "");
     th_buf_put(&c->out, body->p ? body->p : "", body->len);
     th_buf_put(&c->out, "\n", 1);
 }
@@ -392,7 +393,8 @@ static void item_start(struct item *it, const struct th_notify *n)
     f->oom = 0;
     th_api_render_frame_into(f, n, id, idlen, th_now_ns());
     if (f->oom || f->len > TH_API_MAX_FRAME) {
-        item_fail(it, f->oom ? 500 : 413, f->oom ? "out of memory" : "notification frame over 66560 bytes");
+        item_fail(it, f->oom ? 500 : 413,
+                  f->oom ? "out of memory" : "notification frame over 66560 bytes");
         if (f->cap > 4 * TH_API_MAX_FRAME)
             th_buf_free(f);
         return;
@@ -402,7 +404,8 @@ static void item_start(struct item *it, const struct th_notify *n)
     int rc = S->route->ops->deliver(S->route, n->user, n->ulen, f->p, f->len, item_done, it);
     if (rc < 0) {
         struct th_route_result res = {.status = 503};
-        th_warn("[Notifier] Delivery to user %.*s refused: %s", (int)n->ulen, n->user, strerror(-rc));
+        th_warn("[Notifier] Delivery to user %.*s refused: %s", (int)n->ulen, n->user,
+                strerror(-rc));
         item_done(it, &res);
     }
 }
@@ -437,11 +440,13 @@ static void handle_batch(struct resp *r, const struct th_api_req *req)
     r->batch = 1;
     if (!root || !json_is_array(root)) {
         char err[256];
-        snprintf(err, sizeof(err), root ? "batch body must be a JSON array" : "invalid JSON: %s (at byte %d)",
+        snprintf(err, sizeof(err),
+                 root ? "batch body must be a JSON array" : "invalid JSON: %s (at byte %d)",
                  je.text, je.position);
         r->batch = 0;
         resp_error(r, 400, err);
-        atomic_fetch_add_explicit(&S->reg->hdr->counters.notify_bad_request, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&S->reg->hdr->counters.notify_bad_request, 1,
+                                  memory_order_relaxed);
         json_decref(root);
         return;
     }
@@ -449,7 +454,8 @@ static void handle_batch(struct resp *r, const struct th_api_req *req)
     if (n > TH_API_MAX_BATCH_ITEMS) {
         r->batch = 0;
         resp_error(r, 413, "batch over 10000 notifications");
-        atomic_fetch_add_explicit(&S->reg->hdr->counters.notify_bad_request, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&S->reg->hdr->counters.notify_bad_request, 1,
+                                  memory_order_relaxed);
         json_decref(root);
         return;
     }
@@ -523,10 +529,18 @@ static void handle_request(struct conn *c, const struct th_api_req *req)
         return;
     }
     switch (req->route) {
-    case TH_API_NOTIFY: handle_notify(r, req); break;
-    case TH_API_BATCH: handle_batch(r, req); break;
-    case TH_API_PRESENCE: handle_presence(r, req); break;
-    case TH_API_HEALTHZ: r->status = th_health_render(&r->body, S->reg); break;
+    case TH_API_NOTIFY:
+        handle_notify(r, req);
+        break;
+    case TH_API_BATCH:
+        handle_batch(r, req);
+        break;
+    case TH_API_PRESENCE:
+        handle_presence(r, req);
+        break;
+    case TH_API_HEALTHZ:
+        r->status = th_health_render(&r->body, S->reg);
+        break;
     case TH_API_METRICS:
         r->status = 200;
         r->ctype = "text/plain; version=0.0.4";
@@ -585,7 +599,8 @@ static void conn_parse(struct conn *c)
             struct resp *r = resp_new(c, NULL);
             if (r)
                 resp_error(r, -rc, reason);
-            atomic_fetch_add_explicit(&S->reg->hdr->counters.notify_bad_request, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&S->reg->hdr->counters.notify_bad_request, 1,
+                                      memory_order_relaxed);
             c->stop_read = 1;
             off = c->in_len;
             break;
@@ -737,7 +752,9 @@ static void dispatch(struct io_uring_cqe *cqe)
     uint64_t ud = io_uring_cqe_get_data64(cqe);
     struct conn *c;
     switch (th_ud_kind(ud)) {
-    case TH_UD_ACCEPT: on_accept(cqe->res, cqe->flags); break;
+    case TH_UD_ACCEPT:
+        on_accept(cqe->res, cqe->flags);
+        break;
     case TH_UD_RECV:
         if ((c = conn_of(ud)))
             on_recv(c, cqe->res);
@@ -749,7 +766,8 @@ static void dispatch(struct io_uring_cqe *cqe)
     case TH_UD_ROUTE:
         S->route->ops->on_cqe(S->route, th_ud_idx(ud), th_ud_gen(ud), cqe->res, cqe->flags);
         break;
-    default: break;
+    default:
+        break;
     }
 }
 

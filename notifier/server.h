@@ -12,9 +12,9 @@
 #include "shm/rt/config.h"
 #include "shm/registry.h"
 
-#define TH_API_MAX_CONNS 1024      /* concurrent API connections; more are closed at accept */
-#define TH_API_IDLE_S 60           /* idle keep-alive connections are closed after this */
-#define TH_API_MAX_PIPELINE 256    /* answers owed on one connection before reading pauses */
+#define TH_API_MAX_CONNS 1024   /* concurrent API connections; more are closed at accept */
+#define TH_API_IDLE_S 60        /* idle keep-alive connections are closed after this */
+#define TH_API_MAX_PIPELINE 256 /* answers owed on one connection before reading pauses */
 
 /*
  * Serve api_fd until *stop is set. *hup set means reopen the log. Returns 0

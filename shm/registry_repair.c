@@ -77,8 +77,7 @@ struct tally {
 };
 
 /* Repair slot i if needed and count what it is afterwards. Returns 1 if released. */
-static int repair_slot(struct th_reg *r, uint32_t i, struct liveness *l,
-                       struct tally *t)
+static int repair_slot(struct th_reg *r, uint32_t i, struct liveness *l, struct tally *t)
 {
     uint64_t c = atomic_load_explicit(&r->slots[i].ctl, memory_order_acquire);
     if (th_ctl_state(c) == TH_SLOT_FREE) {

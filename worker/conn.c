@@ -64,7 +64,8 @@ static void list_flush(struct worker *w, uint32_t idx)
     w->flush[w->nflush++] = idx;
 }
 
-/* Room for n more pending bytes; NULL (and the connection aborted) when over cap or out of memory. */
+/* Room for n more pending bytes; NULL (and the connection aborted) when over cap or out of memory.
+ */
 static uint8_t *reserve(struct worker *w, uint32_t idx, size_t n)
 {
     struct conn *c = &w->conns[idx];
@@ -107,7 +108,8 @@ void wk_conn_send(struct worker *w, uint32_t idx, const void *p, size_t n)
         memcpy(at, p, n);
 }
 
-void wk_conn_send_frame(struct worker *w, uint32_t idx, enum th_ws_opcode op, const void *p, size_t n)
+void wk_conn_send_frame(struct worker *w, uint32_t idx, enum th_ws_opcode op, const void *p,
+                        size_t n)
 {
     uint8_t hdr[10];
     size_t hl = th_ws_frame_hdr_write(hdr, op, n);
@@ -201,7 +203,8 @@ void wk_conn_unregister(struct worker *w, uint32_t idx)
     c->flags &= ~CF_REGISTERED;
     /* -ESTALE: a janitor released it for us (and counted it) while we were unresponsive. */
     if (th_reg_release(w->reg, c->h) == 0)
-        atomic_fetch_add_explicit(&w->reg->hdr->counters.connections_closed, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&w->reg->hdr->counters.connections_closed, 1,
+                                  memory_order_relaxed);
 }
 
 /* Final bytes are queued: release the slot, flush, FIN, wait for EOF until a deadline. */

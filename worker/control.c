@@ -102,7 +102,8 @@ static int lookup(struct worker *w, uint32_t slot, uint32_t gen)
         return -1;
     struct th_slot *s = &w->reg->slots[slot];
     uint64_t ctl = atomic_load_explicit(&s->ctl, memory_order_acquire);
-    if (th_ctl_gen(ctl) != gen || th_ctl_owner(ctl) != w->index || th_ctl_state(ctl) != TH_SLOT_LIVE)
+    if (th_ctl_gen(ctl) != gen || th_ctl_owner(ctl) != w->index ||
+        th_ctl_state(ctl) != TH_SLOT_LIVE)
         return -1;
     uint32_t idx = atomic_load_explicit(&s->conn_id, memory_order_relaxed);
     if (idx >= w->high)
@@ -120,7 +121,8 @@ static uint16_t handle(struct worker *w, const struct th_ho_msg *m, const uint8_
         if (idx < 0)
             return TH_HO_GONE;
         struct conn *c = &w->conns[idx];
-        /* Past --send-queue-cap the send below closes the client (contract), so no pre-check here. */
+        /* Past --send-queue-cap the send below closes the client (contract), so no pre-check here.
+         */
         if (c->state != CS_OPEN || w->queued_bytes + m->len + 10 > WK_QUEUE_BUDGET)
             return TH_HO_BUSY;
         wk_conn_send_frame(w, (uint32_t)idx, TH_WS_TEXT, payload, m->len);
@@ -192,17 +194,23 @@ void wk_ctl_on_poll(struct worker *w, uint32_t i, uint32_t gen, int res)
 int wk_peer_close(struct worker *w, unsigned peer, struct th_handle h, uint16_t code)
 {
     static uint64_t seq;
-    struct th_ho_msg m = {.magic = TH_HO_MAGIC, .type = TH_HO_CLOSE, .code = code,
-                          .slot = h.slot, .gen = h.gen, .seq = ++seq};
+    struct th_ho_msg m = {.magic = TH_HO_MAGIC,
+                          .type = TH_HO_CLOSE,
+                          .code = code,
+                          .slot = h.slot,
+                          .gen = h.gen,
+                          .seq = ++seq};
     if (peer >= TH_MAX_WORKERS)
         return -EINVAL;
     for (int attempt = 0; attempt < 2; attempt++) {
-        if (w->peer_fd[peer] < 0 && (w->peer_fd[peer] = th_ho_connect(w->cfg->shm_name, peer, 1)) < 0)
+        if (w->peer_fd[peer] < 0 &&
+            (w->peer_fd[peer] = th_ho_connect(w->cfg->shm_name, peer, 1)) < 0)
             return w->peer_fd[peer];
         struct th_ho_msg reply;
         while (recv(w->peer_fd[peer], &reply, sizeof(reply), MSG_DONTWAIT) > 0)
             ; /* earlier replies: fire-and-forget */
-        if (send(w->peer_fd[peer], &m, sizeof(m), MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)sizeof(m))
+        if (send(w->peer_fd[peer], &m, sizeof(m), MSG_DONTWAIT | MSG_NOSIGNAL) ==
+            (ssize_t)sizeof(m))
             return 0;
         int e = errno;
         close(w->peer_fd[peer]);

@@ -28,13 +28,13 @@
  * ever run short, accept pauses on EMFILE and retries at the next tick.
  */
 #define WK_MAX_CONNS 19900u
-#define WK_MAX_CTL 64u        /* control-socket clients (notifier, janitor, peers, tools) */
-#define WK_BUF_COUNT 1024u    /* provided recv buffers shared by all connections */
+#define WK_MAX_CTL 64u     /* control-socket clients (notifier, janitor, peers, tools) */
+#define WK_BUF_COUNT 1024u /* provided recv buffers shared by all connections */
 #define WK_BUF_SIZE 4096u
 #define WK_BGID 1
-#define WK_HANDSHAKE_S 10u    /* slowloris bound: time to finish the HTTP upgrade */
-#define WK_ACCEPT_BATCH 16u   /* clients accepted before re-queueing behind the other workers */
-#define WK_CLOSE_WAIT_S 5u    /* after our close frame: wait this long for the peer */
+#define WK_HANDSHAKE_S 10u  /* slowloris bound: time to finish the HTTP upgrade */
+#define WK_ACCEPT_BATCH 16u /* clients accepted before re-queueing behind the other workers */
+#define WK_CLOSE_WAIT_S 5u  /* after our close frame: wait this long for the peer */
 /* All send queues of one worker together: past this, whoever adds is closed (or BUSY). */
 #define WK_QUEUE_BUDGET (256ull << 20)
 
@@ -83,9 +83,9 @@ enum conn_flag {
 
 /* Outbound bytes of one connection: allocated on demand, freed once drained. */
 struct sendq {
-    uint8_t *fly;   /* buffer handed to the kernel: never moved while CF_SENDING */
+    uint8_t *fly; /* buffer handed to the kernel: never moved while CF_SENDING */
     uint32_t fly_len, fly_off;
-    uint8_t *pend;  /* bytes queued since: grows by realloc */
+    uint8_t *pend; /* bytes queued since: grows by realloc */
     uint32_t pend_len, pend_cap;
 };
 
@@ -128,34 +128,35 @@ struct worker {
     uint8_t *bufs;
     unsigned br_returned; /* buffers added since the last advance */
 
-    struct conn *conns;   /* WK_MAX_CONNS, calloc'd: untouched pages cost nothing */
-    uint32_t free_head;   /* free list of conn indexes (UINT32_MAX = empty) */
-    uint32_t high;        /* entries ever used: the tick scans [0, high) */
-    uint32_t live;        /* entries not CS_FREE */
-    uint32_t *flush;      /* connections with bytes to send after this batch */
+    struct conn *conns; /* WK_MAX_CONNS, calloc'd: untouched pages cost nothing */
+    uint32_t free_head; /* free list of conn indexes (UINT32_MAX = empty) */
+    uint32_t high;      /* entries ever used: the tick scans [0, high) */
+    uint32_t live;      /* entries not CS_FREE */
+    uint32_t *flush;    /* connections with bytes to send after this batch */
     uint32_t nflush;
     uint64_t queued_bytes; /* sum of wk_conn_queued() over all connections */
 
     struct ctl_client ctl[WK_MAX_CTL];
-    uint8_t *ctl_buf;     /* one received control packet */
+    uint8_t *ctl_buf;            /* one received control packet */
     int peer_fd[TH_MAX_WORKERS]; /* lazily opened, non-blocking, to other workers */
 
     struct th_http_req req; /* scratch for the handshake parser */
 
-    uint64_t now_ns;      /* realtime, read once per loop iteration */
+    uint64_t now_ns; /* realtime, read once per loop iteration */
     uint64_t mono_ns;
     uint32_t mono_s;
-    uint64_t pong_sec;    /* second of the cached timestamp */
-    char pong[80];        /* cached pong frame payload */
+    uint64_t pong_sec; /* second of the cached timestamp */
+    char pong[80];     /* cached pong frame payload */
     size_t pong_len;
 
-    uint64_t c_frames, c_pings, c_acks; /* counter deltas, added to the segment once per iteration */
+    uint64_t c_frames, c_pings,
+        c_acks; /* counter deltas, added to the segment once per iteration */
 
-    uint32_t feeding;     /* connection whose reader is running (its buffer must stay), or UINT32_MAX */
-    int accepting;        /* multishot accept armed */
-    uint32_t accept_gen;  /* generation of the current accept request */
-    uint32_t accepted;    /* clients taken since it was armed */
-    int accept_paused;    /* EMFILE/ENFILE: re-arm at the next tick */
+    uint32_t feeding; /* connection whose reader is running (its buffer must stay), or UINT32_MAX */
+    int accepting;    /* multishot accept armed */
+    uint32_t accept_gen; /* generation of the current accept request */
+    uint32_t accepted;   /* clients taken since it was armed */
+    int accept_paused;   /* EMFILE/ENFILE: re-arm at the next tick */
     int draining;
     uint32_t drain_deadline_s;
 };
@@ -167,7 +168,8 @@ void wk_arm_recv(struct worker *w, uint32_t idx);
 /* conn.c */
 int wk_conn_alloc(struct worker *w, int fd);
 void wk_conn_send(struct worker *w, uint32_t idx, const void *p, size_t n);
-void wk_conn_send_frame(struct worker *w, uint32_t idx, enum th_ws_opcode op, const void *p, size_t n);
+void wk_conn_send_frame(struct worker *w, uint32_t idx, enum th_ws_opcode op, const void *p,
+                        size_t n);
 size_t wk_conn_queued(const struct conn *c);
 void wk_conn_flush_all(struct worker *w);
 void wk_on_send(struct worker *w, uint32_t idx, int res);

@@ -133,9 +133,10 @@ static int ring_setup(struct worker *w)
             th_debug("io_uring set up with flags 0x%x", p.flags);
     }
     if (rc < 0)
-        th_error("io_uring is unavailable (io_uring_queue_init: %s): the worker cannot run "
-                 "(kernel without io_uring, or disabled by sysctl kernel.io_uring_disabled / seccomp)",
-                 strerror(-rc));
+        th_error(
+            "io_uring is unavailable (io_uring_queue_init: %s): the worker cannot run "
+            "(kernel without io_uring, or disabled by sysctl kernel.io_uring_disabled / seccomp)",
+            strerror(-rc));
     return rc;
 }
 
@@ -168,8 +169,8 @@ static int bufring_setup(struct worker *w)
     }
     io_uring_buf_ring_init(w->br);
     for (unsigned i = 0; i < WK_BUF_COUNT; i++)
-        io_uring_buf_ring_add(w->br, w->bufs + (size_t)i * WK_BUF_SIZE, WK_BUF_SIZE, (unsigned short)i,
-                              io_uring_buf_ring_mask(WK_BUF_COUNT), (int)i);
+        io_uring_buf_ring_add(w->br, w->bufs + (size_t)i * WK_BUF_SIZE, WK_BUF_SIZE,
+                              (unsigned short)i, io_uring_buf_ring_mask(WK_BUF_COUNT), (int)i);
     io_uring_buf_ring_advance(w->br, WK_BUF_COUNT);
     return 0;
 }
@@ -177,8 +178,9 @@ static int bufring_setup(struct worker *w)
 /* Give a recv buffer back; the ring's tail moves once per batch. */
 static void buf_return(struct worker *w, unsigned bid)
 {
-    io_uring_buf_ring_add(w->br, w->bufs + (size_t)bid * WK_BUF_SIZE, WK_BUF_SIZE, (unsigned short)bid,
-                          io_uring_buf_ring_mask(WK_BUF_COUNT), (int)w->br_returned++);
+    io_uring_buf_ring_add(w->br, w->bufs + (size_t)bid * WK_BUF_SIZE, WK_BUF_SIZE,
+                          (unsigned short)bid, io_uring_buf_ring_mask(WK_BUF_COUNT),
+                          (int)w->br_returned++);
 }
 
 static void on_accept(struct worker *w, int res, unsigned flags, uint32_t gen)

@@ -240,7 +240,8 @@ static int start_frame(struct th_ws_reader *r, const struct th_ws_frame_hdr *h)
  * straddles feeds. Returns bytes consumed (all of n if still incomplete) or
  * -code.
  */
-static int take_header(struct th_ws_reader *r, const uint8_t *p, size_t n, struct th_ws_frame_hdr *h)
+static int take_header(struct th_ws_reader *r, const uint8_t *p, size_t n,
+                       struct th_ws_frame_hdr *h)
 {
     if (r->hdr_have == 0) {
         int rc = th_ws_parse_frame_hdr(p, n, h);
@@ -329,15 +330,15 @@ static int deliver_data(struct th_ws_reader *r, const uint8_t *p, size_t n,
         return fail(r, TH_WS_INVALID_UTF8); /* the message ends inside a code point */
     if (cb->on_frame)
         cb->on_frame(ctx);
-    int rc = cb->on_message ? cb->on_message(ctx, (enum th_ws_opcode)op, p ? p : empty_payload, n)
-                            : 0;
+    int rc =
+        cb->on_message ? cb->on_message(ctx, (enum th_ws_opcode)op, p ? p : empty_payload, n) : 0;
     end_message(r);
     return rc;
 }
 
 /* The current frame's payload is complete: hand it over. */
-static int finish_frame(struct th_ws_reader *r, const uint8_t *direct, const struct th_ws_callbacks *cb,
-                        void *ctx)
+static int finish_frame(struct th_ws_reader *r, const uint8_t *direct,
+                        const struct th_ws_callbacks *cb, void *ctx)
 {
     r->in_frame = 0;
     size_t len = (size_t)r->cur.len;
@@ -367,8 +368,7 @@ static int take_payload(struct th_ws_reader *r, uint8_t *p, size_t n, size_t *us
     size_t k = left < n ? (size_t)left : n;
     *used = k;
     th_ws_unmask(p, k, r->cur.mask, r->cur_off);
-    int text = !is_control(r->cur.opcode) &&
-               (r->msg_op ? r->msg_op : r->cur.opcode) == TH_WS_TEXT;
+    int text = !is_control(r->cur.opcode) && (r->msg_op ? r->msg_op : r->cur.opcode) == TH_WS_TEXT;
     if (text) {
         r->utf8_state = th_utf8_feed(r->utf8_state, p, k);
         if (r->utf8_state == TH_UTF8_REJECT)
@@ -408,8 +408,8 @@ static int take_frame_start(struct th_ws_reader *r, uint8_t *p, size_t n, size_t
     return take_payload(r, p + *used, 0, &none, cb, ctx); /* an empty frame is complete now */
 }
 
-int th_ws_reader_feed(struct th_ws_reader *r, uint8_t *p, size_t n, const struct th_ws_callbacks *cb,
-                      void *ctx)
+int th_ws_reader_feed(struct th_ws_reader *r, uint8_t *p, size_t n,
+                      const struct th_ws_callbacks *cb, void *ctx)
 {
     while (n > 0 && !r->closed) {
         size_t used = 0;

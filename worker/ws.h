@@ -42,7 +42,7 @@ enum th_ws_close_code {
     TH_WS_PROTOCOL_ERROR = 1002,
     TH_WS_NO_STATUS = 1005, /* never sent on the wire: a close frame without a code */
     TH_WS_INVALID_UTF8 = 1007,
-    TH_WS_POLICY = 1008,    /* token expired */
+    TH_WS_POLICY = 1008, /* token expired */
     TH_WS_TOO_BIG = 1009,
     TH_WS_INTERNAL = 1011,
     TH_WS_STALE = 4000,
@@ -57,8 +57,8 @@ enum th_ws_close_code {
 struct th_ws_frame_hdr {
     uint8_t fin, rsv, opcode, masked;
     uint8_t mask[4];
-    uint64_t len;     /* payload length */
-    size_t hdr_len;   /* bytes of header, 2 to 14 */
+    uint64_t len;   /* payload length */
+    size_t hdr_len; /* bytes of header, 2 to 14 */
 };
 
 /*
@@ -98,13 +98,13 @@ struct th_ws_callbacks {
 struct th_ws_reader {
     uint8_t hdr_buf[14];
     uint8_t hdr_have;
-    uint8_t in_frame;      /* inside a frame's payload */
-    uint8_t msg_op;        /* opcode of the fragmented message in progress, 0 if none */
-    uint8_t closed;        /* a close frame or a protocol error was seen: ignore the rest */
+    uint8_t in_frame; /* inside a frame's payload */
+    uint8_t msg_op;   /* opcode of the fragmented message in progress, 0 if none */
+    uint8_t closed;   /* a close frame or a protocol error was seen: ignore the rest */
     uint32_t utf8_state;
     struct th_ws_frame_hdr cur;
-    uint64_t cur_off;      /* payload bytes of cur consumed so far */
-    uint8_t *buf;          /* message or control payload being assembled, NULL when idle */
+    uint64_t cur_off; /* payload bytes of cur consumed so far */
+    uint8_t *buf;     /* message or control payload being assembled, NULL when idle */
     uint32_t buf_len, buf_cap;
     uint32_t max_message;
     uint32_t frames_in_msg; /* fragments of the message in progress, to cap tiny-fragment floods */
@@ -118,8 +118,8 @@ void th_ws_reader_free(struct th_ws_reader *r);
  * a close code (1002, 1007, 1009) on a protocol error, or the nonzero value
  * a callback returned (then the rest is not consumed).
  */
-int th_ws_reader_feed(struct th_ws_reader *r, uint8_t *p, size_t n, const struct th_ws_callbacks *cb,
-                      void *ctx);
+int th_ws_reader_feed(struct th_ws_reader *r, uint8_t *p, size_t n,
+                      const struct th_ws_callbacks *cb, void *ctx);
 
 /* Sec-WebSocket-Accept for a client key: base64(SHA-1(key + GUID)), 28 chars + NUL. */
 void th_ws_accept_key(const char *key, size_t n, char out[29]);

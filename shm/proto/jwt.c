@@ -217,15 +217,24 @@ int th_jwt_verify(const char *token, size_t len, const uint8_t *secret, size_t s
 const char *th_jwt_strerror(int result)
 {
     switch (result) {
-    case TH_JWT_OK: return "ok";
-    case TH_JWT_MALFORMED: return "malformed token";
-    case TH_JWT_BAD_ALG: return "algorithm is not HS256";
-    case TH_JWT_BAD_SIG: return "bad signature";
-    case TH_JWT_EXPIRED: return "token expired";
-    case TH_JWT_NOT_YET: return "token not yet valid";
-    case TH_JWT_BAD_SUB: return "bad sub claim";
-    case TH_JWT_BAD_CLAIM: return "exp or nbf is not a number";
-    default: return "unknown JWT error";
+    case TH_JWT_OK:
+        return "ok";
+    case TH_JWT_MALFORMED:
+        return "malformed token";
+    case TH_JWT_BAD_ALG:
+        return "algorithm is not HS256";
+    case TH_JWT_BAD_SIG:
+        return "bad signature";
+    case TH_JWT_EXPIRED:
+        return "token expired";
+    case TH_JWT_NOT_YET:
+        return "token not yet valid";
+    case TH_JWT_BAD_SUB:
+        return "bad sub claim";
+    case TH_JWT_BAD_CLAIM:
+        return "exp or nbf is not a number";
+    default:
+        return "unknown JWT error";
     }
 }
 

@@ -3,7 +3,8 @@
  * libcrypto, signature compared in constant time, "alg" pinned. "sub" is the
  * user id (the rule in shm/proto/userid.h); "exp" and "nbf" are
  * enforced when present (no leeway) and must be numbers. base64url parts
- * must be unpadded and canonical; tokens over TH_JWT_MAX_TOKEN are rejected. Also signs tokens, for tether-token and the tests.
+ * must be unpadded and canonical; tokens over TH_JWT_MAX_TOKEN are rejected. Also signs tokens, for
+ * tether-token and the tests.
  */
 #ifndef TETHER_SHM_PROTO_JWT_H
 #define TETHER_SHM_PROTO_JWT_H
@@ -18,13 +19,13 @@
 
 enum th_jwt_result {
     TH_JWT_OK = 0,
-    TH_JWT_MALFORMED,   /* not three base64url parts of JSON objects */
-    TH_JWT_BAD_ALG,     /* alg missing or not HS256 (none, HS384, RS256, ...) */
+    TH_JWT_MALFORMED, /* not three base64url parts of JSON objects */
+    TH_JWT_BAD_ALG,   /* alg missing or not HS256 (none, HS384, RS256, ...) */
     TH_JWT_BAD_SIG,
-    TH_JWT_EXPIRED,     /* now >= exp */
-    TH_JWT_NOT_YET,     /* now < nbf */
-    TH_JWT_BAD_SUB,     /* missing, or not a valid user id (th_userid_valid) */
-    TH_JWT_BAD_CLAIM,   /* exp/nbf present but not numbers */
+    TH_JWT_EXPIRED,   /* now >= exp */
+    TH_JWT_NOT_YET,   /* now < nbf */
+    TH_JWT_BAD_SUB,   /* missing, or not a valid user id (th_userid_valid) */
+    TH_JWT_BAD_CLAIM, /* exp/nbf present but not numbers */
 };
 
 struct th_jwt_claims {

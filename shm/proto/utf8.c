@@ -17,13 +17,13 @@
 enum {
     S_ACC = TH_UTF8_ACCEPT,
     S_REJ = TH_UTF8_REJECT,
-    S_C1,    /* one continuation byte owed, 80..BF */
-    S_C2,    /* two owed, 80..BF */
-    S_C3,    /* three owed, 80..BF */
-    S_E0,    /* after E0: A0..BF (shorter forms would be overlong), then S_C1 */
-    S_ED,    /* after ED: 80..9F (A0..BF would encode surrogates), then S_C1 */
-    S_F0,    /* after F0: 90..BF (overlong below), then S_C2 */
-    S_F4,    /* after F4: 80..8F (90.. is above U+10FFFF), then S_C2 */
+    S_C1, /* one continuation byte owed, 80..BF */
+    S_C2, /* two owed, 80..BF */
+    S_C3, /* three owed, 80..BF */
+    S_E0, /* after E0: A0..BF (shorter forms would be overlong), then S_C1 */
+    S_ED, /* after ED: 80..9F (A0..BF would encode surrogates), then S_C1 */
+    S_F0, /* after F0: 90..BF (overlong below), then S_C2 */
+    S_F4, /* after F4: 80..8F (90.. is above U+10FFFF), then S_C2 */
     S_COUNT,
 };
 
@@ -36,20 +36,29 @@ enum {
     K_BAD,   /* C0, C1 (always overlong), F5..FF (above U+10FFFF) */
     K_L2,    /* C2..DF */
     K_E0,
-    K_L3,    /* E1..EC, EE, EF */
+    K_L3, /* E1..EC, EE, EF */
     K_ED,
     K_F0,
-    K_L4,    /* F1..F3 */
+    K_L4, /* F1..F3 */
     K_F4,
     K_COUNT,
 };
 
 static const uint8_t byte_class[256] = {
-    [0x00 ... 0x7F] = K_ASCII, [0x80 ... 0x8F] = K_C80, [0x90 ... 0x9F] = K_C90,
-    [0xA0 ... 0xBF] = K_CA0,   [0xC0 ... 0xC1] = K_BAD, [0xC2 ... 0xDF] = K_L2,
-    [0xE0] = K_E0,             [0xE1 ... 0xEC] = K_L3,  [0xED] = K_ED,
-    [0xEE ... 0xEF] = K_L3,    [0xF0] = K_F0,           [0xF1 ... 0xF3] = K_L4,
-    [0xF4] = K_F4,             [0xF5 ... 0xFF] = K_BAD,
+    [0x00 ... 0x7F] = K_ASCII,
+    [0x80 ... 0x8F] = K_C80,
+    [0x90 ... 0x9F] = K_C90,
+    [0xA0 ... 0xBF] = K_CA0,
+    [0xC0 ... 0xC1] = K_BAD,
+    [0xC2 ... 0xDF] = K_L2,
+    [0xE0] = K_E0,
+    [0xE1 ... 0xEC] = K_L3,
+    [0xED] = K_ED,
+    [0xEE ... 0xEF] = K_L3,
+    [0xF0] = K_F0,
+    [0xF1 ... 0xF3] = K_L4,
+    [0xF4] = K_F4,
+    [0xF5 ... 0xFF] = K_BAD,
 };
 
 #define R S_REJ

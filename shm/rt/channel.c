@@ -77,8 +77,8 @@ int th_ho_call(int fd, const struct th_ho_msg *m, const void *payload, int timeo
                 continue;
             return -errno;
         }
-        if ((size_t)n == sizeof(reply) && reply.magic == TH_HO_MAGIC &&
-            reply.type == TH_HO_REPLY && reply.seq == m->seq)
+        if ((size_t)n == sizeof(reply) && reply.magic == TH_HO_MAGIC && reply.type == TH_HO_REPLY &&
+            reply.seq == m->seq)
             return reply.code;
     }
 }

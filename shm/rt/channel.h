@@ -30,19 +30,19 @@ enum th_ho_type {
 
 enum th_ho_status {
     TH_HO_OK = 0,
-    TH_HO_GONE = 1,    /* no such connection (slot released or reused: generation differs) */
-    TH_HO_BUSY = 2,    /* connection closing or its send queue is over the cap */
-    TH_HO_BAD = 3,     /* malformed request */
+    TH_HO_GONE = 1, /* no such connection (slot released or reused: generation differs) */
+    TH_HO_BUSY = 2, /* connection closing or its send queue is over the cap */
+    TH_HO_BAD = 3,  /* malformed request */
 };
 
 struct th_ho_msg {
     uint32_t magic;
     uint16_t type;
-    uint16_t code;  /* close code for TH_HO_CLOSE, status for TH_HO_REPLY */
+    uint16_t code; /* close code for TH_HO_CLOSE, status for TH_HO_REPLY */
     uint32_t slot;
     uint32_t gen;
-    uint64_t seq;   /* chosen by the requester, echoed in the reply */
-    uint32_t len;   /* payload bytes following the header */
+    uint64_t seq; /* chosen by the requester, echoed in the reply */
+    uint32_t len; /* payload bytes following the header */
     uint32_t reserved;
 };
 

@@ -16,39 +16,54 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-enum flag_kind { F_HOSTPORT_LISTEN, F_HOSTPORT_API, F_U32, F_U64, F_SHM, F_PATH, F_LEVEL, F_FORMAT };
+enum flag_kind {
+    F_HOSTPORT_LISTEN,
+    F_HOSTPORT_API,
+    F_U32,
+    F_U64,
+    F_SHM,
+    F_PATH,
+    F_LEVEL,
+    F_FORMAT
+};
 
 struct flag {
     const char *name; /* without the leading "--" */
     enum flag_kind kind;
-    size_t off;       /* offset of the field in struct th_config */
+    size_t off; /* offset of the field in struct th_config */
     uint64_t min, max;
     const char *help;
 };
 
 #define OFF(f) offsetof(struct th_config, f)
 static const struct flag flags[] = {
-    {"listen", F_HOSTPORT_LISTEN, 0, 0, 0, "ADDR:PORT  client WebSocket endpoint, path /ws (0.0.0.0:8080)"},
+    {"listen", F_HOSTPORT_LISTEN, 0, 0, 0,
+     "ADDR:PORT  client WebSocket endpoint, path /ws (0.0.0.0:8080)"},
     {"api-listen", F_HOSTPORT_API, 0, 0, 0, "ADDR:PORT  backend HTTP API (127.0.0.1:8081)"},
     {"workers", F_U32, OFF(workers), 1, 64,
      "N  pre-forked socket workers (number of CPUs); each holds at most 20,000 fds,\n"
      "                             so connection capacity is about 19,900 x N"},
     {"shm-name", F_SHM, OFF(shm_name), 0, 0, "NAME  POSIX shared-memory segment (/tether)"},
     {"slots", F_U32, OFF(slots), 16, 1u << 24, "N  connection slots, the connection limit (65536)"},
-    {"stale-after", F_U32, OFF(stale_after_s), 1, 86400 * 7, "SECONDS  evict a connection silent this long (300)"},
+    {"stale-after", F_U32, OFF(stale_after_s), 1, 86400 * 7,
+     "SECONDS  evict a connection silent this long (300)"},
     {"sweep-every", F_U32, OFF(sweep_every_s), 1, 86400, "SECONDS  janitor sweep period (60)"},
     {"max-conns-per-user", F_U32, OFF(max_conns_per_user), 1, 1024,
      "N  devices per user; a newer one replaces the oldest (8)"},
-    {"max-message", F_U32, OFF(max_message), 125, 16u << 20, "BYTES  largest client message, larger closes 1009 (65536)"},
+    {"max-message", F_U32, OFF(max_message), 125, 16u << 20,
+     "BYTES  largest client message, larger closes 1009 (65536)"},
     {"send-queue-cap", F_U64, OFF(send_queue_cap), 4096, 1ull << 32,
      "BYTES  close a client whose unsent data passes this (1048576)"},
-    {"drain-timeout", F_U32, OFF(drain_timeout_s), 0, 3600, "SECONDS  grace for clients to close on SIGTERM (10)"},
+    {"drain-timeout", F_U32, OFF(drain_timeout_s), 0, 3600,
+     "SECONDS  grace for clients to close on SIGTERM (10)"},
     {"handoff-timeout-ms", F_U32, OFF(handoff_timeout_ms), 1, 60000,
      "MS  notifier's bound for a worker to confirm a delivery (200)"},
-    {"jwt-secret-file", F_PATH, OFF(jwt_secret_file), 0, 0, "PATH  HS256 secret (or TETHER_JWT_SECRET)"},
+    {"jwt-secret-file", F_PATH, OFF(jwt_secret_file), 0, 0,
+     "PATH  HS256 secret (or TETHER_JWT_SECRET)"},
     {"log-level", F_LEVEL, OFF(log_level), 0, 0, "LEVEL  error, warn, info, debug (info)"},
     {"log-format", F_FORMAT, OFF(log_format), 0, 0, "FMT  text or json (text)"},
-    {"log-file", F_PATH, OFF(log_file), 0, 0, "PATH  append logs there instead of stderr; SIGHUP reopens"},
+    {"log-file", F_PATH, OFF(log_file), 0, 0,
+     "PATH  append logs there instead of stderr; SIGHUP reopens"},
 };
 #define NFLAGS (sizeof(flags) / sizeof(flags[0]))
 
@@ -141,8 +156,9 @@ static int apply(struct th_config *c, const struct flag *f, const char *v, const
     case F_U32:
     case F_U64:
         if (parse_u64(v, f->min, f->max, &x) < 0) {
-            snprintf(err, errlen, "%s: invalid value '%s' (expected a whole number from %llu to %llu)",
-                     from, v, (unsigned long long)f->min, (unsigned long long)f->max);
+            snprintf(err, errlen,
+                     "%s: invalid value '%s' (expected a whole number from %llu to %llu)", from, v,
+                     (unsigned long long)f->min, (unsigned long long)f->max);
             return -1;
         }
         if (f->kind == F_U32)
@@ -159,8 +175,9 @@ static int apply(struct th_config *c, const struct flag *f, const char *v, const
             snprintf(c->shm_name, sizeof(c->shm_name), "%s%s", v[0] == '/' ? "" : "/", v);
             return 0;
         }
-        snprintf(err, errlen, "%s: invalid segment name '%s' (letters, digits, '-', '_', '.'; at most %d)",
-                 from, v, TH_SHM_NAME_MAX - 2);
+        snprintf(err, errlen,
+                 "%s: invalid segment name '%s' (letters, digits, '-', '_', '.'; at most %d)", from,
+                 v, TH_SHM_NAME_MAX - 2);
         return -1;
     }
     case F_PATH:
@@ -226,7 +243,8 @@ static int load_secret(struct th_config *c, char *err, size_t errlen)
     if (env && *env) {
         size_t n = strlen(env);
         if (n >= sizeof(c->jwt_secret)) {
-            snprintf(err, errlen, "TETHER_JWT_SECRET: longer than %zu bytes", sizeof(c->jwt_secret) - 1);
+            snprintf(err, errlen, "TETHER_JWT_SECRET: longer than %zu bytes",
+                     sizeof(c->jwt_secret) - 1);
             return -1;
         }
         memcpy(c->jwt_secret, env, n);
@@ -238,7 +256,8 @@ static int load_secret(struct th_config *c, char *err, size_t errlen)
 static int check(struct th_config *c, char *err, size_t errlen)
 {
     if (c->jwt_secret_len == 0) {
-        snprintf(err, errlen, "no JWT secret: pass --jwt-secret-file PATH or set TETHER_JWT_SECRET");
+        snprintf(err, errlen,
+                 "no JWT secret: pass --jwt-secret-file PATH or set TETHER_JWT_SECRET");
         return -1;
     }
     if (c->workers > c->slots) {

@@ -42,7 +42,8 @@ static void check_parsed(const struct th_http_req *req, const char *buf, size_t 
     FUZZ_CHECK(req->method.n > 0 && req->target.n > 0, "empty method or target");
     FUZZ_CHECK(req->path.p == req->target.p, "path does not start the target");
     int has_q = req->path.n < req->target.n;
-    FUZZ_CHECK(req->path.n + (has_q ? 1 + req->query.n : 0) == req->target.n, "path+query != target");
+    FUZZ_CHECK(req->path.n + (has_q ? 1 + req->query.n : 0) == req->target.n,
+               "path+query != target");
     FUZZ_CHECK(!memchr(req->path.p, '?', req->path.n), "'?' in path");
     FUZZ_CHECK(req->minor_version >= 0 && req->minor_version <= 9, "minor %d", req->minor_version);
     FUZZ_CHECK(req->nheaders <= TH_HTTP_MAX_HEADERS, "nheaders %zu", req->nheaders);
@@ -135,7 +136,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* Stopped early: the verdict on a prefix must be the verdict on the whole. */
         if (size == 0)
             ir = th_http_parse_request(&ireq, whole, 0, max_head);
-        FUZZ_CHECK(ir == wr, "prefix of %zu bytes gave %d, whole %zu bytes gave %d", len, ir, size, wr);
+        FUZZ_CHECK(ir == wr, "prefix of %zu bytes gave %d, whole %zu bytes gave %d", len, ir, size,
+                   wr);
     } else {
         FUZZ_CHECK(ir == wr, "incremental gave %d, whole gave %d", ir, wr);
     }

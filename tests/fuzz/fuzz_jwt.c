@@ -79,7 +79,8 @@ static void mode_raw(const char *tok, size_t n)
 }
 
 /* The contract's verdict on a signed token made of these two JSON texts. */
-static int reference_ok(const char *h, size_t hn, const char *p, size_t pn, char *sub, size_t *sub_len)
+static int reference_ok(const char *h, size_t hn, const char *p, size_t pn, char *sub,
+                        size_t *sub_len)
 {
     int ok = 0;
     json_t *hj = json_loadb(h, hn, JSON_REJECT_DUPLICATES, NULL);
@@ -87,7 +88,8 @@ static int reference_ok(const char *h, size_t hn, const char *p, size_t pn, char
     if (!json_is_object(hj) || !json_is_object(pj))
         goto out;
     json_t *alg = json_object_get(hj, "alg");
-    if (!json_is_string(alg) || json_string_length(alg) != 5 || strcmp(json_string_value(alg), "HS256"))
+    if (!json_is_string(alg) || json_string_length(alg) != 5 ||
+        strcmp(json_string_value(alg), "HS256"))
         goto out;
     if (json_object_get(hj, "crit"))
         goto out;
@@ -135,7 +137,8 @@ static void mode_signed(const uint8_t *d, size_t n)
     int r = th_jwt_verify(exact, o, secret, SECRET_LEN, NOW, &c);
     char sub[65];
     size_t sub_len = 0;
-    int ref = o <= TH_JWT_MAX_TOKEN && hn > 0 && pn > 0 && reference_ok(h, hn, p, pn, sub, &sub_len);
+    int ref =
+        o <= TH_JWT_MAX_TOKEN && hn > 0 && pn > 0 && reference_ok(h, hn, p, pn, sub, &sub_len);
     FUZZ_CHECK((r == TH_JWT_OK) == ref, "verifier says %s, the contract says %s",
                th_jwt_strerror(r), ref ? "ok" : "reject");
     if (r == TH_JWT_OK) {
@@ -178,9 +181,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t mode = data[0];
     uint8_t *rest = fuzz_dup(data + 1, size - 1);
     switch (mode % 3) {
-    case 0: mode_raw((const char *)rest, size - 1); break;
-    case 1: mode_signed(rest, size - 1); break;
-    default: mode_sign(rest, size - 1, mode >> 2); break;
+    case 0:
+        mode_raw((const char *)rest, size - 1);
+        break;
+    case 1:
+        mode_signed(rest, size - 1);
+        break;
+    default:
+        mode_sign(rest, size - 1, mode >> 2);
+        break;
     }
     free(rest);
     return 0;

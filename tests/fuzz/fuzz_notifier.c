@@ -22,7 +22,8 @@
 static void check_json_object(const char *p, size_t n, const char *what)
 {
     json_t *j = json_loadb(p, n, 0, NULL);
-    FUZZ_CHECK(json_is_object(j), "%s is not a JSON object: %.*s", what, (int)(n > 200 ? 200 : n), p);
+    FUZZ_CHECK(json_is_object(j), "%s is not a JSON object: %.*s", what, (int)(n > 200 ? 200 : n),
+               p);
     json_decref(j);
 }
 
@@ -33,7 +34,8 @@ static void check_notify(const char *body, size_t len)
     char err[256];
     int rc = th_api_parse_notify(body, len, &root, &n, err, sizeof(err));
     if (rc != 0) {
-        FUZZ_CHECK(rc == -EINVAL && root == NULL && err[0], "failure without a message or with a root");
+        FUZZ_CHECK(rc == -EINVAL && root == NULL && err[0],
+                   "failure without a message or with a root");
         struct th_buf b = {0};
         th_api_render_error(&b, err, 400, 1);
         check_json_object(b.p, b.len, "error reply");
@@ -41,17 +43,22 @@ static void check_notify(const char *body, size_t len)
         return;
     }
     FUZZ_CHECK(th_userid_valid(n.user, n.ulen) && n.ulen <= TH_USER_MAX, "bad user accepted");
-    FUZZ_CHECK(n.tlen > 0 && (!n.id || (n.idlen > 0 && n.idlen <= TH_API_MAX_ID)), "bad type or id");
+    FUZZ_CHECK(n.tlen > 0 && (!n.id || (n.idlen > 0 && n.idlen <= TH_API_MAX_ID)),
+               "bad type or id");
     const char *id = n.id ? n.id : "generated-id";
     size_t idlen = n.id ? n.idlen : strlen(id), flen = 0;
     char *frame = th_api_render_frame(&n, id, idlen, 1700000000ull * 1000000000ull, &flen);
     FUZZ_CHECK(frame != NULL, "render failed");
     json_t *f = json_loadb(frame, flen, 0, NULL);
-    FUZZ_CHECK(json_is_object(f), "rendered frame is not JSON: %.*s", (int)(flen > 200 ? 200 : flen), frame);
-    json_t *t = json_object_get(f, "type"), *i = json_object_get(f, "id"), *d = json_object_get(f, "data");
-    FUZZ_CHECK(json_is_string(t) && json_string_length(t) == n.tlen && !memcmp(json_string_value(t), n.type, n.tlen),
+    FUZZ_CHECK(json_is_object(f), "rendered frame is not JSON: %.*s",
+               (int)(flen > 200 ? 200 : flen), frame);
+    json_t *t = json_object_get(f, "type"), *i = json_object_get(f, "id"),
+           *d = json_object_get(f, "data");
+    FUZZ_CHECK(json_is_string(t) && json_string_length(t) == n.tlen &&
+                   !memcmp(json_string_value(t), n.type, n.tlen),
                "type changed in the frame");
-    FUZZ_CHECK(json_is_string(i) && json_string_length(i) == idlen && !memcmp(json_string_value(i), id, idlen),
+    FUZZ_CHECK(json_is_string(i) && json_string_length(i) == idlen &&
+                   !memcmp(json_string_value(i), id, idlen),
                "id changed in the frame");
     FUZZ_CHECK(json_is_string(json_object_get(f, "timestamp")), "no timestamp");
     FUZZ_CHECK(n.data ? json_equal(d, n.data) : json_is_object(d) && json_object_size(d) == 0,
@@ -60,7 +67,8 @@ static void check_notify(const char *body, size_t len)
     free(frame);
     for (int status = 200; status <= 503; status += status == 200 ? 204 : 99) {
         struct th_buf b = {0};
-        th_api_render_result(&b, status, n.user, n.ulen, id, idlen, 3, status == 404, 1700000000ull, 1);
+        th_api_render_result(&b, status, n.user, n.ulen, id, idlen, 3, status == 404, 1700000000ull,
+                             1);
         check_json_object(b.p, b.len, "result reply");
         th_buf_free(&b);
     }
@@ -71,13 +79,16 @@ static void check_framed(const struct th_api_req *req, const char *buf, int r)
 {
     FUZZ_CHECK(req->head_len + req->body_len == (size_t)r && req->body == buf + req->head_len,
                "framing lengths disagree");
-    FUZZ_CHECK(req->status == 0 || req->status == 404 || req->status == 405, "status %d", req->status);
-    FUZZ_CHECK((req->route != 0) == (req->status == 0), "route %d with status %d", req->route, req->status);
+    FUZZ_CHECK(req->status == 0 || req->status == 404 || req->status == 405, "status %d",
+               req->status);
+    FUZZ_CHECK((req->route != 0) == (req->status == 0), "route %d with status %d", req->route,
+               req->status);
     FUZZ_CHECK(req->keep_alive == 0 || req->keep_alive == 1, "keep_alive %d", req->keep_alive);
     FUZZ_CHECK(th_api_reason(req->status ? req->status : 200) != NULL, "no reason phrase");
     if (req->route == TH_API_PRESENCE) {
         const struct th_str *u = &req->presence_user;
-        FUZZ_CHECK(u->n > 0 && u->p >= buf && u->p + u->n <= buf + req->head_len, "presence user slice");
+        FUZZ_CHECK(u->n > 0 && u->p >= buf && u->p + u->n <= buf + req->head_len,
+                   "presence user slice");
         char out[3 * TH_USER_MAX];
         (void)th_api_pct_decode(u->p, u->n, out, sizeof(out));
     }
@@ -86,8 +97,8 @@ static void check_framed(const struct th_api_req *req, const char *buf, int r)
 }
 
 /* Frame up to MAX_REQUESTS requests; verdicts go to out[] (0 ends the list). */
-static void frame_stream(const uint8_t *data, size_t size, uint32_t seed, int chunked, int out[MAX_REQUESTS],
-                         int check)
+static void frame_stream(const uint8_t *data, size_t size, uint32_t seed, int chunked,
+                         int out[MAX_REQUESTS], int check)
 {
     size_t start = 0;
     for (int k = 0; k < MAX_REQUESTS; k++) {
@@ -110,7 +121,8 @@ static void frame_stream(const uint8_t *data, size_t size, uint32_t seed, int ch
             const char *reason = NULL;
             r = th_api_frame(buf, avail, &req, &reason);
             if (r < 0)
-                FUZZ_CHECK(reason && (r == -400 || r == -411 || r == -413 || r == -431), "verdict %d", r);
+                FUZZ_CHECK(reason && (r == -400 || r == -411 || r == -413 || r == -431),
+                           "verdict %d", r);
             if (r != TH_API_PARTIAL || !chunked)
                 break;
         }
@@ -143,8 +155,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     frame_stream(data, size, 0, 0, whole, 1);
     frame_stream(data, size, sel * 2654435761u + (uint32_t)size, 1, chunked, 0);
     for (int k = 0; k < MAX_REQUESTS; k++) {
-        FUZZ_CHECK(whole[k] == chunked[k], "request %d: whole stream gave %d, chunked %d", k, whole[k],
-                   chunked[k]);
+        FUZZ_CHECK(whole[k] == chunked[k], "request %d: whole stream gave %d, chunked %d", k,
+                   whole[k], chunked[k]);
         if (whole[k] <= 0)
             break;
     }

@@ -84,7 +84,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(whole != TH_UTF8_ACCEPT && whole != TH_UTF8_REJECT,
                    "input ending inside a code point gave state %u", whole);
     else {
-        FUZZ_CHECK(whole == TH_UTF8_REJECT, "invalid input (bad byte at %zu) gave state %u", bad, whole);
+        FUZZ_CHECK(whole == TH_UTF8_REJECT, "invalid input (bad byte at %zu) gave state %u", bad,
+                   whole);
         /* Fails at the first bad byte: not before it, and at it. */
         FUZZ_CHECK(th_utf8_feed(TH_UTF8_ACCEPT, buf, bad) != TH_UTF8_REJECT,
                    "rejected before the first bad byte (at %zu)", bad);

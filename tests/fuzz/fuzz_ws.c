@@ -106,7 +106,8 @@ static int on_pong(void *ctx, const uint8_t *p, size_t n)
 
 static int on_close(void *ctx, uint16_t code, const uint8_t *reason, size_t n)
 {
-    FUZZ_CHECK(code == TH_WS_NO_STATUS ? n == 0 : th_ws_close_code_valid(code), "close code %u", code);
+    FUZZ_CHECK(code == TH_WS_NO_STATUS ? n == 0 : th_ws_close_code_valid(code), "close code %u",
+               code);
     FUZZ_CHECK(n <= 123 && utf8_ok(reason, n), "close reason of %zu bytes", n);
     return event(ctx, 'C', code, reason, n);
 }
@@ -127,8 +128,8 @@ static int result_ok(int rc)
 }
 
 /* Feed data in pieces; piece sizes come from seed (0: whole, ~0u: one byte each). */
-static int run(const uint8_t *data, size_t size, uint32_t max_message, unsigned stop_at, uint32_t seed,
-               int mode, struct log *l)
+static int run(const uint8_t *data, size_t size, uint32_t max_message, unsigned stop_at,
+               uint32_t seed, int mode, struct log *l)
 {
     struct th_ws_reader r;
     th_ws_reader_init(&r, max_message);
@@ -169,13 +170,16 @@ static void check_header_functions(const uint8_t *d, size_t n)
 {
     struct th_ws_frame_hdr h;
     int rc = th_ws_parse_frame_hdr(d, n, &h);
-    FUZZ_CHECK(rc >= -TH_WS_PROTOCOL_ERROR && (rc >= 0 || rc == -TH_WS_PROTOCOL_ERROR), "hdr rc %d", rc);
+    FUZZ_CHECK(rc >= -TH_WS_PROTOCOL_ERROR && (rc >= 0 || rc == -TH_WS_PROTOCOL_ERROR), "hdr rc %d",
+               rc);
     if (rc > 0) {
         FUZZ_CHECK((size_t)rc == h.hdr_len && (size_t)rc <= n, "hdr_len %zu rc %d", h.hdr_len, rc);
         FUZZ_CHECK(h.masked && h.rsv == 0 && (h.opcode <= 2 || (h.opcode >= 8 && h.opcode <= 10)),
                    "accepted header with mask %d rsv %d opcode %d", h.masked, h.rsv, h.opcode);
         FUZZ_CHECK(h.opcode < 8 || (h.fin && h.len <= 125), "bad control frame accepted");
-        FUZZ_CHECK(rc == 6 ? h.len < 126 : rc == 8 ? h.len <= 0xFFFF : rc == 14 && !(h.len >> 63),
+        FUZZ_CHECK(rc == 6   ? h.len < 126
+                   : rc == 8 ? h.len <= 0xFFFF
+                             : rc == 14 && !(h.len >> 63),
                    "length %llu in a %d-byte header", (unsigned long long)h.len, rc);
     }
     if (n >= 9) {

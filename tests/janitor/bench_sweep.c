@@ -57,7 +57,8 @@ int main(int argc, char **argv)
         int n = snprintf(user, sizeof(user), "bench-user-%u", i);
         filled += th_reg_claim(&reg, user, (size_t)n, 0, i, seen, 8, &h, &ev) == 0;
     }
-    printf("{\"slots\":%u,\"live\":%u,\"fill_ms\":%.1f", slots, filled, (double)(th_mono_ns() - t0) / 1e6);
+    printf("{\"slots\":%u,\"live\":%u,\"fill_ms\":%.1f", slots, filled,
+           (double)(th_mono_ns() - t0) / 1e6);
     struct th_sweeper sw;
     th_sweeper_init(&sw, name, &reg, 300, 100);
     printf(",\"sweep_ms\":[");

@@ -137,7 +137,9 @@ static void *fake_serve(void *arg)
             fw->last = m;
             if (fw->mode == NEVER_ANSWER)
                 continue;
-            struct th_ho_msg r = {.magic = TH_HO_MAGIC, .type = TH_HO_REPLY, .seq = m.seq,
+            struct th_ho_msg r = {.magic = TH_HO_MAGIC,
+                                  .type = TH_HO_REPLY,
+                                  .seq = m.seq,
                                   .code = fw->mode == ANSWER_OK ? TH_HO_OK : TH_HO_GONE};
             send(fd, &r, sizeof(r), MSG_NOSIGNAL);
         }
@@ -240,8 +242,8 @@ Test(sweep, silent_worker_costs_one_window_per_sweep)
     th_sweep(&sw, now, &st);
     cr_assert_eq(st.stale, N);
     cr_assert_eq(st.released, N, "a worker that does not answer: the janitor frees the slots");
-    cr_assert_eq(fw.requests, TH_EVICT_WINDOW, "asked %d times: once it timed out it must not be asked again",
-                 fw.requests);
+    cr_assert_eq(fw.requests, TH_EVICT_WINDOW,
+                 "asked %d times: once it timed out it must not be asked again", fw.requests);
     for (int i = 0; i < N; i++)
         cr_assert_not(slot_live(h[i]));
     cr_assert_eq(atomic_load(&reg.hdr->counters.stale_evictions), N);

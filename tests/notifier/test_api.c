@@ -80,7 +80,8 @@ Test(frame, chunked_refused)
 {
     struct th_api_req r;
     const char *why;
-    cr_assert_eq(frame("POST /v1/notify HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", &r, &why), -411);
+    cr_assert_eq(frame("POST /v1/notify HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", &r, &why),
+                 -411);
     cr_assert(why && strstr(why, "Content-Length"));
 }
 
@@ -88,14 +89,17 @@ Test(frame, body_limits)
 {
     struct th_api_req r;
     const char *why;
-    cr_assert_eq(frame("POST /v1/notify HTTP/1.1\r\nContent-Length: 65537\r\n\r\n", &r, &why), -413);
+    cr_assert_eq(frame("POST /v1/notify HTTP/1.1\r\nContent-Length: 65537\r\n\r\n", &r, &why),
+                 -413);
     cr_assert_eq(frame("POST /v1/notify HTTP/1.1\r\nContent-Length: 65536\r\n\r\n", &r, &why),
                  TH_API_PARTIAL);
-    cr_assert_eq(frame("POST /v1/notify/batch HTTP/1.1\r\nContent-Length: 1048576\r\n\r\n", &r, &why),
-                 TH_API_PARTIAL);
-    cr_assert_eq(frame("POST /v1/notify/batch HTTP/1.1\r\nContent-Length: 1048577\r\n\r\n", &r, &why),
-                 -413);
-    cr_assert_eq(frame("POST /v1/notify HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n", &r, &why), -400);
+    cr_assert_eq(
+        frame("POST /v1/notify/batch HTTP/1.1\r\nContent-Length: 1048576\r\n\r\n", &r, &why),
+        TH_API_PARTIAL);
+    cr_assert_eq(
+        frame("POST /v1/notify/batch HTTP/1.1\r\nContent-Length: 1048577\r\n\r\n", &r, &why), -413);
+    cr_assert_eq(frame("POST /v1/notify HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n", &r, &why),
+                 -400);
 }
 
 Test(frame, bad_content_length)
@@ -104,10 +108,15 @@ Test(frame, bad_content_length)
     const char *why;
     cr_assert_eq(frame("POST /v1/notify HTTP/1.1\r\nContent-Length: 1x\r\n\r\n", &r, &why), -400);
     cr_assert_eq(frame("POST /v1/notify HTTP/1.1\r\nContent-Length: -1\r\n\r\n", &r, &why), -400);
-    cr_assert_eq(frame("POST /v1/notify HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}x",
-                       &r, &why), -400);
-    cr_assert_eq(frame("POST /v1/notify HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
-                       &r, &why), (int)strlen("POST /v1/notify HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}"));
+    cr_assert_eq(
+        frame("POST /v1/notify HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}x", &r,
+              &why),
+        -400);
+    cr_assert_eq(
+        frame("POST /v1/notify HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}", &r,
+              &why),
+        (int)strlen(
+            "POST /v1/notify HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}"));
 }
 
 Test(frame, malformed_head)
@@ -163,7 +172,9 @@ Test(notify, valid_minimal_and_full)
     cr_assert_null(n.id);
     cr_assert_null(n.data);
     json_decref(root);
-    cr_assert_eq(check("{\"user_id\":\"u1\",\"type\":\"meal\",\"data\":[1,2],\"id\":\"abc\"}", &n, &root, err), 0);
+    cr_assert_eq(check("{\"user_id\":\"u1\",\"type\":\"meal\",\"data\":[1,2],\"id\":\"abc\"}", &n,
+                       &root, err),
+                 0);
     cr_assert_eq(n.idlen, 3);
     cr_assert(json_is_array(n.data));
     json_decref(root);
@@ -174,7 +185,9 @@ Test(notify, errors_name_the_field)
     struct th_notify n;
     json_t *root;
     char err[256];
-    struct { const char *body, *needle; } cases[] = {
+    struct {
+        const char *body, *needle;
+    } cases[] = {
         {"{", "invalid JSON"},
         {"[1]", "JSON object"},
         {"{\"type\":\"t\"}", "user_id"},
@@ -191,7 +204,8 @@ Test(notify, errors_name_the_field)
         err[0] = '\0';
         cr_assert_lt(check(cases[i].body, &n, &root, err), 0, "case %zu accepted", i);
         cr_assert_null(root);
-        cr_assert(strstr(err, cases[i].needle), "case %zu: '%s' lacks '%s'", i, err, cases[i].needle);
+        cr_assert(strstr(err, cases[i].needle), "case %zu: '%s' lacks '%s'", i, err,
+                  cases[i].needle);
     }
 }
 
@@ -217,12 +231,15 @@ Test(render, frame_exact)
     struct th_notify n;
     json_t *root;
     char err[256];
-    cr_assert_eq(check("{\"user_id\":\"u1\",\"type\":\"a\\\"b\",\"data\":{\"k\":[1,\"x\"]}}", &n, &root, err), 0);
+    cr_assert_eq(check("{\"user_id\":\"u1\",\"type\":\"a\\\"b\",\"data\":{\"k\":[1,\"x\"]}}", &n,
+                       &root, err),
+                 0);
     size_t len;
     /* 2025-11-08T10:07:29Z */
     char *f = th_api_render_frame(&n, "id-1", 4, 1762596449ULL * 1000000000ULL + 5, &len);
-    cr_assert_str_eq(f, "{\"type\":\"a\\\"b\",\"id\":\"id-1\",\"timestamp\":\"2025-11-08T10:07:29Z\","
-                        "\"data\":{\"k\":[1,\"x\"]}}");
+    cr_assert_str_eq(f,
+                     "{\"type\":\"a\\\"b\",\"id\":\"id-1\",\"timestamp\":\"2025-11-08T10:07:29Z\","
+                     "\"data\":{\"k\":[1,\"x\"]}}");
     cr_assert_eq(len, strlen(f));
     free(f);
     n.data = NULL;
@@ -236,13 +253,17 @@ Test(render, results_exact)
 {
     struct th_buf b = {0};
     th_api_render_result(&b, 200, "u1", 2, "n1", 2, 2, 0, 0, 0);
-    cr_assert_str_eq(b.p, "{\"status\":\"delivered\",\"user_id\":\"u1\",\"id\":\"n1\",\"connections\":2}");
+    cr_assert_str_eq(
+        b.p, "{\"status\":\"delivered\",\"user_id\":\"u1\",\"id\":\"n1\",\"connections\":2}");
     b.len = 0;
     th_api_render_result(&b, 404, "u1", 2, "n1", 2, 0, 0, 0, 1);
-    cr_assert_str_eq(b.p, "{\"status\":\"not_connected\",\"user_id\":\"u1\",\"last_seen\":null,\"code\":404}");
+    cr_assert_str_eq(
+        b.p, "{\"status\":\"not_connected\",\"user_id\":\"u1\",\"last_seen\":null,\"code\":404}");
     b.len = 0;
     th_api_render_result(&b, 404, "u1", 2, "n1", 2, 0, 1, 1762596449ULL * 1000000000ULL, 0);
-    cr_assert_str_eq(b.p, "{\"status\":\"not_connected\",\"user_id\":\"u1\",\"last_seen\":\"2025-11-08T10:07:29Z\"}");
+    cr_assert_str_eq(
+        b.p,
+        "{\"status\":\"not_connected\",\"user_id\":\"u1\",\"last_seen\":\"2025-11-08T10:07:29Z\"}");
     b.len = 0;
     th_api_render_result(&b, 503, "u\"1", 3, "n1", 2, 0, 0, 0, 0);
     cr_assert_str_eq(b.p, "{\"status\":\"unavailable\",\"user_id\":\"u\\\"1\",\"id\":\"n1\"}");
@@ -267,14 +288,16 @@ Test(render, json_str_always_valid_utf8)
     struct th_buf b = {0};
     /* valid 2-, 3- and 4-byte sequences pass through; stray, truncated,
      * overlong and surrogate bytes become U+FFFD */
-    const char in[] = "a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80|\xff|\xc3|\xc0\xaf|\xed\xa0\x80|\xe2\x82";
+    const char in[] =
+        "a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80|\xff|\xc3|\xc0\xaf|\xed\xa0\x80|\xe2\x82";
     th_buf_json_str(&b, in, sizeof(in) - 1);
     json_error_t je;
     json_t *j = json_loadb(b.p, b.len, JSON_DECODE_ANY, &je);
     cr_assert(json_is_string(j), "not a JSON string: %s (%s)", b.p, je.text);
-    cr_assert_str_eq(json_string_value(j), "a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80|\xef\xbf\xbd|\xef\xbf\xbd|"
-                                           "\xef\xbf\xbd\xef\xbf\xbd|\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd|"
-                                           "\xef\xbf\xbd\xef\xbf\xbd");
+    cr_assert_str_eq(json_string_value(j),
+                     "a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80|\xef\xbf\xbd|\xef\xbf\xbd|"
+                     "\xef\xbf\xbd\xef\xbf\xbd|\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd|"
+                     "\xef\xbf\xbd\xef\xbf\xbd");
     json_decref(j);
     th_buf_free(&b);
 }
@@ -283,7 +306,8 @@ Test(frame, partial_body_reports_accepted_head)
 {
     struct th_api_req r;
     const char *why;
-    const char *head = "POST /v1/notify HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
+    const char *head =
+        "POST /v1/notify HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
     cr_assert_eq(frame(head, &r, &why), TH_API_PARTIAL);
     cr_assert_eq(r.head_len, strlen(head));
     cr_assert_eq(frame("POST /v1/notify HTTP/1.1\r\nContent-Le", &r, &why), TH_API_PARTIAL);

@@ -71,8 +71,8 @@ Test(health, degraded_until_every_role_is_alive)
     b.len = 0;
     pid_t me = getpid();
     uint64_t now = th_now_ns();
-    struct th_proc_sh *up[] = {&reg.hdr->roles[TH_ROLE_SUPERVISOR], &reg.hdr->roles[TH_ROLE_JANITOR],
-                               &reg.hdr->workers[0]};
+    struct th_proc_sh *up[] = {&reg.hdr->roles[TH_ROLE_SUPERVISOR],
+                               &reg.hdr->roles[TH_ROLE_JANITOR], &reg.hdr->workers[0]};
     for (size_t i = 0; i < 3; i++) {
         atomic_store(&up[i]->pid, me);
         atomic_store(&up[i]->heartbeat_ns, now);

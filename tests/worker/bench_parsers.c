@@ -101,10 +101,11 @@ static struct buf make_frames(size_t count, size_t len)
     return b;
 }
 
-static const char request[] = "GET /ws?token=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.sig HTTP/1.1\r\n"
-                              "Host: 127.0.0.1:8080\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                              "Sec-WebSocket-Version: 13\r\nUser-Agent: bench/1.0\r\n\r\n";
+static const char request[] =
+    "GET /ws?token=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.sig HTTP/1.1\r\n"
+    "Host: 127.0.0.1:8080\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\nUser-Agent: bench/1.0\r\n\r\n";
 
 static void http_case(void *a)
 {
@@ -119,8 +120,8 @@ static void jwt_case(void *a)
 {
     (void)a;
     struct th_jwt_claims c;
-    sink += (uint64_t)th_jwt_verify(token, strlen(token), (const uint8_t *)"secret", 6,
-                                    1700000000, &c);
+    sink +=
+        (uint64_t)th_jwt_verify(token, strlen(token), (const uint8_t *)"secret", 6, 1700000000, &c);
 }
 
 int main(int argc, char **argv)
@@ -130,7 +131,7 @@ int main(int argc, char **argv)
     size_t n = 1 << 20;
     struct buf ascii = {malloc(n), n}, mixed = {malloc(n), n};
     for (size_t i = 0; i < n; i++)
-        ascii.p[i] = (uint8_t)"{\"type\":\"ping\",\"id\":\"0123456789\"} "[i % 35];
+        ascii.p[i] = (uint8_t) "{\"type\":\"ping\",\"id\":\"0123456789\"} "[i % 35];
     for (size_t i = 0; i + 3 <= n; i += 3)
         memcpy(mixed.p + i, i % 2 ? "\xe2\x82\xac" : "a\xc3\xa9", 3);
     mixed.n = n / 3 * 3;

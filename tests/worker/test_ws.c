@@ -193,9 +193,9 @@ Test(ws_hdr, every_length_form_and_every_split)
         int form;
         size_t hdr_len;
     } cases[] = {
-        {0, LEN_MINIMAL, 6},      {125, LEN_MINIMAL, 6},  {126, LEN_MINIMAL, 8},
-        {65535, LEN_MINIMAL, 8},  {65536, LEN_MINIMAL, 14}, {5, LEN_16, 8},
-        {100, LEN_64, 14},        {65535, LEN_64, 14},
+        {0, LEN_MINIMAL, 6},     {125, LEN_MINIMAL, 6},    {126, LEN_MINIMAL, 8},
+        {65535, LEN_MINIMAL, 8}, {65536, LEN_MINIMAL, 14}, {5, LEN_16, 8},
+        {100, LEN_64, 14},       {65535, LEN_64, 14},
     };
     static uint8_t payload[65536];
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -204,7 +204,8 @@ Test(ws_hdr, every_length_form_and_every_split)
         struct th_ws_frame_hdr h;
         for (size_t k = 0; k < cases[i].hdr_len; k++)
             cr_assert_eq(parse_guarded(w.p, k, &h), 0, "case %zu, %zu bytes", i, k);
-        cr_assert_eq(parse_guarded(w.p, cases[i].hdr_len, &h), (int)cases[i].hdr_len, "case %zu", i);
+        cr_assert_eq(parse_guarded(w.p, cases[i].hdr_len, &h), (int)cases[i].hdr_len, "case %zu",
+                     i);
         cr_assert_eq(h.len, cases[i].len);
         cr_assert_eq(h.opcode, TH_WS_BINARY);
         cr_assert(h.fin && h.masked && h.rsv == 0);
@@ -230,9 +231,9 @@ Test(ws_hdr, protocol_errors_from_the_first_two_bytes)
         {0xc1, 0x85}, {0xa1, 0x85}, {0x91, 0x85},               /* RSV1, RSV2, RSV3 */
         {0x83, 0x80}, {0x84, 0x80}, {0x85, 0x80}, {0x86, 0x80}, /* reserved data opcodes */
         {0x87, 0x80}, {0x8b, 0x80}, {0x8c, 0x80}, {0x8d, 0x80}, /* reserved control opcodes */
-        {0x8e, 0x80}, {0x8f, 0x80},
-        {0x89, 0xfe}, {0x89, 0xff}, {0x88, 0xfe},               /* control payload > 125 */
-        {0x09, 0x80}, {0x08, 0x80}, {0x0a, 0x80},               /* fragmented control */
+        {0x8e, 0x80}, {0x8f, 0x80}, {0x89, 0xfe}, {0x89, 0xff},
+        {0x88, 0xfe},                             /* control payload > 125 */
+        {0x09, 0x80}, {0x08, 0x80}, {0x0a, 0x80}, /* fragmented control */
     };
     struct th_ws_frame_hdr h;
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
@@ -298,8 +299,8 @@ Test(ws_hdr, unmask_matches_bytewise_at_any_offset_and_alignment)
 
 Test(ws_hdr, close_code_validity)
 {
-    static const uint16_t ok[] = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 4000,
-                                  4999};
+    static const uint16_t ok[] = {1000, 1001, 1002, 1003, 1007, 1008,
+                                  1009, 1010, 1011, 3000, 4000, 4999};
     static const uint16_t bad[] = {0,    999,  1004, 1005, 1006, 1012, 1013, 1014,
                                    1015, 1016, 1100, 2000, 2999, 5000, 65535};
     for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
@@ -333,7 +334,9 @@ static void mixed_stream(struct wire *w)
     frame(w, 0, TH_WS_CONT, "", 0);
     frame_str(w, 1, TH_WS_CONT, "end");
     frame(w, 1, TH_WS_TEXT, "", 0);
-    frame_str(w, 1, TH_WS_CLOSE, "\x03\xe8" "bye");
+    frame_str(w, 1, TH_WS_CLOSE,
+              "\x03\xe8"
+              "bye");
 }
 
 static void expect_mixed(const struct rec *r)
@@ -654,7 +657,9 @@ Test(ws_reader, invalid_utf8_fails_at_the_first_bad_fragment)
     free(w.p);
     /* Bad byte in the middle of a frame that has not fully arrived yet. */
     w = (struct wire){0};
-    frame_str(&w, 1, TH_WS_TEXT, "abc\xff" "defghijklmnop");
+    frame_str(&w, 1, TH_WS_TEXT,
+              "abc\xff"
+              "defghijklmnop");
     struct wire part = {w.p, 6 + 5, 0};
     cr_assert_eq(feed_fresh(&part, 1024, &r), 1007);
     free(w.p);
@@ -685,7 +690,9 @@ Test(ws_reader, close_frames)
         {"\x03", 1, 1002, 0},
         {"\x03\xe8", 2, 0, 1000},
         {"\x0b\xb8", 2, 0, 3000},
-        {"\x13\x87" "bye", 5, 0, 4999},
+        {"\x13\x87"
+         "bye",
+         5, 0, 4999},
         {"\x03\xe7", 2, 1002, 0}, /* 999 */
         {"\x03\xed", 2, 1002, 0}, /* 1005 */
         {"\x03\xee", 2, 1002, 0}, /* 1006 */
@@ -795,7 +802,9 @@ Test(ws_reader, close_inside_a_fragmented_message_frees_the_buffer)
 {
     struct wire w = {0};
     frame_str(&w, 0, TH_WS_BINARY, "half a message");
-    frame_str(&w, 1, TH_WS_CLOSE, "\x03\xe9" "going");
+    frame_str(&w, 1, TH_WS_CLOSE,
+              "\x03\xe9"
+              "going");
     struct th_ws_reader rd;
     th_ws_reader_init(&rd, 1024);
     struct rec r = {0};

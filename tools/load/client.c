@@ -29,8 +29,8 @@
 #define BUF_ENTRIES 4096
 #define BUF_SIZE 2048
 #define BGID 7
-#define MAX_INFLIGHT 256          /* handshakes under way at once */
-#define PER_SOURCE_ADDR 20000     /* connections per 127.0.0.x (ephemeral range is ~28k) */
+#define MAX_INFLIGHT 256      /* handshakes under way at once */
+#define PER_SOURCE_ADDR 20000 /* connections per 127.0.0.x (ephemeral range is ~28k) */
 #define HS_MAX 4096
 
 /*
@@ -38,15 +38,32 @@
  * --resume client reconnects on the same entry, and a completion of its
  * previous socket must not act on the new one), connection or API index below.
  */
-enum op { OP_CONNECT = 1, OP_HS_SEND, OP_RECV, OP_PING_SEND, OP_CTRL_SEND,
-          OP_API_CONNECT, OP_API_SEND, OP_API_RECV };
-static inline uint64_t ud_pack(enum op op, uint32_t idx) { return ((uint64_t)op << 56) | idx; }
+enum op {
+    OP_CONNECT = 1,
+    OP_HS_SEND,
+    OP_RECV,
+    OP_PING_SEND,
+    OP_CTRL_SEND,
+    OP_API_CONNECT,
+    OP_API_SEND,
+    OP_API_RECV
+};
+static inline uint64_t ud_pack(enum op op, uint32_t idx)
+{
+    return ((uint64_t)op << 56) | idx;
+}
 static inline uint64_t ud_pack_gen(enum op op, uint32_t idx, uint32_t gen)
 {
     return ud_pack(op, idx) | ((uint64_t)(gen & 0xffffffu) << 32);
 }
-static inline enum op ud_op(uint64_t ud) { return (enum op)(ud >> 56); }
-static inline uint32_t ud_idx(uint64_t ud) { return (uint32_t)ud; }
+static inline enum op ud_op(uint64_t ud)
+{
+    return (enum op)(ud >> 56);
+}
+static inline uint32_t ud_idx(uint64_t ud)
+{
+    return (uint32_t)ud;
+}
 static inline uint32_t ud_gen(uint64_t ud)
 {
     return (uint32_t)(ud >> 32) & 0xffffffu;
@@ -59,11 +76,11 @@ enum cstate { CS_NEW, CS_CONNECTING, CS_HANDSHAKE, CS_OPEN, CS_DEAD };
 struct conn {
     int fd;
     uint8_t state;
-    uint8_t ping_out;   /* a ping is waiting for its pong */
-    uint8_t ctrl_busy;  /* ctrl (handshake or pong reply) buffer in flight */
+    uint8_t ping_out;  /* a ping is waiting for its pong */
+    uint8_t ctrl_busy; /* ctrl (handshake or pong reply) buffer in flight */
     uint32_t plen, pcap;
-    char *partial;      /* bytes of an incomplete response or frame */
-    char *ctrl;         /* handshake request, later a pong reply */
+    char *partial; /* bytes of an incomplete response or frame */
+    char *ctrl;    /* handshake request, later a pong reply */
     uint64_t ping_ns;
     uint32_t gen;          /* bumped by every connect of this entry */
     uint64_t reconnect_ns; /* --resume: connect again at this time (0 = not due) */
@@ -117,7 +134,11 @@ struct child {
 };
 
 static volatile sig_atomic_t g_stop;
-static void on_stop(int sig) { (void)sig; g_stop = 1; }
+static void on_stop(int sig)
+{
+    (void)sig;
+    g_stop = 1;
+}
 
 uint64_t load_mono_ns(void)
 {
@@ -170,8 +191,8 @@ static int bufring_init(struct child *ch)
     if (mem == MAP_FAILED || !ch->bufs)
         return -ENOMEM;
     ch->br = mem;
-    struct io_uring_buf_reg reg = {.ring_addr = (unsigned long)mem,
-                                   .ring_entries = BUF_ENTRIES, .bgid = BGID};
+    struct io_uring_buf_reg reg = {
+        .ring_addr = (unsigned long)mem, .ring_entries = BUF_ENTRIES, .bgid = BGID};
     int r = io_uring_register_buf_ring(&ch->ring, &reg, 0);
     if (r < 0) {
         fprintf(stderr, "tether-load: io_uring_register_buf_ring: %s\n", strerror(-r));
@@ -301,7 +322,8 @@ static void on_connected(struct child *ch, long i, int res)
     char user[96], token[600], rq[128] = "";
     user_name(ch, ch->first + i, user, sizeof user);
     c->ctrl = malloc(HS_MAX);
-    if (!c->ctrl || load_sign_token(user, ch->o->secret, ch->o->secret_len, token, sizeof token) < 0) {
+    if (!c->ctrl ||
+        load_sign_token(user, ch->o->secret, ch->o->secret_len, token, sizeof token) < 0) {
         conn_kill(ch, c, 0);
         return;
     }
@@ -417,13 +439,16 @@ static long parse_frames(struct child *ch, long i, const unsigned char *p, size_
         if (f[1] & 0x80)
             return -1; /* servers never mask */
         if (len == 126) {
-            if (n - off < 4) break;
+            if (n - off < 4)
+                break;
             len = ((uint64_t)f[2] << 8) | f[3];
             hdr = 4;
         } else if (len == 127) {
-            if (n - off < 10) break;
+            if (n - off < 10)
+                break;
             len = 0;
-            for (int k = 0; k < 8; k++) len = (len << 8) | f[2 + k];
+            for (int k = 0; k < 8; k++)
+                len = (len << 8) | f[2 + k];
             hdr = 10;
         }
         if (len > (1u << 24))
@@ -577,7 +602,8 @@ static void api_recv(struct child *ch, int k)
 {
     struct api_conn *a = &ch->api[k];
     struct io_uring_sqe *sqe = get_sqe(ch);
-    io_uring_prep_recv(sqe, a->fd, a->resp + a->resp_len, sizeof a->resp - 1 - (size_t)a->resp_len, 0);
+    io_uring_prep_recv(sqe, a->fd, a->resp + a->resp_len, sizeof a->resp - 1 - (size_t)a->resp_len,
+                       0);
     io_uring_sqe_set_data64(sqe, ud_pack(OP_API_RECV, (uint32_t)k));
 }
 
@@ -622,10 +648,11 @@ static int api_send_notify(struct child *ch, int k)
             "{\"user_id\":\"%s\",\"type\":\"load.test\",\"data\":{\"t_ns\":%llu,\"seq\":%llu}}",
             user, (unsigned long long)load_mono_ns(), (unsigned long long)ch->notify_sched);
     }
-    a->req_len = snprintf(a->req, sizeof a->req,
-                          "POST /v1/notify HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                          "Content-Length: %d\r\n\r\n%s",
-                          ch->o->api_host, bl, body);
+    a->req_len =
+        snprintf(a->req, sizeof a->req,
+                 "POST /v1/notify HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                 "Content-Length: %d\r\n\r\n%s",
+                 ch->o->api_host, bl, body);
     ch->c.notifications_sent++;
     api_send_req(ch, k);
     return 0;
@@ -703,8 +730,7 @@ static void on_api(struct child *ch, enum op op, int k, int res)
             a->state = AS_IDLE;
             a->served++;
             a->retrying = 0;
-        }
-        else if (a->resp_len >= (int)sizeof a->resp - 1)
+        } else if (a->resp_len >= (int)sizeof a->resp - 1)
             api_down(ch, k);
         else
             api_recv(ch, k);
@@ -982,7 +1008,8 @@ int load_child_run(const struct load_opts *o, int id, long first, long count, in
         struct io_uring_cqe *cqe;
         io_uring_submit_and_wait_timeout(&ch.ring, &cqe, 1, &ts, NULL);
         unsigned head, n = 0;
-        io_uring_for_each_cqe(&ch.ring, head, cqe) {
+        io_uring_for_each_cqe(&ch.ring, head, cqe)
+        {
             on_cqe(&ch, cqe);
             n++;
         }

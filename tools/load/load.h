@@ -15,23 +15,23 @@
 #include "tools/load/track.h"
 
 struct load_opts {
-    struct sockaddr_in ws_addr;   /* --url host:port */
-    char ws_host[128];            /* Host header */
-    char ws_path[256];            /* path, e.g. /ws */
-    struct sockaddr_in api_addr;  /* --api host:port */
+    struct sockaddr_in ws_addr;  /* --url host:port */
+    char ws_host[128];           /* Host header */
+    char ws_path[256];           /* path, e.g. /ws */
+    struct sockaddr_in api_addr; /* --api host:port */
     char api_host[128];
     uint8_t secret[512];
     size_t secret_len;
     long connections;
-    double ping_interval;  /* seconds; 0 = saturate (one outstanding ping per connection) */
-    int idle;              /* no pings at all */
+    double ping_interval; /* seconds; 0 = saturate (one outstanding ping per connection) */
+    int idle;             /* no pings at all */
     double duration;
-    double notify_rate;    /* notifications per second, all processes together */
-    double connect_rate;   /* new connections per second, all processes; 0 = unlimited */
+    double notify_rate;  /* notifications per second, all processes together */
+    double connect_rate; /* new connections per second, all processes; 0 = unlimited */
     int procs;
-    int api_conns;         /* keep-alive API connections per process */
-    int spread_sources;    /* bind to 127.0.0.x source addresses */
-    double grace;          /* seconds to wait for late pongs/notifications */
+    int api_conns;      /* keep-alive API connections per process */
+    int spread_sources; /* bind to 127.0.0.x source addresses */
+    double grace;       /* seconds to wait for late pongs/notifications */
     char user_prefix[32];
     char ready_file[256];
     int resume;        /* --resume: reconnect on every close with ?since=&epoch=, track seqs */
@@ -42,17 +42,17 @@ struct load_opts {
 enum load_rec_type { LR_PROGRESS = 1, LR_FINAL = 2 };
 
 struct load_counts {
-    uint64_t target;          /* connections this process should open */
+    uint64_t target; /* connections this process should open */
     uint64_t connections_ok;
-    uint64_t connect_errors;  /* refused, reset, non-101 answers */
-    uint64_t disconnects;     /* established connections the server closed */
+    uint64_t connect_errors; /* refused, reset, non-101 answers */
+    uint64_t disconnects;    /* established connections the server closed */
     uint64_t pings_sent;
     uint64_t pongs_received;
-    uint64_t pings_skipped;   /* interval came while the previous ping was outstanding */
+    uint64_t pings_skipped; /* interval came while the previous ping was outstanding */
     uint64_t notifications_sent;
     uint64_t notifications_received;
     uint64_t notify_2xx, notify_404, notify_503, notify_other, notify_io_errors;
-    uint64_t other_messages;  /* text frames neither pong nor load notification */
+    uint64_t other_messages; /* text frames neither pong nor load notification */
     /* --resume only (see track.h) */
     uint64_t reconnects, drops, notify_accepted, notify_retries;
     uint64_t resumes, recovered_false, replayed, lost_resume, dup, dup_frames, reordered;

@@ -35,7 +35,11 @@ struct kid {
 
 static struct kid g_kids[MAX_PROCS];
 static volatile sig_atomic_t g_parent_stop;
-static void on_parent_stop(int sig) { (void)sig; g_parent_stop = 1; }
+static void on_parent_stop(int sig)
+{
+    (void)sig;
+    g_parent_stop = 1;
+}
 
 static void usage(FILE *f)
 {
@@ -98,8 +102,8 @@ static double num_arg(const char *flag, const char *v, double lo, double hi)
 }
 
 /* "scheme://host:port/path" into an IPv4 address, Host header and path. */
-static void parse_url(const char *flag, const char *url, const char *scheme,
-                      struct sockaddr_in *sa, char *host, size_t hcap, char *path, size_t pcap)
+static void parse_url(const char *flag, const char *url, const char *scheme, struct sockaddr_in *sa,
+                      char *host, size_t hcap, char *path, size_t pcap)
 {
     size_t sl = strlen(scheme);
     if (strncmp(url, scheme, sl) != 0)
@@ -190,27 +194,64 @@ static void apply_flag(struct load_opts *o, int f, const char *v, const char **u
                        const char **api, const char **secret, long *per_proc, int *have)
 {
     switch (f) {
-    case F_URL: *url = v; break;
-    case F_API: *api = v; break;
-    case F_SECRET: *secret = v; break;
-    case F_CONNS: o->connections = (long)num_arg("--connections", v, 1, 2000000); *have |= 1; break;
-    case F_PING: o->ping_interval = num_arg("--ping-interval", v, 0, 86400); *have |= 2; break;
-    case F_SAT: o->ping_interval = 0; *have |= 2; break;
-    case F_IDLE: o->idle = 1; *have |= 2; break;
-    case F_DUR: o->duration = num_arg("--duration", v, 0, 86400 * 7); *have |= 4; break;
-    case F_NRATE: o->notify_rate = num_arg("--notify-rate", v, 0, 10000000); break;
-    case F_CRATE: o->connect_rate = num_arg("--connect-rate", v, 0, 10000000); break;
-    case F_PROCS: o->procs = (int)num_arg("--procs", v, 1, MAX_PROCS); break;
-    case F_PERPROC: *per_proc = (long)num_arg("--per-proc", v, 1, 19000); break;
-    case F_APICONNS: o->api_conns = (int)num_arg("--api-conns", v, 1, 256); break;
-    case F_GRACE: o->grace = num_arg("--grace", v, 0, 3600); break;
-    case F_NOSPREAD: o->spread_sources = 0; break;
+    case F_URL:
+        *url = v;
+        break;
+    case F_API:
+        *api = v;
+        break;
+    case F_SECRET:
+        *secret = v;
+        break;
+    case F_CONNS:
+        o->connections = (long)num_arg("--connections", v, 1, 2000000);
+        *have |= 1;
+        break;
+    case F_PING:
+        o->ping_interval = num_arg("--ping-interval", v, 0, 86400);
+        *have |= 2;
+        break;
+    case F_SAT:
+        o->ping_interval = 0;
+        *have |= 2;
+        break;
+    case F_IDLE:
+        o->idle = 1;
+        *have |= 2;
+        break;
+    case F_DUR:
+        o->duration = num_arg("--duration", v, 0, 86400 * 7);
+        *have |= 4;
+        break;
+    case F_NRATE:
+        o->notify_rate = num_arg("--notify-rate", v, 0, 10000000);
+        break;
+    case F_CRATE:
+        o->connect_rate = num_arg("--connect-rate", v, 0, 10000000);
+        break;
+    case F_PROCS:
+        o->procs = (int)num_arg("--procs", v, 1, MAX_PROCS);
+        break;
+    case F_PERPROC:
+        *per_proc = (long)num_arg("--per-proc", v, 1, 19000);
+        break;
+    case F_APICONNS:
+        o->api_conns = (int)num_arg("--api-conns", v, 1, 256);
+        break;
+    case F_GRACE:
+        o->grace = num_arg("--grace", v, 0, 3600);
+        break;
+    case F_NOSPREAD:
+        o->spread_sources = 0;
+        break;
     case F_PREFIX:
         if (!*v || strlen(v) >= sizeof o->user_prefix || strpbrk(v, "\"\\ "))
             bad("bad --user-prefix '%s'", v);
         snprintf(o->user_prefix, sizeof o->user_prefix, "%s", v);
         break;
-    case F_READY: snprintf(o->ready_file, sizeof o->ready_file, "%s", v); break;
+    case F_READY:
+        snprintf(o->ready_file, sizeof o->ready_file, "%s", v);
+        break;
     case F_RESUME:
         o->resume = 1;
         break;
@@ -220,8 +261,11 @@ static void apply_flag(struct load_opts *o, int f, const char *v, const char **u
     case F_DROPMAX:
         o->drop_max_s = num_arg("--drop-max", v, 0, 3600);
         break;
-    case F_HELP: usage(stdout); exit(0);
-    default: exit(2);
+    case F_HELP:
+        usage(stdout);
+        exit(0);
+    default:
+        exit(2);
     }
 }
 
@@ -345,12 +389,13 @@ static void progress(const struct load_opts *o, int secs)
     struct load_counts s;
     static uint64_t prev_pongs;
     sum_counts(o->procs, &s);
-    fprintf(stderr,
-            "tether-load: %3ds conns %llu/%ld errors %llu dropped %llu pongs/s %llu notify %llu/%llu\n",
-            secs, (unsigned long long)s.connections_ok, o->connections,
-            (unsigned long long)s.connect_errors, (unsigned long long)s.disconnects,
-            (unsigned long long)(s.pongs_received - prev_pongs),
-            (unsigned long long)s.notifications_received, (unsigned long long)s.notifications_sent);
+    fprintf(
+        stderr,
+        "tether-load: %3ds conns %llu/%ld errors %llu dropped %llu pongs/s %llu notify %llu/%llu\n",
+        secs, (unsigned long long)s.connections_ok, o->connections,
+        (unsigned long long)s.connect_errors, (unsigned long long)s.disconnects,
+        (unsigned long long)(s.pongs_received - prev_pongs),
+        (unsigned long long)s.notifications_received, (unsigned long long)s.notifications_sent);
     prev_pongs = s.pongs_received;
 }
 
@@ -385,7 +430,8 @@ static void gather(const struct load_opts *o)
         }
         int r = poll(p, (nfds_t)o->procs, 200);
         for (int k = 0; r > 0 && k < o->procs; k++)
-            if (p[k].fd >= 0 && (p[k].revents & (POLLIN | POLLHUP)) && read_record(&g_kids[k]) < 0) {
+            if (p[k].fd >= 0 && (p[k].revents & (POLLIN | POLLHUP)) &&
+                read_record(&g_kids[k]) < 0) {
                 close(g_kids[k].fd);
                 g_kids[k].fd = -1;
                 g_kids[k].final = 1;
@@ -405,7 +451,10 @@ static void gather(const struct load_opts *o)
     }
 }
 
-static double us(uint64_t ns) { return (double)ns / 1000.0; }
+static double us(uint64_t ns)
+{
+    return (double)ns / 1000.0;
+}
 
 static void print_hist(const char *name, const struct lhist *h)
 {
@@ -428,27 +477,35 @@ static int summarize(const struct load_opts *o)
         died += g_kids[k].last.type != LR_FINAL;
         lh_merge(&rtt, &g_kids[k].rtt);
         lh_merge(&del, &g_kids[k].delivery);
-        if (c->connect_start_ns && c->connect_start_ns < cstart) cstart = c->connect_start_ns;
-        if (c->connect_end_ns > cend) cend = c->connect_end_ns;
-        double d = c->ping_end_ns > c->ping_start_ns ? (c->ping_end_ns - c->ping_start_ns) * 1e-9 : 0;
-        if (d > dur) dur = d;
-        if (d > 0) pps += (double)c->pongs_received / d;
+        if (c->connect_start_ns && c->connect_start_ns < cstart)
+            cstart = c->connect_start_ns;
+        if (c->connect_end_ns > cend)
+            cend = c->connect_end_ns;
+        double d =
+            c->ping_end_ns > c->ping_start_ns ? (c->ping_end_ns - c->ping_start_ns) * 1e-9 : 0;
+        if (d > dur)
+            dur = d;
+        if (d > 0)
+            pps += (double)c->pongs_received / d;
     }
     double cs = cend > cstart && cstart != UINT64_MAX ? (cend - cstart) * 1e-9 : 0;
     uint64_t lost = s.notifications_sent > s.notifications_received
-                        ? s.notifications_sent - s.notifications_received : 0;
+                        ? s.notifications_sent - s.notifications_received
+                        : 0;
     if (o->resume) /* only what the API accepted counts, each notification by its id */
         lost = s.lost_resume;
     if (died)
         s.connect_errors = (uint64_t)o->connections - s.connections_ok;
-    printf("{\"connections\":%ld,\"procs\":%d,\"connections_ok\":%llu,\"connect_errors\":%llu,"
-           "\"disconnects\":%llu,\"connect_s\":%.3f,\"connect_rate_per_s\":%.0f,\"duration_s\":%.3f,",
-           o->connections, o->procs, (unsigned long long)s.connections_ok,
-           (unsigned long long)s.connect_errors, (unsigned long long)s.disconnects, cs,
-           cs > 0 ? (double)s.connections_ok / cs : 0, dur);
-    printf("\"pings_sent\":%llu,\"pongs_received\":%llu,\"pings_skipped\":%llu,\"pings_per_s\":%.0f,",
-           (unsigned long long)s.pings_sent, (unsigned long long)s.pongs_received,
-           (unsigned long long)s.pings_skipped, pps);
+    printf(
+        "{\"connections\":%ld,\"procs\":%d,\"connections_ok\":%llu,\"connect_errors\":%llu,"
+        "\"disconnects\":%llu,\"connect_s\":%.3f,\"connect_rate_per_s\":%.0f,\"duration_s\":%.3f,",
+        o->connections, o->procs, (unsigned long long)s.connections_ok,
+        (unsigned long long)s.connect_errors, (unsigned long long)s.disconnects, cs,
+        cs > 0 ? (double)s.connections_ok / cs : 0, dur);
+    printf(
+        "\"pings_sent\":%llu,\"pongs_received\":%llu,\"pings_skipped\":%llu,\"pings_per_s\":%.0f,",
+        (unsigned long long)s.pings_sent, (unsigned long long)s.pongs_received,
+        (unsigned long long)s.pings_skipped, pps);
     print_hist("pong_rtt_us", &rtt);
     printf(",\"notifications_sent\":%llu,\"notifications_received\":%llu,",
            (unsigned long long)s.notifications_sent, (unsigned long long)s.notifications_received);
@@ -474,7 +531,8 @@ static int summarize(const struct load_opts *o)
     }
     printf("}\n");
     fflush(stdout);
-    int ok = !died && s.connections_ok == (uint64_t)o->connections && s.disconnects == 0 && lost == 0;
+    int ok =
+        !died && s.connections_ok == (uint64_t)o->connections && s.disconnects == 0 && lost == 0;
     if (o->resume) /* closes are part of the run; every client must have come back at least once */
         ok = !died && s.connections_ok >= (uint64_t)o->connections && lost == 0 && s.dup == 0 &&
              s.reordered == 0 && s.bad_frames == 0;

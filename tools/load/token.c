@@ -46,7 +46,8 @@ int load_sign_token(const char *sub, const uint8_t *secret, size_t secret_len, c
     unsigned char mac[EVP_MAX_MD_SIZE];
     unsigned int maclen = 0;
     if (!HMAC(EVP_sha256(), secret, (int)secret_len, (const unsigned char *)out, (size_t)a, mac,
-              &maclen) || (size_t)a + 1 >= cap)
+              &maclen) ||
+        (size_t)a + 1 >= cap)
         return -1;
     out[a++] = '.';
     int c = b64url(mac, maclen, out + a, cap - (size_t)a);

@@ -50,7 +50,8 @@ static void child_setup(const char *role, pid_t parent)
     prctl(PR_SET_NAME, comm);
 }
 
-pid_t th_proc_spawn(const char *role, const int *close_fds, int nclose, int (*fn)(void *), void *arg)
+pid_t th_proc_spawn(const char *role, const int *close_fds, int nclose, int (*fn)(void *),
+                    void *arg)
 {
     pid_t parent = getpid();
     pid_t pid = fork();
@@ -80,8 +81,8 @@ void th_proc_describe_status(int status, char *buf, size_t cap)
     if (WIFEXITED(status))
         snprintf(buf, cap, "exited with status %d", WEXITSTATUS(status));
     else if (WIFSIGNALED(status))
-        snprintf(buf, cap, "killed by signal %d (%s)%s", WTERMSIG(status), strsignal(WTERMSIG(status)),
-                 WCOREDUMP(status) ? ", core dumped" : "");
+        snprintf(buf, cap, "killed by signal %d (%s)%s", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)), WCOREDUMP(status) ? ", core dumped" : "");
     else
         snprintf(buf, cap, "stopped (status 0x%x)", status);
 }

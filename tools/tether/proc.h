@@ -32,7 +32,8 @@ struct th_child {
  * child, close_fds[0..nclose) are closed (those the role does not need; -1
  * entries are skipped). Returns the child's pid, or -errno if fork failed.
  */
-pid_t th_proc_spawn(const char *role, const int *close_fds, int nclose, int (*fn)(void *), void *arg);
+pid_t th_proc_spawn(const char *role, const int *close_fds, int nclose, int (*fn)(void *),
+                    void *arg);
 
 /* The child died at now_mono: set next_start_mono and grow backoff_ns. Returns the delay. */
 uint64_t th_proc_backoff(struct th_child *c, uint64_t now_mono);

@@ -114,10 +114,12 @@ static void raise_nofile(void)
     }
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 20000)
         th_warn("open-file limit is %llu: each worker can hold fewer than that many connections "
-                "(raise LimitNOFILE / ulimit -n to 20000)", (unsigned long long)rl.rlim_cur);
+                "(raise LimitNOFILE / ulimit -n to 20000)",
+                (unsigned long long)rl.rlim_cur);
 }
 
-/* One attempt: socket, SO_REUSEADDR, bind, listen. Returns the fd, or -errno with *call naming the step. */
+/* One attempt: socket, SO_REUSEADDR, bind, listen. Returns the fd, or -errno with *call naming the
+ * step. */
 static int try_listen(const struct addrinfo *ai, const char **call)
 {
     int one = 1;
@@ -146,8 +148,10 @@ static int try_listen(const struct addrinfo *ai, const char **call)
  */
 static int open_listener(const char *flag, const char *host, uint16_t port)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV}, *ai = NULL;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV},
+                    *ai = NULL;
     char portstr[8];
     snprintf(portstr, sizeof(portstr), "%u", port);
     int gai = getaddrinfo(host, portstr, &hints, &ai);
@@ -275,7 +279,8 @@ static void child_died(struct th_child *c, int status, uint64_t now_mono)
         }
     }
     if (S.draining) {
-        th_info("%s %s%s", c->name, how, c->worker >= 0 && reclaimed > 0 ? "; released its slots" : "");
+        th_info("%s %s%s", c->name, how,
+                c->worker >= 0 && reclaimed > 0 ? "; released its slots" : "");
         return;
     }
     atomic_fetch_add(&sh->restarts, 1);
@@ -287,7 +292,8 @@ static void child_died(struct th_child *c, int status, uint64_t now_mono)
         th_warn("%s %s; reclaimed %d slots; restarting in %llu ms", c->name, how,
                 reclaimed < 0 ? 0 : reclaimed, (unsigned long long)(delay / TH_NS_PER_MS));
     else
-        th_warn("%s %s; restarting in %llu ms", c->name, how, (unsigned long long)(delay / TH_NS_PER_MS));
+        th_warn("%s %s; restarting in %llu ms", c->name, how,
+                (unsigned long long)(delay / TH_NS_PER_MS));
 }
 
 static struct th_child *find_child(pid_t pid)
@@ -321,7 +327,8 @@ static void watchdog(uint64_t now_mono)
     for (int i = 0; i < S.nkids; i++) {
         struct th_child *c = &S.kids[i];
         uint64_t hb = c->pid > 0 ? atomic_load(&child_sh(c)->heartbeat_ns) : 0;
-        int silent = c->pid > 0 && now_mono - c->started_mono >= limit && hb < now && now - hb >= limit;
+        int silent =
+            c->pid > 0 && now_mono - c->started_mono >= limit && hb < now && now - hb >= limit;
         if (!silent) {
             c->hung_since_mono = 0;
             continue;
@@ -332,7 +339,8 @@ static void watchdog(uint64_t now_mono)
             continue;
         char ago[32];
         th_fmt_duration(ago, sizeof(ago), now - hb);
-        th_error("%s (pid %d) has not heartbeated for %s: hung, sending SIGKILL", c->name, (int)c->pid, ago);
+        th_error("%s (pid %d) has not heartbeated for %s: hung, sending SIGKILL", c->name,
+                 (int)c->pid, ago);
         kill(c->pid, SIGKILL);
         c->hung_since_mono = 0;
     }
@@ -424,8 +432,10 @@ static int start_up(const struct th_config *cfg)
         S.api_fd = open_listener("--api-listen", cfg->api_host, cfg->api_port);
     if (S.listen_fd < 0 || S.api_fd < 0)
         goto fail;
-    if (th_runtime_dir(cfg->shm_name, S.rundir, sizeof(S.rundir)) < 0 || (rc = th_mkdir_p(S.rundir, 0700)) < 0) {
-        startup_error("runtime directory %s: %s", S.rundir, S.rundir[0] ? strerror(-rc) : "path too long");
+    if (th_runtime_dir(cfg->shm_name, S.rundir, sizeof(S.rundir)) < 0 ||
+        (rc = th_mkdir_p(S.rundir, 0700)) < 0) {
+        startup_error("runtime directory %s: %s", S.rundir,
+                      S.rundir[0] ? strerror(-rc) : "path too long");
         S.rundir[0] = '\0';
         goto fail;
     }
@@ -439,8 +449,9 @@ fail:
 static void log_startup(const struct th_config *cfg)
 {
     th_info("tether starting: segment %s, %u slots (%.1f MiB), %u workers, stale-after %u s, "
-            "sweep-every %u s, pid %d", cfg->shm_name, cfg->slots, (double)S.reg.size / (1 << 20),
-            cfg->workers, cfg->stale_after_s, cfg->sweep_every_s, (int)getpid());
+            "sweep-every %u s, pid %d",
+            cfg->shm_name, cfg->slots, (double)S.reg.size / (1 << 20), cfg->workers,
+            cfg->stale_after_s, cfg->sweep_every_s, (int)getpid());
     th_info("listening for clients on ws://%s:%u/ws", cfg->listen_host, cfg->listen_port);
     th_info("backend API on http://%s:%u", cfg->api_host, cfg->api_port);
     th_info("runtime directory %s", S.rundir);
@@ -455,7 +466,8 @@ static void wait_tick(const sigset_t *waitmask, uint64_t now_mono)
         if (c->pid == 0 && c->next_start_mono > now_mono && c->next_start_mono - now_mono < wait)
             wait = c->next_start_mono - now_mono;
     }
-    struct timespec ts = {.tv_sec = (time_t)(wait / TH_NS_PER_S), .tv_nsec = (long)(wait % TH_NS_PER_S)};
+    struct timespec ts = {.tv_sec = (time_t)(wait / TH_NS_PER_S),
+                          .tv_nsec = (long)(wait % TH_NS_PER_S)};
     ppoll(NULL, 0, &ts, waitmask);
 }
 

@@ -21,7 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SECRET_MAX 1024                  /* as TH_SECRET_MAX in shm/rt/config.h */
+#define SECRET_MAX 1024                   /* as TH_SECRET_MAX in shm/rt/config.h */
 #define TTL_MAX (100LL * 366 * 24 * 3600) /* keeps now + ttl far from overflow */
 
 struct opts {
@@ -31,10 +31,11 @@ struct opts {
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: tether-token --secret-file PATH --user ID [--ttl SECONDS]\n"
-                 "  --secret-file PATH  file holding the HS256 secret (trailing newline ignored)\n"
-                 "  --user ID           the token's sub: 1 to 64 bytes of UTF-8, no control characters\n"
-                 "  --ttl SECONDS       lifetime, default 3600; 0 means no expiry\n");
+    fprintf(out,
+            "usage: tether-token --secret-file PATH --user ID [--ttl SECONDS]\n"
+            "  --secret-file PATH  file holding the HS256 secret (trailing newline ignored)\n"
+            "  --user ID           the token's sub: 1 to 64 bytes of UTF-8, no control characters\n"
+            "  --ttl SECONDS       lifetime, default 3600; 0 means no expiry\n");
 }
 
 static int bad(const char *flag, const char *why)
@@ -127,7 +128,8 @@ int main(int argc, char **argv)
     char tok[TH_JWT_MAX_TOKEN + 1];
     int n = th_jwt_sign(o.user, secret, (size_t)slen, now, o.ttl, tok, sizeof(tok));
     struct th_jwt_claims claims;
-    int v = n < 0 ? TH_JWT_BAD_SUB : th_jwt_verify(tok, (size_t)n, secret, (size_t)slen, now, &claims);
+    int v =
+        n < 0 ? TH_JWT_BAD_SUB : th_jwt_verify(tok, (size_t)n, secret, (size_t)slen, now, &claims);
     if (v != TH_JWT_OK)
         return bad("--user", v == TH_JWT_BAD_SUB
                                  ? "must be 1 to 64 bytes of UTF-8 without control characters"

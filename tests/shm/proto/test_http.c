@@ -43,8 +43,8 @@ static int parse(const char *s)
 static void expect_str(const struct th_str *s, const char *want)
 {
     cr_assert(s != NULL, "expected \"%s\", got NULL", want);
-    cr_assert(s->n == strlen(want) && memcmp(s->p, want, s->n) == 0, "expected \"%s\", got \"%.*s\"",
-              want, (int)s->n, s->p);
+    cr_assert(s->n == strlen(want) && memcmp(s->p, want, s->n) == 0,
+              "expected \"%s\", got \"%.*s\"", want, (int)s->n, s->p);
 }
 
 Test(http, upgrade_request_fields)
@@ -199,16 +199,16 @@ Test(http, malformed_request_lines)
 Test(http, malformed_header_lines)
 {
     static const char *bad[] = {
-        "GET / HTTP/1.1\r\nHost : x\r\n\r\n",        /* space before colon */
-        "GET / HTTP/1.1\r\n: x\r\n\r\n",             /* empty name */
+        "GET / HTTP/1.1\r\nHost : x\r\n\r\n", /* space before colon */
+        "GET / HTTP/1.1\r\n: x\r\n\r\n",      /* empty name */
         "GET / HTTP/1.1\r\nNoColon\r\n\r\n",
         "GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n", /* obsolete line folding */
         "GET / HTTP/1.1\r\nA: b\r\n\tfolded\r\n\r\n",
         "GET / HTTP/1.1\r\n Host: x\r\n\r\n",
         "GET / HTTP/1.1\r\nA: b\x01\r\n\r\n",
         "GET / HTTP/1.1\r\nA: b\x7f\r\n\r\n",
-        "GET / HTTP/1.1\r\nA: b\rc\r\n\r\n",         /* bare CR */
-        "GET / HTTP/1.1\r\nA(b: c\r\n\r\n",          /* not a token */
+        "GET / HTTP/1.1\r\nA: b\rc\r\n\r\n", /* bare CR */
+        "GET / HTTP/1.1\r\nA(b: c\r\n\r\n",  /* not a token */
         "GET / HTTP/1.1\r\nA\x80: c\r\n\r\n",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
@@ -271,10 +271,10 @@ Test(http, has_token)
         const char *value, *token;
         int want;
     } cases[] = {
-        {"Upgrade", "upgrade", 1},         {"keep-alive, Upgrade", "upgrade", 1},
+        {"Upgrade", "upgrade", 1},          {"keep-alive, Upgrade", "upgrade", 1},
         {" upgrade ,\tclose ", "close", 1}, {"upgrades", "upgrade", 0},
-        {"up grade", "upgrade", 0},       {"", "upgrade", 0},
-        {",,upgrade,,", "upgrade", 1},     {"keep-alive", "upgrade", 0},
+        {"up grade", "upgrade", 0},         {"", "upgrade", 0},
+        {",,upgrade,,", "upgrade", 1},      {"keep-alive", "upgrade", 0},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct th_str v = {cases[i].value, strlen(cases[i].value)};

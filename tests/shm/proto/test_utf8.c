@@ -44,15 +44,15 @@ Test(utf8, valid_boundaries)
         {S("")},
         {S("plain ascii, with \x01 controls \x7f")},
         {S("\x00")},
-        {S("\xc2\x80")},             /* U+0080 */
-        {S("\xdf\xbf")},             /* U+07FF */
-        {S("\xe0\xa0\x80")},         /* U+0800 */
-        {S("\xed\x9f\xbf")},         /* U+D7FF, last before the surrogates */
-        {S("\xee\x80\x80")},         /* U+E000, first after */
-        {S("\xef\xbf\xbf")},         /* U+FFFF */
-        {S("\xef\xbf\xbe")},         /* U+FFFE: a noncharacter, still valid UTF-8 */
-        {S("\xf0\x90\x80\x80")},     /* U+10000 */
-        {S("\xf4\x8f\xbf\xbf")},     /* U+10FFFF */
+        {S("\xc2\x80")},         /* U+0080 */
+        {S("\xdf\xbf")},         /* U+07FF */
+        {S("\xe0\xa0\x80")},     /* U+0800 */
+        {S("\xed\x9f\xbf")},     /* U+D7FF, last before the surrogates */
+        {S("\xee\x80\x80")},     /* U+E000, first after */
+        {S("\xef\xbf\xbf")},     /* U+FFFF */
+        {S("\xef\xbf\xbe")},     /* U+FFFE: a noncharacter, still valid UTF-8 */
+        {S("\xf0\x90\x80\x80")}, /* U+10000 */
+        {S("\xf4\x8f\xbf\xbf")}, /* U+10FFFF */
         {S("\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5")}, /* Autobahn 6.2: kosme */
     };
     for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
@@ -65,12 +65,12 @@ static const struct {
     size_t n;
     long at;
 } bad_cases[] = {
-    {S("\x80"), 0},                     /* lone continuation */
+    {S("\x80"), 0}, /* lone continuation */
     {S("\xbf"), 0},
     {S("a\x80"), 1},
-    {S("\xc2\x80\x80"), 2},             /* one continuation too many */
-    {S("\xc0\x80"), 0},                 /* overlong NUL: C0 and C1 never valid */
-    {S("\xc0\xaf"), 0},                 /* overlong '/' */
+    {S("\xc2\x80\x80"), 2}, /* one continuation too many */
+    {S("\xc0\x80"), 0},     /* overlong NUL: C0 and C1 never valid */
+    {S("\xc0\xaf"), 0},     /* overlong '/' */
     {S("\xc1\xbf"), 0},
     {S("\xe0\x80\xaf"), 1},             /* overlong '/' in 3 bytes */
     {S("\xe0\x9f\xbf"), 1},             /* overlong U+07FF */
@@ -80,8 +80,8 @@ static const struct {
     {S("\xfc\x84\x80\x80\x80\x80"), 0}, /* 6-byte form */
     {S("\xfe"), 0},
     {S("\xff"), 0},
-    {S("\xed\xa0\x80"), 1},             /* U+D800 */
-    {S("\xed\xad\xbf"), 1},             /* U+DB7F */
+    {S("\xed\xa0\x80"), 1}, /* U+D800 */
+    {S("\xed\xad\xbf"), 1}, /* U+DB7F */
     {S("\xed\xae\x80"), 1},
     {S("\xed\xaf\xbf"), 1},             /* U+DBFF */
     {S("\xed\xb0\x80"), 1},             /* U+DC00 */
@@ -90,11 +90,11 @@ static const struct {
     {S("\xf4\x90\x80\x80"), 1},         /* U+110000 fails at the second byte */
     {S("\xf5\x80\x80\x80"), 0},
     {S("\xf7\xbf\xbf\xbf"), 0},
-    {S("\xc2\x41"), 1},                 /* lead byte followed by ASCII */
+    {S("\xc2\x41"), 1}, /* lead byte followed by ASCII */
     {S("\xe1\x80\x41"), 2},
     {S("\xf1\x80\x80\x41"), 3},
     {S("\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80\x65\x64\x69\x74\x65\x64"), 12},
-    {S("abcdefghijklmnop\xc0"), 16},    /* after a run the fast path skipped */
+    {S("abcdefghijklmnop\xc0"), 16}, /* after a run the fast path skipped */
 };
 
 Test(utf8, invalid_sequences_fail_at_the_first_bad_byte)
@@ -134,9 +134,10 @@ Test(utf8, reject_is_sticky)
 
 Test(utf8, every_split_of_a_valid_text)
 {
-    static const char text[] = "Hello-\xc2\xb5@\xc3\x9f\xc3\xb6\xc3\xa4\xc3\xbc\xc3\xa0\xc3\xa1-UTF-8!!"
-                               "\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5 \xf0\x9f\x98\x80 "
-                               "\xe2\x82\xac\xf4\x8f\xbf\xbf end";
+    static const char text[] =
+        "Hello-\xc2\xb5@\xc3\x9f\xc3\xb6\xc3\xa4\xc3\xbc\xc3\xa0\xc3\xa1-UTF-8!!"
+        "\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5 \xf0\x9f\x98\x80 "
+        "\xe2\x82\xac\xf4\x8f\xbf\xbf end";
     size_t n = sizeof(text) - 1;
     for (size_t i = 0; i <= n; i++) {
         for (size_t j = i; j <= n; j++) {
@@ -212,7 +213,8 @@ Test(utf8, exhaustive_against_reference_up_to_three_bytes)
 
 Test(utf8, four_byte_leads_against_reference)
 {
-    static const uint8_t tails[] = {0x00, 0x41, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xff};
+    static const uint8_t tails[] = {0x00, 0x41, 0x7f, 0x80, 0x8f, 0x90,
+                                    0x9f, 0xa0, 0xbf, 0xc0, 0xff};
     uint8_t s[4];
     for (unsigned a = 0xF0; a < 0x100; a++)
         for (unsigned b = 0; b < 256; b++)

@@ -59,8 +59,8 @@ Test(config, both_flag_forms_and_env_precedence)
     setenv("TETHER_JWT_SECRET", "secret", 1);
     setenv("TETHER_STALE_AFTER", "600", 1);
     setenv("TETHER_WORKERS", "3", 1);
-    char *argv[] = {"--workers=5", "--listen", "127.0.0.1:9000", "--shm-name", "t1",
-                    "--log-format", "json", "--api-listen=[::1]:9001"};
+    char *argv[] = {"--workers=5", "--listen",     "127.0.0.1:9000", "--shm-name",
+                    "t1",          "--log-format", "json",           "--api-listen=[::1]:9001"};
     cr_assert_eq(parse(8, argv), TH_CONFIG_OK, "%s", err);
     cr_assert_eq(cfg.stale_after_s, 600, "environment applies when no flag is given");
     cr_assert_eq(cfg.workers, 5, "the command line wins over the environment");

@@ -198,7 +198,8 @@ static void client_detach(struct client *c)
     }
 }
 
-static int cb_ws(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+static int cb_ws(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                 size_t len)
 {
     struct client *c = user;
     char buf[1024];
@@ -290,7 +291,8 @@ static int api_respond(struct lws *wsi, struct api_req *r)
     return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
 
-static int cb_api(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+static int cb_api(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                  size_t len)
 {
     struct api_req *r = user;
     switch (reason) {
@@ -300,7 +302,8 @@ static int cb_api(struct lws *wsi, enum lws_callback_reasons reason, void *user,
         if (lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) && !strcmp(in, "/v1/notify"))
             return 0; /* the body follows */
         r->status = strcmp(in, "/healthz") ? 404 : 200;
-        snprintf(r->resp, sizeof r->resp, r->status == 200 ? "{\"status\":\"ok\"}" : "{\"error\":\"not found\"}");
+        snprintf(r->resp, sizeof r->resp,
+                 r->status == 200 ? "{\"status\":\"ok\"}" : "{\"error\":\"not found\"}");
         lws_callback_on_writable(wsi);
         return 0;
     case LWS_CALLBACK_HTTP_BODY:
@@ -326,13 +329,15 @@ static int cb_api(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 }
 
 static const struct lws_protocols g_ws_protocols[] = {
-    {"tether", cb_ws, sizeof(struct client), 65536, 0, NULL, 0},
-    {NULL, NULL, 0, 0, 0, NULL, 0}};
+    {"tether", cb_ws, sizeof(struct client), 65536, 0, NULL, 0}, {NULL, NULL, 0, 0, 0, NULL, 0}};
 static const struct lws_protocols g_api_protocols[] = {
-    {"http-api", cb_api, sizeof(struct api_req), 0, 0, NULL, 0},
-    {NULL, NULL, 0, 0, 0, NULL, 0}};
+    {"http-api", cb_api, sizeof(struct api_req), 0, 0, NULL, 0}, {NULL, NULL, 0, 0, 0, NULL, 0}};
 
-static void on_sig(int s) { (void)s; g_stop = 1; }
+static void on_sig(int s)
+{
+    (void)s;
+    g_stop = 1;
+}
 
 static int split_addr(const char *s, char *host, size_t cap, int *port)
 {
@@ -352,7 +357,8 @@ static int load_secret(const char *path)
         return -1;
     g_secret_len = fread(g_secret, 1, sizeof g_secret - 1, f);
     fclose(f);
-    while (g_secret_len && (g_secret[g_secret_len - 1] == '\n' || g_secret[g_secret_len - 1] == '\r'))
+    while (g_secret_len &&
+           (g_secret[g_secret_len - 1] == '\n' || g_secret[g_secret_len - 1] == '\r'))
         g_secret_len--;
     return g_secret_len ? 0 : -1;
 }
@@ -377,11 +383,18 @@ int main(int argc, char **argv)
 {
     const char *listen = "127.0.0.1:8080", *api = "127.0.0.1:8081", *secret = NULL, *evlib = "poll";
     for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--listen")) listen = argv[i + 1];
-        else if (!strcmp(argv[i], "--api-listen")) api = argv[i + 1];
-        else if (!strcmp(argv[i], "--jwt-secret-file")) secret = argv[i + 1];
-        else if (!strcmp(argv[i], "--event-lib")) evlib = argv[i + 1];
-        else { fprintf(stderr, "tether-peer-lws: unknown flag %s\n", argv[i]); return 2; }
+        if (!strcmp(argv[i], "--listen"))
+            listen = argv[i + 1];
+        else if (!strcmp(argv[i], "--api-listen"))
+            api = argv[i + 1];
+        else if (!strcmp(argv[i], "--jwt-secret-file"))
+            secret = argv[i + 1];
+        else if (!strcmp(argv[i], "--event-lib"))
+            evlib = argv[i + 1];
+        else {
+            fprintf(stderr, "tether-peer-lws: unknown flag %s\n", argv[i]);
+            return 2;
+        }
     }
     if (argc % 2 == 0) {
         fprintf(stderr, "tether-peer-lws: flag %s needs a value\n", argv[argc - 1]);
@@ -411,7 +424,7 @@ int main(int argc, char **argv)
         return 1;
     }
     if (!strcmp(evlib, "poll")) { /* the ev and uv loops never return to check a flag: */
-        signal(SIGINT, on_sig);    /* there SIGTERM keeps its default action */
+        signal(SIGINT, on_sig);   /* there SIGTERM keeps its default action */
         signal(SIGTERM, on_sig);
     }
     fprintf(stderr, "lws peer: ws://%s/ws api http://%s pid %d event lib %s\n", listen, api,
