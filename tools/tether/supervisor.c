@@ -55,6 +55,7 @@ struct sup {
     int nkids;
     int draining;
     uint64_t drain_deadline; /* monotonic ns */
+    int bad_exits;           /* children that ended abnormally during the drain */
 };
 
 /* One supervisor per process; the child entry points reach it from here. */
@@ -279,6 +280,19 @@ static void child_died(struct th_child *c, int status, uint64_t now_mono)
         }
     }
     if (S.draining) {
+        /*
+         * A drained role exits 0. Anything else (a non-zero status such as a
+         * LeakSanitizer report's, a crash, an abort) makes `tether run` exit 1,
+         * so a service manager and the tests see it; the drain's own SIGTERM
+         * and the stragglers' SIGKILL are the supervisor's doing, not a fault.
+         */
+        int ours =
+            WIFSIGNALED(status) && (WTERMSIG(status) == SIGTERM || WTERMSIG(status) == SIGKILL);
+        if (!ours && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+            S.bad_exits++;
+            th_warn("%s %s during the drain", c->name, how);
+            return;
+        }
         th_info("%s %s%s", c->name, how,
                 c->worker >= 0 && reclaimed > 0 ? "; released its slots" : "");
         return;
@@ -526,5 +540,9 @@ int th_supervisor_run(const struct th_config *cfg)
     init_children();
     run_loop(&waitmask);
     shutdown_group();
+    if (S.bad_exits > 0) {
+        th_error("%d child process(es) ended abnormally during the drain", S.bad_exits);
+        return 1;
+    }
     return 0;
 }
