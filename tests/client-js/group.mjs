@@ -1,0 +1,249 @@
+// Test harness for the JavaScript client's tests: starts a real `tether run`
+// group (build/bin from the same build tree, or $TETHER_BIN) on free loopback
+// ports with a segment, runtime directory and secret of its own, restarts it
+// on the same ports and segment, and gives tests tokens (signed here with
+// node:crypto, not tether's signer), the backend API, tether-dump and the
+// roles' pids. Also loads the `ws` package from tools/client-js's
+// node_modules (installed by `npm ci` from the committed package-lock.json).
+import { spawn, execFileSync } from 'node:child_process';
+import { createHmac } from 'node:crypto';
+import { createRequire } from 'node:module';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const ROOT = path.resolve(here, '..', '..');
+export const CLIENT_DIR = path.join(ROOT, 'tools', 'client-js');
+export const BIN = process.env.TETHER_BIN || path.join(ROOT, 'build', 'bin');
+export const SANITIZED = process.env.TETHER_SANITIZED === '1';
+
+export function loadWs() {
+  try {
+    return createRequire(path.join(CLIENT_DIR, 'package.json'))('ws');
+  } catch (err) {
+    throw new Error(`the ws package is missing: run \`npm ci\` in ${CLIENT_DIR} (tools/deps does): ${err.message}`);
+  }
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls pred (sync or async) until it returns a truthy value; throws after timeoutMs. */
+export async function waitFor(pred, timeoutMs, what = 'condition') {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await pred();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+const b64url = (buf) => Buffer.from(buf).toString('base64url');
+
+/** An HS256 JWT for `sub`, expiring in ttlS seconds (null: no exp). */
+export function makeToken(secret, sub, ttlS = 3600) {
+  const now = Math.floor(Date.now() / 1000);
+  const claims = { sub, iat: now };
+  if (ttlS !== null) claims.exp = now + ttlS;
+  const input = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' })) + '.' + b64url(JSON.stringify(claims));
+  return input + '.' + createHmac('sha256', secret).update(input).digest('base64url');
+}
+
+let counter = 0;
+
+export class Group {
+  constructor({ workers = 2, slots = 1024, args = [] } = {}) {
+    this.tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tether-js-'));
+    this.secret = 'js-client-test-secret-0123456789';
+    this.secretFile = path.join(this.tmp, 'secret');
+    fs.writeFileSync(this.secretFile, this.secret + '\n', { mode: 0o600 });
+    this.shmName = `/tether-js-${process.pid}-${counter++}`;
+    this.logPath = path.join(this.tmp, 'tether.log');
+    this.workers = workers;
+    this.slots = slots;
+    this.extra = args;
+    this.proc = null;
+    this.starts = 0;
+  }
+
+  get url() {
+    return `ws://127.0.0.1:${this.port}/ws`;
+  }
+
+  token(user, ttlS = 3600) {
+    return makeToken(this.secret, user, ttlS);
+  }
+
+  async start(timeoutMs = SANITIZED ? 40000 : 20000) {
+    if (this.port === undefined) {
+      this.port = await freePort();
+      this.apiPort = await freePort();
+    }
+    const args = ['run', '--listen', `127.0.0.1:${this.port}`, '--api-listen', `127.0.0.1:${this.apiPort}`,
+      '--workers', String(this.workers), '--slots', String(this.slots), '--shm-name', this.shmName,
+      '--jwt-secret-file', this.secretFile, '--log-level', 'debug', ...this.extra];
+    const log = fs.openSync(this.logPath, 'a');
+    const env = { ...process.env, TETHER_RUNTIME_DIR: path.join(this.tmp, 'run') };
+    delete env.TETHER_JWT_SECRET;
+    const proc = spawn(path.join(BIN, 'tether'), args, { stdio: ['ignore', log, log], env, detached: true });
+    fs.closeSync(log);
+    this.proc = proc;
+    this.starts++;
+    proc.exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
+    let done = false;
+    proc.exited.then(() => { done = true; });
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (done) throw new Error(`tether run exited at start:\n${this.log()}`);
+      try {
+        const { status } = await this.api('GET', '/healthz');
+        if (status === 200) return this;
+      } catch {
+        // not listening yet
+      }
+      await sleep(50);
+    }
+    throw new Error(`tether group not healthy within ${timeoutMs} ms:\n${this.log()}`);
+  }
+
+  /** Sends sig to the supervisor and waits for the group to exit. */
+  async stop(sig = 'SIGTERM', timeoutMs = 30000) {
+    const proc = this.proc;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return null;
+    proc.kill(sig);
+    const t = setTimeout(() => this.#killGroup(), timeoutMs);
+    const r = await proc.exited;
+    clearTimeout(t);
+    return r;
+  }
+
+  /** kill -9 of the whole process group: supervisor and every role at once. */
+  async crash() {
+    this.#killGroup();
+    await this.proc.exited;
+    // Orphaned roles die with the group; wait until none holds the port.
+    await waitFor(async () => !(await this.#listening()), 10000, 'the crashed group to release its port');
+  }
+
+  #killGroup() {
+    try {
+      process.kill(-this.proc.pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+
+  #listening() {
+    return new Promise((resolve) => {
+      const s = net.connect(this.port, '127.0.0.1');
+      s.on('connect', () => { s.destroy(); resolve(true); });
+      s.on('error', () => resolve(false));
+    });
+  }
+
+  /** Stops (SIGTERM unless told otherwise) and starts again on the same ports and segment name. */
+  async restart() {
+    await this.stop();
+    return this.start();
+  }
+
+  async close() {
+    try {
+      await this.stop('SIGTERM', 15000);
+    } finally {
+      this.#killGroup();
+      try {
+        fs.unlinkSync('/dev/shm' + this.shmName);
+      } catch {
+        // removed by the group itself
+      }
+    }
+  }
+
+  async api(method, pathname, body) {
+    const res = await fetch(`http://127.0.0.1:${this.apiPort}${pathname}`, {
+      method,
+      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(10000),
+    });
+    const text = await res.text();
+    let json = null;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      // metrics and other text bodies
+    }
+    return { status: res.status, body: json ?? text };
+  }
+
+  notify(user, data = {}, extra = {}) {
+    return this.api('POST', '/v1/notify', { user_id: user, type: 'test.note', data, ...extra });
+  }
+
+  dump(user) {
+    const args = ['--shm-name', this.shmName, '--json', ...(user ? ['--user', user] : [])];
+    return JSON.parse(execFileSync(path.join(BIN, 'tether-dump'), args, { encoding: 'utf8', timeout: 30000 }));
+  }
+
+  /** The pid of the worker that holds `user`'s (single) connection, or null. */
+  workerPidOf(user) {
+    const d = this.dump(user);
+    const c = d.connections.find((x) => x.user_id === user);
+    if (!c) return null;
+    return d.workers.find((w) => w.index === c.worker)?.pid ?? null;
+  }
+
+  async metric(name) {
+    const { body } = await this.api('GET', '/metrics');
+    const line = body.split('\n').find((l) => l.startsWith(name + ' ') || l.startsWith(name + '{'));
+    return line === undefined ? null : Number(line.split(' ').pop());
+  }
+
+  log() {
+    try {
+      return fs.readFileSync(this.logPath, 'utf8');
+    } catch {
+      return '';
+    }
+  }
+
+  /** Whether this build of tether knows a `tether run` flag (features landing during development). */
+  static hasFlag(flag) {
+    const out = (() => {
+      try {
+        return execFileSync(path.join(BIN, 'tether'), ['run', '--help'], { encoding: 'utf8' });
+      } catch (err) {
+        return String(err.stdout ?? '') + String(err.stderr ?? '');
+      }
+    })();
+    return out.includes(flag);
+  }
+}
+
+/** Records what a TetherClient emits, for assertions. */
+export function record(client) {
+  const rec = { events: [], notes: [], connected: 0, disconnects: [], errors: [], resumes: [] };
+  const push = (name) => (d) => rec.events.push({ name, d, at: Date.now() });
+  for (const e of ['connected', 'disconnected', 'notification', 'resumed', 'error', 'state']) client.on(e, push(e));
+  client.on('connected', () => rec.connected++);
+  client.on('notification', (n) => rec.notes.push(n));
+  client.on('disconnected', (d) => rec.disconnects.push(d));
+  client.on('error', (e) => rec.errors.push(e));
+  client.on('resumed', (r) => rec.resumes.push(r));
+  return rec;
+}

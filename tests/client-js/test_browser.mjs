@@ -1,0 +1,169 @@
+// The reference JavaScript client in headless Chromium (the browser's own
+// WebSocket), against real tether groups: delivery, ping cadence, kill -9,
+// a stopped worker, drain and restart, eviction, replacement, token refresh.
+// A small HTTP server on loopback serves the page, the client module and
+// tokens; the test drives the page over the DevTools protocol.
+import { test, before, after, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { Browser } from './chromium.mjs';
+import { CLIENT_DIR, Group, loadWs, makeToken, sleep, waitFor, SANITIZED } from './group.mjs';
+
+const WS = loadWs();
+const SLOW = SANITIZED ? 3 : 1;
+const SECRET = new Group().secret; // every group signs with the same test secret
+const here = path.dirname(new URL(import.meta.url).pathname);
+let browser, server, page, origin;
+const groups = new Set();
+
+before(async () => {
+  server = http.createServer((req, res) => {
+    const u = new URL(req.url, 'http://x');
+    if (u.pathname === '/') {
+      res.writeHead(200, { 'content-type': 'text/html' }).end(fs.readFileSync(path.join(here, 'page.html')));
+    } else if (u.pathname === '/client/index.js') {
+      res.writeHead(200, { 'content-type': 'text/javascript' }).end(fs.readFileSync(path.join(CLIENT_DIR, 'src', 'index.js')));
+    } else if (u.pathname === '/token') {
+      res.writeHead(200, { 'content-type': 'text/plain' }).end(makeToken(SECRET, u.searchParams.get('user'), Number(u.searchParams.get('ttl'))));
+    } else {
+      res.writeHead(404).end();
+    }
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  origin = `http://127.0.0.1:${server.address().port}`;
+  browser = await Browser.launch(WS);
+  page = await browser.open(origin + '/');
+  await waitFor(() => page.eval('typeof window.T === "object"'), 15000, 'the page to load the client');
+});
+
+// Each test ends its clients and groups, so nothing of it runs into the next.
+afterEach(async () => {
+  await page.eval('T.closeAll()');
+  for (const g of groups) await g.close();
+  groups.clear();
+});
+
+after(async () => {
+  if (page) await page.eval('T.closeAll()').catch(() => {});
+  if (browser) await browser.close();
+  if (server) server.close();
+  for (const g of groups) await g.close();
+});
+
+async function group(opts) {
+  const g = new Group(opts);
+  groups.add(g);
+  return g.start();
+}
+
+let n = 0;
+async function client(g, user, opts = {}, ttls = [3600]) {
+  const name = `c${n++}`;
+  await page.eval(`T.make(${JSON.stringify(name)}, ${JSON.stringify(g.url)}, ${JSON.stringify(user)}, ${JSON.stringify(ttls)}, ${JSON.stringify(opts)})`);
+  const rec = () => page.eval(`T.rec(${JSON.stringify(name)})`);
+  rec.close = () => page.eval(`T.clients[${JSON.stringify(name)}].c.close()`);
+  return rec;
+}
+
+const until = (rec, pred, what, ms = 10000 * SLOW) => waitFor(async () => { const r = await rec(); return pred(r) && r; }, ms, what);
+
+test('browser: notifications in order, once each', async () => {
+  const g = await group({ workers: 2 });
+  const rec = await client(g, 'bn1', { ack: true });
+  await until(rec, (r) => r.connected === 1, 'connected');
+  for (let i = 0; i < 10; i++) assert.equal((await g.notify('bn1', { i })).status, 200);
+  const r = await until(rec, (x) => x.notes.length >= 10, '10 notifications');
+  assert.deepEqual(r.notes.map((x) => x.data.i), [...Array(10).keys()]);
+  assert.deepEqual(r.errors, []);
+});
+
+test('browser: app pings at pingInterval refresh the registry', async () => {
+  const g = await group({ workers: 1 });
+  const rec = await client(g, 'bp1', { pingInterval: 200 });
+  await until(rec, (r) => r.connected === 1, 'connected');
+  const p0 = await g.metric('tether_pings_total');
+  const t0 = Date.now();
+  await waitFor(async () => (await g.metric('tether_pings_total')) - p0 >= 6, 10000, '6 pings at the server');
+  const elapsed = Date.now() - t0;
+  const pings = (await g.metric('tether_pings_total')) - p0;
+  // Never faster than the interval (a ping loop), and the server saw them as pings of this user.
+  assert.ok(pings <= Math.ceil((Date.now() - t0) / 200) + 2, `${pings} pings in ${elapsed} ms`);
+  assert.ok(g.log().includes('[WebSocket] User bp1 - connection refreshed via ping'));
+});
+
+test('browser: kill -9 of the worker, reconnect, delivery', async () => {
+  const g = await group({ workers: 2 });
+  const rec = await client(g, 'bk1', { backoffBase: 100 });
+  await until(rec, (r) => r.connected === 1, 'connected');
+  process.kill(g.workerPidOf('bk1'), 'SIGKILL');
+  await until(rec, (r) => r.connected === 2, 'reconnected');
+  await waitFor(async () => (await g.notify('bk1', { after: 'kill' })).status === 200, 5000, 'delivery');
+  const r = await until(rec, (x) => x.notes.length === 1, 'the notification');
+  assert.equal(r.disconnects[0].willReconnect, true);
+  assert.equal(r.state, 'connected');
+});
+
+test('browser: SIGSTOPped worker, dead socket detected, reconnect', async () => {
+  const g = await group({ workers: 2 });
+  const rec = await client(g, 'bs1', { pingInterval: 300, deadSlack: 300, connectTimeout: 500, backoffBase: 50 });
+  await until(rec, (r) => r.connected === 1, 'connected');
+  const pid = g.workerPidOf('bs1');
+  process.kill(pid, 'SIGSTOP');
+  try {
+    const r = await until(rec, (x) => x.disconnects.length >= 1, 'the dead socket', 5000);
+    assert.match(r.disconnects[0].reason, /dead socket/);
+    await until(rec, (x) => x.connected === 2 || x.disconnects.some((d) => /timed out/.test(d.reason)),
+      'a reconnect or a timed-out attempt', 5000);
+  } finally {
+    process.kill(pid, 'SIGCONT');
+  }
+  await until(rec, (x) => x.connected === 2, 'reconnected');
+  await waitFor(() => g.dump('bs1').connections.length === 1, 10000, 'the old slot released');
+  assert.equal((await g.notify('bs1', {})).status, 200);
+  await until(rec, (x) => x.notes.length === 1, 'the notification');
+});
+
+test('browser: drain (1001) and restart of the group', async () => {
+  const g = await group({ workers: 2 });
+  const rec = await client(g, 'bd1', { drainSpread: 400, backoffBase: 100, backoffCap: 400 });
+  await until(rec, (r) => r.connected === 1, 'connected');
+  const stopped = g.stop();
+  const r = await until(rec, (x) => x.disconnects.length >= 1, 'the 1001');
+  assert.equal(r.disconnects[0].code, 1001);
+  assert.equal((await stopped).code, 0);
+  await g.start();
+  await until(rec, (x) => x.connected === 2, 'reconnected after the restart');
+  assert.equal((await g.notify('bd1', {})).status, 200);
+  await until(rec, (x) => x.notes.length === 1, 'the notification');
+});
+
+test('browser: eviction (4000) reconnects, replacement (4001) does not', async () => {
+  const g = await group({ workers: 1, args: ['--stale-after', '2', '--sweep-every', '1', '--max-conns-per-user', '1'] });
+  const stale = await client(g, 'be1', { pingInterval: 60000, backoffBase: 100 });
+  const r = await until(stale, (x) => x.connected === 2, 'evicted and reconnected');
+  assert.equal(r.disconnects[0].code, 4000);
+  await stale.close(); // it would go on being evicted and reconnecting
+  const old = await client(g, 'br1', { pingInterval: 500 });
+  await until(old, (x) => x.connected === 1, 'the first device');
+  const newer = await client(g, 'br1', { pingInterval: 500 });
+  await until(newer, (x) => x.connected === 1, 'the newer device');
+  const o = await until(old, (x) => x.state === 'stopped', 'the 4001');
+  assert.equal(o.disconnects[0].code, 4001);
+  assert.equal(o.disconnects[0].willReconnect, false);
+  const opened = o.opened;
+  await sleep(500);
+  assert.equal((await old()).opened, opened, 'no new attempt anywhere on the page');
+});
+
+test('browser: token expiry (1008) fetches a new token and reconnects', async () => {
+  const g = await group({ workers: 1 });
+  const rec = await client(g, 'bx1', { backoffBase: 50 }, [2, 3600]);
+  await until(rec, (r) => r.connected === 1, 'connected');
+  const r = await until(rec, (x) => x.connected === 2, 'reconnected with a new token', 8000 * SLOW);
+  assert.equal(r.disconnects[0].code, 1008);
+  assert.equal(r.tokens, 2);
+  assert.equal((await g.notify('bx1', {})).status, 200);
+  await until(rec, (x) => x.notes.length === 1, 'the notification');
+});
