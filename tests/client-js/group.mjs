@@ -63,6 +63,18 @@ export function makeToken(secret, sub, ttlS = 3600) {
   return input + '.' + createHmac('sha256', secret).update(input).digest('base64url');
 }
 
+// The one sanitizer check of the test tree is the Python harness's
+// (tests/harness/sanitizer.py): run it on the group's log rather than copy it.
+function sanitizerCheck(logPath) {
+  const code = 'import sys; sys.path.insert(0, sys.argv[1]); from harness import sanitizer; ' +
+    'sanitizer.check(open(sys.argv[2], errors="replace").read(), sys.argv[2])';
+  try {
+    execFileSync('/usr/bin/python3', ['-c', code, path.join(ROOT, 'tests'), logPath], { encoding: 'utf8', stdio: 'pipe' });
+  } catch (err) {
+    throw new Error(String(err.stderr || err.message).trim().split('\n').slice(-60).join('\n'));
+  }
+}
+
 let counter = 0;
 
 export class Group {
@@ -161,6 +173,7 @@ export class Group {
     return this.start();
   }
 
+  /** Stops the group, removes what it left, and fails on any sanitizer report in its log. */
   async close() {
     try {
       await this.stop('SIGTERM', 15000);
@@ -172,6 +185,7 @@ export class Group {
         // removed by the group itself
       }
     }
+    sanitizerCheck(this.logPath);
   }
 
   async api(method, pathname, body) {

@@ -13,6 +13,7 @@ import { CLIENT_DIR, Group, loadWs, makeToken, sleep, waitFor, SANITIZED } from 
 
 const WS = loadWs();
 const SLOW = SANITIZED ? 3 : 1;
+const LIMIT = { timeout: 60000 * SLOW }; // a hung step fails its test, not the whole suite
 const SECRET = new Group().secret; // every group signs with the same test secret
 const here = path.dirname(new URL(import.meta.url).pathname);
 let browser, server, page, origin;
@@ -69,7 +70,7 @@ async function client(g, user, opts = {}, ttls = [3600]) {
 
 const until = (rec, pred, what, ms = 10000 * SLOW) => waitFor(async () => { const r = await rec(); return pred(r) && r; }, ms, what);
 
-test('browser: notifications in order, once each', async () => {
+test('browser: notifications in order, once each', LIMIT, async () => {
   const g = await group({ workers: 2 });
   const rec = await client(g, 'bn1', { ack: true });
   await until(rec, (r) => r.connected === 1, 'connected');
@@ -79,7 +80,7 @@ test('browser: notifications in order, once each', async () => {
   assert.deepEqual(r.errors, []);
 });
 
-test('browser: app pings at pingInterval refresh the registry', async () => {
+test('browser: app pings at pingInterval refresh the registry', LIMIT, async () => {
   const g = await group({ workers: 1 });
   const rec = await client(g, 'bp1', { pingInterval: 200 });
   await until(rec, (r) => r.connected === 1, 'connected');
@@ -93,7 +94,7 @@ test('browser: app pings at pingInterval refresh the registry', async () => {
   assert.ok(g.log().includes('[WebSocket] User bp1 - connection refreshed via ping'));
 });
 
-test('browser: kill -9 of the worker, reconnect, delivery', async () => {
+test('browser: kill -9 of the worker, reconnect, delivery', LIMIT, async () => {
   const g = await group({ workers: 2 });
   const rec = await client(g, 'bk1', { backoffBase: 100 });
   await until(rec, (r) => r.connected === 1, 'connected');
@@ -105,7 +106,7 @@ test('browser: kill -9 of the worker, reconnect, delivery', async () => {
   assert.equal(r.state, 'connected');
 });
 
-test('browser: SIGSTOPped worker, dead socket detected, reconnect', async () => {
+test('browser: SIGSTOPped worker, dead socket detected, reconnect', LIMIT, async () => {
   const g = await group({ workers: 2 });
   const rec = await client(g, 'bs1', { pingInterval: 300, deadSlack: 300, connectTimeout: 500, backoffBase: 50 });
   await until(rec, (r) => r.connected === 1, 'connected');
@@ -125,7 +126,7 @@ test('browser: SIGSTOPped worker, dead socket detected, reconnect', async () => 
   await until(rec, (x) => x.notes.length === 1, 'the notification');
 });
 
-test('browser: drain (1001) and restart of the group', async () => {
+test('browser: drain (1001) and restart of the group', LIMIT, async () => {
   const g = await group({ workers: 2 });
   const rec = await client(g, 'bd1', { drainSpread: 400, backoffBase: 100, backoffCap: 400 });
   await until(rec, (r) => r.connected === 1, 'connected');
@@ -139,7 +140,7 @@ test('browser: drain (1001) and restart of the group', async () => {
   await until(rec, (x) => x.notes.length === 1, 'the notification');
 });
 
-test('browser: eviction (4000) reconnects, replacement (4001) does not', async () => {
+test('browser: eviction (4000) reconnects, replacement (4001) does not', LIMIT, async () => {
   const g = await group({ workers: 1, args: ['--stale-after', '2', '--sweep-every', '1', '--max-conns-per-user', '1'] });
   const stale = await client(g, 'be1', { pingInterval: 60000, backoffBase: 100 });
   const r = await until(stale, (x) => x.connected === 2, 'evicted and reconnected');
@@ -157,7 +158,7 @@ test('browser: eviction (4000) reconnects, replacement (4001) does not', async (
   assert.equal((await old()).opened, opened, 'no new attempt anywhere on the page');
 });
 
-test('browser: token expiry (1008) fetches a new token and reconnects', async () => {
+test('browser: token expiry (1008) fetches a new token and reconnects', LIMIT, async () => {
   const g = await group({ workers: 1 });
   const rec = await client(g, 'bx1', { backoffBase: 50 }, [2, 3600]);
   await until(rec, (r) => r.connected === 1, 'connected');

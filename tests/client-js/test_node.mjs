@@ -8,7 +8,8 @@ import { TetherClient } from '../../tools/client-js/src/index.js';
 import { Group, loadWs, record, sleep, waitFor, SANITIZED } from './group.mjs';
 
 const WS = loadWs();
-const SLOW = SANITIZED ? 3 : 1; // sanitized builds start and answer slower
+const SLOW = SANITIZED ? 3 : 1;
+const LIMIT = { timeout: 60000 * SLOW }; // a hung step fails its test, not the whole suite // sanitized builds start and answer slower
 const clients = new Set();
 const groups = new Set();
 
@@ -56,7 +57,7 @@ function client(g, user, opts = {}) {
 
 const connectedTimes = (rec, n, ms = 10000 * SLOW) => waitFor(() => rec.connected >= n, ms, `${n} connection(s)`);
 
-test('notifications reach the app in order, once each, and are acked', async () => {
+test('notifications reach the app in order, once each, and are acked', LIMIT, async () => {
   const g = await group({ workers: 2 });
   const [c, rec] = client(g, 'n1', { ack: true });
   await connectedTimes(rec, 1);
@@ -76,7 +77,7 @@ test('notifications reach the app in order, once each, and are acked', async () 
   assert.deepEqual(rec.errors, []);
 });
 
-test('app pings follow pingInterval and refresh the registry', async () => {
+test('app pings follow pingInterval and refresh the registry', LIMIT, async () => {
   const g = await group({ workers: 1 });
   const interval = 200;
   const [, rec] = client(g, 'p1', { pingInterval: interval });
@@ -98,7 +99,7 @@ test('app pings follow pingInterval and refresh the registry', async () => {
   assert.equal(rec.disconnects.length, 0);
 });
 
-test('a SIGSTOPped worker: dead socket detected, reconnect after SIGCONT or to another worker', async (t) => {
+test('a SIGSTOPped worker: dead socket detected, reconnect after SIGCONT or to another worker', LIMIT, async (t) => {
   const g = await group({ workers: 2 });
   const interval = 300, slack = 300;
   const [c, rec] = client(g, 's1', { pingInterval: interval, deadSlack: slack, connectTimeout: 500, backoffBase: 50 });
@@ -135,7 +136,7 @@ test('a SIGSTOPped worker: dead socket detected, reconnect after SIGCONT or to a
   assert.equal(rec.notes.length, 1);
 });
 
-test('connection attempt timeout: a new client of a stopped single worker retries until it answers', async () => {
+test('connection attempt timeout: a new client of a stopped single worker retries until it answers', LIMIT, async () => {
   const g = await group({ workers: 1 });
   const pid = g.dump().workers[0].pid;
   process.kill(pid, 'SIGSTOP');
@@ -155,7 +156,7 @@ test('connection attempt timeout: a new client of a stopped single worker retrie
   await waitFor(() => rec.notes.length === 1, 5000, 'the notification');
 });
 
-test('connection attempt timeout against a listener that never answers the upgrade', async () => {
+test('connection attempt timeout against a listener that never answers the upgrade', LIMIT, async () => {
   const held = [];
   const srv = net.createServer((s) => held.push(s));
   await new Promise((r) => srv.listen(0, '127.0.0.1', r));
@@ -175,7 +176,7 @@ test('connection attempt timeout against a listener that never answers the upgra
   }
 });
 
-test('reconnect backoff: full jitter under a doubling ceiling, reset after a stable connection', async () => {
+test('reconnect backoff: full jitter under a doubling ceiling, reset after a stable connection', LIMIT, async () => {
   const g = await group({ workers: 1 });
   await g.stop();
   const base = 40, cap = 320;
@@ -198,7 +199,7 @@ test('reconnect backoff: full jitter under a doubling ceiling, reset after a sta
   assert.equal(c.state, 'connected');
 });
 
-test('kill -9 of the worker: the client reconnects and gets what is sent after', async () => {
+test('kill -9 of the worker: the client reconnects and gets what is sent after', LIMIT, async () => {
   const g = await group({ workers: 2 });
   const [c, rec] = client(g, 'k1', { backoffBase: 100 });
   await connectedTimes(rec, 1);
@@ -213,7 +214,7 @@ test('kill -9 of the worker: the client reconnects and gets what is sent after',
   assert.equal(c.state, 'connected');
 });
 
-test('drain (1001) then restart of the group: reconnect within drainSpread, then delivery', async () => {
+test('drain (1001) then restart of the group: reconnect within drainSpread, then delivery', LIMIT, async () => {
   const g = await group({ workers: 2 });
   const [c, rec] = client(g, 'd1', { drainSpread: 400, backoffBase: 100, backoffCap: 400 });
   await connectedTimes(rec, 1);
@@ -239,7 +240,7 @@ test('drain (1001) then restart of the group: reconnect within drainSpread, then
   assert.deepEqual(rec.errors, []);
 });
 
-test('stale eviction (4000): the client reconnects', async () => {
+test('stale eviction (4000): the client reconnects', LIMIT, async () => {
   const g = await group({ workers: 1, args: ['--stale-after', '2', '--sweep-every', '1'] });
   // A client that pings too rarely for this threshold (and does not take the silence for a dead socket).
   const [c, rec] = client(g, 'e1', { pingInterval: 60000, backoffBase: 100 });
@@ -252,7 +253,7 @@ test('stale eviction (4000): the client reconnects', async () => {
   assert.ok(g.log().includes('[ConnectionManager] Removing stale connection: e1'));
 });
 
-test('replaced (4001): the older client stops and does not reconnect', async () => {
+test('replaced (4001): the older client stops and does not reconnect', LIMIT, async () => {
   const g = await group({ workers: 2, args: ['--max-conns-per-user', '1'] });
   const [a, recA] = client(g, 'r1', { backoffBase: 20 });
   await connectedTimes(recA, 1);
@@ -272,7 +273,7 @@ test('replaced (4001): the older client stops and does not reconnect', async () 
   assert.equal(recA.notes.length, 0);
 });
 
-test('token expiry (1008): the token function is called again and the client reconnects', async () => {
+test('token expiry (1008): the token function is called again and the client reconnects', LIMIT, async () => {
   const g = await group({ workers: 1 });
   const issued = [];
   const token = async () => {
@@ -293,7 +294,7 @@ test('token expiry (1008): the token function is called again and the client rec
   await waitFor(() => rec.notes.length === 1, 5000, 'delivery');
 });
 
-test('token expiry (1008) with a fixed token: error and stop', async () => {
+test('token expiry (1008) with a fixed token: error and stop', LIMIT, async () => {
   const g = await group({ workers: 1 });
   const [c, rec] = client(g, 'x2', { token: g.token('x2', 2), backoffBase: 20 });
   await connectedTimes(rec, 1);
@@ -310,7 +311,7 @@ const faults = {
   1009: (ws) => ws.send('x'.repeat(200)), // over --max-message 125
 };
 for (const [code, inject] of Object.entries(faults)) {
-  test(`close ${code}: error reported, no reconnect`, async () => {
+  test(`close ${code}: error reported, no reconnect`, LIMIT, async () => {
     const g = await group({ workers: 1, args: ['--max-message', '125'] });
     const [c, rec] = client(g, `f${code}`, { backoffBase: 20 });
     await connectedTimes(rec, 1);
@@ -326,7 +327,7 @@ for (const [code, inject] of Object.entries(faults)) {
   });
 }
 
-test('close() stops everything and connect() starts again', async () => {
+test('close() stops everything and connect() starts again', LIMIT, async () => {
   const g = await group({ workers: 1 });
   const [c, rec] = client(g, 'c1', { pingInterval: 100 });
   await connectedTimes(rec, 1);

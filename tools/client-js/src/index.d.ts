@@ -1,12 +1,16 @@
 // Type declarations for @tether/client (src/index.js).
 
-/** The constructor of a WebSocket: the browser's, or the `ws` package's. */
+/**
+ * The constructor of a WebSocket: the browser's, or the `ws` package's. The
+ * client sets the on* handlers itself; event parameters are left open so
+ * both implementations' own event types fit.
+ */
 export interface WebSocketLike {
   readonly readyState: number;
-  onopen: ((ev: any) => void) | null;
-  onmessage: ((ev: { data: any }) => void) | null;
-  onclose: ((ev: { code: number; reason: string }) => void) | null;
-  onerror: ((ev: any) => void) | null;
+  onopen: ((ev: any) => any) | null;
+  onmessage: ((ev: any) => any) | null;
+  onclose: ((ev: any) => any) | null;
+  onerror: ((ev: any) => any) | null;
   send(data: string): void;
   close(code?: number, reason?: string): void;
   /** `ws` only: drop the TCP connection at once. */
