@@ -6,11 +6,12 @@
  * (another node via a message broker) would implement the same operations.
  *
  * A route is driven by the notifier's single-threaded io_uring loop: it may
- * queue SQEs on the loop's ring with user_data from th_ud_make(TH_UD_ROUTE,
- * ...) (notifier/loop.h); the loop hands the matching completions back
- * through on_cqe, calls flush() before every wait (so deliveries queued by
- * one batch of requests leave in as few syscalls as possible), and calls expire() with the
- * monotonic clock whenever next_deadline() has passed.
+ * queue SQEs on the loop's ring (th_uring_sqe) with user_data from
+ * th_ud_make(TH_UD_ROUTE, idx, gen) (shm/rt/uring.h); the loop hands the
+ * matching completions back through on_cqe, calls flush() before every wait
+ * (so deliveries queued by one batch of requests leave in as few syscalls as
+ * possible), and calls expire() with the monotonic clock whenever
+ * next_deadline() has passed.
  */
 #ifndef TETHER_NOTIFIER_ROUTE_H
 #define TETHER_NOTIFIER_ROUTE_H
@@ -20,7 +21,17 @@
 #include <stdint.h>
 
 #include "shm/rt/config.h"
+#include "shm/rt/uring.h"
 #include "shm/registry.h"
+
+/* The kinds of user_data on the notifier's ring (th_ud_make's kind). */
+enum th_ud_kind {
+    TH_UD_NONE = 0,   /* cancellations and other fire-and-forget SQEs */
+    TH_UD_ACCEPT = 1, /* multishot accept on the API socket */
+    TH_UD_RECV = 2,   /* recv on an API connection (idx = connection) */
+    TH_UD_SEND = 3,   /* send on an API connection */
+    TH_UD_ROUTE = 4,  /* owned by the route: handed to its on_cqe */
+};
 
 /* The outcome of one delivery, as the route saw it. */
 struct th_route_result {
@@ -58,8 +69,8 @@ struct th_route {
 };
 
 /*
- * The local route: registry lookup plus worker handoff. timeout_ms bounds
- * how long a delivery waits for workers. Returns NULL on out of memory.
+ * The local route: registry lookup plus worker handoff. cfg->handoff_timeout_ms
+ * bounds how long a delivery waits for workers. Returns NULL on out of memory.
  */
 struct th_route *th_route_local_new(const struct th_config *cfg, struct th_reg *reg,
                                     struct io_uring *ring);

@@ -19,7 +19,6 @@
  * lookup and the handoff); otherwise -> 503.
  */
 #include "notifier/route.h"
-#include "notifier/loop.h"
 #include "shm/rt/clock.h"
 #include "shm/rt/log.h"
 #include "shm/rt/channel.h"
@@ -91,9 +90,10 @@ struct route_local {
     struct chan ch[TH_MAX_WORKERS];
 };
 
+/* A leg's request seq: the user_data codec's packing (kind = leg, index = job, job generation). */
 static uint64_t seq_make(uint32_t gen, uint32_t job, unsigned leg)
 {
-    return ((uint64_t)gen << 32) | ((uint64_t)job << 8) | leg;
+    return th_ud_make(leg, job, gen);
 }
 
 /* ---- jobs --------------------------------------------------------------- */
@@ -210,12 +210,18 @@ static void leg_resolve(struct route_local *rl, uint32_t i, unsigned n, int stat
 
 /* ---- channels ----------------------------------------------------------- */
 
-static void chan_arm(struct route_local *rl, unsigned w, int out)
+static void chan_close(struct route_local *rl, unsigned w, const char *why);
+
+/* Watch channel w for replies (or, out, for room to send). A ring that takes no
+ * request closes the channel, failing its legs (503), and returns -EBUSY. */
+static int chan_arm(struct route_local *rl, unsigned w, int out)
 {
     struct chan *c = &rl->ch[w];
-    struct io_uring_sqe *sqe = th_get_sqe(rl->ring);
-    if (!sqe)
-        return;
+    struct io_uring_sqe *sqe = th_uring_sqe(rl->ring);
+    if (!sqe) {
+        chan_close(rl, w, "no io_uring submission entry to watch it");
+        return -EBUSY;
+    }
     if (out) {
         io_uring_prep_poll_add(sqe, c->fd, POLLOUT);
         c->out_armed = 1;
@@ -223,13 +229,14 @@ static void chan_arm(struct route_local *rl, unsigned w, int out)
         io_uring_prep_poll_multishot(sqe, c->fd, POLLIN);
     }
     io_uring_sqe_set_data64(sqe, th_ud_make(TH_UD_ROUTE, w << 1 | (unsigned)out, c->gen));
+    return 0;
 }
 
 static void chan_cancel(struct route_local *rl, unsigned w, int out)
 {
-    struct io_uring_sqe *sqe = th_get_sqe(rl->ring);
+    struct io_uring_sqe *sqe = th_uring_sqe(rl->ring);
     if (!sqe)
-        return;
+        return; /* the poll stays, but its generation is stale: its completion is ignored */
     io_uring_prep_poll_remove(sqe, th_ud_make(TH_UD_ROUTE, w << 1 | (unsigned)out, rl->ch[w].gen));
     io_uring_sqe_set_data64(sqe, th_ud_make(TH_UD_NONE, 0, 0));
 }
@@ -296,8 +303,7 @@ static struct chan *chan_get(struct route_local *rl, unsigned w)
     }
     c->fd = fd;
     c->pid = pid;
-    chan_arm(rl, w, 0);
-    return c;
+    return chan_arm(rl, w, 0) < 0 ? NULL : c;
 }
 
 static int seq_queued(struct route_local *rl, uint64_t seq, uint32_t *i, unsigned *n);
@@ -345,9 +351,9 @@ static int chan_push(struct route_local *rl, struct chan *c, uint64_t seq)
 /* Is queue entry seq still a leg waiting to be sent? */
 static int seq_queued(struct route_local *rl, uint64_t seq, uint32_t *i, unsigned *n)
 {
-    *i = (uint32_t)(seq >> 8) & 0xffffffu;
-    *n = seq & 0xff;
-    return *i < rl->cap && rl->jobs[*i].gen == (uint32_t)(seq >> 32) &&
+    *i = th_ud_idx(seq);
+    *n = th_ud_kind(seq);
+    return *i < rl->cap && rl->jobs[*i].gen == th_ud_gen(seq) &&
            rl->jobs[*i].legs[*n].state == LEG_QUEUED;
 }
 
@@ -469,9 +475,9 @@ static void on_reply(struct route_local *rl, unsigned w, const struct th_ho_msg 
 {
     if (m->magic != TH_HO_MAGIC || m->type != TH_HO_REPLY)
         return;
-    uint32_t i = (uint32_t)(m->seq >> 8) & 0xffffffu;
-    unsigned n = m->seq & 0xff;
-    if (i >= rl->cap || rl->jobs[i].gen != (uint32_t)(m->seq >> 32) || n >= rl->jobs[i].nlegs)
+    uint32_t i = th_ud_idx(m->seq);
+    unsigned n = th_ud_kind(m->seq);
+    if (i >= rl->cap || rl->jobs[i].gen != th_ud_gen(m->seq) || n >= rl->jobs[i].nlegs)
         return; /* late reply for a finished job */
     struct leg *l = &rl->jobs[i].legs[n];
     if (l->state == LEG_SENT && l->worker == w)

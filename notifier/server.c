@@ -16,7 +16,6 @@
  */
 #include "notifier/server.h"
 #include "notifier/api.h"
-#include "notifier/loop.h"
 #include "notifier/metrics.h"
 #include "notifier/route.h"
 #include "shm/rt/clock.h"
@@ -34,6 +33,8 @@
 #include <unistd.h>
 
 #define NO_CONN UINT32_MAX
+#define RING_SQ 2048u  /* submission queue entries */
+#define RING_CQ 16384u /* completion queue entries */
 #define RECV_MIN 16384
 #define RECV_MAX_BUF (TH_HTTP_MAX_HEAD + TH_API_MAX_BATCH_BODY + 4096)
 
@@ -116,6 +117,8 @@ static uint32_t conn_index(struct conn *c)
     return (uint32_t)(c - S->conns);
 }
 
+static void conn_close(struct conn *c);
+
 static void submit_recv(struct conn *c)
 {
     if (c->in_cap - c->in_len < RECV_MIN / 2 && c->in_cap < RECV_MAX_BUF) {
@@ -126,9 +129,13 @@ static void submit_recv(struct conn *c)
         c->in = p;
         c->in_cap = ncap > RECV_MAX_BUF ? RECV_MAX_BUF : ncap;
     }
-    struct io_uring_sqe *sqe = th_get_sqe(&S->ring);
-    if (!sqe || c->in_cap == c->in_len)
+    if (c->in_cap == c->in_len)
         return;
+    struct io_uring_sqe *sqe = th_uring_sqe(&S->ring);
+    if (!sqe) { /* a ring that takes no request: end the connection rather than stall it */
+        conn_close(c);
+        return;
+    }
     io_uring_prep_recv(sqe, c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
     io_uring_sqe_set_data64(sqe, th_ud_make(TH_UD_RECV, conn_index(c), c->gen));
     c->recv_busy = 1;
@@ -147,9 +154,11 @@ static void submit_send(struct conn *c)
         c->out.len = 0;
         c->sent = 0;
     }
-    struct io_uring_sqe *sqe = th_get_sqe(&S->ring);
-    if (!sqe)
+    struct io_uring_sqe *sqe = th_uring_sqe(&S->ring);
+    if (!sqe) {
+        conn_close(c);
         return;
+    }
     io_uring_prep_send(sqe, c->fd, c->sending.p + c->sent, c->sending.len - c->sent, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, th_ud_make(TH_UD_SEND, conn_index(c), c->gen));
     c->send_busy = 1;
@@ -710,9 +719,11 @@ static void on_send(struct conn *c, int res)
 
 static void submit_accept(void)
 {
-    struct io_uring_sqe *sqe = th_get_sqe(&S->ring);
-    if (!sqe)
+    struct io_uring_sqe *sqe = th_uring_sqe(&S->ring);
+    if (!sqe) {
+        S->accept_paused = 1; /* the tick tries again */
         return;
+    }
     io_uring_prep_multishot_accept(sqe, S->api_fd, NULL, NULL, SOCK_CLOEXEC);
     io_uring_sqe_set_data64(sqe, th_ud_make(TH_UD_ACCEPT, 0, 0));
 }
@@ -802,21 +813,6 @@ static void tick(uint64_t now)
     }
 }
 
-static int ring_init(struct io_uring *ring)
-{
-    struct io_uring_params p = {0};
-    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE;
-    p.cq_entries = 16384;
-    int rc = io_uring_queue_init_params(2048, ring, &p);
-    if (rc == -EINVAL) { /* older kernel: no SINGLE_ISSUER / DEFER_TASKRUN */
-        memset(&p, 0, sizeof(p));
-        p.flags = IORING_SETUP_CQSIZE;
-        p.cq_entries = 16384;
-        rc = io_uring_queue_init_params(2048, ring, &p);
-    }
-    return rc;
-}
-
 static void loop(volatile sig_atomic_t *stop, volatile sig_atomic_t *hup)
 {
     uint64_t next_tick = th_mono_ns();
@@ -836,13 +832,8 @@ static void loop(volatile sig_atomic_t *stop, volatile sig_atomic_t *hup)
         uint64_t until = S->route->ops->next_deadline(S->route);
         if (until > next_tick)
             until = next_tick;
-        uint64_t wait = until > now ? until - now : 0;
-        struct __kernel_timespec ts = {.tv_sec = (long long)(wait / TH_NS_PER_S),
-                                       .tv_nsec = (long long)(wait % TH_NS_PER_S)};
+        th_uring_wait(&S->ring, until > now ? until - now : 0); /* failures are logged */
         struct io_uring_cqe *cqe;
-        int rc = io_uring_submit_and_wait_timeout(&S->ring, &cqe, 1, &ts, NULL);
-        if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
-            th_warn("[Notifier] io_uring wait: %s", strerror(-rc));
         unsigned head, seen = 0;
         io_uring_for_each_cqe(&S->ring, head, cqe)
         {
@@ -891,9 +882,8 @@ int th_server_run(const struct th_config *cfg, struct th_reg *reg, int api_fd,
     }
     if (getrandom(&S->id_prefix, sizeof(S->id_prefix), 0) != sizeof(S->id_prefix))
         S->id_prefix = reg->hdr->boot_epoch ^ th_now_ns();
-    int rc = ring_init(&S->ring);
+    int rc = th_uring_init(&S->ring, RING_SQ, RING_CQ);
     if (rc < 0) {
-        th_error("[Notifier] io_uring_queue_init: %s", strerror(-rc));
         free(S);
         return rc;
     }

@@ -143,9 +143,14 @@ static void start_send(struct worker *w, uint32_t idx)
         q->fly = q->pend, q->fly_len = q->pend_len, q->fly_off = 0;
         q->pend = NULL, q->pend_len = q->pend_cap = 0;
     }
-    struct io_uring_sqe *sqe = wk_sqe(w);
+    struct io_uring_sqe *sqe = th_uring_sqe(&w->ring);
+    if (!sqe) { /* the bytes could never leave: end the connection rather than stall it */
+        wk_conn_abort(w, idx);
+        wk_conn_maybe_free(w, idx);
+        return;
+    }
     io_uring_prep_send(sqe, c->fd, q->fly + q->fly_off, q->fly_len - q->fly_off, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, wk_ud(OP_SEND, idx, c->gen));
+    io_uring_sqe_set_data64(sqe, th_ud_make(OP_SEND, idx, c->gen));
     c->flags |= CF_SENDING;
 }
 

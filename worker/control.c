@@ -59,16 +59,25 @@ int wk_ctl_listen(struct worker *w)
 
 void wk_ctl_arm_accept(struct worker *w)
 {
-    struct io_uring_sqe *sqe = wk_sqe(w);
+    struct io_uring_sqe *sqe = th_uring_sqe(&w->ring);
+    if (!sqe) {
+        w->ctl_accept_paused = 1; /* the tick tries again */
+        return;
+    }
     io_uring_prep_multishot_accept(sqe, w->ctl_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, wk_ud(OP_CTL_ACCEPT, 0, 0));
+    io_uring_sqe_set_data64(sqe, th_ud_make(OP_CTL_ACCEPT, 0, 0));
 }
 
 static void arm_poll(struct worker *w, uint32_t i)
 {
-    struct io_uring_sqe *sqe = wk_sqe(w);
+    struct io_uring_sqe *sqe = th_uring_sqe(&w->ring);
+    if (!sqe) { /* unwatched, it could never be served: hang up, the client reconnects */
+        close(w->ctl[i].fd);
+        w->ctl[i].fd = -1;
+        return;
+    }
     io_uring_prep_poll_add(sqe, w->ctl[i].fd, POLLIN);
-    io_uring_sqe_set_data64(sqe, wk_ud(OP_CTL_POLL, i, w->ctl[i].gen));
+    io_uring_sqe_set_data64(sqe, th_ud_make(OP_CTL_POLL, i, w->ctl[i].gen));
 }
 
 void wk_ctl_on_accept(struct worker *w, int res)

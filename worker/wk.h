@@ -13,6 +13,7 @@
 #include "shm/rt/config.h"
 #include "shm/registry.h"
 #include "shm/rt/channel.h"
+#include "shm/rt/uring.h"
 #include "shm/proto/http.h"
 #include "worker/ws.h"
 
@@ -29,6 +30,8 @@
  */
 #define WK_MAX_CONNS 19900u
 #define WK_MAX_CTL 64u     /* control-socket clients (notifier, janitor, peers, tools) */
+#define WK_RING_SQ 4096u   /* submission queue entries */
+#define WK_RING_CQ 16384u  /* completion queue entries (multishot recvs of many connections) */
 #define WK_BUF_COUNT 1024u /* provided recv buffers shared by all connections */
 #define WK_BUF_SIZE 4096u
 #define WK_BGID 1
@@ -38,7 +41,7 @@
 /* All send queues of one worker together: past this, whoever adds is closed (or BUSY). */
 #define WK_QUEUE_BUDGET (256ull << 20)
 
-/* user_data: op (8 bits) | index (24 bits) | generation (32 bits). */
+/* The kind of a user_data (th_ud_make in shm/rt/uring.h: kind | index | generation). */
 enum wk_op {
     OP_ACCEPT = 1, /* multishot accept on the client listener */
     OP_RECV,       /* multishot recv of connection index */
@@ -47,23 +50,6 @@ enum wk_op {
     OP_CTL_POLL,   /* readability of control client index */
     OP_CANCEL,     /* completions of our own cancel requests: ignored */
 };
-
-static inline uint64_t wk_ud(enum wk_op op, uint32_t idx, uint32_t gen)
-{
-    return ((uint64_t)op << 56) | ((uint64_t)(idx & 0xffffffu) << 32) | gen;
-}
-static inline enum wk_op wk_ud_op(uint64_t ud)
-{
-    return (enum wk_op)(ud >> 56);
-}
-static inline uint32_t wk_ud_idx(uint64_t ud)
-{
-    return (uint32_t)(ud >> 32) & 0xffffffu;
-}
-static inline uint32_t wk_ud_gen(uint64_t ud)
-{
-    return (uint32_t)ud;
-}
 
 enum conn_state {
     CS_FREE = 0,
@@ -154,15 +140,15 @@ struct worker {
 
     uint32_t feeding; /* connection whose reader is running (its buffer must stay), or UINT32_MAX */
     int accepting;    /* multishot accept armed */
-    uint32_t accept_gen; /* generation of the current accept request */
-    uint32_t accepted;   /* clients taken since it was armed */
-    int accept_paused;   /* EMFILE/ENFILE: re-arm at the next tick */
+    uint32_t accept_gen;   /* generation of the current accept request */
+    uint32_t accepted;     /* clients taken since it was armed */
+    int accept_paused;     /* EMFILE/ENFILE or no SQE: re-arm at the next tick */
+    int ctl_accept_paused; /* control accept could not be armed: retried at the next tick */
     int draining;
     uint32_t drain_deadline_s;
 };
 
 /* worker.c */
-struct io_uring_sqe *wk_sqe(struct worker *w);
 void wk_arm_recv(struct worker *w, uint32_t idx);
 
 /* conn.c */

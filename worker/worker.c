@@ -48,33 +48,32 @@ static void install_signals(void)
     signal(SIGPIPE, SIG_IGN);
 }
 
-/* An SQE, submitting first when the queue is full (then it cannot fail). */
-struct io_uring_sqe *wk_sqe(struct worker *w)
-{
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
-    while (!sqe) {
-        io_uring_submit(&w->ring);
-        sqe = io_uring_get_sqe(&w->ring);
-    }
-    return sqe;
-}
-
+/* Arm the connection's multishot recv; a ring that takes no request ends the connection. */
 void wk_arm_recv(struct worker *w, uint32_t idx)
 {
     struct conn *c = &w->conns[idx];
-    struct io_uring_sqe *sqe = wk_sqe(w);
+    struct io_uring_sqe *sqe = th_uring_sqe(&w->ring);
+    if (!sqe) {
+        wk_conn_abort(w, idx);
+        wk_conn_maybe_free(w, idx);
+        return;
+    }
     io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = WK_BGID;
-    io_uring_sqe_set_data64(sqe, wk_ud(OP_RECV, idx, c->gen));
+    io_uring_sqe_set_data64(sqe, th_ud_make(OP_RECV, idx, c->gen));
     c->flags |= CF_RECV_ARMED;
 }
 
 static void arm_accept(struct worker *w)
 {
-    struct io_uring_sqe *sqe = wk_sqe(w);
+    struct io_uring_sqe *sqe = th_uring_sqe(&w->ring);
+    if (!sqe) {
+        w->accept_paused = 1; /* the tick tries again */
+        return;
+    }
     io_uring_prep_multishot_accept(sqe, w->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, wk_ud(OP_ACCEPT, 0, ++w->accept_gen));
+    io_uring_sqe_set_data64(sqe, th_ud_make(OP_ACCEPT, 0, ++w->accept_gen));
     w->accepting = 1;
     w->accepted = 0;
 }
@@ -83,9 +82,11 @@ static void stop_accept(struct worker *w)
 {
     if (!w->accepting)
         return;
-    struct io_uring_sqe *sqe = wk_sqe(w);
-    io_uring_prep_cancel64(sqe, wk_ud(OP_ACCEPT, 0, w->accept_gen), 0);
-    io_uring_sqe_set_data64(sqe, wk_ud(OP_CANCEL, 0, 0));
+    struct io_uring_sqe *sqe = th_uring_sqe(&w->ring);
+    if (!sqe)
+        return; /* still accepting; on_accept refuses clients while draining */
+    io_uring_prep_cancel64(sqe, th_ud_make(OP_ACCEPT, 0, w->accept_gen), 0);
+    io_uring_sqe_set_data64(sqe, th_ud_make(OP_CANCEL, 0, 0));
     w->accepting = 0;
 }
 
@@ -105,39 +106,9 @@ static void after_accept(struct worker *w)
         w->accept_paused = 1;
     } else if (w->cfg->workers > 1 && ++w->accepted >= WK_ACCEPT_BATCH) {
         stop_accept(w);
-        arm_accept(w);
+        if (!w->accepting)
+            arm_accept(w);
     }
-}
-
-/*
- * The ring: single issuer + deferred task running where the kernel has them
- * (completions run only when we wait: fewer interrupts), else cooperative
- * task running, else plain. EINVAL means "flag unknown here": try the next.
- */
-static int ring_setup(struct worker *w)
-{
-    static const unsigned tries[] = {
-        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_COOP_TASKRUN,
-        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
-        IORING_SETUP_COOP_TASKRUN,
-        0,
-    };
-    int rc = -EINVAL;
-    for (size_t i = 0; i < sizeof(tries) / sizeof(tries[0]) && rc == -EINVAL; i++) {
-        struct io_uring_params p;
-        memset(&p, 0, sizeof(p));
-        p.flags = tries[i] | IORING_SETUP_CQSIZE;
-        p.cq_entries = 16384;
-        rc = io_uring_queue_init_params(4096, &w->ring, &p);
-        if (rc == 0)
-            th_debug("io_uring set up with flags 0x%x", p.flags);
-    }
-    if (rc < 0)
-        th_error(
-            "io_uring is unavailable (io_uring_queue_init: %s): the worker cannot run "
-            "(kernel without io_uring, or disabled by sysctl kernel.io_uring_disabled / seccomp)",
-            strerror(-rc));
-    return rc;
 }
 
 /*
@@ -254,8 +225,8 @@ static void on_recv(struct worker *w, uint32_t idx, uint32_t gen, int res, unsig
 static void dispatch(struct worker *w, const struct io_uring_cqe *cqe)
 {
     uint64_t ud = cqe->user_data;
-    uint32_t idx = wk_ud_idx(ud), gen = wk_ud_gen(ud);
-    switch (wk_ud_op(ud)) {
+    uint32_t idx = th_ud_idx(ud), gen = th_ud_gen(ud);
+    switch ((enum wk_op)th_ud_kind(ud)) {
     case OP_ACCEPT:
         on_accept(w, cqe->res, cqe->flags, gen);
         break;
@@ -315,6 +286,10 @@ static void tick(struct worker *w)
         w->accept_paused = 0;
         arm_accept(w);
     }
+    if (w->ctl_accept_paused && !w->draining) {
+        w->ctl_accept_paused = 0;
+        wk_ctl_arm_accept(w);
+    }
 }
 
 static void read_clocks(struct worker *w)
@@ -338,16 +313,13 @@ static void loop(struct worker *w)
             return;
         wk_conn_flush_all(w);
         flush_counters(w);
-        struct __kernel_timespec ts = {.tv_sec = 1, .tv_nsec = 0};
-        struct io_uring_cqe *cqe;
-        int rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
-        if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
-            th_warn("io_uring wait: %s", strerror(-rc));
+        th_uring_wait(&w->ring, TH_NS_PER_S); /* a failure is logged; the tick still runs */
         read_clocks(w);
         if (w->mono_s != last_tick) {
             last_tick = w->mono_s;
             tick(w);
         }
+        struct io_uring_cqe *cqe;
         unsigned head, n = 0;
         io_uring_for_each_cqe(&w->ring, head, cqe)
         {
@@ -377,7 +349,7 @@ static int setup(struct worker *w)
         w->ctl[i].fd = -1;
     for (unsigned i = 0; i < TH_MAX_WORKERS; i++)
         w->peer_fd[i] = -1;
-    if (ring_setup(w) < 0)
+    if (th_uring_init(&w->ring, WK_RING_SQ, WK_RING_CQ) < 0)
         return -1;
     if (bufring_setup(w) < 0 || wk_ctl_listen(w) < 0)
         return -1;
