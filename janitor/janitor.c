@@ -8,6 +8,7 @@
 #include "janitor/sweep.h"
 #include "shm/rt/clock.h"
 #include "shm/rt/log.h"
+#include "shm/rt/role.h"
 
 #include <poll.h>
 #include <signal.h>
@@ -17,16 +18,6 @@
 #define CLIENT_PING_S 30    /* the mobile clients' ping interval */
 #define MIN_PINGS_MISSED 10 /* --stale-after below this many intervals risks live clients */
 #define EVICT_TIMEOUT_MS 250
-
-static volatile sig_atomic_t got_stop, got_hup;
-
-static void on_signal(int sig)
-{
-    if (sig == SIGHUP)
-        got_hup = 1;
-    else
-        got_stop = 1;
-}
 
 int th_janitor_check_config(const struct th_config *cfg, char *err, size_t errlen)
 {
@@ -49,32 +40,6 @@ int th_janitor_check_config(const struct th_config *cfg, char *err, size_t errle
     return 0;
 }
 
-static void install_signals(sigset_t *waitmask)
-{
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigset_t block;
-    sigemptyset(&sa.sa_mask);
-    sigemptyset(&block);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
-    sigaddset(&block, SIGTERM);
-    sigaddset(&block, SIGINT);
-    sigaddset(&block, SIGHUP);
-    sigprocmask(SIG_BLOCK, &block, waitmask);
-    sigdelset(waitmask, SIGTERM);
-    sigdelset(waitmask, SIGINT);
-    sigdelset(waitmask, SIGHUP);
-}
-
-static void publish(struct th_proc_sh *me)
-{
-    uint64_t now = th_now_ns();
-    atomic_store(&me->started_ns, now);
-    atomic_store(&me->heartbeat_ns, now);
-    atomic_store(&me->pid, (int32_t)getpid());
-}
-
 static void sweep_once(struct th_sweeper *sw)
 {
     struct th_sweep_stats st;
@@ -92,19 +57,20 @@ static void sweep_once(struct th_sweeper *sw)
 
 int th_janitor_main(const struct th_config *cfg, struct th_reg *reg)
 {
-    sigset_t waitmask;
-    install_signals(&waitmask);
+    sigset_t waitmask; /* the signals arrive only inside ppoll: none is missed */
+    if (th_role_signals(0, &waitmask) < 0)
+        return 1;
     struct th_proc_sh *me = &reg->hdr->roles[TH_ROLE_JANITOR];
-    publish(me);
+    th_role_publish(me, th_now_ns());
     struct th_sweeper sw;
     th_sweeper_init(&sw, cfg->shm_name, reg, cfg->stale_after_s, EVICT_TIMEOUT_MS);
     th_info("janitor running (pid %d): evicting connections silent over %u s, sweeping every %u s",
             (int)getpid(), cfg->stale_after_s, cfg->sweep_every_s);
     uint64_t period = (uint64_t)cfg->sweep_every_s * TH_NS_PER_S;
     uint64_t next = th_mono_ns() + period;
-    while (!got_stop) {
-        if (got_hup) {
-            got_hup = 0;
+    while (!th_sig_stop) {
+        if (th_sig_hup) {
+            th_sig_hup = 0;
             th_log_reopen();
         }
         uint64_t now = th_mono_ns();
@@ -115,7 +81,7 @@ int th_janitor_main(const struct th_config *cfg, struct th_reg *reg)
             if (next <= now) /* a sweep longer than the period: do not run them back to back */
                 next = now + period;
         }
-        atomic_store(&me->heartbeat_ns, th_now_ns());
+        th_role_heartbeat(me, th_now_ns());
         uint64_t wait = next - now < TH_NS_PER_S ? next - now : TH_NS_PER_S;
         struct timespec ts = {.tv_sec = (time_t)(wait / TH_NS_PER_S),
                               .tv_nsec = (long)(wait % TH_NS_PER_S)};

@@ -20,6 +20,7 @@
 #include "notifier/route.h"
 #include "shm/rt/clock.h"
 #include "shm/rt/log.h"
+#include "shm/rt/role.h"
 #include "shm/proto/userid.h"
 
 #include <errno.h>
@@ -801,8 +802,7 @@ static void tick(uint64_t now)
         S->accept_paused = 0;
         submit_accept();
     }
-    atomic_store_explicit(&S->reg->hdr->roles[TH_ROLE_NOTIFIER].heartbeat_ns, th_now_ns(),
-                          memory_order_relaxed);
+    th_role_heartbeat(&S->reg->hdr->roles[TH_ROLE_NOTIFIER], th_now_ns());
     for (unsigned i = 0; i < TH_API_MAX_CONNS; i++) {
         struct conn *c = &S->conns[i];
         if (c->in_use && !c->closing && c->linger_until && now > c->linger_until)
@@ -813,18 +813,18 @@ static void tick(uint64_t now)
     }
 }
 
-static void loop(volatile sig_atomic_t *stop, volatile sig_atomic_t *hup)
+static void loop(void)
 {
     uint64_t next_tick = th_mono_ns();
-    while (!*stop) {
+    while (!th_sig_stop) {
         uint64_t now = th_mono_ns();
         S->route->ops->expire(S->route, now);
         if (now >= next_tick) {
             tick(now);
             next_tick = now + TH_NS_PER_S;
         }
-        if (*hup) {
-            *hup = 0;
+        if (th_sig_hup) {
+            th_sig_hup = 0;
             th_log_reopen();
         }
         run_wakes();
@@ -867,8 +867,7 @@ static void server_free(void)
     S = NULL;
 }
 
-int th_server_run(const struct th_config *cfg, struct th_reg *reg, int api_fd,
-                  volatile sig_atomic_t *stop, volatile sig_atomic_t *hup)
+int th_server_run(const struct th_config *cfg, struct th_reg *reg, int api_fd)
 {
     S = calloc(1, sizeof(*S));
     if (!S)
@@ -894,7 +893,7 @@ int th_server_run(const struct th_config *cfg, struct th_reg *reg, int api_fd,
         return -ENOMEM;
     }
     submit_accept();
-    loop(stop, hup);
+    loop();
     server_free();
     return 0;
 }

@@ -7,8 +7,6 @@
 #ifndef TETHER_NOTIFIER_SERVER_H
 #define TETHER_NOTIFIER_SERVER_H
 
-#include <signal.h>
-
 #include "shm/rt/config.h"
 #include "shm/registry.h"
 
@@ -17,10 +15,10 @@
 #define TH_API_MAX_PIPELINE 256 /* answers owed on one connection before reading pauses */
 
 /*
- * Serve api_fd until *stop is set. *hup set means reopen the log. Returns 0
- * on a clean stop, -errno if the loop could not start.
+ * Serve api_fd until th_sig_stop is set (shm/rt/role.h); th_sig_hup set
+ * means reopen the log. Returns 0 on a clean stop, -errno if the loop could
+ * not start.
  */
-int th_server_run(const struct th_config *cfg, struct th_reg *reg, int api_fd,
-                  volatile sig_atomic_t *stop, volatile sig_atomic_t *hup);
+int th_server_run(const struct th_config *cfg, struct th_reg *reg, int api_fd);
 
 #endif

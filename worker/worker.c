@@ -15,6 +15,7 @@
 #include "worker/wk.h"
 #include "shm/rt/clock.h"
 #include "shm/rt/log.h"
+#include "shm/rt/role.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -25,28 +26,6 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-static volatile sig_atomic_t sig_stop, sig_hup;
-
-static void on_signal(int sig)
-{
-    if (sig == SIGHUP)
-        sig_hup = 1;
-    else
-        sig_stop = 1;
-}
-
-static void install_signals(void)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal; /* no SA_RESTART: the ring wait returns EINTR */
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-}
 
 /* Arm the connection's multishot recv; a ring that takes no request ends the connection. */
 void wk_arm_recv(struct worker *w, uint32_t idx)
@@ -279,8 +258,7 @@ static void flush_counters(struct worker *w)
 /* Once a second (or more): heartbeat, deadlines, paused accept. */
 static void tick(struct worker *w)
 {
-    atomic_store_explicit(&w->reg->hdr->workers[w->index].heartbeat_ns, w->now_ns,
-                          memory_order_relaxed);
+    th_role_heartbeat(&w->reg->hdr->workers[w->index], w->now_ns);
     wk_conn_tick(w);
     if (w->accept_paused && !w->draining && !w->accepting && w->live < WK_MAX_CONNS) {
         w->accept_paused = 0;
@@ -303,11 +281,11 @@ static void loop(struct worker *w)
 {
     uint32_t last_tick = w->mono_s;
     for (;;) {
-        if (sig_hup) {
-            sig_hup = 0;
+        if (th_sig_hup) {
+            th_sig_hup = 0;
             th_log_reopen();
         }
-        if (sig_stop && !w->draining)
+        if (th_sig_stop && !w->draining)
             start_drain(w);
         if (w->draining && (w->live == 0 || w->mono_s >= w->drain_deadline_s))
             return;
@@ -358,14 +336,6 @@ static int setup(struct worker *w)
     return 0;
 }
 
-static void publish(struct worker *w)
-{
-    struct th_proc_sh *me = &w->reg->hdr->workers[w->index];
-    atomic_store(&me->started_ns, w->now_ns);
-    atomic_store(&me->heartbeat_ns, w->now_ns);
-    atomic_store(&me->pid, (int32_t)getpid());
-}
-
 int th_worker_main(const struct th_config *cfg, struct th_reg *reg, unsigned index, int listen_fd)
 {
     static struct worker W; /* one per process; large (parser scratch, tables) */
@@ -373,9 +343,10 @@ int th_worker_main(const struct th_config *cfg, struct th_reg *reg, unsigned ind
     w->cfg = cfg, w->reg = reg, w->index = index, w->listen_fd = listen_fd, w->ctl_fd = -1;
     if (index >= TH_MAX_WORKERS)
         return 1;
-    install_signals();
+    if (th_role_signals(0, NULL) < 0) /* the ring wait returns EINTR on a signal */
+        return 1;
     read_clocks(w);
-    publish(w);
+    th_role_publish(&reg->hdr->workers[index], w->now_ns);
     int n = th_reg_reclaim_worker(reg, (uint16_t)index);
     if (n > 0)
         th_info("reclaimed %d slots of a previous worker %u", n, index);

@@ -18,6 +18,7 @@
 #include "notifier/notifier.h"
 #include "shm/rt/clock.h"
 #include "shm/rt/log.h"
+#include "shm/rt/role.h"
 #include "shm/registry.h"
 #include "worker/worker.h"
 #include "shm/rt/paths.h"
@@ -60,18 +61,6 @@ struct sup {
 
 /* One supervisor per process; the child entry points reach it from here. */
 static struct sup S;
-static volatile sig_atomic_t got_stop, got_hup, got_chld;
-
-static void on_signal(int sig)
-{
-    if (sig == SIGTERM || sig == SIGINT)
-        got_stop = 1;
-    else if (sig == SIGHUP)
-        got_hup = 1;
-    else if (sig == SIGCHLD)
-        got_chld = 1;
-}
-
 /* A start-up failure: logged, and also on stderr when the log goes to a file. */
 static void startup_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void startup_error(const char *fmt, ...)
@@ -84,25 +73,6 @@ static void startup_error(const char *fmt, ...)
     th_error("%s", msg);
     if (S.cfg->log_file[0])
         fprintf(stderr, "tether run: %s\n", msg);
-}
-
-/* Handlers set flags; the signals are blocked outside ppoll() so none is lost between checks. */
-static void install_signals(sigset_t *waitmask)
-{
-    static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGCHLD};
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigset_t block;
-    sigemptyset(&sa.sa_mask);
-    sigemptyset(&block);
-    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
-        sigaction(sigs[i], &sa, NULL);
-        sigaddset(&block, sigs[i]);
-    }
-    sa.sa_handler = SIG_IGN;
-    sigaction(SIGPIPE, &sa, NULL);
-    sigprocmask(SIG_BLOCK, &block, waitmask);
-    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
-        sigdelset(waitmask, sigs[i]);
 }
 
 /* Workers hold up to ~20,000 client sockets each: use the whole hard limit. */
@@ -171,15 +141,6 @@ static int open_listener(const char *flag, const char *host, uint16_t port)
     startup_error("%s %s:%u: %s failed: %s%s", flag, host, port, call, strerror(-fd),
                   fd == -EADDRINUSE ? " (another process is listening there)" : "");
     return -1;
-}
-
-static void publish_self(void)
-{
-    struct th_proc_sh *me = &S.reg.hdr->roles[TH_ROLE_SUPERVISOR];
-    uint64_t now = th_now_ns();
-    atomic_store(&me->started_ns, now);
-    atomic_store(&me->heartbeat_ns, now);
-    atomic_store(&me->pid, (int32_t)getpid());
 }
 
 /* ---- children ------------------------------------------------------------ */
@@ -440,7 +401,7 @@ static int start_up(const struct th_config *cfg)
     S.reg.hdr->nworkers = cfg->workers;
     S.reg.hdr->stale_after_s = cfg->stale_after_s;
     S.reg.hdr->sweep_every_s = cfg->sweep_every_s;
-    publish_self();
+    th_role_publish(&S.reg.hdr->roles[TH_ROLE_SUPERVISOR], th_now_ns());
     S.listen_fd = open_listener("--listen", cfg->listen_host, cfg->listen_port);
     if (S.listen_fd >= 0)
         S.api_fd = open_listener("--api-listen", cfg->api_host, cfg->api_port);
@@ -489,15 +450,15 @@ static void run_loop(const sigset_t *waitmask)
 {
     for (;;) {
         uint64_t now = th_mono_ns();
-        if (got_hup) {
-            got_hup = 0;
+        if (th_sig_hup) {
+            th_sig_hup = 0;
             th_log_reopen();
             th_info("SIGHUP: log reopened, forwarded to children");
             signal_children(SIGHUP);
         }
-        if (got_stop && !S.draining)
+        if (th_sig_stop && !S.draining)
             start_drain(now);
-        got_chld = 0;
+        th_sig_chld = 0;
         reap_children();
         if (S.draining) {
             if (live_children() == 0)
@@ -510,7 +471,7 @@ static void run_loop(const sigset_t *waitmask)
             watchdog(now);
             start_due_children(now);
         }
-        atomic_store(&S.reg.hdr->roles[TH_ROLE_SUPERVISOR].heartbeat_ns, th_now_ns());
+        th_role_heartbeat(&S.reg.hdr->roles[TH_ROLE_SUPERVISOR], th_now_ns());
         wait_tick(waitmask, th_mono_ns());
     }
 }
@@ -531,8 +492,9 @@ int th_supervisor_run(const struct th_config *cfg)
         startup_error("%s", err);
         return 2;
     }
-    sigset_t waitmask;
-    install_signals(&waitmask);
+    sigset_t waitmask; /* the signals arrive only inside ppoll: none is lost between checks */
+    if (th_role_signals(TH_SIG_CHLD, &waitmask) < 0)
+        return 1;
     raise_nofile();
     if ((rc = start_up(cfg)) != 0)
         return rc;
