@@ -10,7 +10,7 @@
  */
 #include "worker/wk.h"
 #include "shm/proto/jwt.h"
-#include "worker/resume_req.h"
+#include "shm/proto/resume_req.h"
 #include "shm/rt/clock.h"
 #include "shm/rt/log.h"
 

@@ -1,9 +1,9 @@
 /*
  * Parsing of the resume parameters at the upgrade (rules in
- * worker/resume_req.h). Kept apart from the replay itself so it stays a
+ * shm/proto/resume_req.h). Kept apart from the replay itself so it stays a
  * pure function the unit tests and the fuzzers can drive directly.
  */
-#include "worker/resume_req.h"
+#include "shm/proto/resume_req.h"
 
 #include <errno.h>
 #include <string.h>

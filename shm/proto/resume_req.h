@@ -12,8 +12,8 @@
  * and is a client bug worth telling about. Anything malformed is answered
  * 400 with the reason, before a slot is claimed.
  */
-#ifndef TETHER_WORKER_RESUME_REQ_H
-#define TETHER_WORKER_RESUME_REQ_H
+#ifndef TETHER_SHM_PROTO_RESUME_REQ_H
+#define TETHER_SHM_PROTO_RESUME_REQ_H
 
 #include "shm/proto/http.h"
 

@@ -1,10 +1,10 @@
 /*
- * Unit tests of the resume-parameter parser (worker/resume_req.c): the
+ * Unit tests of the resume-parameter parser (shm/proto/resume_req.c): the
  * 64-bit boundary of since, the epoch length and alphabet bounds, absent
  * and empty values, and an epoch without since. Every query is parsed from a
  * guarded copy, so reading past its end crashes the test.
  */
-#include "worker/resume_req.h"
+#include "shm/proto/resume_req.h"
 #include "tests/shm/proto/guard.h"
 
 #include <criterion/criterion.h>
