@@ -1,0 +1,386 @@
+/*
+ * The mailbox: every accepted notification, stored per user for
+ * --mailbox-ttl seconds in its own POSIX shared-memory object
+ * ("<--shm-name>.mailbox", e.g. /tether.mailbox), so a client that was away
+ * gets what it missed when it resumes (?since=<seq>&epoch=<epoch>). It is a
+ * separate object from the registry because it must outlive the group: a
+ * graceful stop (SIGTERM) unlinks the registry and keeps this one, and the
+ * next `tether run` with the same --shm-name re-attaches with the same epoch
+ * when the layout matches (th_mbx_open). A layout change, a header that
+ * does not check, another boot (boot_id differs) or a leftover writer still
+ * alive start a new object with a new random epoch: the epoch changes
+ * exactly when stored notifications may have been lost.
+ *
+ * Layout (every part starts on a 64-byte boundary; sizes from
+ * th_mbx_layout(), overflow-checked):
+ *
+ *   struct th_mbx_hdr   magic, version, sizes, epoch, boot id, writer,
+ *                       log head/tail, gauges, counters
+ *   floors[]            TH_MBX_FLOORS uint64: seq floors of recycled user
+ *                       records, by user hash
+ *   users[]             nusers records (power of two), each a struct
+ *                       th_mbx_user followed by a ring of per_user uint64
+ *                       entry references; a user lives in one of the
+ *                       TH_MBX_PROBE records from hash & (nusers - 1)
+ *   arena[]             the log: a byte ring of entries (struct
+ *                       th_mbx_entry, the id, the frame, 64-byte aligned),
+ *                       appended at head, reclaimed at tail, oldest first
+ *
+ * Positions: a log position is a byte count since the object was made
+ * (monotonic, multiple of 64, never 0); its arena offset is pos % arena
+ * bytes. A position identifies one entry for the object's life, so "is
+ * this still that entry" is one compare. A ring reference packs pos / 64
+ * (40 bits) with a 24-bit tag of the entry's id hash (0: no id), so the
+ * idempotency lookup scans the user's ring without touching the arena.
+ *
+ * CONCURRENCY PROTOCOL (who writes, who reads, what a dead writer leaves)
+ *
+ * One writer: the notifier (th_mbx_writer_begin CASes hdr->writer_pid from
+ * 0 or a dead pid to its own; a second live writer gets -EBUSY). Readers:
+ * every worker (resume), the notifier itself (presence, idempotency),
+ * tether-dump (read-only mapping). No lock: a reader never waits for the
+ * writer and never writes anything but the counters it owns.
+ *
+ * entry (in the arena): written only by the writer, only in [head, head +
+ *   size) after every entry there was reclaimed (tail moved past it).
+ *   Fields are release-stored, the commit word entry.pos (= its own
+ *   position) last. Readers: the worker on resume, dump, the notifier.
+ *   A reader copies an entry (acquire loads, frame bytes as 64-bit atomic
+ *   words) and keeps the copy only if, afterwards, hdr->tail <= pos (still
+ *   not reclaimed: the writer moves tail with a release store before it
+ *   overwrites anything, so a reader that saw an overwritten word also sees
+ *   the new tail) and entry.pos == pos.
+ *   Dead writer: an entry half-written at head was never published
+ *   (hdr->head not moved past it): the next writer overwrites it.
+ *   entry.outcome: written by the writer after the delivery finished
+ *   ((writer_gen << 32) | HTTP status). A dead writer leaves 0 or an older
+ *   writer_gen: "handed off or not, unknown", so a retry of the same id
+ *   delivers the stored frame again (same seq: the client drops it if it
+ *   had it) rather than lose it.
+ *
+ * hdr->head (release) / hdr->tail (release): writer only. head moves past an
+ *   entry after its commit word and before any user ring names it; tail
+ *   moves past an entry after its user record dropped it and before the
+ *   space is reused. A writer killed between "head moved" and "record
+ *   updated" leaves an orphan entry nobody references: it costs its bytes
+ *   until tail reclaims it (reclaim checks the user's ring front and skips
+ *   orphans). Nothing to repair.
+ *
+ * user record (struct th_mbx_user + ring): written only by the writer, each
+ *   change inside a seqlock: hdr->busy_rec := record (so a successor knows
+ *   which one), ver odd, fields (release stores), ver even, busy_rec :=
+ *   none. Readers copy the record and its ring between two acquire loads of
+ *   ver and keep the copy only if both are equal and even. Inside a change
+ *   the writer stores seq before ring[head] and ring[head] before head, and
+ *   dropped before tail: every prefix of a change leaves a record whose
+ *   fields are each valid. Dead writer: ver left odd on record busy_rec;
+ *   readers retry a bounded number of times and then report the user as
+ *   unreadable (resume answers recovered:false); th_mbx_writer_begin
+ *   (the notifier's next incarnation) clamps that record's counters
+ *   (head - tail <= per_user) and makes ver even.
+ *   user.seq: the user's last assigned seq. th_mbx_commit() stores it (and
+ *   the entry) before it returns, and the notifier hands a frame to a
+ *   worker only after that, so a seq a client could have seen is never
+ *   assigned again: a kill -9 of the notifier at any point costs at most an
+ *   unused seq (a gap), never a repeat.
+ *   user.gen: bumped when the record is recycled for another user (only a
+ *   record without unexpired entries, or, when all TH_MBX_PROBE records of
+ *   the window hold entries, the one stored to longest ago: its entries are
+ *   dropped, reason "full"). Before recycling, the writer raises
+ *   floors[hash % TH_MBX_FLOORS] to the old user's seq; a new record starts
+ *   at seq = floor (first notification floor + 1) and dropped = floor, so a
+ *   user's seq only grows within an epoch even if its record went away.
+ *
+ * floors[]: writer only (release), read by the writer and by resume for a
+ *   user without a record. Monotonic; a dead writer leaves a value at least
+ *   as high as needed (it is raised before the record changes).
+ *
+ * hdr gauges (bytes, entries) and counters: gauges written by the writer
+ *   (relaxed stores; may be off by one entry after a kill -9 until
+ *   th_mbx_writer_begin recounts them from the log); stored/evicted_*
+ *   counters by the writer, replayed/resumes_* by workers (atomic adds).
+ *   Counters survive a graceful restart with the mailbox.
+ *
+ * NO GAP, NO DUPLICATE BETWEEN REPLAY AND LIVE (the ordering argument)
+ *   notifier: th_mbx_commit()           (record update, then a seq_cst fence)
+ *             th_reg_find_user()        (loads slot ctl words)
+ *             hand off to those slots, each message carrying the seq
+ *   worker:   th_reg_claim()            (slot LIVE)
+ *             th_mbx_replay_begin()     (a seq_cst fence, then the record)
+ *             replay entries seq > since; then deliver live frames, dropping
+ *             any with seq <= the last seq it replayed
+ *   Each side writes, fences, then reads what the other wrote (Dekker): at
+ *   least one of them sees the other. Either the worker's snapshot contains
+ *   the notification (it is replayed), or the notifier's lookup finds the
+ *   new LIVE slot (it is handed off live), or both (the worker drops the
+ *   live copy by seq). A notification committed after the snapshot has a
+ *   seq above everything replayed, and its lookup sees the slot (the slot
+ *   was LIVE before the snapshot), so it arrives live, after the replay.
+ *   Every handoff message therefore carries the notification's seq
+ *   (struct th_ho_msg nseq).
+ *
+ * All functions return 0 or a count on success and -errno on failure, with
+ * a message in err where a human needs one.
+ */
+#ifndef TETHER_SHM_MAILBOX_H
+#define TETHER_SHM_MAILBOX_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "shm/registry.h" /* TH_USER_MAX */
+
+#define TH_MBX_MAGIC 0x31584d4248544554ULL /* "TETHMBX1" little-endian */
+#define TH_MBX_VERSION 1
+#define TH_MBX_SUFFIX ".mailbox"
+#define TH_MBX_EPOCH_LEN 16           /* hex digits of the 64-bit epoch */
+#define TH_MBX_PROBE 8                /* records a user may live in */
+#define TH_MBX_FLOORS 4096            /* seq floors of recycled records */
+#define TH_MBX_PER_USER_MAX 1024      /* --mailbox-per-user upper bound */
+#define TH_MBX_BYTES_MIN (1u << 20)   /* --mailbox-bytes lower bound */
+#define TH_MBX_MAX_FRAME (70u * 1024) /* a rendered frame with seq and epoch */
+#define TH_MBX_MAX_ID 128
+#define TH_MBX_NONE UINT32_MAX
+
+/* Eviction reasons (metrics label reason="ttl|full|per_user"). */
+enum th_mbx_reason { TH_MBX_EV_TTL = 0, TH_MBX_EV_FULL, TH_MBX_EV_PER_USER, TH_MBX_EV_COUNT };
+
+/* What th_mbx_open sizes the object for (a different set = a new layout, a new epoch). */
+struct th_mbx_params {
+    uint64_t bytes;    /* --mailbox-bytes: the whole object, header and tables included */
+    uint32_t per_user; /* --mailbox-per-user, 1..TH_MBX_PER_USER_MAX */
+    uint32_t users;    /* user records wanted (rounded up to a power of two); 0: derived */
+};
+
+struct th_mbx_counters_sh {
+    _Atomic uint64_t stored;                   /* writer */
+    _Atomic uint64_t evicted[TH_MBX_EV_COUNT]; /* writer */
+    _Atomic uint64_t replayed;                 /* workers */
+    _Atomic uint64_t resumes_recovered;        /* workers: recovered:true */
+    _Atomic uint64_t resumes_lost;             /* workers: recovered:false */
+    _Atomic uint64_t duplicates;               /* writer: idempotent retries answered */
+} __attribute__((aligned(64)));
+
+struct th_mbx_hdr {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t per_user;
+    uint64_t total_size;
+    uint64_t arena_bytes;
+    uint32_t nusers;   /* power of two */
+    uint32_t rec_size; /* bytes per user record with its ring, multiple of 64 */
+    uint64_t off_floors, off_users, off_arena;
+    uint64_t epoch;                /* random, new with every new object */
+    uint64_t created_ns;           /* realtime */
+    char boot_id[40];              /* /proc/sys/kernel/random/boot_id of the creating boot */
+    _Atomic uint32_t ready;        /* 1 once initialised */
+    _Atomic uint32_t busy_rec;     /* record inside a writer change, or TH_MBX_NONE */
+    _Atomic int32_t writer_pid;    /* 0: no writer */
+    _Atomic uint32_t writer_gen;   /* bumped by every th_mbx_writer_begin */
+    _Atomic uint64_t writer_start; /* /proc start time of writer_pid, against pid reuse */
+    _Atomic uint64_t head __attribute__((aligned(64))); /* log position: next append */
+    _Atomic uint64_t tail;    /* log position: oldest entry not reclaimed */
+    _Atomic uint64_t bytes;   /* bytes of entries retained by some user */
+    _Atomic uint64_t entries; /* entries retained by some user */
+    struct th_mbx_counters_sh counters;
+} __attribute__((aligned(64)));
+
+struct th_mbx_user {
+    _Atomic uint64_t ver;     /* seqlock, see protocol */
+    _Atomic uint64_t seq;     /* last seq assigned */
+    _Atomic uint64_t dropped; /* highest seq that left the mailbox (evicted, expired, floor) */
+    _Atomic uint64_t last_ns; /* realtime of the last commit (recycling picks the oldest) */
+    _Atomic uint64_t head; /* ring counters: refs [tail, head) retained, head - tail <= per_user */
+    _Atomic uint64_t tail;
+    _Atomic uint32_t gen; /* bumped when recycled for another user */
+    _Atomic uint32_t user_hash;
+    _Atomic uint32_t user_len; /* 0: empty record */
+    uint32_t pad;
+    char user[TH_USER_MAX]
+        __attribute__((aligned(8))); /* 64-bit atomic words, not NUL-terminated */
+    _Atomic uint64_t ring[];         /* per_user refs, index = counter % per_user */
+} __attribute__((aligned(64)));
+
+#define TH_MBX_E_PAD 1u /* filler to the arena's end: skip to the next lap */
+
+struct th_mbx_entry {
+    _Atomic uint64_t pos; /* commit word: == this entry's position once complete */
+    _Atomic uint64_t seq;
+    _Atomic uint64_t stored_ns;   /* realtime */
+    _Atomic uint64_t expires_ns;  /* realtime */
+    _Atomic uint64_t outcome;     /* (writer_gen << 32) | status (200, 202), 0 unknown */
+    _Atomic uint32_t size;        /* bytes in the arena, header included, multiple of 64 */
+    _Atomic uint32_t rec;         /* user record */
+    _Atomic uint32_t len;         /* frame bytes */
+    _Atomic uint32_t connections; /* for a 200 outcome */
+    _Atomic uint16_t idlen;
+    _Atomic uint16_t flags; /* TH_MBX_E_PAD */
+    _Atomic uint32_t id_hash;
+    /* then idlen id bytes (padded to 8), then len frame bytes, as 64-bit words */
+} __attribute__((aligned(64)));
+
+/* A process's handle on the mapped object (not shared). */
+struct th_mbx {
+    void *base;
+    size_t size;
+    int writable;
+    uint32_t gen; /* the writer's writer_gen, 0 when not the writer */
+    struct th_mbx_hdr *hdr;
+    _Atomic uint64_t *floors;
+    unsigned char *users;
+    unsigned char *arena;
+};
+
+/* "<shm_name>.mailbox". Returns 0 or -ENAMETOOLONG. */
+int th_mbx_name(const char *shm_name, char *buf, size_t cap);
+/* Bytes the object needs (== p->bytes rounded down to 64), 0 when p is out of range. */
+size_t th_mbx_layout(const struct th_mbx_params *p, struct th_mbx_hdr *out_hdr_template);
+
+/*
+ * Supervisor: re-attach to the mailbox of shm_name when its header checks,
+ * its layout equals p's, it was made in this boot and no other writer is
+ * alive (*reused = 1, same epoch); otherwise replace it with a new one
+ * (*reused = 0, new epoch; err says why when one existed). Mode 0600.
+ */
+int th_mbx_open(struct th_mbx *m, const char *shm_name, const struct th_mbx_params *p, int *reused,
+                char *err, size_t errlen);
+/*
+ * Everybody else: map the existing mailbox, checking magic, version and
+ * sizes against the file first. writable = 0: O_RDONLY, PROT_READ (dump).
+ * -ENOENT when there is none (the mailbox is off or never made).
+ */
+int th_mbx_attach(struct th_mbx *m, const char *shm_name, int writable, char *err, size_t errlen);
+void th_mbx_detach(struct th_mbx *m);
+int th_mbx_unlink(const char *shm_name);
+/* The epoch as TH_MBX_EPOCH_LEN lower-case hex digits and a NUL. */
+void th_mbx_epoch(const struct th_mbx *m, char out[TH_MBX_EPOCH_LEN + 1]);
+
+/* ---- the writer (notifier) --------------------------------------------- */
+
+/*
+ * Become the writer: -EBUSY when another live process is. Repairs what a
+ * dead writer left (busy record, gauges) and reclaims expired entries.
+ */
+int th_mbx_writer_begin(struct th_mbx *m, pid_t pid, uint64_t now_ns, char *err, size_t errlen);
+/* Stop being the writer (graceful exit): writer_pid := 0. */
+void th_mbx_writer_end(struct th_mbx *m);
+
+/* A seq reserved for one user by th_mbx_prepare, used by th_mbx_commit. */
+struct th_mbx_ticket {
+    uint32_t rec; /* user record */
+    uint32_t gen; /* its gen when prepared */
+    uint64_t seq; /* the seq this notification gets */
+};
+
+/*
+ * Find or make the user's record and tell the seq the next notification
+ * gets (nothing is stored yet: render the frame with it, then commit).
+ * Making a record may recycle another (see protocol). -EINVAL bad user.
+ */
+int th_mbx_prepare(struct th_mbx *m, const char *user, size_t ulen, uint64_t now_ns,
+                   struct th_mbx_ticket *t);
+
+/*
+ * Store the rendered frame under the ticket's seq for ttl_ns (0: do not
+ * store, only the seq is kept), with id (idlen 0: none) as its idempotency
+ * key. Evicts oldest first: the log's oldest when bytes run out (reason
+ * full), the user's oldest past per_user (reason per_user), and reclaims
+ * expired entries (reason ttl) on the way. The seq is durable when this
+ * returns, and a seq_cst fence orders it before the caller's registry
+ * lookup. Returns 0 with *pos the entry's position (0 when not stored),
+ * -E2BIG for a frame over TH_MBX_MAX_FRAME or a quarter of the arena,
+ * -ESTALE when the ticket's record changed since prepare.
+ */
+int th_mbx_commit(struct th_mbx *m, const struct th_mbx_ticket *t, const char *frame, size_t len,
+                  const char *id, size_t idlen, uint64_t ttl_ns, uint64_t now_ns, uint64_t *pos);
+
+/* Record the outcome of the delivery of entry pos (200 with connections, 202). */
+void th_mbx_set_outcome(struct th_mbx *m, uint64_t pos, unsigned status, unsigned connections);
+
+/* Reclaim entries at the log's tail that expired by now (the notifier's 1 s tick). Returns count.
+ */
+int th_mbx_expire(struct th_mbx *m, uint64_t now_ns);
+
+/* ---- lookups (any process) --------------------------------------------- */
+
+/* An earlier notification with the same id for the same user, still stored. */
+struct th_mbx_hit {
+    uint64_t pos, seq, expires_ns;
+    unsigned status;      /* 200 or 202 as answered, 0 when unknown */
+    unsigned connections; /* with 200 */
+    int mine;             /* status 0 and written by this writer: its delivery is in flight */
+};
+
+/* 1 with *out when (user, id) is stored and unexpired, 0 when not, -errno. */
+int th_mbx_find_id(const struct th_mbx *m, const char *user, size_t ulen, const char *id,
+                   size_t idlen, uint64_t now_ns, struct th_mbx_hit *out);
+
+/*
+ * Copy entry pos's frame into buf (cap >= TH_MBX_MAX_FRAME is always
+ * enough). Returns its length, or -ESTALE when it was reclaimed.
+ */
+ssize_t th_mbx_read_frame(const struct th_mbx *m, uint64_t pos, char *buf, size_t cap);
+
+/* The user's pending (stored, unexpired) count and last seq, for presence. */
+int th_mbx_user_info(const struct th_mbx *m, const char *user, size_t ulen, uint64_t now_ns,
+                     uint32_t *pending, uint64_t *last_seq);
+
+/*
+ * Resume: a snapshot of the user's stored notifications, taken once (a
+ * seq_cst fence first, see protocol), then walked with th_mbx_replay_next.
+ * The caller owns the struct (about 8 KiB: keep one per worker, not on a
+ * small stack).
+ */
+struct th_mbx_replay {
+    uint64_t since;
+    uint64_t latest;  /* the user's last seq (0: none this epoch; a floor if recycled) */
+    uint64_t dropped; /* record's dropped when snapshotted */
+    uint32_t rec, gen;
+    int found;      /* the user has a record */
+    int unreadable; /* the record stayed mid-change (dead writer): nothing replayed */
+    int lost;       /* something with seq > since is gone (expired, evicted, torn) */
+    uint32_t n, i;  /* refs snapshotted, next to visit */
+    uint64_t refs[TH_MBX_PER_USER_MAX];
+};
+
+/* One replayed notification. */
+struct th_mbx_item {
+    uint64_t seq, pos, stored_ns, expires_ns;
+    size_t len; /* frame bytes (copied into buf when buf is not NULL) */
+};
+
+/* Take the snapshot (see struct). Returns 0, or -EINVAL for a bad user id. */
+int th_mbx_replay_begin(const struct th_mbx *m, const char *user, size_t ulen, uint64_t since,
+                        struct th_mbx_replay *rp);
+/*
+ * The next stored notification with seq > since, in seq order: 1 with *out
+ * (and the frame in buf, cap >= TH_MBX_MAX_FRAME, unless buf is NULL), 0 at
+ * the end. An entry that expired by now_ns or was reclaimed since the
+ * snapshot is skipped and sets rp->lost.
+ */
+int th_mbx_replay_next(const struct th_mbx *m, struct th_mbx_replay *rp, uint64_t now_ns, char *buf,
+                       size_t cap, struct th_mbx_item *out);
+/*
+ * After the walk: 1 when nothing after since is missing (recovered:true
+ * once the caller also checked the epoch), 0 otherwise: since ahead of the
+ * user's latest seq, an entry after since evicted or expired (before or
+ * during the walk), the record recycled or unreadable.
+ */
+int th_mbx_replay_end(const struct th_mbx *m, struct th_mbx_replay *rp);
+
+/* For /metrics and tether-dump. */
+struct th_mbx_stats {
+    uint64_t bytes_total; /* object size */
+    uint64_t arena_bytes; /* log capacity */
+    uint64_t log_bytes;   /* head - tail: retained, orphaned and expired-not-yet-reclaimed */
+    uint64_t bytes;       /* retained by some user */
+    uint64_t entries;     /* retained by some user */
+    uint64_t oldest_ns;   /* stored_ns of the oldest entry at tail, 0 when empty */
+    uint32_t nusers, per_user;
+    char epoch[TH_MBX_EPOCH_LEN + 1];
+};
+void th_mbx_stats(const struct th_mbx *m, struct th_mbx_stats *out);
+
+#endif
