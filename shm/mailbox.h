@@ -16,8 +16,8 @@
  *
  *   struct th_mbx_hdr   magic, version, sizes, epoch, boot id, writer,
  *                       log head/tail, gauges, counters
- *   floors[]            TH_MBX_FLOORS uint64: seq floors of recycled user
- *                       records, by user hash
+ *   floors[]            nfloors (2 x nusers) uint64: seq floors of
+ *                       recycled user records, by user hash
  *   users[]             nusers records (power of two), each a struct
  *                       th_mbx_user followed by a ring of per_user uint64
  *                       entry references; a user lives in one of the
@@ -74,10 +74,11 @@
  *   the writer stores seq before ring[head] and ring[head] before head, and
  *   dropped before tail: every prefix of a change leaves a record whose
  *   fields are each valid. Dead writer: ver left odd on record busy_rec;
- *   readers retry a bounded number of times and then report the user as
- *   unreadable (resume answers recovered:false); th_mbx_writer_begin
- *   (the notifier's next incarnation) clamps that record's counters
- *   (head - tail <= per_user) and makes ver even.
+ *   readers spin a little, and once hdr->writer_pid is dead take the record
+ *   as it is (nothing changes it any more and every field is valid);
+ *   th_mbx_writer_begin (the notifier's next incarnation) clamps that
+ *   record's counters (head - tail <= per_user), makes ver even and
+ *   recounts the gauges.
  *   user.seq: the user's last assigned seq. th_mbx_commit() stores it (and
  *   the entry) before it returns, and the notifier hands a frame to a
  *   worker only after that, so a seq a client could have seen is never
@@ -87,9 +88,12 @@
  *   record without unexpired entries, or, when all TH_MBX_PROBE records of
  *   the window hold entries, the one stored to longest ago: its entries are
  *   dropped, reason "full"). Before recycling, the writer raises
- *   floors[hash % TH_MBX_FLOORS] to the old user's seq; a new record starts
+ *   floors[hash % nfloors] to the old user's seq; a new record starts
  *   at seq = floor (first notification floor + 1) and dropped = floor, so a
  *   user's seq only grows within an epoch even if its record went away.
+ *   (A floor is shared by the users of one hash bucket, so after records
+ *   were recycled a user may resume with recovered:false that lost
+ *   nothing: the safe side.)
  *
  * floors[]: writer only (release), read by the writer and by resume for a
  *   user without a record. Monotonic; a dead writer leaves a value at least
@@ -137,7 +141,6 @@
 #define TH_MBX_SUFFIX ".mailbox"
 #define TH_MBX_EPOCH_LEN 16           /* hex digits of the 64-bit epoch */
 #define TH_MBX_PROBE 8                /* records a user may live in */
-#define TH_MBX_FLOORS 4096            /* seq floors of recycled records */
 #define TH_MBX_PER_USER_MAX 1024      /* --mailbox-per-user upper bound */
 #define TH_MBX_BYTES_MIN (1u << 20)   /* --mailbox-bytes lower bound */
 #define TH_MBX_MAX_FRAME (70u * 1024) /* a rendered frame with seq and epoch */
@@ -171,6 +174,8 @@ struct th_mbx_hdr {
     uint64_t arena_bytes;
     uint32_t nusers;   /* power of two */
     uint32_t rec_size; /* bytes per user record with its ring, multiple of 64 */
+    uint32_t nfloors;  /* power of two */
+    uint32_t pad0;
     uint64_t off_floors, off_users, off_arena;
     uint64_t epoch;                /* random, new with every new object */
     uint64_t created_ns;           /* realtime */
@@ -188,10 +193,10 @@ struct th_mbx_hdr {
 } __attribute__((aligned(64)));
 
 struct th_mbx_user {
-    _Atomic uint64_t ver;     /* seqlock, see protocol */
-    _Atomic uint64_t seq;     /* last seq assigned */
-    _Atomic uint64_t dropped; /* highest seq that left the mailbox (evicted, expired, floor) */
-    _Atomic uint64_t last_ns; /* realtime of the last commit (recycling picks the oldest) */
+    _Atomic uint64_t ver;         /* seqlock, see protocol */
+    _Atomic uint64_t seq;         /* last seq assigned */
+    _Atomic uint64_t dropped;     /* highest seq that left the mailbox (evicted, expired, floor) */
+    _Atomic uint64_t last_exp_ns; /* latest expiry of its entries (recycling picks the lowest) */
     _Atomic uint64_t head; /* ring counters: refs [tail, head) retained, head - tail <= per_user */
     _Atomic uint64_t tail;
     _Atomic uint32_t gen; /* bumped when recycled for another user */
