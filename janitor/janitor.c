@@ -1,8 +1,9 @@
 /*
- * The janitor role (janitor/janitor.h): a one-second loop that heartbeats in
- * the segment's role table and runs a sweep (janitor/sweep.c) every
- * --sweep-every seconds. Also the start-up check of the stale/sweep
- * settings, run by the supervisor before anything is created.
+ * The janitor role (janitor/janitor.h): a loop that heartbeats in the
+ * segment's role table every TH_HEARTBEAT_NS (the supervisor replaces a
+ * role whose heartbeat is --hung-after old; a sweep stamps it as it goes)
+ * and runs a sweep (janitor/sweep.c) every --sweep-every seconds. Also the start-up check of the
+ * stale/sweep settings, run by the supervisor before anything is created.
  */
 #include "janitor/janitor.h"
 #include "janitor/sweep.h"
@@ -82,7 +83,7 @@ int th_janitor_main(const struct th_config *cfg, struct th_reg *reg)
                 next = now + period;
         }
         th_role_heartbeat(me, th_now_ns());
-        uint64_t wait = next - now < TH_NS_PER_S ? next - now : TH_NS_PER_S;
+        uint64_t wait = next - now < TH_HEARTBEAT_NS ? next - now : TH_HEARTBEAT_NS;
         struct timespec ts = {.tv_sec = (time_t)(wait / TH_NS_PER_S),
                               .tv_nsec = (long)(wait % TH_NS_PER_S)};
         ppoll(NULL, 0, &ts, &waitmask);

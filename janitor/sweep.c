@@ -10,7 +10,10 @@
  * A worker that does not answer a window within the timeout is not asked
  * again during the same sweep: its stale slots are released here
  * (generation-checked), so one hung worker costs one timeout per sweep, not
- * one per connection.
+ * one per connection; a worker the supervisor already declared hung
+ * (th_proc_sh.hung_ns) is not asked at all. The janitor's heartbeat is
+ * stamped while a sweep runs and while it waits for replies, so a long
+ * sweep is never taken for a hung janitor.
  */
 #include "janitor/sweep.h"
 #include "shm/rt/clock.h"
@@ -26,7 +29,13 @@
 #include <unistd.h>
 
 #define CLOSE_STALE 4000
-#define HEARTBEAT_EVERY 65536 /* slots visited between heartbeat stamps */
+#define HEARTBEAT_EVERY 16384 /* slots visited between heartbeat stamps (well under 1 ms) */
+
+static void stamp(struct th_sweeper *s)
+{
+    atomic_store_explicit(&s->reg->hdr->roles[TH_ROLE_JANITOR].heartbeat_ns, th_now_ns(),
+                          memory_order_relaxed);
+}
 
 void th_sweeper_init(struct th_sweeper *s, const char *shm_name, struct th_reg *reg,
                      uint32_t stale_after_s, int timeout_ms)
@@ -135,6 +144,7 @@ static void collect(struct th_sweeper *s, unsigned w, struct th_sweep_stats *st)
         uint64_t t = th_mono_ns();
         if (t >= deadline)
             return give_up(s, w, -ETIMEDOUT, st);
+        stamp(s); /* waiting on a worker is not hanging */
         struct pollfd pfd = {.fd = s->fd[w], .events = POLLIN};
         int pr = poll(&pfd, 1, (int)((deadline - t + TH_NS_PER_MS - 1) / TH_NS_PER_MS));
         if (pr < 0 && errno != EINTR)
@@ -155,6 +165,14 @@ static void submit(struct th_sweeper *s, unsigned w, struct th_handle h, struct 
 {
     if (w >= TH_MAX_WORKERS || s->silent[w])
         return release_here(s, h, st);
+    if (atomic_load_explicit(&s->reg->hdr->workers[w].hung_ns, memory_order_relaxed)) {
+        th_warn("janitor: worker[%u] is declared hung: releasing its stale slots directly for the "
+                "rest of this sweep",
+                w);
+        s->silent[w] = 1; /* give_up settles what is in flight without a second warning */
+        give_up(s, w, -ETIMEDOUT, st);
+        return release_here(s, h, st);
+    }
     if (s->nq[w] > 0 && s->fd_pid[w] != atomic_load(&s->reg->hdr->workers[w].pid)) {
         /* Restarted since: the requests in flight died with the old incarnation. */
         for (int i = 0; i < s->nq[w]; i++)
@@ -205,7 +223,7 @@ static int visit(const struct th_conn_info *ci, void *arg)
     struct visit_ctx *x = arg;
     x->st->live++;
     if (++x->visited % HEARTBEAT_EVERY == 0) {
-        atomic_store(&x->s->reg->hdr->roles[TH_ROLE_JANITOR].heartbeat_ns, th_now_ns());
+        stamp(x->s);
         if (stop_pending())
             return 1; /* a drain is on: the next incarnation (if any) sweeps again */
     }

@@ -7,6 +7,8 @@
 #include "shm/rt/clock.h"
 
 #include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
 
 /* Upper bounds in seconds: 50 us to 1 s. */
 static const double bounds[TH_HIST_BUCKETS] = {0.00005, 0.0001, 0.00025, 0.0005, 0.001,
@@ -99,41 +101,59 @@ void th_metrics_render(struct th_buf *b, const struct th_reg *reg,
     render_hist(b, &st->confirm);
 }
 
-/* A process counts as up when its pid lives and its loop stamped a heartbeat
- * recently: a stopped or wedged process keeps its pid but not its heartbeat. */
-#define HEALTH_HEARTBEAT_MAX_NS (10 * TH_NS_PER_S)
+/*
+ * A process counts as up when its pid lives, its loop stamped a heartbeat
+ * within --hung-after, and the supervisor has not declared it hung (a
+ * stopped or wedged process keeps its pid but not its heartbeat; a stop is
+ * declared at once). Every hung process is also named in "hung".
+ */
+struct health {
+    struct th_buf *b;
+    uint64_t now, max_age;
+    char hung[TH_MAX_WORKERS * 16 + 64];
+    size_t hlen;
+};
 
-/* One process entry {"pid":N,"alive":bool,"heartbeat_age_s":x}; returns up. */
-static int proc_entry(struct th_buf *b, const struct th_proc_sh *p, uint64_t now)
+/* One process entry {"pid":N,"alive":bool,"hung":bool,"heartbeat_age_s":x}; returns up. */
+static int proc_entry(struct health *h, const struct th_proc_sh *p, const char *name)
 {
     int pid = (int)atomic_load_explicit(&p->pid, memory_order_relaxed);
     uint64_t hb = atomic_load_explicit(&p->heartbeat_ns, memory_order_relaxed);
-    uint64_t age = hb && now > hb ? now - hb : 0;
+    int hung = pid > 0 && atomic_load_explicit(&p->hung_ns, memory_order_relaxed) != 0;
+    uint64_t age = hb && h->now > hb ? h->now - hb : 0;
     int alive = pid > 0 && th_pid_alive(pid);
-    th_buf_printf(b, "\"pid\":%d,\"alive\":%s,\"heartbeat_age_s\":%.1f}", pid,
-                  alive ? "true" : "false", (double)age / 1e9);
-    return alive && hb != 0 && age < HEALTH_HEARTBEAT_MAX_NS;
+    th_buf_printf(h->b, "\"pid\":%d,\"alive\":%s,\"hung\":%s,\"heartbeat_age_s\":%.1f}", pid,
+                  alive ? "true" : "false", hung ? "true" : "false", (double)age / 1e9);
+    if (hung && h->hlen + strlen(name) + 4 < sizeof(h->hung)) {
+        int n = snprintf(h->hung + h->hlen, sizeof(h->hung) - h->hlen, "%s\"%s\"",
+                         h->hlen ? "," : "", name);
+        h->hlen += n > 0 ? (size_t)n : 0;
+    }
+    return alive && !hung && hb != 0 && age < h->max_age;
 }
 
-int th_health_render(struct th_buf *b, const struct th_reg *reg)
+int th_health_render(struct th_buf *b, const struct th_reg *reg, uint32_t hung_after_s)
 {
     const struct th_reg_hdr *hdr = reg->hdr;
     struct th_buf body = {0};
-    uint64_t now = th_now_ns();
+    struct health h = {
+        .b = &body, .now = th_now_ns(), .max_age = (uint64_t)hung_after_s * TH_NS_PER_S};
     int ok = 1;
     th_buf_puts(&body, "\"supervisor\":{");
-    ok &= proc_entry(&body, &hdr->roles[TH_ROLE_SUPERVISOR], now);
+    ok &= proc_entry(&h, &hdr->roles[TH_ROLE_SUPERVISOR], "supervisor");
     th_buf_puts(&body, ",\"janitor\":{");
-    ok &= proc_entry(&body, &hdr->roles[TH_ROLE_JANITOR], now);
+    ok &= proc_entry(&h, &hdr->roles[TH_ROLE_JANITOR], "janitor");
     th_buf_puts(&body, ",\"notifier\":{");
-    proc_entry(&body, &hdr->roles[TH_ROLE_NOTIFIER], now);
+    proc_entry(&h, &hdr->roles[TH_ROLE_NOTIFIER], "notifier");
     th_buf_puts(&body, ",\"workers\":[");
     unsigned n = hdr->nworkers < TH_MAX_WORKERS ? hdr->nworkers : TH_MAX_WORKERS;
     for (unsigned i = 0; i < n; i++) {
+        char name[24];
+        snprintf(name, sizeof(name), "worker[%u]", i);
         th_buf_printf(&body, "%s{\"index\":%u,", i ? "," : "", i);
-        ok &= proc_entry(&body, &hdr->workers[i], now);
+        ok &= proc_entry(&h, &hdr->workers[i], name);
     }
-    th_buf_puts(&body, "]}");
+    th_buf_printf(&body, "],\"hung\":[%.*s]}", (int)h.hlen, h.hung);
     th_buf_printf(b, "{\"status\":\"%s\",", ok ? "ok" : "degraded");
     th_buf_put(b, body.p, body.len);
     th_buf_free(&body);

@@ -33,7 +33,11 @@ struct th_notifier_stats {
 void th_metrics_render(struct th_buf *b, const struct th_reg *reg,
                        const struct th_notifier_stats *st);
 
-/* Health JSON into b; returns 200 when everything is up, else 503. */
-int th_health_render(struct th_buf *b, const struct th_reg *reg);
+/*
+ * Health JSON into b; returns 200 when everything is up (alive, heartbeat
+ * within hung_after_s, not declared hung), else 503. "hung" lists the
+ * processes the supervisor declared hung, e.g. ["worker[1]"].
+ */
+int th_health_render(struct th_buf *b, const struct th_reg *reg, uint32_t hung_after_s);
 
 #endif

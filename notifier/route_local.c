@@ -17,6 +17,11 @@
  * others timed out or failed (the backend learns the notification reached
  * the user); every leg GONE -> 404 (the connections went away between the
  * lookup and the handoff); otherwise -> 503.
+ *
+ * A worker the supervisor declared hung (th_proc_sh.hung_ns: stopped, or
+ * its heartbeat is --hung-after old) gets no leg: that leg fails at once,
+ * so a delivery never waits out the handoff timeout on a worker known not
+ * to run. Its connections are gone once the supervisor replaces it.
  */
 #include "notifier/route.h"
 #include "shm/rt/clock.h"
@@ -418,7 +423,9 @@ static void chan_flush(struct route_local *rl, unsigned w)
 static void leg_start(struct route_local *rl, uint32_t i, unsigned n)
 {
     unsigned w = rl->jobs[i].legs[n].worker;
-    struct chan *c = w < rl->reg->hdr->nworkers && w < TH_MAX_WORKERS ? chan_get(rl, w) : NULL;
+    int ok = w < rl->reg->hdr->nworkers && w < TH_MAX_WORKERS &&
+             !atomic_load_explicit(&rl->reg->hdr->workers[w].hung_ns, memory_order_acquire);
+    struct chan *c = ok ? chan_get(rl, w) : NULL;
     if (!c || chan_push(rl, c, seq_make(rl->jobs[i].gen, i, n)) < 0) {
         leg_resolve(rl, i, n, -1);
         return;

@@ -549,7 +549,7 @@ static void handle_request(struct conn *c, const struct th_api_req *req)
         handle_presence(r, req);
         break;
     case TH_API_HEALTHZ:
-        r->status = th_health_render(&r->body, S->reg);
+        r->status = th_health_render(&r->body, S->reg, S->cfg->hung_after_s);
         break;
     case TH_API_METRICS:
         r->status = 200;
@@ -795,14 +795,13 @@ static void run_wakes(void)
     }
 }
 
-/* Once a second: heartbeat, idle keep-alive connections. */
+/* Once a second: idle keep-alive connections (the heartbeat is stamped in the loop). */
 static void tick(uint64_t now)
 {
     if (S->accept_paused) {
         S->accept_paused = 0;
         submit_accept();
     }
-    th_role_heartbeat(&S->reg->hdr->roles[TH_ROLE_NOTIFIER], th_now_ns());
     for (unsigned i = 0; i < TH_API_MAX_CONNS; i++) {
         struct conn *c = &S->conns[i];
         if (c->in_use && !c->closing && c->linger_until && now > c->linger_until)
@@ -815,9 +814,13 @@ static void tick(uint64_t now)
 
 static void loop(void)
 {
-    uint64_t next_tick = th_mono_ns();
+    uint64_t next_tick = th_mono_ns(), next_beat = 0;
     while (!th_sig_stop) {
         uint64_t now = th_mono_ns();
+        if (now >= next_beat) { /* the supervisor replaces a notifier silent for --hung-after */
+            th_role_heartbeat(&S->reg->hdr->roles[TH_ROLE_NOTIFIER], th_now_ns());
+            next_beat = now + TH_HEARTBEAT_NS / 5;
+        }
         S->route->ops->expire(S->route, now);
         if (now >= next_tick) {
             tick(now);
@@ -832,6 +835,8 @@ static void loop(void)
         uint64_t until = S->route->ops->next_deadline(S->route);
         if (until > next_tick)
             until = next_tick;
+        if (until > now + TH_HEARTBEAT_NS / 2)
+            until = now + TH_HEARTBEAT_NS / 2;
         th_uring_wait(&S->ring, until > now ? until - now : 0); /* failures are logged */
         struct io_uring_cqe *cqe;
         unsigned head, seen = 0;

@@ -92,6 +92,24 @@
  *
  * hdr worker/role tables: each entry written by that process (pid, start,
  *   heartbeat) and by the supervisor (reset on reap). Counters: atomic adds.
+ *   Heartbeats are stamped at least every TH_HEARTBEAT_NS by every loop
+ *   (one relaxed store), so --hung-after (default 3 s) is 30 missed beats.
+ *   hung_ns: written only by the supervisor: the wall-clock time it declared
+ *   the process hung (stopped, or heartbeat older than --hung-after), 0
+ *   while it is not; cleared when the process resumes or is reaped, before
+ *   a replacement is forked. Read by the notifier before every handoff (a
+ *   hung worker's connections answer at once instead of waiting out the
+ *   handoff timeout) and for /healthz, by the janitor (a hung worker is not
+ *   asked to evict), by tether-dump. adopter (workers only): written only by
+ *   the supervisor: 1 + the index of the live worker told to accept from
+ *   this worker's listener while it is out of the steering set (hung, dead
+ *   or full), 0 = nobody; read by the workers every loop wake. full
+ *   (workers only): written only by that worker, 1 while its connection
+ *   table is full and it stopped accepting; read by the supervisor, which
+ *   steers new clients elsewhere. A dead supervisor takes the whole group
+ *   with it (every child has PR_SET_PDEATHSIG) and the next group
+ *   initialises a fresh segment, so a hung_ns or adopter it leaves is never
+ *   acted on; a worker that dies with full set is reset on reap.
  *   A worker must publish workers[w].pid before its first claim: repair takes
  *   LIVE slots of an index whose pid is 0 or dead for orphans, and it loads
  *   ctl before the pid, so a new incarnation's slots never look orphaned.
@@ -133,7 +151,13 @@ struct th_proc_sh {
     _Atomic uint64_t heartbeat_ns; /* realtime, stamped by the process's loop */
     _Atomic uint64_t restarts;     /* incremented by the supervisor */
     char sock_path[108];           /* workers: control socket (sockaddr_un path) */
+    _Atomic uint64_t hung_ns;      /* supervisor: realtime it was declared hung, 0 = not */
+    _Atomic int32_t adopter; /* supervisor: 1 + worker serving this one's listener, 0 = none */
+    _Atomic uint32_t full;   /* the worker: 1 while its connection table is full */
 } __attribute__((aligned(64)));
+
+/* Every role's loop stamps its heartbeat at least this often. */
+#define TH_HEARTBEAT_NS (100ULL * 1000000ULL)
 
 /* Group-wide counters, exported by /metrics. Writers: any process, atomic add. */
 struct th_counters_sh {

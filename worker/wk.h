@@ -35,9 +35,9 @@
 #define WK_BUF_COUNT 1024u /* provided recv buffers shared by all connections */
 #define WK_BUF_SIZE 4096u
 #define WK_BGID 1
-#define WK_HANDSHAKE_S 10u  /* slowloris bound: time to finish the HTTP upgrade */
-#define WK_ACCEPT_BATCH 16u /* clients accepted before re-queueing behind the other workers */
-#define WK_CLOSE_WAIT_S 5u  /* after our close frame: wait this long for the peer */
+#define WK_HANDSHAKE_S 10u /* slowloris bound: time to finish the HTTP upgrade */
+#define WK_ADOPT_BATCH 64u /* clients taken from an adopted listener per readiness */
+#define WK_CLOSE_WAIT_S 5u /* after our close frame: wait this long for the peer */
 /* All send queues of one worker together: past this, whoever adds is closed (or BUSY). */
 #define WK_QUEUE_BUDGET (256ull << 20)
 
@@ -49,6 +49,7 @@ enum wk_op {
     OP_CTL_ACCEPT, /* multishot accept on the control listener */
     OP_CTL_POLL,   /* readability of control client index */
     OP_CANCEL,     /* completions of our own cancel requests: ignored */
+    OP_ADOPT,      /* readiness of an adopted peer's listener (index = that worker) */
 };
 
 enum conn_state {
@@ -106,7 +107,8 @@ struct worker {
     const struct th_config *cfg;
     struct th_reg *reg;
     unsigned index;
-    int listen_fd, ctl_fd;
+    int listen_fd, ctl_fd; /* listen_fd = listen_fds[index], this worker's own */
+    const int *listen_fds; /* every worker's client listener (cfg->workers of them) */
     char ctl_path[TH_PATH_MAX];
     struct io_uring ring;
     struct io_uring_buf_ring *br;
@@ -141,9 +143,12 @@ struct worker {
     uint32_t feeding; /* connection whose reader is running (its buffer must stay), or UINT32_MAX */
     int accepting;    /* multishot accept armed */
     uint32_t accept_gen;   /* generation of the current accept request */
-    uint32_t accepted;     /* clients taken since it was armed */
-    int accept_paused;     /* EMFILE/ENFILE or no SQE: re-arm at the next tick */
+    int accept_paused;     /* EMFILE/ENFILE, table full or no SQE: re-arm at the next tick */
     int ctl_accept_paused; /* control accept could not be armed: retried at the next tick */
+    uint64_t beat_mono;    /* last heartbeat stamp (monotonic ns) */
+    uint64_t adopting;     /* peers whose adopter the supervisor made us */
+    uint64_t adopt_mask;   /* ... of those, the ones with a readiness poll armed */
+    uint32_t adopt_gen[TH_MAX_WORKERS]; /* generation of each adopted listener's poll */
     int draining;
     uint32_t drain_deadline_s;
 };

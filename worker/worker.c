@@ -1,12 +1,24 @@
 /*
  * A socket worker's process: set-up, the io_uring loop and the completion
- * dispatch. One thread, one ring: a multishot accept on the shared client
- * listener, a multishot recv per connection over one provided-buffer ring
- * shared by all connections, sends queued during a batch submitted together
- * with the next wait, and the control socket served in the same loop.
+ * dispatch. One thread, one ring: a multishot accept on this worker's own
+ * client listener (one per worker, in one SO_REUSEPORT group the
+ * supervisor steers: tools/tether/listeners.h), a multishot recv per connection
+ * over one provided-buffer ring shared by all connections, sends queued
+ * during a batch submitted together with the next wait, and the control
+ * socket served in the same loop.
  *
- * The loop wakes at least once a second (wait timeout) to stamp the
- * heartbeat, expire handshakes and closing connections, and notice signals:
+ * The loop wakes at least every 50 ms (wait timeout) and stamps the
+ * heartbeat then (at most every 20 ms, so the line the notifier reads is
+ * not rewritten on every batch): the supervisor declares a worker hung when
+ * its heartbeat is --hung-after old, so nothing in this loop may block for
+ * long; every step is bounded (CQE batches, control reads of 256 packets,
+ * the once-a-second table pass, adoption batches). At each beat it also
+ * looks at which peers name it their adopter (th_proc_sh.adopter: the
+ * supervisor's choice while a peer is hung, dead or full) and accepts from
+ * those peers' listeners, through a plain (not exclusive) readiness poll:
+ * the stopped peer's own multishot accept keeps its place at the head of
+ * that listener's exclusive wait queue and would absorb every wake-up.
+ * Once a second it expires handshakes and closing connections. Signals:
  * the handlers only set flags. SIGTERM/SIGINT start a drain (stop
  * accepting, close every client with 1001, wait for them up to
  * --drain-timeout, release every slot, exit 0); SIGHUP reopens the log.
@@ -20,6 +32,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,7 +67,11 @@ static void arm_accept(struct worker *w)
     io_uring_prep_multishot_accept(sqe, w->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     io_uring_sqe_set_data64(sqe, th_ud_make(OP_ACCEPT, 0, ++w->accept_gen));
     w->accepting = 1;
-    w->accepted = 0;
+}
+
+static void set_full(struct worker *w, uint32_t full)
+{
+    atomic_store_explicit(&w->reg->hdr->workers[w->index].full, full, memory_order_relaxed);
 }
 
 static void stop_accept(struct worker *w)
@@ -70,23 +87,17 @@ static void stop_accept(struct worker *w)
 }
 
 /*
- * Spreading clients over the workers. A multishot accept stays at its place
- * in the listener's wait queue, and the kernel wakes only the first waiter
- * of an accept (exclusive wake-up), so without this the first worker would
- * take every client. Every WK_ACCEPT_BATCH clients a worker re-arms its
- * accept, which queues it behind the other workers: round robin by batches,
- * and a busy worker (slower to re-arm) naturally takes fewer. A full
- * connection table stops accepting until the next tick frees room.
+ * The kernel spreads clients over the workers' listeners (the supervisor's
+ * steering program). A full connection table stops accepting and says so
+ * in the segment: the supervisor then steers new clients to the others and
+ * names an adopter for what is queued here, until the next tick frees room.
  */
 static void after_accept(struct worker *w)
 {
-    if (w->live >= WK_MAX_CONNS) {
+    if (w->live >= WK_MAX_CONNS && !w->accept_paused) {
         stop_accept(w);
         w->accept_paused = 1;
-    } else if (w->cfg->workers > 1 && ++w->accepted >= WK_ACCEPT_BATCH) {
-        stop_accept(w);
-        if (!w->accepting)
-            arm_accept(w);
+        set_full(w, 1);
     }
 }
 
@@ -133,6 +144,36 @@ static void buf_return(struct worker *w, unsigned bid)
                           (int)w->br_returned++);
 }
 
+/* A new client socket, from our listener or an adopted one. */
+static void take_client(struct worker *w, int fd)
+{
+    if (w->draining) {
+        close(fd);
+        return;
+    }
+    int idx = wk_conn_alloc(w, fd);
+    if (idx < 0) {
+        th_warn("connection table full (%u per worker): refusing a client", WK_MAX_CONNS);
+        close(fd);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    wk_arm_recv(w, (uint32_t)idx);
+    after_accept(w);
+}
+
+/* A plain readiness poll, not an accept: see the top of this file. */
+static void arm_adopt(struct worker *w, unsigned p)
+{
+    struct io_uring_sqe *sqe = th_uring_sqe(&w->ring);
+    if (!sqe)
+        return; /* not armed: the next beat tries again */
+    io_uring_prep_poll_add(sqe, w->listen_fds[p], POLLIN);
+    io_uring_sqe_set_data64(sqe, th_ud_make(OP_ADOPT, p, w->adopt_gen[p]));
+    w->adopt_mask |= 1ull << p;
+}
+
 static void on_accept(struct worker *w, int res, unsigned flags, uint32_t gen)
 {
     if (!(flags & IORING_CQE_F_MORE) && gen == w->accept_gen && w->accepting) {
@@ -147,20 +188,25 @@ static void on_accept(struct worker *w, int res, unsigned flags, uint32_t gen)
             th_warn("accept: %s", strerror(-res));
         return;
     }
-    if (w->draining) {
-        close(res);
+    take_client(w, res);
+}
+
+/* Readiness of adopted peer p's listener: take what is queued there, a bounded batch at a time. */
+static void on_adopt(struct worker *w, uint32_t p, uint32_t gen, int res)
+{
+    if (p >= TH_MAX_WORKERS || !((w->adopt_mask >> p) & 1) || gen != w->adopt_gen[p])
+        return;                    /* adoption ended since */
+    w->adopt_mask &= ~(1ull << p); /* one-shot poll: the next beat re-arms it */
+    if (res < 0)
         return;
+    for (unsigned k = 0; k < WK_ADOPT_BATCH && w->live < WK_MAX_CONNS && !w->draining; k++) {
+        int fd = accept4(w->listen_fds[p], NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            break; /* EAGAIN: emptied (the peer's replacement may have taken some) */
+        take_client(w, fd);
     }
-    int idx = wk_conn_alloc(w, res);
-    if (idx < 0) {
-        th_warn("connection table full (%u per worker): refusing a client", WK_MAX_CONNS);
-        close(res);
-        return;
-    }
-    int one = 1;
-    setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    wk_arm_recv(w, (uint32_t)idx);
-    after_accept(w);
+    if (w->live < WK_MAX_CONNS && !w->draining)
+        arm_adopt(w, p); /* full: the beat re-arms it once there is room */
 }
 
 static void on_recv(struct worker *w, uint32_t idx, uint32_t gen, int res, unsigned flags)
@@ -224,6 +270,9 @@ static void dispatch(struct worker *w, const struct io_uring_cqe *cqe)
     case OP_CTL_POLL:
         wk_ctl_on_poll(w, idx, gen, cqe->res);
         break;
+    case OP_ADOPT:
+        on_adopt(w, idx, gen, cqe->res);
+        break;
     default:
         break;
     }
@@ -255,13 +304,55 @@ static void flush_counters(struct worker *w)
     w->c_frames = w->c_pings = w->c_acks = 0;
 }
 
-/* Once a second (or more): heartbeat, deadlines, paused accept. */
-static void tick(struct worker *w)
+/* Start and stop accepting from the peers whose adopter the supervisor made us. */
+static void adopt_update(struct worker *w)
+{
+    const struct th_reg_hdr *hdr = w->reg->hdr;
+    uint64_t want = 0;
+    unsigned n = w->cfg->workers < TH_MAX_WORKERS ? w->cfg->workers : TH_MAX_WORKERS;
+    for (unsigned p = 0; p < n && !w->draining && w->live < WK_MAX_CONNS; p++)
+        if (p != w->index && atomic_load_explicit(&hdr->workers[p].adopter, memory_order_relaxed) ==
+                                 (int32_t)w->index + 1)
+            want |= 1ull << p;
+    for (unsigned p = 0; p < n; p++) {
+        uint64_t bit = 1ull << p;
+        int had = (w->adopting >> p) & 1, wants = (want & bit) != 0;
+        int hung = atomic_load_explicit(&hdr->workers[p].hung_ns, memory_order_relaxed) != 0;
+        if (wants && !had)
+            th_log(hung ? TH_LOG_INFO : TH_LOG_DEBUG,
+                   "accepting the clients queued for %sworker[%u]", hung ? "hung " : "", p);
+        else if (had && !wants && !w->draining && w->live < WK_MAX_CONNS)
+            th_debug("no longer accepting for worker[%u]", p);
+        if (wants && !(w->adopt_mask & bit)) {
+            arm_adopt(w, p);
+        } else if (!wants && (w->adopt_mask & bit)) {
+            struct io_uring_sqe *sqe = th_uring_sqe(&w->ring);
+            if (sqe) { /* without one the poll stays armed; its completion is ignored (gen) */
+                io_uring_prep_poll_remove(sqe, th_ud_make(OP_ADOPT, p, w->adopt_gen[p]));
+                io_uring_sqe_set_data64(sqe, th_ud_make(OP_CANCEL, 0, 0));
+            }
+            w->adopt_gen[p]++;
+            w->adopt_mask &= ~bit;
+        }
+    }
+    w->adopting = want;
+}
+
+/* Every 20 ms or so (the loop wakes at least every 50 ms): heartbeat and adoption. */
+static void beat(struct worker *w)
 {
     th_role_heartbeat(&w->reg->hdr->workers[w->index], w->now_ns);
+    w->beat_mono = w->mono_ns;
+    adopt_update(w);
+}
+
+/* Once a second: deadlines, paused accept. */
+static void tick(struct worker *w)
+{
     wk_conn_tick(w);
     if (w->accept_paused && !w->draining && !w->accepting && w->live < WK_MAX_CONNS) {
         w->accept_paused = 0;
+        set_full(w, 0);
         arm_accept(w);
     }
     if (w->ctl_accept_paused && !w->draining) {
@@ -291,8 +382,10 @@ static void loop(struct worker *w)
             return;
         wk_conn_flush_all(w);
         flush_counters(w);
-        th_uring_wait(&w->ring, TH_NS_PER_S); /* a failure is logged; the tick still runs */
+        th_uring_wait(&w->ring, TH_HEARTBEAT_NS / 2); /* a failure is logged; the beat still runs */
         read_clocks(w);
+        if (w->mono_ns - w->beat_mono >= TH_HEARTBEAT_NS / 5)
+            beat(w);
         if (w->mono_s != last_tick) {
             last_tick = w->mono_s;
             tick(w);
@@ -336,13 +429,15 @@ static int setup(struct worker *w)
     return 0;
 }
 
-int th_worker_main(const struct th_config *cfg, struct th_reg *reg, unsigned index, int listen_fd)
+int th_worker_main(const struct th_config *cfg, struct th_reg *reg, unsigned index,
+                   const int *listen_fds)
 {
     static struct worker W; /* one per process; large (parser scratch, tables) */
     struct worker *w = &W;
-    w->cfg = cfg, w->reg = reg, w->index = index, w->listen_fd = listen_fd, w->ctl_fd = -1;
-    if (index >= TH_MAX_WORKERS)
+    if (index >= TH_MAX_WORKERS || index >= cfg->workers)
         return 1;
+    w->cfg = cfg, w->reg = reg, w->index = index, w->ctl_fd = -1;
+    w->listen_fds = listen_fds, w->listen_fd = listen_fds[index];
     if (th_role_signals(0, NULL) < 0) /* the ring wait returns EINTR on a signal */
         return 1;
     read_clocks(w);
@@ -353,6 +448,7 @@ int th_worker_main(const struct th_config *cfg, struct th_reg *reg, unsigned ind
     if (setup(w) < 0)
         return 1;
     th_info("worker %u serving (pid %d, up to %u connections)", index, (int)getpid(), WK_MAX_CONNS);
+    beat(w);
     loop(w);
     for (uint32_t i = 0; i < w->high; i++) /* drain over: whoever is left is cut */
         wk_conn_abort(w, i);

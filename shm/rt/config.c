@@ -58,6 +58,9 @@ static const struct flag flags[] = {
      "SECONDS  grace for clients to close on SIGTERM (10)"},
     {"handoff-timeout-ms", F_U32, OFF(handoff_timeout_ms), 1, 60000,
      "MS  notifier's bound for a worker to confirm a delivery (200)"},
+    {"hung-after", F_U32, OFF(hung_after_s), 1, 3600,
+     "SECONDS  a role whose heartbeat is older is declared hung, gets no new\n"
+     "                             clients, and is replaced (3)"},
     {"jwt-secret-file", F_PATH, OFF(jwt_secret_file), 0, 0,
      "PATH  HS256 secret (or TETHER_JWT_SECRET)"},
     {"log-level", F_LEVEL, OFF(log_level), 0, 0, "LEVEL  error, warn, info, debug (info)"},
@@ -85,6 +88,7 @@ void th_config_defaults(struct th_config *c)
     c->send_queue_cap = 1048576;
     c->drain_timeout_s = 10;
     c->handoff_timeout_ms = 200;
+    c->hung_after_s = 3;
     c->log_level = TH_LOG_INFO;
     c->log_format = TH_LOG_TEXT;
 }

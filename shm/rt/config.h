@@ -33,6 +33,7 @@ struct th_config {
     uint64_t send_queue_cap;
     uint32_t drain_timeout_s;
     uint32_t handoff_timeout_ms; /* notifier's bound for a worker's confirmation */
+    uint32_t hung_after_s;       /* heartbeat age past which the supervisor replaces a role */
     char jwt_secret_file[TH_PATH_MAX];
     unsigned char jwt_secret[TH_SECRET_MAX];
     size_t jwt_secret_len;

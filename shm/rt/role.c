@@ -28,7 +28,7 @@ int th_role_signals(unsigned flags, sigset_t *waitmask)
     th_sig_stop = th_sig_hup = th_sig_chld = 0; /* a forked role does not inherit its parent's */
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
+    sa.sa_handler = on_signal; /* no SA_NOCLDSTOP: a stopped child is a hung one, seen at once */
     sigemptyset(&sa.sa_mask);
     sigset_t block;
     sigemptyset(&block);

@@ -10,7 +10,7 @@
  *   shm/registry.h): started and heartbeat stamped, then the pid published
  *   with release order, so whoever sees the pid sees the stamps too.
  * - the heartbeat the supervisor's watchdog and /healthz read: stamped by
- *   the role's loop at least once a second.
+ *   the role's loop at least every TH_HEARTBEAT_NS (shm/registry.h).
  */
 #ifndef TETHER_SHM_RT_ROLE_H
 #define TETHER_SHM_RT_ROLE_H

@@ -24,7 +24,15 @@ struct th_child {
     uint64_t started_mono;    /* when this incarnation was forked */
     uint64_t next_start_mono; /* earliest restart (monotonic ns), 0 = at once */
     uint64_t backoff_ns;      /* delay before the next restart */
-    uint64_t hung_since_mono; /* watchdog: first tick its heartbeat looked too old, 0 = fine */
+    /* Hang detection (supervisor.c): ages are measured on the supervisor's
+     * monotonic clock from the last time it saw the heartbeat word change,
+     * so a wall-clock step never makes a live child look hung. */
+    uint64_t hb_seen;   /* heartbeat word as last read (0: not beaten yet) */
+    uint64_t hb_mono;   /* when it last changed (the fork, before the first beat) */
+    uint64_t hung_mono; /* declared hung at, 0 = not */
+    int stopped;        /* waitpid reported a stop and no continue since */
+    int killed;         /* SIGKILL sent for hanging, not reaped yet */
+    pid_t replaced_pid; /* the hung incarnation the next start replaces, 0 = none */
 };
 
 /*

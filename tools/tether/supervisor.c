@@ -8,12 +8,33 @@
  * process just created), then the runtime directory, then the children.
  *
  * The loop is single-threaded: signal handlers only set flags, the signals
- * stay blocked except inside ppoll(), which wakes at least once a second to
- * heartbeat, reap (waitpid WNOHANG), start children whose backoff has
- * elapsed and drive a drain.
+ * stay blocked except inside ppoll(), which wakes at least every
+ * TH_HEARTBEAT_NS (100 ms) to heartbeat, reap, watch for hung children,
+ * start children whose backoff has elapsed and drive a drain.
+ *
+ * Hung children (--hung-after, default 3 s). A child is hung when it is
+ * stopped (SIGCHLD without SA_NOCLDSTOP, waitpid WUNTRACED: seen at once)
+ * or when its heartbeat, which every role's loop stamps at least every
+ * 100 ms, has not changed for --hung-after (a loop stuck in user space is
+ * only visible that way). A hung child is "declared" in the segment
+ * (th_proc_sh.hung_ns): the notifier then answers deliveries to its
+ * connections at once instead of waiting out the handoff timeout, and
+ * /healthz names it. A hung worker also leaves the steering set at once:
+ * the client listeners are one SO_REUSEPORT group with a BPF program this
+ * loop regenerates (tools/tether/listeners.h), so no new client is handed to it,
+ * and a live worker is named its adopter and accepts what already sits in
+ * its queue. A stopped child that resumes and beats again before
+ * --hung-after is taken back (a short stop by an operator costs its clients
+ * nothing); otherwise, once its heartbeat is --hung-after old, it gets
+ * SIGKILL and is replaced through the normal restart path (slots reclaimed,
+ * its clients reconnect to the others). Why 3 s is safe: no role's loop
+ * blocks for more than a fraction of a second (worker batches and ticks are
+ * bounded, sweeps stamp the heartbeat as they go), so 30 missed beats only
+ * happen to a process that does not run.
  */
 #include "tools/tether/supervisor.h"
 #include "janitor/janitor.h"
+#include "tools/tether/listeners.h"
 #include "tools/tether/proc.h"
 #include "notifier/notifier.h"
 #include "shm/rt/clock.h"
@@ -40,17 +61,14 @@
 #define LISTEN_BACKLOG 4096
 #define DRAIN_SLACK_S 2 /* beyond --drain-timeout before stragglers get SIGKILL */
 #define BIND_RETRY_MS 2000ULL
-/*
- * Every role stamps its heartbeat at least once a second; one silent this
- * long is hung (a stuck loop, a blocking call gone wrong), not slow: it gets
- * SIGKILL and the normal restart path.
- */
-#define WATCHDOG_S 30
 
 struct sup {
     const struct th_config *cfg;
     struct th_reg reg;
-    int listen_fd, api_fd;
+    int listen_fds[TH_MAX_WORKERS]; /* one per worker, one SO_REUSEPORT group */
+    int api_fd;
+    uint64_t steer_mask; /* workers new clients go to; valid once steered */
+    int steered;
     char rundir[TH_PATH_MAX];
     struct th_child kids[TH_MAX_WORKERS + 2];
     int nkids;
@@ -143,12 +161,32 @@ static int open_listener(const char *flag, const char *host, uint16_t port)
     return -1;
 }
 
+/*
+ * The client listeners, one per worker (tools/tether/listeners.h), with the same
+ * "in use" retry as open_listener. Returns 0 or -1 after logging why.
+ */
+static int open_client_listeners(const struct th_config *cfg)
+{
+    char err[256] = "";
+    uint64_t give_up = th_mono_ns() + BIND_RETRY_MS * TH_NS_PER_MS;
+    int rc;
+    while ((rc = th_listeners_open(cfg->listen_host, cfg->listen_port, cfg->workers, LISTEN_BACKLOG,
+                                   S.listen_fds, err, sizeof(err))) == -EADDRINUSE &&
+           th_mono_ns() < give_up)
+        usleep(50 * 1000);
+    if (rc == 0)
+        return 0;
+    startup_error("--listen %s:%u: %s%s", cfg->listen_host, cfg->listen_port, err,
+                  rc == -EADDRINUSE ? " (another process is listening there)" : "");
+    return -1;
+}
+
 /* ---- children ------------------------------------------------------------ */
 
 static int worker_entry(void *arg)
 {
     const struct th_child *c = arg;
-    return th_worker_main(S.cfg, &S.reg, (unsigned)c->worker, S.listen_fd);
+    return th_worker_main(S.cfg, &S.reg, (unsigned)c->worker, S.listen_fds);
 }
 
 static int janitor_entry(void *arg)
@@ -188,19 +226,21 @@ static void init_children(void)
 
 static void start_child(struct th_child *c, uint64_t now_mono)
 {
-    int closes[2] = {-1, -1};
+    /* Workers keep every client listener (to adopt a hung peer's queue), the others none. */
+    int closes[TH_MAX_WORKERS + 1], nclose = 0;
     int (*fn)(void *) = worker_entry;
-    if (c->worker >= 0) {
-        closes[0] = S.api_fd;
-    } else if (c->role == TH_ROLE_JANITOR) {
-        closes[0] = S.api_fd;
-        closes[1] = S.listen_fd;
-        fn = janitor_entry;
-    } else {
-        closes[0] = S.listen_fd;
-        fn = notifier_entry;
+    if (c->worker >= 0 || c->role == TH_ROLE_JANITOR)
+        closes[nclose++] = S.api_fd;
+    if (c->worker < 0) {
+        for (uint32_t i = 0; i < S.cfg->workers; i++)
+            closes[nclose++] = S.listen_fds[i];
+        fn = c->role == TH_ROLE_JANITOR ? janitor_entry : notifier_entry;
     }
-    pid_t pid = th_proc_spawn(c->name, closes, 2, fn, c);
+    if (c->worker >= 0) {
+        atomic_store(&child_sh(c)->full, 0);
+        atomic_store(&child_sh(c)->heartbeat_ns, 0); /* it beats once it serves */
+    }
+    pid_t pid = th_proc_spawn(c->name, closes, nclose, fn, c);
     if (pid < 0) {
         uint64_t delay = th_proc_backoff(c, now_mono);
         th_error("%s: fork failed: %s; retrying in %llu ms", c->name, strerror((int)-pid),
@@ -210,9 +250,18 @@ static void start_child(struct th_child *c, uint64_t now_mono)
     c->pid = pid;
     c->started_mono = now_mono;
     c->next_start_mono = 0;
+    c->hb_seen = atomic_load(&child_sh(c)->heartbeat_ns);
+    c->hb_mono = now_mono;
+    c->hung_mono = 0;
+    c->stopped = c->killed = 0;
     /* The child publishes itself too; storing the pid here makes it visible at once. */
     atomic_store(&child_sh(c)->pid, (int32_t)pid);
-    th_info("%s started (pid %d)", c->name, (int)pid);
+    if (c->replaced_pid)
+        th_warn("%s started (pid %d), replacing hung pid %d", c->name, (int)pid,
+                (int)c->replaced_pid);
+    else
+        th_info("%s started (pid %d)", c->name, (int)pid);
+    c->replaced_pid = 0;
 }
 
 static void start_due_children(uint64_t now_mono)
@@ -229,7 +278,13 @@ static void child_died(struct th_child *c, int status, uint64_t now_mono)
     th_proc_describe_status(status, how, sizeof(how));
     struct th_proc_sh *sh = child_sh(c);
     atomic_store(&sh->pid, 0);
+    atomic_store(&sh->hung_ns,
+                 0); /* after pid: a reader never sees a live pid undeclared by mistake */
+    if (c->killed)
+        c->replaced_pid = c->pid;
     c->pid = 0;
+    c->hung_mono = 0;
+    c->stopped = c->killed = 0;
     int reclaimed = 0;
     if (c->worker >= 0) {
         reclaimed = th_reg_reclaim_worker(&S.reg, (uint16_t)c->worker);
@@ -279,45 +334,142 @@ static struct th_child *find_child(pid_t pid)
     return NULL;
 }
 
+/* Stops and continues are reported too (WUNTRACED, WCONTINUED): a stop is a hang seen at once. */
 static void reap_children(void)
 {
     int status;
     pid_t pid;
-    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    while ((pid = waitpid(-1, &status, WNOHANG | WUNTRACED | WCONTINUED)) > 0) {
         struct th_child *c = find_child(pid);
-        if (c)
+        if (!c)
+            continue;
+        if (WIFSTOPPED(status)) {
+            c->stopped = WSTOPSIG(status);
+        } else if (WIFCONTINUED(status)) {
+            c->stopped = 0;
+            c->hb_mono = th_mono_ns(); /* a full --hung-after to beat again */
+        } else {
             child_died(c, status, th_mono_ns());
+        }
     }
 }
 
-/*
- * SIGKILL children whose heartbeat stopped; reaping then restarts them like
- * any crash. Heartbeats are wall-clock stamps, so a clock step forward makes
- * every one look old at once: a child is only judged hung when it still
- * looks so 2 s later (by then a live one has stamped again).
- */
-static void watchdog(uint64_t now_mono)
+/* Heartbeat age on our monotonic clock, from the last time the word changed. */
+static uint64_t heartbeat_age(struct th_child *c, uint64_t now_mono)
 {
-    uint64_t now = th_now_ns(), limit = (uint64_t)WATCHDOG_S * TH_NS_PER_S;
+    uint64_t hb = atomic_load_explicit(&child_sh(c)->heartbeat_ns, memory_order_relaxed);
+    if (hb != c->hb_seen) {
+        c->hb_seen = hb;
+        c->hb_mono = now_mono;
+    }
+    return now_mono - c->hb_mono;
+}
+
+static void declare_hung(struct th_child *c, uint64_t now_mono, uint64_t age)
+{
+    char ago[32], why[48] = "its heartbeat stopped";
+    th_fmt_duration(ago, sizeof(ago), age);
+    if (c->stopped)
+        snprintf(why, sizeof(why), "stopped by signal %d (%s)", c->stopped, strsignal(c->stopped));
+    c->hung_mono = now_mono;
+    atomic_store(&child_sh(c)->hung_ns, th_now_ns());
+    th_error("%s (pid %d) hung: %s, heartbeat %s old; %s, replaced unless it beats again within "
+             "--hung-after %u s",
+             c->name, (int)c->pid, why, ago,
+             c->worker >= 0 ? "no new clients go to it" : "declared hung", S.cfg->hung_after_s);
+}
+
+/*
+ * Declare, take back and replace hung children (see the top of this file).
+ * The SIGKILL goes once; reaping then restarts the child like any crash.
+ */
+static void watch_children(uint64_t now_mono)
+{
+    uint64_t limit = (uint64_t)S.cfg->hung_after_s * TH_NS_PER_S;
     for (int i = 0; i < S.nkids; i++) {
         struct th_child *c = &S.kids[i];
-        uint64_t hb = c->pid > 0 ? atomic_load(&child_sh(c)->heartbeat_ns) : 0;
-        int silent =
-            c->pid > 0 && now_mono - c->started_mono >= limit && hb < now && now - hb >= limit;
-        if (!silent) {
-            c->hung_since_mono = 0;
+        if (c->pid <= 0 || c->killed)
             continue;
+        uint64_t before = c->hb_seen, age = heartbeat_age(c, now_mono);
+        if (!c->hung_mono && (c->stopped || age >= limit))
+            declare_hung(c, now_mono, age);
+        if (c->hung_mono && !c->stopped && c->hb_seen != before && age < limit) {
+            char held[32];
+            th_fmt_duration(held, sizeof(held), now_mono - c->hung_mono);
+            th_warn("%s (pid %d) beats again after %s declared hung: taking it back", c->name,
+                    (int)c->pid, held);
+            c->hung_mono = 0;
+            atomic_store(&child_sh(c)->hung_ns, 0);
         }
-        if (c->hung_since_mono == 0)
-            c->hung_since_mono = now_mono;
-        if (now_mono - c->hung_since_mono < 2 * TH_NS_PER_S)
+        if (c->hung_mono && age >= limit) {
+            char ago[32];
+            th_fmt_duration(ago, sizeof(ago), age);
+            th_error(
+                "%s (pid %d) hung: heartbeat %s old (--hung-after %u s): SIGKILL, replacing it",
+                c->name, (int)c->pid, ago, S.cfg->hung_after_s);
+            kill(c->pid, SIGKILL);
+            c->killed = 1;
+        }
+    }
+}
+
+/* A worker new clients may go to: running, serving (it has beaten), not hung, not full. */
+static int steerable(const struct th_child *c)
+{
+    return c->pid > 0 && !c->hung_mono && !c->killed && c->hb_seen != 0 &&
+           !atomic_load_explicit(&child_sh(c)->full, memory_order_relaxed);
+}
+
+/* The live worker that takes over worker w's queue: the next steerable one after it. */
+static int32_t pick_adopter(unsigned w, uint64_t mask)
+{
+    for (unsigned k = 1; k < S.cfg->workers; k++) {
+        unsigned a = (w + k) % S.cfg->workers;
+        if ((mask >> a) & 1)
+            return (int32_t)a + 1;
+    }
+    return 0;
+}
+
+/*
+ * Regenerate the steering program when the set changes, and give every
+ * worker outside the set an adopter for what is already queued on its
+ * listener (it stays named until the worker is back in the set).
+ */
+static void steer(void)
+{
+    uint64_t mask = 0;
+    for (int i = 0; i < S.nkids; i++)
+        if (S.kids[i].worker >= 0 && steerable(&S.kids[i]))
+            mask |= 1ull << S.kids[i].worker;
+    if (!S.steered || mask != S.steer_mask) {
+        int rc = th_listeners_steer(S.listen_fds[0], S.cfg->workers, mask);
+        if (rc < 0) {
+            th_error("setsockopt SO_ATTACH_REUSEPORT_CBPF: %s: new clients are spread over every "
+                     "worker, hung or not",
+                     strerror(-rc));
+        } else {
+            char set[TH_MAX_WORKERS * 3 + 8] = "";
+            size_t o = 0;
+            for (unsigned w = 0; w < S.cfg->workers && o + 4 < sizeof(set); w++)
+                if ((mask >> w) & 1)
+                    o += (size_t)snprintf(set + o, sizeof(set) - o, "%s%u", o ? "," : "", w);
+            th_info("new clients go to workers %s", mask ? set : "(any: none is ready)");
+        }
+        S.steer_mask = mask;
+        S.steered = 1;
+    }
+    for (unsigned w = 0; w < S.cfg->workers; w++) {
+        int32_t want = (mask >> w) & 1 ? 0 : pick_adopter(w, mask);
+        struct th_proc_sh *sh = &S.reg.hdr->workers[w];
+        int32_t had = atomic_load(&sh->adopter);
+        if (want == had)
             continue;
-        char ago[32];
-        th_fmt_duration(ago, sizeof(ago), now - hb);
-        th_error("%s (pid %d) has not heartbeated for %s: hung, sending SIGKILL", c->name,
-                 (int)c->pid, ago);
-        kill(c->pid, SIGKILL);
-        c->hung_since_mono = 0;
+        atomic_store(&sh->adopter, want);
+        if (want && atomic_load(&sh->hung_ns))
+            th_info("worker[%d] accepts the clients queued for hung worker[%u]", want - 1, w);
+        else if (want)
+            th_debug("worker[%d] accepts the clients queued for worker[%u]", want - 1, w);
     }
 }
 
@@ -345,6 +497,10 @@ static void start_drain(uint64_t now_mono)
     th_info("draining: SIGTERM to %d processes, clients get 1001, up to %u s", live_children(),
             S.cfg->drain_timeout_s + DRAIN_SLACK_S);
     signal_children(SIGTERM);
+    for (int i = 0; i < S.nkids;
+         i++) /* a stopped child would hold its SIGTERM until the deadline */
+        if (S.kids[i].pid > 0 && S.kids[i].stopped)
+            kill(S.kids[i].pid, SIGCONT);
 }
 
 static void kill_stragglers(void)
@@ -380,8 +536,7 @@ static void shutdown_group(void)
     if (rc < 0 && rc != -ENOENT)
         th_warn("segment %s not removed: %s", S.cfg->shm_name, strerror(-rc));
     th_reg_detach(&S.reg);
-    if (S.listen_fd >= 0)
-        close(S.listen_fd);
+    th_listeners_close(S.listen_fds, TH_MAX_WORKERS);
     if (S.api_fd >= 0)
         close(S.api_fd);
     th_info("stopped");
@@ -402,10 +557,9 @@ static int start_up(const struct th_config *cfg)
     S.reg.hdr->stale_after_s = cfg->stale_after_s;
     S.reg.hdr->sweep_every_s = cfg->sweep_every_s;
     th_role_publish(&S.reg.hdr->roles[TH_ROLE_SUPERVISOR], th_now_ns());
-    S.listen_fd = open_listener("--listen", cfg->listen_host, cfg->listen_port);
-    if (S.listen_fd >= 0)
+    if (open_client_listeners(cfg) == 0)
         S.api_fd = open_listener("--api-listen", cfg->api_host, cfg->api_port);
-    if (S.listen_fd < 0 || S.api_fd < 0)
+    if (S.listen_fds[0] < 0 || S.api_fd < 0)
         goto fail;
     if (th_runtime_dir(cfg->shm_name, S.rundir, sizeof(S.rundir)) < 0 ||
         (rc = th_mkdir_p(S.rundir, 0700)) < 0) {
@@ -432,10 +586,10 @@ static void log_startup(const struct th_config *cfg)
     th_info("runtime directory %s", S.rundir);
 }
 
-/* Sleep until a signal, the next 1 s tick, or the earliest pending restart. */
+/* Sleep until a signal (SIGCHLD: a death or a stop), the next beat, or the earliest restart. */
 static void wait_tick(const sigset_t *waitmask, uint64_t now_mono)
 {
-    uint64_t wait = TH_NS_PER_S;
+    uint64_t wait = TH_HEARTBEAT_NS;
     for (int i = 0; i < S.nkids && !S.draining; i++) {
         const struct th_child *c = &S.kids[i];
         if (c->pid == 0 && c->next_start_mono > now_mono && c->next_start_mono - now_mono < wait)
@@ -468,8 +622,9 @@ static void run_loop(const sigset_t *waitmask)
                 return;
             }
         } else {
-            watchdog(now);
+            watch_children(now);
             start_due_children(now);
+            steer();
         }
         th_role_heartbeat(&S.reg.hdr->roles[TH_ROLE_SUPERVISOR], th_now_ns());
         wait_tick(waitmask, th_mono_ns());
@@ -481,7 +636,9 @@ int th_supervisor_run(const struct th_config *cfg)
     char err[512] = "";
     memset(&S, 0, sizeof(S));
     S.cfg = cfg;
-    S.listen_fd = S.api_fd = -1;
+    S.api_fd = -1;
+    for (int i = 0; i < TH_MAX_WORKERS; i++)
+        S.listen_fds[i] = -1;
     int rc = th_log_init(cfg->log_level, cfg->log_format, cfg->log_file[0] ? cfg->log_file : NULL);
     if (rc < 0) {
         fprintf(stderr, "tether run: --log-file %s: %s\n", cfg->log_file, strerror(-rc));

@@ -28,6 +28,7 @@ static void clean_env(void)
     unsetenv("TETHER_STALE_AFTER");
     unsetenv("TETHER_WORKERS");
     unsetenv("TETHER_RUNTIME_DIR");
+    unsetenv("TETHER_HUNG_AFTER");
 }
 
 TestSuite(config, .init = clean_env);
@@ -48,6 +49,7 @@ Test(config, defaults_match_the_contract)
     cr_assert_eq(cfg.max_message, 65536);
     cr_assert_eq(cfg.send_queue_cap, 1048576);
     cr_assert_eq(cfg.drain_timeout_s, 10);
+    cr_assert_eq(cfg.hung_after_s, 3);
     cr_assert_eq(cfg.log_level, TH_LOG_INFO);
     cr_assert_eq(cfg.log_format, TH_LOG_TEXT);
     cr_assert_eq(cfg.workers, (uint32_t)sysconf(_SC_NPROCESSORS_ONLN));
@@ -97,6 +99,24 @@ Test(config, errors_name_the_flag)
     cr_assert(strstr(err, "TETHER_STALE_AFTER"), "%s", err);
     char *help[] = {"--help"};
     cr_assert_eq(parse(1, help), TH_CONFIG_HELP);
+}
+
+Test(config, hung_after_flag_env_and_bounds)
+{
+    setenv("TETHER_JWT_SECRET", "s", 1);
+    setenv("TETHER_HUNG_AFTER", "7", 1);
+    cr_assert_eq(parse(0, NULL), TH_CONFIG_OK, "%s", err);
+    cr_assert_eq(cfg.hung_after_s, 7, "TETHER_HUNG_AFTER applies");
+    char *a1[] = {"--hung-after", "2"};
+    cr_assert_eq(parse(2, a1), TH_CONFIG_OK, "%s", err);
+    cr_assert_eq(cfg.hung_after_s, 2, "the flag wins over the environment");
+    unsetenv("TETHER_HUNG_AFTER");
+    char *a2[] = {"--hung-after", "0"};
+    cr_assert_eq(parse(2, a2), TH_CONFIG_ERROR, "0 would declare every role hung");
+    cr_assert(strstr(err, "--hung-after"), "%s", err);
+    char *a3[] = {"--hung-after", "3s"};
+    cr_assert_eq(parse(2, a3), TH_CONFIG_ERROR);
+    cr_assert(strstr(err, "--hung-after"), "%s", err);
 }
 
 Test(config, secret_is_required_and_loaded_from_file)
