@@ -1,0 +1,307 @@
+"""Hung roles (--hung-after, default 3 s) with real processes.
+
+A worker stopped with SIGSTOP: 200 new connections over the next 10 s all
+get their 101 within 1 s each (the supervisor's steering program leaves
+the stopped worker out at once, and a live worker adopts what was already
+queued for it); a notification to one of its clients answers 503 within
+50 ms (it is declared hung in the segment, so the notifier does not wait on
+it); /healthz is 503 and names it; it is killed and replaced within
+--hung-after + 1 s, and its clients reconnect and are reachable. A short
+stop is forgiven (taken back, nobody disconnected). A worker frozen without
+a stop signal (ptrace: a debugger, or a loop that never returns) is found
+by its heartbeat alone and replaced the same way. A stopped janitor and a
+stopped notifier are replaced within the bound and no client of a worker
+is disconnected.
+"""
+import asyncio
+import ctypes
+import os
+import signal
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+
+import websockets  # noqa: E402
+
+import harness as th  # noqa: E402
+from harness.faults import Client, in_thread, role_pids, wait_for  # noqa: E402
+
+HUNG_AFTER = 3
+# The issue's bounds. A sanitized build's notifier is several times slower,
+# so there the notify bound only shows that nothing waited for the (2 s)
+# handoff timeout.
+NOTIFY_BOUND_S = 0.05 if not th.SANITIZED else 0.25
+CONNECT_BOUND_S = 1.0
+ARGS = ["--hung-after", str(HUNG_AFTER), "--handoff-timeout-ms", "2000",
+        "--stale-after", "60", "--sweep-every", "1"]
+
+
+def healthz(g):
+    try:
+        return g.api("GET", "/healthz", timeout=2)
+    except OSError:
+        return None, None
+
+
+def proc_state(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def timed(fn, *args):
+    t = time.monotonic()
+    r = fn(*args)
+    return time.monotonic() - t, r
+
+
+class Ptrace:
+    """Freeze a process without any stop signal reaching its parent
+    (PTRACE_SEIZE + PTRACE_INTERRUPT), as a debugger would. All calls from
+    the thread that seized it."""
+    SEIZE, INTERRUPT, DETACH = 0x4206, 0x4207, 17
+    WALL = 0x40000000
+
+    def __init__(self, pid):
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+        self.pid = pid
+
+    def _call(self, req):
+        if self.libc.ptrace(req, self.pid, None, None) != 0:
+            raise OSError(ctypes.get_errno(), "ptrace %#x" % req)
+
+    def freeze(self):
+        self._call(self.SEIZE)
+        self._call(self.INTERRUPT)
+        os.waitpid(self.pid, self.WALL)  # the tracee is in its ptrace stop
+
+    def release_dead(self):
+        """After the tracee was killed: reap it as tracer, which hands it
+        back to its real parent (the supervisor) to reap."""
+        try:
+            while True:
+                pid, status = os.waitpid(self.pid, self.WALL | os.WNOHANG)
+                if pid == self.pid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+                    return True
+                if pid == 0:
+                    return False
+        except ChildProcessError:
+            return True
+
+
+class Hung(unittest.TestCase):
+    async def open_spread(self, g, n_min=6):
+        """Pinging clients until both workers serve some (the kernel picks the worker)."""
+        clients = {}
+        for i in range(60):
+            u = "user-%d" % i
+            clients[u] = await Client(g, u, ping_every=0.5).open()
+            if len(clients) >= n_min:
+                d = await in_thread(g.dump)
+                if len({c["worker"] for c in d["connections"]}) == 2:
+                    break
+        self.assertTrue(await wait_for(lambda: all(c.pongs > 0 for c in clients.values()), 10))
+        return clients
+
+    async def victim_of(self, g, clients):
+        d = await in_thread(g.dump)
+        victim = d["connections"][0]["worker"]
+        pid = [w["pid"] for w in d["workers"] if w["index"] == victim][0]
+        victims = [c["user_id"] for c in d["connections"] if c["worker"] == victim]
+        return victim, pid, victims, [u for u in clients if u not in victims]
+
+    async def reachable(self, g, clients, users, tag):
+        for u in users:
+            nid = "%s-%s" % (tag, u)
+            st, body = await in_thread(g.notify, u, {}, "meal_log.completed", nid)
+            self.assertEqual(st, 200, (u, body))
+            self.assertTrue(await wait_for(lambda: nid in clients[u].note_ids(), 5), (u, nid))
+
+    async def wait_declared(self, g, name, timeout=2):
+        """Until /healthz is 503 and names `name` as hung; returns its body."""
+        got = {}
+
+        def check():
+            st, body = healthz(g)
+            got["last"] = (st, body)
+            return st == 503 and isinstance(body, dict) and name in body.get("hung", [])
+        self.assertTrue(await wait_for(check, timeout), got.get("last"))
+        return got["last"][1]
+
+    async def storm(self, g, n, every):
+        """n new clients, one every `every` s, each timed from connect to its 101."""
+        times, errors, socks = [], [], []
+
+        async def one(i):
+            t = time.monotonic()
+            try:
+                ws = await websockets.connect(g.ws_url("storm-%d" % i), ping_interval=None,
+                                              open_timeout=10, close_timeout=2)
+                times.append(time.monotonic() - t)
+                socks.append(ws)
+            except Exception as e:  # noqa: BLE001 - every failure is reported
+                errors.append((i, repr(e)))
+        tasks = []
+        for i in range(n):
+            tasks.append(asyncio.ensure_future(one(i)))
+            await asyncio.sleep(every)
+        await asyncio.gather(*tasks)
+        return times, errors, socks
+
+    def test_stopped_worker(self):
+        with th.Group(workers=2, extra_args=ARGS) as g:
+            async def go():
+                clients = await self.open_spread(g)
+                victim, pid, victims, survivors = await self.victim_of(g, clients)
+                name = "worker[%d]" % victim
+                loop = asyncio.get_running_loop()
+                t_stop = loop.time()
+                os.kill(pid, signal.SIGSTOP)
+                # From the moment it is stopped (a client it accepted just
+                # before is its own, and goes with it).
+                self.assertTrue(await wait_for(lambda: proc_state(pid) == "T", 2, 0.001))
+                storm = asyncio.ensure_future(self.storm(g, 200, 0.05))
+
+                body = await self.wait_declared(g, name)
+                self.assertEqual(body["status"], "degraded")
+                during = []
+                for k in range(3):
+                    dt, (st, nb) = await in_thread(timed, g.notify, victims[0], {}, "meal_log.completed",
+                                                   "during-%d" % k)
+                    during.append(dt)
+                    self.assertEqual(st, 503, nb)
+                    self.assertEqual(nb["status"], "unavailable")
+                self.assertLess(max(during), NOTIFY_BOUND_S, during)
+                self.assertLess(loop.time() - t_stop, HUNG_AFTER, "still hung while notifying")
+
+                def replaced():
+                    st, hb = healthz(g)
+                    return st == 200 and [w for w in hb["workers"]
+                                          if w["index"] == victim and w["pid"] not in (pid, 0)]
+                self.assertTrue(await wait_for(replaced, HUNG_AFTER + 3, 0.02), g.log()[-3000:])
+                t_replaced = loop.time() - t_stop
+                self.assertLessEqual(t_replaced, HUNG_AFTER + 1, t_replaced)
+
+                self.assertTrue(await wait_for(lambda: all(clients[u].closed for u in victims), 5))
+                for u in victims:
+                    await clients[u].reopen_until_ok()
+
+                times, errors, socks = await storm
+                self.assertEqual(errors, [])
+                self.assertEqual(len(times), 200)
+                self.assertLess(max(times), CONNECT_BOUND_S, sorted(times)[-5:])
+                # None of them landed on the stopped worker (it would have
+                # dropped them when it was killed).
+                self.assertTrue(all(ws.open for ws in socks))
+                self.assertFalse(any(clients[u].closed for u in survivors))
+                await self.reachable(g, clients, clients, "after")
+                for ws in socks:
+                    await ws.close()
+                for c in clients.values():
+                    await c.close()
+                log = g.log()
+                self.assertIn("%s (pid %d) hung: stopped by signal" % (name, pid), log)
+                self.assertRegex(log, r"%s \(pid %d\) hung: heartbeat [0-9.]+s old \(--hung-after 3 s\): "
+                                 r"SIGKILL, replacing it" % (name.replace("[", r"\[").replace("]", r"\]"), pid))
+                self.assertIn("replacing hung pid %d" % pid, log)
+                print("\nstopped worker: notify during the hang %s ms; replaced after %.2f s; "
+                      "200 connects: median %.1f ms, max %.1f ms"
+                      % ([round(d * 1000, 1) for d in during], t_replaced,
+                         sorted(times)[100] * 1000, max(times) * 1000), file=sys.stderr)
+            th.aio.run(go(), 90)
+
+    def test_short_stop_is_taken_back(self):
+        with th.Group(workers=2, extra_args=ARGS) as g:
+            async def go():
+                clients = await self.open_spread(g)
+                victim, pid, victims, _ = await self.victim_of(g, clients)
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    await self.wait_declared(g, "worker[%d]" % victim)
+                    st, body = await in_thread(g.notify, victims[0], {}, "meal_log.completed", "held")
+                    self.assertEqual(st, 503, body)
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+
+                def back():
+                    st, hb = healthz(g)
+                    return st == 200 and [w["pid"] for w in hb["workers"] if w["index"] == victim] == [pid]
+                self.assertTrue(await wait_for(back, HUNG_AFTER), g.log()[-2000:])
+                self.assertFalse(any(c.closed for c in clients.values()))
+                await self.reachable(g, clients, clients, "back")
+                # The 503 was never handed to the stopped worker: it does not arrive late.
+                self.assertNotIn("held", clients[victims[0]].note_ids())
+                self.assertIn("worker[%d] (pid %d) beats again" % (victim, pid), g.log())
+                for c in clients.values():
+                    await c.close()
+            th.aio.run(go(), 60)
+
+    def test_frozen_worker_found_by_heartbeat(self):
+        with th.Group(workers=2, extra_args=ARGS) as g:
+            async def go():
+                clients = await self.open_spread(g)
+                victim, pid, victims, survivors = await self.victim_of(g, clients)
+                tracer = Ptrace(pid)
+                loop = asyncio.get_running_loop()
+                tracer.freeze()  # no SIGCHLD reaches the supervisor: only the heartbeat tells
+                t0 = loop.time()
+                await self.wait_declared(g, "worker[%d]" % victim, HUNG_AFTER + 2)
+                t_declared = loop.time() - t0
+                self.assertGreaterEqual(t_declared, HUNG_AFTER - 0.5)
+                self.assertTrue(await wait_for(tracer.release_dead, 3, 0.01), "not killed")
+
+                def replaced():
+                    st, hb = healthz(g)
+                    return st == 200 and [w for w in hb["workers"]
+                                          if w["index"] == victim and w["pid"] not in (pid, 0)]
+                self.assertTrue(await wait_for(replaced, 3, 0.02), g.log()[-3000:])
+                t_replaced = loop.time() - t0
+                self.assertLessEqual(t_replaced, HUNG_AFTER + 1, t_replaced)
+                self.assertTrue(await wait_for(lambda: all(clients[u].closed for u in victims), 5))
+                for u in victims:
+                    await clients[u].reopen_until_ok()
+                self.assertFalse(any(clients[u].closed for u in survivors))
+                await self.reachable(g, clients, clients, "after")
+                self.assertRegex(g.log(), r"worker\[%d\] \(pid %d\) hung: its heartbeat stopped"
+                                 % (victim, pid))
+                for c in clients.values():
+                    await c.close()
+                print("\nfrozen worker: declared after %.2f s, replaced after %.2f s"
+                      % (t_declared, t_replaced), file=sys.stderr)
+            th.aio.run(go(), 60)
+
+    def test_stopped_janitor_and_notifier(self):
+        with th.Group(workers=2, extra_args=ARGS) as g:
+            async def go():
+                clients = await self.open_spread(g)
+                loop = asyncio.get_running_loop()
+                took = {}
+                for role, key in (("janitor", "tether-janitor"), ("notifier", "tether-notifier")):
+                    pid = role_pids(g)[key]
+                    t0 = loop.time()
+                    os.kill(pid, signal.SIGSTOP)
+                    ok = await wait_for(lambda: role_pids(g).get(key) not in (None, pid), HUNG_AFTER + 3, 0.02)
+                    self.assertTrue(ok, "%s not replaced:\n%s" % (role, g.log()[-3000:]))
+                    took[role] = loop.time() - t0
+                    self.assertLessEqual(took[role], HUNG_AFTER + 1, took)
+                    self.assertTrue(await wait_for(lambda: healthz(g)[0] == 200, 5), healthz(g))
+                    self.assertIn("%s (pid %d) hung: stopped by signal" % (role, pid), g.log())
+                    self.assertFalse(any(c.closed for c in clients.values()), role)
+                    self.assertTrue(all(c.pongs > 0 for c in clients.values()))
+                await asyncio.sleep(1.5)  # a sweep of the new janitor (--sweep-every 1) evicts nobody
+                self.assertFalse(any(c.closed for c in clients.values()))
+                await self.reachable(g, clients, clients, "roles")
+                for c in clients.values():
+                    await c.close()
+                print("\nstopped janitor replaced after %.2f s, notifier after %.2f s"
+                      % (took["janitor"], took["notifier"]), file=sys.stderr)
+            th.aio.run(go(), 60)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
