@@ -14,7 +14,6 @@ stopped notifier are replaced within the bound and no client of a worker
 is disconnected.
 """
 import asyncio
-import ctypes
 import os
 import signal
 import sys
@@ -26,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import websockets  # noqa: E402
 
 import harness as th  # noqa: E402
-from harness.faults import Client, in_thread, role_pids, wait_for  # noqa: E402
+from harness.faults import Client, Freeze, in_thread, role_pids, wait_for  # noqa: E402
 
 HUNG_AFTER = 3
 # The issue's bounds. A sanitized build's notifier is several times slower,
@@ -57,41 +56,6 @@ def timed(fn, *args):
     t = time.monotonic()
     r = fn(*args)
     return time.monotonic() - t, r
-
-
-class Ptrace:
-    """Freeze a process without any stop signal reaching its parent
-    (PTRACE_SEIZE + PTRACE_INTERRUPT), as a debugger would. All calls from
-    the thread that seized it."""
-    SEIZE, INTERRUPT, DETACH = 0x4206, 0x4207, 17
-    WALL = 0x40000000
-
-    def __init__(self, pid):
-        self.libc = ctypes.CDLL(None, use_errno=True)
-        self.libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-        self.pid = pid
-
-    def _call(self, req):
-        if self.libc.ptrace(req, self.pid, None, None) != 0:
-            raise OSError(ctypes.get_errno(), "ptrace %#x" % req)
-
-    def freeze(self):
-        self._call(self.SEIZE)
-        self._call(self.INTERRUPT)
-        os.waitpid(self.pid, self.WALL)  # the tracee is in its ptrace stop
-
-    def release_dead(self):
-        """After the tracee was killed: reap it as tracer, which hands it
-        back to its real parent (the supervisor) to reap."""
-        try:
-            while True:
-                pid, status = os.waitpid(self.pid, self.WALL | os.WNOHANG)
-                if pid == self.pid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
-                    return True
-                if pid == 0:
-                    return False
-        except ChildProcessError:
-            return True
 
 
 class Hung(unittest.TestCase):
@@ -246,14 +210,14 @@ class Hung(unittest.TestCase):
             async def go():
                 clients = await self.open_spread(g)
                 victim, pid, victims, survivors = await self.victim_of(g, clients)
-                tracer = Ptrace(pid)
+                tracer = Freeze(pid)
                 loop = asyncio.get_running_loop()
                 tracer.freeze()  # no SIGCHLD reaches the supervisor: only the heartbeat tells
                 t0 = loop.time()
                 await self.wait_declared(g, "worker[%d]" % victim, HUNG_AFTER + 2)
                 t_declared = loop.time() - t0
                 self.assertGreaterEqual(t_declared, HUNG_AFTER - 0.5)
-                self.assertTrue(await wait_for(tracer.release_dead, 3, 0.01), "not killed")
+                self.assertTrue(await wait_for(tracer.reap_killed, 3, 0.01), "not killed")
 
                 def replaced():
                     st, hb = healthz(g)

@@ -4,6 +4,7 @@ and small views of a group's processes (roles told apart by process name,
 which the supervisor sets to tether-worker<N>, tether-janitor,
 tether-notifier)."""
 import asyncio
+import ctypes
 import json
 import os
 
@@ -127,3 +128,45 @@ def dump_consistent(testcase, dump, nworkers, quiet=True):
 
 def segment_exists(group):
     return os.path.exists("/dev/shm" + group.shm_name)
+
+
+class Freeze:
+    """Hold a process still without any stop signal reaching its parent, as
+    a debugger does (PTRACE_SEIZE + PTRACE_INTERRUPT): the supervisor sees
+    no SIGCHLD, only the heartbeat stopping, so it declares the process hung
+    after --hung-after (a SIGSTOP is seen, and declared, at once). Every call
+    must come from the thread that froze it (ptrace is per thread)."""
+    SEIZE, INTERRUPT, DETACH = 0x4206, 0x4207, 17
+    WALL = 0x40000000
+
+    def __init__(self, pid):
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+        self.pid = pid
+
+    def _call(self, req):
+        if self.libc.ptrace(req, self.pid, None, None) != 0:
+            raise OSError(ctypes.get_errno(), "ptrace %#x of %d" % (req, self.pid))
+
+    def freeze(self):
+        self._call(self.SEIZE)
+        self._call(self.INTERRUPT)
+        os.waitpid(self.pid, self.WALL)  # returns once it sits in its ptrace stop
+        return self
+
+    def thaw(self):
+        """Let it run again (detach: it resumes where it stopped)."""
+        self._call(self.DETACH)
+
+    def reap_killed(self):
+        """Once it was killed: reap it as its tracer, which hands it back to
+        its real parent (the supervisor) to reap. True when done."""
+        try:
+            while True:
+                pid, status = os.waitpid(self.pid, self.WALL | os.WNOHANG)
+                if pid == 0:
+                    return False
+                if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                    return True
+        except ChildProcessError:
+            return True

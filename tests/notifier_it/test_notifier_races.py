@@ -7,6 +7,11 @@
   late replies are dropped harmlessly;
 - a worker killed (kill -9) during a handoff: an answer within the bound, no
   hang, and delivery works again through the restarted worker.
+
+A worker "that stops answering" is frozen with ptrace (harness.faults.Freeze)
+in a group with a long --hung-after: a SIGSTOP would be seen by the
+supervisor and declared hung at once, and the notifier then answers without
+any handoff (tests/faults/test_hung.py covers that path).
 """
 import asyncio
 import http.client
@@ -22,7 +27,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import harness as th  # noqa: E402
 from harness.aio import connect_user, wait_connected  # noqa: E402
+from harness.faults import Freeze  # noqa: E402
 from harness.rawhttp import post, raw_request  # noqa: E402
+
+NOT_HUNG = ["--hung-after", "600"]  # the frozen worker must stay undeclared for the whole test
 
 
 def notify_loop(port, users, stop, results):
@@ -98,18 +106,18 @@ class Races(unittest.TestCase):
         return [x["pid"] for x in g.api("GET", "/healthz")[1]["workers"] if x["index"] == w][0]
 
     def test_stopped_worker_503_then_recovers(self):
-        with th.Group(workers=1, extra_args=["--handoff-timeout-ms", "200"]) as g:
+        with th.Group(workers=1, extra_args=["--handoff-timeout-ms", "200"] + NOT_HUNG) as g:
             async def go():
                 ws = await connect_user(g, "sleepy")
                 await wait_connected(g, "sleepy", 1)
                 pid = self.worker_of(g, "sleepy")
-                os.kill(pid, signal.SIGSTOP)
+                frozen = Freeze(pid).freeze()
                 try:
                     t0 = time.time()
                     st, body = await asyncio.get_running_loop().run_in_executor(None, g.notify, "sleepy")
                     elapsed = time.time() - t0
                 finally:
-                    os.kill(pid, signal.SIGCONT)
+                    frozen.thaw()
                 self.assertEqual(st, 503, body)
                 self.assertEqual(body["status"], "unavailable")
                 self.assertTrue(body["id"])
@@ -129,12 +137,12 @@ class Races(unittest.TestCase):
         """600 notifies pipelined on one socket while the user's worker is
         stopped: reading pauses past 256 owed answers and resumes as they
         time out; every answer arrives, in order, within the bound."""
-        with th.Group(workers=1) as g:
+        with th.Group(workers=1, extra_args=NOT_HUNG) as g:
             async def go():
                 ws = await connect_user(g, "held")
                 await wait_connected(g, "held", 1)
                 pid = self.worker_of(g, "held")
-                os.kill(pid, signal.SIGSTOP)
+                frozen = Freeze(pid).freeze()
                 try:
                     data = b"".join(post("/v1/notify", {"user_id": "held", "type": "t", "id": "p-%d" % i})
                                     for i in range(600))
@@ -143,7 +151,7 @@ class Races(unittest.TestCase):
                         None, lambda: raw_request(g.api_port, data, count=600, timeout=30))
                     elapsed = time.time() - t0
                 finally:
-                    os.kill(pid, signal.SIGCONT)
+                    frozen.thaw()
                 self.assertEqual([json.loads(b)["id"] for _, _, b in out], ["p-%d" % i for i in range(600)])
                 self.assertEqual({st for st, _, _ in out}, {503})
                 self.assertLess(elapsed, 20)
@@ -151,25 +159,25 @@ class Races(unittest.TestCase):
             asyncio.run(asyncio.wait_for(go(), 60))
 
     def test_owed_answers_bound_pauses_reading(self):
-        """One notify held by a stopped worker, then 15 batches of 10,000
+        """One notify held by a frozen worker, then 15 batches of 10,000
         answered at once but owed behind it (150,000 > the 100,000 bound):
         reading pauses; once the worker resumes and confirms the first, every
         answer arrives, in order."""
-        with th.Group(workers=1, extra_args=["--handoff-timeout-ms", "60000"]) as g:
+        with th.Group(workers=1, extra_args=["--handoff-timeout-ms", "60000"] + NOT_HUNG) as g:
             async def go():
                 ws = await connect_user(g, "held2")
                 await wait_connected(g, "held2", 1)
                 pid = self.worker_of(g, "held2")
                 batch = post("/v1/notify/batch", [{"user_id": "gone-%d" % i, "type": "t"} for i in range(10000)])
                 data = post("/v1/notify", {"user_id": "held2", "type": "t", "id": "first"}) + batch * 15
-                os.kill(pid, signal.SIGSTOP)
+                frozen = Freeze(pid).freeze()
                 loop = asyncio.get_running_loop()
                 try:
                     fut = loop.run_in_executor(None, lambda: raw_request(g.api_port, data, count=16, timeout=60))
                     paused = await loop.run_in_executor(
                         None, g.wait_log, "notifications owed an answer: reading paused", 40)
                 finally:
-                    os.kill(pid, signal.SIGCONT)
+                    frozen.thaw()
                 out = await fut
                 self.assertTrue(paused, "reading never paused")
                 self.assertEqual(out[0][0], 200)
@@ -184,17 +192,18 @@ class Races(unittest.TestCase):
             asyncio.run(asyncio.wait_for(go(), 120))
 
     def test_worker_killed_during_handoff(self):
-        with th.Group(workers=1) as g:
+        with th.Group(workers=1, extra_args=NOT_HUNG) as g:
             async def go():
                 ws = await connect_user(g, "victim")
                 await wait_connected(g, "victim", 1)
                 pid = self.worker_of(g, "victim")
-                os.kill(pid, signal.SIGSTOP)  # hold the handoff open ...
+                frozen = Freeze(pid).freeze()  # hold the handoff open ...
                 loop = asyncio.get_running_loop()
                 t0 = time.time()
                 fut = loop.run_in_executor(None, g.notify, "victim")
                 await asyncio.sleep(0.05)
                 os.kill(pid, signal.SIGKILL)  # ... and kill the worker in the middle of it
+                self.assertTrue(th.wait_until(frozen.reap_killed, 5, 0.01))  # back to the supervisor
                 st, body = await fut
                 self.assertLess(time.time() - t0, 5)
                 self.assertIn(st, (503, 404), body)
