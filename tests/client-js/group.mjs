@@ -209,6 +209,20 @@ export class Group {
     return this.api('POST', '/v1/notify', { user_id: user, type: 'test.note', data, ...extra });
   }
 
+  /**
+   * Notifies until the group takes it (200 delivered, or 202 stored where a
+   * mailbox exists), under one id so a retry is never a second notification.
+   */
+  async deliver(user, data, timeoutMs) {
+    const id = `deliver-${process.pid}-${counter++}`;
+    let last;
+    await waitFor(async () => {
+      last = await this.notify(user, data, { id });
+      return last.status === 200 || last.status === 202;
+    }, timeoutMs, `notify ${user} to be answered 200 or 202`);
+    return last;
+  }
+
   dump(user) {
     const args = ['--shm-name', this.shmName, '--json', ...(user ? ['--user', user] : [])];
     return JSON.parse(execFileSync(path.join(BIN, 'tether-dump'), args, { encoding: 'utf8', timeout: 30000 }));

@@ -100,7 +100,7 @@ test('browser: kill -9 of the worker, reconnect, delivery', LIMIT, async () => {
   await until(rec, (r) => r.connected === 1, 'connected');
   process.kill(g.workerPidOf('bk1'), 'SIGKILL');
   await until(rec, (r) => r.connected === 2, 'reconnected');
-  await waitFor(async () => (await g.notify('bk1', { after: 'kill' })).status === 200, 5000, 'delivery');
+  await g.deliver('bk1', { after: 'kill' }, 5000); // delivery
   const r = await until(rec, (x) => x.notes.length === 1, 'the notification');
   assert.equal(r.disconnects[0].willReconnect, true);
   assert.equal(r.state, 'connected');
@@ -167,4 +167,28 @@ test('browser: token expiry (1008) fetches a new token and reconnects', LIMIT, a
   assert.equal(r.tokens, 2);
   assert.equal((await g.notify('bx1', {})).status, 200);
   await until(rec, (x) => x.notes.length === 1, 'the notification');
+});
+
+const RESUME = Group.hasFlag('--mailbox-ttl') ? LIMIT
+  : { ...LIMIT, skip: 'recovery (mailbox + resume) is not in this tether yet: `tether run --help` has no --mailbox-ttl' };
+
+test('browser: resume across kill -9 of the worker, each notification once and in order', RESUME, async () => {
+  const g = await group({ workers: 2 });
+  const rec = await client(g, 'bz1', { backoffBase: 50, backoffCap: 200 });
+  await until(rec, (r) => r.connected === 1, 'connected');
+  const seqs = [];
+  for (let i = 0; i < 60; i++) {
+    if (i === 20 || i === 40) process.kill(await waitFor(() => g.workerPidOf('bz1'), 10000, 'the connection'), 'SIGKILL');
+    let r;
+    for (let k = 0; k < 100 && !(r && (r.status === 200 || r.status === 202)); k++) {
+      r = await g.notify('bz1', { i }, { id: `bz1-${i}` }).catch(() => ({ status: 0 }));
+      if (r.status !== 200 && r.status !== 202) await sleep(50);
+    }
+    assert.ok(Number.isSafeInteger(r.body.seq), JSON.stringify(r.body));
+    seqs.push(r.body.seq);
+  }
+  const r = await until(rec, (x) => seqs.every((s) => x.notes.some((n) => n.seq === s)), 'every seq');
+  const got = r.notes.map((n) => n.seq);
+  assert.deepEqual(got, [...seqs].sort((a, b) => a - b), 'once each, in order, nothing lost');
+  assert.ok(r.resumes >= 3 && r.lost === 0, JSON.stringify({ resumes: r.resumes, lost: r.lost }));
 });

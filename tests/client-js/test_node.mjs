@@ -208,7 +208,7 @@ test('kill -9 of the worker: the client reconnects and gets what is sent after',
   await waitFor(() => rec.disconnects.length === 1, 5000, 'the disconnect');
   assert.equal(rec.disconnects[0].willReconnect, true);
   await connectedTimes(rec, 2);
-  await waitFor(async () => (await g.notify('k1', { n: 2 })).status === 200, 5000, 'delivery after reconnect');
+  await g.deliver('k1', { n: 2 }, 5000); // delivery after reconnect
   await waitFor(() => rec.notes.length === 2, 5000, 'both notifications');
   assert.deepEqual(rec.notes.map((n) => n.data.n), [1, 2]);
   assert.equal(c.state, 'connected');
@@ -234,7 +234,7 @@ test('drain (1001) then restart of the group: reconnect within drainSpread, then
   assert.notEqual(rec.disconnects[1].code, 1001);
   await g.start();
   await connectedTimes(rec, 3);
-  await waitFor(async () => (await g.notify('d1', { after: 'crash' })).status === 200, 5000, 'delivery after crash');
+  await g.deliver('d1', { after: 'crash' }, 5000); // delivery after crash
   await waitFor(() => rec.notes.length === 2, 5000, 'the second notification');
   assert.equal(c.state, 'connected');
   assert.deepEqual(rec.errors, []);
@@ -340,4 +340,59 @@ test('close() stops everything and connect() starts again', LIMIT, async () => {
   c.connect();
   await connectedTimes(rec, 2);
   assert.equal((await g.notify('c1', {})).status, 200);
+});
+
+// The client's own bookkeeping, with a scripted socket instead of a server:
+// what it hands the app when a server replays what it already delivered.
+class ScriptedWS {
+  static all = [];
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    this.sent = [];
+    ScriptedWS.all.push(this);
+  }
+  open() { this.readyState = 1; this.onopen({}); }
+  frame(obj) { this.onmessage({ data: JSON.stringify(obj) }); }
+  drop(code) { this.readyState = 3; this.onclose({ code, reason: '' }); }
+  send(d) { this.sent.push(d); }
+  close() { this.readyState = 3; }
+}
+
+test('seq bookkeeping: duplicates and old seqs dropped, since/epoch sent, a new epoch starts over', LIMIT, async () => {
+  ScriptedWS.all.length = 0;
+  const c = new TetherClient({ url: 'ws://127.0.0.1:9/ws', token: 't', WebSocket: ScriptedWS, backoffBase: 1, backoffCap: 1 });
+  clients.add(c);
+  const rec = record(c);
+  const note = (seq, epoch = 'E1') => ({ type: 't', id: `${epoch}-${seq}`, seq, epoch, data: {} });
+  await waitFor(() => ScriptedWS.all.length === 1, 1000, 'the first attempt');
+  let s = ScriptedWS.all[0];
+  assert.match(s.url, /[?&]since=0(&|$)/);
+  assert.doesNotMatch(s.url, /epoch=/);
+  s.open();
+  s.frame({ type: 'resumed', recovered: true, epoch: 'E1', since: 0, replay: 2 });
+  [1, 2, 2, 3, 1].forEach((q) => s.frame(note(q)));
+  assert.deepEqual(rec.notes.map((n) => n.seq), [1, 2, 3]);
+  s.drop(1006);
+  await waitFor(() => ScriptedWS.all.length === 2, 1000, 'the reconnect');
+  s = ScriptedWS.all[1];
+  assert.match(s.url, /[?&]since=3&epoch=E1(&|$)/);
+  s.open();
+  s.frame({ type: 'resumed', recovered: true, epoch: 'E1', since: 3, replay: 1 });
+  [3, 4, 4, 5].forEach((q) => s.frame(note(q))); // replay overlapping live
+  assert.deepEqual(rec.notes.map((n) => n.seq), [1, 2, 3, 4, 5]);
+  s.frame({ type: 'resumed', recovered: false, epoch: 'E2', since: 5, replay: 1 });
+  s.frame(note(1, 'E2'));
+  assert.deepEqual(rec.notes.map((n) => `${n.epoch}/${n.seq}`), ['E1/1', 'E1/2', 'E1/3', 'E1/4', 'E1/5', 'E2/1']);
+  assert.deepEqual(rec.resumes.map((r) => r.recovered), [true, true, false]);
+  assert.deepEqual(c.position, { epoch: 'E2', seq: 1 });
+  s.frame({ type: 'pong', timestamp: 'x' });
+  s.frame({ type: 'error', error: 'unknown type' });
+  assert.equal(rec.notes.length, 6, 'pong and error are not notifications');
+  assert.equal(rec.errors.at(-1).kind, 'server');
+  // A persisted position is where a new client starts.
+  const c2 = new TetherClient({ url: 'ws://127.0.0.1:9/ws', token: 't', WebSocket: ScriptedWS, epoch: 'E2', since: 1 });
+  clients.add(c2);
+  await waitFor(() => ScriptedWS.all.length === 3, 1000, 'its attempt');
+  assert.match(ScriptedWS.all[2].url, /[?&]since=1&epoch=E2(&|$)/);
 });
