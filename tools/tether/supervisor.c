@@ -335,7 +335,7 @@ static struct th_child *find_child(pid_t pid)
 }
 
 /* Stops and continues are reported too (WUNTRACED, WCONTINUED): a stop is a hang seen at once. */
-static void reap_children(void)
+static void reap_children(uint64_t now_mono)
 {
     int status;
     pid_t pid;
@@ -347,7 +347,7 @@ static void reap_children(void)
             c->stopped = WSTOPSIG(status);
         } else if (WIFCONTINUED(status)) {
             c->stopped = 0;
-            c->hb_mono = th_mono_ns(); /* a full --hung-after to beat again */
+            c->hb_mono = now_mono; /* a full --hung-after to beat again */
         } else {
             child_died(c, status, th_mono_ns());
         }
@@ -362,7 +362,7 @@ static uint64_t heartbeat_age(struct th_child *c, uint64_t now_mono)
         c->hb_seen = hb;
         c->hb_mono = now_mono;
     }
-    return now_mono - c->hb_mono;
+    return now_mono > c->hb_mono ? now_mono - c->hb_mono : 0;
 }
 
 static void declare_hung(struct th_child *c, uint64_t now_mono, uint64_t age)
@@ -613,7 +613,7 @@ static void run_loop(const sigset_t *waitmask)
         if (th_sig_stop && !S.draining)
             start_drain(now);
         th_sig_chld = 0;
-        reap_children();
+        reap_children(now);
         if (S.draining) {
             if (live_children() == 0)
                 return;
