@@ -94,8 +94,18 @@ class KillRoles(unittest.TestCase):
                 d = await in_thread(self.g.dump)
                 if len({c["worker"] for c in d["connections"]}) == WORKERS:
                     break
+        d = await in_thread(self.g.dump)
+        self.assertEqual({c["worker"] for c in d["connections"]}, set(range(WORKERS)),
+                         "40 clients and a worker still serves none: %r" % d["connections"])
         self.assertTrue(await wait_for(lambda: all(c.pongs > 0 for c in clients.values()), 10))
         return clients
+
+    async def flowing(self, flow, users, timeout=10):
+        """Wait until the flow has one more confirmed notification for each of users."""
+        n0 = {u: len(flow.sent[u]) for u in users}
+        ok = await wait_for(lambda: all(len(flow.sent[u]) > n0[u] for u in users), timeout)
+        self.assertTrue(ok, "notifications stopped: sent %r, failed %r" % (
+            {u: len(flow.sent[u]) for u in users}, flow.failed[-5:]))
 
     async def assert_received(self, flow, clients, users):
         for u in users:
@@ -116,7 +126,10 @@ class KillRoles(unittest.TestCase):
         self.assertTrue(ok, "%s not restarted:\n%s" % (name, self.g.log()[-3000:]))
 
     async def no_dead_owner_after_sweep(self, clients):
-        await asyncio.sleep(2.5)  # more than one --sweep-every 1
+        # Two more sweeps logged (--sweep-every 1, debug log): one ran wholly after now.
+        sweeps = lambda: self.g.log().count("janitor: sweep of ")  # noqa: E731
+        n0 = sweeps()
+        self.assertTrue(await wait_for(lambda: sweeps() >= n0 + 2, 10), "the janitor did not sweep")
         d = await in_thread(self.g.dump)
         dump_consistent(self, d, WORKERS)
         alive = {w["index"]: w["alive"] for w in d["workers"]}
@@ -129,14 +142,15 @@ class KillRoles(unittest.TestCase):
         pid = d["workers"][victim]["pid"]
         victims = [c["user_id"] for c in d["connections"] if c["worker"] == victim]
         survivors = [u for u in clients if u not in victims]
+        self.assertTrue(victims and survivors, d["connections"])
         flow = Flow(self.g, survivors).start()
-        await asyncio.sleep(0.3)
+        await self.flowing(flow, survivors)
         os.kill(pid, signal.SIGKILL)
         self.assertTrue(await wait_for(lambda: all(clients[u].closed for u in victims), 10))
         await self.new_pid("tether-worker%d" % victim, pid)
         for u in victims:
             await clients[u].reopen_until_ok()
-        await asyncio.sleep(0.5)
+        await self.flowing(flow, survivors)
         await flow.stop()
         self.assertEqual(flow.failed, [])
         self.assertTrue(all(flow.sent[u] for u in survivors))
@@ -149,13 +163,14 @@ class KillRoles(unittest.TestCase):
     async def kill_role(self, clients, name):
         pid = role_pids(self.g)[name]
         flow = Flow(self.g, clients).start() if name != "tether-notifier" else None
-        await asyncio.sleep(0.3)
+        if flow:
+            await self.flowing(flow, clients)
         os.kill(pid, signal.SIGKILL)
         await self.new_pid(name, pid)
         ok = await wait_for(lambda: self.g.api("GET", "/healthz")[0] == 200, 15, 0.2)
         self.assertTrue(ok, "/healthz not back to 200 after %s restart" % name)
         if flow:
-            await asyncio.sleep(0.5)
+            await self.flowing(flow, clients)
             await flow.stop()
             self.assertEqual(flow.failed, [])
             await self.assert_received(flow, clients, clients)

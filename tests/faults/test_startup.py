@@ -3,17 +3,18 @@ flag; a second group on a live group's --shm-name exits 1 and leaves the
 first group untouched; a port in use exits 1 and leaves no segment; when the
 supervisor is SIGKILLed its children exit too, and the segment it left is
 taken over by the next start."""
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
 
 import harness as th  # noqa: E402
+from harness import ws as rawws  # noqa: E402
 from harness.faults import pid_running, role_pids, segment_exists  # noqa: E402
 
 
@@ -72,31 +73,67 @@ class Startup(unittest.TestCase):
                 self.assertFalse(segment_exists(g), "a refused start left its segment")
                 self.assertFalse(os.path.exists(g.env["TETHER_RUNTIME_DIR"]))
 
-    def test_children_follow_a_killed_supervisor_and_segment_is_taken_over(self):
-        g = th.Group(workers=2)
+    def restart_same_segment(self, g):
+        """Start g again (same segment name and ports) after its group died."""
+        g.logf.close()
         g.start()
-        try:
+
+    def test_children_follow_a_killed_supervisor_and_segment_is_taken_over(self):
+        with th.Group(workers=2) as g:
+            clients = [rawws.WS(g.port, g.token("follow-%d" % i)) for i in range(3)]
+            self.assertEqual(g.dump()["slots_used"], 3)
             kids = list(role_pids(g).values())
             self.assertEqual(len(kids), 4)
             os.kill(g.proc.pid, signal.SIGKILL)   # the supervisor only
             g.proc.wait(10)
-            # PR_SET_PDEATHSIG: every role gets SIGTERM and exits by itself.
-            deadline = time.time() + 15
-            while any(pid_running(p) for p in kids) and time.time() < deadline:
-                time.sleep(0.05)
-            self.assertEqual([p for p in kids if pid_running(p)], [], "children outlived the supervisor")
+            # PR_SET_PDEATHSIG: every role gets SIGTERM and drains by itself: the
+            # clients get the drain's 1001, not a cut connection.
+            for ws in clients:
+                self.assertEqual(ws.expect_close(15)[0], 1001)
+                ws.close()
+            self.assertTrue(th.wait_until(lambda: not any(pid_running(p) for p in kids), 15),
+                            "children outlived the supervisor")
             self.assertTrue(segment_exists(g), "a SIGKILLed supervisor cannot remove its segment")
-            g.logf.close()
-            g.start()   # same segment name and ports: must take the dead group's segment over
-            self.assertEqual(g.dump()["slots_used"], 0)
+            self.restart_same_segment(g)   # must take the dead group's segment over
+            ws = rawws.WS(g.port, g.token("follow-new"))
+            ws.app_ping()
+            d = g.dump()
+            self.assertEqual([c["user_id"] for c in d["connections"]], ["follow-new"], d)
+            ws.close()
             self.assertEqual(g.stop(), 0)
             self.assertFalse(segment_exists(g))
-        finally:
-            if g.proc.poll() is None:
-                os.killpg(g.proc.pid, signal.SIGKILL)
-            if segment_exists(g):
-                os.unlink("/dev/shm" + g.shm_name)
-            g.logf.close()
+
+    def test_take_over_a_crashed_groups_segment_with_live_slots(self):
+        """kill -9 of the whole group (no process left to release anything): the
+        segment stays with its slots in use; the next group on that name takes it
+        over and starts empty, and the old users connect and get notifications."""
+        with th.Group(workers=2) as g:
+            clients = [rawws.WS(g.port, g.token("crashed-%d" % i)) for i in range(3)]
+            self.assertEqual(g.dump()["slots_used"], 3)
+            kids = list(role_pids(g).values())
+            os.killpg(g.proc.pid, signal.SIGKILL)
+            g.proc.wait(10)
+            self.assertTrue(th.wait_until(lambda: not any(pid_running(p) for p in kids), 15))
+            for ws in clients:
+                ws.close()
+            left = g.dump()   # tether-dump reads the dead group's segment
+            self.assertEqual(left["slots_used"], 3, left)
+            self.assertEqual(sorted(c["user_id"] for c in left["connections"]),
+                             ["crashed-0", "crashed-1", "crashed-2"], left)
+            self.restart_same_segment(g)
+            d = g.dump()
+            self.assertEqual((d["slots_used"], d["connections"]), (0, []), d)
+            self.assertEqual(g.api("GET", "/v1/presence/crashed-0")[1]["connections"], [])
+            ws = rawws.WS(g.port, g.token("crashed-0"))
+            ws.app_ping()
+            status, body = g.notify("crashed-0", {"after": "take-over"})
+            self.assertEqual((status, body.get("connections")), (200, 1), body)
+            fin, rsv, op, payload = ws.recv_frame()
+            self.assertEqual(json.loads(payload)["data"], {"after": "take-over"})
+            self.assertEqual(g.dump()["slots_used"], 1)
+            ws.close()
+            self.assertEqual(g.stop(), 0)
+            self.assertFalse(segment_exists(g))
 
 
 if __name__ == "__main__":

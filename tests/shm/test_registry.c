@@ -57,7 +57,12 @@ Test(registry, layout_sizes_and_limits)
     cr_assert_eq(h.off_freemap % 64, 0);
     cr_assert_eq(h.off_disc % 64, 0);
     cr_assert_eq(h.off_slots % 64, 0);
-    cr_assert_geq(h.off_slots + 1000 * sizeof(struct th_slot), h.off_slots);
+    /* The parts follow one another in the documented order without overlap. */
+    cr_assert_eq(h.ndisc, 1024);
+    cr_assert_geq(h.off_index, sizeof(struct th_reg_hdr));
+    cr_assert_geq(h.off_freemap, h.off_index + h.nbuckets * sizeof(uint32_t));
+    cr_assert_geq(h.off_disc, h.off_freemap + (1000 + 63) / 64 * sizeof(uint64_t));
+    cr_assert_geq(h.off_slots, h.off_disc + h.ndisc * sizeof(struct th_disc));
     cr_assert_leq(h.off_slots + 1000 * sizeof(struct th_slot), sz);
     cr_assert_eq(th_reg_layout(0, NULL), 0);
     cr_assert_eq(th_reg_layout(UINT32_MAX, NULL), 0);

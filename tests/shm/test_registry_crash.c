@@ -1,7 +1,9 @@
 /*
  * Crash test of the registry: writers (forked, like workers) claim, touch and
  * release as fast as they can and are killed with SIGKILL at random moments,
- * 200 times, so some die in the middle of a claim or a release. After each
+ * 200 times (more, up to 2000, until kills have left a half-done slot, an
+ * odd disconnect record and a drifted used count: the test fails if they
+ * never do, since it would have exercised no repair). After each
  * kill the survivors recover the way tether does: like the supervisor (zero
  * the pid, th_reg_reclaim_worker), like the janitor (th_reg_repair with the
  * dead pid still published), or both. The test then checks that the
@@ -24,6 +26,7 @@
 
 #define NSLOTS 1024
 #define ROUNDS 200
+#define MAX_ROUNDS 2000 /* more rounds only until every kind of damage was seen */
 #define KEEPERS 20
 #define KEEPER_WORKER 63
 #define POOL 40 /* users the writers share */
@@ -165,23 +168,32 @@ static void check_all_claimable(void)
 
 struct stats {
     int half_done_slots, odd_records, drifted_rounds;
+    int drift_recounted; /* drifted rounds whose repair recounted (and had to fix) used */
 };
 
-/* What the kill left: counted before recovery, for the report. */
-static void note_damage(struct stats *s)
+/* Every kind of damage a kill can leave was left at least once. */
+static int saw_every_damage(const struct stats *s)
+{
+    return s->half_done_slots > 0 && s->odd_records > 0 && s->drift_recounted > 0;
+}
+
+/* What the kill left: counted before recovery. Returns 1 if the used count drifted. */
+static int note_damage(struct stats *s)
 {
     uint32_t busy = th_reg_count_used(&reg);
-    if (busy != atomic_load(&reg.hdr->used))
-        s->drifted_rounds++;
+    int drift = busy != atomic_load(&reg.hdr->used);
+    s->drifted_rounds += drift;
     for (uint32_t i = 0; i < NSLOTS; i++) {
         uint8_t st = th_ctl_state(atomic_load(&reg.slots[i].ctl));
         s->half_done_slots += st == TH_SLOT_CLAIMING || st == TH_SLOT_RELEASING;
     }
     for (uint32_t d = 0; d < reg.hdr->ndisc; d++)
         s->odd_records += atomic_load(&reg.disc[d].seq) & 1;
+    return drift;
 }
 
-static void recover(uint16_t w[2], int mode)
+/* Returns what the janitor's repair released, or -1 if no repair ran. */
+static int recover(uint16_t w[2], int mode)
 {
     if (mode != 1) { /* the supervisor after waitpid */
         for (int j = 0; j < 2; j++) {
@@ -190,7 +202,8 @@ static void recover(uint16_t w[2], int mode)
         }
     }
     if (mode != 0) /* the janitor's sweep, maybe with the dead pids still published */
-        th_reg_repair(&reg);
+        return th_reg_repair(&reg);
+    return -1;
 }
 
 static void round_once(int round, uint64_t *rng, struct stats *s)
@@ -210,8 +223,15 @@ static void round_once(int round, uint64_t *rng, struct stats *s)
         kill(kid[j], SIGKILL);
         waitpid(kid[j], NULL, 0);
     }
-    note_damage(s);
-    recover(w, round % 3);
+    int drift = note_damage(s);
+    int released = recover(w, round % 3);
+    if (released == 0) {
+        /* A repair that released nothing recounts used (the writers are dead: quiet). */
+        check(atomic_load(&reg.hdr->used) == th_reg_count_used(&reg),
+              "round %d: used %u after the repair's recount, %u slots in use", round,
+              atomic_load(&reg.hdr->used), th_reg_count_used(&reg));
+        s->drift_recounted += drift;
+    }
     check_round(w[0], w[1], round);
 }
 
@@ -230,16 +250,23 @@ int main(void)
     }
     uint64_t rng = 0x2545F4914F6CDD1Dull;
     struct stats s = {0};
-    for (int round = 0; round < ROUNDS; round++)
-        round_once(round, &rng, &s);
+    int rounds = 0;
+    while (rounds < ROUNDS || (!saw_every_damage(&s) && rounds < MAX_ROUNDS))
+        round_once(rounds++, &rng, &s);
+    /* Kills that never landed mid-operation would have tested no repair at all. */
+    check(saw_every_damage(&s),
+          "%d rounds and no kill left each kind of damage: %d half-done slots, %d odd records, "
+          "%d drifted rounds recounted",
+          rounds, s.half_done_slots, s.odd_records, s.drift_recounted);
     th_reg_repair(&reg); /* quiet now: also corrects counter drift */
     check_slots();
     check_index();
     check_keepers();
     check_all_claimable();
     printf("crash: %d rounds; kills left %d half-done slots, %d odd disconnect records, "
-           "counter drift in %d rounds; repairs counted %llu; all recovered\n",
-           ROUNDS, s.half_done_slots, s.odd_records, s.drifted_rounds,
+           "counter drift in %d rounds (%d recounted in the round); repairs counted %llu; "
+           "all recovered\n",
+           rounds, s.half_done_slots, s.odd_records, s.drifted_rounds, s.drift_recounted,
            (unsigned long long)atomic_load(&reg.hdr->counters.repairs));
     th_reg_unlink(name);
     return 0;
