@@ -106,7 +106,7 @@ test('browser: kill -9 of the worker, reconnect, delivery', LIMIT, async () => {
   assert.equal(r.state, 'connected');
 });
 
-test('browser: SIGSTOPped worker, dead socket detected, reconnect', LIMIT, async () => {
+test('browser: SIGSTOPped worker, dead socket detected, reconnect to another worker', LIMIT, async () => {
   const g = await group({ workers: 2 });
   const rec = await client(g, 'bs1', { pingInterval: 300, deadSlack: 300, connectTimeout: 500, backoffBase: 50 });
   await until(rec, (r) => r.connected === 1, 'connected');
@@ -115,12 +115,14 @@ test('browser: SIGSTOPped worker, dead socket detected, reconnect', LIMIT, async
   try {
     const r = await until(rec, (x) => x.disconnects.length >= 1, 'the dead socket', 5000);
     assert.match(r.disconnects[0].reason, /dead socket/);
-    await until(rec, (x) => x.connected === 2 || x.disconnects.some((d) => /timed out/.test(d.reason)),
-      'a reconnect or a timed-out attempt', 5000);
+    await until(rec, (x) => x.connected === 2, 'reconnected while the worker is stopped');
   } finally {
-    process.kill(pid, 'SIGCONT');
+    try {
+      process.kill(pid, 'SIGCONT');
+    } catch {
+      // the supervisor replaced it already (--hung-after)
+    }
   }
-  await until(rec, (x) => x.connected === 2, 'reconnected');
   await waitFor(() => g.dump('bs1').connections.length === 1, 10000, 'the old slot released');
   assert.equal((await g.notify('bs1', {})).status, 200);
   await until(rec, (x) => x.notes.length === 1, 'the notification');

@@ -99,7 +99,7 @@ test('app pings follow pingInterval and refresh the registry', LIMIT, async () =
   assert.equal(rec.disconnects.length, 0);
 });
 
-test('a SIGSTOPped worker: dead socket detected, reconnect after SIGCONT or to another worker', LIMIT, async (t) => {
+test('a SIGSTOPped worker: dead socket detected, reconnect to another worker while it is stopped', LIMIT, async () => {
   const g = await group({ workers: 2 });
   const interval = 300, slack = 300;
   const [c, rec] = client(g, 's1', { pingInterval: interval, deadSlack: slack, connectTimeout: 500, backoffBase: 50 });
@@ -108,7 +108,6 @@ test('a SIGSTOPped worker: dead socket detected, reconnect after SIGCONT or to a
   assert.ok(stopped, 'the connection is in the registry');
   process.kill(stopped, 'SIGSTOP');
   const t0 = Date.now();
-  let path = 'another worker';
   try {
     await waitFor(() => rec.disconnects.length >= 1, 5000, 'the dead socket to be noticed');
     const d = rec.disconnects[0];
@@ -117,18 +116,20 @@ test('a SIGSTOPped worker: dead socket detected, reconnect after SIGCONT or to a
     assert.equal(d.willReconnect, true);
     // Not before 2 intervals + slack of silence (the last frame came at most one interval before the stop).
     assert.ok(Date.now() - t0 >= interval + slack, `noticed after ${Date.now() - t0} ms`);
-    // The stopped worker's accept may still sit first in the listener's queue and take the new
-    // connection, which then hangs: the attempt timeout ends it and the client tries again.
-    await waitFor(() => rec.connected >= 2 || rec.disconnects.some((x) => /timed out/.test(x.reason)), 5000,
-      'a reconnect or a timed-out attempt');
-    if (rec.connected < 2) path = 'SIGCONT (attempts timed out meanwhile)';
+    // The group steers new connections away from the stopped worker (and an attempt that still
+    // reaches it would end at connectTimeout and be tried again).
+    await connectedTimes(rec, 2);
+    assert.equal(c.state, 'connected');
+    const other = g.dump().workers.find((w) => w.pid !== stopped && w.alive);
+    assert.ok(g.dump('s1').connections.some((x) => x.worker === other.index), 'on the live worker');
   } finally {
-    process.kill(stopped, 'SIGCONT');
+    try {
+      process.kill(stopped, 'SIGCONT');
+    } catch {
+      // the supervisor replaced it already (--hung-after)
+    }
   }
-  await connectedTimes(rec, 2);
-  t.diagnostic(`reconnected via ${path}`);
-  assert.equal(c.state, 'connected');
-  // Resumed, the worker sees the socket the client dropped and frees the slot; delivery then confirms.
+  // The old slot goes (the worker resumed and saw the dropped socket, or was replaced); delivery confirms.
   await waitFor(() => g.dump('s1').connections.length === 1, 10000, 'the old slot to be released');
   const r = await g.notify('s1', { after: 'stop' });
   assert.equal(r.status, 200, JSON.stringify(r.body));
@@ -147,7 +148,11 @@ test('connection attempt timeout: a new client of a stopped single worker retrie
     assert.equal(rec.connected, 0);
     assert.ok(rec.disconnects.every((d) => d.code === 1006 && d.willReconnect));
   } finally {
-    process.kill(pid, 'SIGCONT');
+    try {
+      process.kill(pid, 'SIGCONT');
+    } catch {
+      // the supervisor replaced it already (--hung-after)
+    }
   }
   await connectedTimes(rec, 1);
   assert.equal(c.state, 'connected');
