@@ -4,6 +4,7 @@
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import { spawn } from 'node:child_process';
 import { TetherClient } from '../../tools/client-js/src/index.js';
 import { Group, loadWs, record, sleep, waitFor, SANITIZED } from './group.mjs';
 
@@ -135,6 +136,34 @@ test('a SIGSTOPped worker: dead socket detected, reconnect to another worker whi
   assert.equal(r.status, 200, JSON.stringify(r.body));
   await waitFor(() => rec.notes.some((n) => n.data.after === 'stop'), 5000, 'the notification');
   assert.equal(rec.notes.length, 1);
+});
+
+test('a frozen client process (suspended app) is not taken for a dead socket when it wakes', LIMIT, async () => {
+  const g = await group({ workers: 1 });
+  const child = spawn(process.execPath, [new URL('./frozen_child.mjs', import.meta.url).pathname, g.url, g.token('z1'), '300', '300'],
+    { stdio: ['pipe', 'pipe', 'inherit'] });
+  const events = [];
+  let buf = '';
+  child.stdout.on('data', (b) => {
+    buf += b;
+    for (let i; (i = buf.indexOf('\n')) >= 0; buf = buf.slice(i + 1)) events.push(JSON.parse(buf.slice(0, i)));
+  });
+  try {
+    await waitFor(() => events.some((e) => e.event === 'connected'), 10000 * SLOW, 'the child to connect');
+    child.kill('SIGSTOP');
+    await sleep(2500); // far past 2 x 300 + 300 ms: every timer of the child is overdue when it wakes
+    const pings = await g.metric('tether_pings_total');
+    child.kill('SIGCONT');
+    // Woken, it pings at once and the pong keeps the socket: no disconnect, pings go on.
+    await waitFor(async () => (await g.metric('tether_pings_total')) >= pings + 3, 5000, 'pings after waking');
+    assert.deepEqual(events.filter((e) => e.event !== 'connected'), []);
+    assert.equal(events.filter((e) => e.event === 'connected').length, 1);
+    assert.equal((await g.api('GET', '/v1/presence/z1')).body.connections.length, 1);
+  } finally {
+    child.kill('SIGCONT');
+    child.stdin.end();
+    await new Promise((r) => (child.exitCode !== null ? r() : child.on('exit', r)));
+  }
 });
 
 test('connection attempt timeout: a new client of a stopped single worker retries until it answers', LIMIT, async () => {
