@@ -273,6 +273,7 @@ void wk_conn_maybe_free(struct worker *w, uint32_t idx)
         return;
     close(c->fd);
     sendq_free(w, c);
+    wk_resume_conn_free(w, idx);
     th_ws_reader_free(&c->rd);
     c->fd = -1;
     c->state = CS_FREE;

@@ -3,7 +3,7 @@
  * inside the io_uring loop: a multishot accept on the SOCK_SEQPACKET
  * listener and one readiness poll per client; a ready client's packets are
  * read with non-blocking recv into one per-worker buffer, handled at once,
- * and answered on the same socket (replies are 32 bytes: a non-blocking
+ * and answered on the same socket (replies are 40 bytes: a non-blocking
  * send into an empty-ish socket buffer).
  *
  * Also the other direction: closing a connection owned by another worker
@@ -134,8 +134,7 @@ static uint16_t handle(struct worker *w, const struct th_ho_msg *m, const uint8_
          */
         if (c->state != CS_OPEN || w->queued_bytes + m->len + 10 > WK_QUEUE_BUDGET)
             return TH_HO_BUSY;
-        wk_conn_send_frame(w, (uint32_t)idx, TH_WS_TEXT, payload, m->len);
-        return w->conns[idx].state == CS_OPEN ? TH_HO_OK : TH_HO_BUSY;
+        return wk_resume_deliver(w, (uint32_t)idx, m, payload);
     }
     if (m->type == TH_HO_CLOSE) {
         if (!th_ws_close_code_valid(m->code))

@@ -98,7 +98,7 @@ static int check_upgrade(const struct th_http_req *req, const struct th_str **ke
 }
 
 static void accept_upgrade(struct worker *w, uint32_t idx, const struct th_str *key,
-                           const struct th_jwt_claims *cl)
+                           const struct th_jwt_claims *cl, const struct th_resume_req *rr)
 {
     struct conn *c = &w->conns[idx];
     struct th_handle h, evict;
@@ -128,6 +128,7 @@ static void accept_upgrade(struct worker *w, uint32_t idx, const struct th_str *
                      acc);
     wk_conn_send(w, idx, resp, (size_t)n);
     th_info("[WebSocket] User %s connected and added to registry", cl->sub);
+    wk_resume_start(w, idx, rr, cl->sub, cl->sub_len); /* after the claim: see worker/resume.c */
     if (evict.slot != TH_NO_SLOT) {
         atomic_fetch_add_explicit(&w->reg->hdr->counters.replaced, 1, memory_order_relaxed);
         wk_evict(w, evict, TH_WS_REPLACED);
@@ -180,7 +181,7 @@ static int handle_request(struct worker *w, uint32_t idx, const struct th_http_r
         reply_error(w, idx, 400, why);
         return 0;
     }
-    accept_upgrade(w, idx, key, &cl);
+    accept_upgrade(w, idx, key, &cl, &rr);
     return w->conns[idx].state == CS_OPEN;
 }
 

@@ -16,6 +16,8 @@
 #include "shm/rt/uring.h"
 #include "shm/proto/http.h"
 #include "worker/ws.h"
+#include "worker/resume.h"
+#include "shm/mailbox.h"
 
 #include <liburing.h>
 #include <stdint.h>
@@ -66,6 +68,7 @@ enum conn_flag {
     CF_FLUSH_LISTED = 1u << 2,
     CF_REGISTERED = 1u << 3, /* holds registry slot h */
     CF_FIN_SENT = 1u << 4,   /* shutdown(SHUT_WR) done */
+    CF_SEQ_KNOWN = 1u << 5,  /* seq_hi is the last seq queued to this client (worker/resume.h) */
 };
 
 /* Outbound bytes of one connection: allocated on demand, freed once drained. */
@@ -96,6 +99,8 @@ struct conn {
     char *head;
     struct sendq *sq;
     struct th_ws_reader rd;
+    uint64_t seq_hi;      /* with CF_SEQ_KNOWN: last notification seq queued */
+    struct wk_replay *rp; /* a replay from the mailbox under way (worker/resume.c) */
 };
 
 struct ctl_client {
@@ -151,6 +156,7 @@ struct worker {
     uint32_t adopt_gen[TH_MAX_WORKERS]; /* generation of each adopted listener's poll */
     int draining;
     uint32_t drain_deadline_s;
+    struct wk_resume *rs; /* the mailbox and the replays; NULL when the mailbox is off */
 };
 
 /* worker.c */

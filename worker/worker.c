@@ -380,9 +380,11 @@ static void loop(struct worker *w)
             start_drain(w);
         if (w->draining && (w->live == 0 || w->mono_s >= w->drain_deadline_s))
             return;
+        int more = wk_resume_run(w); /* replays queue a chunk each, before the flush */
         wk_conn_flush_all(w);
         flush_counters(w);
-        th_uring_wait(&w->ring, TH_HEARTBEAT_NS / 2); /* a failure is logged; the beat still runs */
+        /* a failure is logged; the beat still runs. Replay work left: do not block */
+        th_uring_wait(&w->ring, more ? 0 : TH_HEARTBEAT_NS / 2);
         read_clocks(w);
         if (w->mono_ns - w->beat_mono >= TH_HEARTBEAT_NS / 5)
             beat(w);
@@ -422,7 +424,7 @@ static int setup(struct worker *w)
         w->peer_fd[i] = -1;
     if (th_uring_init(&w->ring, WK_RING_SQ, WK_RING_CQ) < 0)
         return -1;
-    if (bufring_setup(w) < 0 || wk_ctl_listen(w) < 0)
+    if (bufring_setup(w) < 0 || wk_ctl_listen(w) < 0 || wk_resume_setup(w) < 0)
         return -1;
     arm_accept(w);
     wk_ctl_arm_accept(w);
@@ -453,6 +455,7 @@ int th_worker_main(const struct th_config *cfg, struct th_reg *reg, unsigned ind
     for (uint32_t i = 0; i < w->high; i++) /* drain over: whoever is left is cut */
         wk_conn_abort(w, i);
     wk_ctl_shutdown(w);
+    wk_resume_shutdown(w);
     io_uring_queue_exit(&w->ring);
     th_info("worker %u stopped", index);
     return 0;

@@ -38,13 +38,21 @@ enum th_ho_status {
 struct th_ho_msg {
     uint32_t magic;
     uint16_t type;
-    uint16_t code; /* close code for TH_HO_CLOSE, status for TH_HO_REPLY */
+    uint16_t code; /* close code for TH_HO_CLOSE, status for TH_HO_REPLY, flags for TH_HO_DELIVER */
     uint32_t slot;
     uint32_t gen;
     uint64_t seq; /* chosen by the requester, echoed in the reply */
     uint32_t len; /* payload bytes following the header */
     uint32_t reserved;
+    uint64_t nseq; /* TH_HO_DELIVER: the notification's per-user mailbox seq, 0 = none */
 };
+
+/*
+ * TH_HO_DELIVER flags in code. NOT_STORED: the frame has a seq but is not
+ * in the mailbox (ttl_s 0), so the worker sends it as it comes instead of
+ * assuming a replay carries it (worker/resume.h).
+ */
+#define TH_HO_F_NOT_STORED 1u
 
 /*
  * Connect to worker index's control socket (SOCK_CLOEXEC; SOCK_NONBLOCK when

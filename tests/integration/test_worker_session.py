@@ -125,18 +125,18 @@ class Session(GroupTestCase):
 
     def test_control_socket_gone_and_bad(self):
         path = os.path.join(self.g.env["TETHER_RUNTIME_DIR"], "worker-0.sock")
-        hdr = "<IHHIIQII"
+        hdr = "<IHHIIQIIQ"  # struct th_ho_msg (shm/rt/channel.h), nseq last
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
             s.settimeout(5)
             s.connect(path)
             # A (slot, gen) nobody holds: GONE, and nothing else happens.
-            s.send(struct.pack(hdr, 0x54480001, 1, 0, 0, 0xDEADBEEF, 7, 2, 0) + b"{}")
+            s.send(struct.pack(hdr, 0x54480001, 1, 0, 0, 0xDEADBEEF, 7, 2, 0, 0) + b"{}")
             r = struct.unpack(hdr, s.recv(64))
             self.assertEqual((r[1], r[2], r[5]), (3, 1, 7))
-            s.send(struct.pack(hdr, 0x12345678, 1, 0, 0, 0, 8, 0, 0))  # bad magic: BAD
+            s.send(struct.pack(hdr, 0x12345678, 1, 0, 0, 0, 8, 0, 0, 0))  # bad magic: BAD
             r = struct.unpack(hdr, s.recv(64))
             self.assertEqual((r[1], r[2], r[5]), (3, 3, 8))
-            s.send(struct.pack(hdr, 0x54480001, 2, 1234, 0, 0, 9, 0, 0))  # invalid close code
+            s.send(struct.pack(hdr, 0x54480001, 2, 1234, 0, 0, 9, 0, 0, 0))  # invalid close code
             self.assertEqual(struct.unpack(hdr, s.recv(64))[2], 3)
 
 
