@@ -52,7 +52,7 @@ size_t wk_conn_queued(const struct conn *c)
 {
     if (!c->sq)
         return 0;
-    return (size_t)(c->sq->fly_len - c->sq->fly_off) + c->sq->pend_len;
+    return (size_t)(c->sq->fly_len - c->sq->fly_off) + c->sq->pend_len + c->sq->plain_len;
 }
 
 static void list_flush(struct worker *w, uint32_t idx)
@@ -62,6 +62,36 @@ static void list_flush(struct worker *w, uint32_t idx)
         return;
     c->flags |= CF_FLUSH_LISTED;
     w->flush[w->nflush++] = idx;
+}
+
+enum sq_part { SQ_WIRE, SQ_PLAIN };
+
+/* Room for n more bytes at the end of pend (for the socket) or plain (TLS plaintext); NULL: no
+ * memory. */
+static uint8_t *append(struct worker *w, uint32_t idx, enum sq_part part, size_t n)
+{
+    struct conn *c = &w->conns[idx];
+    if (!c->sq && !(c->sq = calloc(1, sizeof(*c->sq))))
+        return NULL;
+    struct sendq *q = c->sq;
+    uint8_t **buf = part == SQ_WIRE ? &q->pend : &q->plain;
+    uint32_t *len = part == SQ_WIRE ? &q->pend_len : &q->plain_len;
+    uint32_t *cap = part == SQ_WIRE ? &q->pend_cap : &q->plain_cap;
+    if (*len + n > *cap) {
+        size_t nc = *cap ? (size_t)*cap * 2 : 256;
+        while (nc < *len + n)
+            nc *= 2;
+        uint8_t *np = realloc(*buf, nc);
+        if (!np)
+            return NULL;
+        *buf = np;
+        *cap = (uint32_t)nc;
+    }
+    list_flush(w, idx);
+    uint8_t *at = *buf + *len;
+    *len += (uint32_t)n;
+    w->queued_bytes += n;
+    return at;
 }
 
 /* Room for n more pending bytes; NULL (and the connection aborted) when over cap or out of memory.
@@ -77,28 +107,29 @@ static uint8_t *reserve(struct worker *w, uint32_t idx, size_t n)
         wk_conn_abort(w, idx);
         return NULL;
     }
-    if (!c->sq && !(c->sq = calloc(1, sizeof(*c->sq))))
-        goto oom;
-    struct sendq *q = c->sq;
-    if (q->pend_len + n > q->pend_cap) {
-        size_t cap = q->pend_cap ? (size_t)q->pend_cap * 2 : 256;
-        while (cap < q->pend_len + n)
-            cap *= 2;
-        uint8_t *np = realloc(q->pend, cap);
-        if (!np)
-            goto oom;
-        q->pend = np;
-        q->pend_cap = (uint32_t)cap;
+    uint8_t *at = append(w, idx, c->tls ? SQ_PLAIN : SQ_WIRE, n);
+    if (!at) {
+        th_warn("connection %u: out of memory for the send queue, closing", idx);
+        wk_conn_abort(w, idx);
     }
-    list_flush(w, idx);
-    uint8_t *at = q->pend + q->pend_len;
-    q->pend_len += (uint32_t)n;
-    w->queued_bytes += n;
     return at;
-oom:
-    th_warn("connection %u: out of memory for the send queue, closing", idx);
-    wk_conn_abort(w, idx);
-    return NULL;
+}
+
+/* TLS records for the socket (handshake flights, alerts, sealed plaintext): no cap, any live state.
+ */
+int wk_conn_wire(struct worker *w, uint32_t idx, const uint8_t *p, size_t n)
+{
+    struct conn *c = &w->conns[idx];
+    if (c->state == CS_FREE || c->state == CS_DEAD)
+        return -1;
+    uint8_t *at = append(w, idx, SQ_WIRE, n);
+    if (!at) {
+        th_warn("connection %u: out of memory for the send queue, closing", idx);
+        wk_conn_abort(w, idx);
+        return -1;
+    }
+    memcpy(at, p, n);
+    return 0;
 }
 
 void wk_conn_send(struct worker *w, uint32_t idx, const void *p, size_t n)
@@ -158,6 +189,7 @@ void wk_conn_flush_all(struct worker *w)
 {
     for (uint32_t i = 0; i < w->nflush; i++) {
         uint32_t idx = w->flush[i];
+        wk_tls_seal(w, idx); /* while still listed: its records join this flush */
         w->conns[idx].flags &= ~CF_FLUSH_LISTED;
         start_send(w, idx);
     }
@@ -171,6 +203,7 @@ static void sendq_free(struct worker *w, struct conn *c)
     w->queued_bytes -= wk_conn_queued(c);
     free(c->sq->fly);
     free(c->sq->pend);
+    free(c->sq->plain);
     free(c->sq);
     c->sq = NULL;
 }
@@ -195,6 +228,8 @@ void wk_on_send(struct worker *w, uint32_t idx, int res)
         start_send(w, idx);
         return;
     }
+    if (q->plain_len)
+        return;       /* TLS plaintext of this batch: sealed and sent by the flush */
     sendq_free(w, c); /* drained: idle connections hold no buffer */
     if (c->state == CS_CLOSING)
         send_fin(c);
@@ -227,6 +262,7 @@ void wk_conn_finish(struct worker *w, uint32_t idx)
     c->head = NULL;
     if (w->feeding != idx)
         th_ws_reader_free(&c->rd); /* else wk_ws_input frees it once the reader returns */
+    wk_tls_finish(w, idx);         /* the last records and close_notify */
     if (!wk_conn_queued(c) && !(c->flags & CF_SENDING))
         send_fin(c);
 }
@@ -259,10 +295,11 @@ void wk_conn_abort(struct worker *w, uint32_t idx)
     if (w->feeding != idx)
         th_ws_reader_free(&c->rd);
     if (c->sq) {
-        w->queued_bytes -= c->sq->pend_len;
+        w->queued_bytes -= c->sq->pend_len + c->sq->plain_len;
         free(c->sq->pend);
-        c->sq->pend = NULL;
-        c->sq->pend_len = c->sq->pend_cap = 0;
+        free(c->sq->plain);
+        c->sq->pend = c->sq->plain = NULL;
+        c->sq->pend_len = c->sq->pend_cap = c->sq->plain_len = c->sq->plain_cap = 0;
     }
 }
 
@@ -275,6 +312,8 @@ void wk_conn_maybe_free(struct worker *w, uint32_t idx)
     sendq_free(w, c);
     wk_resume_conn_free(w, idx);
     th_ws_reader_free(&c->rd);
+    th_tls_free(c->tls); /* only here: the engine may be mid-call whenever the entry is not free */
+    c->tls = NULL;
     c->fd = -1;
     c->state = CS_FREE;
     c->gen++;

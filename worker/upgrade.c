@@ -28,6 +28,8 @@ static const char *reason(int status)
         return "Bad Request";
     case 401:
         return "Unauthorized";
+    case 403:
+        return "Forbidden";
     case 404:
         return "Not Found";
     case 405:
@@ -154,6 +156,10 @@ static int handle_request(struct worker *w, uint32_t idx, const struct th_http_r
     }
     if (req->path.n != 3 || memcmp(req->path.p, "/ws", 3)) {
         reply_error(w, idx, 404, "not found");
+        return 0;
+    }
+    if (w->cfg->tls_only && !w->conns[idx].tls) {
+        reply_error(w, idx, 403, "TLS required: use wss://");
         return 0;
     }
     int status = check_upgrade(req, &key, &why);

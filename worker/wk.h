@@ -15,6 +15,7 @@
 #include "shm/rt/channel.h"
 #include "shm/rt/uring.h"
 #include "shm/proto/http.h"
+#include "shm/proto/tls.h"
 #include "worker/ws.h"
 #include "worker/resume.h"
 #include "shm/mailbox.h"
@@ -69,6 +70,7 @@ enum conn_flag {
     CF_REGISTERED = 1u << 3, /* holds registry slot h */
     CF_FIN_SENT = 1u << 4,   /* shutdown(SHUT_WR) done */
     CF_SEQ_KNOWN = 1u << 5,  /* seq_hi is the last seq queued to this client (worker/resume.h) */
+    CF_SNIFFED = 1u << 12,   /* first bytes seen: TLS (tls set) or plain (worker/tls.c) */
 };
 
 /* Outbound bytes of one connection: allocated on demand, freed once drained. */
@@ -77,6 +79,8 @@ struct sendq {
     uint32_t fly_len, fly_off;
     uint8_t *pend; /* bytes queued since: grows by realloc */
     uint32_t pend_len, pend_cap;
+    uint8_t *plain; /* TLS only: plaintext of this batch, sealed into pend before the send */
+    uint32_t plain_len, plain_cap;
 };
 
 /*
@@ -98,6 +102,7 @@ struct conn {
     uint32_t head_scanned;
     char *head;
     struct sendq *sq;
+    struct th_tls *tls; /* wss:// connections: the engine's state (worker/tls.c) */
     struct th_ws_reader rd;
     uint64_t seq_hi;      /* with CF_SEQ_KNOWN: last notification seq queued */
     struct wk_replay *rp; /* a replay from the mailbox under way (worker/resume.c) */
@@ -157,14 +162,19 @@ struct worker {
     int draining;
     uint32_t drain_deadline_s;
     struct wk_resume *rs; /* the mailbox and the replays; NULL when the mailbox is off */
+
+    struct th_tls_ctx *tls; /* certificate + key for new handshakes; NULL: plain only */
+    uint8_t *tls_scratch;   /* TH_TLS_RECORD_MAX: plaintext of one record */
 };
 
 /* worker.c */
 void wk_arm_recv(struct worker *w, uint32_t idx);
+void wk_conn_input(struct worker *w, uint32_t idx, uint8_t *p, size_t n);
 
 /* conn.c */
 int wk_conn_alloc(struct worker *w, int fd);
 void wk_conn_send(struct worker *w, uint32_t idx, const void *p, size_t n);
+int wk_conn_wire(struct worker *w, uint32_t idx, const uint8_t *p, size_t n);
 void wk_conn_send_frame(struct worker *w, uint32_t idx, enum th_ws_opcode op, const void *p,
                         size_t n);
 size_t wk_conn_queued(const struct conn *c);
@@ -186,6 +196,14 @@ void wk_http_reply(struct worker *w, uint32_t idx, int status, const char *extra
 /* session.c */
 void wk_ws_input(struct worker *w, uint32_t idx, uint8_t *p, size_t n);
 void wk_evict(struct worker *w, struct th_handle victim, uint16_t code);
+
+/* tls.c */
+int wk_tls_setup(struct worker *w);
+void wk_tls_reload(struct worker *w);
+int wk_tls_sniff(struct worker *w, uint32_t idx, const uint8_t *p, size_t n);
+void wk_tls_input(struct worker *w, uint32_t idx, uint8_t *p, size_t n);
+void wk_tls_seal(struct worker *w, uint32_t idx);
+void wk_tls_finish(struct worker *w, uint32_t idx);
 
 /* control.c */
 int wk_ctl_listen(struct worker *w);

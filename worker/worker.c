@@ -21,7 +21,8 @@
  * Once a second it expires handshakes and closing connections. Signals:
  * the handlers only set flags. SIGTERM/SIGINT start a drain (stop
  * accepting, close every client with 1001, wait for them up to
- * --drain-timeout, release every slot, exit 0); SIGHUP reopens the log.
+ * --drain-timeout, release every slot, exit 0); SIGHUP reopens the log and
+ * reloads the TLS certificate (worker/tls.c).
  */
 #include "worker/worker.h"
 #include "worker/wk.h"
@@ -209,6 +210,17 @@ static void on_adopt(struct worker *w, uint32_t p, uint32_t gen, int res)
         arm_adopt(w, p); /* full: the beat re-arms it once there is room */
 }
 
+/* Bytes from the client (plaintext of a TLS connection) for the HTTP or WebSocket code. */
+void wk_conn_input(struct worker *w, uint32_t idx, uint8_t *p, size_t n)
+{
+    struct conn *c = &w->conns[idx];
+    if (c->state == CS_HANDSHAKE)
+        wk_handshake_input(w, idx, p, n);
+    else if (c->state == CS_OPEN)
+        wk_ws_input(w, idx, p, n);
+    /* CS_CLOSING: discard what the peer sends until its EOF. */
+}
+
 static void on_recv(struct worker *w, uint32_t idx, uint32_t gen, int res, unsigned flags)
 {
     struct conn *c = &w->conns[idx];
@@ -235,11 +247,10 @@ static void on_recv(struct worker *w, uint32_t idx, uint32_t gen, int res, unsig
         return;
     }
     uint8_t *p = w->bufs + (size_t)bid * WK_BUF_SIZE;
-    if (c->state == CS_HANDSHAKE)
-        wk_handshake_input(w, idx, p, (size_t)res);
-    else if (c->state == CS_OPEN)
-        wk_ws_input(w, idx, p, (size_t)res);
-    /* CS_CLOSING: discard what the peer sends until its EOF. */
+    if (c->tls || wk_tls_sniff(w, idx, p, (size_t)res))
+        wk_tls_input(w, idx, p, (size_t)res);
+    else
+        wk_conn_input(w, idx, p, (size_t)res);
     buf_return(w, bid);
     if (c->state == CS_DEAD)
         wk_conn_maybe_free(w, idx);
@@ -375,6 +386,7 @@ static void loop(struct worker *w)
         if (th_sig_hup) {
             th_sig_hup = 0;
             th_log_reopen();
+            wk_tls_reload(w);
         }
         if (th_sig_stop && !w->draining)
             start_drain(w);
@@ -424,7 +436,8 @@ static int setup(struct worker *w)
         w->peer_fd[i] = -1;
     if (th_uring_init(&w->ring, WK_RING_SQ, WK_RING_CQ) < 0)
         return -1;
-    if (bufring_setup(w) < 0 || wk_ctl_listen(w) < 0 || wk_resume_setup(w) < 0)
+    if (bufring_setup(w) < 0 || wk_ctl_listen(w) < 0 || wk_resume_setup(w) < 0 ||
+        wk_tls_setup(w) < 0)
         return -1;
     arm_accept(w);
     wk_ctl_arm_accept(w);

@@ -21,6 +21,10 @@
  * The caller has attached reg writable. Returns the process exit status:
  * 0 after a drain, 1 on a fatal error (logged, e.g. io_uring unavailable).
  */
+struct th_tls_ctx;
+/* Before th_worker_main: serve wss:// with this context (loaded before the fork). */
+void th_worker_use_tls(struct th_tls_ctx *ctx);
+
 int th_worker_main(const struct th_config *cfg, struct th_reg *reg, unsigned index,
                    const int *listen_fds);
 

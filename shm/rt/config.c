@@ -24,7 +24,8 @@ enum flag_kind {
     F_SHM,
     F_PATH,
     F_LEVEL,
-    F_FORMAT
+    F_FORMAT,
+    F_BOOL
 };
 
 struct flag {
@@ -67,6 +68,11 @@ static const struct flag flags[] = {
     {"log-format", F_FORMAT, OFF(log_format), 0, 0, "FMT  text or json (text)"},
     {"log-file", F_PATH, OFF(log_file), 0, 0,
      "PATH  append logs there instead of stderr; SIGHUP reopens"},
+    {"tls-cert", F_PATH, OFF(tls_cert), 0, 0,
+     "FILE  PEM certificate chain: serve wss:// on --listen; SIGHUP reloads"},
+    {"tls-key", F_PATH, OFF(tls_key), 0, 0, "FILE  PEM private key of --tls-cert"},
+    {"tls-only", F_BOOL, OFF(tls_only), 0, 0,
+     "refuse plain ws:// upgrades (no value; TETHER_TLS_ONLY=1)"},
 };
 #define NFLAGS (sizeof(flags) / sizeof(flags[0]))
 
@@ -199,6 +205,13 @@ static int apply(struct th_config *c, const struct flag *f, const char *v, const
             }
         break;
     }
+    case F_BOOL:
+        if (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "0") ||
+            !strcmp(v, "false") || !strcmp(v, "no")) {
+            *(uint32_t *)(base + f->off) = v[0] == '1' || v[0] == 't' || v[0] == 'y';
+            return 0;
+        }
+        break;
     case F_FORMAT:
         if (strcmp(v, "text") == 0 || strcmp(v, "json") == 0) {
             c->log_format = strcmp(v, "json") == 0 ? TH_LOG_JSON : TH_LOG_TEXT;
@@ -264,6 +277,15 @@ static int check(struct th_config *c, char *err, size_t errlen)
                  "no JWT secret: pass --jwt-secret-file PATH or set TETHER_JWT_SECRET");
         return -1;
     }
+    if (!c->tls_cert[0] != !c->tls_key[0]) {
+        snprintf(err, errlen, "%s needs %s too", c->tls_cert[0] ? "--tls-cert" : "--tls-key",
+                 c->tls_cert[0] ? "--tls-key" : "--tls-cert");
+        return -1;
+    }
+    if (c->tls_only && !c->tls_cert[0]) {
+        snprintf(err, errlen, "--tls-only needs --tls-cert and --tls-key");
+        return -1;
+    }
     if (c->workers > c->slots) {
         snprintf(err, errlen, "--workers %u is more than --slots %u", c->workers, c->slots);
         return -1;
@@ -301,6 +323,8 @@ int th_config_parse(struct th_config *c, int argc, char **argv, char *err, size_
             return TH_CONFIG_ERROR;
         }
         const char *v = eq ? eq + 1 : NULL;
+        if (!v && f->kind == F_BOOL)
+            v = "1"; /* a bare switch */
         if (!v) {
             if (i + 1 >= argc) {
                 snprintf(err, errlen, "--%s: missing value", f->name);

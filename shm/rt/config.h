@@ -40,6 +40,9 @@ struct th_config {
     int log_level;  /* enum th_log_level */
     int log_format; /* enum th_log_format */
     char log_file[TH_PATH_MAX];
+    char tls_cert[TH_PATH_MAX]; /* wss:// on --listen when both are set */
+    char tls_key[TH_PATH_MAX];
+    uint32_t tls_only; /* refuse plain upgrades */
 };
 
 enum { TH_CONFIG_OK = 0, TH_CONFIG_HELP = 1, TH_CONFIG_ERROR = -1 };

@@ -126,7 +126,9 @@ def parse_response_head(buf):
 class WS:
     """One raw WebSocket connection to a tether worker."""
 
-    def __init__(self, port, token, timeout=5.0, rcvbuf=None, auth_header=False):
+    def __init__(self, port, token, timeout=5.0, rcvbuf=None, auth_header=False, wrap=None):
+        """wrap: a function from the connected socket to the one to speak on
+        (e.g. an ssl.SSLContext's wrap_socket, for wss://)."""
         self.port = port
         self.timeout = timeout
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -135,6 +137,8 @@ class WS:
         self.sock.settimeout(timeout)
         self.sock.connect(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if wrap:
+            self.sock = wrap(self.sock)
         self.buf = b""
         self.handshake(token, auth_header)
 

@@ -39,6 +39,7 @@
 #include "notifier/notifier.h"
 #include "shm/rt/clock.h"
 #include "shm/rt/log.h"
+#include "shm/proto/tls.h"
 #include "shm/rt/role.h"
 #include "shm/registry.h"
 #include "worker/worker.h"
@@ -73,8 +74,10 @@ struct sup {
     struct th_child kids[TH_MAX_WORKERS + 2];
     int nkids;
     int draining;
-    uint64_t drain_deadline; /* monotonic ns */
-    int bad_exits;           /* children that ended abnormally during the drain */
+    uint64_t drain_deadline;        /* monotonic ns */
+    int bad_exits;                  /* children that ended abnormally during the drain */
+    struct th_tls_tickets *tickets; /* made before the first fork: shared by every worker */
+    struct th_tls_ctx *tls;         /* the pair a (re)started worker begins with */
 };
 
 /* One supervisor per process; the child entry points reach it from here. */
@@ -186,6 +189,7 @@ static int open_client_listeners(const struct th_config *cfg)
 static int worker_entry(void *arg)
 {
     const struct th_child *c = arg;
+    th_worker_use_tls(S.tls);
     return th_worker_main(S.cfg, &S.reg, (unsigned)c->worker, S.listen_fds);
 }
 
@@ -581,9 +585,56 @@ static void log_startup(const struct th_config *cfg)
             "sweep-every %u s, pid %d",
             cfg->shm_name, cfg->slots, (double)S.reg.size / (1 << 20), cfg->workers,
             cfg->stale_after_s, cfg->sweep_every_s, (int)getpid());
-    th_info("listening for clients on ws://%s:%u/ws", cfg->listen_host, cfg->listen_port);
+    if (S.tls) {
+        char desc[256];
+        th_tls_ctx_describe(S.tls, desc, sizeof(desc));
+        th_info("listening for clients on wss://%s:%u/ws%s (certificate %s)", cfg->listen_host,
+                cfg->listen_port, cfg->tls_only ? ", TLS only" : ", plain ws:// too", desc);
+    } else {
+        th_info("listening for clients on ws://%s:%u/ws", cfg->listen_host, cfg->listen_port);
+    }
     th_info("backend API on http://%s:%u", cfg->api_host, cfg->api_port);
     th_info("runtime directory %s", S.rundir);
+}
+
+/*
+ * --tls-cert/--tls-key, checked before anything starts (exit 2 on a bad or
+ * expired pair). The supervisor keeps a context so that a worker it
+ * restarts begins with the current pair; the ticket secret is made here,
+ * once, so every worker (and every restarted one) resumes every other's
+ * sessions.
+ */
+static int load_tls(const struct th_config *cfg)
+{
+    char err[512];
+    if (!cfg->tls_cert[0])
+        return 0;
+    if (!(S.tickets = th_tls_tickets_new(0))) {
+        startup_error(
+            "TLS: cannot make the session-ticket secret (out of memory or no randomness)");
+        return -1;
+    }
+    if (!(S.tls = th_tls_ctx_new(cfg->tls_cert, cfg->tls_key, S.tickets, err, sizeof(err)))) {
+        startup_error("--tls-cert/--tls-key: %s", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* SIGHUP: the pair a restarted worker starts with; the workers reload their own. */
+static void reload_tls(void)
+{
+    char err[512];
+    if (!S.tls)
+        return;
+    struct th_tls_ctx *n =
+        th_tls_ctx_new(S.cfg->tls_cert, S.cfg->tls_key, S.tickets, err, sizeof(err));
+    if (!n) {
+        th_error("TLS reload failed, keeping the current certificate: %s", err);
+        return;
+    }
+    th_tls_ctx_free(S.tls);
+    S.tls = n;
 }
 
 /* Sleep until a signal (SIGCHLD: a death or a stop), the next beat, or the earliest restart. */
@@ -607,6 +658,7 @@ static void run_loop(const sigset_t *waitmask)
         if (th_sig_hup) {
             th_sig_hup = 0;
             th_log_reopen();
+            reload_tls();
             th_info("SIGHUP: log reopened, forwarded to children");
             signal_children(SIGHUP);
         }
@@ -649,6 +701,8 @@ int th_supervisor_run(const struct th_config *cfg)
         startup_error("%s", err);
         return 2;
     }
+    if (load_tls(cfg) < 0)
+        return 2;
     sigset_t waitmask; /* the signals arrive only inside ppoll: none is lost between checks */
     if (th_role_signals(TH_SIG_CHLD, &waitmask) < 0)
         return 1;

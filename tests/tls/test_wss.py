@@ -1,0 +1,376 @@
+"""wss:// on real `tether run` groups (--tls-cert/--tls-key), certificates made
+at test time with the `openssl` command (harness.tls.Pki).
+
+Clients: Debian's python3-websockets with an SSL context trusting the test CA
+(upgrade, app ping/pong, a notification, 1001 on drain), Python's ssl module
+over raw sockets and over memory BIOs (records split at every byte, a
+handshake that stops halfway), `openssl s_client` (renegotiation), and raw
+garbage instead of a ClientHello. Also: session resumption across workers,
+plain ws:// beside wss:// on one port, --tls-only, 1,000 concurrent
+handshakes, a certificate reload under load with no client dropped (and a
+bad reload that keeps the old pair), and the start-up refusals (exit 2 with
+one line).
+"""
+import asyncio
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import unittest
+
+import websockets
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+import harness as th  # noqa: E402
+from harness import aio, tls  # noqa: E402
+from harness import ws as rawws  # noqa: E402
+
+T = 20 if th.SANITIZED else 10
+PKI = None
+
+
+def setUpModule():
+    global PKI
+    PKI = tls.Pki()
+
+
+def tearDownModule():
+    PKI.cleanup()
+
+
+async def wss(g, user, ctx=None, **kw):
+    return await aio.connect(tls.wss_url(g, user), ssl=ctx or PKI.client_context(), **kw)
+
+
+def upgrade_request(g, user):
+    req, _ = rawws.handshake_request(g.port, token=g.token(user))
+    return req
+
+
+def read_until_eof(s, timeout):
+    """Read a socket until EOF (or reset); returns (bytes, seconds it took)."""
+    s.settimeout(timeout)
+    t0, data = time.time(), b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except (ConnectionResetError, ssl.SSLError):
+        pass
+    return data, time.time() - t0
+
+
+class WSS(unittest.TestCase):
+    """One TLS group (2 workers) for the cases that do not stop or reload it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.g = tls.group(PKI, workers=2, slots=4096).__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.finish()
+
+    def assertServes(self):
+        async def go():
+            ws = await wss(self.g, "alive-check")
+            self.assertEqual((await aio.app_ping(ws))["type"], "pong")
+            await ws.close()
+        aio.run(go())
+
+    def test_websockets_ping_and_notification(self):
+        async def go():
+            ws = await wss(self.g, "alice")
+            so = ws.transport.get_extra_info("ssl_object")
+            self.assertIn(so.version(), ("TLSv1.3", "TLSv1.2"))
+            self.assertEqual(so.selected_alpn_protocol(), "http/1.1")
+            pong = await aio.app_ping(ws)
+            self.assertEqual(pong["type"], "pong")
+            self.assertRegex(pong["timestamp"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+            pong_frame = await ws.ping(b"tls-ping")
+            await asyncio.wait_for(pong_frame, 5)  # protocol ping answered
+            st, body = await aio.notify(self.g, "alice", {"meal": 7})
+            self.assertEqual(st, 200, body)
+            self.assertEqual(body["connections"], 1)
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            self.assertEqual(msg["type"], "meal_log.completed")
+            self.assertEqual(msg["data"], {"meal": 7})
+            await ws.close()
+            self.assertEqual(ws.close_code, 1000)
+        aio.run(go())
+
+    def test_tls12_and_tls13(self):
+        for maximum, want in ((ssl.TLSVersion.TLSv1_2, "TLSv1.2"), (ssl.TLSVersion.TLSv1_3, "TLSv1.3")):
+            with tls.connect(self.g.port, PKI.client_context(maximum=maximum)) as s:
+                self.assertEqual(s.version(), want)
+                s.sendall(upgrade_request(self.g, "v-" + want))
+                head = s.recv(4096)
+                self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+
+    def test_alpn_without_http11_refused(self):
+        with self.assertRaises(ssl.SSLError):
+            tls.connect(self.g.port, PKI.client_context(alpn=("h2",))).close()
+        self.assertServes()
+
+    def test_healthz_over_tls_and_plain_ws_beside_it(self):
+        with tls.connect(self.g.port, PKI.client_context()) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            data, _ = read_until_eof(s, T)
+            self.assertTrue(data.startswith(b"HTTP/1.1 200"), data)
+
+        async def plain():  # no --tls-only: ws:// still served on the same port
+            ws = await aio.connect(self.g.ws_url("plain-user"))
+            self.assertEqual((await aio.app_ping(ws))["type"], "pong")
+            await ws.close()
+        aio.run(plain())
+
+    def test_resumption_across_workers(self):
+        ctx = PKI.client_context()
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # TLS 1.2: the session is known after the handshake
+        with tls.connect(self.g.port, ctx) as s:
+            session = s.session
+            self.assertFalse(s.session_reused)
+        reused = 0
+        for _ in range(8):  # accept batches alternate workers: some of these land on the other one
+            with tls.connect(self.g.port, ctx, session=session) as s:
+                reused += s.session_reused
+        self.assertEqual(reused, 8)
+
+    def test_resumption_tls13(self):
+        ctx = PKI.client_context()
+        with tls.connect(self.g.port, ctx) as s:
+            s.sendall(upgrade_request(self.g, "res13"))
+            s.recv(4096)  # the ticket arrives with (before) the 101
+            session = s.session
+        with tls.connect(self.g.port, ctx, session=session) as s:
+            self.assertEqual(s.version(), "TLSv1.3")
+            self.assertTrue(s.session_reused)
+
+    def test_garbage_instead_of_client_hello(self):
+        for junk in (b"\x16\x03\x01\x00\x08\x68\x00\x00\x04abcd",   # a record, but no ClientHello
+                     b"\x16\x03\x01\x40\x00" + os.urandom(16384),   # a handshake record of noise
+                     b"\x16" + os.urandom(3000),                     # noise after the TLS byte
+                     os.urandom(200).replace(b"\x16", b"\x17") + b"\r\n\r\n"):  # to the HTTP parser: 400
+            s = socket.create_connection(("127.0.0.1", self.g.port), timeout=T)
+            try:
+                s.sendall(junk)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            data, took = read_until_eof(s, T)
+            s.close()
+            self.assertLess(took, T, "still open after garbage %r" % junk[:8])
+            if junk[0] == 0x16 and data:
+                self.assertEqual(data[0], 0x15, "not an alert: %r" % data[:8])
+        self.assertServes()
+
+    def test_handshake_stopping_halfway_is_closed_by_the_timeout(self):
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = PKI.client_context().wrap_bio(inc, out, server_hostname="localhost")
+        with self.assertRaises(ssl.SSLWantReadError):
+            obj.do_handshake()
+        s = socket.create_connection(("127.0.0.1", self.g.port), timeout=T)
+        s.sendall(out.read())  # the ClientHello, then silence
+        data, took = read_until_eof(s, 20)
+        s.close()
+        self.assertTrue(data, "no ServerHello")
+        self.assertGreaterEqual(took, 8, "closed before the 10 s handshake deadline")
+        self.assertLess(took, 20)
+
+    def test_records_split_at_every_byte(self):
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = PKI.client_context().wrap_bio(inc, out, server_hostname="localhost")
+        s = socket.create_connection(("127.0.0.1", self.g.port), timeout=T)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sent = [0]
+
+        def flush():
+            data = out.read()
+            for i in range(len(data)):  # every byte its own segment
+                s.send(data[i:i + 1])
+                time.sleep(0.0005)
+            sent[0] += len(data)
+
+        def feed():
+            chunk = s.recv(65536)
+            self.assertTrue(chunk, "server closed")
+            inc.write(chunk)
+
+        def read_plain(until):
+            buf = b""
+            while until not in buf:
+                try:
+                    buf += obj.read(65536)
+                except ssl.SSLWantReadError:
+                    feed()
+            return buf
+
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                flush()
+                feed()
+        flush()
+        obj.write(upgrade_request(self.g, "bytewise"))
+        flush()
+        head = read_plain(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+        obj.write(rawws.frame(rawws.TEXT, b'{"type":"ping"}'))
+        flush()
+        self.assertIn(b'"type":"pong"', read_plain(b"}"))
+        self.assertGreater(sent[0], 300)
+        s.close()
+
+    def test_renegotiation_refused(self):
+        p = subprocess.run("(sleep 1; echo R; sleep 2) | openssl s_client -tls1_2 -msg -connect 127.0.0.1:%d "
+                           "-CAfile %s" % (self.g.port, PKI.ca), shell=True, capture_output=True, text=True,
+                           timeout=30)
+        out = p.stdout + p.stderr  # two streams: their order is lost, so count instead
+        self.assertIn("RENEGOTIATING", out)
+        self.assertIn("warning no_renegotiation", out)
+        self.assertEqual(out.count("ServerHello"), 2, out)  # ">>>" and "<<<" of the first handshake only
+        self.assertServes()
+
+    def test_thousand_concurrent_handshakes(self):
+        n = 1000
+        ctx = PKI.client_context()
+
+        async def one(i):
+            return await websockets.connect(tls.wss_url(self.g, "many-%d" % i), ssl=ctx, open_timeout=120)
+
+        async def go():
+            socks = await asyncio.gather(*(one(i) for i in range(n)))
+            conns = await aio.in_thread(self.g.dump)
+            mine = [c for c in conns["connections"] if c["user_id"].startswith("many-")]
+            self.assertEqual(len(mine), n)
+            pongs = await asyncio.gather(*(aio.app_ping(ws) for ws in socks[:50]))
+            self.assertTrue(all(p["type"] == "pong" for p in pongs))
+            await asyncio.gather(*(ws.close() for ws in socks))
+        aio.run(go(), timeout=240)
+
+
+class Drain(unittest.TestCase):
+    def test_sigterm_closes_wss_clients_with_1001(self):
+        g = tls.group(PKI, workers=2).__enter__()
+        try:
+            async def go():
+                socks = [await wss(g, "drain-%d" % i) for i in range(4)]
+                for ws in socks:
+                    await aio.app_ping(ws)
+                g.proc.send_signal(signal.SIGTERM)
+                for ws in socks:
+                    await asyncio.wait_for(ws.wait_closed(), T)
+                    self.assertEqual(ws.close_code, 1001)
+            aio.run(go())
+        finally:
+            g.finish()
+
+
+class TLSOnly(unittest.TestCase):
+    def test_plain_upgrade_refused_wss_served(self):
+        with tls.group(PKI, workers=1, extra_args=["--tls-only"]) as g:
+            status, _, body = rawws.http_get(g.port, "/ws?token=" + g.token("p"), rawws.upgrade_headers())
+            self.assertEqual(status, 403, body)
+            self.assertIn(b"TLS required", body)
+            status, _, _ = rawws.http_get(g.port, "/healthz")  # load balancers may probe plainly
+            self.assertEqual(status, 200)
+
+            async def go():
+                ws = await wss(g, "secure")
+                self.assertEqual((await aio.app_ping(ws))["type"], "pong")
+                await ws.close()
+            aio.run(go())
+
+
+class Reload(unittest.TestCase):
+    def peer_der(self, g):
+        with tls.connect(g.port, PKI.client_context()) as s:
+            return s.getpeercert(binary_form=True)
+
+    def test_reload_under_load_keeps_every_client(self):
+        work = os.path.join(PKI.dir, "live")
+        os.makedirs(work, exist_ok=True)
+        cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
+
+        def install(c, k):  # replace atomically, as a deploy tool would
+            for src, dst in ((c, cert), (k, key)):
+                with open(src, "rb") as f:
+                    data = f.read()
+                with open(dst + ".tmp", "wb") as f:
+                    f.write(data)
+                os.rename(dst + ".tmp", dst)
+
+        install(PKI.cert, PKI.key)
+        with tls.group(PKI, workers=2, cert=cert, key=key) as g:
+            self.assertEqual(self.peer_der(g), PKI.der(PKI.cert))
+
+            async def go():
+                n = 40
+                socks = [await wss(g, "load-%d" % i) for i in range(n)]
+                stop = asyncio.Event()
+                pongs = [0] * n
+
+                async def pinger(i, ws):
+                    while not stop.is_set():
+                        self.assertEqual((await aio.app_ping(ws))["type"], "pong")
+                        pongs[i] += 1
+                tasks = [asyncio.ensure_future(pinger(i, ws)) for i, ws in enumerate(socks)]
+                await asyncio.sleep(0.3)
+                install(PKI.cert2, PKI.key2)
+                g.proc.send_signal(signal.SIGHUP)
+                self.assertTrue(await aio.wait_for(lambda: g.log().count("TLS certificate reloaded") >= 2, T),
+                                g.log()[-3000:])
+                self.assertEqual(await aio.in_thread(self.peer_der, g), PKI.der(PKI.cert2))
+                before = list(pongs)
+                await aio.wait_for(lambda: all(p > b for p, b in zip(pongs, before)), T)
+                # a bad pair: the old (new) one stays
+                install(PKI.cert, PKI.other_key)
+                g.proc.send_signal(signal.SIGHUP)
+                self.assertTrue(await aio.wait_for(lambda: g.log().count("TLS reload failed") >= 2, T))
+                self.assertIn("does not match", g.log())
+                self.assertEqual(await aio.in_thread(self.peer_der, g), PKI.der(PKI.cert2))
+                before = list(pongs)
+                await aio.wait_for(lambda: all(p > b for p, b in zip(pongs, before)), T)
+                stop.set()
+                await asyncio.gather(*tasks)
+                for ws in socks:
+                    self.assertTrue(ws.open)
+                    await ws.close()
+                self.assertTrue(all(p > 2 for p in pongs), pongs)
+            aio.run(go(), timeout=120)
+
+
+class StartupRefusals(unittest.TestCase):
+    def run_tether(self, *extra):
+        g = th.Group(workers=1)
+        args = g.args + list(extra)
+        p = subprocess.run(args, capture_output=True, text=True, env=g.env, timeout=30)
+        return p.returncode, p.stderr.strip()
+
+    def assertRefused(self, want, *extra):
+        rc, err = self.run_tether(*extra)
+        self.assertEqual(rc, 2, err)
+        lines = [line for line in err.splitlines() if line.strip()]
+        self.assertEqual(len(lines), 1, err)
+        self.assertIn(want, lines[0])
+        self.assertIn("--tls-", lines[0])
+
+    def test_bad_pairs_exit_2_with_one_line(self):
+        self.assertRefused("No such file", "--tls-cert", "/nonexistent.pem", "--tls-key", PKI.key)
+        self.assertRefused("No such file", "--tls-cert", PKI.cert, "--tls-key", "/nonexistent.key")
+        self.assertRefused("does not match", "--tls-cert", PKI.cert, "--tls-key", PKI.other_key)
+        self.assertRefused("expired", "--tls-cert", PKI.expired, "--tls-key", PKI.key)
+        self.assertRefused("no usable PEM", "--tls-cert", PKI.key, "--tls-key", PKI.key)
+        self.assertRefused("--tls-key", "--tls-cert", PKI.cert)
+        self.assertRefused("--tls-only needs", "--tls-only")
+
+
+if __name__ == "__main__":
+    unittest.main()
