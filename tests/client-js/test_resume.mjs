@@ -118,6 +118,7 @@ test('drain (1001) and restart: stored notifications come back, same epoch', LIM
   const epoch = rec.resumes[0].epoch;
   hold.on = true;
   assert.equal((await g.stop()).code, 0, g.log().slice(-3000));
+  await waitFor(() => rec.disconnects.length >= 1, 5000, 'the 1001');
   assert.equal(rec.disconnects[0].code, 1001);
   await g.start();
   for (let i = 5; i < 10; i++) seqs.push(await send(g, 'rd', i));
@@ -128,27 +129,38 @@ test('drain (1001) and restart: stored notifications come back, same epoch', LIM
   assert.deepEqual([last.recovered, last.epoch, last.replay], [true, epoch, 5]);
 });
 
-test('crash of the whole group (kill -9 of every process) and restart', LIMIT, async () => {
+test('crash of the whole group (kill -9 of every process) and restart', LIMIT, async (t) => {
   const g = await group({ workers: 2 });
   const [, rec, hold] = await client(g, 'rc');
   await waitFor(() => rec.connected === 1, 10000 * SLOW, 'connected');
-  const seqs = [];
-  for (let i = 0; i < 5; i++) seqs.push(await send(g, 'rc', i));
-  await seqsArrived(rec, seqs);
+  const before = [];
+  for (let i = 0; i < 5; i++) before.push(await send(g, 'rc', i));
+  await seqsArrived(rec, before);
+  const epoch = rec.notes[0].epoch;
   hold.on = true;
   await g.crash();
   await g.start();
-  for (let i = 5; i < 10; i++) seqs.push(await send(g, 'rc', i));
+  const afterCrash = [];
+  for (let i = 5; i < 10; i++) afterCrash.push(await send(g, 'rc', i));
   hold.on = false;
   await waitFor(() => rec.resumes.length >= 2, 15000 * SLOW, 'the resume after the crash');
   const last = rec.resumes.at(-1);
+  t.diagnostic(`after the crash: ${JSON.stringify(last)}`);
   if (last.recovered) {
-    await seqsArrived(rec, seqs);
-    assertExactlyOnce(rec, seqs, 'crash');
+    assert.equal(last.epoch, epoch);
+    await seqsArrived(rec, afterCrash);
+    assertExactlyOnce(rec, [...before, ...afterCrash], 'crash');
   } else {
-    // The mailbox did not survive: the app is told, and nothing is handed over twice.
-    const got = rec.notes.map((n) => `${n.epoch}/${n.seq}`);
-    assert.equal(new Set(got).size, got.length);
+    // The mailbox started a new epoch: the app is told, keeps what it had, and gets the new
+    // epoch's notifications once each, in order.
+    assert.notEqual(last.epoch, epoch);
+    await waitFor(() => rec.notes.filter((n) => n.epoch === last.epoch).length >= afterCrash.length, 15000 * SLOW,
+      'the new epoch\'s notifications');
+    const old = rec.notes.filter((n) => n.epoch === epoch).map((n) => n.seq);
+    const now = rec.notes.filter((n) => n.epoch === last.epoch).map((n) => n.seq);
+    assert.deepEqual(old, before);
+    assert.deepEqual(now, afterCrash);
+    assert.equal(rec.notes.length, before.length + afterCrash.length);
   }
 });
 
