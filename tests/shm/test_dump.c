@@ -166,6 +166,13 @@ Test(dump, json_matches_what_was_written)
     cr_assert(json_is_true(json_object_get(json_array_get(w, 0), "alive")));
     cr_assert_eq(json_integer_value(json_object_get(json_array_get(w, 1), "pid")), f.dead);
     cr_assert(json_is_false(json_object_get(json_array_get(w, 1), "alive")));
+    cr_assert(json_is_false(json_object_get(json_array_get(w, 0), "hung")));
+    json_decref(j);
+    atomic_store(&reg.hdr->workers[0].hung_ns, T0); /* the supervisor declared it hung */
+    j = dump_json(NULL);
+    w = json_object_get(j, "workers");
+    cr_assert(json_is_true(json_object_get(json_array_get(w, 0), "hung")), "hung_ns shows");
+    atomic_store(&reg.hdr->workers[0].hung_ns, 0);
     json_t *conns = json_object_get(j, "connections");
     cr_assert_eq(json_array_size(conns), 4);
     int seen[4] = {0};

@@ -91,6 +91,12 @@ static int proc_alive(const struct th_proc_sh *p)
     return pid > 0 && th_pid_alive(pid);
 }
 
+/* Declared hung by the supervisor (stopped, or its heartbeat --hung-after old). */
+static int proc_hung(const struct th_proc_sh *p)
+{
+    return atomic_load(&p->pid) > 0 && atomic_load(&p->hung_ns) != 0;
+}
+
 static double age_s(uint64_t now, uint64_t then)
 {
     return now > then ? (double)(now - then) / 1e9 : 0.0;
@@ -136,11 +142,12 @@ static void text_header(const struct th_reg *r, const char *name)
     printf("index %u buckets, %u unindexed slots  stale after %us, sweep every %us\n", h->nbuckets,
            atomic_load(&h->unindexed), h->stale_after_s, h->sweep_every_s);
     for (int i = 0; i < TH_ROLE_COUNT; i++)
-        printf("%-10s pid %-8d %s\n", role_name(i), (int)atomic_load(&h->roles[i].pid),
-               proc_alive(&h->roles[i]) ? "alive" : "dead");
+        printf("%-10s pid %-8d %s%s\n", role_name(i), (int)atomic_load(&h->roles[i].pid),
+               proc_alive(&h->roles[i]) ? "alive" : "dead", proc_hung(&h->roles[i]) ? " HUNG" : "");
     for (uint32_t w = 0; w < h->nworkers && w < TH_MAX_WORKERS; w++)
-        printf("worker %-3u pid %-8d %s  restarts %llu\n", w, (int)atomic_load(&h->workers[w].pid),
-               proc_alive(&h->workers[w]) ? "alive" : "dead",
+        printf("worker %-3u pid %-8d %s%s  restarts %llu\n", w,
+               (int)atomic_load(&h->workers[w].pid), proc_alive(&h->workers[w]) ? "alive" : "dead",
+               proc_hung(&h->workers[w]) ? " HUNG" : "",
                (unsigned long long)atomic_load(&h->workers[w].restarts));
 }
 
@@ -220,9 +227,10 @@ static json_t *json_time(uint64_t ns)
 /* One process entry; key/val (the worker index or the role name) goes first. */
 static json_t *json_proc(const struct th_proc_sh *p, const char *key, json_t *val)
 {
-    return json_pack("{s:o,s:i,s:b,s:o,s:o,s:I}", key, val, "pid", (int)atomic_load(&p->pid),
-                     "alive", proc_alive(p), "started", json_time(atomic_load(&p->started_ns)),
-                     "heartbeat", json_time(atomic_load(&p->heartbeat_ns)), "restarts",
+    return json_pack("{s:o,s:i,s:b,s:b,s:o,s:o,s:I}", key, val, "pid", (int)atomic_load(&p->pid),
+                     "alive", proc_alive(p), "hung", proc_hung(p), "started",
+                     json_time(atomic_load(&p->started_ns)), "heartbeat",
+                     json_time(atomic_load(&p->heartbeat_ns)), "restarts",
                      (json_int_t)atomic_load(&p->restarts));
 }
 
