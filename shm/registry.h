@@ -52,8 +52,37 @@
  *   dump. A dead writer leaves the last complete stamp (64-bit stores do not
  *   tear).
  *
- * slot user/user_hash/conn_id/connected_at/bucket: written only while the
- *   slot is CLAIMING by the claimer; read under the ctl seqlock above.
+ * slot user/user_hash/conn_id/connected_at/bucket/ticket: written only
+ *   while the slot is CLAIMING by the claimer; read under the ctl seqlock.
+ *
+ * THE PER-USER CAP (--max-conns-per-user N) holds however claims interleave,
+ *   across processes, without a lock. A claimer (1) fills its slot and index
+ *   entry, (2) takes a ticket from hdr->tickets (one fetch_add: tickets are
+ *   unique and totally ordered; "older" means a smaller ticket), (3)
+ *   publishes LIVE with a seq_cst store, then (4) repeats: gather the user's
+ *   live slots (seq_cst loads of buckets and ctl); if there are more than N,
+ *   release the one with the smallest ticket (by its handle, whoever owns
+ *   it) and gather again. Why it holds: the publish stores and the gather
+ *   loads are all seq_cst, so of any two claims of one user the later
+ *   publisher's gather sees the earlier one's slot (a store-then-load pair
+ *   that can otherwise miss each other through store buffers). The last
+ *   claim to publish therefore sees every live slot of the user and does not
+ *   stop before at most N remain; earlier claimers only ever remove the
+ *   smallest tickets, which the last one would remove too. A claimer whose
+ *   own ticket is the smallest past N releases its own slot (th_reg_claim
+ *   returns 1: the caller closes that connection with 4001 at once). The
+ *   released victims' owners learn it from the claimer (4001 through the
+ *   control socket); a worker also closes, each second, any connection whose
+ *   slot no longer carries its generation, so a lost request leaves no
+ *   socket without a slot for long. Over-eviction can happen only when a
+ *   victim was also being closed by its client at that moment.
+ *   Dead claimer: killed before (3), its slot is CLAIMING with a dead actor,
+ *   repaired as above and never counted. Killed after (3), its LIVE slot
+ *   belongs to its dead worker and is released by the same repair; until
+ *   then the user may hold one slot over N per such dead claimer (slots the
+ *   dead claim would have released were seen by any later claim, and the
+ *   dead claimer's own slot is the one that goes). Victims it released but
+ *   never told the owner about are closed by the owner's per-second check.
  *
  * index[] buckets (0 = empty, else th_index_entry(hash, slot): an occupied
  *   bit, the hash's top 7 bits, the slot in the low 24), in 64-byte lines of
@@ -132,7 +161,7 @@
 #include "shm/proto/userid.h" /* TH_USER_MAX */
 
 #define TH_REG_MAGIC 0x3147455248544554ULL /* "TETHREG1" little-endian */
-#define TH_REG_VERSION 1
+#define TH_REG_VERSION 2                   /* 2: slot ticket, hdr->tickets (the cap protocol) */
 #define TH_MAX_WORKERS 64
 #define TH_NO_SLOT UINT32_MAX
 
@@ -198,6 +227,7 @@ struct th_reg_hdr {
     _Atomic uint32_t ready;                /* 1 once initialisation finished */
     uint32_t stale_after_s, sweep_every_s; /* informational, for the dump */
     _Atomic uint64_t transitions;          /* bumped by every claim and release CAS */
+    _Atomic uint64_t tickets;              /* claim tickets: next one is tickets + 1 */
     struct th_proc_sh workers[TH_MAX_WORKERS];
     struct th_proc_sh roles[TH_ROLE_COUNT];
     struct th_counters_sh counters;
@@ -211,10 +241,13 @@ struct th_slot {
     _Atomic uint32_t conn_id; /* the owning worker's own connection index */
     _Atomic uint32_t bucket;  /* index bucket holding this slot, or TH_NO_SLOT */
     _Atomic uint32_t flags;   /* TH_SLOT_F_UNINDEXED */
+    _Atomic uint64_t ticket;  /* claim order for the per-user cap (smaller = older) */
     char user[TH_USER_MAX]
         __attribute__((aligned(8))); /* words: see protocol; not NUL-terminated */
     _Atomic uint8_t user_len;
 } __attribute__((aligned(64)));
+
+_Static_assert(sizeof(struct th_slot) == 128, "a slot is two cache lines");
 
 #define TH_SLOT_F_UNINDEXED 1u
 
@@ -254,9 +287,13 @@ struct th_conn_info {
     uint32_t conn_id;
     uint64_t connected_at;
     uint64_t last_seen;
+    uint64_t ticket;
     size_t user_len;
     char user[TH_USER_MAX + 1]; /* NUL-terminated copy */
 };
+
+/* A connection a claim released to keep its user within the cap (the caller closes it, 4001). */
+typedef void (*th_reg_evict_fn)(const struct th_conn_info *victim, void *arg);
 
 /* Bytes the segment needs for nslots; 0 on overflow. */
 size_t th_reg_layout(uint32_t nslots, struct th_reg_hdr *out_hdr_template);
@@ -279,17 +316,20 @@ int th_reg_unlink(const char *name);
 
 /*
  * Claim a slot for (user, worker, conn_id) with connected_at = last_seen = now.
- * If the user then has more than cap live connections, *evict receives the
- * oldest other one (the caller must close it with 4001), else
- * evict->slot = TH_NO_SLOT. cap 0 means no cap. evict may be NULL. Two
- * simultaneous claims of one user may both pick the same victim, so the cap
- * can be exceeded by one for a moment. Returns 0, -ENOSPC when the registry
- * is full (HTTP 503), -EINVAL for a bad user id (empty, over 64 bytes) or a
- * worker index >= TH_MAX_WORKERS, -EROFS on a read-only mapping. Counters
- * (connections_opened, registry_full, ...) are the caller's to bump.
+ * With cap > 0 the user then holds at most cap live slots (see THE PER-USER
+ * CAP above): each older slot released to get there is passed to evicted(),
+ * if given, after its release (its owner must be told to close it with
+ * 4001; counters are the caller's). Returns 0 (*out holds the slot), 1 when
+ * the new slot itself was the oldest past the cap and is already released
+ * (*out names it; the caller completes the upgrade and closes with 4001, or
+ * refuses), -ENOSPC when the registry is full (HTTP 503), -EINVAL for a bad
+ * user id (empty, over 64 bytes) or a worker index >= TH_MAX_WORKERS, -EROFS
+ * on a read-only mapping. Counters (connections_opened, registry_full, ...)
+ * are the caller's to bump.
  */
 int th_reg_claim(struct th_reg *r, const char *user, size_t ulen, uint16_t worker, uint32_t conn_id,
-                 uint64_t now_ns, uint32_t cap, struct th_handle *out, struct th_handle *evict);
+                 uint64_t now_ns, uint32_t cap, struct th_handle *out, th_reg_evict_fn evicted,
+                 void *arg);
 
 /* LastSeen := now. One relaxed store: the worker owns the slot. */
 static inline void th_reg_touch(struct th_reg *r, struct th_handle h, uint64_t now_ns)

@@ -21,7 +21,9 @@ static int read_slot(const struct th_reg *r, uint32_t i, struct th_conn_info *ou
                      uint32_t *flags)
 {
     struct th_slot *s = &r->slots[i];
-    uint64_t c1 = atomic_load_explicit(&s->ctl, memory_order_acquire);
+    /* seq_cst (a plain move on x86): the cap protocol's gather must see every
+     * slot published before its own claim's seq_cst publish. */
+    uint64_t c1 = atomic_load_explicit(&s->ctl, memory_order_seq_cst);
     if (th_ctl_state(c1) != TH_SLOT_LIVE)
         return 0;
     out->slot = i;
@@ -32,6 +34,7 @@ static int read_slot(const struct th_reg *r, uint32_t i, struct th_conn_info *ou
     out->conn_id = atomic_load_explicit(&s->conn_id, ACQ);
     out->connected_at = atomic_load_explicit(&s->connected_at, ACQ);
     out->last_seen = atomic_load_explicit(&s->last_seen, ACQ);
+    out->ticket = atomic_load_explicit(&s->ticket, ACQ);
     *hash = atomic_load_explicit(&s->user_hash, ACQ);
     *flags = atomic_load_explicit(&s->flags, ACQ);
     size_t len = atomic_load_explicit(&s->user_len, ACQ);
@@ -62,6 +65,7 @@ uint64_t th_reg_peek(const struct th_reg *r, uint32_t i, struct th_conn_info *ou
     out->conn_id = atomic_load_explicit(&s->conn_id, RELAXED);
     out->connected_at = atomic_load_explicit(&s->connected_at, RELAXED);
     out->last_seen = atomic_load_explicit(&s->last_seen, RELAXED);
+    out->ticket = atomic_load_explicit(&s->ticket, RELAXED);
     th_user_load(out->user, s->user);
     out->user_len = len > TH_USER_MAX ? TH_USER_MAX : len;
     out->user[out->user_len] = 0;
@@ -136,7 +140,9 @@ static int each_user_slot(const struct th_reg *r, const struct user_key *k, th_r
     __builtin_prefetch(&r->index[th_reg_bucket(r, k->hash, 0)]);
     __builtin_prefetch(&r->index[th_reg_bucket(r, k->hash, TH_REG_LINE)]);
     for (uint32_t j = 0; j < TH_REG_WINDOW; j++) {
-        uint32_t v = atomic_load_explicit(&r->index[th_reg_bucket(r, k->hash, j)], RELAXED);
+        /* seq_cst for the cap protocol (see read_slot); a plain move on x86. */
+        uint32_t v =
+            atomic_load_explicit(&r->index[th_reg_bucket(r, k->hash, j)], memory_order_seq_cst);
         if (v && th_index_tag_matches(v, k->hash) && th_index_slot(v) < n &&
             !seen(cand, nc, th_index_slot(v))) {
             cand[nc++] = th_index_slot(v);
@@ -152,7 +158,7 @@ static int each_user_slot(const struct th_reg *r, const struct user_key *k, th_r
         if (rc)
             return rc;
     }
-    if (atomic_load_explicit(&r->hdr->unindexed, memory_order_acquire) == 0)
+    if (atomic_load_explicit(&r->hdr->unindexed, memory_order_seq_cst) == 0)
         return 0;
     return scan_unindexed(r, k, fn, arg);
 }
@@ -340,40 +346,50 @@ static void index_insert(struct th_reg *r, uint32_t i, uint32_t hash)
     atomic_store_explicit(&r->slots[i].flags, TH_SLOT_F_UNINDEXED, RELAXED);
 }
 
-struct oldest {
-    uint32_t self;
-    uint32_t others;
-    struct th_conn_info best;
+/* The user's live slots as one gather sees them: how many, and the oldest (smallest ticket). */
+struct census {
+    uint32_t live;
+    struct th_conn_info oldest;
 };
 
-static int note_oldest(const struct th_conn_info *ci, void *arg)
+static int count_live(const struct th_conn_info *ci, void *arg)
 {
-    struct oldest *o = arg;
-    if (ci->slot == o->self)
-        return 0;
-    if (o->others++ == 0 || ci->connected_at < o->best.connected_at ||
-        (ci->connected_at == o->best.connected_at && ci->slot < o->best.slot))
-        o->best = *ci;
+    struct census *c = arg;
+    if (c->live++ == 0 || ci->ticket < c->oldest.ticket)
+        c->oldest = *ci;
     return 0;
 }
 
-/* Past the cap, name the user's oldest other connection as the one to replace. */
-static void pick_evict(const struct th_reg *r, const struct user_key *k, uint32_t self,
-                       uint32_t cap, struct th_handle *evict)
+/*
+ * The cap protocol's step (4) (registry.h): release the oldest live slot of
+ * the user until at most cap remain. Each round releases one slot or loses
+ * the race for it to another releaser, so the loop ends; the bound only
+ * guards against a table being rewritten under us forever.
+ * Returns 1 if our own slot went, else 0.
+ */
+static int enforce_cap(struct th_reg *r, const struct user_key *k, struct th_handle self,
+                       uint32_t cap, th_reg_evict_fn evicted, void *arg)
 {
-    struct oldest o = {.self = self};
-    each_user_slot(r, k, note_oldest, &o);
-    if (o.others + 1 > cap) {
-        evict->slot = o.best.slot;
-        evict->gen = o.best.gen;
+    for (uint32_t round = 0; round < 4 * r->hdr->nslots + 64; round++) {
+        struct census c = {0};
+        each_user_slot(r, k, count_live, &c);
+        if (c.live <= cap)
+            return 0;
+        struct th_handle v = {c.oldest.slot, c.oldest.gen};
+        if (th_reg_release(r, v) < 0)
+            continue; /* released by someone else meanwhile: look again */
+        if (v.slot == self.slot && v.gen == self.gen)
+            return 1;
+        if (evicted)
+            evicted(&c.oldest, arg);
     }
+    return 0;
 }
 
 int th_reg_claim(struct th_reg *r, const char *user, size_t ulen, uint16_t worker, uint32_t conn_id,
-                 uint64_t now_ns, uint32_t cap, struct th_handle *out, struct th_handle *evict)
+                 uint64_t now_ns, uint32_t cap, struct th_handle *out, th_reg_evict_fn evicted,
+                 void *arg)
 {
-    if (evict)
-        *evict = (struct th_handle){TH_NO_SLOT, 0};
     if (!valid_user(user, ulen) || worker >= TH_MAX_WORKERS)
         return -EINVAL;
     if (!r->writable)
@@ -385,11 +401,14 @@ int th_reg_claim(struct th_reg *r, const char *user, size_t ulen, uint16_t worke
         return -ENOSPC;
     fill_slot(&r->slots[i], &k, conn_id, now_ns);
     index_insert(r, i, k.hash);
+    uint64_t ticket = atomic_fetch_add(&r->hdr->tickets, 1) + 1;
+    atomic_store_explicit(&r->slots[i].ticket, ticket, REL);
+    /* seq_cst, not just release: see THE PER-USER CAP in registry.h. */
     atomic_store_explicit(&r->slots[i].ctl, th_ctl_make(th_ctl_gen(c), worker, TH_SLOT_LIVE),
-                          memory_order_release);
+                          memory_order_seq_cst);
     *out = (struct th_handle){i, th_ctl_gen(c)};
-    if (cap && evict)
-        pick_evict(r, &k, i, cap, evict);
+    if (cap && enforce_cap(r, &k, *out, cap, evicted, arg))
+        return 1;
     return 0;
 }
 

@@ -322,9 +322,30 @@ void wk_conn_maybe_free(struct worker *w, uint32_t idx)
     w->live--;
 }
 
+/* Does the registry slot still carry this connection's generation, LIVE? */
+static int slot_still_ours(const struct worker *w, const struct conn *c)
+{
+    uint64_t ctl = atomic_load_explicit(&w->reg->slots[c->h.slot].ctl, memory_order_relaxed);
+    return th_ctl_gen(ctl) == c->h.gen && th_ctl_state(ctl) == TH_SLOT_LIVE;
+}
+
+/*
+ * Someone released our slot: a claim of the same user over the cap whose
+ * 4001 request never arrived (its claimer died, or our control socket was
+ * full), or the janitor while we did not answer. Either way the connection
+ * no longer gets notifications, so it must not stay open looking connected.
+ */
+static void lost_slot(struct worker *w, uint32_t i)
+{
+    w->conns[i].flags &= ~CF_REGISTERED;
+    th_debug("connection %u lost registry slot %u: closing it as replaced", i, w->conns[i].h.slot);
+    wk_conn_close(w, i, TH_WS_REPLACED);
+}
+
 /*
  * Once a second: handshakes over 10 s (slowloris), closing connections past
- * their deadline, tokens past exp (1008). A linear pass over the used part
+ * their deadline, tokens past exp (1008), connections whose slot was released
+ * by someone else (4001). A linear pass over the used part
  * of the table: about 20,000 compares a second at most, no timer per
  * connection and no extra memory per connection.
  */
@@ -345,6 +366,8 @@ void wk_conn_tick(struct worker *w)
         case CS_OPEN:
             if (c->exp_s && wall_s >= c->exp_s)
                 wk_conn_close(w, i, TH_WS_POLICY);
+            else if ((c->flags & CF_REGISTERED) && !slot_still_ours(w, c))
+                lost_slot(w, i);
             break;
         default:
             break;

@@ -123,9 +123,26 @@ static int lookup(struct worker *w, uint32_t slot, uint32_t gen)
     return (int)idx;
 }
 
+/*
+ * A close request for a slot that may already be released (the per-user
+ * cap): the connection is named by index and recognised by the handle it
+ * holds, which no other connection can hold.
+ */
+static int lookup_conn(struct worker *w, uint32_t conn1, uint32_t slot, uint32_t gen)
+{
+    if (conn1 == 0 || conn1 - 1 >= w->high)
+        return -1;
+    struct conn *c = &w->conns[conn1 - 1];
+    if (!(c->flags & CF_REGISTERED) || c->h.slot != slot || c->h.gen != gen)
+        return -1;
+    return (int)(conn1 - 1);
+}
+
 static uint16_t handle(struct worker *w, const struct th_ho_msg *m, const uint8_t *payload)
 {
     int idx = lookup(w, m->slot, m->gen);
+    if (idx < 0 && m->type == TH_HO_CLOSE)
+        idx = lookup_conn(w, m->conn, m->slot, m->gen);
     if (m->type == TH_HO_DELIVER) {
         if (idx < 0)
             return TH_HO_GONE;
@@ -199,7 +216,8 @@ void wk_ctl_on_poll(struct worker *w, uint32_t i, uint32_t gen, int res)
     arm_poll(w, i);
 }
 
-int wk_peer_close(struct worker *w, unsigned peer, struct th_handle h, uint16_t code)
+int wk_peer_close(struct worker *w, unsigned peer, struct th_handle h, uint32_t conn_id,
+                  uint16_t code)
 {
     static uint64_t seq;
     struct th_ho_msg m = {.magic = TH_HO_MAGIC,
@@ -207,7 +225,8 @@ int wk_peer_close(struct worker *w, unsigned peer, struct th_handle h, uint16_t 
                           .code = code,
                           .slot = h.slot,
                           .gen = h.gen,
-                          .seq = ++seq};
+                          .seq = ++seq,
+                          .conn = conn_id + 1};
     if (peer >= TH_MAX_WORKERS)
         return -EINVAL;
     for (int attempt = 0; attempt < 2; attempt++) {

@@ -149,22 +149,23 @@ void wk_ws_input(struct worker *w, uint32_t idx, uint8_t *p, size_t n)
 }
 
 /*
- * Close a connection that a claim pushed over the per-user cap: directly when
- * it is ours, else through its worker's control socket (fire-and-forget).
+ * Close a connection whose slot a claim released for the per-user cap:
+ * directly when it is ours, else through its worker's control socket
+ * (fire-and-forget; the owner's per-second slot check is the fallback).
  */
-void wk_evict(struct worker *w, struct th_handle victim, uint16_t code)
+void wk_evict(struct worker *w, const struct th_conn_info *victim, uint16_t code)
 {
-    struct th_conn_info ci;
-    if (!th_reg_read(w->reg, victim.slot, &ci) || ci.gen != victim.gen)
-        return; /* already gone */
-    if (ci.worker != w->index) {
-        if (wk_peer_close(w, ci.worker, victim, code) < 0)
-            th_warn("could not ask worker %u to close slot %u", ci.worker, victim.slot);
+    struct th_handle h = {victim->slot, victim->gen};
+    if (victim->worker != w->index) {
+        if (wk_peer_close(w, victim->worker, h, victim->conn_id, code) < 0)
+            th_warn("could not ask worker %u to close slot %u", victim->worker, victim->slot);
         return;
     }
-    if (ci.conn_id >= w->high)
+    if (victim->conn_id >= w->high)
         return;
-    struct conn *c = &w->conns[ci.conn_id];
-    if ((c->flags & CF_REGISTERED) && c->h.slot == victim.slot && c->h.gen == victim.gen)
-        wk_conn_close(w, ci.conn_id, code);
+    struct conn *c = &w->conns[victim->conn_id];
+    if ((c->flags & CF_REGISTERED) && c->h.slot == h.slot && c->h.gen == h.gen) {
+        c->flags &= ~CF_REGISTERED; /* released by the claim already */
+        wk_conn_close(w, victim->conn_id, code);
+    }
 }

@@ -99,13 +99,23 @@ static int check_upgrade(const struct th_http_req *req, const struct th_str **ke
     return 0;
 }
 
+/* A slot the claim released to keep the user within the cap: close it with 4001. */
+static void on_evicted(const struct th_conn_info *victim, void *arg)
+{
+    struct worker *w = arg;
+    struct th_counters_sh *ctr = &w->reg->hdr->counters;
+    atomic_fetch_add_explicit(&ctr->replaced, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ctr->connections_closed, 1, memory_order_relaxed);
+    wk_evict(w, victim, TH_WS_REPLACED);
+}
+
 static void accept_upgrade(struct worker *w, uint32_t idx, const struct th_str *key,
                            const struct th_jwt_claims *cl, const struct th_resume_req *rr)
 {
     struct conn *c = &w->conns[idx];
-    struct th_handle h, evict;
+    struct th_handle h;
     int rc = th_reg_claim(w->reg, cl->sub, cl->sub_len, (uint16_t)w->index, idx, w->now_ns,
-                          w->cfg->max_conns_per_user, &h, &evict);
+                          w->cfg->max_conns_per_user, &h, on_evicted, w);
     if (rc == -ENOSPC) {
         atomic_fetch_add_explicit(&w->reg->hdr->counters.registry_full, 1, memory_order_relaxed);
         reply_error(w, idx, 503, "registry full");
@@ -117,7 +127,7 @@ static void accept_upgrade(struct worker *w, uint32_t idx, const struct th_str *
         return;
     }
     c->h = h;
-    c->flags |= CF_REGISTERED;
+    c->flags |= rc == 0 ? CF_REGISTERED : 0;
     c->state = CS_OPEN;
     c->deadline_s = 0;
     c->exp_s = cl->exp <= 0 ? 0 : cl->exp > UINT32_MAX ? UINT32_MAX : (uint32_t)cl->exp;
@@ -130,11 +140,16 @@ static void accept_upgrade(struct worker *w, uint32_t idx, const struct th_str *
                      acc);
     wk_conn_send(w, idx, resp, (size_t)n);
     th_info("[WebSocket] User %s connected and added to registry", cl->sub);
-    wk_resume_start(w, idx, rr, cl->sub, cl->sub_len); /* after the claim: see worker/resume.c */
-    if (evict.slot != TH_NO_SLOT) {
-        atomic_fetch_add_explicit(&w->reg->hdr->counters.replaced, 1, memory_order_relaxed);
-        wk_evict(w, evict, TH_WS_REPLACED);
+    if (rc == 1) {
+        /* Newer connections of this user took the cap while we claimed: this
+         * one is the oldest, so it is the one replaced (already released). */
+        struct th_counters_sh *ctr = &w->reg->hdr->counters;
+        atomic_fetch_add_explicit(&ctr->replaced, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&ctr->connections_closed, 1, memory_order_relaxed);
+        wk_conn_close(w, idx, TH_WS_REPLACED);
+        return;
     }
+    wk_resume_start(w, idx, rr, cl->sub, cl->sub_len); /* after the claim: see worker/resume.c */
 }
 
 /* A complete head. Returns 1 when the connection is now a WebSocket. */

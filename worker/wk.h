@@ -195,7 +195,7 @@ void wk_http_reply(struct worker *w, uint32_t idx, int status, const char *extra
 
 /* session.c */
 void wk_ws_input(struct worker *w, uint32_t idx, uint8_t *p, size_t n);
-void wk_evict(struct worker *w, struct th_handle victim, uint16_t code);
+void wk_evict(struct worker *w, const struct th_conn_info *victim, uint16_t code);
 
 /* tls.c */
 int wk_tls_setup(struct worker *w);
@@ -210,7 +210,8 @@ int wk_ctl_listen(struct worker *w);
 void wk_ctl_arm_accept(struct worker *w);
 void wk_ctl_on_accept(struct worker *w, int res);
 void wk_ctl_on_poll(struct worker *w, uint32_t i, uint32_t gen, int res);
-int wk_peer_close(struct worker *w, unsigned peer, struct th_handle h, uint16_t code);
+int wk_peer_close(struct worker *w, unsigned peer, struct th_handle h, uint32_t conn_id,
+                  uint16_t code);
 void wk_ctl_shutdown(struct worker *w);
 
 #endif

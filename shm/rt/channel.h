@@ -43,7 +43,9 @@ struct th_ho_msg {
     uint32_t gen;
     uint64_t seq; /* chosen by the requester, echoed in the reply */
     uint32_t len; /* payload bytes following the header */
-    uint32_t reserved;
+    /* TH_HO_CLOSE: the owner's connection index + 1, for a slot a claimer
+     * already released for the per-user cap (0: find it through the slot). */
+    uint32_t conn;
     uint64_t nseq; /* TH_HO_DELIVER: the notification's per-user mailbox seq, 0 = none */
 };
 

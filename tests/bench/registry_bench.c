@@ -87,8 +87,7 @@ static int fill(struct bench *b)
     uint64_t now = th_now_ns();
     for (uint32_t i = 0; i < b->nlive; i++) {
         const char *u = b->users[i / 2];
-        struct th_handle ev;
-        if (th_reg_claim(&b->r, u, strlen(u), 0, i, now, 8, &b->live[i], &ev) < 0)
+        if (th_reg_claim(&b->r, u, strlen(u), 0, i, now, 8, &b->live[i], NULL, NULL) < 0)
             return -1;
         b->order[i] = i;
     }
@@ -129,8 +128,8 @@ static double bench_claim_release(struct bench *b, uint32_t n)
     uint64_t now = th_now_ns(), t0 = cpu_ns();
     for (uint32_t i = 0; i < n; i++) {
         const char *user = b->users[b->nusers + next_rand(&b->rng) % 1000000];
-        struct th_handle h, ev;
-        if (th_reg_claim(&b->r, user, strlen(user), 0, i, now, 8, &h, &ev) == 0)
+        struct th_handle h;
+        if (th_reg_claim(&b->r, user, strlen(user), 0, i, now, 8, &h, NULL, NULL) == 0)
             th_reg_release(&b->r, h);
     }
     return (double)(cpu_ns() - t0) / n;

@@ -53,9 +53,9 @@ int main(int argc, char **argv)
     uint32_t filled = 0;
     for (uint32_t i = 0; i < live; i++) {
         char user[32];
-        struct th_handle h, ev;
+        struct th_handle h;
         int n = snprintf(user, sizeof(user), "bench-user-%u", i);
-        filled += th_reg_claim(&reg, user, (size_t)n, 0, i, seen, 8, &h, &ev) == 0;
+        filled += th_reg_claim(&reg, user, (size_t)n, 0, i, seen, 8, &h, NULL, NULL) == 0;
     }
     printf("{\"slots\":%u,\"live\":%u,\"fill_ms\":%.1f", slots, filled,
            (double)(th_mono_ns() - t0) / 1e6);

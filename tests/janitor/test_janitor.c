@@ -163,8 +163,8 @@ static void fake_start(struct fake_worker *fw, unsigned w, enum fake_mode mode)
 
 static struct th_handle claim(const char *user, uint16_t w, uint64_t last_seen)
 {
-    struct th_handle h, ev;
-    int rc = th_reg_claim(&reg, user, strlen(user), w, 1, last_seen, 8, &h, &ev);
+    struct th_handle h;
+    int rc = th_reg_claim(&reg, user, strlen(user), w, 1, last_seen, 8, &h, NULL, NULL);
     cr_assert_eq(rc, 0, "claim %s: %d", user, rc);
     return h;
 }

@@ -36,10 +36,9 @@ static void publish_self(struct th_reg *r, unsigned w)
 
 static struct th_handle claim_ok(const char *user, uint16_t w, uint64_t now)
 {
-    struct th_handle h, ev;
-    int rc = th_reg_claim(&reg, user, strlen(user), w, 7, now, 0, &h, &ev);
+    struct th_handle h;
+    int rc = th_reg_claim(&reg, user, strlen(user), w, 7, now, 0, &h, NULL, NULL);
     cr_assert_eq(rc, 0, "claim %s: %d", user, rc);
-    cr_assert_eq(ev.slot, TH_NO_SLOT);
     return h;
 }
 
@@ -85,10 +84,10 @@ Test(registry, create_then_attach_read_write_and_read_only)
     struct th_conn_info ci;
     cr_assert_eq(th_reg_read(&ro, h.slot, &ci), 1);
     cr_assert_str_eq(ci.user, "alice");
-    struct th_handle h2, ev;
-    cr_assert_eq(th_reg_claim(&ro, "bob", 3, 0, 1, 1, 0, &h2, &ev), -EROFS);
+    struct th_handle h2;
+    cr_assert_eq(th_reg_claim(&ro, "bob", 3, 0, 1, 1, 0, &h2, NULL, NULL), -EROFS);
     cr_assert_eq(th_reg_release(&ro, h), -EROFS);
-    cr_assert_eq(th_reg_claim(&rw, "bob", 3, 0, 1, 1, 0, &h2, &ev), 0);
+    cr_assert_eq(th_reg_claim(&rw, "bob", 3, 0, 1, 1, 0, &h2, NULL, NULL), 0);
     cr_assert_eq(th_reg_find_user(&reg, "bob", 3, &ci, 1), 1);
     cr_assert_eq(atomic_load(&reg.hdr->used), 2);
     cr_assert_eq(atomic_load(&reg.hdr->ready), 1);
@@ -210,10 +209,10 @@ Test(registry, create_takes_over_segment_of_a_dead_group)
     pid_t p = fork();
     if (p == 0) {
         struct th_reg r;
-        struct th_handle h, ev;
+        struct th_handle h;
         char err[256];
         if (th_reg_create(&r, name, 32, err, sizeof(err)) ||
-            th_reg_claim(&r, "ghost", 5, 0, 1, 1, 0, &h, &ev))
+            th_reg_claim(&r, "ghost", 5, 0, 1, 1, 0, &h, NULL, NULL))
             _exit(1);
         write(pipefd[1], &r.hdr->boot_epoch, 8);
         _exit(0); /* dies holding the segment, like a SIGKILLed supervisor */
@@ -225,8 +224,8 @@ Test(registry, create_takes_over_segment_of_a_dead_group)
     struct th_reg orphan; /* a process of the old group that outlived its supervisor */
     cr_assert_eq(th_reg_attach(&orphan, name, 1, err, sizeof(err)), 0, "%s", err);
     cr_assert_eq(th_reg_create(&reg, name, 64, err, sizeof(err)), 0, "%s", err);
-    struct th_handle oh, oev;
-    cr_assert_eq(th_reg_claim(&orphan, "orphan", 6, 0, 1, 1, 0, &oh, &oev), 0);
+    struct th_handle oh;
+    cr_assert_eq(th_reg_claim(&orphan, "orphan", 6, 0, 1, 1, 0, &oh, NULL, NULL), 0);
     struct th_conn_info oci;
     cr_assert_eq(th_reg_find_user(&reg, "orphan", 6, &oci, 1), 0, "the old group writes elsewhere");
     th_reg_detach(&orphan);
@@ -307,17 +306,18 @@ Test(registry, full_table_gives_enospc_then_recovers)
 {
     reg_test_create(&reg, name, sizeof(name), "full", 100);
     publish_self(&reg, 0);
-    struct th_handle h[100], x, ev;
+    struct th_handle h[100], x;
     char user[TH_USER_MAX + 1];
     for (uint32_t k = 0; k < 100; k++) {
         size_t len = test_user(k, user);
-        cr_assert_eq(th_reg_claim(&reg, user, len, 0, k, 1, 0, &h[k], &ev), 0, "claim %u", k);
+        cr_assert_eq(th_reg_claim(&reg, user, len, 0, k, 1, 0, &h[k], NULL, NULL), 0, "claim %u",
+                     k);
     }
     cr_assert_eq(atomic_load(&reg.hdr->used), 100);
-    cr_assert_eq(th_reg_claim(&reg, "late", 4, 0, 0, 1, 0, &x, &ev), -ENOSPC);
+    cr_assert_eq(th_reg_claim(&reg, "late", 4, 0, 0, 1, 0, &x, NULL, NULL), -ENOSPC);
     cr_assert_eq(th_reg_release(&reg, h[42]), 0);
     cr_assert_eq(atomic_load(&reg.hdr->used), 99);
-    cr_assert_eq(th_reg_claim(&reg, "late", 4, 0, 0, 1, 0, &x, &ev), 0);
+    cr_assert_eq(th_reg_claim(&reg, "late", 4, 0, 0, 1, 0, &x, NULL, NULL), 0);
     cr_assert_eq(x.slot, h[42].slot, "the only free slot");
     cr_assert_eq(th_reg_count_used(&reg), 100);
 }
@@ -329,18 +329,18 @@ Test(registry, user_id_lengths)
     char u64[TH_USER_MAX + 2];
     memset(u64, 'x', sizeof(u64));
     u64[TH_USER_MAX - 1] = 'y';
-    struct th_handle h, ev;
-    cr_assert_eq(th_reg_claim(&reg, u64, TH_USER_MAX, 0, 1, 1, 0, &h, &ev), 0);
+    struct th_handle h;
+    cr_assert_eq(th_reg_claim(&reg, u64, TH_USER_MAX, 0, 1, 1, 0, &h, NULL, NULL), 0);
     struct th_conn_info ci[2];
     cr_assert_eq(th_reg_find_user(&reg, u64, TH_USER_MAX, ci, 2), 1);
     cr_assert_eq(ci[0].user_len, TH_USER_MAX);
     cr_assert_eq(strlen(ci[0].user), TH_USER_MAX, "copy is NUL-terminated");
     cr_assert_eq(memcmp(ci[0].user, u64, TH_USER_MAX), 0);
     cr_assert_eq(th_reg_find_user(&reg, u64, TH_USER_MAX - 1, ci, 2), 0, "prefix is another user");
-    cr_assert_eq(th_reg_claim(&reg, u64, TH_USER_MAX + 1, 0, 1, 1, 0, &h, &ev), -EINVAL);
-    cr_assert_eq(th_reg_claim(&reg, "", 0, 0, 1, 1, 0, &h, &ev), -EINVAL);
-    cr_assert_eq(th_reg_claim(&reg, NULL, 3, 0, 1, 1, 0, &h, &ev), -EINVAL);
-    cr_assert_eq(th_reg_claim(&reg, "ok", 2, TH_MAX_WORKERS, 1, 1, 0, &h, &ev), -EINVAL);
+    cr_assert_eq(th_reg_claim(&reg, u64, TH_USER_MAX + 1, 0, 1, 1, 0, &h, NULL, NULL), -EINVAL);
+    cr_assert_eq(th_reg_claim(&reg, "", 0, 0, 1, 1, 0, &h, NULL, NULL), -EINVAL);
+    cr_assert_eq(th_reg_claim(&reg, NULL, 3, 0, 1, 1, 0, &h, NULL, NULL), -EINVAL);
+    cr_assert_eq(th_reg_claim(&reg, "ok", 2, TH_MAX_WORKERS, 1, 1, 0, &h, NULL, NULL), -EINVAL);
     cr_assert_eq(th_reg_find_user(&reg, u64, TH_USER_MAX + 1, ci, 2), 0);
     cr_assert_eq(atomic_load(&reg.hdr->used), 1, "refused claims cost nothing");
 }
@@ -350,9 +350,9 @@ Test(registry, ids_with_binary_bytes_and_shared_prefix_stay_apart)
     reg_test_create(&reg, name, sizeof(name), "bin", 16);
     publish_self(&reg, 0);
     const char a[] = {'a', 0, 'b'}, b[] = {'a', 0, 'c'};
-    struct th_handle h, ev;
-    cr_assert_eq(th_reg_claim(&reg, a, 3, 0, 1, 1, 0, &h, &ev), 0);
-    cr_assert_eq(th_reg_claim(&reg, b, 3, 0, 2, 1, 0, &h, &ev), 0);
+    struct th_handle h;
+    cr_assert_eq(th_reg_claim(&reg, a, 3, 0, 1, 1, 0, &h, NULL, NULL), 0);
+    cr_assert_eq(th_reg_claim(&reg, b, 3, 0, 2, 1, 0, &h, NULL, NULL), 0);
     claim_ok("a", 0, 1);
     struct th_conn_info ci[4];
     cr_assert_eq(th_reg_find_user(&reg, a, 3, ci, 4), 1);
@@ -361,27 +361,72 @@ Test(registry, ids_with_binary_bytes_and_shared_prefix_stay_apart)
     cr_assert_eq(ci[0].conn_id, 7);
 }
 
-Test(registry, per_user_cap_names_the_oldest_other_connection)
+/* Victims a claim released, as its callback saw them. */
+struct victims {
+    int n;
+    struct th_conn_info v[8];
+};
+
+static void note_victim(const struct th_conn_info *ci, void *arg)
+{
+    struct victims *vs = arg;
+    if (vs->n < 8)
+        vs->v[vs->n] = *ci;
+    vs->n++;
+}
+
+Test(registry, per_user_cap_releases_the_oldest_connection)
 {
     reg_test_create(&reg, name, sizeof(name), "cap", 32);
     publish_self(&reg, 0);
-    struct th_handle h[4], ev, other;
-    const uint64_t at[3] = {300, 100, 200}; /* the second claim is the oldest */
+    struct th_handle h[6], other;
+    struct victims vs = {0};
+    /* connected_at out of order on purpose: claim order (the ticket) decides, not the clock. */
+    const uint64_t at[3] = {300, 100, 200};
     for (int i = 0; i < 3; i++)
-        cr_assert_eq(th_reg_claim(&reg, "u", 1, 0, i, at[i], 3, &h[i], &ev), 0);
-    cr_assert_eq(ev.slot, TH_NO_SLOT, "at the cap is fine");
-    cr_assert_eq(th_reg_claim(&reg, "v", 1, 0, 9, 50, 3, &other, &ev), 0);
-    cr_assert_eq(ev.slot, TH_NO_SLOT, "other users do not count");
-    cr_assert_eq(th_reg_claim(&reg, "u", 1, 0, 3, 400, 3, &h[3], &ev), 0);
-    cr_assert_eq(ev.slot, h[1].slot);
-    cr_assert_eq(ev.gen, h[1].gen);
+        cr_assert_eq(th_reg_claim(&reg, "u", 1, 0, i, at[i], 3, &h[i], note_victim, &vs), 0);
+    cr_assert_eq(vs.n, 0, "at the cap is fine");
+    cr_assert_eq(th_reg_claim(&reg, "v", 1, 0, 9, 50, 3, &other, note_victim, &vs), 0);
+    cr_assert_eq(vs.n, 0, "other users do not count");
+    cr_assert_eq(th_reg_claim(&reg, "u", 1, 2, 3, 400, 3, &h[3], note_victim, &vs), 0);
+    cr_assert_eq(vs.n, 1);
+    cr_assert_eq(vs.v[0].slot, h[0].slot, "the first claim is the oldest");
+    cr_assert_eq(vs.v[0].gen, h[0].gen);
+    cr_assert_eq(vs.v[0].worker, 0, "the owner to tell");
+    cr_assert_eq(vs.v[0].conn_id, 0);
     struct th_conn_info ci[8];
-    cr_assert_eq(th_reg_find_user(&reg, "u", 1, ci, 8), 4, "the caller closes the victim");
-    cr_assert_eq(th_reg_release(&reg, ev), 0);
-    cr_assert_eq(th_reg_find_user(&reg, "u", 1, ci, 8), 3);
-    cr_assert_eq(th_reg_claim(&reg, "u", 1, 0, 4, 600, 0, &h[1], &ev), 0);
-    cr_assert_eq(ev.slot, TH_NO_SLOT, "cap 0: no cap");
-    cr_assert_eq(th_reg_claim(&reg, "u", 1, 0, 5, 700, 0, &h[1], NULL), 0, "evict may be NULL");
+    cr_assert_eq(th_reg_find_user(&reg, "u", 1, ci, 8), 3, "released by the claim itself");
+    cr_assert_eq(th_reg_release(&reg, h[0]), -ESTALE, "the owner's own release is stale");
+    cr_assert_eq(atomic_load(&reg.hdr->used), 4);
+    cr_assert_eq(th_reg_claim(&reg, "u", 1, 0, 4, 600, 0, &h[4], note_victim, &vs), 0);
+    cr_assert_eq(vs.n, 1, "cap 0: no cap");
+    cr_assert_eq(th_reg_find_user(&reg, "u", 1, ci, 8), 4);
+    /* A lowered cap (a restart with a smaller flag) is restored by the next claim, oldest first. */
+    cr_assert_eq(th_reg_claim(&reg, "u", 1, 0, 5, 700, 2, &h[5], NULL, NULL), 0,
+                 "the callback may be NULL");
+    cr_assert_eq(th_reg_find_user(&reg, "u", 1, ci, 8), 2);
+    struct th_conn_info mine;
+    cr_assert(th_reg_read(&reg, h[5].slot, &mine) && th_reg_read(&reg, h[4].slot, &mine),
+              "the two newest stay");
+}
+
+Test(registry, a_claim_older_than_the_cap_releases_itself)
+{
+    reg_test_create(&reg, name, sizeof(name), "capself", 16);
+    publish_self(&reg, 0);
+    struct th_handle a, b, c;
+    struct victims vs = {0};
+    cr_assert_eq(th_reg_claim(&reg, "u", 1, 0, 1, 1, 0, &a, NULL, NULL), 0);
+    cr_assert_eq(th_reg_claim(&reg, "u", 1, 0, 2, 1, 0, &b, NULL, NULL), 0);
+    /* As if two claims that took later tickets than ours published first. */
+    atomic_store(&reg.slots[a.slot].ticket, 1000);
+    atomic_store(&reg.slots[b.slot].ticket, 1001);
+    cr_assert_eq(th_reg_claim(&reg, "u", 1, 0, 3, 1, 2, &c, note_victim, &vs), 1);
+    cr_assert_eq(vs.n, 0, "our own slot is not reported as a victim");
+    struct th_conn_info ci[4];
+    cr_assert_eq(th_reg_find_user(&reg, "u", 1, ci, 4), 2);
+    cr_assert_eq(th_reg_release(&reg, c), -ESTALE, "already released");
+    cr_assert_eq(atomic_load(&reg.hdr->used), 2, "nothing leaked");
 }
 
 Test(registry, generation_changes_on_reuse_and_stale_handles_fail)
@@ -423,9 +468,8 @@ Test(registry, touch_read_and_foreach)
     struct th_handle h[5];
     char user[TH_USER_MAX + 1];
     for (uint32_t k = 0; k < 5; k++) {
-        struct th_handle ev;
         size_t len = test_user(k, user);
-        cr_assert_eq(th_reg_claim(&reg, user, len, 3, 100 + k, 1000, 0, &h[k], &ev), 0);
+        cr_assert_eq(th_reg_claim(&reg, user, len, 3, 100 + k, 1000, 0, &h[k], NULL, NULL), 0);
     }
     th_reg_touch(&reg, h[2], 5000);
     struct th_conn_info ci;
@@ -621,18 +665,18 @@ Test(registry, repair_restores_lost_free_hints_and_counter_drift)
 {
     reg_test_create(&reg, name, sizeof(name), "hint", 8);
     publish_self(&reg, 0);
-    struct th_handle h[8], ev;
+    struct th_handle h[8];
     for (int i = 0; i < 7; i++)
         h[i] = claim_ok("z", 0, 1);
     uint32_t last = 0;
     while (th_ctl_state(atomic_load(&reg.slots[last].ctl)) != TH_SLOT_FREE)
         last++;
     atomic_fetch_and(&reg.freemap[0], ~(1ull << last)); /* a releaser died before the hint */
-    cr_assert_eq(th_reg_claim(&reg, "z", 1, 0, 1, 1, 0, &h[7], &ev), -ENOSPC);
+    cr_assert_eq(th_reg_claim(&reg, "z", 1, 0, 1, 1, 0, &h[7], NULL, NULL), -ENOSPC);
     atomic_store(&reg.hdr->used, 3); /* and a process died between CAS and count */
     cr_assert_eq(th_reg_repair(&reg), 0);
     cr_assert_eq(atomic_load(&reg.hdr->used), 7);
-    cr_assert_eq(th_reg_claim(&reg, "z", 1, 0, 1, 1, 0, &h[7], &ev), 0);
+    cr_assert_eq(th_reg_claim(&reg, "z", 1, 0, 1, 1, 0, &h[7], NULL, NULL), 0);
     cr_assert_eq(h[7].slot, last);
 }
 

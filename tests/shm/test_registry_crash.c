@@ -51,9 +51,8 @@ static void writer_step(struct th_reg *r, uint16_t w, uint64_t *rng, struct th_h
     if (*n > 0 && dice < 2) {
         th_reg_touch(r, h[next_rand(rng) % (uint32_t)*n], th_now_ns());
     } else if (*n < HOLD && dice < 5) {
-        struct th_handle ev;
         size_t len = test_user(next_rand(rng) % POOL, user);
-        if (th_reg_claim(r, user, len, w, 0, th_now_ns(), 3, &h[*n], &ev) == 0)
+        if (th_reg_claim(r, user, len, w, 0, th_now_ns(), 3, &h[*n], NULL, NULL) == 0)
             (*n)++;
     } else if (*n > 0) {
         int i = (int)(next_rand(rng) % (uint32_t)*n);
@@ -151,9 +150,8 @@ static void check_slots(void)
 static void check_all_claimable(void)
 {
     static struct th_handle h[NSLOTS];
-    struct th_handle ev;
     uint32_t n = 0;
-    while (th_reg_claim(&reg, "refill", 6, KEEPER_WORKER, 0, 1, 0, &h[n], &ev) == 0)
+    while (th_reg_claim(&reg, "refill", 6, KEEPER_WORKER, 0, 1, 0, &h[n], NULL, NULL) == 0)
         n++;
     check(n == NSLOTS - KEEPERS, "claimed %u free slots, expected %d", n, NSLOTS - KEEPERS);
     for (uint32_t i = 0; i < n; i++)
@@ -243,9 +241,8 @@ int main(void)
     atomic_store(&reg.hdr->workers[KEEPER_WORKER].pid, getpid());
     for (int k = 0; k < KEEPERS; k++) {
         char user[TH_USER_MAX + 1];
-        struct th_handle ev;
         size_t len = test_user(5000 + (uint32_t)k, user);
-        check(th_reg_claim(&reg, user, len, KEEPER_WORKER, 0, 1, 0, &keepers[k], &ev) == 0,
+        check(th_reg_claim(&reg, user, len, KEEPER_WORKER, 0, 1, 0, &keepers[k], NULL, NULL) == 0,
               "keeper");
     }
     uint64_t rng = 0x2545F4914F6CDD1Dull;

@@ -78,10 +78,9 @@ static void writer_claim(struct writer *wr, unsigned u)
     char user[TH_USER_MAX + 1];
     uint32_t k = user_key(wr->w, u);
     size_t len = test_user(k, user);
-    struct th_handle ev;
     atomic_fetch_add(&claims_started[k], 1); /* before the claim: readers bound by it */
-    int rc =
-        th_reg_claim(&wr->r, user, len, (uint16_t)wr->w, k, ++wr->now, 0, &wr->h[u][wr->n[u]], &ev);
+    int rc = th_reg_claim(&wr->r, user, len, (uint16_t)wr->w, k, ++wr->now, 0, &wr->h[u][wr->n[u]],
+                          NULL, NULL);
     if (rc != 0)
         wr->errors++;
     else
