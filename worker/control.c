@@ -36,9 +36,10 @@ int wk_ctl_listen(struct worker *w)
         th_error("control socket path for worker %u is too long", w->index);
         return -ENAMETOOLONG;
     }
-    int rc = th_mkdir_p(dir, 0700);
+    char why[320];
+    int rc = th_runtime_dir_prepare(dir, why, sizeof(why));
     if (rc < 0) {
-        th_error("mkdir %s: %s", dir, strerror(-rc));
+        th_error("%s", why);
         return rc;
     }
     strcpy(sa.sun_path, w->ctl_path);

@@ -7,21 +7,65 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-int th_runtime_dir(const char *shm_name, char *buf, size_t cap)
+int th_runtime_dir_pick(const char *shm_name, unsigned euid, const char *explicit_dir,
+                        const char *xdg, char *buf, size_t cap)
 {
     const char *name = shm_name[0] == '/' ? shm_name + 1 : shm_name;
-    const char *env = getenv("TETHER_RUNTIME_DIR");
     int n;
-    if (env && *env)
-        n = snprintf(buf, cap, "%s", env);
-    else if (geteuid() == 0)
+    if (explicit_dir && *explicit_dir)
+        n = snprintf(buf, cap, "%s", explicit_dir);
+    else if (euid == 0)
         n = snprintf(buf, cap, "/run/tether-%s", name);
+    else if (xdg && *xdg == '/')
+        n = snprintf(buf, cap, "%s/tether-%s", xdg, name);
     else
-        n = snprintf(buf, cap, "/tmp/tether-%u-%s", (unsigned)geteuid(), name);
+        n = snprintf(buf, cap, "/tmp/tether-%u-%s", euid, name);
     return n < 0 || (size_t)n >= cap ? -1 : 0;
+}
+
+int th_runtime_dir(const char *shm_name, char *buf, size_t cap)
+{
+    return th_runtime_dir_pick(shm_name, (unsigned)geteuid(), getenv("TETHER_RUNTIME_DIR"),
+                               getenv("XDG_RUNTIME_DIR"), buf, cap);
+}
+
+int th_runtime_dir_prepare(const char *dir, char *err, size_t errlen)
+{
+    struct stat st;
+    int rc = th_mkdir_p(dir, 0700);
+    if (rc < 0) {
+        snprintf(err, errlen, "runtime directory %s: mkdir: %s", dir, strerror(-rc));
+        return rc;
+    }
+    if (lstat(dir, &st) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "runtime directory %s: lstat: %s", dir, strerror(-rc));
+        return rc;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "runtime directory %s is %s, not a directory: remove it", dir,
+                 S_ISLNK(st.st_mode) ? "a symbolic link" : "a file");
+        return -ENOTDIR;
+    }
+    if (st.st_uid != geteuid()) {
+        snprintf(err, errlen,
+                 "runtime directory %s belongs to uid %u, not to us (uid %u): another user may "
+                 "have created it; remove it or set TETHER_RUNTIME_DIR",
+                 dir, (unsigned)st.st_uid, (unsigned)geteuid());
+        return -EPERM;
+    }
+    if (st.st_mode & 077) {
+        snprintf(err, errlen,
+                 "runtime directory %s has mode %04o: group or others could plant control "
+                 "sockets there; chmod 700 it or remove it",
+                 dir, (unsigned)(st.st_mode & 07777));
+        return -EPERM;
+    }
+    return 0;
 }
 
 int th_worker_sock_path(const char *shm_name, unsigned index, char *buf, size_t cap)

@@ -525,6 +525,8 @@ static void kill_stragglers(void)
 static void remove_runtime_files(void)
 {
     char path[TH_PATH_MAX];
+    if (!S.rundir[0])
+        return; /* never prepared (or refused as not ours): nothing of ours in it */
     for (uint32_t i = 0; i < S.cfg->workers; i++)
         if (th_worker_sock_path(S.cfg->shm_name, i, path, sizeof(path)) == 0)
             unlink(path);
@@ -565,11 +567,15 @@ static int start_up(const struct th_config *cfg)
         S.api_fd = open_listener("--api-listen", cfg->api_host, cfg->api_port);
     if (S.listen_fds[0] < 0 || S.api_fd < 0)
         goto fail;
-    if (th_runtime_dir(cfg->shm_name, S.rundir, sizeof(S.rundir)) < 0 ||
-        (rc = th_mkdir_p(S.rundir, 0700)) < 0) {
-        startup_error("runtime directory %s: %s", S.rundir,
-                      S.rundir[0] ? strerror(-rc) : "path too long");
+    char why[320];
+    if (th_runtime_dir(cfg->shm_name, S.rundir, sizeof(S.rundir)) < 0) {
+        startup_error("runtime directory for %s: path too long", cfg->shm_name);
         S.rundir[0] = '\0';
+        goto fail;
+    }
+    if (th_runtime_dir_prepare(S.rundir, why, sizeof(why)) < 0) {
+        startup_error("%s", why);
+        S.rundir[0] = '\0'; /* not ours: remove nothing in it */
         goto fail;
     }
     return 0;

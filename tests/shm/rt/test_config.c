@@ -8,6 +8,10 @@
 #include "shm/rt/paths.h"
 
 #include <criterion/criterion.h>
+
+#include <errno.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -148,4 +152,70 @@ Test(config, runtime_dir_follows_the_segment_name)
     cr_assert_eq(th_runtime_dir("/tether", buf, sizeof(buf)), 0);
     cr_assert(strstr(buf, "tether-tether") != NULL, "%s", buf);
     cr_assert_eq(th_runtime_dir("/tether", buf, 4), -1, "too small a buffer is refused");
+}
+
+Test(config, runtime_dir_choice)
+{
+    char buf[256];
+    cr_assert_eq(th_runtime_dir_pick("/t", 1000, "/x/y", "/run/user/1000", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "/x/y", "explicit first");
+    cr_assert_eq(th_runtime_dir_pick("/t", 0, NULL, "/run/user/0", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "/run/tether-t", "root");
+    cr_assert_eq(th_runtime_dir_pick("/t", 1000, "", "/run/user/1000", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "/run/user/1000/tether-t", "XDG_RUNTIME_DIR");
+    cr_assert_eq(th_runtime_dir_pick("/t", 1000, NULL, "relative", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "/tmp/tether-1000-t", "a relative XDG_RUNTIME_DIR is ignored");
+    cr_assert_eq(th_runtime_dir_pick("/t", 1000, NULL, NULL, buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "/tmp/tether-1000-t");
+}
+
+/* A scratch directory for the ownership tests, removed by the caller. */
+static void scratch(char *base, size_t cap)
+{
+    snprintf(base, cap, "/tmp/th-rundir-%d-XXXXXX", (int)getpid());
+    cr_assert_not_null(mkdtemp(base));
+}
+
+Test(config, runtime_dir_is_created_0700_and_accepted_again)
+{
+    char base[128], dir[192], why[320] = "";
+    struct stat st;
+    scratch(base, sizeof(base));
+    snprintf(dir, sizeof(dir), "%s/a/run", base);
+    cr_assert_eq(th_runtime_dir_prepare(dir, why, sizeof(why)), 0, "%s", why);
+    cr_assert_eq(lstat(dir, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0700);
+    cr_assert_eq(th_runtime_dir_prepare(dir, why, sizeof(why)), 0, "ours: accepted again: %s", why);
+    rmdir(dir);
+    snprintf(dir, sizeof(dir), "%s/a", base);
+    rmdir(dir);
+    rmdir(base);
+}
+
+Test(config, runtime_dir_refused_when_open_to_others_a_symlink_or_foreign)
+{
+    char base[128], dir[192], why[320] = "";
+    scratch(base, sizeof(base));
+    snprintf(dir, sizeof(dir), "%s/run", base);
+    cr_assert_eq(mkdir(dir, 0700), 0);
+    cr_assert_eq(chmod(dir, 0777), 0);
+    cr_assert_eq(th_runtime_dir_prepare(dir, why, sizeof(why)), -EPERM);
+    cr_assert(strstr(why, "mode 0777") && strstr(why, "chmod 700"), "%s", why);
+    cr_assert_eq(chmod(dir, 0750), 0);
+    cr_assert_eq(th_runtime_dir_prepare(dir, why, sizeof(why)), -EPERM, "group access: refused");
+    cr_assert_eq(chmod(dir, 0700), 0);
+    if (geteuid() == 0) { /* planted by another user */
+        cr_assert_eq(chown(dir, 65534, 65534), 0);
+        cr_assert_eq(th_runtime_dir_prepare(dir, why, sizeof(why)), -EPERM);
+        cr_assert(strstr(why, "belongs to uid 65534"), "%s", why);
+        cr_assert_eq(chown(dir, 0, 0), 0);
+    }
+    char link[224];
+    snprintf(link, sizeof(link), "%s/link", base);
+    cr_assert_eq(symlink(dir, link), 0);
+    cr_assert_eq(th_runtime_dir_prepare(link, why, sizeof(why)), -ENOTDIR);
+    cr_assert(strstr(why, "symbolic link"), "%s", why);
+    unlink(link);
+    rmdir(dir);
+    rmdir(base);
 }
