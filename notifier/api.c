@@ -316,6 +316,8 @@ int th_api_check_notify(json_t *obj, struct th_notify *out, char *err, size_t er
         return fail(err, errlen, "missing field: type");
     if (!json_is_string(t) || json_string_length(t) == 0)
         return fail(err, errlen, "type must be a non-empty string");
+    if (d && !json_is_null(d) && !json_is_object(d))
+        return fail(err, errlen, "data must be a JSON object");
     if (id && !json_is_null(id)) {
         size_t n = json_is_string(id) ? json_string_length(id) : 0;
         if (n == 0 || n > TH_API_MAX_ID || !no_controls(json_string_value(id), n))

@@ -68,7 +68,7 @@ static size_t find_head_end(struct th_http_req *req, const char *buf, size_t lim
 
 static int parse_version(const char *p, size_t n, int *minor)
 {
-    if (n != 8 || memcmp(p, "HTTP/1.", 7) != 0 || p[7] < '0' || p[7] > '9')
+    if (n != 8 || memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1'))
         return -1;
     *minor = p[7] - '0';
     return 0;

@@ -92,13 +92,13 @@ static long b64url_encode(const uint8_t *in, size_t n, char *out, size_t cap)
 }
 
 /* Decode a base64url part holding a JSON object. NULL when it is not one. */
-static json_t *decode_json_part(const char *p, size_t n)
+static json_t *decode_json_part(const char *p, size_t n, size_t flags)
 {
     uint8_t buf[TH_JWT_MAX_TOKEN];
     long len = b64url_decode(p, n, buf);
     if (len <= 0)
         return NULL;
-    json_t *j = json_loadb((const char *)buf, (size_t)len, JSON_REJECT_DUPLICATES, NULL);
+    json_t *j = json_loadb((const char *)buf, (size_t)len, JSON_REJECT_DUPLICATES | flags, NULL);
     if (j && !json_is_object(j)) {
         json_decref(j);
         return NULL;
@@ -108,7 +108,7 @@ static json_t *decode_json_part(const char *p, size_t n)
 
 static int check_header(const char *p, size_t n)
 {
-    json_t *h = decode_json_part(p, n);
+    json_t *h = decode_json_part(p, n, 0);
     if (!h)
         return TH_JWT_MALFORMED;
     const char *alg = json_string_value(json_object_get(h, "alg"));
@@ -140,7 +140,13 @@ static int check_signature(const char *token, size_t signed_len, const char *sig
     return TH_JWT_OK;
 }
 
-/* A numeric date claim: absent (0), a number (*v set), or TH_JWT_BAD_CLAIM. */
+/*
+ * A NumericDate claim: absent, or a JSON number (integer or fraction, RFC
+ * 7519) from 0 to TH_JWT_MAX_DATE; anything else is TH_JWT_BAD_CLAIM. One
+ * rule for every spelling: integers are decoded as doubles, so 2^63 and 1e30
+ * are refused alike instead of one failing to parse and the other meaning
+ * "never expires".
+ */
 static int get_time_claim(json_t *payload, const char *name, double *v, int *present)
 {
     json_t *c = json_object_get(payload, name);
@@ -150,6 +156,8 @@ static int get_time_claim(json_t *payload, const char *name, double *v, int *pre
     if (!json_is_number(c))
         return TH_JWT_BAD_CLAIM;
     *v = json_number_value(c);
+    if (!(*v >= 0 && *v <= TH_JWT_MAX_DATE))
+        return TH_JWT_BAD_CLAIM;
     return TH_JWT_OK;
 }
 
@@ -179,12 +187,12 @@ static int check_claims(json_t *payload, int64_t now_s, struct th_jwt_claims *ou
         rc = check_sub(payload, out);
     if (rc != TH_JWT_OK)
         return rc;
-    /* Compared as doubles: a huge or fractional exp must not overflow an int64_t. */
+    /* Compared as doubles: a fractional exp is allowed. */
     if (has_exp && (double)now_s >= exp)
         return TH_JWT_EXPIRED;
     if (has_nbf && (double)now_s < nbf)
         return TH_JWT_NOT_YET;
-    out->exp = !has_exp ? 0 : exp >= 9.2e18 ? INT64_MAX : (int64_t)exp;
+    out->exp = !has_exp ? 0 : (int64_t)exp; /* <= TH_JWT_MAX_DATE: fits */
     return TH_JWT_OK;
 }
 
@@ -204,7 +212,8 @@ int th_jwt_verify(const char *token, size_t len, const uint8_t *secret, size_t s
                              secret, secret_len);
     if (rc != TH_JWT_OK)
         return rc;
-    json_t *payload = decode_json_part(d1 + 1, (size_t)(d2 - d1 - 1));
+    json_t *payload = decode_json_part(d1 + 1, (size_t)(d2 - d1 - 1),
+                                       JSON_DECODE_INT_AS_REAL); /* one rule for 2^63 and 1e30 */
     if (!payload)
         return TH_JWT_MALFORMED;
     rc = check_claims(payload, now_s, out);
@@ -232,7 +241,7 @@ const char *th_jwt_strerror(int result)
     case TH_JWT_BAD_SUB:
         return "bad sub claim";
     case TH_JWT_BAD_CLAIM:
-        return "exp or nbf is not a number";
+        return "exp or nbf is not a date (seconds from 0 to 253402300799)";
     default:
         return "unknown JWT error";
     }

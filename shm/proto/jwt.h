@@ -34,6 +34,9 @@ struct th_jwt_claims {
     int64_t exp; /* 0 when absent */
 };
 
+/* Largest exp/nbf accepted: 9999-12-31T23:59:59Z in Unix seconds. */
+#define TH_JWT_MAX_DATE 253402300799.0
+
 /* Verify token[0..len) with the secret at now_s (Unix seconds). */
 int th_jwt_verify(const char *token, size_t len, const uint8_t *secret, size_t secret_len,
                   int64_t now_s, struct th_jwt_claims *out);

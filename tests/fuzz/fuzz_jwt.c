@@ -8,7 +8,7 @@
  *     reaches the claim checks, and the verdict must match a reference
  *     reading of the contract done here with jansson (alg exactly HS256, no
  *     crit, no duplicate keys, sub 1..64 bytes without control characters,
- *     exp/nbf numbers with now < exp and nbf <= now);
+ *     exp/nbf numbers from 0 to 253402300799 with now < exp and nbf <= now);
  *  2: the rest is a sub for th_jwt_sign; the token must verify to that sub
  *     when the sub is valid.
  */
@@ -78,6 +78,12 @@ static void mode_raw(const char *tok, size_t n)
     FUZZ_CHECK(sl == wl && memcmp(d2 + 1, want, wl) == 0, "OK with a signature HMAC does not give");
 }
 
+/* NumericDate: 0 to year 9999 (integers too large for jansson fail to load above). */
+static int date_ok(double v)
+{
+    return v >= 0 && v <= 253402300799.0;
+}
+
 /* The contract's verdict on a signed token made of these two JSON texts. */
 static int reference_ok(const char *h, size_t hn, const char *p, size_t pn, char *sub,
                         size_t *sub_len)
@@ -98,6 +104,8 @@ static int reference_ok(const char *h, size_t hn, const char *p, size_t pn, char
     if (!json_is_string(s) || !sub_ok(json_string_value(s), json_string_length(s)))
         goto out;
     if ((exp && !json_is_number(exp)) || (nbf && !json_is_number(nbf)))
+        goto out;
+    if ((exp && !date_ok(json_number_value(exp))) || (nbf && !date_ok(json_number_value(nbf))))
         goto out;
     if (exp && !(json_number_value(exp) > NOW))
         goto out;

@@ -172,11 +172,15 @@ Test(notify, valid_minimal_and_full)
     cr_assert_null(n.id);
     cr_assert_null(n.data);
     json_decref(root);
-    cr_assert_eq(check("{\"user_id\":\"u1\",\"type\":\"meal\",\"data\":[1,2],\"id\":\"abc\"}", &n,
-                       &root, err),
-                 0);
+    cr_assert_eq(
+        check("{\"user_id\":\"u1\",\"type\":\"meal\",\"data\":{\"a\":[1,2]},\"id\":\"abc\"}", &n,
+              &root, err),
+        0);
     cr_assert_eq(n.idlen, 3);
-    cr_assert(json_is_array(n.data));
+    cr_assert(json_is_object(n.data));
+    json_decref(root);
+    cr_assert_eq(check("{\"user_id\":\"u1\",\"type\":\"t\",\"data\":null}", &n, &root, err), 0);
+    cr_assert_null(n.data, "null data is no data");
     json_decref(root);
 }
 
@@ -199,6 +203,10 @@ Test(notify, errors_name_the_field)
         {"{\"user_id\":\"u\",\"type\":3}", "type"},
         {"{\"user_id\":\"u\",\"type\":\"t\",\"id\":5}", "id"},
         {"{\"user_id\":\"u\",\"type\":\"t\",\"id\":\"\"}", "id"},
+        {"{\"user_id\":\"u\",\"type\":\"t\",\"data\":[1,2]}", "data must be a JSON object"},
+        {"{\"user_id\":\"u\",\"type\":\"t\",\"data\":\"x\"}", "data"},
+        {"{\"user_id\":\"u\",\"type\":\"t\",\"data\":3}", "data"},
+        {"{\"user_id\":\"u\",\"type\":\"t\",\"data\":true}", "data"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         err[0] = '\0';

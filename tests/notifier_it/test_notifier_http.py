@@ -69,7 +69,7 @@ class Http(unittest.TestCase):
         self.assertEqual(st, 413)
         self.assertEqual(hdrs.get("connection"), "close")
         # A batch body may be larger than a single notify.
-        items = [{"user_id": "nobody-%d" % i, "type": "t", "data": "y" * 900} for i in range(100)]
+        items = [{"user_id": "nobody-%d" % i, "type": "t", "data": {"y": "y" * 900}} for i in range(100)]
         st, _, raw = self.one(post("/v1/notify/batch", items))
         self.assertEqual(st, 200)
         self.assertEqual(len(json.loads(raw)["results"]), 100)
@@ -140,7 +140,7 @@ class Http(unittest.TestCase):
         conn.close()
 
     def test_expect_100_continue(self):
-        body = json.dumps({"user_id": "expecting", "type": "t", "data": "x" * 2000}).encode()
+        body = json.dumps({"user_id": "expecting", "type": "t", "data": {"x": "x" * 2000}}).encode()
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
             s.sendall(b"POST /v1/notify HTTP/1.1\r\nExpect: 100-continue\r\n"
                       b"Content-Length: %d\r\n\r\n" % len(body))

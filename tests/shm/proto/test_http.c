@@ -188,6 +188,8 @@ Test(http, malformed_request_lines)
         "GET /\tx HTTP/1.1\r\n\r\n",
         "GET / HTTP/2.0\r\n\r\n",
         "GET / HTTP/1.10\r\n\r\n",
+        "GET / HTTP/1.9\r\n\r\n", /* only 1.0 and 1.1 exist */
+        "GET / HTTP/1.2\r\n\r\n",
         "GET / HTTP/1.x\r\n\r\n",
         "GET / http/1.1\r\n\r\n",
         "GET / HTTP/1.1\rX\r\n\r\n",

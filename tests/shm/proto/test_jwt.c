@@ -152,7 +152,13 @@ Test(jwt, exp_and_nbf)
     cr_assert_eq(verify(claims(p)), TH_JWT_OK);
     snprintf(p, sizeof(p), "{\"sub\":\"u\",\"exp\":%lld.5}", NOW);
     cr_assert_eq(verify(claims(p)), TH_JWT_OK, "fractional exp after now");
-    cr_assert_eq(verify(claims("{\"sub\":\"u\",\"exp\":1e300}")), TH_JWT_OK);
+    cr_assert_eq(verify(claims("{\"sub\":\"u\",\"exp\":1e300}")), TH_JWT_BAD_CLAIM, "one rule");
+    cr_assert_eq(verify(claims("{\"sub\":\"u\",\"exp\":1e30}")), TH_JWT_BAD_CLAIM);
+    cr_assert_eq(verify(claims("{\"sub\":\"u\",\"exp\":9223372036854775808}")), TH_JWT_BAD_CLAIM,
+                 "2^63 as an integer: the same answer as 1e30");
+    cr_assert_eq(verify(claims("{\"sub\":\"u\",\"exp\":253402300799}")), TH_JWT_OK, "year 9999");
+    cr_assert_eq(verify(claims("{\"sub\":\"u\",\"exp\":253402300800}")), TH_JWT_BAD_CLAIM);
+    cr_assert_eq(verify(claims("{\"sub\":\"u\",\"nbf\":-1}")), TH_JWT_BAD_CLAIM, "negative");
     snprintf(p, sizeof(p), "{\"sub\":\"u\",\"nbf\":%lld}", NOW + 1);
     cr_assert_eq(verify(claims(p)), TH_JWT_NOT_YET);
     snprintf(p, sizeof(p), "{\"sub\":\"u\",\"nbf\":%lld}", NOW);
