@@ -6,7 +6,8 @@ the stopped worker out at once, and a live worker adopts what was already
 queued for it); a notification to one of its clients answers 503 within
 50 ms (it is declared hung in the segment, so the notifier does not wait on
 it); /healthz is 503 and names it; it is killed and replaced within
---hung-after + 1 s, and its clients reconnect and are reachable. A short
+--hung-after + 1 s, and its clients reconnect and are reachable. Clients
+already queued for it when it stopped are accepted by a live worker. A short
 stop is forgiven (taken back, nobody disconnected). A worker frozen without
 a stop signal (ptrace: a debugger, or a loop that never returns) is found
 by its heartbeat alone and replaced the same way. A stopped janitor and a
@@ -183,6 +184,50 @@ class Hung(unittest.TestCase):
                       % ([round(d * 1000, 1) for d in during], t_replaced,
                          sorted(times)[100] * 1000, max(times) * 1000), file=sys.stderr)
             th.aio.run(go(), 90)
+
+    def test_queued_clients_of_a_stopped_worker_are_adopted(self):
+        """Clients the kernel queued for a worker before the supervisor could
+        steer away from it (held open here by stopping the supervisor first)
+        are accepted by the live worker it names as adopter."""
+        with th.Group(workers=2, extra_args=ARGS) as g:
+            async def go():
+                clients = await self.open_spread(g)
+                victim, pid, _, _ = await self.victim_of(g, clients)
+                sup = g.proc.pid
+                loop = asyncio.get_running_loop()
+                done = {}
+
+                async def one(i):
+                    ws = await websockets.connect(g.ws_url("queued-%d" % i), ping_interval=None,
+                                                  open_timeout=20, close_timeout=2)
+                    done[i] = loop.time()
+                    return ws
+                os.kill(sup, signal.SIGSTOP)
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                    self.assertTrue(await wait_for(lambda: proc_state(pid) == "T", 2, 0.001))
+                    tasks = [asyncio.ensure_future(one(i)) for i in range(30)]
+                    await asyncio.sleep(1)  # the live worker serves its share meanwhile
+                    waiting = 30 - len(done)
+                finally:
+                    t_cont = loop.time()
+                    os.kill(sup, signal.SIGCONT)
+                socks = await asyncio.gather(*tasks)
+                took = max(done.values()) - t_cont
+                self.assertGreater(waiting, 0, "no client was queued for the stopped worker")
+                self.assertLess(took, CONNECT_BOUND_S, took)
+                self.assertIn("accepts the clients queued for hung worker[%d]" % victim, g.log())
+                # They belong to the live worker, not the stopped one.
+                d = await in_thread(g.dump)
+                owners = {c["user_id"]: c["worker"] for c in d["connections"]}
+                self.assertTrue(all(owners["queued-%d" % i] != victim for i in range(30)), owners)
+                for ws in socks:
+                    await ws.close()
+                for c in clients.values():
+                    await c.close()
+                print("\n%d clients queued for the stopped worker, all served %.0f ms after the "
+                      "supervisor resumed" % (waiting, took * 1000), file=sys.stderr)
+            th.aio.run(go(), 60)
 
     def test_short_stop_is_taken_back(self):
         with th.Group(workers=2, extra_args=ARGS) as g:
