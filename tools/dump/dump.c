@@ -7,11 +7,14 @@
  *
  *   tether-dump [--shm-name NAME] [--user ID] [--json]
  *
+ * The mailbox beside the segment (tools/dump/mailbox_view.c) follows it.
+ *
  * Exit 0 on success, 1 if the segment is missing or its header is bad, 2 for
  * a bad flag.
  */
 #include "shm/rt/clock.h"
 #include "shm/registry.h"
+#include "tools/dump/mailbox_view.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -204,6 +207,7 @@ static void print_text(const struct th_reg *r, const char *name, const struct op
             text_transient(r, i, o);
         }
     }
+    th_dump_mailbox_text(o->name, o->user, o->ulen);
 }
 
 /* ---- JSON ---- */
@@ -294,6 +298,7 @@ static int print_json(const struct th_reg *r, const struct opts *o)
                             th_reg_last_seen(r, o->user, o->ulen, &ns) ? json_time(ns)
                                                                        : json_null());
     }
+    json_object_set_new(root, "mailbox", th_dump_mailbox_json(o->name, o->user, o->ulen));
     int rc = json_dumpf(root, stdout, JSON_COMPACT | JSON_ENSURE_ASCII);
     fputc('\n', stdout);
     json_decref(root);
