@@ -331,6 +331,14 @@ int th_api_check_notify(json_t *obj, struct th_notify *out, char *err, size_t er
     out->type = json_string_value(t);
     out->tlen = json_string_length(t);
     out->data = json_is_null(d) ? NULL : d;
+    json_t *ttl = json_object_get(obj, "ttl_s");
+    if (ttl && !json_is_null(ttl)) {
+        if (!json_is_integer(ttl) || json_integer_value(ttl) < 0 ||
+            json_integer_value(ttl) > UINT32_MAX)
+            return fail(err, errlen, "ttl_s must be a whole number of seconds, 0 or more");
+        out->has_ttl = 1;
+        out->ttl_s = (uint32_t)json_integer_value(ttl);
+    }
     return 0;
 }
 
@@ -366,6 +374,12 @@ void th_api_render_frame_into(struct th_buf *b, const struct th_notify *n, const
     th_buf_json_str(b, n->type, n->tlen);
     th_buf_puts(b, ",\"id\":");
     th_buf_json_str(b, id, idlen);
+    if (n->epoch) {
+        th_buf_puts(b, ",\"seq\":");
+        th_buf_u64(b, n->seq);
+        th_buf_puts(b, ",\"epoch\":");
+        th_buf_json_str(b, n->epoch, strlen(n->epoch));
+    }
     th_buf_puts(b, ",\"timestamp\":");
     th_buf_json_time(b, 1, now_ns);
     th_buf_puts(b, ",\"data\":");
@@ -389,34 +403,57 @@ char *th_api_render_frame(const struct th_notify *n, const char *id, size_t idle
     return b.p;
 }
 
+void th_api_render_outcome(struct th_buf *b, const struct th_api_result *res, int with_code)
+{
+    int st = res->status;
+    const char *name = st == TH_OUT_DELIVERED       ? "delivered"
+                       : st == TH_OUT_STORED        ? "stored"
+                       : st == TH_OUT_NOT_CONNECTED ? "not_connected"
+                                                    : "unavailable";
+    th_buf_puts(b, "{\"status\":\"");
+    th_buf_puts(b, name);
+    th_buf_puts(b, "\",\"user_id\":");
+    th_buf_json_str(b, res->user, res->ulen);
+    if (st != TH_OUT_NOT_CONNECTED) {
+        th_buf_puts(b, ",\"id\":");
+        th_buf_json_str(b, res->id, res->idlen);
+    }
+    if (res->seq && st != TH_OUT_NOT_CONNECTED) {
+        th_buf_puts(b, ",\"seq\":");
+        th_buf_u64(b, res->seq);
+    }
+    if (st == TH_OUT_DELIVERED) {
+        th_buf_puts(b, ",\"connections\":");
+        th_buf_u64(b, res->connections);
+    }
+    if (st == TH_OUT_STORED) {
+        th_buf_puts(b, ",\"expires_in_s\":");
+        th_buf_u64(b, res->expires_in_s);
+    }
+    if (st == TH_OUT_NOT_CONNECTED || st == TH_OUT_STORED) {
+        th_buf_puts(b, ",\"last_seen\":");
+        th_buf_json_time(b, res->has_last_seen, res->last_seen_ns);
+    }
+    if (with_code) {
+        th_buf_puts(b, ",\"code\":");
+        th_buf_u64(b, (uint64_t)st);
+    }
+    th_buf_puts(b, "}");
+}
+
 void th_api_render_result(struct th_buf *b, int status, const char *user, size_t ulen,
                           const char *id, size_t idlen, unsigned connections, int has_last_seen,
                           uint64_t last_seen_ns, int with_code)
 {
-    const char *name = status == TH_OUT_DELIVERED       ? "delivered"
-                       : status == TH_OUT_NOT_CONNECTED ? "not_connected"
-                                                        : "unavailable";
-    th_buf_puts(b, "{\"status\":\"");
-    th_buf_puts(b, name);
-    th_buf_puts(b, "\",\"user_id\":");
-    th_buf_json_str(b, user, ulen);
-    if (status != TH_OUT_NOT_CONNECTED) {
-        th_buf_puts(b, ",\"id\":");
-        th_buf_json_str(b, id, idlen);
-    }
-    if (status == TH_OUT_DELIVERED) {
-        th_buf_puts(b, ",\"connections\":");
-        th_buf_u64(b, connections);
-    }
-    if (status == TH_OUT_NOT_CONNECTED) {
-        th_buf_puts(b, ",\"last_seen\":");
-        th_buf_json_time(b, has_last_seen, last_seen_ns);
-    }
-    if (with_code) {
-        th_buf_puts(b, ",\"code\":");
-        th_buf_u64(b, (uint64_t)status);
-    }
-    th_buf_puts(b, "}");
+    struct th_api_result res = {.status = status,
+                                .user = user,
+                                .ulen = ulen,
+                                .id = id,
+                                .idlen = idlen,
+                                .connections = connections,
+                                .has_last_seen = has_last_seen,
+                                .last_seen_ns = last_seen_ns};
+    th_api_render_outcome(b, &res, with_code);
 }
 
 void th_api_render_error(struct th_buf *b, const char *msg, int code, int with_code)
@@ -459,6 +496,8 @@ const char *th_api_reason(int status)
     switch (status) {
     case 200:
         return "OK";
+    case 202:
+        return "Accepted";
     case 400:
         return "Bad Request";
     case 404:

@@ -61,6 +61,10 @@ struct th_notify {
     const char *user, *type, *id; /* id NULL when the backend gave none */
     size_t ulen, tlen, idlen;
     json_t *data; /* borrowed; NULL means {} */
+    int has_ttl;  /* "ttl_s" given: seconds to keep it in the mailbox, 0 = do not store */
+    uint32_t ttl_s;
+    uint64_t seq; /* set by the notifier: rendered with epoch when epoch is not NULL */
+    const char *epoch;
 };
 
 /*
@@ -78,7 +82,8 @@ int th_api_parse_notify(const char *body, size_t len, json_t **root, struct th_n
 
 /*
  * The frame a client receives:
- * {"type":..,"id":..,"timestamp":"<RFC 3339>","data":..}. Returns a malloc'd
+ * {"type":..,"id":..,"seq":..,"epoch":..,"timestamp":"<RFC 3339>","data":..}
+ * (seq and epoch only when n->epoch is set). Returns a malloc'd
  * NUL-terminated string with *len set, or NULL (out of memory).
  */
 char *th_api_render_frame(const struct th_notify *n, const char *id, size_t idlen, uint64_t now_ns,
@@ -109,9 +114,25 @@ void th_buf_free(struct th_buf *b);
 /* Outcome of one notification, as the API reports it. */
 enum th_api_outcome {
     TH_OUT_DELIVERED = 200,
+    TH_OUT_STORED = 202, /* no live connection; in the mailbox for the user's resume */
     TH_OUT_NOT_CONNECTED = 404,
     TH_OUT_UNAVAILABLE = 503
 };
+
+/* Everything one notification's reply says. */
+struct th_api_result {
+    int status; /* enum th_api_outcome */
+    const char *user, *id;
+    size_t ulen, idlen;
+    unsigned connections; /* 200 */
+    int has_last_seen;    /* 202, 404 */
+    uint64_t last_seen_ns;
+    uint64_t seq;          /* 0: none (mailbox off, 404) */
+    uint32_t expires_in_s; /* 202 */
+};
+
+/* The reply object for one notification; "code":N appended when with_code (batch items). */
+void th_api_render_outcome(struct th_buf *b, const struct th_api_result *res, int with_code);
 
 /*
  * The reply object for one notification (no trailing newline). code is

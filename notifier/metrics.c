@@ -4,6 +4,7 @@
  * other roles with relaxed atomic adds, so a scrape is a few dozen loads.
  */
 #include "notifier/metrics.h"
+#include "shm/mailbox.h"
 #include "shm/rt/clock.h"
 
 #include <stdatomic.h>
@@ -69,9 +70,11 @@ void th_metrics_render(struct th_buf *b, const struct th_reg *reg,
                   "tether_notifications_total{status=\"delivered\"} %llu\n"
                   "tether_notifications_total{status=\"not_connected\"} %llu\n"
                   "tether_notifications_total{status=\"unavailable\"} %llu\n"
-                  "tether_notifications_total{status=\"bad_request\"} %llu\n",
+                  "tether_notifications_total{status=\"bad_request\"} %llu\n"
+                  "tether_notifications_total{status=\"stored\"} %llu\n",
                   LOAD(c->notify_delivered), LOAD(c->notify_not_connected),
-                  LOAD(c->notify_unavailable), LOAD(c->notify_bad_request));
+                  LOAD(c->notify_unavailable), LOAD(c->notify_bad_request),
+                  (unsigned long long)st->stored);
     counter(b, "tether_stale_evictions_total", "Connections closed as stale (4000).",
             LOAD(c->stale_evictions));
     counter(b, "tether_worker_restarts_total", "Workers restarted by the supervisor.",
@@ -130,6 +133,43 @@ static int proc_entry(struct health *h, const struct th_proc_sh *p, const char *
         h->hlen += n > 0 ? (size_t)n : 0;
     }
     return alive && !hung && hb != 0 && age < h->max_age;
+}
+
+void th_metrics_render_mailbox(struct th_buf *b, const struct th_mbx *mbx)
+{
+    if (!mbx)
+        return;
+    struct th_mbx_stats st;
+    const struct th_mbx_counters_sh *c = &mbx->hdr->counters;
+    th_mbx_stats(mbx, &st);
+    th_buf_printf(b,
+                  "# HELP tether_mailbox_bytes Bytes of notifications stored for resume.\n"
+                  "# TYPE tether_mailbox_bytes gauge\ntether_mailbox_bytes %llu\n"
+                  "# HELP tether_mailbox_entries Notifications stored for resume.\n"
+                  "# TYPE tether_mailbox_entries gauge\ntether_mailbox_entries %llu\n",
+                  (unsigned long long)st.bytes, (unsigned long long)st.entries);
+    counter(b, "tether_mailbox_stored_total", "Notifications stored in the mailbox.",
+            LOAD(c->stored));
+    th_buf_puts(b, "# HELP tether_mailbox_evicted_total Stored notifications dropped.\n"
+                   "# TYPE tether_mailbox_evicted_total counter\n");
+    th_buf_printf(b,
+                  "tether_mailbox_evicted_total{reason=\"ttl\"} %llu\n"
+                  "tether_mailbox_evicted_total{reason=\"full\"} %llu\n"
+                  "tether_mailbox_evicted_total{reason=\"per_user\"} %llu\n",
+                  (unsigned long long)LOAD(c->evicted[TH_MBX_EV_TTL]),
+                  (unsigned long long)LOAD(c->evicted[TH_MBX_EV_FULL]),
+                  (unsigned long long)LOAD(c->evicted[TH_MBX_EV_PER_USER]));
+    counter(b, "tether_mailbox_replayed_total", "Stored notifications replayed on resume.",
+            LOAD(c->replayed));
+    counter(b, "tether_mailbox_duplicates_total", "Notify requests answered by idempotency id.",
+            LOAD(c->duplicates));
+    th_buf_puts(b, "# HELP tether_resumes_total Client resumes.\n"
+                   "# TYPE tether_resumes_total counter\n");
+    th_buf_printf(b,
+                  "tether_resumes_total{recovered=\"true\"} %llu\n"
+                  "tether_resumes_total{recovered=\"false\"} %llu\n",
+                  (unsigned long long)LOAD(c->resumes_recovered),
+                  (unsigned long long)LOAD(c->resumes_lost));
 }
 
 int th_health_render(struct th_buf *b, const struct th_reg *reg, uint32_t hung_after_s)

@@ -27,6 +27,7 @@ struct th_notifier_stats {
     struct th_hist confirm; /* notify-to-confirmed latency */
     unsigned api_conns;     /* open backend API connections */
     uint64_t owed;          /* notifications accepted, answer not yet written */
+    uint64_t stored;        /* notify answers 202 stored (the mailbox's counter) */
 };
 
 /* Prometheus text for the whole group into b. */
@@ -39,5 +40,12 @@ void th_metrics_render(struct th_buf *b, const struct th_reg *reg,
  * processes the supervisor declared hung, e.g. ["worker[1]"].
  */
 int th_health_render(struct th_buf *b, const struct th_reg *reg, uint32_t hung_after_s);
+
+struct th_mbx;
+/*
+ * The mailbox's gauges and counters (tether_mailbox_*, tether_resumes_total)
+ * into b; nothing when mbx is NULL.
+ */
+void th_metrics_render_mailbox(struct th_buf *b, const struct th_mbx *mbx);
 
 #endif

@@ -48,11 +48,13 @@ struct th_route;
 struct th_route_ops {
     /*
      * Deliver frame (flen bytes, copied if the route needs it later) to
-     * every live connection of user. Returns 0 (done will be called) or
-     * -errno (done will not be called; treat as unavailable).
+     * every live connection of user. nseq is its mailbox seq (0: none) and
+     * ho_flags its TH_HO_F_* bits (shm/rt/channel.h), both passed on with
+     * the frame. Returns 0 (done will be called) or -errno (done will not
+     * be called; treat as unavailable).
      */
     int (*deliver)(struct th_route *r, const char *user, size_t ulen, const char *frame,
-                   size_t flen, th_route_done_fn done, void *arg);
+                   size_t flen, uint64_t nseq, unsigned ho_flags, th_route_done_fn done, void *arg);
     /* A completion for an SQE this route queued (user_data payload given back). */
     void (*on_cqe)(struct th_route *r, uint32_t idx, uint32_t gen, int res, unsigned flags);
     /* Send what deliver() queued (batched); the loop calls it before it waits. */

@@ -69,6 +69,8 @@ struct job {
     uint16_t nlegs, outstanding, ok, gone;
     uint8_t ulen;
     char user[TH_USER_MAX];
+    uint64_t nseq;     /* mailbox seq, passed to the worker */
+    unsigned ho_flags; /* TH_HO_F_* code bits */
 };
 
 struct chan {
@@ -388,7 +390,9 @@ static void chan_flush(struct route_local *rl, unsigned w)
                                         .slot = j->legs[n].slot,
                                         .gen = j->legs[n].gen,
                                         .seq = seq_make(j->gen, i, n),
-                                        .len = (uint32_t)j->flen};
+                                        .len = (uint32_t)j->flen,
+                                        .code = (uint16_t)j->ho_flags,
+                                        .nseq = j->nseq};
             iov[k][0] = (struct iovec){&hdr[k], sizeof(hdr[k])};
             iov[k][1] = (struct iovec){j->frame, j->flen};
             mm[k] = (struct mmsghdr){.msg_hdr = {.msg_iov = iov[k], .msg_iovlen = 2}};
@@ -437,7 +441,8 @@ static void leg_start(struct route_local *rl, uint32_t i, unsigned n)
 /* ---- route operations --------------------------------------------------- */
 
 static int local_deliver(struct th_route *r, const char *user, size_t ulen, const char *frame,
-                         size_t flen, th_route_done_fn done, void *arg)
+                         size_t flen, uint64_t nseq, unsigned ho_flags, th_route_done_fn done,
+                         void *arg)
 {
     struct route_local *rl = (struct route_local *)r;
     int n = th_reg_find_user(rl->reg, user, ulen, rl->infos, rl->ninfos);
@@ -463,6 +468,8 @@ static int local_deliver(struct th_route *r, const char *user, size_t ulen, cons
     memcpy(j->user, user, ulen);
     j->ulen = (uint8_t)ulen;
     j->flen = flen;
+    j->nseq = nseq;
+    j->ho_flags = ho_flags;
     j->done = done;
     j->arg = arg;
     j->nlegs = (uint16_t)n;

@@ -18,6 +18,8 @@
 #include "notifier/api.h"
 #include "notifier/metrics.h"
 #include "notifier/route.h"
+#include "shm/mailbox.h"
+#include "shm/rt/channel.h"
 #include "shm/rt/clock.h"
 #include "shm/rt/log.h"
 #include "shm/rt/role.h"
@@ -34,6 +36,7 @@
 #include <unistd.h>
 
 #define NO_CONN UINT32_MAX
+#define INFLIGHT_BUCKETS 4096
 #define RING_SQ 2048u  /* submission queue entries */
 #define RING_CQ 16384u /* completion queue entries */
 #define RECV_MIN 16384
@@ -48,7 +51,11 @@ struct item {
     unsigned connections;
     int has_ls;
     uint64_t ls, t0;
-    char *err; /* 400/413 reason (malloc'd) */
+    char *err;             /* 400/413 reason (malloc'd) */
+    uint64_t seq, pos;     /* mailbox seq and entry (0: none) */
+    uint32_t expires_in_s; /* with pos: its ttl, for a 202 */
+    struct item *waiters;  /* same-id requests answered with this one's result */
+    struct item *wnext;    /* next waiter, or next in the in-flight hash chain */
     uint8_t ulen, idlen;
     char user[TH_USER_MAX];
     char id[TH_API_MAX_ID];
@@ -100,9 +107,24 @@ struct server {
     uint64_t id_prefix, id_counter;
     struct th_buf frame; /* reused for every rendering: the route copies what it keeps */
     struct th_conn_info infos[256];
+    /* The mailbox (shm/mailbox.h): this process is its one writer while mbx_on. */
+    struct th_mbx mbx;
+    int mbx_on;
+    char epoch[TH_MBX_EPOCH_LEN + 1];
+    struct item *inflight[INFLIGHT_BUCKETS]; /* stored items being delivered, by entry */
+    char *stored_frame;                      /* a frame read back for a retry */
 };
 
 static struct server *S; /* route callbacks carry only an item pointer */
+
+/* The in-flight table: a retry of an id whose first delivery is under way waits for it. */
+static struct item **inflight_slot(uint64_t pos)
+{
+    struct item **p = &S->inflight[(pos >> 6) & (INFLIGHT_BUCKETS - 1)];
+    while (*p && (*p)->pos != pos)
+        p = &(*p)->wnext;
+    return p;
+}
 
 /*
  * Notifications accepted but not yet answered, over every connection: past
@@ -234,8 +256,18 @@ static void render_item(struct th_buf *b, const struct item *it, int with_code)
     if (it->err)
         th_api_render_error(b, it->err, it->code, with_code);
     else
-        th_api_render_result(b, it->code, it->user, it->ulen, it->id, it->idlen, it->connections,
-                             it->has_ls, it->ls, with_code);
+        th_api_render_outcome(b,
+                              &(struct th_api_result){.status = it->code,
+                                                      .user = it->user,
+                                                      .ulen = it->ulen,
+                                                      .id = it->id,
+                                                      .idlen = it->idlen,
+                                                      .connections = it->connections,
+                                                      .has_last_seen = it->has_ls,
+                                                      .last_seen_ns = it->ls,
+                                                      .seq = it->seq,
+                                                      .expires_in_s = it->expires_in_s},
+                              with_code);
 }
 
 /* Status line, headers and body of a complete response into c->out. */
@@ -344,6 +376,33 @@ static void item_settle(struct item *it)
         conn_emit(r->c);
 }
 
+/*
+ * A stored notification's result goes into its entry, so a retry of its id
+ * gets the same answer; a 503 stays "unknown" there (a retry delivers the
+ * stored frame again, same seq). Waiting retries get this result too.
+ */
+static void item_outcome(struct item *it)
+{
+    struct item **p = inflight_slot(it->pos);
+    if (*p == it)
+        *p = it->wnext;
+    if (it->code == 404) {
+        it->code = TH_OUT_STORED;
+        atomic_fetch_add_explicit(&S->mbx.hdr->counters.answered_stored, 1, memory_order_relaxed);
+    }
+    if (it->code == 200 || it->code == TH_OUT_STORED)
+        th_mbx_set_outcome(&S->mbx, it->pos, (unsigned)it->code, it->connections);
+    for (struct item *w = it->waiters, *next; w; w = next) {
+        next = w->wnext;
+        w->code = it->code;
+        w->connections = it->connections;
+        w->has_ls = it->has_ls;
+        w->ls = it->ls;
+        item_settle(w);
+    }
+    it->waiters = NULL;
+}
+
 static void item_done(void *arg, const struct th_route_result *res)
 {
     struct item *it = arg;
@@ -356,10 +415,13 @@ static void item_done(void *arg, const struct th_route_result *res)
         atomic_fetch_add_explicit(&k->notify_delivered, 1, memory_order_relaxed);
         th_hist_add(&S->stats.confirm, th_mono_ns() - it->t0);
     } else if (res->status == 404) {
-        atomic_fetch_add_explicit(&k->notify_not_connected, 1, memory_order_relaxed);
+        if (!it->pos)
+            atomic_fetch_add_explicit(&k->notify_not_connected, 1, memory_order_relaxed);
     } else {
         atomic_fetch_add_explicit(&k->notify_unavailable, 1, memory_order_relaxed);
     }
+    if (it->pos)
+        item_outcome(it);
     item_settle(it);
 }
 
@@ -382,42 +444,127 @@ static void make_id(char out[32])
             out[k * 16 + i] = hex[(parts[k] >> (60 - 4 * i)) & 15];
 }
 
-/* Render the frame once and hand it to the route. it->r->pending covers it. */
-static void item_start(struct item *it, const struct th_notify *n)
+/* Hand the frame to the route (it copies it). it->r->pending covers it. */
+static void item_deliver(struct item *it, const char *frame, size_t flen, unsigned ho_flags)
+{
+    it->r->pending++;
+    it->t0 = th_mono_ns();
+    if (it->pos) {
+        struct item **p = inflight_slot(it->pos);
+        if (!*p) { /* (a second in-flight copy of one entry is not registered) */
+            it->wnext = NULL;
+            *p = it;
+        }
+    }
+    int rc = S->route->ops->deliver(S->route, it->user, it->ulen, frame, flen, it->seq, ho_flags,
+                                    item_done, it);
+    if (rc < 0) {
+        struct th_route_result res = {.status = 503};
+        th_warn("[Notifier] Delivery to user %.*s refused: %s", (int)it->ulen, it->user,
+                strerror(-rc));
+        item_done(it, &res);
+    }
+}
+
+/*
+ * The same id for the same user is still in the mailbox: answer with the
+ * first result (nothing stored or delivered again), wait for it if its
+ * delivery is under way here, or, when a killed notifier never recorded
+ * it, deliver the stored frame again (same seq: clients drop what they
+ * had). Returns 1 when it took care of the item.
+ */
+static int item_retry(struct item *it, uint64_t now)
+{
+    struct th_mbx_hit h;
+    if (th_mbx_find_id(&S->mbx, it->user, it->ulen, it->id, it->idlen, now, &h) != 1)
+        return 0;
+    atomic_fetch_add_explicit(&S->mbx.hdr->counters.duplicates, 1, memory_order_relaxed);
+    it->seq = h.seq;
+    it->pos = h.pos;
+    it->expires_in_s = (uint32_t)((h.expires_ns - now) / TH_NS_PER_S);
+    struct item *first = h.mine ? *inflight_slot(h.pos) : NULL;
+    if (h.status == 200 || h.status == TH_OUT_STORED) {
+        it->code = (int)h.status;
+        it->connections = h.connections;
+        if (h.status == TH_OUT_STORED)
+            it->has_ls = th_reg_last_seen(S->reg, it->user, it->ulen, &it->ls) == 1;
+        it->pos = 0; /* answered: no outcome to record */
+        it->r->pending++;
+        item_settle(it);
+        return 1;
+    }
+    if (first) {
+        it->r->pending++;
+        it->wnext = first->waiters;
+        first->waiters = it;
+        return 1;
+    }
+    if (!S->stored_frame && !(S->stored_frame = malloc(TH_MBX_MAX_FRAME)))
+        return 0;
+    ssize_t n = th_mbx_read_frame(&S->mbx, h.pos, S->stored_frame, TH_MBX_MAX_FRAME);
+    if (n < 0)
+        return 0;                             /* reclaimed meanwhile: a new notification then */
+    th_mbx_set_outcome(&S->mbx, h.pos, 0, 0); /* under way here now */
+    item_deliver(it, S->stored_frame, (size_t)n, 0);
+    return 1;
+}
+
+/* Store it in the mailbox (seq first, frame rendered with it), then deliver. */
+static void item_start(struct item *it, const struct th_notify *n0)
 {
     char idbuf[32];
-    const char *id = n->id;
-    size_t idlen = n->idlen;
-    th_info("[Notifier] Attempting to send notification to user %.*s", (int)n->ulen, n->user);
+    struct th_notify n = *n0;
+    const char *id = n.id;
+    size_t idlen = n.idlen;
+    th_info("[Notifier] Attempting to send notification to user %.*s", (int)n.ulen, n.user);
     if (!id) {
         make_id(idbuf);
         id = idbuf;
         idlen = sizeof(idbuf);
     }
-    memcpy(it->user, n->user, n->ulen);
-    it->ulen = (uint8_t)n->ulen;
+    memcpy(it->user, n.user, n.ulen);
+    it->ulen = (uint8_t)n.ulen;
     memcpy(it->id, id, idlen);
     it->idlen = (uint8_t)idlen;
+    uint64_t now = th_now_ns();
+    uint32_t ttl = S->cfg->mailbox_ttl_s;
+    if (n.has_ttl && n.ttl_s < ttl)
+        ttl = n.ttl_s;
+    struct th_mbx_ticket t = {0};
+    if (S->mbx_on) {
+        if (n0->id && item_retry(it, now))
+            return;
+        if (th_mbx_prepare(&S->mbx, n.user, n.ulen, now, &t) < 0) {
+            item_fail(it, 500, "mailbox: cannot assign a seq");
+            return;
+        }
+        n.seq = t.seq;
+        n.epoch = S->epoch;
+    }
     struct th_buf *f = &S->frame;
     f->len = 0;
     f->oom = 0;
-    th_api_render_frame_into(f, n, id, idlen, th_now_ns());
-    if (f->oom || f->len > TH_API_MAX_FRAME) {
+    th_api_render_frame_into(f, &n, id, idlen, now);
+    if (f->oom || f->len > TH_API_MAX_FRAME + 64) {
         item_fail(it, f->oom ? 500 : 413,
                   f->oom ? "out of memory" : "notification frame over 66560 bytes");
         if (f->cap > 4 * TH_API_MAX_FRAME)
             th_buf_free(f);
         return;
     }
-    it->r->pending++;
-    it->t0 = th_mono_ns();
-    int rc = S->route->ops->deliver(S->route, n->user, n->ulen, f->p, f->len, item_done, it);
-    if (rc < 0) {
-        struct th_route_result res = {.status = 503};
-        th_warn("[Notifier] Delivery to user %.*s refused: %s", (int)n->ulen, n->user,
-                strerror(-rc));
-        item_done(it, &res);
+    if (S->mbx_on) {
+        int rc = th_mbx_commit(&S->mbx, &t, f->p, f->len, id, idlen, (uint64_t)ttl * TH_NS_PER_S,
+                               now, &it->pos);
+        if (rc < 0) {
+            th_error("[Notifier] mailbox: storing a notification for user %.*s: %s", (int)n.ulen,
+                     n.user, strerror(-rc));
+            item_fail(it, 500, "mailbox: cannot store the notification");
+            return;
+        }
+        it->seq = t.seq;
+        it->expires_in_s = ttl;
     }
+    item_deliver(it, f->p, f->len, S->mbx_on && !it->pos ? TH_HO_F_NOT_STORED : 0);
 }
 
 static void handle_notify(struct resp *r, const struct th_api_req *req)
@@ -524,7 +671,14 @@ static void handle_presence(struct resp *r, const struct th_api_req *req)
         th_buf_json_time(b, 1, S->infos[i].last_seen);
         th_buf_puts(b, "}");
     }
-    th_buf_puts(b, "]}");
+    th_buf_puts(b, "]");
+    uint32_t pending;
+    uint64_t last;
+    if (S->mbx_on &&
+        th_mbx_user_info(&S->mbx, user, (size_t)ulen, th_now_ns(), &pending, &last) == 0)
+        th_buf_printf(b, ",\"mailbox\":{\"pending\":%u,\"seq\":%llu}", pending,
+                      (unsigned long long)last);
+    th_buf_puts(b, "}");
 }
 
 static void handle_request(struct conn *c, const struct th_api_req *req)
@@ -556,7 +710,9 @@ static void handle_request(struct conn *c, const struct th_api_req *req)
         r->ctype = "text/plain; version=0.0.4";
         S->stats.api_conns = S->nconns;
         S->stats.owed = S->owed;
+        S->stats.stored = S->mbx_on ? atomic_load(&S->mbx.hdr->counters.answered_stored) : 0;
         th_metrics_render(&r->body, S->reg, &S->stats);
+        th_metrics_render_mailbox(&r->body, S->mbx_on ? &S->mbx : NULL);
         break;
     }
 }
@@ -795,13 +951,41 @@ static void run_wakes(void)
     }
 }
 
-/* Once a second: idle keep-alive connections (the heartbeat is stamped in the loop). */
+/*
+ * Become the mailbox's writer. Until it works (it should at once: the
+ * supervisor made the object and reaped any earlier notifier) every
+ * notification is answered as with the mailbox off.
+ */
+static void mailbox_open(void)
+{
+    char err[256] = "";
+    static int said;
+    int rc = th_mbx_attach(&S->mbx, S->cfg->shm_name, 1, err, sizeof(err));
+    if (rc == 0 && (rc = th_mbx_writer_begin(&S->mbx, getpid(), th_now_ns(), err, sizeof(err))) < 0)
+        th_mbx_detach(&S->mbx);
+    if (rc < 0) {
+        if (!said++)
+            th_error("[Notifier] mailbox: %s; notifications are not stored until it works",
+                     err[0] ? err : strerror(-rc));
+        return;
+    }
+    S->mbx_on = 1;
+    th_mbx_epoch(&S->mbx, S->epoch);
+    th_info("[Notifier] mailbox writer: epoch %s, %llu stored, ttl %u s", S->epoch,
+            (unsigned long long)atomic_load(&S->mbx.hdr->entries), S->cfg->mailbox_ttl_s);
+}
+
+/* Once a second: idle keep-alive connections (the heartbeat is stamped in the loop), expiry. */
 static void tick(uint64_t now)
 {
     if (S->accept_paused) {
         S->accept_paused = 0;
         submit_accept();
     }
+    if (S->mbx_on)
+        th_mbx_expire(&S->mbx, th_now_ns());
+    else if (S->cfg->mailbox_ttl_s)
+        mailbox_open(); /* it failed at start: keep trying, the log says why */
     for (unsigned i = 0; i < TH_API_MAX_CONNS; i++) {
         struct conn *c = &S->conns[i];
         if (c->in_use && !c->closing && c->linger_until && now > c->linger_until)
@@ -868,6 +1052,11 @@ static void server_free(void)
         th_buf_free(&c->sending);
     }
     th_buf_free(&S->frame);
+    free(S->stored_frame);
+    if (S->mbx_on) {
+        th_mbx_writer_end(&S->mbx);
+        th_mbx_detach(&S->mbx);
+    }
     free(S);
     S = NULL;
 }
@@ -897,6 +1086,8 @@ int th_server_run(const struct th_config *cfg, struct th_reg *reg, int api_fd)
         free(S);
         return -ENOMEM;
     }
+    if (cfg->mailbox_ttl_s)
+        mailbox_open();
     submit_accept();
     loop();
     server_free();

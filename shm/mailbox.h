@@ -164,6 +164,7 @@ struct th_mbx_counters_sh {
     _Atomic uint64_t resumes_recovered;        /* workers: recovered:true */
     _Atomic uint64_t resumes_lost;             /* workers: recovered:false */
     _Atomic uint64_t duplicates;               /* writer: idempotent retries answered */
+    _Atomic uint64_t answered_stored;          /* writer: notify answers 202 stored */
 } __attribute__((aligned(64)));
 
 struct th_mbx_hdr {

@@ -5,6 +5,7 @@
  * messages cannot drift apart.
  */
 #include "shm/rt/config.h"
+#include "shm/mailbox.h"
 #include "shm/rt/log.h"
 
 #include <ctype.h>
@@ -62,6 +63,13 @@ static const struct flag flags[] = {
     {"hung-after", F_U32, OFF(hung_after_s), 1, 3600,
      "SECONDS  a role whose heartbeat is older is declared hung, gets no new\n"
      "                             clients, and is replaced (3)"},
+    /* The mailbox (shm/mailbox.h): kept across reconnects and graceful restarts. */
+    {"mailbox-ttl", F_U32, OFF(mailbox_ttl_s), 0, 7 * 86400,
+     "SECONDS  keep each notification this long for resume; 0 = mailbox off (120)"},
+    {"mailbox-per-user", F_U32, OFF(mailbox_per_user), 1, TH_MBX_PER_USER_MAX,
+     "N  stored notifications per user, the oldest goes first (64)"},
+    {"mailbox-bytes", F_U64, OFF(mailbox_bytes), TH_MBX_BYTES_MIN, 1ull << 40,
+     "BYTES  shared memory for the mailbox, the oldest goes first (67108864)"},
     {"jwt-secret-file", F_PATH, OFF(jwt_secret_file), 0, 0,
      "PATH  HS256 secret (or TETHER_JWT_SECRET)"},
     {"log-level", F_LEVEL, OFF(log_level), 0, 0, "LEVEL  error, warn, info, debug (info)"},
@@ -95,6 +103,9 @@ void th_config_defaults(struct th_config *c)
     c->drain_timeout_s = 10;
     c->handoff_timeout_ms = 200;
     c->hung_after_s = 3;
+    c->mailbox_ttl_s = 120;
+    c->mailbox_per_user = 64;
+    c->mailbox_bytes = 64ull << 20;
     c->log_level = TH_LOG_INFO;
     c->log_format = TH_LOG_TEXT;
 }
@@ -288,6 +299,12 @@ static int check(struct th_config *c, char *err, size_t errlen)
     }
     if (c->workers > c->slots) {
         snprintf(err, errlen, "--workers %u is more than --slots %u", c->workers, c->slots);
+        return -1;
+    }
+    struct th_mbx_params mp = {c->mailbox_bytes, c->mailbox_per_user, 0};
+    if (th_mbx_layout(&mp, NULL) == 0) {
+        snprintf(err, errlen, "--mailbox-bytes %llu is too small for --mailbox-per-user %u",
+                 (unsigned long long)c->mailbox_bytes, c->mailbox_per_user);
         return -1;
     }
     return 0;

@@ -34,6 +34,9 @@ struct th_config {
     uint32_t drain_timeout_s;
     uint32_t handoff_timeout_ms; /* notifier's bound for a worker's confirmation */
     uint32_t hung_after_s;       /* heartbeat age past which the supervisor replaces a role */
+    uint32_t mailbox_ttl_s;      /* 0: mailbox off */
+    uint32_t mailbox_per_user;   /* stored notifications per user */
+    uint64_t mailbox_bytes;      /* the mailbox object's size */
     char jwt_secret_file[TH_PATH_MAX];
     unsigned char jwt_secret[TH_SECRET_MAX];
     size_t jwt_secret_len;

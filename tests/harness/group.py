@@ -66,11 +66,15 @@ class Group:
     suite that starts a group cannot pass over one.
     """
 
-    def __init__(self, workers=2, slots=1024, extra_args=(), env=None, secret="test-secret-0123456789"):
+    def __init__(self, workers=2, slots=1024, extra_args=(), env=None, secret="test-secret-0123456789",
+                 shm_name=None, keep_mailbox=False):
         self.tmp = tempfile.mkdtemp(prefix="tether-it-")
         self.port = free_port()
         self.api_port = free_port()
-        self.shm_name = "/tether-it-%d-%d" % (os.getpid(), next(_counter))
+        self.shm_name = shm_name or "/tether-it-%d-%d" % (os.getpid(), next(_counter))
+        # The mailbox (<shm_name>.mailbox) outlives a graceful stop; a test that
+        # restarts a group on the same shm_name keeps it until its last group.
+        self.keep_mailbox = keep_mailbox
         self.secret = secret
         self.secret_file = os.path.join(self.tmp, "secret")
         with open(self.secret_file, "w") as f:
@@ -134,10 +138,12 @@ class Group:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
             # Whatever happened, leave no segment behind.
-            try:
-                os.unlink("/dev/shm" + self.shm_name)
-            except FileNotFoundError:
-                pass
+            for path in ["/dev/shm" + self.shm_name] + \
+                    ([] if self.keep_mailbox else ["/dev/shm" + self.shm_name + ".mailbox"]):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
             if getattr(self, "logf", None):
                 self.logf.close()
         return self.proc.returncode if self.proc else rc

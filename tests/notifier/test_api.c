@@ -9,6 +9,7 @@
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -278,6 +279,66 @@ Test(render, results_exact)
     b.len = 0;
     th_api_render_error(&b, "bad \"x\"\n", 400, 1);
     cr_assert_str_eq(b.p, "{\"error\":\"bad \\\"x\\\"\\u000a\",\"code\":400}");
+    th_buf_free(&b);
+}
+
+Test(notify, ttl_s)
+{
+    struct th_notify n;
+    json_t *root;
+    char err[256];
+    cr_assert_eq(check("{\"user_id\":\"u\",\"type\":\"t\"}", &n, &root, err), 0);
+    cr_assert_eq(n.has_ttl, 0);
+    json_decref(root);
+    cr_assert_eq(check("{\"user_id\":\"u\",\"type\":\"t\",\"ttl_s\":0}", &n, &root, err), 0);
+    cr_assert_eq(n.has_ttl, 1);
+    cr_assert_eq(n.ttl_s, 0);
+    json_decref(root);
+    cr_assert_eq(check("{\"user_id\":\"u\",\"type\":\"t\",\"ttl_s\":90}", &n, &root, err), 0);
+    cr_assert_eq(n.ttl_s, 90);
+    json_decref(root);
+    const char *bad[] = {"-1", "1.5", "\"5\"", "true", "4294967296"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char body[128];
+        snprintf(body, sizeof(body), "{\"user_id\":\"u\",\"type\":\"t\",\"ttl_s\":%s}", bad[i]);
+        cr_assert_eq(check(body, &n, &root, err), -EINVAL, "%s", bad[i]);
+        cr_assert(strstr(err, "ttl_s"), "%s", err);
+    }
+}
+
+Test(render, frame_with_seq_and_epoch)
+{
+    struct th_notify n = {.type = "t", .tlen = 1, .seq = 17, .epoch = "3d15540311ddfde9"};
+    size_t len;
+    char *f = th_api_render_frame(&n, "i", 1, 1762596449ULL * 1000000000ULL, &len);
+    cr_assert_str_eq(f, "{\"type\":\"t\",\"id\":\"i\",\"seq\":17,\"epoch\":\"3d15540311ddfde9\","
+                        "\"timestamp\":\"2025-11-08T10:07:29Z\",\"data\":{}}");
+    free(f);
+}
+
+Test(render, stored_and_seq_results)
+{
+    struct th_buf b = {0};
+    struct th_api_result r = {.status = TH_OUT_STORED,
+                              .user = "u1",
+                              .ulen = 2,
+                              .id = "n1",
+                              .idlen = 2,
+                              .seq = 18,
+                              .expires_in_s = 120};
+    th_api_render_outcome(&b, &r, 0);
+    cr_assert_str_eq(b.p, "{\"status\":\"stored\",\"user_id\":\"u1\",\"id\":\"n1\",\"seq\":18,"
+                          "\"expires_in_s\":120,\"last_seen\":null}");
+    b.len = 0;
+    r = (struct th_api_result){
+        .status = 200, .user = "u1", .ulen = 2, .id = "n1", .idlen = 2, .seq = 3, .connections = 2};
+    th_api_render_outcome(&b, &r, 1);
+    cr_assert_str_eq(b.p, "{\"status\":\"delivered\",\"user_id\":\"u1\",\"id\":\"n1\",\"seq\":3,"
+                          "\"connections\":2,\"code\":200}");
+    b.len = 0;
+    r.status = 404; /* nothing stored: no seq to tell */
+    th_api_render_outcome(&b, &r, 0);
+    cr_assert_str_eq(b.p, "{\"status\":\"not_connected\",\"user_id\":\"u1\",\"last_seen\":null}");
     th_buf_free(&b);
 }
 

@@ -16,11 +16,15 @@ from harness.aio import api, connect_user, notify, wait_connected  # noqa: E402
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
+# These suites test what a user without a live connection gets today (404):
+# the mailbox (202 stored) is tested in tests/notifier_it/test_notifier_mailbox.py.
+NO_MAILBOX = ["--mailbox-ttl", "0"]
+
 
 class Delivery(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.g = th.Group(workers=2).start()
+        cls.g = th.Group(workers=2, extra_args=NO_MAILBOX).start()
 
     @classmethod
     def tearDownClass(cls):
@@ -151,7 +155,7 @@ class Delivery(unittest.TestCase):
 
 class Signals(unittest.TestCase):
     def test_sighup_reopens_log_and_sigterm_exits_0(self):
-        g = th.Group(workers=1)
+        g = th.Group(workers=1, extra_args=NO_MAILBOX)
         path = os.path.join(g.tmp, "api.log")
         g.args += ["--log-file", path]
 

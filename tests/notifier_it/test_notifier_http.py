@@ -18,11 +18,15 @@ import harness as th  # noqa: E402
 from harness.aio import connect_user, wait_connected  # noqa: E402
 from harness.rawhttp import post, raw_request, read_responses  # noqa: E402
 
+# These suites test what a user without a live connection gets today (404):
+# the mailbox (202 stored) is tested in tests/notifier_it/test_notifier_mailbox.py.
+NO_MAILBOX = ["--mailbox-ttl", "0"]
+
 
 class Http(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.g = th.Group(workers=2).start()
+        cls.g = th.Group(workers=2, extra_args=NO_MAILBOX).start()
         cls.port = cls.g.api_port
 
     @classmethod

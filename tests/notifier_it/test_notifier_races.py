@@ -32,6 +32,10 @@ from harness.rawhttp import post, raw_request  # noqa: E402
 
 NOT_HUNG = ["--hung-after", "600"]  # the frozen worker must stay undeclared for the whole test
 
+# These suites test what a user without a live connection gets today (404):
+# the mailbox (202 stored) is tested in tests/notifier_it/test_notifier_mailbox.py.
+NO_MAILBOX = ["--mailbox-ttl", "0"]
+
 
 def notify_loop(port, users, stop, results):
     """Keep-alive notifier client: cycles through users until stop is set."""
@@ -49,7 +53,7 @@ def notify_loop(port, users, stop, results):
 
 class Races(unittest.TestCase):
     def test_no_cross_delivery_under_churn(self):
-        with th.Group(workers=2, slots=64) as g:
+        with th.Group(workers=2, slots=64, extra_args=NO_MAILBOX) as g:
             churners = ["churn-%d" % k for k in range(6)]
             wrong = []
             received = {"steady": 0}
@@ -106,7 +110,7 @@ class Races(unittest.TestCase):
         return [x["pid"] for x in g.api("GET", "/healthz")[1]["workers"] if x["index"] == w][0]
 
     def test_stopped_worker_503_then_recovers(self):
-        with th.Group(workers=1, extra_args=["--handoff-timeout-ms", "200"] + NOT_HUNG) as g:
+        with th.Group(workers=1, extra_args=["--handoff-timeout-ms", "200"] + NOT_HUNG + NO_MAILBOX) as g:
             async def go():
                 ws = await connect_user(g, "sleepy")
                 await wait_connected(g, "sleepy", 1)
@@ -137,7 +141,7 @@ class Races(unittest.TestCase):
         """600 notifies pipelined on one socket while the user's worker is
         stopped: reading pauses past 256 owed answers and resumes as they
         time out; every answer arrives, in order, within the bound."""
-        with th.Group(workers=1, extra_args=NOT_HUNG) as g:
+        with th.Group(workers=1, extra_args=NOT_HUNG + NO_MAILBOX) as g:
             async def go():
                 ws = await connect_user(g, "held")
                 await wait_connected(g, "held", 1)
@@ -163,7 +167,7 @@ class Races(unittest.TestCase):
         answered at once but owed behind it (150,000 > the 100,000 bound):
         reading pauses; once the worker resumes and confirms the first, every
         answer arrives, in order."""
-        with th.Group(workers=1, extra_args=["--handoff-timeout-ms", "60000"] + NOT_HUNG) as g:
+        with th.Group(workers=1, extra_args=["--handoff-timeout-ms", "60000"] + NOT_HUNG + NO_MAILBOX) as g:
             async def go():
                 ws = await connect_user(g, "held2")
                 await wait_connected(g, "held2", 1)
@@ -192,7 +196,7 @@ class Races(unittest.TestCase):
             asyncio.run(asyncio.wait_for(go(), 120))
 
     def test_worker_killed_during_handoff(self):
-        with th.Group(workers=1, extra_args=NOT_HUNG) as g:
+        with th.Group(workers=1, extra_args=NOT_HUNG + NO_MAILBOX) as g:
             async def go():
                 ws = await connect_user(g, "victim")
                 await wait_connected(g, "victim", 1)

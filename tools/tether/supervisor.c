@@ -41,6 +41,7 @@
 #include "shm/rt/log.h"
 #include "shm/proto/tls.h"
 #include "shm/rt/role.h"
+#include "shm/mailbox.h"
 #include "shm/registry.h"
 #include "worker/worker.h"
 #include "shm/rt/paths.h"
@@ -550,6 +551,38 @@ static void shutdown_group(void)
 
 /* ---- start-up and loop -------------------------------------------------- */
 
+/*
+ * The mailbox outlives the group (shm/mailbox.h): re-attach to the one a
+ * previous group left when it fits, else start a new epoch. Only the
+ * notifier writes it; the supervisor just makes sure it exists. Off
+ * (--mailbox-ttl 0): left alone, whatever an earlier group stored.
+ */
+static int open_mailbox(const struct th_config *cfg)
+{
+    struct th_mbx mb;
+    struct th_mbx_params p = {cfg->mailbox_bytes, cfg->mailbox_per_user, 0};
+    char err[512] = "", epoch[TH_MBX_EPOCH_LEN + 1];
+    int reused;
+    if (!cfg->mailbox_ttl_s)
+        return 0;
+    int rc = th_mbx_open(&mb, cfg->shm_name, &p, &reused, err, sizeof(err));
+    if (rc < 0) {
+        startup_error("%s", err[0] ? err : strerror(-rc));
+        return rc;
+    }
+    if (err[0])
+        th_warn("%s", err);
+    th_mbx_epoch(&mb, epoch);
+    th_info("mailbox %s%s: epoch %s, %.1f MiB, %llu stored, ttl %u s, %u per user", cfg->shm_name,
+            TH_MBX_SUFFIX, epoch, (double)mb.size / (1 << 20),
+            (unsigned long long)atomic_load(&mb.hdr->entries), cfg->mailbox_ttl_s,
+            cfg->mailbox_per_user);
+    if (reused)
+        th_info("mailbox re-attached: same epoch, stored notifications kept");
+    th_mbx_detach(&mb);
+    return 0;
+}
+
 /* Everything up to the first fork. Returns 0, or the exit status to stop with. */
 static int start_up(const struct th_config *cfg)
 {
@@ -578,6 +611,8 @@ static int start_up(const struct th_config *cfg)
         S.rundir[0] = '\0'; /* not ours: remove nothing in it */
         goto fail;
     }
+    if (open_mailbox(cfg) < 0)
+        goto fail;
     return 0;
 fail:
     /* Only what this process created: its own segment and listeners. */
