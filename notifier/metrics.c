@@ -94,6 +94,14 @@ void th_metrics_render(struct th_buf *b, const struct th_reg *reg,
             LOAD(c->dead_reclaimed));
     counter(b, "tether_repairs_total", "Half-done registry transitions completed.",
             LOAD(c->repairs));
+    counter(b, "tether_api_unauthorized_total",
+            "Backend API requests refused: no or wrong key (401).", LOAD(c->api_unauthorized));
+    counter(b, "tether_origin_refused_total", "Upgrades refused: Origin not allowed (403).",
+            LOAD(c->origin_refused));
+    counter(b, "tether_rate_limited_total", "Connections closed over their rate limit (1008).",
+            LOAD(c->rate_limited));
+    counter(b, "tether_token_refused_total", "Upgrades refused: missing or bad token (401).",
+            LOAD(c->token_refused));
     th_buf_printf(
         b,
         "# HELP tether_api_connections Open backend API connections (this notifier).\n"

@@ -17,6 +17,7 @@
 #include "notifier/server.h"
 #include "notifier/api.h"
 #include "notifier/metrics.h"
+#include "notifier/apikey.h"
 #include "notifier/route.h"
 #include "shm/mailbox.h"
 #include "shm/rt/channel.h"
@@ -105,7 +106,8 @@ struct server {
     int owed_paused; /* some connection paused on MAX_OWED */
     struct th_notifier_stats stats;
     uint64_t id_prefix, id_counter;
-    struct th_buf frame; /* reused for every rendering: the route copies what it keeps */
+    struct th_buf frame;    /* reused for every rendering: the route copies what it keeps */
+    struct th_apikeys keys; /* --api-key-file, re-read on SIGHUP; n == 0: no keys required */
     struct th_conn_info infos[256];
     /* The mailbox (shm/mailbox.h): this process is its one writer while mbx_on. */
     struct th_mbx mbx;
@@ -681,6 +683,45 @@ static void handle_presence(struct resp *r, const struct th_api_req *req)
     th_buf_puts(b, "}");
 }
 
+/*
+ * With --api-key-file, /v1/... needs "Authorization: Bearer <key>". Returns 1
+ * when the request may go on; else answers 401 (nothing delivered or
+ * stored), counts it and logs why without the token.
+ */
+static int authorized(struct resp *r, const struct th_api_req *req)
+{
+    if (!S->cfg->api_key_file[0] || req->route == TH_API_HEALTHZ || req->route == TH_API_METRICS)
+        return 1;
+    const struct th_str *h = th_http_header(&req->http, "authorization");
+    const char *tok;
+    size_t tlen;
+    int given = h && th_apikey_bearer(h->p, h->n, &tok, &tlen);
+    if (given && th_apikeys_match(&S->keys, tok, tlen))
+        return 1;
+    atomic_fetch_add_explicit(&S->reg->hdr->counters.api_unauthorized, 1, memory_order_relaxed);
+    th_info("[Notifier] API request refused: %s API key (%.*s)", given ? "wrong" : "no",
+            (int)(req->http.path.n > 80 ? 80 : req->http.path.n), req->http.path.p);
+    resp_error(r, 401, given ? "invalid API key" : "missing API key (Authorization: Bearer <key>)");
+    return 0;
+}
+
+/* SIGHUP: take the key file's new contents, or keep the old keys if it is bad. */
+static void reload_keys(void)
+{
+    struct th_apikeys k;
+    char err[320];
+    if (!S->cfg->api_key_file[0])
+        return;
+    int rc = th_apikeys_load(S->cfg->api_key_file, &k, err, sizeof(err));
+    if (rc < 0) {
+        th_error("[Notifier] API keys not reloaded, keeping the %zu loaded: %s", S->keys.n, err);
+        return;
+    }
+    th_apikeys_free(&S->keys);
+    S->keys = k;
+    th_info("[Notifier] API keys reloaded: %d key(s) from %s", rc, S->cfg->api_key_file);
+}
+
 static void handle_request(struct conn *c, const struct th_api_req *req)
 {
     struct resp *r = resp_new(c, req);
@@ -688,6 +729,8 @@ static void handle_request(struct conn *c, const struct th_api_req *req)
         conn_close(c);
         return;
     }
+    if (!req->status && !authorized(r, req))
+        return;
     if (req->status) {
         resp_error(r, req->status, req->status == 404 ? "no such endpoint" : "method not allowed");
         return;
@@ -1013,6 +1056,7 @@ static void loop(void)
         if (th_sig_hup) {
             th_sig_hup = 0;
             th_log_reopen();
+            reload_keys();
         }
         run_wakes();
         S->route->ops->flush(S->route);
@@ -1057,6 +1101,7 @@ static void server_free(void)
         th_mbx_writer_end(&S->mbx);
         th_mbx_detach(&S->mbx);
     }
+    th_apikeys_free(&S->keys);
     free(S);
     S = NULL;
 }
@@ -1072,6 +1117,18 @@ int th_server_run(const struct th_config *cfg, struct th_reg *reg, int api_fd)
     for (uint32_t i = 0; i < TH_API_MAX_CONNS; i++) {
         S->conns[i].fd = -1;
         S->conns[i].next_free = i + 1 < TH_API_MAX_CONNS ? i + 1 : NO_CONN;
+    }
+    if (cfg->api_key_file[0]) {
+        char err[320];
+        int krc = th_apikeys_load(cfg->api_key_file, &S->keys, err, sizeof(err));
+        if (krc < 0) {
+            th_error("[Notifier] %s", err);
+            free(S);
+            S = NULL;
+            return krc;
+        }
+        th_info("[Notifier] API keys: %d key(s) from %s; /v1/... needs one", krc,
+                cfg->api_key_file);
     }
     if (getrandom(&S->id_prefix, sizeof(S->id_prefix), 0) != sizeof(S->id_prefix))
         S->id_prefix = reg->hdr->boot_epoch ^ th_now_ns();

@@ -206,6 +206,11 @@ struct th_counters_sh {
     _Atomic uint64_t role_restarts;
     _Atomic uint64_t dead_reclaimed; /* slots reclaimed from dead workers */
     _Atomic uint64_t repairs;        /* half-done transitions completed */
+    /* Security refusals (README "Security"). */
+    _Atomic uint64_t api_unauthorized; /* API requests answered 401: no or wrong API key */
+    _Atomic uint64_t origin_refused;   /* upgrades answered 403: Origin not allowed */
+    _Atomic uint64_t rate_limited;     /* connections closed 1008: over a token bucket */
+    _Atomic uint64_t token_refused;    /* upgrades answered 401: missing or bad token */
 } __attribute__((aligned(64)));
 
 struct th_reg_hdr {

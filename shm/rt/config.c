@@ -8,6 +8,7 @@
 #include "shm/mailbox.h"
 #include "shm/rt/log.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -26,7 +27,8 @@ enum flag_kind {
     F_PATH,
     F_LEVEL,
     F_FORMAT,
-    F_BOOL
+    F_BOOL,
+    F_TEXT /* free text up to TH_PATH_MAX - 1 bytes */
 };
 
 struct flag {
@@ -81,6 +83,24 @@ static const struct flag flags[] = {
     {"tls-key", F_PATH, OFF(tls_key), 0, 0, "FILE  PEM private key of --tls-cert"},
     {"tls-only", F_BOOL, OFF(tls_only), 0, 0,
      "refuse plain ws:// upgrades (no value; TETHER_TLS_ONLY=1)"},
+    /* Security flags (README "Security"). */
+    {"api-key-file", F_PATH, OFF(api_key_file), 0, 0,
+     "PATH  backend API keys, one a line; /v1/... then needs Authorization: Bearer KEY;\n"
+     "                             without it --api-listen must be a loopback address"},
+    {"jwt-key-file", F_PATH, OFF(jwt_key_file), 0, 0,
+     "PATH  PEM public keys (RSA: RS256, P-256: ES256, Ed25519: EdDSA); SIGHUP re-reads"},
+    {"jwt-jwks-file", F_PATH, OFF(jwt_jwks_file), 0, 0,
+     "PATH  JWKS document (keys chosen by kid); SIGHUP re-reads"},
+    {"jwt-audience", F_TEXT, OFF(jwt_audience), 0, 0, "AUD  tokens must carry this aud"},
+    {"jwt-issuer", F_TEXT, OFF(jwt_issuer), 0, 0, "ISS  tokens must carry this iss"},
+    {"allowed-origins", F_TEXT, OFF(allowed_origins), 0, 0,
+     "LIST  comma-separated origins (https://app.example.com, *.example.com);\n"
+     "                             other browser Origins get 403 (none: all pass)"},
+    {"max-msgs-per-sec", F_U32, OFF(max_msgs_per_sec), 0, 1000000,
+     "N  client frames a second per connection, burst 2 s; over: close 1008 (50; 0 = off)"},
+    {"max-bytes-per-sec", F_U32, OFF(max_bytes_per_sec), 0, 1u << 30,
+     "N  client bytes a second per connection, burst 2 s or --max-message;\n"
+     "                             over: close 1008 (1048576; 0 = off)"},
 };
 #define NFLAGS (sizeof(flags) / sizeof(flags[0]))
 
@@ -106,6 +126,8 @@ void th_config_defaults(struct th_config *c)
     c->mailbox_ttl_s = 120;
     c->mailbox_per_user = 64;
     c->mailbox_bytes = 64ull << 20;
+    c->max_msgs_per_sec = 50;
+    c->max_bytes_per_sec = 1048576;
     c->log_level = TH_LOG_INFO;
     c->log_format = TH_LOG_TEXT;
 }
@@ -202,6 +224,7 @@ static int apply(struct th_config *c, const struct flag *f, const char *v, const
         return -1;
     }
     case F_PATH:
+    case F_TEXT:
         if (*v && strlen(v) < TH_PATH_MAX) {
             snprintf(base + f->off, TH_PATH_MAX, "%s", v);
             return 0;
@@ -281,13 +304,41 @@ static int load_secret(struct th_config *c, char *err, size_t errlen)
     return 0;
 }
 
-static int check(struct th_config *c, char *err, size_t errlen)
+/* 127.0.0.0/8, ::1 and "localhost": addresses only this machine reaches. */
+static int is_loopback(const char *host)
 {
-    if (c->jwt_secret_len == 0) {
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (strcmp(host, "localhost") == 0)
+        return 1;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
+
+/* The security flags' cross-checks (README "Security"). */
+static int check_security(struct th_config *c, char *err, size_t errlen)
+{
+    if (c->jwt_secret_len == 0 && !c->jwt_key_file[0] && !c->jwt_jwks_file[0]) {
         snprintf(err, errlen,
-                 "no JWT secret: pass --jwt-secret-file PATH or set TETHER_JWT_SECRET");
+                 "no JWT key: pass --jwt-secret-file PATH (or set TETHER_JWT_SECRET), "
+                 "--jwt-key-file PATH or --jwt-jwks-file PATH");
         return -1;
     }
+    if (!c->api_key_file[0] && !is_loopback(c->api_host)) {
+        snprintf(err, errlen,
+                 "--api-listen %s:%u is not a loopback address: anyone reaching it could notify "
+                 "any user; pass --api-key-file PATH or listen on 127.0.0.1",
+                 c->api_host, c->api_port);
+        return -1;
+    }
+    return 0;
+}
+
+static int check(struct th_config *c, char *err, size_t errlen)
+{
+    if (check_security(c, err, errlen) < 0)
+        return -1;
     if (!c->tls_cert[0] != !c->tls_key[0]) {
         snprintf(err, errlen, "%s needs %s too", c->tls_cert[0] ? "--tls-cert" : "--tls-key",
                  c->tls_cert[0] ? "--tls-key" : "--tls-cert");

@@ -46,6 +46,16 @@ struct th_config {
     char tls_cert[TH_PATH_MAX]; /* wss:// on --listen when both are set */
     char tls_key[TH_PATH_MAX];
     uint32_t tls_only; /* refuse plain upgrades */
+    /* Security (issue 18): who may call the API, which tokens count, which
+     * pages may connect, how fast one client may send. */
+    char api_key_file[TH_PATH_MAX];    /* backend API keys, one a line; "" = none (loopback only) */
+    char jwt_key_file[TH_PATH_MAX];    /* PEM public keys (RS256, ES256, EdDSA) */
+    char jwt_jwks_file[TH_PATH_MAX];   /* a JWKS document */
+    char jwt_audience[TH_PATH_MAX];    /* required aud when set */
+    char jwt_issuer[TH_PATH_MAX];      /* required iss when set */
+    char allowed_origins[TH_PATH_MAX]; /* comma-separated origins and *.domain patterns */
+    uint32_t max_msgs_per_sec;         /* per connection, token bucket, 0 = off */
+    uint32_t max_bytes_per_sec;        /* per connection, token bucket, 0 = off */
 };
 
 enum { TH_CONFIG_OK = 0, TH_CONFIG_HELP = 1, TH_CONFIG_ERROR = -1 };

@@ -4,6 +4,7 @@
  * shm/rt/config.c so the roles and this command agree on them.
  */
 #include "tools/tether/supervisor.h"
+#include "notifier/apikey.h"
 #include "shm/rt/config.h"
 
 #include <stdio.h>
@@ -13,6 +14,19 @@ static void usage(FILE *out)
 {
     fprintf(out, "usage: tether run [flags]    run the process group (tether run --help)\n"
                  "       tether --help\n");
+}
+
+/* Key files named by flags must be readable and well-formed before anything starts. */
+static int check_key_files(const struct th_config *cfg, char *err, size_t errlen)
+{
+    if (cfg->api_key_file[0]) {
+        struct th_apikeys k;
+        int rc = th_apikeys_load(cfg->api_key_file, &k, err, errlen);
+        if (rc < 0)
+            return rc;
+        th_apikeys_free(&k);
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -38,6 +52,10 @@ int main(int argc, char **argv)
         th_config_usage(stdout);
         return 0;
     case TH_CONFIG_ERROR:
+        fprintf(stderr, "tether run: %s\n", err);
+        return 2;
+    }
+    if (check_key_files(&cfg, err, sizeof(err)) < 0) {
         fprintf(stderr, "tether run: %s\n", err);
         return 2;
     }
