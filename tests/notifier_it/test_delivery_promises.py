@@ -8,8 +8,8 @@ real groups with Debian's python3-websockets as the client:
   frozen device still gets the frame once its worker runs again;
 - --max-conns-per-user 3 end to end: a fourth device replaces the oldest
   (4001), the three left each get a notification, and the 200 counts three;
-- 503 items inside a batch: a frozen owner makes its item 503 while the
-  others in the same batch answer 200 and 404;
+- 503 items inside a batch: a frozen owner makes its items 503 while an
+  item for nobody (ttl_s 0: not stored) in the same batch answers 404;
 - the 200 ms handoff bound (--handoff-timeout-ms default) at its value: a
   notification to a frozen worker answers 503 no sooner than 200 ms after it
   was sent and within a tolerance (below).
@@ -165,7 +165,7 @@ class DeliveryPromises(unittest.TestCase):
                 frozen = Freeze(worker_pid(g, 0)).freeze()
                 try:
                     items = [{"user_id": "batch-frozen", "type": "t", "id": "bf-1"},
-                             {"user_id": "batch-nobody", "type": "t", "id": "bn-1"},
+                             {"user_id": "batch-nobody", "type": "t", "id": "bn-1", "ttl_s": 0},
                              {"user_id": "batch-frozen", "type": "t", "id": "bf-2"}]
                     st, body = await api(g, "POST", "/v1/notify/batch", items)
                 finally:
