@@ -385,6 +385,7 @@ static void on_text(struct child *ch, long i, const char *p, size_t n)
         enum trk_frame r = trk_frame(&ch->trk, &c->tu, p, n, &num);
         if (r == TRK_NOTE_NEW) {
             ch->c.notifications_received++;
+            ch->c.last_note_ns = now;
             if (t) {
                 uint64_t sent = strtoull(t + 7, NULL, 10);
                 lh_record(&ch->delivery, now > sent ? now - sent : 0);

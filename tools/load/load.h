@@ -59,6 +59,7 @@ struct load_counts {
     uint64_t epoch_changes, bad_frames;
     uint64_t connect_start_ns, connect_end_ns; /* first connect issued, last handshake done */
     uint64_t ping_start_ns, ping_end_ns;
+    uint64_t last_note_ns; /* --resume: when the last new notification arrived */
     int connect_done;
 };
 

@@ -469,7 +469,7 @@ static int summarize(const struct load_opts *o)
     static struct lhist rtt, del;
     struct load_counts s;
     sum_counts(o->procs, &s);
-    uint64_t cstart = UINT64_MAX, cend = 0;
+    uint64_t cstart = UINT64_MAX, cend = 0, last_note = 0;
     double dur = 0, pps = 0;
     int died = 0;
     for (int k = 0; k < o->procs; k++) {
@@ -481,6 +481,8 @@ static int summarize(const struct load_opts *o)
             cstart = c->connect_start_ns;
         if (c->connect_end_ns > cend)
             cend = c->connect_end_ns;
+        if (c->last_note_ns > last_note)
+            last_note = c->last_note_ns;
         double d =
             c->ping_end_ns > c->ping_start_ns ? (c->ping_end_ns - c->ping_start_ns) * 1e-9 : 0;
         if (d > dur)
@@ -521,13 +523,14 @@ static int summarize(const struct load_opts *o)
         printf(",\"resumes\":%llu,\"recovered_false\":%llu,\"dup\":%llu,\"reordered\":%llu,"
                "\"resume\":{\"reconnects\":%llu,\"drops\":%llu,\"replayed\":%llu,"
                "\"accepted\":%llu,\"retries\":%llu,\"dup_frames_dropped\":%llu,"
-               "\"epoch_changes\":%llu,\"bad_frames\":%llu}",
+               "\"epoch_changes\":%llu,\"bad_frames\":%llu,\"last_note_s\":%.3f}",
                (unsigned long long)s.resumes, (unsigned long long)s.recovered_false,
                (unsigned long long)s.dup, (unsigned long long)s.reordered,
                (unsigned long long)s.reconnects, (unsigned long long)s.drops,
                (unsigned long long)s.replayed, (unsigned long long)s.notify_accepted,
                (unsigned long long)s.notify_retries, (unsigned long long)s.dup_frames,
-               (unsigned long long)s.epoch_changes, (unsigned long long)s.bad_frames);
+               (unsigned long long)s.epoch_changes, (unsigned long long)s.bad_frames,
+               last_note > cstart && cstart != UINT64_MAX ? (last_note - cstart) * 1e-9 : 0.0);
     }
     printf("}\n");
     fflush(stdout);
