@@ -121,6 +121,37 @@ class Resume(Base):
         self.assertTrue(self.g.wait_log(
             "[WebSocket] User r-order resumed: since 1, replayed 5, recovered true"), self.g.log()[-3000:])
 
+    def test_metrics_count_resumes_and_replays(self):
+        def metrics():
+            st, text = self.g.api("GET", "/metrics")
+            self.assertEqual(st, 200)
+            vals = {}
+            for line in text.splitlines():
+                if line.startswith(("tether_resumes_total", "tether_mailbox_replayed_total")):
+                    k, v = line.rsplit(" ", 1)
+                    vals[k] = float(v)
+            return vals
+
+        async def go():
+            before = metrics()
+            for k in range(3):
+                self.notify_ok("r-metrics", {"k": k})
+            ws = await connect(resume_url(self.g, "r-metrics", 0))
+            r = await recv_json(ws)
+            await recv_n(ws, 3)
+            await ws.close()
+            ws = await connect(resume_url(self.g, "r-metrics", 9, r["epoch"]))  # ahead: false
+            await recv_json(ws)
+            await ws.close()
+            after = metrics()
+            t, f = 'tether_resumes_total{recovered="true"}', 'tether_resumes_total{recovered="false"}'
+            # Other tests of the class may resume meanwhile: at least ours are counted.
+            self.assertGreaterEqual(after[t] - before[t], 1, after)
+            self.assertGreaterEqual(after[f] - before[f], 1, after)
+            self.assertGreaterEqual(after["tether_mailbox_replayed_total"]
+                                    - before["tether_mailbox_replayed_total"], 3, after)
+        run(go())
+
     def test_no_since_no_resumed_frame(self):
         async def go():
             ws, epoch = await self.first_session("r-plain")
