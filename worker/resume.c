@@ -48,7 +48,8 @@ int wk_resume_setup(struct worker *w)
 {
     char err[160] = "";
     struct th_mbx probe;
-    /* No mailbox object: it is off (the supervisor makes it only when it is on). */
+    if (!w->cfg->mailbox_ttl_s)
+        return 0; /* off: one an earlier group left behind must not be used */
     int rc = th_mbx_attach(&probe, w->cfg->shm_name, 1, err, sizeof(err));
     if (rc == -ENOENT)
         return 0;
