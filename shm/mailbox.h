@@ -145,6 +145,7 @@
 #define TH_MBX_BYTES_MIN (1u << 20)   /* --mailbox-bytes lower bound */
 #define TH_MBX_MAX_FRAME (70u * 1024) /* a rendered frame with seq and epoch */
 #define TH_MBX_MAX_ID 128
+#define TH_MBX_EXPIRE_BATCH 16384
 #define TH_MBX_NONE UINT32_MAX
 
 /* Eviction reasons (metrics label reason="ttl|full|per_user"). */
@@ -305,7 +306,10 @@ int th_mbx_commit(struct th_mbx *m, const struct th_mbx_ticket *t, const char *f
 /* Record the outcome of the delivery of entry pos (200 with connections, 202). */
 void th_mbx_set_outcome(struct th_mbx *m, uint64_t pos, unsigned status, unsigned connections);
 
-/* Reclaim entries at the log's tail that expired by now (the notifier's 1 s tick). Returns count.
+/*
+ * Reclaim entries at the log's tail that expired by now (the notifier's 1 s
+ * tick), at most TH_MBX_EXPIRE_BATCH per call so a tick never stalls the
+ * loop for long (readers skip expired entries anyway). Returns count.
  */
 int th_mbx_expire(struct th_mbx *m, uint64_t now_ns);
 

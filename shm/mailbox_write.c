@@ -114,7 +114,7 @@ static int reclaim_one(struct th_mbx *m, uint64_t now_ns, int only_expired)
 int th_mbx_expire(struct th_mbx *m, uint64_t now_ns)
 {
     int n = 0;
-    while (reclaim_one(m, now_ns, 1))
+    while (n < TH_MBX_EXPIRE_BATCH && reclaim_one(m, now_ns, 1))
         n++;
     return n;
 }
@@ -352,7 +352,8 @@ int th_mbx_writer_begin(struct th_mbx *m, pid_t pid, uint64_t now_ns, char *err,
     }
     th_mbx_st32(&h->busy_rec, TH_MBX_NONE);
     recount(m);
-    th_mbx_expire(m, now_ns);
+    while (th_mbx_expire(m, now_ns) == TH_MBX_EXPIRE_BATCH) /* at start: all of it */
+        ;
     return 0;
 }
 
