@@ -67,26 +67,37 @@ class Group:
     """
 
     def __init__(self, workers=2, slots=1024, extra_args=(), env=None, secret="test-secret-0123456789",
-                 shm_name=None, keep_mailbox=False):
+                 shm_name=None, keep_mailbox=False, bin_dir=None, port_fn=None, log_level="debug",
+                 prefix=(), secret_file=None):
+        """bin_dir (default BIN), port_fn (default free_port), log_level,
+        prefix (a command to run tether under, e.g. taskset) and secret_file
+        (an existing secret instead of writing `secret`) are for tools/bench,
+        which starts its groups through this class too."""
         self.tmp = tempfile.mkdtemp(prefix="tether-it-")
-        self.port = free_port()
-        self.api_port = free_port()
+        self.bin_dir = bin_dir or BIN
+        port_fn = port_fn or free_port
+        self.port = port_fn()
+        self.api_port = port_fn()
         self.shm_name = shm_name or "/tether-it-%d-%d" % (os.getpid(), next(_counter))
         # The mailbox (<shm_name>.mailbox) outlives a graceful stop; a test that
         # restarts a group on the same shm_name keeps it until its last group.
         self.keep_mailbox = keep_mailbox
+        if secret_file:
+            with open(secret_file) as f:
+                secret = f.read().strip()
         self.secret = secret
-        self.secret_file = os.path.join(self.tmp, "secret")
-        with open(self.secret_file, "w") as f:
-            f.write(secret + "\n")
+        self.secret_file = secret_file or os.path.join(self.tmp, "secret")
+        if not secret_file:
+            with open(self.secret_file, "w") as f:
+                f.write(secret + "\n")
         self.log_path = os.path.join(self.tmp, "tether.log")
-        self.args = [os.path.join(BIN, "tether"), "run",
+        self.args = list(prefix) + [os.path.join(self.bin_dir, "tether"), "run",
                      "--listen", "127.0.0.1:%d" % self.port,
                      "--api-listen", "127.0.0.1:%d" % self.api_port,
                      "--workers", str(workers), "--slots", str(slots),
                      "--shm-name", self.shm_name,
                      "--jwt-secret-file", self.secret_file,
-                     "--log-level", "debug"] + list(extra_args)
+                     "--log-level", log_level] + list(extra_args)
         self.env = dict(os.environ)
         self.env["TETHER_RUNTIME_DIR"] = os.path.join(self.tmp, "run")
         self.env.pop("TETHER_JWT_SECRET", None)
@@ -208,7 +219,7 @@ class Group:
         return self.api("POST", "/v1/notify", body)
 
     def dump(self, user=None):
-        args = [os.path.join(BIN, "tether-dump"), "--shm-name", self.shm_name, "--json"]
+        args = [os.path.join(self.bin_dir, "tether-dump"), "--shm-name", self.shm_name, "--json"]
         if user:
             args += ["--user", user]
         out = subprocess.run(args, capture_output=True, timeout=30, check=True)
