@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import unittest
@@ -229,6 +230,11 @@ class Restart(unittest.TestCase):
             g1.finish()
         self.assertTrue(os.path.exists("/dev/shm" + name + ".mailbox"), "kept after SIGTERM")
         self.assertFalse(os.path.exists("/dev/shm" + name), "the registry is removed")
+        out = subprocess.run([os.path.join(th.BIN, "tether-dump"), "--shm-name", name, "--json", "--user", "r1"],
+                             capture_output=True, timeout=30)
+        self.assertEqual(out.returncode, 1, "no segment")
+        left = json.loads(out.stdout)["mailbox"]
+        self.assertEqual((left["epoch"], [e["seq"] for e in left["user"]["entries"]]), (epoch, [1, 2, 3]))
         g2 = th.Group(workers=1, shm_name=name, keep_mailbox=True).start()
         try:
             self.assertTrue(g2.wait_log("mailbox re-attached"))

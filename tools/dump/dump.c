@@ -10,12 +10,15 @@
  * The mailbox beside the segment (tools/dump/mailbox_view.c) follows it.
  *
  * Exit 0 on success, 1 if the segment is missing or its header is bad, 2 for
- * a bad flag.
+ * a bad flag. A missing segment with a mailbox left (a stopped group) still
+ * shows the mailbox, with exit 1.
  */
 #include "shm/rt/clock.h"
+#include "shm/mailbox.h"
 #include "shm/registry.h"
 #include "tools/dump/mailbox_view.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -305,6 +308,23 @@ static int print_json(const struct th_reg *r, const struct opts *o)
     return rc == 0 ? 0 : 1;
 }
 
+/* No segment (the group was stopped): still show the mailbox it left, if any. */
+static void mailbox_only(const struct opts *o)
+{
+    struct th_mbx m;
+    if (th_mbx_attach(&m, o->name, 0, NULL, 0) < 0)
+        return; /* nothing at all: stdout stays empty */
+    th_mbx_detach(&m);
+    if (!o->json) {
+        th_dump_mailbox_text(o->name, o->user, o->ulen);
+        return;
+    }
+    json_t *root = json_pack("{s:o}", "mailbox", th_dump_mailbox_json(o->name, o->user, o->ulen));
+    if (root && json_dumpf(root, stdout, JSON_COMPACT | JSON_ENSURE_ASCII) == 0)
+        fputc('\n', stdout);
+    json_decref(root);
+}
+
 int main(int argc, char **argv)
 {
     struct opts o = {0};
@@ -313,8 +333,10 @@ int main(int argc, char **argv)
         return rc;
     struct th_reg r;
     char err[512];
-    if (th_reg_attach(&r, o.name, 0, err, sizeof(err)) < 0) {
+    if ((rc = th_reg_attach(&r, o.name, 0, err, sizeof(err))) < 0) {
         fprintf(stderr, "tether-dump: %s\n", err);
+        if (rc == -ENOENT) /* a stopped group: its mailbox stays for the next start */
+            mailbox_only(&o);
         return 1;
     }
     rc = o.json ? print_json(&r, &o) : (print_text(&r, o.name, &o), 0);
