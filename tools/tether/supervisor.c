@@ -3,9 +3,10 @@
  *
  * Start-up order matters for "touch nothing of another group": the segment
  * is created first (th_reg_create refuses one whose creator is alive, so a
- * second group on the same --shm-name stops there), then both listeners are
- * bound (a port in use stops the start and removes only the segment this
- * process just created), then the runtime directory, then the children.
+ * second group on the same --shm-name stops there), then the listeners are
+ * bound, one client listener per worker and the API's (a port in use stops
+ * the start and removes only the segment this process just created), then
+ * the runtime directory, then the children.
  *
  * The loop is single-threaded: signal handlers only set flags, the signals
  * stay blocked except inside ppoll(), which wakes at least every
@@ -243,7 +244,7 @@ static void start_child(struct th_child *c, uint64_t now_mono)
     }
     if (c->worker >= 0) {
         atomic_store(&child_sh(c)->full, 0);
-        atomic_store(&child_sh(c)->heartbeat_ns, 0); /* it beats once it serves */
+        atomic_store(&child_sh(c)->heartbeat_ns, 0); /* steered to once it has published itself */
     }
     pid_t pid = th_proc_spawn(c->name, closes, nclose, fn, c);
     if (pid < 0) {
@@ -418,7 +419,7 @@ static void watch_children(uint64_t now_mono)
     }
 }
 
-/* A worker new clients may go to: running, serving (it has beaten), not hung, not full. */
+/* A worker new clients may go to: running, published (it has beaten), not hung, not full. */
 static int steerable(const struct th_child *c)
 {
     return c->pid > 0 && !c->hung_mono && !c->killed && c->hb_seen != 0 &&
