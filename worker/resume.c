@@ -25,6 +25,7 @@
 
 struct wk_replay {
     uint64_t target; /* replay stored seqs up to this one */
+    int told_lost;   /* the client was told recovered:false: a further loss is no news */
     uint8_t *held;   /* live frames held back: records {u64 nseq, u32 len, bytes} */
     uint32_t held_len, held_cap;
     uint32_t ulen;
@@ -104,7 +105,7 @@ void wk_resume_conn_free(struct worker *w, uint32_t idx)
 
 /* A replay for connection idx up to target (the list entry is added once). */
 static struct wk_replay *rp_start(struct worker *w, uint32_t idx, uint64_t target, const char *user,
-                                  size_t ulen)
+                                  size_t ulen, int told_lost)
 {
     struct wk_resume *r = w->rs;
     struct conn *c = &w->conns[idx];
@@ -124,6 +125,7 @@ static struct wk_replay *rp_start(struct worker *w, uint32_t idx, uint64_t targe
     if (!rp)
         return NULL;
     rp->target = target;
+    rp->told_lost = told_lost;
     rp->ulen = (uint32_t)ulen;
     memcpy(rp->user, user, ulen);
     c->rp = rp;
@@ -174,7 +176,7 @@ static uint16_t deliver_seq(struct worker *w, uint32_t idx, uint64_t nseq, const
     if ((c->flags & CF_SEQ_KNOWN) && nseq != c->seq_hi + 1 && w->rs) {
         char user[TH_USER_MAX + 1];
         size_t ulen = wk_conn_user(w, c, user);
-        if (ulen && rp_start(w, idx, nseq - 1, user, ulen) && rp_hold(w, idx, nseq, p, n) == 0)
+        if (ulen && rp_start(w, idx, nseq - 1, user, ulen, 0) && rp_hold(w, idx, nseq, p, n) == 0)
             return TH_HO_OK; /* the gap goes out first, then this frame */
         rp_free(c);          /* cannot fill it: deliver what we have */
     }
@@ -229,7 +231,21 @@ static int rp_chunk(struct worker *w, uint32_t idx, uint32_t *budget)
     size_t half = w->cfg->send_queue_cap / 2;
     if (wk_conn_queued(c) >= half)
         return -1; /* resumes on the send completion that drains it */
-    th_mbx_replay_begin(&r->mbx, rp->user, rp->ulen, c->seq_hi, r->snap);
+    uint64_t from = c->seq_hi;
+    th_mbx_replay_begin(&r->mbx, rp->user, rp->ulen, from, r->snap);
+    if (r->snap->dropped > from && !rp->told_lost) {
+        /*
+         * What this client still had to get left the mailbox (evicted
+         * oldest first, or the record recycled) after it was promised:
+         * close, so that it resumes and hears recovered:false, rather than
+         * carry on with a hole it cannot see.
+         */
+        th_warn("user %.*s: seqs after %llu left the mailbox during the replay; closing 1011 so "
+                "the client resumes",
+                (int)rp->ulen, rp->user, (unsigned long long)from);
+        wk_conn_close(w, idx, TH_WS_INTERNAL);
+        return 1;
+    }
     for (uint32_t k = 0; k < RP_CHUNK_FRAMES && *budget; k++) {
         struct th_mbx_item it;
         int got = th_mbx_replay_next(&r->mbx, r->snap, w->now_ns, r->frame, TH_MBX_MAX_FRAME, &it);
@@ -349,7 +365,7 @@ void wk_resume_start(struct worker *w, uint32_t idx, const struct th_resume_req 
             (unsigned long long)rr->since, k, recovered ? "true" : "false");
     c->seq_hi = from > latest ? latest : from;
     c->flags |= CF_SEQ_KNOWN;
-    if (k && !rp_start(w, idx, last, user, ulen)) {
+    if (k && !rp_start(w, idx, last, user, ulen, !recovered)) {
         th_warn("user %s: out of memory for the replay, closing", user);
         wk_conn_close(w, idx, TH_WS_INTERNAL);
     }

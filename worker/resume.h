@@ -19,6 +19,11 @@
  * replay's target are held, in order, and sent when it ends (they count
  * against the send-queue cap like queued bytes).
  *
+ * If what a replay still had to send leaves the mailbox meanwhile (evicted
+ * oldest first, the user's record recycled) and the client was not told
+ * recovered:false already, the connection is closed with 1011: the client
+ * resumes and learns recovered:false instead of carrying on with a hole.
+ *
  * Frames without a seq (mailbox off) or not stored (ttl_s 0:
  * TH_HO_F_NOT_STORED) are sent as they come, outside this ordering.
  */

@@ -17,10 +17,13 @@ the default), run by hand.
 import asyncio
 import json
 import os
+import socket
 import sys
 import threading
 import time
 import unittest
+
+import websockets
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
 
@@ -332,6 +335,47 @@ class BigReplay(Base):
             self.assertEqual((await recv_json(ws))["seq"], 1001)
             await ws.close()
         run(go(), timeout=60)
+
+
+class EvictedDuringReplay(Base):
+    """A replay the client reads slowly, overtaken by --mailbox-per-user
+    eviction: after recovered:true the client must not carry on with a hole
+    it cannot see, so the worker closes with 1011 and the next resume says
+    recovered:false."""
+    GROUP_ARGS = ["--mailbox-per-user", "100"]
+
+    def test_close_then_not_recovered(self):
+        pad = "y" * 60000  # 100 x 60 KB: more than the kernel's socket buffers take
+        for k in range(100):
+            self.notify_ok("d-user", {"k": k, "pad": pad})
+
+        async def go():
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # the replay must stall
+            sock.connect(("127.0.0.1", self.g.port))
+            ws = await connect(resume_url(self.g, "d-user", 0), sock=sock, max_size=2 ** 20,
+                               max_queue=1, read_limit=2 ** 16)
+            r = await recv_json(ws)
+            self.assertEqual((r["recovered"], r["replay"]), (True, 100), r)
+            first = await recv_json(ws)
+            self.assertEqual(first["seq"], 1)
+            for k in range(100, 200):  # evicts every stored one the replay has not sent yet
+                await in_thread(self.notify_ok, "d-user", {"k": k, "pad": "z"})
+            seqs = [first["seq"]]
+            try:
+                while True:
+                    n = await recv_json(ws, 10)
+                    seqs.append(n["seq"])
+            except websockets.ConnectionClosed as e:
+                self.assertEqual(e.code, 1011, e)
+            self.assertEqual(seqs, list(range(1, len(seqs) + 1)))  # in order up to the close
+            self.assertLess(seqs[-1], 100)
+            ws = await connect(resume_url(self.g, "d-user", seqs[-1], r["epoch"]), max_size=2 ** 20)
+            r2 = await recv_json(ws)
+            self.assertEqual(r2["recovered"], False, r2)
+            await ws.close()
+        run(go(), timeout=60)
+        self.assertTrue(self.g.wait_log("left the mailbox during the replay; closing 1011"))
 
 
 if __name__ == "__main__":
