@@ -255,6 +255,18 @@ class Restart(unittest.TestCase):
         self.assertFalse(os.path.exists("/dev/shm" + name + ".mailbox"))
 
 
+class Startup(unittest.TestCase):
+    def test_mailbox_larger_than_shared_memory_refused(self):
+        g = th.Group(workers=1, extra_args=["--mailbox-bytes", str(1 << 40)])
+        with self.assertRaises(RuntimeError) as cm:
+            g.start()
+        g.close()
+        self.assertIn("tether run exited 1", str(cm.exception))
+        self.assertIn("of shared memory is free", g.log())
+        self.assertFalse(os.path.exists("/dev/shm" + g.shm_name + ".mailbox"))
+        self.assertFalse(os.path.exists("/dev/shm" + g.shm_name))
+
+
 class Bounds(unittest.TestCase):
     def test_ttl_expiry(self):
         with th.Group(workers=1, extra_args=["--mailbox-ttl", "2"]) as g:

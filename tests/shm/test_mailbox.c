@@ -12,6 +12,7 @@
 #include "shm/mailbox_impl.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 
@@ -173,6 +174,40 @@ Test(mailbox, reopen_refuses_a_live_writer_and_drops_expired)
     cr_assert_eq(rec, 1);
     cr_assert_eq(atomic_load(&mb.hdr->counters.evicted[TH_MBX_EV_TTL]), 1);
     cr_assert_eq(atomic_load(&mb.hdr->entries), 1);
+}
+
+Test(mailbox, another_boot_or_a_live_old_writer_starts_a_new_epoch)
+{
+    struct th_mbx_params p = {2u << 20, 16, 0};
+    char e1[TH_MBX_EPOCH_LEN + 1], e2[TH_MBX_EPOCH_LEN + 1], err[256];
+    int reused;
+    open_new(2u << 20, 16, 0);
+    put("boot", NULL, 60, T0, 10);
+    th_mbx_epoch(&mb, e1);
+    th_mbx_writer_end(&mb);
+    memcpy(mb.hdr->boot_id, "another-boot", 13); /* as if made before a reboot */
+    th_mbx_detach(&mb);
+    cr_assert_eq(th_mbx_open(&mb, shm, &p, &reused, err, sizeof(err)), 0);
+    cr_assert_eq(reused, 0);
+    cr_assert(strstr(err, "before the last reboot"), "%s", err);
+    th_mbx_epoch(&mb, e2);
+    cr_assert_str_neq(e1, e2);
+
+    /* A process of an earlier group that still writes it (alive, not us). */
+    pid_t child = fork();
+    if (child == 0) {
+        pause();
+        _exit(0);
+    }
+    atomic_store(&mb.hdr->writer_pid, child);
+    atomic_store(&mb.hdr->writer_start, th_mbx_proc_start(child));
+    th_mbx_detach(&mb);
+    int rc = th_mbx_open(&mb, shm, &p, &reused, err, sizeof(err));
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    cr_assert_eq(rc, 0);
+    cr_assert_eq(reused, 0);
+    cr_assert(strstr(err, "still writes it"), "%s", err);
 }
 
 Test(mailbox, attach_missing_and_read_only)
