@@ -19,6 +19,7 @@
 #include "shm/rt/clock.h"
 #include "shm/rt/log.h"
 #include "shm/rt/channel.h"
+#include "shm/proto/wsclose.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -28,7 +29,6 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-#define CLOSE_STALE 4000
 #define HEARTBEAT_EVERY 16384 /* slots visited between heartbeat stamps (well under 1 ms) */
 
 static void stamp(struct th_sweeper *s)
@@ -186,7 +186,7 @@ static void submit(struct th_sweeper *s, unsigned w, struct th_handle h, struct 
     }
     struct th_ho_msg m = {.magic = TH_HO_MAGIC,
                           .type = TH_HO_CLOSE,
-                          .code = CLOSE_STALE,
+                          .code = TH_WS_STALE,
                           .slot = h.slot,
                           .gen = h.gen,
                           .seq = ++s->seq};

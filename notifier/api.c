@@ -294,6 +294,12 @@ static int no_controls(const char *s, size_t n)
     return 1;
 }
 
+static int failf(char *err, size_t errlen, const char *fmt, unsigned n)
+{
+    snprintf(err, errlen, fmt, n);
+    return -EINVAL;
+}
+
 static int fail(char *err, size_t errlen, const char *msg)
 {
     snprintf(err, errlen, "%s", msg);
@@ -310,8 +316,7 @@ int th_api_check_notify(json_t *obj, struct th_notify *out, char *err, size_t er
     if (!u)
         return fail(err, errlen, "missing field: user_id");
     if (!json_is_string(u) || !th_userid_valid(json_string_value(u), json_string_length(u)))
-        return fail(err, errlen,
-                    "user_id must be a string of 1 to 64 bytes without control characters");
+        return fail(err, errlen, "user_id must be a string of " TH_USERID_RULE_TEXT);
     if (!t)
         return fail(err, errlen, "missing field: type");
     if (!json_is_string(t) || json_string_length(t) == 0)
@@ -321,8 +326,9 @@ int th_api_check_notify(json_t *obj, struct th_notify *out, char *err, size_t er
     if (id && !json_is_null(id)) {
         size_t n = json_is_string(id) ? json_string_length(id) : 0;
         if (n == 0 || n > TH_API_MAX_ID || !no_controls(json_string_value(id), n))
-            return fail(err, errlen,
-                        "id must be a string of 1 to 128 bytes without control characters");
+            return failf(err, errlen,
+                         "id must be a string of 1 to %u bytes without control characters",
+                         TH_API_MAX_ID);
         out->id = json_string_value(id);
         out->idlen = n;
     }
@@ -489,34 +495,4 @@ int th_api_pct_decode(const char *s, size_t n, char *out, size_t cap)
         out[o++] = (char)c;
     }
     return (int)o;
-}
-
-const char *th_api_reason(int status)
-{
-    switch (status) {
-    case 200:
-        return "OK";
-    case 202:
-        return "Accepted";
-    case 400:
-        return "Bad Request";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 408:
-        return "Request Timeout";
-    case 411:
-        return "Length Required";
-    case 413:
-        return "Payload Too Large";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 500:
-        return "Internal Server Error";
-    case 503:
-        return "Service Unavailable";
-    default:
-        return "Unknown";
-    }
 }

@@ -20,8 +20,8 @@
 #define TH_API_MAX_NOTIFY_BODY (64u * 1024u)   /* POST /v1/notify and every other path */
 #define TH_API_MAX_BATCH_BODY (1024u * 1024u)  /* POST /v1/notify/batch */
 #define TH_API_MAX_FRAME (64u * 1024u + 1024u) /* one rendered notification frame */
-#define TH_API_MAX_ID 128                      /* notification id bytes */
-#define TH_API_MAX_BATCH_ITEMS 10000           /* notifications in one batch */
+#define TH_API_MAX_ID 128u                     /* notification id bytes */
+#define TH_API_MAX_BATCH_ITEMS 10000u          /* notifications in one batch */
 
 enum th_api_route {
     TH_API_NOTIFY = 1,
@@ -149,8 +149,5 @@ void th_api_render_error(struct th_buf *b, const char *msg, int code, int with_c
  * length, or -1 for a bad escape or when it does not fit.
  */
 int th_api_pct_decode(const char *s, size_t n, char *out, size_t cap);
-
-/* Reason phrase for the status line. */
-const char *th_api_reason(int status);
 
 #endif

@@ -40,7 +40,6 @@
 #define NO_JOB UINT32_MAX
 #define MAX_LEGS 256        /* leg number is 8 bits of the seq */
 #define MAX_JOBS (1u << 16) /* deliveries in flight; more gets 503 */
-#define CHAN_SNDBUF (4 * 1024 * 1024)
 /*
  * Requests in flight per worker: the worker's replies queue in its socket's
  * send buffer until we read them, and a reply that does not fit is lost (it
@@ -281,9 +280,7 @@ static int chan_connect(const char *path)
     int fd = th_ho_connect_path(path, 1);
     if (fd < 0)
         return fd;
-    int sz = CHAN_SNDBUF;
-    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)) < 0)
-        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+    th_ho_set_sndbuf(fd); /* best effort: the default buffer still works, with less in flight */
     return fd;
 }
 
@@ -612,8 +609,7 @@ struct th_route *th_route_local_new(const struct th_config *cfg, struct th_reg *
     rl->reg = reg;
     rl->ring = ring;
     rl->free_head = rl->head = rl->tail = NO_JOB;
-    rl->timeout_ns =
-        (uint64_t)(cfg->handoff_timeout_ms ? cfg->handoff_timeout_ms : 200) * TH_NS_PER_MS;
+    rl->timeout_ns = (uint64_t)cfg->handoff_timeout_ms * TH_NS_PER_MS; /* default: config.c */
     uint32_t want = cfg->max_conns_per_user + 8;
     rl->ninfos = (int)(want > MAX_LEGS - 1 ? MAX_LEGS - 1 : want);
     rl->infos = calloc((size_t)rl->ninfos, sizeof(*rl->infos));

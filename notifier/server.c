@@ -40,6 +40,8 @@
 #define INFLIGHT_BUCKETS 4096
 #define RING_SQ 2048u  /* submission queue entries */
 #define RING_CQ 16384u /* completion queue entries */
+/* Connections a presence answer lists (--max-conns-per-user is lower in practice). */
+#define PRESENCE_MAX_CONNS 256
 #define RECV_MIN 16384
 #define RECV_MAX_BUF (TH_HTTP_MAX_HEAD + TH_API_MAX_BATCH_BODY + 4096)
 
@@ -108,7 +110,7 @@ struct server {
     uint64_t id_prefix, id_counter;
     struct th_buf frame;    /* reused for every rendering: the route copies what it keeps */
     struct th_apikeys keys; /* --api-key-file, re-read on SIGHUP; n == 0: no keys required */
-    struct th_conn_info infos[256];
+    struct th_conn_info infos[PRESENCE_MAX_CONNS];
     /* The mailbox (shm/mailbox.h): this process is its one writer while mbx_on. */
     struct th_mbx mbx;
     int mbx_on;
@@ -295,7 +297,7 @@ static void write_resp(struct conn *c, struct resp *r)
         body->len = 0;
     }
     th_buf_printf(&c->out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n",
-                  r->status, th_api_reason(r->status), r->ctype ? r->ctype : "application/json",
+                  r->status, th_http_reason(r->status), r->ctype ? r->ctype : "application/json",
                   body->len + 1,
                   r->close_after ? "Connection: close\r\n"
                   : r->keep10    ? "Connection: keep-alive\r\n"
@@ -548,8 +550,9 @@ static void item_start(struct item *it, const struct th_notify *n0)
     f->oom = 0;
     th_api_render_frame_into(f, &n, id, idlen, now);
     if (f->oom || f->len > TH_API_MAX_FRAME + 64) {
-        item_fail(it, f->oom ? 500 : 413,
-                  f->oom ? "out of memory" : "notification frame over 66560 bytes");
+        char msg[64];
+        snprintf(msg, sizeof(msg), "notification frame over %u bytes", TH_API_MAX_FRAME);
+        item_fail(it, f->oom ? 500 : 413, f->oom ? "out of memory" : msg);
         if (f->cap > 4 * TH_API_MAX_FRAME)
             th_buf_free(f);
         return;
@@ -612,7 +615,9 @@ static void handle_batch(struct resp *r, const struct th_api_req *req)
     size_t n = json_array_size(root);
     if (n > TH_API_MAX_BATCH_ITEMS) {
         r->batch = 0;
-        resp_error(r, 413, "batch over 10000 notifications");
+        char msg[64];
+        snprintf(msg, sizeof(msg), "batch over %u notifications", TH_API_MAX_BATCH_ITEMS);
+        resp_error(r, 413, msg);
         atomic_fetch_add_explicit(&S->reg->hdr->counters.notify_bad_request, 1,
                                   memory_order_relaxed);
         json_decref(root);
@@ -648,10 +653,10 @@ static void handle_presence(struct resp *r, const struct th_api_req *req)
     char user[TH_USER_MAX];
     int ulen = th_api_pct_decode(req->presence_user.p, req->presence_user.n, user, sizeof(user));
     if (ulen < 0 || !th_userid_valid(user, (size_t)ulen)) {
-        resp_error(r, 400, "user id must be 1 to 64 bytes without control characters");
+        resp_error(r, 400, "user id must be " TH_USERID_RULE_TEXT);
         return;
     }
-    int n = th_reg_find_user(S->reg, user, (size_t)ulen, S->infos, 256);
+    int n = th_reg_find_user(S->reg, user, (size_t)ulen, S->infos, PRESENCE_MAX_CONNS);
     uint64_t ls = 0;
     int has_ls = 0;
     for (int i = 0; i < n; i++)

@@ -421,8 +421,8 @@ static int init_segment(struct th_reg *r, int fd, const struct th_reg_hdr *tmpl,
     hdr_init(h, tmpl);
     reg_bind(r, base, tmpl->total_size, 1);
     body_init(r);
-    h->magic = TH_REG_MAGIC;
-    atomic_store_explicit(&h->ready, 1, memory_order_release);
+    /* Written last, with release order: an attacher that sees the magic sees the rest. */
+    __atomic_store_n(&h->magic, TH_REG_MAGIC, __ATOMIC_RELEASE);
     return 0;
 }
 

@@ -229,7 +229,7 @@ struct th_reg_hdr {
     uint64_t off_index, off_freemap, off_disc, off_slots;
     _Atomic uint32_t used;                 /* non-FREE slots; see the protocol on drift */
     _Atomic uint32_t unindexed;            /* slots whose index window was full */
-    _Atomic uint32_t ready;                /* 1 once initialisation finished */
+    uint32_t reserved;                     /* unused (keeps the layout of version 1) */
     uint32_t stale_after_s, sweep_every_s; /* informational, for the dump */
     _Atomic uint64_t transitions;          /* bumped by every claim and release CAS */
     _Atomic uint64_t tickets;              /* claim tickets: next one is tickets + 1 */

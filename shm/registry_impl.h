@@ -1,7 +1,8 @@
 /*
  * Internals shared by the registry's source files (registry.c: segment life
  * cycle; registry_slot.c: claim, release, lookups; registry_repair.c: dead
- * writers). Not part of the API: nothing outside shm/registry*.c includes it.
+ * writers). Not part of the API: only shm/registry*.c and the registry's
+ * white-box tests (tests/shm/test_registry*.c) include it.
  */
 #ifndef TETHER_SHM_REGISTRY_IMPL_H
 #define TETHER_SHM_REGISTRY_IMPL_H

@@ -90,11 +90,7 @@ void wk_ctl_on_accept(struct worker *w, int res)
     }
     for (uint32_t i = 0; i < WK_MAX_CTL; i++) {
         if (w->ctl[i].fd < 0) {
-            /* Replies are tiny but each costs an skb: room for thousands keeps a
-             * requester with many requests in flight from seeing replies dropped. */
-            int sz = 4 << 20;
-            if (setsockopt(res, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)) < 0)
-                setsockopt(res, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+            th_ho_set_sndbuf(res); /* best effort, as TH_HO_SNDBUF explains */
             w->ctl[i].fd = res;
             w->ctl[i].gen++;
             arm_poll(w, i);

@@ -19,41 +19,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *reason(int status)
-{
-    switch (status) {
-    case 200:
-        return "OK";
-    case 400:
-        return "Bad Request";
-    case 401:
-        return "Unauthorized";
-    case 403:
-        return "Forbidden";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 426:
-        return "Upgrade Required";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 503:
-        return "Service Unavailable";
-    default:
-        return "Internal Server Error";
-    }
-}
-
 /* Answer and close (Connection: close): every non-upgrade outcome ends here. */
 void wk_http_reply(struct worker *w, uint32_t idx, int status, const char *extra_hdrs,
                    const char *body)
 {
     char buf[512];
-    int n = snprintf(buf, sizeof(buf),
-                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                     "Content-Length: %zu\r\nConnection: close\r\n%s\r\n%s",
-                     status, reason(status), strlen(body), extra_hdrs ? extra_hdrs : "", body);
+    int n =
+        snprintf(buf, sizeof(buf),
+                 "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                 "Content-Length: %zu\r\nConnection: close\r\n%s\r\n%s",
+                 status, th_http_reason(status), strlen(body), extra_hdrs ? extra_hdrs : "", body);
     if (n > 0 && (size_t)n < sizeof(buf))
         wk_conn_send(w, idx, buf, (size_t)n);
     wk_conn_finish(w, idx);

@@ -24,14 +24,12 @@
 #include <stdint.h>
 
 /*
- * Each process may hold at most 20,000 file descriptors (a hard limit on
- * this deployment), so one worker serves at most 19,900 clients and the
- * group's capacity scales with --workers (and is bounded by --slots). The
- * other 100 cover stdio, the log file, the two listeners, the ring, up to
- * WK_MAX_CTL control clients and the peer sockets of a few workers; if they
- * ever run short, accept pauses on EMFILE and retries at the next tick.
+ * Clients per worker: the descriptor budget in shm/rt/config.h
+ * (TH_WORKER_FDS), less the ones the worker needs itself (up to WK_MAX_CTL
+ * control clients among them); if those ever run short, accept pauses on
+ * EMFILE and retries at the next tick.
  */
-#define WK_MAX_CONNS 19900u
+#define WK_MAX_CONNS TH_WORKER_MAX_CONNS
 #define WK_MAX_CTL 64u     /* control-socket clients (notifier, janitor, peers, tools) */
 #define WK_RING_SQ 4096u   /* submission queue entries */
 #define WK_RING_CQ 16384u  /* completion queue entries (multishot recvs of many connections) */

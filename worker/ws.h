@@ -27,6 +27,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "shm/proto/wsclose.h" /* the close codes (TH_WS_NORMAL, ...) */
+
 enum th_ws_opcode {
     TH_WS_CONT = 0x0,
     TH_WS_TEXT = 0x1,
@@ -34,19 +36,6 @@ enum th_ws_opcode {
     TH_WS_CLOSE = 0x8,
     TH_WS_PING = 0x9,
     TH_WS_PONG = 0xA,
-};
-
-enum th_ws_close_code {
-    TH_WS_NORMAL = 1000,
-    TH_WS_GOING_AWAY = 1001,
-    TH_WS_PROTOCOL_ERROR = 1002,
-    TH_WS_NO_STATUS = 1005, /* never sent on the wire: a close frame without a code */
-    TH_WS_INVALID_UTF8 = 1007,
-    TH_WS_POLICY = 1008, /* token expired */
-    TH_WS_TOO_BIG = 1009,
-    TH_WS_INTERNAL = 1011,
-    TH_WS_STALE = 4000,
-    TH_WS_REPLACED = 4001,
 };
 
 /* Frames per message; one more closes with 1009 (a flood of tiny fragments). */

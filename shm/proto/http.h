@@ -55,5 +55,7 @@ int th_http_has_token(const struct th_str *value, const char *token);
 int th_http_query_param(const struct th_str *query, const char *name, struct th_str *out);
 /* Case-insensitive equality of a th_str with a C string. */
 int th_str_ieq(const struct th_str *s, const char *c);
+/* Reason phrase of a status tether sends ("Not Found"); "Unknown" for others. */
+const char *th_http_reason(int status);
 
 #endif

@@ -15,6 +15,11 @@
 
 #define TH_USER_MAX 64
 
+/* The rule in words, for error replies: "1 to 64 bytes without control characters". */
+#define TH_USERID_STR_(x) #x
+#define TH_USERID_STR(x) TH_USERID_STR_(x)
+#define TH_USERID_RULE_TEXT "1 to " TH_USERID_STR(TH_USER_MAX) " bytes without control characters"
+
 /* Does s (n bytes, not necessarily NUL-terminated) satisfy the whole rule? */
 bool th_userid_valid(const char *s, size_t n);
 

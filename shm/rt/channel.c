@@ -42,6 +42,14 @@ int th_ho_connect(const char *shm_name, unsigned index, int nonblock)
     return th_ho_connect_path(path, nonblock);
 }
 
+int th_ho_set_sndbuf(int fd)
+{
+    int sz = TH_HO_SNDBUF;
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)) == 0)
+        return 0;
+    return setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz)) == 0 ? 0 : -errno;
+}
+
 int th_ho_send(int fd, const struct th_ho_msg *m, const void *payload)
 {
     struct iovec iov[2] = {{(void *)m, sizeof(*m)}, {(void *)payload, payload ? m->len : 0}};

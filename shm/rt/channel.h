@@ -21,10 +21,16 @@
 
 #define TH_HO_MAGIC 0x54480001u
 #define TH_HO_MAX_PAYLOAD (256u * 1024u) /* one notification frame's text */
+/*
+ * Socket buffer of both ends of a channel. Replies are tiny but each costs an
+ * skb: room for thousands keeps a requester with many requests in flight from
+ * seeing replies dropped, and the requester's side holds a window of frames.
+ */
+#define TH_HO_SNDBUF (4 << 20)
 
 enum th_ho_type {
     TH_HO_DELIVER = 1, /* payload = text frame body; reply OK once queued to the socket */
-    TH_HO_CLOSE = 2,   /* close with code (4000 stale, 4001 replaced, ...); reply OK once closing */
+    TH_HO_CLOSE = 2,   /* close with code (shm/proto/wsclose.h); reply OK once closing */
     TH_HO_REPLY = 3,
 };
 
@@ -63,6 +69,9 @@ struct th_ho_msg {
 int th_ho_connect(const char *shm_name, unsigned index, int nonblock);
 /* Connect to a control socket path, as th_ho_connect. Returns fd or -errno. */
 int th_ho_connect_path(const char *path, int nonblock);
+/* Give fd the channel's TH_HO_SNDBUF (SO_SNDBUFFORCE, else SO_SNDBUF up to the
+ * system's cap). Returns 0 or -errno of the SO_SNDBUF attempt. */
+int th_ho_set_sndbuf(int fd);
 /* Send one request (header + payload in one packet). Returns 0 or -errno. */
 int th_ho_send(int fd, const struct th_ho_msg *m, const void *payload);
 /*

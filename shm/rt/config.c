@@ -7,6 +7,7 @@
 #include "shm/rt/config.h"
 #include "shm/mailbox.h"
 #include "shm/rt/log.h"
+#include "shm/registry.h" /* TH_MAX_WORKERS, TH_INDEX_SLOT_BITS */
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -40,42 +41,41 @@ struct flag {
 };
 
 #define OFF(f) offsetof(struct th_config, f)
+/* Help texts name no default: th_config_usage prints it from th_config_defaults. */
 static const struct flag flags[] = {
-    {"listen", F_HOSTPORT_LISTEN, 0, 0, 0,
-     "ADDR:PORT  client WebSocket endpoint, path /ws (0.0.0.0:8080)"},
-    {"api-listen", F_HOSTPORT_API, 0, 0, 0, "ADDR:PORT  backend HTTP API (127.0.0.1:8081)"},
-    {"workers", F_U32, OFF(workers), 1, 64,
-     "N  pre-forked socket workers (number of CPUs); each holds at most 20,000 fds,\n"
-     "                             so connection capacity is about 19,900 x N"},
-    {"shm-name", F_SHM, OFF(shm_name), 0, 0, "NAME  POSIX shared-memory segment (/tether)"},
-    {"slots", F_U32, OFF(slots), 16, 1u << 24, "N  connection slots, the connection limit (65536)"},
+    {"listen", F_HOSTPORT_LISTEN, 0, 0, 0, "ADDR:PORT  client WebSocket endpoint, path /ws"},
+    {"api-listen", F_HOSTPORT_API, 0, 0, 0, "ADDR:PORT  backend HTTP API"},
+    {"workers", F_U32, OFF(workers), 1, TH_MAX_WORKERS, "N  pre-forked socket workers"},
+    {"shm-name", F_SHM, OFF(shm_name), 0, 0, "NAME  POSIX shared-memory segment"},
+    {"slots", F_U32, OFF(slots), 16, 1u << TH_INDEX_SLOT_BITS,
+     "N  connection slots, the connection limit"},
     {"stale-after", F_U32, OFF(stale_after_s), 1, 86400 * 7,
-     "SECONDS  evict a connection silent this long (300)"},
-    {"sweep-every", F_U32, OFF(sweep_every_s), 1, 86400, "SECONDS  janitor sweep period (60)"},
+     "SECONDS  evict a connection silent this long"},
+    {"sweep-every", F_U32, OFF(sweep_every_s), 1, 86400, "SECONDS  janitor sweep period"},
     {"max-conns-per-user", F_U32, OFF(max_conns_per_user), 1, 1024,
-     "N  devices per user; a newer one replaces the oldest (8)"},
+     "N  devices per user; a newer one replaces the oldest"},
     {"max-message", F_U32, OFF(max_message), 125, 16u << 20,
-     "BYTES  largest client message, larger closes 1009 (65536)"},
+     "BYTES  largest client message, larger closes 1009"},
     {"send-queue-cap", F_U64, OFF(send_queue_cap), 4096, 1ull << 32,
-     "BYTES  close a client whose unsent data passes this (1048576)"},
+     "BYTES  close a client whose unsent data passes this"},
     {"drain-timeout", F_U32, OFF(drain_timeout_s), 0, 3600,
-     "SECONDS  grace for clients to close on SIGTERM (10)"},
+     "SECONDS  grace for clients to close on SIGTERM"},
     {"handoff-timeout-ms", F_U32, OFF(handoff_timeout_ms), 1, 60000,
-     "MS  notifier's bound for a worker to confirm a delivery (200)"},
+     "MS  notifier's bound for a worker to confirm a delivery"},
     {"hung-after", F_U32, OFF(hung_after_s), 1, 3600,
      "SECONDS  a role whose heartbeat is older is declared hung, gets no new\n"
-     "                             clients, and is replaced (3)"},
+     "                             clients, and is replaced"},
     /* The mailbox (shm/mailbox.h): kept across reconnects and graceful restarts. */
     {"mailbox-ttl", F_U32, OFF(mailbox_ttl_s), 0, 7 * 86400,
-     "SECONDS  keep each notification this long for resume; 0 = mailbox off (120)"},
+     "SECONDS  keep each notification this long for resume; 0 = mailbox off"},
     {"mailbox-per-user", F_U32, OFF(mailbox_per_user), 1, TH_MBX_PER_USER_MAX,
-     "N  stored notifications per user, the oldest goes first (64)"},
+     "N  stored notifications per user, the oldest goes first"},
     {"mailbox-bytes", F_U64, OFF(mailbox_bytes), TH_MBX_BYTES_MIN, 1ull << 40,
-     "BYTES  shared memory for the mailbox, the oldest goes first (67108864)"},
+     "BYTES  shared memory for the mailbox, the oldest goes first"},
     {"jwt-secret-file", F_PATH, OFF(jwt_secret_file), 0, 0,
      "PATH  HS256 secret (or TETHER_JWT_SECRET)"},
-    {"log-level", F_LEVEL, OFF(log_level), 0, 0, "LEVEL  error, warn, info, debug (info)"},
-    {"log-format", F_FORMAT, OFF(log_format), 0, 0, "FMT  text or json (text)"},
+    {"log-level", F_LEVEL, OFF(log_level), 0, 0, "LEVEL  error, warn, info, debug"},
+    {"log-format", F_FORMAT, OFF(log_format), 0, 0, "FMT  text or json"},
     {"log-file", F_PATH, OFF(log_file), 0, 0,
      "PATH  append logs there instead of stderr; SIGHUP reopens"},
     {"tls-cert", F_PATH, OFF(tls_cert), 0, 0,
@@ -112,7 +112,7 @@ void th_config_defaults(struct th_config *c)
     snprintf(c->api_host, sizeof(c->api_host), "127.0.0.1");
     c->api_port = 8081;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    c->workers = ncpu < 1 ? 1 : ncpu > 64 ? 64 : (uint32_t)ncpu;
+    c->workers = ncpu < 1 ? 1 : ncpu > TH_MAX_WORKERS ? TH_MAX_WORKERS : (uint32_t)ncpu;
     snprintf(c->shm_name, sizeof(c->shm_name), "/tether");
     c->slots = 65536;
     c->stale_after_s = 300;
@@ -132,15 +132,62 @@ void th_config_defaults(struct th_config *c)
     c->log_format = TH_LOG_TEXT;
 }
 
+/* " (default)" of flag f, read from the defaults d; "" when it has none. */
+static void default_text(const struct th_config *d, const struct flag *f, char *buf, size_t cap)
+{
+    const char *base = (const char *)d;
+    switch (f->kind) {
+    case F_HOSTPORT_LISTEN:
+        snprintf(buf, cap, " (%s:%u)", d->listen_host, d->listen_port);
+        return;
+    case F_HOSTPORT_API:
+        snprintf(buf, cap, " (%s:%u)", d->api_host, d->api_port);
+        return;
+    case F_U32:
+        if (f->off == OFF(workers))
+            snprintf(buf, cap, " (number of CPUs)"); /* the default depends on the machine */
+        else
+            snprintf(buf, cap, " (%u)", *(const uint32_t *)(base + f->off));
+        return;
+    case F_U64:
+        snprintf(buf, cap, " (%llu)", (unsigned long long)*(const uint64_t *)(base + f->off));
+        return;
+    case F_SHM:
+        snprintf(buf, cap, " (%s)", d->shm_name);
+        return;
+    case F_LEVEL:
+        snprintf(buf, cap, " (%s)", th_log_level_name(d->log_level));
+        return;
+    case F_FORMAT:
+        snprintf(buf, cap, " (%s)", th_log_format_name(d->log_format));
+        return;
+    case F_PATH:
+    case F_BOOL:
+        break;
+    }
+    buf[0] = '\0';
+}
+
 void th_config_usage(FILE *out)
 {
-    fprintf(out, "usage: tether run [flags]\n\n"
-                 "Runs the tether process group: supervisor, socket workers, janitor, notifier.\n"
-                 "Every flag can also be set as TETHER_<NAME> in the environment\n"
-                 "(e.g. TETHER_STALE_AFTER=300); the command line wins.\n\n");
-    for (size_t i = 0; i < NFLAGS; i++)
-        fprintf(out, "  --%-22s %s\n", flags[i].name, flags[i].help);
+    struct th_config d;
+    th_config_defaults(&d);
+    fprintf(out,
+            "usage: tether run [flags]\n\n"
+            "Runs the tether process group: supervisor, socket workers, janitor, notifier.\n"
+            "Every flag can also be set as TETHER_<NAME> in the environment\n"
+            "(e.g. TETHER_STALE_AFTER=%u); the command line wins.\n\n",
+            d.stale_after_s);
+    for (size_t i = 0; i < NFLAGS; i++) {
+        char def[TH_ADDR_MAX + 16];
+        default_text(&d, &flags[i], def, sizeof(def));
+        fprintf(out, "  --%-22s %s%s\n", flags[i].name, flags[i].help, def);
+    }
     fprintf(out, "  --%-22s %s\n", "help", "show this text");
+    fprintf(out,
+            "\nEach worker holds at most %u file descriptors, so connection capacity is about\n"
+            "%u x --workers (and at most --slots).\n",
+            TH_WORKER_FDS, TH_WORKER_MAX_CONNS);
 }
 
 int th_parse_hostport(const char *s, char *host, size_t hostcap, uint16_t *port)
@@ -230,15 +277,13 @@ static int apply(struct th_config *c, const struct flag *f, const char *v, const
             return 0;
         }
         break;
-    case F_LEVEL: {
-        static const char *const names[] = {"error", "warn", "info", "debug"};
-        for (int i = 0; i < 4; i++)
-            if (strcmp(v, names[i]) == 0) {
+    case F_LEVEL:
+        for (int i = 0; th_log_level_name(i); i++)
+            if (strcmp(v, th_log_level_name(i)) == 0) {
                 c->log_level = i;
                 return 0;
             }
         break;
-    }
     case F_BOOL:
         if (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "0") ||
             !strcmp(v, "false") || !strcmp(v, "no")) {
@@ -247,10 +292,11 @@ static int apply(struct th_config *c, const struct flag *f, const char *v, const
         }
         break;
     case F_FORMAT:
-        if (strcmp(v, "text") == 0 || strcmp(v, "json") == 0) {
-            c->log_format = strcmp(v, "json") == 0 ? TH_LOG_JSON : TH_LOG_TEXT;
-            return 0;
-        }
+        for (int i = 0; th_log_format_name(i); i++)
+            if (strcmp(v, th_log_format_name(i)) == 0) {
+                c->log_format = i;
+                return 0;
+            }
         break;
     }
     snprintf(err, errlen, "%s: invalid value '%s'", from, v);

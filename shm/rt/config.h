@@ -18,6 +18,16 @@
 #define TH_SECRET_MAX 1024
 #define TH_PATH_MAX 4096
 
+/*
+ * Each process may hold at most TH_WORKER_FDS file descriptors (a hard limit
+ * on this deployment), so one worker serves at most TH_WORKER_MAX_CONNS
+ * clients and the group's capacity scales with --workers (and is bounded by
+ * --slots). The other 100 cover stdio, the log file, the two listeners, the
+ * ring, the control clients and the peer sockets of a few workers.
+ */
+#define TH_WORKER_FDS 20000u
+#define TH_WORKER_MAX_CONNS (TH_WORKER_FDS - 100u)
+
 struct th_config {
     char listen_host[TH_ADDR_MAX];
     uint16_t listen_port;

@@ -21,6 +21,17 @@ static char log_role[32] = "tether";
 
 static const char *const level_names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
 static const char *const level_lower[] = {"error", "warn", "info", "debug"};
+static const char *const format_names[] = {"text", "json"};
+
+const char *th_log_level_name(int level)
+{
+    return level >= 0 && level <= TH_LOG_DEBUG ? level_lower[level] : NULL;
+}
+
+const char *th_log_format_name(int format)
+{
+    return format >= 0 && format <= TH_LOG_JSON ? format_names[format] : NULL;
+}
 
 static int open_log(const char *path)
 {

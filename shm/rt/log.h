@@ -17,6 +17,11 @@ enum th_log_format { TH_LOG_TEXT = 0, TH_LOG_JSON };
 
 extern int th_log_level_now;
 
+/* "error", "warn", "info", "debug" (the --log-level names); NULL past the last. */
+const char *th_log_level_name(int level);
+/* "text", "json" (the --log-format names); NULL past the last. */
+const char *th_log_format_name(int format);
+
 /* Configure the process-wide logger. path NULL means stderr. Returns 0 or -errno. */
 int th_log_init(int level, int format, const char *path);
 /* Name this process in every line ("supervisor", "worker[0]", ...). */

@@ -84,7 +84,7 @@ static void check_framed(const struct th_api_req *req, const char *buf, int r)
     FUZZ_CHECK((req->route != 0) == (req->status == 0), "route %d with status %d", req->route,
                req->status);
     FUZZ_CHECK(req->keep_alive == 0 || req->keep_alive == 1, "keep_alive %d", req->keep_alive);
-    FUZZ_CHECK(th_api_reason(req->status ? req->status : 200) != NULL, "no reason phrase");
+    FUZZ_CHECK(th_http_reason(req->status ? req->status : 200) != NULL, "no reason phrase");
     if (req->route == TH_API_PRESENCE) {
         const struct th_str *u = &req->presence_user;
         FUZZ_CHECK(u->n > 0 && u->p >= buf && u->p + u->n <= buf + req->head_len,

@@ -98,7 +98,7 @@ static void startup_error(const char *fmt, ...)
         fprintf(stderr, "tether run: %s\n", msg);
 }
 
-/* Workers hold up to ~20,000 client sockets each: use the whole hard limit. */
+/* Workers hold up to TH_WORKER_FDS descriptors each: use the whole hard limit. */
 static void raise_nofile(void)
 {
     struct rlimit rl;
@@ -106,10 +106,10 @@ static void raise_nofile(void)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 20000)
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < TH_WORKER_FDS)
         th_warn("open-file limit is %llu: each worker can hold fewer than that many connections "
-                "(raise LimitNOFILE / ulimit -n to 20000)",
-                (unsigned long long)rl.rlim_cur);
+                "(raise LimitNOFILE / ulimit -n to %u)",
+                (unsigned long long)rl.rlim_cur, TH_WORKER_FDS);
 }
 
 /* One attempt: socket, SO_REUSEADDR, bind, listen. Returns the fd, or -errno with *call naming the

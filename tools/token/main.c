@@ -12,6 +12,7 @@
  * Exit status: 0 printed, 2 bad or missing flag (one line naming it), 1 other.
  */
 #include "shm/proto/jwt.h"
+#include "shm/rt/config.h" /* TH_SECRET_MAX (a header-only use: nothing of th_rt is linked) */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,7 +22,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SECRET_MAX 1024                   /* as TH_SECRET_MAX in shm/rt/config.h */
 #define TTL_MAX (100LL * 366 * 24 * 3600) /* keeps now + ttl far from overflow */
 
 struct opts {
@@ -93,7 +93,7 @@ static long read_secret(const char *path, uint8_t *buf)
         fprintf(stderr, "tether-token: --secret-file %s: %s\n", path, strerror(errno));
         return -1;
     }
-    ssize_t n = read(fd, buf, SECRET_MAX);
+    ssize_t n = read(fd, buf, TH_SECRET_MAX);
     int err = errno;
     close(fd);
     if (n < 0) {
@@ -102,9 +102,9 @@ static long read_secret(const char *path, uint8_t *buf)
     }
     while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
         n--;
-    if (n == 0 || n >= SECRET_MAX) {
+    if (n == 0 || n >= TH_SECRET_MAX) {
         fprintf(stderr, "tether-token: --secret-file %s: secret must be 1 to %d bytes\n", path,
-                SECRET_MAX - 1);
+                TH_SECRET_MAX - 1);
         return -1;
     }
     return (long)n;
@@ -120,7 +120,7 @@ int main(int argc, char **argv)
     }
     if (rc)
         return rc;
-    uint8_t secret[SECRET_MAX];
+    uint8_t secret[TH_SECRET_MAX];
     long slen = read_secret(o.secret_file, secret);
     if (slen < 0)
         return 2;
