@@ -11,6 +11,7 @@
 #include "shm/rt/log.h"
 #include "shm/rt/role.h"
 
+#include <errno.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -28,7 +29,7 @@ int th_janitor_check_config(const struct th_config *cfg, char *err, size_t errle
             "--stale-after %u must be above --sweep-every %u (otherwise a connection is evicted "
             "before it had one sweep period to show it is alive)",
             cfg->stale_after_s, cfg->sweep_every_s);
-        return -1;
+        return -EINVAL;
     }
     if (cfg->stale_after_s < CLIENT_PING_S * MIN_PINGS_MISSED)
         th_warn(

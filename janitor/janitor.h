@@ -10,7 +10,7 @@
 #include "shm/rt/config.h"
 #include "shm/registry.h"
 
-/* Warnings and refusals for the stale/sweep settings. Returns 0, or -1 with err set. */
+/* Warnings and refusals for the stale/sweep settings. Returns 0, or -EINVAL with err set. */
 int th_janitor_check_config(const struct th_config *cfg, char *err, size_t errlen);
 
 /* Run until SIGTERM/SIGINT. Returns the process exit status. */

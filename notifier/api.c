@@ -21,7 +21,7 @@
 static int buf_reserve(struct th_buf *b, size_t more)
 {
     if (b->oom)
-        return -1;
+        return -ENOMEM;
     if (b->len + more + 1 <= b->cap)
         return 0;
     size_t cap = b->cap ? b->cap : 256;
@@ -30,7 +30,7 @@ static int buf_reserve(struct th_buf *b, size_t more)
     char *p = realloc(b->p, cap);
     if (!p) {
         b->oom = 1;
-        return -1;
+        return -ENOMEM;
     }
     b->p = p;
     b->cap = cap;
@@ -208,11 +208,11 @@ static void resolve_route(struct th_api_req *req)
 static int parse_length(const struct th_str *v, uint64_t *out)
 {
     if (v->n == 0 || v->n > 10)
-        return -1;
+        return -EINVAL;
     uint64_t x = 0;
     for (size_t i = 0; i < v->n; i++) {
         if (v->p[i] < '0' || v->p[i] > '9')
-            return -1;
+            return -EINVAL;
         x = x * 10 + (uint64_t)(v->p[i] - '0');
     }
     *out = x;
@@ -229,7 +229,7 @@ static int content_length(const struct th_http_req *h, uint64_t *out)
         if (!th_str_ieq(&h->headers[i].name, "content-length"))
             continue;
         if (parse_length(&h->headers[i].value, &v) < 0 || (seen && v != *out))
-            return -1;
+            return -EINVAL;
         *out = v;
         seen = 1;
     }
@@ -486,12 +486,12 @@ int th_api_pct_decode(const char *s, size_t n, char *out, size_t cap)
         int c = (unsigned char)s[i];
         if (c == '%') {
             if (i + 2 >= n || hexval(s[i + 1]) < 0 || hexval(s[i + 2]) < 0)
-                return -1;
+                return -EINVAL;
             c = hexval(s[i + 1]) << 4 | hexval(s[i + 2]);
             i += 2;
         }
         if (o >= cap)
-            return -1;
+            return -ENOSPC;
         out[o++] = (char)c;
     }
     return (int)o;

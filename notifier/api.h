@@ -146,7 +146,7 @@ void th_api_render_error(struct th_buf *b, const char *msg, int code, int with_c
 
 /*
  * Percent-decode a path segment into out (cap bytes). Returns the decoded
- * length, or -1 for a bad escape or when it does not fit.
+ * length, -EINVAL for a bad escape or -ENOSPC when it does not fit.
  */
 int th_api_pct_decode(const char *s, size_t n, char *out, size_t cap);
 

@@ -39,7 +39,7 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
 static int add_size(size_t *acc, size_t n)
 {
     if (*acc > SIZE_MAX - n)
-        return -1;
+        return -EOVERFLOW;
     *acc += n;
     return 0;
 }
@@ -47,7 +47,7 @@ static int add_size(size_t *acc, size_t n)
 static int mul_size(size_t a, size_t b, size_t *out)
 {
     if (a != 0 && b > SIZE_MAX / a)
-        return -1;
+        return -EOVERFLOW;
     *out = a * b;
     return 0;
 }

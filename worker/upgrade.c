@@ -181,11 +181,12 @@ static int handle_request(struct worker *w, uint32_t idx, const struct th_http_r
     return w->conns[idx].state == CS_OPEN;
 }
 
-/* Keep a partial head: grow the copy up to TH_HTTP_MAX_HEAD. 0, or -1 when over the bound. */
+/* Keep a partial head: grow the copy up to TH_HTTP_MAX_HEAD. 0, -EMSGSIZE over the bound, or
+ * -ENOMEM. */
 static int keep_partial(struct conn *c, const uint8_t *p, size_t n)
 {
     if ((size_t)c->head_len + n > TH_HTTP_MAX_HEAD)
-        return -1;
+        return -EMSGSIZE;
     if (c->head_len + n > c->head_cap) {
         size_t cap = c->head_cap ? c->head_cap : 512;
         while (cap < c->head_len + n)
@@ -194,7 +195,7 @@ static int keep_partial(struct conn *c, const uint8_t *p, size_t n)
             cap = TH_HTTP_MAX_HEAD;
         char *nh = realloc(c->head, cap);
         if (!nh)
-            return -1;
+            return -ENOMEM;
         c->head = nh;
         c->head_cap = (uint16_t)cap;
     }

@@ -434,11 +434,10 @@ static int setup(struct worker *w)
         w->ctl[i].fd = -1;
     for (unsigned i = 0; i < TH_MAX_WORKERS; i++)
         w->peer_fd[i] = -1;
-    if (th_uring_init(&w->ring, WK_RING_SQ, WK_RING_CQ) < 0)
-        return -1;
-    if (bufring_setup(w) < 0 || wk_ctl_listen(w) < 0 || wk_resume_setup(w) < 0 ||
-        wk_tls_setup(w) < 0)
-        return -1;
+    int rc = th_uring_init(&w->ring, WK_RING_SQ, WK_RING_CQ);
+    if (rc < 0 || (rc = bufring_setup(w)) < 0 || (rc = wk_ctl_listen(w)) < 0 ||
+        (rc = wk_resume_setup(w)) < 0 || (rc = wk_tls_setup(w)) < 0)
+        return rc;
     arm_accept(w);
     wk_ctl_arm_accept(w);
     return 0;

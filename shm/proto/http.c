@@ -21,6 +21,8 @@
  */
 #include "shm/proto/http.h"
 
+#include <errno.h>
+
 #include <string.h>
 
 /* RFC 9110 tchar: "!#$%&'*+-.^_`|~" plus DIGIT and ALPHA. */
@@ -69,7 +71,7 @@ static size_t find_head_end(struct th_http_req *req, const char *buf, size_t lim
 static int parse_version(const char *p, size_t n, int *minor)
 {
     if (n != 8 || memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1'))
-        return -1;
+        return -EINVAL;
     *minor = p[7] - '0';
     return 0;
 }
@@ -81,13 +83,13 @@ static int parse_request_line(struct th_http_req *req, const char *p, size_t n)
     while (i < n && is_tchar((unsigned char)p[i]))
         i++;
     if (i == 0 || i == n || p[i] != ' ')
-        return -1;
+        return -EINVAL;
     req->method = (struct th_str){p, i};
     size_t t = ++i;
     while (i < n && (unsigned char)p[i] > 0x20 && (unsigned char)p[i] < 0x7f)
         i++;
     if (i == t || i == n || p[i] != ' ')
-        return -1;
+        return -EINVAL;
     req->target = (struct th_str){p + t, i - t};
     const char *q = memchr(req->target.p, '?', req->target.n);
     size_t plen = q ? (size_t)(q - req->target.p) : req->target.n;
@@ -106,12 +108,12 @@ static int parse_header_line(struct th_http_header *h, const char *p, size_t n)
     while (i < n && is_tchar((unsigned char)p[i]))
         i++;
     if (i == 0 || i == n || p[i] != ':')
-        return -1; /* also catches obs-fold (leading SP/HTAB) and "name :" */
+        return -EINVAL; /* also catches obs-fold (leading SP/HTAB) and "name :" */
     h->name = (struct th_str){p, i};
     size_t b = i + 1, e = n;
     for (size_t k = b; k < e; k++)
         if (!is_value_char((unsigned char)p[k]))
-            return -1;
+            return -EINVAL;
     while (b < e && (p[b] == ' ' || p[b] == '\t'))
         b++;
     while (e > b && (p[e - 1] == ' ' || p[e - 1] == '\t'))

@@ -10,16 +10,18 @@
 #ifndef TETHER_SHM_PROTO_HTTP_H
 #define TETHER_SHM_PROTO_HTTP_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #define TH_HTTP_MAX_HEAD 8192
 #define TH_HTTP_MAX_HEADERS 64
 
+/* th_http_parse_request's failures, negative errno like every internal function. */
 enum {
-    TH_HTTP_BAD = -1,     /* malformed: answer 400 */
-    TH_HTTP_PARTIAL = -2, /* need more bytes */
-    TH_HTTP_TOO_BIG = -3, /* head over max bytes or over 64 headers: answer 431 */
+    TH_HTTP_BAD = -EINVAL,       /* malformed: answer 400 */
+    TH_HTTP_PARTIAL = -EAGAIN,   /* need more bytes */
+    TH_HTTP_TOO_BIG = -EMSGSIZE, /* head over max bytes or over 64 headers: answer 431 */
 };
 
 struct th_str {

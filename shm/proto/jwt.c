@@ -17,6 +17,7 @@
 #include "shm/proto/jwt.h"
 #include "shm/proto/userid.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -42,18 +43,18 @@ static int b64url_value(unsigned char c)
     return -1;
 }
 
-/* Decode in[0..n) into out (room for n*3/4 bytes). Returns the length or -1. */
+/* Decode in[0..n) into out (room for n*3/4 bytes). Returns the length or -EINVAL. */
 static long b64url_decode(const char *in, size_t n, uint8_t *out)
 {
     if (n % 4 == 1)
-        return -1;
+        return -EINVAL;
     uint32_t acc = 0;
     int bits = 0;
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         int v = b64url_value((unsigned char)in[i]);
         if (v < 0)
-            return -1;
+            return -EINVAL;
         acc = (acc << 6) | (uint32_t)v;
         bits += 6;
         if (bits >= 8) {
@@ -62,16 +63,16 @@ static long b64url_decode(const char *in, size_t n, uint8_t *out)
         }
     }
     if (bits > 0 && (acc & ((1u << bits) - 1)) != 0)
-        return -1; /* non-canonical: leftover bits set */
+        return -EINVAL; /* non-canonical: leftover bits set */
     return (long)o;
 }
 
-/* Encode in[0..n) without padding into out; returns the length or -1 if cap is short. */
+/* Encode in[0..n) without padding into out; returns the length or -ENOSPC if cap is short. */
 static long b64url_encode(const uint8_t *in, size_t n, char *out, size_t cap)
 {
     size_t need = n / 3 * 4 + (n % 3 ? n % 3 + 1 : 0);
     if (need >= cap)
-        return -1;
+        return -ENOSPC;
     size_t o = 0, i = 0;
     for (; i + 3 <= n; i += 3) {
         uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
@@ -252,11 +253,11 @@ static long append_part(char *out, size_t o, size_t cap, const uint8_t *s, size_
 {
     if (o > 0) {
         if (o + 1 >= cap)
-            return -1;
+            return -ENOSPC;
         out[o++] = '.';
     }
     long w = b64url_encode(s, n, out + o, cap - o);
-    return w < 0 ? -1 : (long)o + w;
+    return w < 0 ? -ENOSPC : (long)o + w;
 }
 
 int th_jwt_sign_raw(const char *header_json, const char *payload_json, const uint8_t *secret,
@@ -265,15 +266,17 @@ int th_jwt_sign_raw(const char *header_json, const char *payload_json, const uin
     long o = append_part(out, 0, cap, (const uint8_t *)header_json, strlen(header_json));
     if (o >= 0)
         o = append_part(out, (size_t)o, cap, (const uint8_t *)payload_json, strlen(payload_json));
-    if (o < 0 || secret_len > INT32_MAX)
-        return -1;
+    if (o < 0)
+        return (int)o;
+    if (secret_len > INT32_MAX)
+        return -EINVAL;
     uint8_t mac[EVP_MAX_MD_SIZE];
     unsigned int mac_len = 0;
     if (!HMAC(EVP_sha256(), secret, (int)secret_len, (const uint8_t *)out, (size_t)o, mac,
               &mac_len))
-        return -1;
+        return -EINVAL; /* HMAC: libcrypto refused the key */
     o = append_part(out, (size_t)o, cap, mac, mac_len);
-    return o < 0 || o > INT32_MAX ? -1 : (int)o;
+    return o < 0 ? (int)o : o > INT32_MAX ? -ENOSPC : (int)o;
 }
 
 int th_jwt_sign(const char *sub, const uint8_t *secret, size_t secret_len, int64_t now_s,
@@ -281,13 +284,13 @@ int th_jwt_sign(const char *sub, const uint8_t *secret, size_t secret_len, int64
 {
     json_t *claims = json_pack("{s:s, s:I}", "sub", sub, "iat", (json_int_t)now_s);
     if (!claims)
-        return -1;
+        return -EINVAL; /* json_pack: sub is not UTF-8, or out of memory */
     if (ttl_s != 0)
         json_object_set_new(claims, "exp", json_integer((json_int_t)(now_s + ttl_s)));
     char *payload = json_dumps(claims, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(claims);
     if (!payload)
-        return -1;
+        return -ENOMEM;
     int rc = th_jwt_sign_raw("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", payload, secret, secret_len,
                              out, cap);
     free(payload);

@@ -44,7 +44,8 @@ const char *th_jwt_strerror(int result);
 
 /*
  * Sign an HS256 token for sub with exp = now + ttl (no exp when ttl_s is 0).
- * Writes a NUL-terminated token into out. Returns its length or -1 if cap is short.
+ * Writes a NUL-terminated token into out. Returns its length, -ENOSPC if cap
+ * is short, or -EINVAL/-ENOMEM if the claims cannot be built.
  */
 int th_jwt_sign(const char *sub, const uint8_t *secret, size_t secret_len, int64_t now_s,
                 int64_t ttl_s, char *out, size_t cap);

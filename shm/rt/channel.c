@@ -37,8 +37,9 @@ int th_ho_connect_path(const char *path, int nonblock)
 int th_ho_connect(const char *shm_name, unsigned index, int nonblock)
 {
     char path[TH_PATH_MAX];
-    if (th_worker_sock_path(shm_name, index, path, sizeof(path)) < 0)
-        return -ENAMETOOLONG;
+    int rc = th_worker_sock_path(shm_name, index, path, sizeof(path));
+    if (rc < 0)
+        return rc;
     return th_ho_connect_path(path, nonblock);
 }
 

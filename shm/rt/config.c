@@ -163,6 +163,7 @@ static void default_text(const struct th_config *d, const struct flag *f, char *
         return;
     case F_PATH:
     case F_BOOL:
+    case F_TEXT:
         break;
     }
     buf[0] = '\0';
@@ -194,7 +195,7 @@ int th_parse_hostport(const char *s, char *host, size_t hostcap, uint16_t *port)
 {
     const char *colon = strrchr(s, ':');
     if (!colon)
-        return -1;
+        return -EINVAL;
     size_t hl = (size_t)(colon - s);
     const char *h = s;
     if (hl >= 2 && s[0] == '[' && s[hl - 1] == ']') { /* [::1]:8080 */
@@ -202,12 +203,12 @@ int th_parse_hostport(const char *s, char *host, size_t hostcap, uint16_t *port)
         hl -= 2;
     }
     if (hl >= hostcap)
-        return -1;
+        return -EINVAL;
     char *end;
     errno = 0;
     unsigned long p = strtoul(colon + 1, &end, 10);
     if (errno || *end || end == colon + 1 || p > 65535)
-        return -1;
+        return -EINVAL;
     if (hl == 0)
         snprintf(host, hostcap, "0.0.0.0");
     else
@@ -220,11 +221,11 @@ static int parse_u64(const char *v, uint64_t min, uint64_t max, uint64_t *out)
 {
     char *end;
     if (!*v || *v == '-' || isspace((unsigned char)*v))
-        return -1;
+        return -EINVAL;
     errno = 0;
     unsigned long long x = strtoull(v, &end, 10);
     if (errno || *end || x < min || x > max)
-        return -1;
+        return -EINVAL;
     *out = x;
     return 0;
 }
@@ -249,7 +250,7 @@ static int apply(struct th_config *c, const struct flag *f, const char *v, const
             snprintf(err, errlen,
                      "%s: invalid value '%s' (expected a whole number from %llu to %llu)", from, v,
                      (unsigned long long)f->min, (unsigned long long)f->max);
-            return -1;
+            return -EINVAL;
         }
         if (f->kind == F_U32)
             *(uint32_t *)(base + f->off) = (uint32_t)x; /* max <= UINT32_MAX in the table */
@@ -268,7 +269,7 @@ static int apply(struct th_config *c, const struct flag *f, const char *v, const
         snprintf(err, errlen,
                  "%s: invalid segment name '%s' (letters, digits, '-', '_', '.'; at most %d)", from,
                  v, TH_SHM_NAME_MAX - 2);
-        return -1;
+        return -EINVAL;
     }
     case F_PATH:
     case F_TEXT:
@@ -300,7 +301,7 @@ static int apply(struct th_config *c, const struct flag *f, const char *v, const
         break;
     }
     snprintf(err, errlen, "%s: invalid value '%s'", from, v);
-    return -1;
+    return -EINVAL;
 }
 
 static const struct flag *find_flag(const char *name, size_t len)
@@ -317,13 +318,13 @@ static int load_secret(struct th_config *c, char *err, size_t errlen)
         int fd = open(c->jwt_secret_file, O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
             snprintf(err, errlen, "--jwt-secret-file %s: %s", c->jwt_secret_file, strerror(errno));
-            return -1;
+            return -EINVAL;
         }
         ssize_t n = read(fd, c->jwt_secret, sizeof(c->jwt_secret));
         close(fd);
         if (n < 0) {
             snprintf(err, errlen, "--jwt-secret-file %s: %s", c->jwt_secret_file, strerror(errno));
-            return -1;
+            return -EINVAL;
         }
         /* A trailing newline from `echo secret > file` is not part of the secret. */
         while (n > 0 && (c->jwt_secret[n - 1] == '\n' || c->jwt_secret[n - 1] == '\r'))
@@ -331,7 +332,7 @@ static int load_secret(struct th_config *c, char *err, size_t errlen)
         if (n == 0 || (size_t)n >= sizeof(c->jwt_secret)) {
             snprintf(err, errlen, "--jwt-secret-file %s: secret must be 1 to %zu bytes",
                      c->jwt_secret_file, sizeof(c->jwt_secret) - 1);
-            return -1;
+            return -EINVAL;
         }
         c->jwt_secret_len = (size_t)n;
         return 0;
@@ -342,7 +343,7 @@ static int load_secret(struct th_config *c, char *err, size_t errlen)
         if (n >= sizeof(c->jwt_secret)) {
             snprintf(err, errlen, "TETHER_JWT_SECRET: longer than %zu bytes",
                      sizeof(c->jwt_secret) - 1);
-            return -1;
+            return -EINVAL;
         }
         memcpy(c->jwt_secret, env, n);
         c->jwt_secret_len = n;
@@ -369,14 +370,14 @@ static int check_security(struct th_config *c, char *err, size_t errlen)
         snprintf(err, errlen,
                  "no JWT key: pass --jwt-secret-file PATH (or set TETHER_JWT_SECRET), "
                  "--jwt-key-file PATH or --jwt-jwks-file PATH");
-        return -1;
+        return -EINVAL;
     }
     if (!c->api_key_file[0] && !is_loopback(c->api_host)) {
         snprintf(err, errlen,
                  "--api-listen %s:%u is not a loopback address: anyone reaching it could notify "
                  "any user; pass --api-key-file PATH or listen on 127.0.0.1",
                  c->api_host, c->api_port);
-        return -1;
+        return -EINVAL;
     }
     return 0;
 }
@@ -384,25 +385,25 @@ static int check_security(struct th_config *c, char *err, size_t errlen)
 static int check(struct th_config *c, char *err, size_t errlen)
 {
     if (check_security(c, err, errlen) < 0)
-        return -1;
+        return -EINVAL;
     if (!c->tls_cert[0] != !c->tls_key[0]) {
         snprintf(err, errlen, "%s needs %s too", c->tls_cert[0] ? "--tls-cert" : "--tls-key",
                  c->tls_cert[0] ? "--tls-key" : "--tls-cert");
-        return -1;
+        return -EINVAL;
     }
     if (c->tls_only && !c->tls_cert[0]) {
         snprintf(err, errlen, "--tls-only needs --tls-cert and --tls-key");
-        return -1;
+        return -EINVAL;
     }
     if (c->workers > c->slots) {
         snprintf(err, errlen, "--workers %u is more than --slots %u", c->workers, c->slots);
-        return -1;
+        return -EINVAL;
     }
     struct th_mbx_params mp = {c->mailbox_bytes, c->mailbox_per_user, 0};
     if (th_mbx_layout(&mp, NULL) == 0) {
         snprintf(err, errlen, "--mailbox-bytes %llu is too small for --mailbox-per-user %u",
                  (unsigned long long)c->mailbox_bytes, c->mailbox_per_user);
-        return -1;
+        return -EINVAL;
     }
     return 0;
 }

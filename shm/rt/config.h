@@ -82,7 +82,7 @@ int th_config_parse(struct th_config *c, int argc, char **argv, char *err, size_
 /* Usage text for `tether run --help`. */
 void th_config_usage(FILE *out);
 
-/* Parse "HOST:PORT" (HOST may be empty for 0.0.0.0). Returns 0 or -1. */
+/* Parse "HOST:PORT" (HOST may be empty for 0.0.0.0). Returns 0 or -EINVAL. */
 int th_parse_hostport(const char *s, char *host, size_t hostcap, uint16_t *port);
 
 #endif

@@ -24,7 +24,7 @@ int th_runtime_dir_pick(const char *shm_name, unsigned euid, const char *explici
         n = snprintf(buf, cap, "%s/tether-%s", xdg, name);
     else
         n = snprintf(buf, cap, "/tmp/tether-%u-%s", euid, name);
-    return n < 0 || (size_t)n >= cap ? -1 : 0;
+    return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
 }
 
 int th_runtime_dir(const char *shm_name, char *buf, size_t cap)
@@ -71,10 +71,11 @@ int th_runtime_dir_prepare(const char *dir, char *err, size_t errlen)
 int th_worker_sock_path(const char *shm_name, unsigned index, char *buf, size_t cap)
 {
     char dir[TH_PATH_MAX];
-    if (th_runtime_dir(shm_name, dir, sizeof(dir)) < 0)
-        return -1;
+    int rc = th_runtime_dir(shm_name, dir, sizeof(dir));
+    if (rc < 0)
+        return rc;
     int n = snprintf(buf, cap, "%s/worker-%u.sock", dir, index);
-    return n < 0 || (size_t)n >= cap ? -1 : 0;
+    return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
 }
 
 int th_mkdir_p(const char *path, unsigned mode)

@@ -14,7 +14,7 @@
  * Runtime directory for a segment name (the leading '/' dropped): explicit
  * (in practice $TETHER_RUNTIME_DIR) if non-empty, else /run/tether-<name> for
  * root, else $XDG_RUNTIME_DIR/tether-<name> when xdg is set (a per-user 0700
- * directory), else /tmp/tether-<euid>-<name>. Pure. 0, or -1 if it won't fit.
+ * directory), else /tmp/tether-<euid>-<name>. Pure. 0, or -ENAMETOOLONG if it won't fit.
  */
 int th_runtime_dir_pick(const char *shm_name, unsigned euid, const char *explicit_dir,
                         const char *xdg, char *buf, size_t cap);
@@ -30,7 +30,7 @@ int th_mkdir_p(const char *path, unsigned mode);
  * -errno with a one-line reason in err (what is wrong and how to fix it).
  */
 int th_runtime_dir_prepare(const char *dir, char *err, size_t errlen);
-/* "<runtime dir>/worker-<index>.sock" */
+/* "<runtime dir>/worker-<index>.sock". Returns 0 or -ENAMETOOLONG. */
 int th_worker_sock_path(const char *shm_name, unsigned index, char *buf, size_t cap);
 
 #endif

@@ -76,11 +76,11 @@ Test(janitor_config, threshold_not_above_sweep_is_refused)
     struct th_config c;
     char err[256] = "";
     cfg_with(&c, 60, 60);
-    cr_assert_eq(th_janitor_check_config(&c, err, sizeof(err)), -1);
+    cr_assert_eq(th_janitor_check_config(&c, err, sizeof(err)), -EINVAL);
     cr_assert_neq(strstr(err, "--stale-after 60"), NULL, "%s", err);
     cr_assert_neq(strstr(err, "--sweep-every 60"), NULL, "%s", err);
     cfg_with(&c, 30, 60);
-    cr_assert_eq(th_janitor_check_config(&c, err, sizeof(err)), -1);
+    cr_assert_eq(th_janitor_check_config(&c, err, sizeof(err)), -EINVAL);
     cfg_with(&c, 61, 60);
     cr_assert_eq(th_janitor_check_config(&c, err, sizeof(err)), 0);
 }

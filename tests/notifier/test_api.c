@@ -7,6 +7,7 @@
 #include "notifier/api.h"
 
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <errno.h>
@@ -347,9 +348,9 @@ Test(render, pct_decode)
     char out[8];
     cr_assert_eq(th_api_pct_decode("a%20b", 5, out, sizeof(out)), 3);
     cr_assert_eq(memcmp(out, "a b", 3), 0);
-    cr_assert_eq(th_api_pct_decode("a%2", 3, out, sizeof(out)), -1);
-    cr_assert_eq(th_api_pct_decode("a%zz", 4, out, sizeof(out)), -1);
-    cr_assert_eq(th_api_pct_decode("123456789", 9, out, sizeof(out)), -1);
+    cr_assert_eq(th_api_pct_decode("a%2", 3, out, sizeof(out)), -EINVAL);
+    cr_assert_eq(th_api_pct_decode("a%zz", 4, out, sizeof(out)), -EINVAL);
+    cr_assert_eq(th_api_pct_decode("123456789", 9, out, sizeof(out)), -ENOSPC);
 }
 
 Test(render, json_str_always_valid_utf8)

@@ -134,7 +134,7 @@ static int try_listen(const struct addrinfo *ai, const char **call)
 }
 
 /*
- * Bind and listen on host:port. Returns the fd or -1 after logging why, naming
+ * Bind and listen on host:port. Returns the fd or -errno after logging why, naming
  * flag and address. "In use" is retried for BIND_RETRY_MS: the listener of a
  * group that just stopped stays referenced by its workers' io_uring instances
  * until the kernel finishes tearing them down, a few milliseconds after exit,
@@ -150,8 +150,9 @@ static int open_listener(const char *flag, const char *host, uint16_t port)
     snprintf(portstr, sizeof(portstr), "%u", port);
     int gai = getaddrinfo(host, portstr, &hints, &ai);
     if (gai != 0) {
-        startup_error("%s %s:%u: cannot resolve address: %s", flag, host, port, gai_strerror(gai));
-        return -1;
+        startup_error("%s %s:%u: cannot resolve address (getaddrinfo: %s)", flag, host, port,
+                      gai_strerror(gai));
+        return -EADDRNOTAVAIL;
     }
     const char *call;
     uint64_t give_up = th_mono_ns() + BIND_RETRY_MS * TH_NS_PER_MS;
@@ -163,7 +164,7 @@ static int open_listener(const char *flag, const char *host, uint16_t port)
         return fd;
     startup_error("%s %s:%u: %s failed: %s%s", flag, host, port, call, strerror(-fd),
                   fd == -EADDRINUSE ? " (another process is listening there)" : "");
-    return -1;
+    return fd;
 }
 
 /*

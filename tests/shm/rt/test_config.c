@@ -151,7 +151,7 @@ Test(config, runtime_dir_follows_the_segment_name)
     unsetenv("TETHER_RUNTIME_DIR");
     cr_assert_eq(th_runtime_dir("/tether", buf, sizeof(buf)), 0);
     cr_assert(strstr(buf, "tether-tether") != NULL, "%s", buf);
-    cr_assert_eq(th_runtime_dir("/tether", buf, 4), -1, "too small a buffer is refused");
+    cr_assert_eq(th_runtime_dir("/tether", buf, 4), -ENAMETOOLONG, "too small a buffer is refused");
 }
 
 Test(config, runtime_dir_choice)
