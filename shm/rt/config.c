@@ -97,10 +97,10 @@ static const struct flag flags[] = {
      "LIST  comma-separated origins (https://app.example.com, *.example.com);\n"
      "                             other browser Origins get 403 (none: all pass)"},
     {"max-msgs-per-sec", F_U32, OFF(max_msgs_per_sec), 0, 1000000,
-     "N  client frames a second per connection, burst 2 s; over: close 1008 (50; 0 = off)"},
+     "N  client frames a second per connection, burst 2 s; over: close 1008; 0 = off"},
     {"max-bytes-per-sec", F_U32, OFF(max_bytes_per_sec), 0, 1u << 30,
      "N  client bytes a second per connection, burst 2 s or --max-message;\n"
-     "                             over: close 1008 (1048576; 0 = off)"},
+     "                             over: close 1008; 0 = off"},
 };
 #define NFLAGS (sizeof(flags) / sizeof(flags[0]))
 
