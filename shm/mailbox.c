@@ -401,13 +401,15 @@ static int create_new(struct th_mbx *m, const char *name, const struct th_mbx_hd
     }
     int rc = 0;
     /*
-     * Reserve every page now: a tmpfs too small for --mailbox-bytes (a
-     * container's 64 MiB /dev/shm) must stop the start with a message, not
-     * SIGBUS the notifier the day the log first fills up.
+     * The object stays sparse (pages are taken as the log first fills, and
+     * a leftover mailbox costs only what was stored), but a tmpfs that
+     * cannot hold --mailbox-bytes at all (a container's 64 MiB /dev/shm)
+     * stops the start here with a message rather than SIGBUS the notifier
+     * the day the log first fills up.
      */
     struct statvfs vfs;
     if (fstatvfs(fd, &vfs) == 0 && (uint64_t)vfs.f_bavail * vfs.f_frsize < tmpl->total_size) {
-        rc = -ENOSPC; /* checked first: fallocate would fill the tmpfs before failing */
+        rc = -ENOSPC;
         set_err(err, errlen,
                 "mailbox %s: --mailbox-bytes %.1f MiB, but only %.1f MiB of shared "
                 "memory is free",
@@ -416,10 +418,6 @@ static int create_new(struct th_mbx *m, const char *name, const struct th_mbx_hd
     } else if (ftruncate(fd, (off_t)tmpl->total_size) < 0) {
         rc = -errno;
         set_err(err, errlen, "mailbox %s: ftruncate: %s", name, strerror(errno));
-    } else if ((rc = -posix_fallocate(fd, 0, (off_t)tmpl->total_size)) < 0) {
-        set_err(err, errlen,
-                "mailbox %s: cannot reserve %.1f MiB of shared memory (--mailbox-bytes): %s", name,
-                (double)tmpl->total_size / (1 << 20), strerror(-rc));
     } else if ((rc = map_fd(m, fd, tmpl->total_size, 1)) < 0) {
         set_err(err, errlen, "mailbox %s: mmap: %s", name, strerror(-rc));
     }
