@@ -204,7 +204,7 @@ int th_mbx_prepare(struct th_mbx *m, const char *user, size_t ulen, uint64_t now
 
 /* Write the entry at head and publish it (commit word, then head). */
 static uint64_t append(struct th_mbx *m, const struct th_mbx_ticket *t, uint32_t size,
-                       const char *frame, size_t len, const char *id, size_t idlen,
+                       const char *frame, size_t len, const char *id, size_t idlen, uint32_t tag,
                        uint64_t expires_ns, uint64_t now_ns)
 {
     struct th_mbx_hdr *h = m->hdr;
@@ -221,7 +221,7 @@ static uint64_t append(struct th_mbx *m, const struct th_mbx_ticket *t, uint32_t
     th_mbx_st32(&e->connections, 0);
     atomic_store_explicit(&e->idlen, (uint16_t)idlen, memory_order_release);
     atomic_store_explicit(&e->flags, 0, memory_order_release);
-    th_mbx_st32(&e->id_hash, idlen ? th_mbx_id_tag(id, idlen) : 0);
+    th_mbx_st32(&e->id_hash, tag);
     _Atomic uint64_t *w = th_mbx_ent_words(e);
     if (idlen)
         th_mbx_words_store(w, id, idlen);
@@ -247,11 +247,12 @@ int th_mbx_commit(struct th_mbx *m, const struct th_mbx_ticket *t, const char *f
     if (ttl_ns && (len > TH_MBX_MAX_FRAME || idlen > TH_MBX_MAX_ID || size > h->arena_bytes / 4))
         return -E2BIG;
     uint64_t p = 0, exp = now_ns + ttl_ns;
+    uint32_t tag = idlen ? th_mbx_id_tag(id, idlen) : 0;
     if (ttl_ns) {
         reserve(m, (uint32_t)size, now_ns);
         if (atomic_load(&r->gen) != t->gen) /* reclaiming cannot recycle; belt and braces */
             return -ESTALE;
-        p = append(m, t, (uint32_t)size, frame, len, id, idlen, exp, now_ns);
+        p = append(m, t, (uint32_t)size, frame, len, id, idlen, tag, exp, now_ns);
     }
     rec_begin(m, t->rec);
     th_mbx_st(&r->seq, t->seq);
@@ -259,7 +260,7 @@ int th_mbx_commit(struct th_mbx *m, const struct th_mbx_ticket *t, const char *f
         uint64_t hd = relaxed(&r->head);
         if (hd - relaxed(&r->tail) >= h->per_user) /* the ring slot we need is the oldest's */
             pop_front(m, r, now_ns, TH_MBX_EV_PER_USER);
-        th_mbx_st(&r->ring[hd % h->per_user], th_mbx_ref(p, idlen ? th_mbx_id_tag(id, idlen) : 0));
+        th_mbx_st(&r->ring[hd % h->per_user], th_mbx_ref(p, tag));
         th_mbx_st(&r->head, hd + 1);
         if (exp > relaxed(&r->last_exp_ns))
             th_mbx_st(&r->last_exp_ns, exp);
