@@ -33,6 +33,7 @@ static void clean_env(void)
     unsetenv("TETHER_WORKERS");
     unsetenv("TETHER_RUNTIME_DIR");
     unsetenv("TETHER_HUNG_AFTER");
+    unsetenv("TETHER_MAILBOX_TTL");
 }
 
 TestSuite(config, .init = clean_env);
@@ -121,6 +122,35 @@ Test(config, hung_after_flag_env_and_bounds)
     char *a3[] = {"--hung-after", "3s"};
     cr_assert_eq(parse(2, a3), TH_CONFIG_ERROR);
     cr_assert(strstr(err, "--hung-after"), "%s", err);
+}
+
+Test(config, mailbox_flags_defaults_env_and_bounds)
+{
+    setenv("TETHER_JWT_SECRET", "s", 1);
+    cr_assert_eq(parse(0, NULL), TH_CONFIG_OK, "%s", err);
+    cr_assert_eq(cfg.mailbox_ttl_s, 120);
+    cr_assert_eq(cfg.mailbox_per_user, 64);
+    cr_assert_eq(cfg.mailbox_bytes, 67108864);
+    setenv("TETHER_MAILBOX_TTL", "0", 1);
+    cr_assert_eq(parse(0, NULL), TH_CONFIG_OK, "%s", err);
+    cr_assert_eq(cfg.mailbox_ttl_s, 0, "0 turns the mailbox off");
+    unsetenv("TETHER_MAILBOX_TTL");
+    char *a1[] = {"--mailbox-per-user", "1024", "--mailbox-bytes", "16777216"};
+    cr_assert_eq(parse(4, a1), TH_CONFIG_OK, "%s", err);
+    cr_assert_eq(cfg.mailbox_per_user, 1024);
+    char *a2[] = {"--mailbox-per-user", "0"};
+    cr_assert_eq(parse(2, a2), TH_CONFIG_ERROR);
+    cr_assert(strstr(err, "--mailbox-per-user"), "%s", err);
+    char *a3[] = {"--mailbox-bytes", "1048575"};
+    cr_assert_eq(parse(2, a3), TH_CONFIG_ERROR);
+    cr_assert(strstr(err, "--mailbox-bytes"), "%s", err);
+    char *a4[] = {"--mailbox-bytes", "1048576", "--mailbox-per-user", "1024"};
+    cr_assert_eq(parse(4, a4), TH_CONFIG_ERROR, "the user records would not fit");
+    cr_assert(strstr(err, "--mailbox-bytes 1048576 is too small for --mailbox-per-user 1024"), "%s",
+              err);
+    char *a5[] = {"--mailbox-ttl", "-1"};
+    cr_assert_eq(parse(2, a5), TH_CONFIG_ERROR);
+    cr_assert(strstr(err, "--mailbox-ttl"), "%s", err);
 }
 
 Test(config, secret_is_required_and_loaded_from_file)
