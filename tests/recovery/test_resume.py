@@ -337,6 +337,26 @@ class BigReplay(Base):
         run(go(), timeout=60)
 
 
+class MailboxOff(Base):
+    """--mailbox-ttl 0: nothing is stored, so a resume can promise nothing."""
+    GROUP_ARGS = ["--mailbox-ttl", "0"]
+
+    def test_resume_not_recovered_live_still_flows(self):
+        async def go():
+            ws = await connect(resume_url(self.g, "o-user", 3, "0123456789abcdef"))
+            r = await recv_json(ws)
+            self.assertEqual((r["type"], r["recovered"], r["since"], r["replay"]),
+                             ("resumed", False, 3, 0), r)
+            st, body = await in_thread(self.g.notify, "o-user", {"k": 1})
+            self.assertEqual(st, 200, body)
+            n = await recv_json(ws)
+            self.assertEqual(n["data"], {"k": 1})
+            self.assertNotIn("seq", n)
+            await ws.close()
+        run(go())
+        self.assertTrue(self.g.wait_log("User o-user resumed: since 3, replayed 0, recovered false"))
+
+
 class EvictedDuringReplay(Base):
     """A replay the client reads slowly, overtaken by --mailbox-per-user
     eviction: after recovered:true the client must not carry on with a hole
