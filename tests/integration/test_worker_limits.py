@@ -57,6 +57,9 @@ class Limits(unittest.TestCase):
                     await connect(g.ws_url("l-full-x"))
                 self.assertEqual(cm.exception.status_code, 503)
                 self.assertEqual(slots_of(g, "l-full-x"), [])
+                # Counted once, in tether_registry_full_total (README: capacity).
+                metrics = g.api("GET", "/metrics")[1]
+                self.assertIn("\ntether_registry_full_total 1\n", metrics)
                 await held[0].close()
                 wait_until(lambda: len(slots_of(g)) == 15, timeout=5)
                 extra = await connect(g.ws_url("l-full-y"))  # a slot came back
