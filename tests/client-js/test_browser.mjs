@@ -42,6 +42,10 @@ before(async () => {
 // Each test ends its clients and groups, so nothing of it runs into the next.
 afterEach(async () => {
   await page.eval('T.closeAll()');
+  // Nothing thrown in the page, nothing the client logged as broken.
+  const bad = browser.consoleLines.filter((l) => l.startsWith('exception') || l.includes('TetherClient'));
+  browser.consoleLines.length = 0;
+  assert.deepEqual(bad, []);
   for (const g of groups) await g.close();
   groups.clear();
 });
