@@ -430,3 +430,28 @@ test('seq bookkeeping: duplicates and old seqs dropped, since/epoch sent, a new 
   await waitFor(() => ScriptedWS.all.length === 3, 1000, 'its attempt');
   assert.match(ScriptedWS.all[2].url, /[?&]since=1&epoch=E2(&|$)/);
 });
+
+test('after a drain, retries keep the drain spread until a connection opens', LIMIT, async () => {
+  ScriptedWS.all.length = 0;
+  const c = new TetherClient({ url: 'ws://127.0.0.1:9/ws', token: 't', WebSocket: ScriptedWS,
+    backoffBase: 1, backoffCap: 1000, drainSpread: 400, stableAfter: 60000 });
+  clients.add(c);
+  const rec = record(c);
+  await waitFor(() => ScriptedWS.all.length === 1, 1000, 'the first attempt');
+  ScriptedWS.all[0].open();
+  ScriptedWS.all[0].drop(1001);
+  // The server is down: five attempts fail before opening.
+  for (let k = 2; k <= 6; k++) {
+    await waitFor(() => ScriptedWS.all.length === k, 3000, `attempt ${k}`);
+    ScriptedWS.all[k - 1].drop(1006);
+  }
+  const delays = rec.disconnects.map((d) => d.delay);
+  assert.equal(delays.length, 6);
+  assert.ok(delays.every((d) => d >= 0 && d <= 400), `${delays}`);
+  // Without the floor the ceilings would be 1, 2, 4, 8, 16 ms.
+  assert.ok(delays.slice(1).some((d) => d > 16), `retries kept the spread: ${delays}`);
+  await waitFor(() => ScriptedWS.all.length === 7, 3000, 'attempt 7');
+  ScriptedWS.all[6].open();
+  ScriptedWS.all[6].drop(1006); // an ordinary failure again: back to the doubling ceiling (2^5 = 32 ms)
+  assert.ok(rec.disconnects.at(-1).delay <= 32, `after opening: ${rec.disconnects.at(-1).delay}`);
+});

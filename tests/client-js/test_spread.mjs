@@ -51,6 +51,7 @@ test(`${N} clients reconnecting after a restart spread over time`, { timeout: 18
   restartAt = Date.now();
   const stop = await g.stop();
   assert.equal(stop.code, 0, g.log().slice(-2000));
+  const stoppedAt = Date.now();
   await g.start();
   const upAt = Date.now();
   await waitFor(() => reconnectedAt.size === N, 60000, `all ${N} reconnected (now ${reconnectedAt.size})`);
@@ -64,6 +65,7 @@ test(`${N} clients reconnecting after a restart spread over time`, { timeout: 18
   const worst = worstSecond(times);
   const summary = {
     clients: N,
+    drain_ms: stoppedAt - restartAt,
     down_ms: upAt - restartAt,
     last_reconnect_ms: Math.max(...times) - restartAt,
     per_second: Array.from(perSecond, (x) => x ?? 0),

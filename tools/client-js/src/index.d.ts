@@ -36,7 +36,7 @@ export interface TetherClientOptions {
   backoffCap?: number;
   /** A connection up this long resets the backoff, ms (10000). */
   stableAfter?: number;
-  /** After a 1001 (drain) close, reconnect after random * drainSpread ms (10000). */
+  /** After a 1001 (drain) close, reconnect after random * drainSpread ms, and keep at least that window for retries until one opens (10000). */
   drainSpread?: number;
   /** Answer every notification with {"type":"ack","id":...} (false). */
   ack?: boolean;

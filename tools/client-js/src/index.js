@@ -15,7 +15,8 @@
 // - Reconnect with exponential backoff and full jitter, reset only after a
 //   connection stayed up: a fleet that reconnects in lock-step after a
 //   deploy is a denial of service.
-// - Close codes: 1001 (drain) reconnects soon, spread over `drainSpread`;
+// - Close codes: 1001 (drain) reconnects soon, spread over `drainSpread`
+//   (and so do the retries while the server is still down);
 //   4000 (stale) and 1000/1006/1011 reconnect with backoff; 4001 (replaced
 //   by a newer device) does not reconnect; 1008 (token expired) fetches a
 //   new token first; 1002/1007/1009 mean this client is broken, so it
@@ -99,6 +100,7 @@ export class TetherClient {
   #gen = 0; // bumped by every attempt and by close(): stale callbacks compare it
   #sock = null;
   #attempts = 0;
+  #spreadFloor = 0; // after a drain: every retry of that outage keeps the drain's spread
   #timers = {};
   #lastFrameAt = 0;
   #silenceFrom = 0;
@@ -275,6 +277,7 @@ export class TetherClient {
 
   #opened(gen) {
     clearTimeout(this.#timers.connect);
+    this.#spreadFloor = 0;
     this.#lastFrameAt = this.#silenceFrom = Date.now();
     this.#setState('connected');
     const { pingInterval, stableAfter } = this.#opt;
@@ -367,9 +370,13 @@ export class TetherClient {
     if (this.#opt.ack && typeof msg.id === 'string') this.#send({ type: 'ack', id: msg.id });
   }
 
+  // Full jitter under a doubling ceiling. After a drain the ceiling stays at
+  // least drainSpread until a connection opens: the clients that tried while
+  // the server was still down would otherwise retry on short windows and
+  // arrive together the moment it is back.
   #backoff() {
     const { backoffBase, backoffCap } = this.#opt;
-    const ceiling = Math.min(backoffCap, backoffBase * 2 ** Math.min(this.#attempts, 30));
+    const ceiling = Math.max(this.#spreadFloor, Math.min(backoffCap, backoffBase * 2 ** Math.min(this.#attempts, 30)));
     this.#attempts++;
     return Math.random() * ceiling;
   }
@@ -397,7 +404,13 @@ export class TetherClient {
       }
       this.#refreshToken = true;
     }
-    const delay = code === CLOSE_DRAIN && opened ? Math.random() * this.#opt.drainSpread : this.#backoff();
+    let delay;
+    if (code === CLOSE_DRAIN && opened) {
+      this.#spreadFloor = this.#opt.drainSpread;
+      delay = Math.random() * this.#opt.drainSpread;
+    } else {
+      delay = this.#backoff();
+    }
     this.#retry(code, reason, delay);
   }
 
