@@ -16,7 +16,7 @@ export class Browser {
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
       '--disable-background-timer-throttling', '--disable-renderer-backgrounding',
       `--user-data-dir=${profile}`, '--remote-debugging-port=0', 'about:blank'],
-    { stdio: ['ignore', 'ignore', 'pipe'] });
+    { stdio: ['ignore', 'ignore', 'pipe'], detached: true }); // its own process group: close() ends every helper
     let stderr = '';
     const endpoint = await new Promise((resolve, reject) => {
       const t = setTimeout(() => reject(new Error(`chromium did not start:\n${stderr}`)), 30000);
@@ -93,8 +93,13 @@ export class Browser {
     } catch {
       // already closed
     }
-    this.proc.kill('SIGKILL');
-    await new Promise((r) => (this.proc.exitCode !== null ? r() : this.proc.on('exit', r)));
-    fs.rmSync(this.profile, { recursive: true, force: true });
+    try {
+      process.kill(-this.proc.pid, 'SIGKILL'); // the browser and its zygote, renderer and GPU helpers
+    } catch {
+      // already gone
+    }
+    await new Promise((r) => (this.proc.exitCode !== null || this.proc.signalCode !== null ? r() : this.proc.on('exit', r)));
+    // A helper may still be writing the profile for a moment after the kill.
+    fs.rmSync(this.profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
   }
 }

@@ -100,11 +100,27 @@ export class Group {
     return makeToken(this.secret, user, ttlS);
   }
 
+  /**
+   * Starts the group; again after a stop, on the same client port (the
+   * clients' URL). Another program on this machine may have taken the API
+   * port meanwhile (free ports are only free when asked): then the API moves.
+   */
   async start(timeoutMs = SANITIZED ? 40000 : 20000) {
     if (this.port === undefined) {
       this.port = await freePort();
       this.apiPort = await freePort();
     }
+    for (let tries = 0; ; tries++) {
+      try {
+        return await this.#startOnce(timeoutMs);
+      } catch (err) {
+        if (tries >= 3 || !/api-listen .* Address already in use/.test(err.message)) throw err;
+        this.apiPort = await freePort();
+      }
+    }
+  }
+
+  async #startOnce(timeoutMs) {
     const args = ['run', '--listen', `127.0.0.1:${this.port}`, '--api-listen', `127.0.0.1:${this.apiPort}`,
       '--workers', String(this.workers), '--slots', String(this.slots), '--shm-name', this.shmName,
       '--jwt-secret-file', this.secretFile, '--log-level', 'debug', ...this.extra];

@@ -50,11 +50,24 @@ afterEach(async () => {
   groups.clear();
 });
 
+// Every step runs even when one before it failed: a handle left open keeps
+// the test process alive until ctest's timeout.
 after(async () => {
-  if (page) await page.eval('T.closeAll()').catch(() => {});
-  if (browser) await browser.close();
-  if (server) server.close();
-  for (const g of groups) await g.close();
+  const steps = [
+    () => page && page.eval('T.closeAll()'),
+    () => browser && browser.close(),
+    () => server && (server.closeAllConnections(), new Promise((r) => server.close(r))),
+    ...[...groups].map((g) => () => g.close()),
+  ];
+  const errors = [];
+  for (const step of steps) {
+    try {
+      await step();
+    } catch (err) {
+      errors.push(err);
+    }
+  }
+  if (errors.length) throw errors[0];
 });
 
 async function group(opts) {
