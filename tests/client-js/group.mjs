@@ -195,13 +195,17 @@ export class Group {
       await this.stop('SIGTERM', 15000);
     } finally {
       this.#killGroup();
-      try {
-        fs.unlinkSync('/dev/shm' + this.shmName);
-      } catch {
-        // removed by the group itself
+      // The registry segment, and the mailbox, which outlives a graceful stop on purpose.
+      for (const f of ['/dev/shm' + this.shmName, '/dev/shm' + this.shmName + '.mailbox']) {
+        try {
+          fs.unlinkSync(f);
+        } catch {
+          // removed by the group itself, or never made
+        }
       }
     }
     sanitizerCheck(this.logPath);
+    fs.rmSync(this.tmp, { recursive: true, force: true }); // kept when the check failed: the log is there
   }
 
   async api(method, pathname, body) {
