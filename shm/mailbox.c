@@ -206,9 +206,8 @@ int th_mbx_rec_read(const struct th_mbx *m, uint32_t i, struct th_mbx_rec_copy *
 uint32_t th_mbx_rec_find(const struct th_mbx *m, const char *user, size_t ulen, uint32_t hash,
                          struct th_mbx_rec_copy *c)
 {
-    uint32_t mask = m->hdr->nusers - 1;
-    for (uint32_t k = 0; k < TH_MBX_PROBE && k <= mask; k++) {
-        uint32_t i = (hash + k) & mask;
+    for (uint32_t k = 0; k < TH_MBX_PROBE; k++) {
+        uint32_t i = th_mbx_probe(m, hash, k);
         struct th_mbx_user *r = th_mbx_rec(m, i);
         /* Cheap filter before the seqlocked copy: most records of the window are other users'. */
         if (th_mbx_ld32(&r->user_hash) != hash || th_mbx_ld32(&r->user_len) != ulen)

@@ -21,7 +21,8 @@
  *   users[]             nusers records (power of two), each a struct
  *                       th_mbx_user followed by a ring of per_user uint64
  *                       entry references; a user lives in one of the
- *                       TH_MBX_PROBE records from hash & (nusers - 1)
+ *                       TH_MBX_PROBE records: two windows of 8 from two
+ *                       hashes of the user id
  *   arena[]             the log: a byte ring of entries (struct
  *                       th_mbx_entry, the id, the frame, 64-byte aligned),
  *                       appended at head, reclaimed at tail, oldest first
@@ -84,10 +85,11 @@
  *   worker only after that, so a seq a client could have seen is never
  *   assigned again: a kill -9 of the notifier at any point costs at most an
  *   unused seq (a gap), never a repeat.
- *   user.gen: bumped when the record is recycled for another user (only a
- *   record without unexpired entries, or, when all TH_MBX_PROBE records of
- *   the window hold entries, the one stored to longest ago: its entries are
- *   dropped, reason "full"). Before recycling, the writer raises
+ *   user.gen: bumped when the record is recycled for another user. A new
+ *   user takes a never-used record of the emptier of its two windows, else
+ *   the record of its TH_MBX_PROBE whose entries expire first (nothing lost
+ *   if they all expired; otherwise they are dropped, reason "full": about
+ *   none below 70% of the records in use). Before recycling, the writer raises
  *   floors[hash % nfloors] to the old user's seq; a new record starts
  *   at seq = floor (first notification floor + 1) and dropped = floor, so a
  *   user's seq only grows within an epoch even if its record went away.
@@ -137,10 +139,10 @@
 #include "shm/registry.h" /* TH_USER_MAX */
 
 #define TH_MBX_MAGIC 0x31584d4248544554ULL /* "TETHMBX1" little-endian */
-#define TH_MBX_VERSION 1
+#define TH_MBX_VERSION 2
 #define TH_MBX_SUFFIX ".mailbox"
 #define TH_MBX_EPOCH_LEN 16           /* hex digits of the 64-bit epoch */
-#define TH_MBX_PROBE 8                /* records a user may live in */
+#define TH_MBX_PROBE 16               /* records a user may live in: two windows of 8 */
 #define TH_MBX_PER_USER_MAX 1024      /* --mailbox-per-user upper bound */
 #define TH_MBX_BYTES_MIN (1u << 20)   /* --mailbox-bytes lower bound */
 #define TH_MBX_MAX_FRAME (70u * 1024) /* a rendered frame with seq and epoch */

@@ -71,6 +71,19 @@ static inline void th_mbx_st32(_Atomic uint32_t *p, uint32_t v)
     atomic_store_explicit(p, v, memory_order_release);
 }
 
+/*
+ * The k-th record (k < TH_MBX_PROBE) a user may live in: 8 consecutive
+ * records from its hash, then 8 from a second, mixed hash ("two choices":
+ * at 60% of records used a single window of 8 is full often enough to
+ * evict a live user's entries; two make it vanishingly rare).
+ */
+static inline uint32_t th_mbx_probe(const struct th_mbx *m, uint32_t hash, uint32_t k)
+{
+    uint32_t mask = m->hdr->nusers - 1;
+    uint32_t base = k < TH_MBX_PROBE / 2 ? hash : (hash * 0x9e3779b1u) ^ (hash >> 15);
+    return (base + k % (TH_MBX_PROBE / 2)) & mask;
+}
+
 /* Copy n bytes out of / into 64-bit atomic words (acquire loads, release stores). */
 void th_mbx_words_load(char *dst, const _Atomic uint64_t *src, size_t n);
 void th_mbx_words_store(_Atomic uint64_t *dst, const char *src, size_t n);

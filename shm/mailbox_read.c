@@ -95,10 +95,9 @@ int th_mbx_replay_begin(const struct th_mbx *m, const char *user, size_t ulen, u
     /* The worker's slot claim before this snapshot (mailbox.h, the ordering argument). */
     atomic_thread_fence(memory_order_seq_cst);
     uint32_t hash = th_user_hash(user, ulen);
-    uint32_t mask = m->hdr->nusers - 1;
     rp->rec = TH_MBX_NONE;
-    for (uint32_t k = 0; k < TH_MBX_PROBE && k <= mask; k++) {
-        uint32_t i = (hash + k) & mask;
+    for (uint32_t k = 0; k < TH_MBX_PROBE; k++) {
+        uint32_t i = th_mbx_probe(m, hash, k);
         const struct th_mbx_user *r = th_mbx_rec(m, i);
         if (th_mbx_ld32(&r->user_hash) != hash || th_mbx_ld32(&r->user_len) != ulen)
             continue; /* another user's (a record being made for this one is not yet) */

@@ -176,26 +176,33 @@ int th_mbx_prepare(struct th_mbx *m, const char *user, size_t ulen, uint64_t now
         return -EROFS;
     if (ulen == 0 || ulen > TH_USER_MAX)
         return -EINVAL;
-    uint32_t hash = th_user_hash(user, ulen), mask = m->hdr->nusers - 1;
-    uint32_t pick = TH_MBX_NONE;
-    uint64_t pick_exp = UINT64_MAX;
-    int pick_empty = 0;
-    for (uint32_t k = 0; k < TH_MBX_PROBE && k <= mask; k++) {
-        uint32_t i = (hash + k) & mask;
+    uint32_t hash = th_user_hash(user, ulen);
+    uint32_t empty[2] = {TH_MBX_NONE, TH_MBX_NONE}, nempty[2] = {0, 0}, oldest = TH_MBX_NONE;
+    uint64_t oldest_exp = UINT64_MAX;
+    for (uint32_t k = 0; k < TH_MBX_PROBE; k++) {
+        uint32_t i = th_mbx_probe(m, hash, k), w = k >= TH_MBX_PROBE / 2;
         struct th_mbx_user *r = th_mbx_rec(m, i);
         uint32_t len = atomic_load_explicit(&r->user_len, memory_order_relaxed);
         if (len == ulen && atomic_load(&r->user_hash) == hash && memcmp(r->user, user, ulen) == 0) {
             *t = (struct th_mbx_ticket){i, atomic_load(&r->gen), relaxed(&r->seq) + 1};
             return 0;
         }
-        /* Candidates: an empty record, else the one whose entries expire first. */
-        uint64_t exp = relaxed(&r->last_exp_ns);
-        if (!pick_empty && (len == 0 || exp < pick_exp)) {
-            pick = i;
-            pick_exp = exp;
-            pick_empty = len == 0;
+        if (len == 0) {
+            if (empty[w] == TH_MBX_NONE)
+                empty[w] = i;
+            nempty[w]++;
+        } else if (relaxed(&r->last_exp_ns) < oldest_exp) {
+            oldest = i;
+            oldest_exp = relaxed(&r->last_exp_ns);
         }
     }
+    /*
+     * A new user goes to an empty record of the emptier window (two
+     * choices), else replaces the record whose entries expire first: one
+     * with nothing unexpired costs only seq contiguity (the floor), one with
+     * live entries loses them (reason full).
+     */
+    uint32_t pick = nempty[1] > nempty[0] ? empty[1] : empty[0] != TH_MBX_NONE ? empty[0] : oldest;
     recycle(m, pick, user, ulen, hash, now_ns);
     struct th_mbx_user *r = th_mbx_rec(m, pick);
     *t = (struct th_mbx_ticket){pick, atomic_load(&r->gen), relaxed(&r->seq) + 1};

@@ -408,6 +408,20 @@ Test(mailbox, recycled_records_keep_seqs_increasing)
     cr_assert_eq(rec, 0);
 }
 
+Test(mailbox, users_up_to_60_percent_of_records_keep_their_entries)
+{
+    open_new(8u << 20, 8, 1024);
+    cr_assert_eq(mb.hdr->nusers, 1024);
+    char u[16];
+    for (int k = 0; k < 614; k++) {
+        snprintf(u, sizeof(u), "live%d", k);
+        put(u, NULL, 60, T0, 10);
+    }
+    cr_assert_eq(atomic_load(&mb.hdr->counters.evicted[TH_MBX_EV_FULL]), 0,
+                 "a live user's entries were evicted to make room for another user");
+    cr_assert_eq(atomic_load(&mb.hdr->entries), 614);
+}
+
 Test(mailbox, dead_writer_mid_change_is_readable_and_repaired)
 {
     open_new(2u << 20, 8, 0);
