@@ -159,15 +159,27 @@ static int handle_request(struct worker *w, uint32_t idx, const struct th_http_r
                                     : "{\"error\":\"not a WebSocket upgrade\"}");
         return 0;
     }
+    const struct th_str *origin = th_http_header(req, "Origin");
+    struct th_counters_sh *ctr = &w->reg->hdr->counters;
+    if (origin && !wk_origin_allowed(w->cfg->allowed_origins, origin->p, origin->n)) {
+        /* A browser page of another site: it must not use a user's token here. */
+        th_debug("connection %u refused: origin %.*s not allowed", idx,
+                 (int)(origin->n > 200 ? 200 : origin->n), origin->p);
+        atomic_fetch_add_explicit(&ctr->origin_refused, 1, memory_order_relaxed);
+        reply_error(w, idx, 403, "origin not allowed");
+        return 0;
+    }
     if (!find_token(req, &tok)) {
         th_debug("connection %u refused: no token", idx);
+        atomic_fetch_add_explicit(&ctr->token_refused, 1, memory_order_relaxed);
         reply_error(w, idx, 401, "missing token");
         return 0;
     }
-    int jr = th_jwt_verify(tok.p, tok.n, w->cfg->jwt_secret, w->cfg->jwt_secret_len,
-                           (int64_t)(w->now_ns / TH_NS_PER_S), &cl);
+    int jr = th_jwt_verify_keys(tok.p, tok.n, w->jwt_keys, &w->jwt_rules,
+                                (int64_t)(w->now_ns / TH_NS_PER_S), &cl);
     if (jr != TH_JWT_OK) {
         th_debug("connection %u refused: token %s", idx, th_jwt_strerror(jr));
+        atomic_fetch_add_explicit(&ctr->token_refused, 1, memory_order_relaxed);
         reply_error(w, idx, 401, th_jwt_strerror(jr));
         return 0;
     }

@@ -15,6 +15,7 @@
 #include "shm/rt/channel.h"
 #include "shm/rt/uring.h"
 #include "shm/proto/http.h"
+#include "shm/proto/jwt.h"
 #include "shm/proto/tls.h"
 #include "worker/ws.h"
 #include "worker/resume.h"
@@ -162,6 +163,8 @@ struct worker {
     struct wk_resume *rs; /* the mailbox and the replays; NULL when the mailbox is off */
 
     struct th_tls_ctx *tls; /* certificate + key for new handshakes; NULL: plain only */
+    struct th_jwt_keys *jwt_keys; /* token keys in force (worker/auth.c); swapped on SIGHUP */
+    struct th_jwt_rules jwt_rules; /* --jwt-audience / --jwt-issuer */
     uint8_t *tls_scratch;   /* TH_TLS_RECORD_MAX: plaintext of one record */
 };
 
@@ -194,6 +197,13 @@ void wk_http_reply(struct worker *w, uint32_t idx, int status, const char *extra
 /* session.c */
 void wk_ws_input(struct worker *w, uint32_t idx, uint8_t *p, size_t n);
 void wk_evict(struct worker *w, const struct th_conn_info *victim, uint16_t code);
+
+/* auth.c */
+int wk_auth_setup(struct worker *w);
+void wk_auth_reload(struct worker *w);
+void wk_auth_shutdown(struct worker *w);
+/* Is a browser upgrade from origin[0..n) allowed by --allowed-origins (empty list: all)? */
+int wk_origin_allowed(const char *list, const char *origin, size_t n);
 
 /* tls.c */
 int wk_tls_setup(struct worker *w);

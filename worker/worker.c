@@ -387,6 +387,7 @@ static void loop(struct worker *w)
             th_sig_hup = 0;
             th_log_reopen();
             wk_tls_reload(w);
+            wk_auth_reload(w);
         }
         if (th_sig_stop && !w->draining)
             start_drain(w);
@@ -436,7 +437,7 @@ static int setup(struct worker *w)
         w->peer_fd[i] = -1;
     int rc = th_uring_init(&w->ring, WK_RING_SQ, WK_RING_CQ);
     if (rc < 0 || (rc = bufring_setup(w)) < 0 || (rc = wk_ctl_listen(w)) < 0 ||
-        (rc = wk_resume_setup(w)) < 0 || (rc = wk_tls_setup(w)) < 0)
+        (rc = wk_resume_setup(w)) < 0 || (rc = wk_tls_setup(w)) < 0 || (rc = wk_auth_setup(w)) < 0)
         return rc;
     arm_accept(w);
     wk_ctl_arm_accept(w);
@@ -468,6 +469,7 @@ int th_worker_main(const struct th_config *cfg, struct th_reg *reg, unsigned ind
         wk_conn_abort(w, i);
     wk_ctl_shutdown(w);
     wk_resume_shutdown(w);
+    wk_auth_shutdown(w);
     io_uring_queue_exit(&w->ring);
     th_info("worker %u stopped", index);
     return 0;

@@ -19,7 +19,9 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <openssl/bn.h>
 #include <openssl/crypto.h>
+#include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <stdlib.h>
@@ -107,38 +109,112 @@ static json_t *decode_json_part(const char *p, size_t n, size_t flags)
     return j;
 }
 
-static int check_header(const char *p, size_t n)
+/* What the header says: the algorithm and the kid ("" when absent). */
+struct jwt_header {
+    int alg;
+    char kid[TH_JWT_KID_MAX + 1];
+};
+
+static int check_header(const char *p, size_t n, struct jwt_header *hd)
 {
     json_t *h = decode_json_part(p, n, 0);
     if (!h)
         return TH_JWT_MALFORMED;
-    const char *alg = json_string_value(json_object_get(h, "alg"));
+    json_t *alg = json_object_get(h, "alg"), *kid = json_object_get(h, "kid");
     int rc = TH_JWT_OK;
+    hd->kid[0] = '\0';
     if (json_object_get(h, "crit"))
         rc = TH_JWT_MALFORMED;
-    else if (!alg || strcmp(alg, "HS256") != 0 ||
-             json_string_length(json_object_get(h, "alg")) != 5)
+    else if (!json_is_string(alg) ||
+             !(hd->alg = th_jwt_alg_of(json_string_value(alg), json_string_length(alg))))
         rc = TH_JWT_BAD_ALG;
+    else if (kid && (!json_is_string(kid) || json_string_length(kid) > TH_JWT_KID_MAX))
+        rc = TH_JWT_MALFORMED;
+    else if (kid)
+        memcpy(hd->kid, json_string_value(kid), json_string_length(kid) + 1);
     json_decref(h);
     return rc;
 }
 
-static int check_signature(const char *token, size_t signed_len, const char *sig, size_t sig_n,
-                           const uint8_t *secret, size_t secret_len)
+static int verify_hs256(const struct th_jwt_key *k, const char *msg, size_t n, const uint8_t *sig,
+                        size_t sig_len)
 {
-    uint8_t want[EVP_MAX_MD_SIZE], got[TH_JWT_MAX_TOKEN];
+    uint8_t want[EVP_MAX_MD_SIZE];
     unsigned int want_len = 0;
+    if (k->secret_len == 0 || k->secret_len > INT32_MAX ||
+        !HMAC(EVP_sha256(), k->secret, (int)k->secret_len, (const uint8_t *)msg, n, want,
+              &want_len))
+        return 0;
+    return sig_len == want_len && CRYPTO_memcmp(want, sig, want_len) == 0;
+}
+
+/* ES256 signatures are r || s (32 bytes each, RFC 7518 3.4); libcrypto wants DER. */
+static size_t es256_der(const uint8_t *sig, size_t n, uint8_t *der, size_t cap)
+{
+    if (n != 64)
+        return 0;
+    ECDSA_SIG *es = ECDSA_SIG_new();
+    BIGNUM *r = BN_bin2bn(sig, 32, NULL), *s = BN_bin2bn(sig + 32, 32, NULL);
+    if (!es || !r || !s || ECDSA_SIG_set0(es, r, s) != 1) {
+        BN_free(r);
+        BN_free(s);
+        ECDSA_SIG_free(es);
+        return 0;
+    }
+    int len = i2d_ECDSA_SIG(es, NULL);
+    uint8_t *o = der;
+    if (len <= 0 || (size_t)len > cap || i2d_ECDSA_SIG(es, &o) != len)
+        len = 0;
+    ECDSA_SIG_free(es);
+    return (size_t)len;
+}
+
+static int verify_pkey(const struct th_jwt_key *k, const char *msg, size_t n, const uint8_t *sig,
+                       size_t sig_len)
+{
+    uint8_t der[80];
+    if (k->alg == TH_JWT_ES256) {
+        sig_len = es256_der(sig, sig_len, der, sizeof(der));
+        sig = der;
+        if (!sig_len)
+            return 0;
+    }
+    if (k->alg == TH_JWT_EDDSA && sig_len != 64)
+        return 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    const EVP_MD *md = k->alg == TH_JWT_EDDSA ? NULL : EVP_sha256(); /* Ed25519 hashes itself */
+    int ok = ctx && EVP_DigestVerifyInit(ctx, NULL, md, NULL, (EVP_PKEY *)k->pkey) == 1 &&
+             EVP_DigestVerify(ctx, sig, sig_len, (const uint8_t *)msg, n) == 1;
+    EVP_MD_CTX_free(ctx);
+    return ok;
+}
+
+/*
+ * The signature over token[0..signed_len) with the keys of the header's alg
+ * (and kid, when it names one). A key is only ever used for its own alg.
+ */
+static int check_signature(const char *token, size_t signed_len, const char *sig, size_t sig_n,
+                           const struct th_jwt_keys *ks, const struct jwt_header *hd)
+{
+    uint8_t got[TH_JWT_MAX_TOKEN];
     long got_len = b64url_decode(sig, sig_n, got);
     if (got_len < 0)
         return TH_JWT_MALFORMED;
-    if (secret_len == 0 || secret_len > INT32_MAX)
-        return TH_JWT_BAD_SIG;
-    if (!HMAC(EVP_sha256(), secret, (int)secret_len, (const uint8_t *)token, signed_len, want,
-              &want_len))
-        return TH_JWT_BAD_SIG;
-    if (got_len != (long)want_len || CRYPTO_memcmp(want, got, want_len) != 0)
-        return TH_JWT_BAD_SIG;
-    return TH_JWT_OK;
+    int candidates = 0;
+    for (size_t i = 0; i < ks->n; i++) {
+        const struct th_jwt_key *k = &ks->k[i];
+        if (k->alg != hd->alg || (hd->kid[0] && strcmp(k->kid, hd->kid) != 0))
+            continue;
+        candidates++;
+        int ok = k->alg == TH_JWT_HS256
+                     ? verify_hs256(k, token, signed_len, got, (size_t)got_len)
+                     : verify_pkey(k, token, signed_len, got, (size_t)got_len);
+        if (ok)
+            return TH_JWT_OK;
+    }
+    if (!candidates)
+        return hd->kid[0] ? TH_JWT_UNKNOWN_KID : TH_JWT_BAD_ALG;
+    return TH_JWT_BAD_SIG;
 }
 
 /*
@@ -177,6 +253,34 @@ static int check_sub(json_t *payload, struct th_jwt_claims *out)
     return TH_JWT_OK;
 }
 
+/* "aud" is a string or an array of strings (RFC 7519 4.1.3); one must equal want. */
+static int aud_ok(json_t *aud, const char *want)
+{
+    if (json_is_string(aud))
+        return strcmp(json_string_value(aud), want) == 0 &&
+               json_string_length(aud) == strlen(want);
+    size_t i;
+    json_t *v;
+    json_array_foreach(aud, i, v) if (json_is_string(v) && json_string_length(v) == strlen(want) &&
+                                      strcmp(json_string_value(v), want) == 0) return 1;
+    return 0;
+}
+
+static int check_rules(json_t *payload, const struct th_jwt_rules *rules)
+{
+    if (!rules)
+        return TH_JWT_OK;
+    if (rules->audience && rules->audience[0] &&
+        !aud_ok(json_object_get(payload, "aud"), rules->audience))
+        return TH_JWT_BAD_AUD;
+    json_t *iss = json_object_get(payload, "iss");
+    if (rules->issuer && rules->issuer[0] &&
+        !(json_is_string(iss) && json_string_length(iss) == strlen(rules->issuer) &&
+          strcmp(json_string_value(iss), rules->issuer) == 0))
+        return TH_JWT_BAD_ISS;
+    return TH_JWT_OK;
+}
+
 static int check_claims(json_t *payload, int64_t now_s, struct th_jwt_claims *out)
 {
     double exp = 0, nbf = 0;
@@ -197,9 +301,10 @@ static int check_claims(json_t *payload, int64_t now_s, struct th_jwt_claims *ou
     return TH_JWT_OK;
 }
 
-int th_jwt_verify(const char *token, size_t len, const uint8_t *secret, size_t secret_len,
-                  int64_t now_s, struct th_jwt_claims *out)
+int th_jwt_verify_keys(const char *token, size_t len, const struct th_jwt_keys *ks,
+                       const struct th_jwt_rules *rules, int64_t now_s, struct th_jwt_claims *out)
 {
+    struct jwt_header hd;
     memset(out, 0, sizeof(*out));
     if (len == 0 || len > TH_JWT_MAX_TOKEN)
         return TH_JWT_MALFORMED;
@@ -207,10 +312,10 @@ int th_jwt_verify(const char *token, size_t len, const uint8_t *secret, size_t s
     const char *d2 = d1 ? memchr(d1 + 1, '.', len - (size_t)(d1 + 1 - token)) : NULL;
     if (!d2 || memchr(d2 + 1, '.', len - (size_t)(d2 + 1 - token)))
         return TH_JWT_MALFORMED;
-    int rc = check_header(token, (size_t)(d1 - token));
+    int rc = check_header(token, (size_t)(d1 - token), &hd);
     if (rc == TH_JWT_OK)
         rc = check_signature(token, (size_t)(d2 - token), d2 + 1, len - (size_t)(d2 + 1 - token),
-                             secret, secret_len);
+                             ks, &hd);
     if (rc != TH_JWT_OK)
         return rc;
     json_t *payload = decode_json_part(d1 + 1, (size_t)(d2 - d1 - 1),
@@ -218,10 +323,27 @@ int th_jwt_verify(const char *token, size_t len, const uint8_t *secret, size_t s
     if (!payload)
         return TH_JWT_MALFORMED;
     rc = check_claims(payload, now_s, out);
+    if (rc == TH_JWT_OK)
+        rc = check_rules(payload, rules);
     json_decref(payload);
     if (rc != TH_JWT_OK)
         memset(out, 0, sizeof(*out));
     return rc;
+}
+
+int th_jwt_verify(const char *token, size_t len, const uint8_t *secret, size_t secret_len,
+                  int64_t now_s, struct th_jwt_claims *out)
+{
+    static _Thread_local struct th_jwt_keys one; /* one HS256 key, borrowed: nothing to free */
+    one.n = 1;
+    one.k[0] = (struct th_jwt_key){.alg = TH_JWT_HS256, .secret = (uint8_t *)secret,
+                                   .secret_len = secret_len};
+    return th_jwt_verify_keys(token, len, &one, NULL, now_s, out);
+}
+
+long th_b64url_decode(const char *in, size_t n, uint8_t *out)
+{
+    return b64url_decode(in, n, out);
 }
 
 const char *th_jwt_strerror(int result)
@@ -232,7 +354,7 @@ const char *th_jwt_strerror(int result)
     case TH_JWT_MALFORMED:
         return "malformed token";
     case TH_JWT_BAD_ALG:
-        return "algorithm is not HS256";
+        return "algorithm not accepted (no key of it is configured)";
     case TH_JWT_BAD_SIG:
         return "bad signature";
     case TH_JWT_EXPIRED:
@@ -243,6 +365,12 @@ const char *th_jwt_strerror(int result)
         return "bad sub claim";
     case TH_JWT_BAD_CLAIM:
         return "exp or nbf is not a date (seconds from 0 to 253402300799)";
+    case TH_JWT_UNKNOWN_KID:
+        return "no key with this kid";
+    case TH_JWT_BAD_AUD:
+        return "wrong audience";
+    case TH_JWT_BAD_ISS:
+        return "wrong issuer";
     default:
         return "unknown JWT error";
     }

@@ -1,6 +1,7 @@
 /*
- * JWT (RFC 7519) verification for client connects: HS256 only, HMAC from
- * libcrypto, signature compared in constant time, "alg" pinned. "sub" is the
+ * JWT (RFC 7519) verification for client connects: HS256 secrets and
+ * RS256 / ES256 / EdDSA public keys (shm/proto/jwtkey.h), all in libcrypto;
+ * HMAC compared in constant time; "alg" must match the key's type. "sub" is the
  * user id (the rule in shm/proto/userid.h); "exp" and "nbf" are
  * enforced when present (no leeway) and must be numbers. base64url parts
  * must be unpadded and canonical; tokens over TH_JWT_MAX_TOKEN are rejected. Also signs tokens, for
@@ -12,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "shm/proto/jwtkey.h"
 #include "shm/proto/userid.h"
 
 /* Longer tokens are TH_JWT_MALFORMED without being decoded. */
@@ -20,12 +22,22 @@
 enum th_jwt_result {
     TH_JWT_OK = 0,
     TH_JWT_MALFORMED, /* not three base64url parts of JSON objects */
-    TH_JWT_BAD_ALG,   /* alg missing or not HS256 (none, HS384, RS256, ...) */
+    TH_JWT_BAD_ALG,   /* alg missing, unknown (none, HS384, ...), or no key of it configured */
     TH_JWT_BAD_SIG,
     TH_JWT_EXPIRED,   /* now >= exp */
     TH_JWT_NOT_YET,   /* now < nbf */
     TH_JWT_BAD_SUB,   /* missing, or not a valid user id (th_userid_valid) */
     TH_JWT_BAD_CLAIM, /* exp/nbf present but not numbers */
+    TH_JWT_UNKNOWN_KID, /* the header's kid names no key of its alg */
+    TH_JWT_BAD_AUD,     /* --jwt-audience set and not in aud */
+    TH_JWT_BAD_ISS,     /* --jwt-issuer set and iss differs */
+};
+#define TH_JWT_RESULT_MAX TH_JWT_BAD_ISS
+
+/* Claims checked when set (NULL or "" = not checked). */
+struct th_jwt_rules {
+    const char *audience; /* must equal aud, or one element of an aud array */
+    const char *issuer;   /* must equal iss */
 };
 
 struct th_jwt_claims {
@@ -37,10 +49,18 @@ struct th_jwt_claims {
 /* Largest exp/nbf accepted: 9999-12-31T23:59:59Z in Unix seconds. */
 #define TH_JWT_MAX_DATE 253402300799.0
 
-/* Verify token[0..len) with the secret at now_s (Unix seconds). */
+/*
+ * Verify token[0..len) at now_s (Unix seconds) with the keys of its header's
+ * alg (and kid), then exp/nbf/sub and the rules (rules may be NULL).
+ */
+int th_jwt_verify_keys(const char *token, size_t len, const struct th_jwt_keys *ks,
+                       const struct th_jwt_rules *rules, int64_t now_s, struct th_jwt_claims *out);
+/* th_jwt_verify_keys with one HS256 secret and no rules. */
 int th_jwt_verify(const char *token, size_t len, const uint8_t *secret, size_t secret_len,
                   int64_t now_s, struct th_jwt_claims *out);
 const char *th_jwt_strerror(int result);
+/* Strict base64url decode (no padding, canonical); out needs n * 3 / 4 bytes. Length or -1. */
+long th_b64url_decode(const char *in, size_t n, uint8_t *out);
 
 /*
  * Sign an HS256 token for sub with exp = now + ttl (no exp when ttl_s is 0).

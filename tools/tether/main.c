@@ -6,6 +6,7 @@
 #include "tools/tether/supervisor.h"
 #include "notifier/apikey.h"
 #include "shm/rt/config.h"
+#include "shm/rt/jwtkeys.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -26,7 +27,10 @@ static int check_key_files(const struct th_config *cfg, char *err, size_t errlen
             return rc;
         th_apikeys_free(&k);
     }
-    return 0;
+    static struct th_jwt_keys ks;
+    int rc = th_jwt_keys_load(cfg, &ks, err, errlen);
+    th_jwt_keys_free(&ks);
+    return rc < 0 ? rc : 0;
 }
 
 int main(int argc, char **argv)
