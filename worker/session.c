@@ -27,11 +27,65 @@ struct sess {
  * since), and our stamp must never land on another connection's slot. A
  * connection that lost its slot that way is closed as stale (4000).
  */
+/*
+ * Inbound rate limits (--max-msgs-per-sec, --max-bytes-per-sec): a token
+ * bucket per connection kept as one "theoretical arrival time" (GCRA). Each
+ * frame (or each read's bytes) pushes it forward by its cost; when it would
+ * run more than the burst tolerance ahead of now, the client is over. The
+ * burst is 2 s of the rate (for bytes at least one --max-message), so a 30 s
+ * pinger or a chatty app never notices, while a flooder is closed within a
+ * few milliseconds of CPU. Returns 1 when over (the bucket is left as is).
+ */
+static int bucket_over(uint64_t *tat, uint64_t now, uint64_t cost, uint64_t tolerance)
+{
+    uint64_t t = *tat > now ? *tat : now;
+    if (t + cost > now + tolerance)
+        return 1;
+    *tat = t + cost;
+    return 0;
+}
+
+#define RL_BURST_NS (2 * TH_NS_PER_S)
+
+/* Close 1008 with a reason that names the limit; counted and logged once per connection. */
+static void close_over_limit(struct worker *w, uint32_t idx, const char *flag)
+{
+    char body[64], user[TH_USER_MAX + 1];
+    int n = snprintf(body + 2, sizeof(body) - 2, "rate limit: %s", flag);
+    body[0] = (char)(TH_WS_POLICY >> 8), body[1] = (char)(TH_WS_POLICY & 0xff);
+    atomic_fetch_add_explicit(&w->reg->hdr->counters.rate_limited, 1, memory_order_relaxed);
+    wk_conn_user(w, &w->conns[idx], user);
+    th_info("[WebSocket] User %s closed: over %s", user, flag);
+    wk_conn_send_frame(w, idx, TH_WS_CLOSE, body, (size_t)n + 2);
+    wk_conn_finish(w, idx);
+}
+
+/* Bytes of one read, before they are parsed: 0, or 1 when the connection was closed. */
+static int bytes_over(struct worker *w, uint32_t idx, size_t n)
+{
+    uint64_t rate = w->cfg->max_bytes_per_sec;
+    if (!rate)
+        return 0;
+    uint64_t tol = RL_BURST_NS, msg = (uint64_t)w->cfg->max_message + 14;
+    if (msg * TH_NS_PER_S / rate > tol)
+        tol = msg * TH_NS_PER_S / rate;
+    if (!bucket_over(&w->conns[idx].rl_bytes_tat, w->mono_ns, n * TH_NS_PER_S / rate, tol))
+        return 0;
+    close_over_limit(w, idx, "--max-bytes-per-sec");
+    return 1;
+}
+
 static void on_frame(void *ctx)
 {
     struct sess *s = ctx;
     struct conn *c = &s->w->conns[s->idx];
     s->w->c_frames++;
+    uint32_t rate = s->w->cfg->max_msgs_per_sec;
+    if (rate && c->state == CS_OPEN &&
+        bucket_over(&c->rl_frames_tat, s->w->mono_ns, TH_NS_PER_S / rate, RL_BURST_NS)) {
+        close_over_limit(s->w, s->idx, "--max-msgs-per-sec");
+        return;
+    }
     if (!(c->flags & CF_REGISTERED))
         return;
     uint64_t ctl = atomic_load_explicit(&s->w->reg->slots[c->h.slot].ctl, memory_order_relaxed);
@@ -139,6 +193,10 @@ static const struct th_ws_callbacks callbacks = {
 void wk_ws_input(struct worker *w, uint32_t idx, uint8_t *p, size_t n)
 {
     struct sess s = {w, idx};
+    if (w->conns[idx].state == CS_OPEN && bytes_over(w, idx, n)) {
+        th_ws_reader_free(&w->conns[idx].rd);
+        return;
+    }
     w->feeding = idx;
     int rc = th_ws_reader_feed(&w->conns[idx].rd, p, n, &callbacks, &s);
     w->feeding = UINT32_MAX;

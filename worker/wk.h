@@ -105,6 +105,9 @@ struct conn {
     struct th_ws_reader rd;
     uint64_t seq_hi;      /* with CF_SEQ_KNOWN: last notification seq queued */
     struct wk_replay *rp; /* a replay from the mailbox under way (worker/resume.c) */
+    /* Inbound rate limits (worker/session.c): theoretical arrival times of the
+     * frame and byte token buckets, monotonic ns (GCRA: one word per bucket). */
+    uint64_t rl_frames_tat, rl_bytes_tat;
 };
 
 struct ctl_client {
@@ -162,10 +165,10 @@ struct worker {
     uint32_t drain_deadline_s;
     struct wk_resume *rs; /* the mailbox and the replays; NULL when the mailbox is off */
 
-    struct th_tls_ctx *tls; /* certificate + key for new handshakes; NULL: plain only */
-    struct th_jwt_keys *jwt_keys; /* token keys in force (worker/auth.c); swapped on SIGHUP */
+    struct th_tls_ctx *tls;        /* certificate + key for new handshakes; NULL: plain only */
+    struct th_jwt_keys *jwt_keys;  /* token keys in force (worker/auth.c); swapped on SIGHUP */
     struct th_jwt_rules jwt_rules; /* --jwt-audience / --jwt-issuer */
-    uint8_t *tls_scratch;   /* TH_TLS_RECORD_MAX: plaintext of one record */
+    uint8_t *tls_scratch;          /* TH_TLS_RECORD_MAX: plaintext of one record */
 };
 
 /* worker.c */

@@ -200,15 +200,19 @@ static int check_signature(const char *token, size_t signed_len, const char *sig
     long got_len = b64url_decode(sig, sig_n, got);
     if (got_len < 0)
         return TH_JWT_MALFORMED;
-    int candidates = 0;
+    /* A kid picks the keys of that kid; a kid no key of the alg carries falls
+     * back to the alg's unnamed keys (an HS256 secret has no kid). */
+    int named = 0, candidates = 0;
+    for (size_t i = 0; hd->kid[0] && i < ks->n; i++)
+        named |= ks->k[i].alg == hd->alg && strcmp(ks->k[i].kid, hd->kid) == 0;
     for (size_t i = 0; i < ks->n; i++) {
         const struct th_jwt_key *k = &ks->k[i];
-        if (k->alg != hd->alg || (hd->kid[0] && strcmp(k->kid, hd->kid) != 0))
+        if (k->alg != hd->alg || (named && strcmp(k->kid, hd->kid) != 0) ||
+            (hd->kid[0] && !named && k->kid[0]))
             continue;
         candidates++;
-        int ok = k->alg == TH_JWT_HS256
-                     ? verify_hs256(k, token, signed_len, got, (size_t)got_len)
-                     : verify_pkey(k, token, signed_len, got, (size_t)got_len);
+        int ok = k->alg == TH_JWT_HS256 ? verify_hs256(k, token, signed_len, got, (size_t)got_len)
+                                        : verify_pkey(k, token, signed_len, got, (size_t)got_len);
         if (ok)
             return TH_JWT_OK;
     }
@@ -257,8 +261,7 @@ static int check_sub(json_t *payload, struct th_jwt_claims *out)
 static int aud_ok(json_t *aud, const char *want)
 {
     if (json_is_string(aud))
-        return strcmp(json_string_value(aud), want) == 0 &&
-               json_string_length(aud) == strlen(want);
+        return strcmp(json_string_value(aud), want) == 0 && json_string_length(aud) == strlen(want);
     size_t i;
     json_t *v;
     json_array_foreach(aud, i, v) if (json_is_string(v) && json_string_length(v) == strlen(want) &&
@@ -336,8 +339,8 @@ int th_jwt_verify(const char *token, size_t len, const uint8_t *secret, size_t s
 {
     static _Thread_local struct th_jwt_keys one; /* one HS256 key, borrowed: nothing to free */
     one.n = 1;
-    one.k[0] = (struct th_jwt_key){.alg = TH_JWT_HS256, .secret = (uint8_t *)secret,
-                                   .secret_len = secret_len};
+    one.k[0] = (struct th_jwt_key){
+        .alg = TH_JWT_HS256, .secret = (uint8_t *)secret, .secret_len = secret_len};
     return th_jwt_verify_keys(token, len, &one, NULL, now_s, out);
 }
 

@@ -82,8 +82,8 @@ static int alg_of_pkey(EVP_PKEY *p, const char **why)
 }
 
 /* Take p (owned) into the set under kid. 0, or -EINVAL / -ENOSPC with err. */
-static int add_pkey(struct th_jwt_keys *ks, EVP_PKEY *p, const char *kid, size_t kidlen,
-                    char *err, size_t errlen)
+static int add_pkey(struct th_jwt_keys *ks, EVP_PKEY *p, const char *kid, size_t kidlen, char *err,
+                    size_t errlen)
 {
     const char *why = "";
     int alg = alg_of_pkey(p, &why);
@@ -210,7 +210,8 @@ static EVP_PKEY *jwk_rsa(json_t *jwk)
 {
     size_t nl = 0, el = 0;
     uint8_t *n = member_b64(jwk, "n", &nl), *e = member_b64(jwk, "e", &el);
-    BIGNUM *bn = n ? BN_bin2bn(n, (int)nl, NULL) : NULL, *be = e ? BN_bin2bn(e, (int)el, NULL) : NULL;
+    BIGNUM *bn = n ? BN_bin2bn(n, (int)nl, NULL) : NULL,
+           *be = e ? BN_bin2bn(e, (int)el, NULL) : NULL;
     OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
     EVP_PKEY *p = NULL;
     if (bn && be && bld && OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn) &&

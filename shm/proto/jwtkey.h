@@ -17,7 +17,9 @@
  * not "sig", or whose "alg" does not fit its type, or of another kty/crv, is
  * skipped (identity providers publish encryption keys in the same set), and
  * a document with no usable key is refused. A token with "kid" is checked
- * with the keys of that kid only; without "kid", with every key of its alg.
+ * with the keys of its alg that carry that kid, or, when none does, with the
+ * alg's keys that have no kid (an HS256 secret); without "kid", with every
+ * key of its alg.
  */
 #ifndef TETHER_SHM_PROTO_JWTKEY_H
 #define TETHER_SHM_PROTO_JWTKEY_H
@@ -31,10 +33,10 @@
 enum th_jwt_alg { TH_JWT_HS256 = 1, TH_JWT_RS256, TH_JWT_ES256, TH_JWT_EDDSA };
 
 struct th_jwt_key {
-    int alg;                       /* enum th_jwt_alg */
-    char kid[TH_JWT_KID_MAX + 1];  /* "" = none */
-    void *pkey;                    /* EVP_PKEY * for the public-key algorithms */
-    uint8_t *secret;               /* HS256 */
+    int alg;                      /* enum th_jwt_alg */
+    char kid[TH_JWT_KID_MAX + 1]; /* "" = none */
+    void *pkey;                   /* EVP_PKEY * for the public-key algorithms */
+    uint8_t *secret;              /* HS256 */
     size_t secret_len;
 };
 

@@ -45,8 +45,9 @@ static int load_secret(const struct th_config *cfg, struct th_jwt_keys *ks, char
                        size_t errlen)
 {
     if (!cfg->jwt_secret_file[0])
-        return cfg->jwt_secret_len ? th_jwt_keys_add_secret(ks, cfg->jwt_secret, cfg->jwt_secret_len)
-                                   : 0;
+        return cfg->jwt_secret_len
+                   ? th_jwt_keys_add_secret(ks, cfg->jwt_secret, cfg->jwt_secret_len)
+                   : 0;
     char *buf;
     long n = slurp(cfg->jwt_secret_file, &buf);
     if (n < 0) {
@@ -86,15 +87,14 @@ static int load_file(const char *flag, const char *path, parse_fn parse, struct 
     return rc;
 }
 
-int th_jwt_keys_load(const struct th_config *cfg, struct th_jwt_keys *ks, char *err,
-                     size_t errlen)
+int th_jwt_keys_load(const struct th_config *cfg, struct th_jwt_keys *ks, char *err, size_t errlen)
 {
     int rc = load_secret(cfg, ks, err, errlen);
     if (rc >= 0)
         rc = load_file("--jwt-key-file", cfg->jwt_key_file, th_jwt_keys_add_pem, ks, err, errlen);
     if (rc >= 0)
-        rc = load_file("--jwt-jwks-file", cfg->jwt_jwks_file, th_jwt_keys_add_jwks, ks, err,
-                       errlen);
+        rc =
+            load_file("--jwt-jwks-file", cfg->jwt_jwks_file, th_jwt_keys_add_jwks, ks, err, errlen);
     if (rc >= 0 && ks->n == 0) {
         snprintf(err, errlen, "no JWT key configured");
         rc = -EINVAL;

@@ -17,8 +17,7 @@
  * keys, or -errno with a one-line reason naming the file in err; on error ks
  * is empty.
  */
-int th_jwt_keys_load(const struct th_config *cfg, struct th_jwt_keys *ks, char *err,
-                     size_t errlen);
+int th_jwt_keys_load(const struct th_config *cfg, struct th_jwt_keys *ks, char *err, size_t errlen);
 
 /* The audience/issuer rules of the config. */
 struct th_jwt_rules th_jwt_rules_of(const struct th_config *cfg);

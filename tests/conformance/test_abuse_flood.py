@@ -28,7 +28,9 @@ GROUP = None
 def setUpModule():
     global GROUP
     GROUP = th.Group(workers=1, slots=64, extra_args=[
-        "--send-queue-cap", str(SEND_QUEUE_CAP), "--max-message", str(MAX_MESSAGE), "--log-level", "info"])
+        "--send-queue-cap", str(SEND_QUEUE_CAP), "--max-message", str(MAX_MESSAGE), "--log-level", "info",
+        # these floods test the frame and queue limits, not the per-connection rate limit
+        "--max-msgs-per-sec", "0", "--max-bytes-per-sec", "0"])
     GROUP.__enter__()
 
 

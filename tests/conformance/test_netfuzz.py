@@ -189,7 +189,8 @@ class NetFuzz(unittest.TestCase):
     def test_mutated_streams(self):
         rng = random.Random(SEED)
         lib = library(rng)
-        with th.Group(workers=2, slots=256, extra_args=["--log-level", "info"]) as g:
+        with th.Group(workers=2, slots=256, extra_args=["--log-level", "info", "--max-msgs-per-sec", "0",
+                                                        "--max-bytes-per-sec", "0"]) as g:
             pids0 = sorted(w["pid"] for w in g.dump()["workers"])
             problems, hangs, t0 = [], 0, time.monotonic()
             # A notification for each fuzzed connection races its stream (delivered to

@@ -32,7 +32,9 @@ _users = itertools.count()
 def setUpModule():
     global GROUP
     GROUP = th.Group(workers=2, slots=4096,
-                     extra_args=["--max-message", str(MAX_MESSAGE), "--log-level", "info"])
+                     extra_args=["--max-message", str(MAX_MESSAGE), "--log-level", "info",
+                                 # thousands of frames per case: the rate limit has its own suite
+                                 "--max-msgs-per-sec", "0", "--max-bytes-per-sec", "0"])
     GROUP.__enter__()
 
 
@@ -788,7 +790,8 @@ class SmallLimit(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.group = th.Group(workers=1, slots=256, extra_args=["--max-message", str(cls.LIMIT), "--log-level", "info"])
+        cls.group = th.Group(workers=1, slots=256, extra_args=["--max-message", str(cls.LIMIT), "--log-level", "info",
+                                                               "--max-msgs-per-sec", "0", "--max-bytes-per-sec", "0"])
         cls.group.__enter__()
 
     @classmethod

@@ -35,9 +35,9 @@ static const uint8_t secret[] = "fuzz-secret-0123456789";
 #define NOW 1700000000
 
 /* A fixed Ed25519 key (RFC 8032 test 1 seed), so corpus tokens stay valid across runs. */
-static const uint8_t ed_seed[32] = {0x9d, 0x61, 0xb1, 0x9d, 0xef, 0xfd, 0x5a, 0x60, 0xba, 0x84, 0x4a,
-                                    0xf4, 0x92, 0xec, 0x2c, 0xc4, 0x44, 0x49, 0xc5, 0x69, 0x7b, 0x32,
-                                    0x69, 0x19, 0x70, 0x3b, 0xac, 0x03, 0x1c, 0xae, 0x7f, 0x60};
+static const uint8_t ed_seed[32] = {
+    0x9d, 0x61, 0xb1, 0x9d, 0xef, 0xfd, 0x5a, 0x60, 0xba, 0x84, 0x4a, 0xf4, 0x92, 0xec, 0x2c, 0xc4,
+    0x44, 0x49, 0xc5, 0x69, 0x7b, 0x32, 0x69, 0x19, 0x70, 0x3b, 0xac, 0x03, 0x1c, 0xae, 0x7f, 0x60};
 static EVP_PKEY *ed_priv;
 static struct th_jwt_keys mixed; /* the HS256 secret + the Ed25519 public key (kid "ed") */
 
@@ -116,8 +116,10 @@ static void check_mixed(const char *tok, size_t n, int hs_ok)
     if (r != TH_JWT_OK)
         return;
     header_alg(tok, n, alg);
-    FUZZ_CHECK(hs_ok || strcmp(alg, "EdDSA") == 0, "mixed set accepted an %s token the "
-               "HS256 verifier refuses", alg);
+    FUZZ_CHECK(hs_ok || strcmp(alg, "EdDSA") == 0,
+               "mixed set accepted an %s token the "
+               "HS256 verifier refuses",
+               alg);
 }
 
 static int sub_ok(const char *s, size_t n)

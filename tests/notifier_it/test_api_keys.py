@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import unittest
@@ -98,6 +99,11 @@ class ApiKeys(unittest.TestCase):
 
     def test_non_loopback_api_needs_keys(self):
         g = th.Group(workers=1)
+        with socket.socket() as s:  # a port free on every address, not just loopback
+            s.bind(("0.0.0.0", 0))
+            port = s.getsockname()[1]
+        g.args = [a if a != "127.0.0.1:%d" % g.api_port else "127.0.0.1:%d" % port for a in g.args]
+        g.api_port = port
         args = [a if not a.startswith("127.0.0.1:%d" % g.api_port) else "0.0.0.0:%d" % g.api_port
                 for a in g.args]
         p = subprocess.run(args, env=g.env, capture_output=True, text=True, timeout=20)

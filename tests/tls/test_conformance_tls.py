@@ -32,7 +32,8 @@ class TLSWS(_plain_ws):
 def setUpModule():
     rawws.WS = TLSWS
     conf.GROUP = tls.group(PKI, workers=2, slots=4096,
-                           extra_args=["--max-message", str(conf.MAX_MESSAGE), "--log-level", "info"])
+                           extra_args=["--max-message", str(conf.MAX_MESSAGE), "--log-level", "info",
+                                       "--max-msgs-per-sec", "0", "--max-bytes-per-sec", "0"])
     conf.GROUP.__enter__()
 
 
