@@ -24,10 +24,10 @@ enum th_jwt_result {
     TH_JWT_MALFORMED, /* not three base64url parts of JSON objects */
     TH_JWT_BAD_ALG,   /* alg missing, unknown (none, HS384, ...), or no key of it configured */
     TH_JWT_BAD_SIG,
-    TH_JWT_EXPIRED,   /* now >= exp */
-    TH_JWT_NOT_YET,   /* now < nbf */
-    TH_JWT_BAD_SUB,   /* missing, or not a valid user id (th_userid_valid) */
-    TH_JWT_BAD_CLAIM, /* exp/nbf present but not numbers */
+    TH_JWT_EXPIRED,     /* now >= exp */
+    TH_JWT_NOT_YET,     /* now < nbf */
+    TH_JWT_BAD_SUB,     /* missing, or not a valid user id (th_userid_valid) */
+    TH_JWT_BAD_CLAIM,   /* exp/nbf present but not numbers */
     TH_JWT_UNKNOWN_KID, /* the header's kid names no key of its alg */
     TH_JWT_BAD_AUD,     /* --jwt-audience set and not in aud */
     TH_JWT_BAD_ISS,     /* --jwt-issuer set and iss differs */
