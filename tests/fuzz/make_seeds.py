@@ -10,6 +10,10 @@ import hmac
 import json
 import os
 import struct
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+from harness import ws  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FUZZ_SECRET = b"fuzz-secret-0123456789"  # fuzz_jwt.c
@@ -33,14 +37,8 @@ def token(header, claims, secret=FUZZ_SECRET):
 
 
 def frame(op, payload=b"", fin=True, rsv=0, mask=True, length=None, key=b"\x01\x02\x03\x04"):
-    n = len(payload) if length is None else length
-    b0 = (0x80 if fin else 0) | (rsv << 4) | op
-    m = 0x80 if mask else 0
-    hdr = (struct.pack("!BB", b0, m | n) if n < 126 else struct.pack("!BBH", b0, m | 126, n)
-           if n < 65536 else struct.pack("!BBQ", b0, m | 127, n))
-    if not mask:
-        return hdr + payload
-    return hdr + key + bytes(c ^ key[i % 4] for i, c in enumerate(payload))
+    """The test tree's one frame encoder, with a fixed mask key (seeds are reproducible)."""
+    return ws.frame(op, payload, fin=fin, rsv=rsv, mask=mask, length=length, key=key)
 
 
 UPGRADE = (b"GET /ws?token=abc.def.ghi&x=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUpgrade: websocket\r\n"
