@@ -421,11 +421,17 @@ test('seq bookkeeping: duplicates and old seqs dropped, since/epoch sent, a new 
   s.frame({ type: 'resumed', recovered: false, epoch: 'E2', since: 5, replay: 1 });
   s.frame(note(1, 'E2'));
   assert.deepEqual(rec.notes.map((n) => `${n.epoch}/${n.seq}`), ['E1/1', 'E1/2', 'E1/3', 'E1/4', 'E1/5', 'E2/1']);
-  assert.deepEqual(rec.resumes.map((r) => r.recovered), [true, true, false]);
-  assert.deepEqual(c.position, { epoch: 'E2', seq: 1 });
+    assert.deepEqual(c.position, { epoch: 'E2', seq: 1 });
+  // Not recovered in the same epoch (e.g. a since ahead of the user's stream): what follows is taken.
+  s.frame({ type: 'resumed', recovered: false, epoch: 'E2', since: 1, replay: 0 });
+  s.frame(note(1, 'E2'));
+  assert.equal(rec.notes.length, 7);
+  s.frame(note(1, 'E2'));
+  assert.equal(rec.notes.length, 7, 'and deduplicated from there');
+  assert.deepEqual(rec.resumes.map((r) => r.recovered), [true, true, false, false]);
   s.frame({ type: 'pong', timestamp: 'x' });
   s.frame({ type: 'error', error: 'unknown type' });
-  assert.equal(rec.notes.length, 6, 'pong and error are not notifications');
+  assert.equal(rec.notes.length, 7, 'pong and error are not notifications');
   assert.equal(rec.errors.at(-1).kind, 'server');
   // A persisted position is where a new client starts.
   const c2 = new TetherClient({ url: 'ws://127.0.0.1:9/ws', token: 't', WebSocket: ScriptedWS, epoch: 'E2', since: 1 });

@@ -342,11 +342,12 @@ export class TetherClient {
   }
 
   #resumed(msg) {
-    if (typeof msg.epoch === 'string' && msg.epoch !== this.#epoch) {
-      // A new epoch numbers from the start again: what we counted is gone.
-      this.#epoch = msg.epoch;
-      this.#seq = 0;
-    }
+    if (typeof msg.epoch === 'string') this.#epoch = msg.epoch;
+    // Not recovered: a new epoch numbers from the start again, and a `since`
+    // ahead of the user's stream would make us drop what comes next. The
+    // server sends only seqs above `since` on this connection, so starting
+    // the count over cannot let a duplicate through.
+    if (msg.recovered !== true) this.#seq = 0;
     this.#emit('resumed', { recovered: msg.recovered === true, epoch: msg.epoch, since: msg.since, replay: msg.replay });
   }
 
