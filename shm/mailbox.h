@@ -42,6 +42,17 @@
  * tether-dump (read-only mapping). No lock: a reader never waits for the
  * writer and never writes anything but the counters it owns.
  *
+ * hdr identity (magic .. boot_id, sizes, offsets): written once by the
+ *   creator (the supervisor, th_mbx_open) before ready := 1; read by every
+ *   attacher first (th_mbx_attach checks them against the file). A creator
+ *   killed before ready leaves ready 0: every attach refuses it and the next
+ *   th_mbx_open replaces it (new epoch).
+ * hdr->writer_pid / writer_start / writer_gen: taken by th_mbx_writer_begin
+ *   (CAS from 0 or a dead pid; the start time guards against pid reuse),
+ *   writer_gen bumped so entries this writer left "in flight" are told from
+ *   a predecessor's; writer_pid cleared by th_mbx_writer_end. A killed
+ *   writer leaves its pid: readers see it dead, the next writer takes over.
+ *
  * entry (in the arena): written only by the writer, only in [head, head +
  *   size) after every entry there was reclaimed (tail moved past it).
  *   Fields are release-stored, the commit word entry.pos (= its own
