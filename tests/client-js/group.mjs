@@ -30,8 +30,13 @@ export function loadWs() {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Polls pred (sync or async) until it returns a truthy value; throws after timeoutMs. */
+/**
+ * Polls pred (sync or async) until it returns a truthy value; throws after
+ * timeoutMs (three times that against a sanitizer build: its waits widen,
+ * never what is asserted).
+ */
 export async function waitFor(pred, timeoutMs, what = 'condition') {
+  if (SANITIZED) timeoutMs *= 3;
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await pred();

@@ -10,7 +10,7 @@ import { Group, loadWs, record, sleep, waitFor, SANITIZED } from './group.mjs';
 
 const WS = loadWs();
 const SLOW = SANITIZED ? 3 : 1;
-const LIMIT = { timeout: 60000 * SLOW }; // a hung step fails its test, not the whole suite // sanitized builds start and answer slower
+const LIMIT = { timeout: 60000 * SLOW }; // a hung step fails its test, not the whole suite
 const clients = new Set();
 const groups = new Set();
 
@@ -58,7 +58,7 @@ function client(g, user, opts = {}) {
   return [c, rec];
 }
 
-const connectedTimes = (rec, n, ms = 10000 * SLOW) => waitFor(() => rec.connected >= n, ms, `${n} connection(s)`);
+const connectedTimes = (rec, n, ms = 10000) => waitFor(() => rec.connected >= n, ms, `${n} connection(s)`);
 
 test('notifications reach the app in order, once each, and are acked', LIMIT, async () => {
   const g = await group({ workers: 2 });
@@ -152,7 +152,7 @@ test('a frozen client process (suspended app) is not taken for a dead socket whe
     for (let i; (i = buf.indexOf('\n')) >= 0; buf = buf.slice(i + 1)) events.push(JSON.parse(buf.slice(0, i)));
   });
   try {
-    await waitFor(() => events.some((e) => e.event === 'connected'), 10000 * SLOW, 'the child to connect');
+    await waitFor(() => events.some((e) => e.event === 'connected'), 10000, 'the child to connect');
     child.kill('SIGSTOP');
     await sleep(2500); // far past 2 x 300 + 300 ms: every timer of the child is overdue when it wakes
     const pings = await g.metric('tether_pings_total');
@@ -282,7 +282,7 @@ test('stale eviction (4000): the client reconnects', LIMIT, async () => {
   // A client that pings too rarely for this threshold (and does not take the silence for a dead socket).
   const [c, rec] = client(g, 'e1', { pingInterval: 60000, backoffBase: 100 });
   await connectedTimes(rec, 1);
-  await waitFor(() => rec.disconnects.length >= 1, 10000 * SLOW, 'the eviction');
+  await waitFor(() => rec.disconnects.length >= 1, 10000, 'the eviction');
   assert.equal(rec.disconnects[0].code, 4000);
   assert.equal(rec.disconnects[0].willReconnect, true);
   await connectedTimes(rec, 2);

@@ -67,7 +67,7 @@ function assertExactlyOnce(rec, seqs, what) {
   assert.equal(new Set(rec.notes.map((n) => n.id)).size, rec.notes.length, `${what}: ids once each`);
 }
 
-const seqsArrived = (rec, seqs, ms = 15000 * SLOW) =>
+const seqsArrived = (rec, seqs, ms = 15000) =>
   waitFor(() => seqs.every((s) => rec.notes.some((n) => n.seq === s)), ms, `seqs ${seqs[0]}..${seqs.at(-1)} to arrive`);
 
 test('the first connection (since=0) replays what was stored before it', LIMIT, async () => {
@@ -87,7 +87,7 @@ test('the first connection (since=0) replays what was stored before it', LIMIT, 
 test('kill -9 of the worker while notifications flow: nothing lost, nothing twice', LIMIT, async () => {
   const g = await group({ workers: 2 });
   const [c, rec, hold] = await client(g, 'rk', { ack: true });
-  await waitFor(() => rec.connected === 1, 10000 * SLOW, 'connected');
+  await waitFor(() => rec.connected === 1, 10000, 'connected');
   const seqs = [];
   for (let i = 0; i < 120; i++) {
     if (i === 40) process.kill(g.workerPidOf('rk'), 'SIGKILL'); // mid-stream: frames in flight die with it
@@ -111,7 +111,7 @@ test('kill -9 of the worker while notifications flow: nothing lost, nothing twic
 test('drain (1001) and restart: stored notifications come back, same epoch', LIMIT, async () => {
   const g = await group({ workers: 2 });
   const [, rec, hold] = await client(g, 'rd');
-  await waitFor(() => rec.connected === 1, 10000 * SLOW, 'connected');
+  await waitFor(() => rec.connected === 1, 10000, 'connected');
   const seqs = [];
   for (let i = 0; i < 5; i++) seqs.push(await send(g, 'rd', i));
   await seqsArrived(rec, seqs);
@@ -132,7 +132,7 @@ test('drain (1001) and restart: stored notifications come back, same epoch', LIM
 test('crash of the whole group (kill -9 of every process) and restart', LIMIT, async (t) => {
   const g = await group({ workers: 2 });
   const [, rec, hold] = await client(g, 'rc');
-  await waitFor(() => rec.connected === 1, 10000 * SLOW, 'connected');
+  await waitFor(() => rec.connected === 1, 10000, 'connected');
   const before = [];
   for (let i = 0; i < 5; i++) before.push(await send(g, 'rc', i));
   await seqsArrived(rec, before);
@@ -143,7 +143,7 @@ test('crash of the whole group (kill -9 of every process) and restart', LIMIT, a
   const afterCrash = [];
   for (let i = 5; i < 10; i++) afterCrash.push(await send(g, 'rc', i));
   hold.on = false;
-  await waitFor(() => rec.resumes.length >= 2, 15000 * SLOW, 'the resume after the crash');
+  await waitFor(() => rec.resumes.length >= 2, 15000, 'the resume after the crash');
   const last = rec.resumes.at(-1);
   t.diagnostic(`after the crash: ${JSON.stringify(last)}`);
   if (last.recovered) {
@@ -154,7 +154,7 @@ test('crash of the whole group (kill -9 of every process) and restart', LIMIT, a
     // The mailbox started a new epoch: the app is told, keeps what it had, and gets the new
     // epoch's notifications once each, in order.
     assert.notEqual(last.epoch, epoch);
-    await waitFor(() => rec.notes.filter((n) => n.epoch === last.epoch).length >= afterCrash.length, 15000 * SLOW,
+    await waitFor(() => rec.notes.filter((n) => n.epoch === last.epoch).length >= afterCrash.length, 15000,
       'the new epoch\'s notifications');
     const old = rec.notes.filter((n) => n.epoch === epoch).map((n) => n.seq);
     const now = rec.notes.filter((n) => n.epoch === last.epoch).map((n) => n.seq);
@@ -167,7 +167,7 @@ test('crash of the whole group (kill -9 of every process) and restart', LIMIT, a
 test('an overflowing mailbox: recovered:false reaches the app, the rest arrives once', LIMIT, async () => {
   const g = await group({ workers: 1, args: ['--mailbox-per-user', '3'] });
   const [, rec, hold] = await client(g, 'ro');
-  await waitFor(() => rec.connected === 1, 10000 * SLOW, 'connected');
+  await waitFor(() => rec.connected === 1, 10000, 'connected');
   const first = await send(g, 'ro', 0);
   await seqsArrived(rec, [first]);
   hold.on = true;
@@ -176,7 +176,7 @@ test('an overflowing mailbox: recovered:false reaches the app, the rest arrives 
   const stored = [];
   for (let i = 1; i <= 6; i++) stored.push(await send(g, 'ro', i));
   hold.on = false;
-  await waitFor(() => rec.resumes.length >= 2, 15000 * SLOW, 'the resume');
+  await waitFor(() => rec.resumes.length >= 2, 15000, 'the resume');
   const last = rec.resumes.at(-1);
   assert.equal(last.recovered, false, JSON.stringify(last));
   await seqsArrived(rec, stored.slice(-3));
