@@ -309,6 +309,92 @@ def many_clients(pipe, port, ca, tokens):
         pipe.send((False, repr(e)))
 
 
+NODE_WS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                       "tools", "client-js", "node_modules")
+NODE_CLIENT = r"""
+const fs = require('fs');
+const WebSocket = require('ws');
+const [url, ca] = process.argv.slice(1); // node -e: no script path in argv
+const ws = new WebSocket(url, { ca: fs.readFileSync(ca), ALPNProtocols: ['http/1.1'] });
+const say = (o) => process.stdout.write(JSON.stringify(o) + '\n');
+ws.on('open', () => {
+  say({ event: 'open', alpn: ws._socket.alpnProtocol, version: ws._socket.getProtocol() });
+  ws.send(JSON.stringify({ type: 'ping' }));
+});
+ws.on('message', (data) => {
+  const m = JSON.parse(data.toString());
+  say({ event: 'message', msg: m });
+  if (m.type !== 'pong') ws.close(1000);
+});
+ws.on('close', (code) => { say({ event: 'close', code }); process.exit(0); });
+ws.on('error', (e) => { say({ event: 'error', error: String(e) }); process.exit(1); });
+"""
+
+
+@unittest.skipUnless(os.path.isdir(os.path.join(NODE_WS, "ws")), "tools/deps installs ws in tools/client-js")
+class NodeWS(unittest.TestCase):
+    """Node's ws package (pinned by tools/client-js's lock file) with `ca`."""
+
+    def test_node_ws_over_wss(self):
+        with tls.group(PKI, workers=2) as g:
+            p = subprocess.Popen(["node", "-e", NODE_CLIENT, tls.wss_url(g, "node-user"), PKI.ca],
+                                 stdout=subprocess.PIPE, text=True, env=dict(os.environ, NODE_PATH=NODE_WS))
+            try:
+                events = []
+
+                def next_event():
+                    line = p.stdout.readline()
+                    self.assertTrue(line, "node exited: %r" % events)
+                    events.append(json.loads(line))
+                    return events[-1]
+                ev = next_event()
+                self.assertEqual(ev["event"], "open", ev)
+                self.assertEqual(ev["alpn"], "http/1.1")
+                self.assertEqual(next_event()["msg"]["type"], "pong")
+                st, body = g.notify("node-user", {"from": "test"})
+                self.assertEqual(st, 200, body)
+                ev = next_event()
+                self.assertEqual(ev["msg"]["data"], {"from": "test"})
+                self.assertEqual(next_event(), {"event": "close", "code": 1000})
+                self.assertEqual(p.wait(10), 0)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                p.stdout.close()
+
+
+CHROMIUM = "/usr/bin/chromium"
+PAGE = """<html><body><script>
+const ws = new WebSocket("%(url1)s");
+ws.onopen = () => ws.send(JSON.stringify({type: "ping"}));
+ws.onmessage = (e) => { if (JSON.parse(e.data).type === "pong") new WebSocket("%(url2)s"); };
+</script></body></html>"""
+
+
+@unittest.skipUnless(os.access(CHROMIUM, os.X_OK), "Debian chromium is installed by tools/deps (client tests)")
+class Chromium(unittest.TestCase):
+    """Headless Chromium (--ignore-certificate-errors): the page pings over
+    wss://, and only on the pong opens a second connection as another user,
+    which the test sees in the registry."""
+
+    def test_chromium_over_wss(self):
+        with tls.group(PKI, workers=2) as g:
+            page = os.path.join(g.tmp, "page.html")
+            with open(page, "w") as f:
+                f.write(PAGE % {"url1": tls.wss_url(g, "chromium"), "url2": tls.wss_url(g, "chromium-got-pong")})
+            p = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                  "--disable-background-networking", "--disable-component-update",
+                                  "--ignore-certificate-errors", "--user-data-dir=" + os.path.join(g.tmp, "chr"),
+                                  "file://" + page], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                users = lambda: {c["user_id"] for c in g.dump()["connections"]}  # noqa: E731
+                self.assertTrue(th.wait_until(lambda: "chromium-got-pong" in users(), 60), users())
+                self.assertIn("chromium", users())
+            finally:
+                p.kill()
+                p.wait()
+
+
 class Drain(unittest.TestCase):
     def test_sigterm_closes_wss_clients_with_1001(self):
         g = tls.group(PKI, workers=2).__enter__()
