@@ -26,6 +26,9 @@
 
 #include "tools/load/load.h"
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #define BUF_ENTRIES 4096
 #define BUF_SIZE 2048
 #define BGID 7
@@ -44,6 +47,7 @@ enum op {
     OP_RECV,
     OP_PING_SEND,
     OP_CTRL_SEND,
+    OP_TLS_SEND, /* wss://: ciphertext of one connection (its tx buffer) */
     OP_API_CONNECT,
     OP_API_SEND,
     OP_API_RECV
@@ -85,6 +89,9 @@ struct conn {
     uint32_t gen;          /* bumped by every connect of this entry */
     uint64_t reconnect_ns; /* --resume: connect again at this time (0 = not due) */
     struct trk_user tu;    /* --resume: the user's last seq and epoch */
+    SSL *ssl;              /* wss:// only: the client side over two memory BIOs */
+    char *tx;              /* wss://: ciphertext handed to the kernel, freed on completion */
+    uint32_t tx_len, tx_off;
 };
 
 enum astate { AS_DOWN, AS_CONNECTING, AS_IDLE, AS_BUSY };
@@ -131,6 +138,9 @@ struct child {
     uint64_t reconnect_scan_ns, drop_sched, lost_check_ns;
     struct lhist rtt, delivery;
     unsigned char ping_frame[21];
+    SSL_CTX *tls;      /* wss:// */
+    SSL_SESSION *sess; /* --tls-resume: offered on every handshake after the first */
+    unsigned char plain[16384];
 };
 
 static volatile sig_atomic_t g_stop;
@@ -249,6 +259,13 @@ static void conn_kill(struct child *ch, struct conn *c, int was_open)
         ch->c.connect_errors++;
     if (c->state == CS_CONNECTING || c->state == CS_HANDSHAKE)
         ch->inflight--;
+    if (c->ssl) { /* a quiet shutdown first, or libssl marks the session not resumable */
+        SSL_set_quiet_shutdown(c->ssl, 1);
+        SSL_shutdown(c->ssl);
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+        ERR_clear_error();
+    }
     if (c->fd >= 0) {
         shutdown(c->fd, SHUT_RDWR); /* ends the multishot recv, which holds a file ref */
         close(c->fd);
@@ -310,15 +327,13 @@ static void arm_recv(struct child *ch, long i)
     io_uring_sqe_set_data64(sqe, ud_pack_gen(OP_RECV, (uint32_t)i, ch->conns[i].gen));
 }
 
-static void on_connected(struct child *ch, long i, int res)
+static void wire_send(struct child *ch, long i, const void *p, size_t n, enum op op);
+static int tls_start(struct child *ch, long i);
+
+/* The HTTP upgrade request (right after connect, or after the TLS handshake). */
+static void send_upgrade(struct child *ch, long i)
 {
     struct conn *c = &ch->conns[i];
-    if (res < 0) {
-        if (ch->hs_errors_shown++ < 3)
-            fprintf(stderr, "tether-load: connect: %s\n", strerror(-res));
-        conn_kill(ch, c, 0);
-        return;
-    }
     char user[96], token[600], rq[128] = "";
     user_name(ch, ch->first + i, user, sizeof user);
     c->ctrl = malloc(HS_MAX);
@@ -337,12 +352,28 @@ static void on_connected(struct child *ch, long i, int res)
                      "Sec-WebSocket-Version: 13\r\n\r\n",
                      ch->o->ws_path, strchr(ch->o->ws_path, '?') ? '&' : '?', token, rq,
                      ch->o->ws_host);
-    c->state = CS_HANDSHAKE;
     c->ctrl_busy = 1;
-    struct io_uring_sqe *sqe = get_sqe(ch);
-    io_uring_prep_send(sqe, c->fd, c->ctrl, (size_t)n, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, ud_pack(OP_HS_SEND, (uint32_t)i));
-    arm_recv(ch, i);
+    wire_send(ch, i, c->ctrl, (size_t)n, OP_HS_SEND);
+}
+
+static void on_connected(struct child *ch, long i, int res)
+{
+    struct conn *c = &ch->conns[i];
+    if (res < 0) {
+        if (ch->hs_errors_shown++ < 3)
+            fprintf(stderr, "tether-load: connect: %s\n", strerror(-res));
+        conn_kill(ch, c, 0);
+        return;
+    }
+    c->state = CS_HANDSHAKE;
+    if (ch->tls) {
+        if (tls_start(ch, i) < 0)
+            conn_kill(ch, c, 0);
+    } else {
+        send_upgrade(ch, i);
+    }
+    if (c->state != CS_DEAD)
+        arm_recv(ch, i);
 }
 
 static int partial_append(struct conn *c, const char *p, size_t n)
@@ -368,9 +399,7 @@ static void send_ping(struct child *ch, long i, uint64_t now)
     c->ping_out = 1;
     c->ping_ns = now;
     ch->c.pings_sent++;
-    struct io_uring_sqe *sqe = get_sqe(ch);
-    io_uring_prep_send(sqe, c->fd, ch->ping_frame, sizeof ch->ping_frame, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, ud_pack_gen(OP_PING_SEND, (uint32_t)i, c->gen));
+    wire_send(ch, i, ch->ping_frame, sizeof ch->ping_frame, OP_PING_SEND);
 }
 
 /* ---- inbound frames -------------------------------------------------- */
@@ -423,9 +452,7 @@ static void send_pong_reply(struct child *ch, long i, const unsigned char *paylo
     memset(f + 2, 0, 4); /* zero key: payload goes as is */
     memcpy(f + 6, payload, n);
     c->ctrl_busy = 1;
-    struct io_uring_sqe *sqe = get_sqe(ch);
-    io_uring_prep_send(sqe, c->fd, f, 6 + n, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, ud_pack(OP_CTRL_SEND, (uint32_t)i));
+    wire_send(ch, i, f, 6 + n, OP_CTRL_SEND);
 }
 
 /* Parses whole server frames from p; returns bytes consumed or -1 to drop the connection. */
@@ -527,19 +554,31 @@ static int on_handshake_bytes(struct child *ch, long i, const char *data, size_t
     return r;
 }
 
+/* Bytes from the server (plaintext of a wss:// connection) for the HTTP or frame parser. */
+static void plain_bytes(struct child *ch, long i, const char *p, size_t n)
+{
+    struct conn *c = &ch->conns[i];
+    if (c->state == CS_HANDSHAKE) {
+        if (on_handshake_bytes(ch, i, p, n) < 0)
+            conn_kill(ch, c, 0);
+    } else if (c->state == CS_OPEN) {
+        if (on_frame_bytes(ch, i, p, n) < 0)
+            conn_kill(ch, c, 1);
+    }
+}
+
+static void tls_input(struct child *ch, long i, const char *p, size_t n);
+
 static void on_recv(struct child *ch, long i, struct io_uring_cqe *cqe)
 {
     struct conn *c = &ch->conns[i];
     int res = cqe->res;
     if (cqe->flags & IORING_CQE_F_BUFFER) {
         unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-        if (res > 0 && c->state == CS_HANDSHAKE) {
-            if (on_handshake_bytes(ch, i, ch->bufs + (size_t)bid * BUF_SIZE, (size_t)res) < 0)
-                conn_kill(ch, c, 0);
-        } else if (res > 0 && c->state == CS_OPEN) {
-            if (on_frame_bytes(ch, i, ch->bufs + (size_t)bid * BUF_SIZE, (size_t)res) < 0)
-                conn_kill(ch, c, 1);
-        }
+        if (res > 0 && c->ssl)
+            tls_input(ch, i, ch->bufs + (size_t)bid * BUF_SIZE, (size_t)res);
+        else if (res > 0)
+            plain_bytes(ch, i, ch->bufs + (size_t)bid * BUF_SIZE, (size_t)res);
         buf_recycle(ch, bid);
     }
     if (c->state == CS_DEAD || (cqe->flags & IORING_CQE_F_MORE))
@@ -740,12 +779,167 @@ static void on_api(struct child *ch, enum op op, int k, int res)
 
 /* ---- dispatch and pacing --------------------------------------------- */
 
+/* ---- wss:// -----------------------------------------------------------
+ * A client SSL per connection over two memory BIOs: what the frame and
+ * handshake code sends is written into it, and what piles up in the write
+ * BIO goes out in one send at a time (the connection's tx buffer, freed on
+ * completion). Received bytes go into the read BIO; plaintext comes out of
+ * SSL_read into the same parsers as ws:// bytes.
+ */
+static int tls_init(struct child *ch)
+{
+    static const unsigned char alpn[] = "\x08http/1.1";
+    ch->tls = SSL_CTX_new(TLS_client_method());
+    if (!ch->tls)
+        return -ENOMEM;
+    SSL_CTX_set_min_proto_version(ch->tls, TLS1_2_VERSION);
+    SSL_CTX_set_mode(ch->tls, SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_alpn_protos(ch->tls, alpn, sizeof alpn - 1);
+    if (ch->o->tls_ca[0]) {
+        if (SSL_CTX_load_verify_locations(ch->tls, ch->o->tls_ca, NULL) != 1) {
+            fprintf(stderr, "tether-load: --ca %s: cannot load\n", ch->o->tls_ca);
+            return -EINVAL;
+        }
+        SSL_CTX_set_verify(ch->tls, SSL_VERIFY_PEER, NULL);
+    }
+    return 0;
+}
+
+static void tls_send_tx(struct child *ch, long i)
+{
+    struct conn *c = &ch->conns[i];
+    struct io_uring_sqe *sqe = get_sqe(ch);
+    io_uring_prep_send(sqe, c->fd, c->tx + c->tx_off, c->tx_len - c->tx_off, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_TLS_SEND, (uint32_t)i));
+}
+
+/* Send what the SSL wrote, unless a send is already out (its completion flushes again). */
+static void tls_flush(struct child *ch, long i)
+{
+    struct conn *c = &ch->conns[i];
+    if (c->tx || !c->ssl || c->state == CS_DEAD)
+        return;
+    BIO *w = SSL_get_wbio(c->ssl);
+    size_t n = BIO_ctrl_pending(w);
+    if (!n)
+        return;
+    if (!(c->tx = malloc(n))) {
+        conn_kill(ch, c, c->state == CS_OPEN);
+        return;
+    }
+    c->tx_len = (uint32_t)BIO_read(w, c->tx, (int)n);
+    c->tx_off = 0;
+    tls_send_tx(ch, i);
+}
+
+static void tls_sent(struct child *ch, long i, int res)
+{
+    struct conn *c = &ch->conns[i];
+    if (res > 0 && c->state != CS_DEAD && (c->tx_off += (uint32_t)res) < c->tx_len) {
+        tls_send_tx(ch, i);
+        return;
+    }
+    free(c->tx);
+    c->tx = NULL;
+    if (res < 0 && c->state != CS_DEAD)
+        conn_kill(ch, c, c->state == CS_OPEN);
+    else
+        tls_flush(ch, i);
+}
+
+static void wire_send(struct child *ch, long i, const void *p, size_t n, enum op op)
+{
+    struct conn *c = &ch->conns[i];
+    if (!ch->tls) {
+        struct io_uring_sqe *sqe = get_sqe(ch);
+        io_uring_prep_send(sqe, c->fd, p, n, MSG_NOSIGNAL);
+        io_uring_sqe_set_data64(sqe, op == OP_PING_SEND ? ud_pack_gen(op, (uint32_t)i, c->gen)
+                                                        : ud_pack(op, (uint32_t)i));
+        return;
+    }
+    int ok = c->ssl && SSL_write(c->ssl, p, (int)n) == (int)n;
+    if (op == OP_HS_SEND || op == OP_CTRL_SEND) { /* the SSL copied it: the buffer is free */
+        c->ctrl_busy = 0;
+        if (op == OP_HS_SEND) {
+            free(c->ctrl);
+            c->ctrl = NULL;
+        }
+    }
+    if (!ok) {
+        ERR_clear_error();
+        conn_kill(ch, c, c->state == CS_OPEN);
+        return;
+    }
+    tls_flush(ch, i);
+}
+
+static int tls_start(struct child *ch, long i)
+{
+    struct conn *c = &ch->conns[i];
+    BIO *r = BIO_new(BIO_s_mem()), *w = BIO_new(BIO_s_mem());
+    if (!(c->ssl = SSL_new(ch->tls)) || !r || !w) {
+        BIO_free(r);
+        BIO_free(w);
+        return -ENOMEM;
+    }
+    SSL_set_bio(c->ssl, r, w);
+    SSL_set_connect_state(c->ssl);
+    if (ch->sess)
+        SSL_set_session(c->ssl, ch->sess);
+    SSL_do_handshake(c->ssl); /* the ClientHello */
+    ERR_clear_error();
+    tls_flush(ch, i);
+    return 0;
+}
+
+static void tls_input(struct child *ch, long i, const char *p, size_t n)
+{
+    struct conn *c = &ch->conns[i];
+    int was_open = c->state == CS_OPEN;
+    BIO_write(SSL_get_rbio(c->ssl), p, (int)n);
+    if (!SSL_is_init_finished(c->ssl)) {
+        int r = SSL_do_handshake(c->ssl);
+        if (r != 1 && SSL_get_error(c->ssl, r) != SSL_ERROR_WANT_READ) {
+            if (ch->hs_errors_shown++ < 3)
+                fprintf(stderr, "tether-load: TLS handshake: %s\n",
+                        ERR_reason_error_string(ERR_peek_last_error()));
+            ERR_clear_error();
+            conn_kill(ch, c, 0);
+            return;
+        }
+        if (r == 1) {
+            ch->c.tls_resumed += SSL_session_reused(c->ssl);
+            send_upgrade(ch, i);
+        }
+    }
+    int k = 0;
+    while (c->ssl && (k = SSL_read(c->ssl, ch->plain, sizeof ch->plain)) > 0) {
+        plain_bytes(ch, i, (const char *)ch->plain, (size_t)k);
+        if (ch->o->tls_resume && !ch->sess && c->state == CS_OPEN) {
+            SSL_SESSION *s = SSL_get1_session(c->ssl); /* TLS 1.3: the ticket came before the 101 */
+            if (s && SSL_SESSION_is_resumable(s))
+                ch->sess = s;
+            else
+                SSL_SESSION_free(s);
+        }
+    }
+    if (!c->ssl)
+        return; /* killed by the parsers */
+    int e = SSL_get_error(c->ssl, k);
+    ERR_clear_error();
+    if (e == SSL_ERROR_ZERO_RETURN || e == SSL_ERROR_SSL) {
+        conn_kill(ch, c, was_open);
+        return;
+    }
+    tls_flush(ch, i);
+}
+
 static void on_cqe(struct child *ch, struct io_uring_cqe *cqe)
 {
     uint64_t ud = io_uring_cqe_get_data64(cqe);
     enum op op = ud_op(ud);
     uint32_t i = ud_idx(ud);
-    struct conn *c = op <= OP_CTRL_SEND ? &ch->conns[i] : NULL;
+    struct conn *c = op <= OP_TLS_SEND ? &ch->conns[i] : NULL;
     if ((op == OP_CONNECT || op == OP_RECV || op == OP_PING_SEND) &&
         ud_gen(ud) != (c->gen & 0xffffffu)) {
         /* A completion of this entry's previous socket (--resume reconnected it). */
@@ -773,6 +967,9 @@ static void on_cqe(struct child *ch, struct io_uring_cqe *cqe)
     case OP_PING_SEND:
         if (cqe->res < 0)
             conn_kill(ch, c, 1);
+        break;
+    case OP_TLS_SEND:
+        tls_sent(ch, (long)i, cqe->res);
         break;
     default:
         on_api(ch, op, (int)i, cqe->res);
@@ -977,6 +1174,8 @@ static int child_setup(struct child *ch)
     if (r < 0 || (r = bufring_init(ch)) < 0)
         return r;
     build_ping(ch);
+    if (ch->o->tls && (r = tls_init(ch)) < 0)
+        return r;
     snprintf(ch->trk.idpfx, sizeof ch->trk.idpfx, "%s-p%d-", ch->o->user_prefix, ch->id);
     ch->saturate = !ch->o->idle && ch->o->ping_interval <= 0;
     ch->notify_rate = ch->o->notify_rate / ch->o->procs;

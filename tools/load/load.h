@@ -37,6 +37,9 @@ struct load_opts {
     int resume;        /* --resume: reconnect on every close with ?since=&epoch=, track seqs */
     double drop_rate;  /* --drop-rate: clients per second cut without a close (RST) */
     double drop_max_s; /* --drop-max: a cut client reconnects after 0..this many seconds */
+    int tls;           /* --url wss://: TLS over every client connection (tools/load/tls.c) */
+    int tls_resume;    /* --tls-resume: offer the first connection's session on every later one */
+    char tls_ca[256];  /* --ca FILE: verify the server against it (else no verification) */
 };
 
 enum load_rec_type { LR_PROGRESS = 1, LR_FINAL = 2 };
@@ -57,6 +60,7 @@ struct load_counts {
     uint64_t reconnects, drops, notify_accepted, notify_retries;
     uint64_t resumes, recovered_false, replayed, lost_resume, dup, dup_frames, reordered;
     uint64_t epoch_changes, bad_frames;
+    uint64_t tls_resumed;                      /* wss:// handshakes that resumed a session */
     uint64_t connect_start_ns, connect_end_ns; /* first connect issued, last handshake done */
     uint64_t ping_start_ns, ping_end_ns;
     uint64_t last_note_ns; /* --resume: when the last new notification arrived */

@@ -49,7 +49,11 @@ static void usage(FILE *f)
            "[--notify-rate R]\n"
            "Opens N authenticated WebSocket clients (one user each), pings them, posts\n"
            "notifications through the backend API and prints one JSON summary on stdout.\n"
-           "  --url URL            client endpoint (ws://, IPv4 host or name)\n"
+           "  --url URL            client endpoint (ws:// or wss://, IPv4 host or name)\n"
+           "  --ca FILE            wss://: verify the server's certificate against FILE\n"
+           "                       (default: no verification)\n"
+           "  --tls-resume         wss://: offer the session of each process's first client\n"
+           "                       on every later handshake (resumed handshakes)\n"
            "  --api URL            backend API base (needed with --notify-rate)\n"
            "  --secret-file PATH   HS256 secret (trailing newline ignored)\n"
            "  --connections N      clients to open\n"
@@ -118,7 +122,7 @@ static void parse_url(const char *flag, const char *url, const char *scheme, str
     char name[128];
     snprintf(name, sizeof name, "%s", host);
     char *colon = strrchr(name, ':');
-    const char *port = colon ? colon + 1 : "80";
+    const char *port = colon ? colon + 1 : strcmp(scheme, "wss://") == 0 ? "443" : "80";
     if (colon)
         *colon = 0;
     struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res;
@@ -164,6 +168,8 @@ enum {
     F_RESUME,
     F_DROP,
     F_DROPMAX,
+    F_CA,
+    F_TLSRESUME,
     F_HELP
 };
 
@@ -187,6 +193,8 @@ static const struct option g_longopts[] = {{"url", 1, 0, F_URL},
                                            {"resume", 0, 0, F_RESUME},
                                            {"drop-rate", 1, 0, F_DROP},
                                            {"drop-max", 1, 0, F_DROPMAX},
+                                           {"ca", 1, 0, F_CA},
+                                           {"tls-resume", 0, 0, F_TLSRESUME},
                                            {"help", 0, 0, F_HELP},
                                            {0, 0, 0, 0}};
 
@@ -261,6 +269,14 @@ static void apply_flag(struct load_opts *o, int f, const char *v, const char **u
     case F_DROPMAX:
         o->drop_max_s = num_arg("--drop-max", v, 0, 3600);
         break;
+    case F_CA:
+        if (strlen(v) >= sizeof o->tls_ca)
+            bad("%s", "--ca: path too long");
+        snprintf(o->tls_ca, sizeof o->tls_ca, "%s", v);
+        break;
+    case F_TLSRESUME:
+        o->tls_resume = 1;
+        break;
     case F_HELP:
         usage(stdout);
         exit(0);
@@ -297,8 +313,13 @@ static void parse_flags(int argc, char **argv, struct load_opts *o)
     if (o->drop_rate > 0 && !o->resume)
         bad("%s", "--drop-rate needs --resume");
     char path[256];
-    parse_url("--url", url, "ws://", &o->ws_addr, o->ws_host, sizeof o->ws_host, o->ws_path,
-              sizeof o->ws_path);
+    o->tls = strncmp(url, "wss://", 6) == 0;
+    if (o->tls && o->resume)
+        bad("%s", "--resume is not supported over wss:// yet");
+    if ((o->tls_ca[0] || o->tls_resume) && !o->tls)
+        bad("%s", "--ca and --tls-resume need a wss:// --url");
+    parse_url("--url", url, o->tls ? "wss://" : "ws://", &o->ws_addr, o->ws_host, sizeof o->ws_host,
+              o->ws_path, sizeof o->ws_path);
     if (api)
         parse_url("--api", api, "http://", &o->api_addr, o->api_host, sizeof o->api_host, path,
                   sizeof path);
@@ -532,6 +553,8 @@ static int summarize(const struct load_opts *o)
                (unsigned long long)s.epoch_changes, (unsigned long long)s.bad_frames,
                last_note > cstart && cstart != UINT64_MAX ? (last_note - cstart) * 1e-9 : 0.0);
     }
+    if (o->tls)
+        printf(",\"tls\":true,\"tls_resumed\":%llu", (unsigned long long)s.tls_resumed);
     printf("}\n");
     fflush(stdout);
     int ok =
