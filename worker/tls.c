@@ -22,6 +22,7 @@
 #include "worker/worker.h"
 #include "shm/rt/log.h"
 
+#include <malloc.h>
 #include <stdlib.h>
 
 static struct th_tls_ctx *tls_inherited; /* loaded by the supervisor before the fork */
@@ -106,7 +107,7 @@ void wk_tls_input(struct worker *w, uint32_t idx, uint8_t *p, size_t n)
     int was_up = th_tls_established(c->tls);
     int rc =
         th_tls_input(c->tls, p, n, w->tls_scratch, TH_TLS_RECORD_MAX, plain_sink, wire_sink, &f);
-    if (!was_up && th_tls_established(c->tls))
+    if (!was_up && th_tls_established(c->tls) && ++w->tls_handshakes)
         th_debug("connection %u: %s handshake done%s", idx, th_tls_version(c->tls),
                  th_tls_resumed(c->tls) ? " (resumed)" : "");
     if (rc == TH_TLS_ERROR) {
@@ -146,4 +147,19 @@ void wk_tls_finish(struct worker *w, uint32_t idx)
     struct feed f = {w, idx};
     if (c->state != CS_DEAD && c->state != CS_FREE)
         th_tls_close(c->tls, wire_sink, &f);
+}
+
+/*
+ * Once a second, after handshakes: give back to the kernel the pages that
+ * handshake buffers (libssl's 16 KiB record and message buffers, freed
+ * once the connection is idle) left free between long-lived allocations.
+ * Without it those pages stay resident and an idle TLS client costs
+ * several KiB more than the state libssl keeps for it.
+ */
+void wk_tls_tick(struct worker *w)
+{
+    if (!w->tls_handshakes)
+        return;
+    w->tls_handshakes = 0;
+    malloc_trim(128 << 10);
 }

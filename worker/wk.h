@@ -169,6 +169,7 @@ struct worker {
     struct th_jwt_keys *jwt_keys;  /* token keys in force (worker/auth.c); swapped on SIGHUP */
     struct th_jwt_rules jwt_rules; /* --jwt-audience / --jwt-issuer */
     uint8_t *tls_scratch;          /* TH_TLS_RECORD_MAX: plaintext of one record */
+    uint32_t tls_handshakes; /* finished since the last tick (worker/tls.c trims the heap then) */
 };
 
 /* worker.c */
@@ -215,6 +216,7 @@ int wk_tls_sniff(struct worker *w, uint32_t idx, const uint8_t *p, size_t n);
 void wk_tls_input(struct worker *w, uint32_t idx, uint8_t *p, size_t n);
 void wk_tls_seal(struct worker *w, uint32_t idx);
 void wk_tls_finish(struct worker *w, uint32_t idx);
+void wk_tls_tick(struct worker *w);
 
 /* control.c */
 int wk_ctl_listen(struct worker *w);

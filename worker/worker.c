@@ -361,6 +361,7 @@ static void beat(struct worker *w)
 static void tick(struct worker *w)
 {
     wk_conn_tick(w);
+    wk_tls_tick(w);
     if (w->accept_paused && !w->draining && !w->accepting && w->live < WK_MAX_CONNS) {
         w->accept_paused = 0;
         set_full(w, 0);
