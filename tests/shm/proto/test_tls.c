@@ -2,7 +2,7 @@
  * Unit tests of the TLS engine (shm/proto/tls.h) against an OpenSSL client
  * in memory: nothing but bytes handed back and forth, so every property is
  * checked without sockets: handshakes (TLS 1.3, TLS 1.2, ALPN), records
- * split at every byte, session resumption across contexts that share a
+ * split at every byte, a KeyUpdate mid-stream, session resumption across contexts that share a
  * ticket secret (two workers, or a context reloaded by SIGHUP) and its
  * refusal across secrets, renegotiation refused, garbage instead of a
  * ClientHello, close_notify both ways, and the load errors (missing file,
@@ -383,6 +383,31 @@ Test(tls, garbage_instead_of_client_hello)
     cr_assert_neq(strlen(th_tls_last_error(why, sizeof(why))), 0);
     free(wire.p);
     th_tls_free(s);
+    th_tls_ctx_free(sctx);
+    th_tls_tickets_free(tk);
+}
+
+Test(tls, key_update_mid_stream)
+{
+    struct th_tls_tickets *tk = th_tls_tickets_new(0);
+    struct th_tls_ctx *sctx = server_ctx(tk);
+    struct pair p;
+    pair_init(&p, sctx, client_ctx(0, NULL, 0), NULL);
+    exchange(&p);
+    /* the client rekeys (and asks the server to): data keeps flowing both ways */
+    cr_assert_eq(SSL_key_update(p.c, SSL_KEY_UPDATE_REQUESTED), 1);
+    cr_assert_eq(SSL_write(p.c, "after", 5), 5);
+    p.plain.n = 0;
+    cr_assert_eq(pump(&p), TH_TLS_OK);
+    cr_assert_eq(p.plain.n, 5);
+    cr_assert_eq(memcmp(p.plain.p, "after", 5), 0);
+    cr_assert_eq(th_tls_write(p.s, (const uint8_t *)"rekeyed", 7, wire_sink, &p), TH_TLS_OK);
+    cr_assert_eq(pump(&p), TH_TLS_OK);
+    char got[64];
+    cr_assert_eq(client_read(&p, got, sizeof(got)), 7);
+    cr_assert_str_eq(got, "rekeyed");
+    SSL_CTX_free(p.cctx);
+    pair_free(&p);
     th_tls_ctx_free(sctx);
     th_tls_tickets_free(tk);
 }
