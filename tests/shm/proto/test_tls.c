@@ -2,8 +2,9 @@
  * Unit tests of the TLS engine (shm/proto/tls.h) against an OpenSSL client
  * in memory: nothing but bytes handed back and forth, so every property is
  * checked without sockets: handshakes (TLS 1.3, TLS 1.2, ALPN), records
- * split at every byte, a KeyUpdate mid-stream, session resumption across contexts that share a
- * ticket secret (two workers, or a context reloaded by SIGHUP) and its
+ * split at every byte, a KeyUpdate mid-stream, session resumption across
+ * contexts that share a ticket secret (two workers, or a context reloaded
+ * by SIGHUP) and its
  * refusal across secrets, renegotiation refused, garbage instead of a
  * ClientHello, close_notify both ways, and the load errors (missing file,
  * no PEM, mismatched key, expired certificate). The certificates are made
