@@ -104,6 +104,7 @@ void wk_tls_input(struct worker *w, uint32_t idx, uint8_t *p, size_t n)
     if (!c->tls || (c->state != CS_HANDSHAKE && c->state != CS_OPEN))
         return; /* closing: the peer's bytes are discarded until its EOF */
     struct feed f = {w, idx};
+    c->flags |= CF_TLS_ACTIVE;
     int was_up = th_tls_established(c->tls);
     int rc =
         th_tls_input(c->tls, p, n, w->tls_scratch, TH_TLS_RECORD_MAX, plain_sink, wire_sink, &f);
@@ -127,6 +128,7 @@ void wk_tls_seal(struct worker *w, uint32_t idx)
     if (!c->tls || !q || !q->plain_len)
         return;
     struct feed f = {w, idx};
+    c->flags |= CF_TLS_ACTIVE;
     uint32_t n = q->plain_len;
     q->plain_len = 0;
     w->queued_bytes -= n;
@@ -150,16 +152,32 @@ void wk_tls_finish(struct worker *w, uint32_t idx)
 }
 
 /*
- * Once a second, after handshakes: give back to the kernel the pages that
- * handshake buffers (libssl's 16 KiB record and message buffers, freed
- * once the connection is idle) left free between long-lived allocations.
- * Without it those pages stay resident and an idle TLS client costs
- * several KiB more than the state libssl keeps for it.
+ * Once a second. A connection with TLS traffic in the last second keeps
+ * libssl's record buffers (about 34 KiB) for the next one, so a busy client
+ * does not pay a malloc and free of each per record; one quiet for a whole
+ * second gives them back, so an idle client holds only libssl's state.
+ *
+ * Then, after handshakes, the heap is trimmed: the pages that handshake
+ * buffers left free between long-lived allocations go back to the kernel
+ * (without it they stay resident: about 1 KiB more per idle TLS client).
  */
 void wk_tls_tick(struct worker *w)
 {
-    if (!w->tls_handshakes)
+    if (!w->tls)
         return;
-    w->tls_handshakes = 0;
-    malloc_trim(128 << 10);
+    for (uint32_t i = 0; i < w->high; i++) {
+        struct conn *c = &w->conns[i];
+        if (!c->tls)
+            continue;
+        int active = (c->flags & CF_TLS_ACTIVE) != 0, busy = (c->flags & CF_TLS_BUSY) != 0;
+        if (active != busy) {
+            th_tls_busy(c->tls, active);
+            c->flags ^= CF_TLS_BUSY;
+        }
+        c->flags &= ~CF_TLS_ACTIVE;
+    }
+    if (w->tls_handshakes) {
+        w->tls_handshakes = 0;
+        malloc_trim(128 << 10);
+    }
 }

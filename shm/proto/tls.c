@@ -461,6 +461,16 @@ void th_tls_close(struct th_tls *t, th_tls_sink wire, void *arg)
     end(t);
 }
 
+void th_tls_busy(struct th_tls *t, int busy)
+{
+    if (busy) {
+        SSL_clear_mode(t->ssl, SSL_MODE_RELEASE_BUFFERS);
+        return;
+    }
+    SSL_set_mode(t->ssl, SSL_MODE_RELEASE_BUFFERS);
+    SSL_free_buffers(t->ssl); /* refuses (harmlessly) while a record is half read or written */
+}
+
 int th_tls_established(const struct th_tls *t)
 {
     return SSL_is_init_finished(t->ssl);

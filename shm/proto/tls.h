@@ -6,8 +6,10 @@
  * back, through two sinks, the plaintext for its HTTP/WebSocket code and the
  * ciphertext to send (handshake flights, alerts, sealed records). Nothing is
  * buffered on the engine's side of the sinks: whatever the peer sent is
- * consumed by each call (a partial record waits inside libssl, whose buffers
- * are released while a connection is idle: SSL_MODE_RELEASE_BUFFERS).
+ * consumed by each call (a partial record waits inside libssl). libssl's
+ * record buffers (about 34 KiB) are released after every call
+ * (SSL_MODE_RELEASE_BUFFERS), unless the caller marks a busy connection
+ * with th_tls_busy(t, 1): then they stay until th_tls_busy(t, 0).
  *
  * Settings: TLS 1.2 and 1.3, ALPN "http/1.1" (a client offering only other
  * protocols is refused), renegotiation refused, stateless session tickets.
@@ -80,6 +82,13 @@ int th_tls_input(struct th_tls *t, const uint8_t *in, size_t n, uint8_t *scratch
 int th_tls_write(struct th_tls *t, const uint8_t *p, size_t n, th_tls_sink wire, void *arg);
 /* Our close_notify, passed to wire (once; later calls do nothing). */
 void th_tls_close(struct th_tls *t, th_tls_sink wire, void *arg);
+
+/*
+ * busy = 1: keep libssl's record buffers between calls (a connection with
+ * steady traffic saves a malloc and free of each per record); busy = 0:
+ * release them now and after every call (an idle connection costs less).
+ */
+void th_tls_busy(struct th_tls *t, int busy);
 
 int th_tls_established(const struct th_tls *t); /* handshake finished */
 int th_tls_resumed(const struct th_tls *t);     /* ... by a session ticket */
