@@ -402,6 +402,13 @@ static void end(struct th_tls *t)
     t->wire = NULL, t->arg = NULL;
 }
 
+/* After a write or close made from inside a sink of th_tls_input: that call's input and sinks. */
+static void restore(struct th_tls *t, const struct th_tls *saved)
+{
+    t->in = saved->in, t->in_len = saved->in_len, t->in_off = saved->in_off;
+    t->wire = saved->wire, t->arg = saved->arg;
+}
+
 int th_tls_input(struct th_tls *t, const uint8_t *in, size_t n, uint8_t *scratch,
                  size_t scratch_cap, th_tls_sink plain, th_tls_sink wire, void *arg)
 {
@@ -434,7 +441,8 @@ int th_tls_input(struct th_tls *t, const uint8_t *in, size_t n, uint8_t *scratch
 int th_tls_write(struct th_tls *t, const uint8_t *p, size_t n, th_tls_sink wire, void *arg)
 {
     if (!SSL_is_init_finished(t->ssl))
-        return TH_TLS_ERROR; /* the handshake is driven by input only */
+        return TH_TLS_ERROR;  /* the handshake is driven by input only */
+    struct th_tls saved = *t; /* a sink of th_tls_input may be writing: that call's input stays */
     begin(t, NULL, 0, wire, arg);
     int rc = TH_TLS_OK;
     while (n) {
@@ -445,7 +453,7 @@ int th_tls_write(struct th_tls *t, const uint8_t *p, size_t n, th_tls_sink wire,
         }
         p += done, n -= done;
     }
-    end(t);
+    restore(t, &saved);
     return rc;
 }
 
@@ -454,11 +462,12 @@ void th_tls_close(struct th_tls *t, th_tls_sink wire, void *arg)
     if (t->close_sent || !SSL_is_init_finished(t->ssl))
         return;
     t->close_sent = 1;
+    struct th_tls saved = *t;
     begin(t, NULL, 0, wire, arg);
-    SSL_shutdown(
-        t->ssl); /* 0: sent, the peer's not yet seen; < 0 after a fatal error: nothing to send */
+    /* 0: sent, the peer's not yet seen; < 0 after a fatal error: nothing to send */
+    SSL_shutdown(t->ssl);
     ERR_clear_error();
-    end(t);
+    restore(t, &saved);
 }
 
 void th_tls_busy(struct th_tls *t, int busy)

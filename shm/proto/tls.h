@@ -78,7 +78,11 @@ void th_tls_free(struct th_tls *t);
  */
 int th_tls_input(struct th_tls *t, const uint8_t *in, size_t n, uint8_t *scratch,
                  size_t scratch_cap, th_tls_sink plain, th_tls_sink wire, void *arg);
-/* Seal plaintext into records, passed to wire. TH_TLS_OK or TH_TLS_ERROR. */
+/*
+ * Seal plaintext into records, passed to wire. TH_TLS_OK or TH_TLS_ERROR.
+ * May be called from a sink of th_tls_input (that call then goes on), as may
+ * th_tls_close.
+ */
 int th_tls_write(struct th_tls *t, const uint8_t *p, size_t n, th_tls_sink wire, void *arg);
 /* Our close_notify, passed to wire (once; later calls do nothing). */
 void th_tls_close(struct th_tls *t, th_tls_sink wire, void *arg);

@@ -388,6 +388,42 @@ Test(tls, garbage_instead_of_client_hello)
     th_tls_tickets_free(tk);
 }
 
+/* A plaintext sink that answers each piece at once, from inside th_tls_input. */
+static int echo_sink(void *arg, const uint8_t *p, size_t n)
+{
+    struct pair *pr = arg;
+    buf_sink(&pr->plain, p, n);
+    return th_tls_write(pr->s, p, n, wire_sink, pr) == TH_TLS_OK ? 0 : -1;
+}
+
+Test(tls, write_from_inside_input)
+{
+    struct th_tls_tickets *tk = th_tls_tickets_new(0);
+    struct th_tls_ctx *sctx = server_ctx(tk);
+    struct pair p;
+    pair_init(&p, sctx, client_ctx(0, NULL, 0), NULL);
+    exchange(&p);
+    cr_assert_eq(SSL_write(p.c, "one", 3), 3);
+    cr_assert_eq(SSL_write(p.c, "two", 3), 3);
+    uint8_t in[4096], scratch[TH_TLS_RECORD_MAX];
+    int n = BIO_read(p.c_out, in, sizeof(in));
+    p.plain.n = p.wire.n = 0;
+    cr_assert_eq(
+        th_tls_input(p.s, in, (size_t)n, scratch, sizeof(scratch), echo_sink, wire_sink, &p),
+        TH_TLS_OK);
+    cr_assert_eq(p.plain.n, 6, "the second record was lost after the write (%zu bytes)", p.plain.n);
+    pump(&p);
+    char got[64];
+    int k = client_read(&p, got, sizeof(got));
+    k += client_read(&p, got + k, sizeof(got) - (size_t)k);
+    cr_assert_eq(k, 6);
+    cr_assert_eq(memcmp(got, "onetwo", 6), 0);
+    SSL_CTX_free(p.cctx);
+    pair_free(&p);
+    th_tls_ctx_free(sctx);
+    th_tls_tickets_free(tk);
+}
+
 Test(tls, key_update_mid_stream)
 {
     struct th_tls_tickets *tk = th_tls_tickets_new(0);
