@@ -124,39 +124,10 @@ void th_mbx_words_store(_Atomic uint64_t *dst, const char *src, size_t n)
     }
 }
 
-uint64_t th_mbx_proc_start(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = 0;
-    char *p = strrchr(buf, ')'); /* the command name may contain spaces and ')' */
-    if (!p)
-        return 0;
-    for (int field = 2; *p && field < 22; p++)
-        if (*p == ' ')
-            field++;
-    return strtoull(p, NULL, 10);
-}
-
-static int pid_alive_since(int32_t pid, uint64_t start)
-{
-    if (!th_pid_alive(pid))
-        return 0;
-    uint64_t now_start = th_mbx_proc_start(pid);
-    return now_start == 0 || start == 0 || now_start == start; /* unknown: assume alive */
-}
-
 int th_mbx_writer_alive(const struct th_mbx *m)
 {
     int32_t pid = atomic_load_explicit(&m->hdr->writer_pid, memory_order_acquire);
-    return pid > 0 && pid_alive_since(pid, atomic_load(&m->hdr->writer_start));
+    return pid > 0 && th_pid_alive_since(pid, atomic_load(&m->hdr->writer_start));
 }
 
 #define REC_SPINS 1000
@@ -383,7 +354,7 @@ static const char *why_not_reuse(int fd, const char *name, const struct th_mbx_h
     boot_id(boot);
     if (memcmp(boot, h.boot_id, sizeof(boot)) != 0)
         return "it was made before the last reboot";
-    if (h.writer_pid > 0 && pid_alive_since(h.writer_pid, h.writer_start) &&
+    if (h.writer_pid > 0 && th_pid_alive_since(h.writer_pid, h.writer_start) &&
         h.writer_pid != getpid())
         return "a process of an earlier group still writes it";
     return NULL;

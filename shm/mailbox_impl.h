@@ -121,7 +121,4 @@ int th_mbx_ent_still(const struct th_mbx *m, uint64_t pos);
 /* Is the writer recorded in the header alive? */
 int th_mbx_writer_alive(const struct th_mbx *m);
 
-/* Start time of pid (/proc/pid/stat field 22), 0 if unknown. */
-uint64_t th_mbx_proc_start(pid_t pid);
-
 #endif

@@ -343,7 +343,7 @@ int th_mbx_writer_begin(struct th_mbx *m, pid_t pid, uint64_t now_ns, char *err,
         if (atomic_compare_exchange_strong(&h->writer_pid, &cur, pid))
             break;
     }
-    atomic_store(&h->writer_start, th_mbx_proc_start(pid));
+    atomic_store(&h->writer_start, th_proc_start_time(pid));
     m->gen = atomic_fetch_add(&h->writer_gen, 1) + 1;
     if (m->gen == 0) /* 0 means "not the writer" */
         m->gen = atomic_fetch_add(&h->writer_gen, 1) + 1;

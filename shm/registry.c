@@ -135,8 +135,7 @@ int th_pid_alive(pid_t pid)
     return kill(pid, 0) == 0 || errno == EPERM;
 }
 
-/* Start time of pid in clock ticks since boot (/proc/pid/stat field 22), 0 if unknown. */
-static uint64_t proc_start_time(pid_t pid)
+uint64_t th_proc_start_time(pid_t pid)
 {
     char path[64], buf[1024];
     snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
@@ -157,12 +156,11 @@ static uint64_t proc_start_time(pid_t pid)
     return strtoull(p, NULL, 10);
 }
 
-/* Is the process that created this header still the one running under its pid? */
-static int creator_alive(int32_t pid, uint64_t start)
+int th_pid_alive_since(pid_t pid, uint64_t start)
 {
     if (!th_pid_alive(pid))
         return 0;
-    uint64_t now_start = proc_start_time(pid);
+    uint64_t now_start = th_proc_start_time(pid);
     return now_start == 0 || start == 0 || now_start == start; /* unknown: assume alive */
 }
 
@@ -354,7 +352,7 @@ static int may_take_over(int fd, const char *name, char *err, size_t errlen)
     }
     /* magic 0: a creator died mid-initialisation (magic is written last) or still runs */
     int32_t pid = atomic_load(&h.creator_pid);
-    if (pid > 0 && creator_alive(pid, h.creator_start)) {
+    if (pid > 0 && th_pid_alive_since(pid, h.creator_start)) {
         set_err(err, errlen,
                 "registry segment %s is held by a live tether group (supervisor "
                 "pid %d)",
@@ -380,7 +378,7 @@ static void hdr_init(struct th_reg_hdr *h, const struct th_reg_hdr *tmpl)
     h->off_freemap = tmpl->off_freemap;
     h->off_disc = tmpl->off_disc;
     h->off_slots = tmpl->off_slots;
-    h->creator_start = proc_start_time(getpid());
+    h->creator_start = th_proc_start_time(getpid());
     atomic_store(&h->creator_pid, getpid());
     h->boot_epoch = epoch;
     struct timespec ts;

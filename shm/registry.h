@@ -387,6 +387,13 @@ int th_reg_repair(struct th_reg *r);
 
 /* Is this pid alive (kill(pid, 0) succeeds or fails with EPERM)? */
 int th_pid_alive(pid_t pid);
+/* Start time of pid in clock ticks since boot (/proc/pid/stat field 22), 0 if unknown. */
+uint64_t th_proc_start_time(pid_t pid);
+/*
+ * Is the process that recorded (pid, start) still the one running under pid?
+ * A pid reused by another process has another start time. Unknown: alive.
+ */
+int th_pid_alive_since(pid_t pid, uint64_t start);
 
 /* Hash of a user id (also the index and disconnect-record key). */
 uint32_t th_user_hash(const char *user, size_t ulen);

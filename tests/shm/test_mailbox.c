@@ -200,7 +200,7 @@ Test(mailbox, another_boot_or_a_live_old_writer_starts_a_new_epoch)
         _exit(0);
     }
     atomic_store(&mb.hdr->writer_pid, child);
-    atomic_store(&mb.hdr->writer_start, th_mbx_proc_start(child));
+    atomic_store(&mb.hdr->writer_start, th_proc_start_time(child));
     th_mbx_detach(&mb);
     int rc = th_mbx_open(&mb, shm, &p, &reused, err, sizeof(err));
     kill(child, SIGKILL);
