@@ -431,6 +431,10 @@ void th_api_render_outcome(struct th_buf *b, const struct th_api_result *res, in
     if (st == TH_OUT_DELIVERED) {
         th_buf_puts(b, ",\"connections\":");
         th_buf_u64(b, res->connections);
+        if (res->nodes) {
+            th_buf_puts(b, ",\"nodes\":");
+            th_buf_u64(b, res->nodes);
+        }
     }
     if (st == TH_OUT_STORED) {
         th_buf_puts(b, ",\"expires_in_s\":");

@@ -125,6 +125,7 @@ struct th_api_result {
     const char *user, *id;
     size_t ulen, idlen;
     unsigned connections; /* 200 */
+    unsigned nodes;       /* 200 with --nats: nodes that confirmed ("nodes":N); 0 = omitted */
     int has_last_seen;    /* 202, 404 */
     uint64_t last_seen_ns;
     uint64_t seq;          /* 0: none (mailbox off, 404) */

@@ -36,7 +36,8 @@ enum th_ud_kind {
 /* The outcome of one delivery, as the route saw it. */
 struct th_route_result {
     int status;         /* 200 delivered, 404 not connected, 503 unavailable */
-    unsigned confirmed; /* connections whose worker confirmed (TH_HO_OK) */
+    unsigned confirmed; /* connections whose worker confirmed (TH_HO_OK), all nodes */
+    unsigned nodes;     /* 200 over a cluster (--nats): nodes that confirmed; 0 = one node */
     int has_last_seen;  /* 404: LastSeen known */
     uint64_t last_seen_ns;
 };
@@ -76,5 +77,13 @@ struct th_route {
  */
 struct th_route *th_route_local_new(const struct th_config *cfg, struct th_reg *reg,
                                     struct io_uring *ring);
+
+/*
+ * The cluster route (route_nats.c, with --nats): wraps local (and owns it
+ * from then on) and adds the nodes that hold the user, over NATS. Returns
+ * NULL (local destroyed) on out of memory or a bad --nats list.
+ */
+struct th_route *th_route_nats_new(const struct th_config *cfg, struct th_reg *reg,
+                                   struct io_uring *ring, struct th_route *local);
 
 #endif

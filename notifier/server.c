@@ -52,6 +52,7 @@ struct item {
     struct resp *r;
     int code;
     unsigned connections;
+    unsigned nodes; /* with --nats: nodes that confirmed */
     int has_ls;
     uint64_t ls, t0;
     char *err;             /* 400/413 reason (malloc'd) */
@@ -267,6 +268,7 @@ static void render_item(struct th_buf *b, const struct item *it, int with_code)
                                                       .id = it->id,
                                                       .idlen = it->idlen,
                                                       .connections = it->connections,
+                                                      .nodes = it->nodes,
                                                       .has_last_seen = it->has_ls,
                                                       .last_seen_ns = it->ls,
                                                       .seq = it->seq,
@@ -400,6 +402,7 @@ static void item_outcome(struct item *it)
         next = w->wnext;
         w->code = it->code;
         w->connections = it->connections;
+        w->nodes = it->nodes;
         w->has_ls = it->has_ls;
         w->ls = it->ls;
         item_settle(w);
@@ -413,6 +416,7 @@ static void item_done(void *arg, const struct th_route_result *res)
     struct th_counters_sh *k = &S->reg->hdr->counters;
     it->code = res->status;
     it->connections = res->confirmed;
+    it->nodes = res->nodes;
     it->has_ls = res->has_last_seen;
     it->ls = res->last_seen_ns;
     if (res->status == 200) {
@@ -1143,6 +1147,8 @@ int th_server_run(const struct th_config *cfg, struct th_reg *reg, int api_fd)
         return rc;
     }
     S->route = th_route_local_new(cfg, reg, &S->ring);
+    if (S->route && cfg->nats_urls[0])
+        S->route = th_route_nats_new(cfg, reg, &S->ring, S->route);
     if (!S->route) {
         io_uring_queue_exit(&S->ring);
         free(S);

@@ -101,6 +101,11 @@ static const struct flag flags[] = {
     {"max-bytes-per-sec", F_U32, OFF(max_bytes_per_sec), 0, 1u << 30,
      "N  client bytes a second per connection, burst 2 s or --max-message;\n"
      "                             over: close 1008; 0 = off"},
+    /* Cluster (README "Run several nodes"): the notifier routes over NATS. */
+    {"nats", F_TEXT, OFF(nats_urls), 0, 0,
+     "URL[,URL...]  NATS servers: route notifications to users on other nodes;\n"
+     "                             none: this group is one node and needs no broker"},
+    {"node", F_TEXT, OFF(node), 0, 0, "NAME  this node's name in replies and logs (host name)"},
 };
 #define NFLAGS (sizeof(flags) / sizeof(flags[0]))
 
@@ -130,6 +135,8 @@ void th_config_defaults(struct th_config *c)
     c->max_bytes_per_sec = 1048576;
     c->log_level = TH_LOG_INFO;
     c->log_format = TH_LOG_TEXT;
+    if (gethostname(c->node, sizeof(c->node) - 1) < 0 || !c->node[0])
+        snprintf(c->node, sizeof(c->node), "node");
 }
 
 /* " (default)" of flag f, read from the defaults d; "" when it has none. */

@@ -66,6 +66,9 @@ struct th_config {
     char allowed_origins[TH_PATH_MAX]; /* comma-separated origins and *.domain patterns */
     uint32_t max_msgs_per_sec;         /* per connection, token bucket, 0 = off */
     uint32_t max_bytes_per_sec;        /* per connection, token bucket, 0 = off */
+    /* Cluster (issue 12): several nodes over NATS. */
+    char nats_urls[TH_PATH_MAX]; /* comma-separated NATS URLs; "" = one node, no broker */
+    char node[TH_PATH_MAX];      /* this node's name (default: the host name) */
 };
 
 enum { TH_CONFIG_OK = 0, TH_CONFIG_HELP = 1, TH_CONFIG_ERROR = -1 };
