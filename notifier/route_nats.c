@@ -77,8 +77,15 @@ struct interest {
     char user[TH_USER_MAX];
 };
 
+struct th_route_nats;
+struct local_arg {
+    struct th_route_nats *rn;
+    uint32_t idx, gen;
+};
+
 /* One deliver() waiting for the local route and the other nodes. */
 struct pend {
+    struct local_arg la; /* the local route's callback arg: done comes before any reuse */
     uint32_t gen;
     int used, local_done, asked, no_resp;
     struct th_route_result local;
@@ -91,6 +98,7 @@ struct pend {
 
 /* A request from another node being delivered here; answered on reply. */
 struct remote {
+    struct remote *prev, *next; /* rn->remotes: freed at destroy if still out */
     struct th_route_nats *rn;
     char reply[256];
 };
@@ -114,7 +122,9 @@ struct th_route_nats {
     struct interest *bucket[NBUCKET];
     uint64_t scan_mark, next_scan;
     uint64_t bad, bad_logged_ns;
-    int up; /* loop's view of the broker (from EV_DOWN/EV_UP and the status) */
+    struct remote *remotes;
+    int closing; /* destroy: queued events are only freed */
+    int up;      /* loop's view of the broker (from EV_DOWN/EV_UP and the status) */
 };
 
 /* ---- libnats threads: queue and wake, nothing else ------------------------ */
@@ -317,17 +327,11 @@ static void pend_check(struct th_route_nats *rn, uint32_t i, uint64_t now)
         pend_finish(rn, i);
 }
 
-struct local_arg {
-    struct th_route_nats *rn;
-    uint32_t idx, gen;
-};
-
 static void on_local_done(void *arg, const struct th_route_result *res)
 {
     struct local_arg *la = arg;
     struct th_route_nats *rn = la->rn;
     uint32_t i = la->idx, gen = la->gen;
-    free(la);
     struct pend *p = &rn->pend[i];
     if (!p->used || p->gen != gen)
         return;
@@ -348,13 +352,9 @@ static int nats_deliver(struct th_route *r, const char *user, size_t ulen, const
     struct th_route_nats *rn = (struct th_route_nats *)r;
     if (rn->free_head == UINT32_MAX || ulen == 0 || ulen > TH_USER_MAX)
         return -EAGAIN;
-    struct local_arg *la = malloc(sizeof(*la));
     char *msg = malloc(MSG_HDR + flen);
-    if (!la || !msg) {
-        free(la);
-        free(msg);
+    if (!msg)
         return -ENOMEM;
-    }
     uint32_t i = rn->free_head;
     struct pend *p = &rn->pend[i];
     rn->free_head = p->next_free;
@@ -383,13 +383,10 @@ static int nats_deliver(struct th_route *r, const char *user, size_t ulen, const
                     user, natsStatus_GetText(s));
     }
     free(msg);
-    la->rn = rn;
-    la->idx = i;
-    la->gen = gen;
+    p->la = (struct local_arg){rn, i, gen};
     int rc = rn->local->ops->deliver(rn->local, user, ulen, frame, flen, nseq, ho_flags,
-                                     on_local_done, la);
+                                     on_local_done, &p->la);
     if (rc < 0) {
-        free(la);
         if (p->used && p->gen == gen) {
             p->local.status = 503;
             p->local_done = 1;
@@ -448,6 +445,12 @@ static void on_remote_done(void *arg, const struct th_route_result *res)
                      res->status == 200 ? res->confirmed : 0);
     if (rm->rn->nc && rm->reply[0])
         natsConnection_Publish(rm->rn->nc, rm->reply, body, n); /* lost reply: the asker says 503 */
+    if (rm->prev)
+        rm->prev->next = rm->next;
+    else
+        rm->rn->remotes = rm->next;
+    if (rm->next)
+        rm->next->prev = rm->prev;
     free(rm);
 }
 
@@ -474,6 +477,11 @@ static void on_request(struct th_route_nats *rn, natsMsg *m)
     if (!rm)
         return; /* the asker times out: 503 */
     rm->rn = rn;
+    rm->prev = NULL;
+    rm->next = rn->remotes;
+    if (rn->remotes)
+        rn->remotes->prev = rm;
+    rn->remotes = rm;
     snprintf(rm->reply, sizeof(rm->reply), "%s", reply);
     /* Seq and flags belong to the asking node's mailbox: not passed on (0). */
     int rc = rn->local->ops->deliver(rn->local, user, (size_t)ulen, d + MSG_HDR,
@@ -492,7 +500,7 @@ static void drain_queue(struct th_route_nats *rn)
     pthread_mutex_unlock(&rn->mu);
     while (e) {
         struct ev *next = e->next;
-        switch (e->kind) {
+        switch (rn->closing ? -1 : e->kind) {
         case EV_REQUEST:
             on_request(rn, e->msg);
             break;
@@ -598,9 +606,13 @@ static void nats_destroy(struct th_route *r)
     }
     if (rn->opts)
         natsOptions_Destroy(rn->opts);
-    nats_CloseAndWait(2000); /* every libnats thread gone: the queue is ours alone */
-    drain_queue(rn);         /* replies to other nodes are dropped with the connection */
-    rn->local->ops->destroy(rn->local);
+    nats_CloseAndWait(2000);            /* every libnats thread gone: the queue is ours alone */
+    drain_queue(rn);                    /* replies to other nodes are dropped with the connection */
+    rn->local->ops->destroy(rn->local); /* drops its deliveries without callbacks */
+    for (struct remote *rm = rn->remotes, *next; rm; rm = next) {
+        next = rm->next;
+        free(rm);
+    }
     if (rn->efd >= 0)
         close(rn->efd);
     pthread_mutex_destroy(&rn->mu);

@@ -7,6 +7,8 @@ Debian's python3-websockets as the client.
   (200, connections 1, nodes 1) and the client gets that very frame;
 - a user with a device on each node gets it on both: connections 2, nodes 2;
 - a user held nowhere answers 404 (--mailbox-ttl 0) as on one node;
+- ids that look like NATS wildcards or tokens ("x.>") reach only themselves:
+  "x.y", "x.*", ">" posted elsewhere answer 404;
 - nats-server stopped: a user held only on B, posted to A, gets 503 (never a
   false 404/200) while a user held on A still gets 200.
 Node B subscribes to a user's subject within its registry scan period after
@@ -132,6 +134,22 @@ class Cluster(unittest.TestCase):
         st, body = self.a.notify("nobody-anywhere", {"n": 3})
         self.assertEqual(st, 404, body)
         self.assertEqual(body["status"], "not_connected")
+
+    def test_3_subjects_hold_one_user_each(self):
+        """Ids that would be NATS wildcards or tokens name only themselves."""
+        async def go():
+            ws = await connect_user(self.b, "x.>")
+            try:
+                await wait_connected(self.b, "x.>", 1)
+                st, body = await notify_until(self.a, "x.>", 200, {"n": 8})
+                self.assertEqual((st, body["connections"], body["nodes"]), (200, 1, 1), body)
+                self.assertEqual((await frame_with_id(ws, body["id"]))["data"], {"n": 8})
+                for other in ("x.y", "x.*", "x", ">", "x. >"):
+                    st, body = await notify(self.a, other, {"n": 9})
+                    self.assertEqual(st, 404, (other, body))
+            finally:
+                await ws.close()
+        th.aio.run(go())
 
     def test_4_broker_down(self):
         async def go():
