@@ -10,7 +10,8 @@ Debian's python3-websockets as the client.
 - ids that look like NATS wildcards or tokens ("x.>") reach only themselves:
   "x.y", "x.*", ">" posted elsewhere answer 404;
 - nats-server stopped: a user held only on B, posted to A, gets 503 (never a
-  false 404/200) while a user held on A still gets 200.
+  false 404/200) while a user held on A still gets 200; nats-server started
+  again: cross-node delivery comes back without restarting tether.
 Node B subscribes to a user's subject within its registry scan period after
 the connect, so the first cross-node delivery is retried until it lands
 (bounded), never slept for.
@@ -172,6 +173,14 @@ class Cluster(unittest.TestCase):
                 self.assertEqual((await frame_with_id(wd, body["id"]))["data"], {"n": 6})
                 st, body = await notify(self.a, "nobody-anywhere", {"n": 7})
                 self.assertEqual(st, 503, body)  # may be elsewhere: never a false 404
+                # Broker back on the same port: libnats reconnects and restores B's
+                # subscriptions; cross-node delivery resumes without a restart.
+                self.__class__.nats = subprocess.Popen(
+                    [NATS, "-a", "127.0.0.1", "-p", str(self.nats_port)],
+                    stdout=self.nats_log, stderr=self.nats_log)
+                st, body = await notify_until(self.a, "erin", 200, {"n": 10}, timeout=15)
+                self.assertEqual((st, body["connections"], body["nodes"]), (200, 1, 1), body)
+                self.assertEqual((await frame_with_id(we, body["id"]))["data"], {"n": 10})
             finally:
                 await wd.close()
                 await we.close()
