@@ -165,7 +165,7 @@ static void submit(struct th_sweeper *s, unsigned w, struct th_handle h, struct 
 {
     if (w >= TH_MAX_WORKERS || s->silent[w])
         return release_here(s, h, st);
-    if (atomic_load_explicit(&s->reg->hdr->workers[w].hung_ns, memory_order_relaxed)) {
+    if (th_proc_hung(&s->reg->hdr->workers[w])) {
         th_warn("janitor: worker[%u] is declared hung: releasing its stale slots directly for the "
                 "rest of this sweep",
                 w);

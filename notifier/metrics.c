@@ -130,7 +130,7 @@ static int proc_entry(struct health *h, const struct th_proc_sh *p, const char *
 {
     int pid = (int)atomic_load_explicit(&p->pid, memory_order_relaxed);
     uint64_t hb = atomic_load_explicit(&p->heartbeat_ns, memory_order_relaxed);
-    int hung = pid > 0 && atomic_load_explicit(&p->hung_ns, memory_order_relaxed) != 0;
+    int hung = pid > 0 && th_proc_hung(p);
     uint64_t age = hb && h->now > hb ? h->now - hb : 0;
     int alive = pid > 0 && th_pid_alive(pid);
     th_buf_printf(h->b, "\"pid\":%d,\"alive\":%s,\"hung\":%s,\"heartbeat_age_s\":%.1f}", pid,

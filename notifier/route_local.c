@@ -425,7 +425,7 @@ static void leg_start(struct route_local *rl, uint32_t i, unsigned n)
 {
     unsigned w = rl->jobs[i].legs[n].worker;
     int ok = w < rl->reg->hdr->nworkers && w < TH_MAX_WORKERS &&
-             !atomic_load_explicit(&rl->reg->hdr->workers[w].hung_ns, memory_order_acquire);
+             !th_proc_hung(&rl->reg->hdr->workers[w]);
     struct chan *c = ok ? chan_get(rl, w) : NULL;
     if (!c || chan_push(rl, c, seq_make(rl->jobs[i].gen, i, n)) < 0) {
         leg_resolve(rl, i, n, -1);

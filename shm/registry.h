@@ -126,7 +126,9 @@
  *   hung_ns: written only by the supervisor: the wall-clock time it declared
  *   the process hung (stopped, or heartbeat older than --hung-after), 0
  *   while it is not; cleared when the process resumes or is reaped, before
- *   a replacement is forked. Read by the notifier before every handoff (a
+ *   a replacement is forked. Readers go through th_proc_hung(), which
+ *   also counts a heartbeat newer than hung_ns as live (resumed, not yet
+ *   taken back). Read by the notifier before every handoff (a
  *   hung worker's connections answer at once instead of waiting out the
  *   handoff timeout) and for /healthz, by the janitor (a hung worker is not
  *   asked to evict), by tether-dump. adopter (workers only): written only by
@@ -387,6 +389,17 @@ int th_reg_repair(struct th_reg *r);
 
 /* Is this pid alive (kill(pid, 0) succeeds or fails with EPERM)? */
 int th_pid_alive(pid_t pid);
+/*
+ * Declared hung by the supervisor (hung_ns) and silent since: a process that
+ * beat again after the declaration (SIGCONT) is treated as live at once, in
+ * the up-to-100 ms before the supervisor's next pass takes it back. Both
+ * stamps are th_now_ns().
+ */
+static inline int th_proc_hung(const struct th_proc_sh *p)
+{
+    uint64_t hung = atomic_load_explicit(&p->hung_ns, memory_order_acquire);
+    return hung && atomic_load_explicit(&p->heartbeat_ns, memory_order_relaxed) <= hung;
+}
 /* Start time of pid in clock ticks since boot (/proc/pid/stat field 22), 0 if unknown. */
 uint64_t th_proc_start_time(pid_t pid);
 /*
