@@ -6,55 +6,15 @@
 // plainly, with ws defaults except permessage-deflate off (tether has none).
 'use strict';
 const http = require('http');
-const crypto = require('crypto');
-const fs = require('fs');
 const { WebSocketServer } = require('ws');
+const { options, verify: verifyWith, rfc3339 } = require('../peer-common.cjs');
 
-function flag(name, def) {
-  const i = process.argv.indexOf(name);
-  return i > 0 ? process.argv[i + 1] : def;
-}
-function hostPort(s) {
-  const i = s.lastIndexOf(':');
-  return { host: s.slice(0, i), port: Number(s.slice(i + 1)) };
-}
-
-const listen = hostPort(flag('--listen', '127.0.0.1:8080'));
-const apiListen = hostPort(flag('--api-listen', '127.0.0.1:8081'));
-const secretFile = flag('--jwt-secret-file');
-if (!secretFile) {
-  console.error('server.js: --jwt-secret-file is required');
-  process.exit(2);
-}
-const secret = fs.readFileSync(secretFile, 'utf8').replace(/[\r\n]+$/, '');
+const { listen, apiListen, secret } = options('server.js');
+const verify = (token) => verifyWith(secret, token);
 
 const users = new Map();    // user id -> Set of sockets
 const lastSeen = new Map(); // user id -> ms of the last frame
 let nextId = 1;
-
-const b64url = (buf) => buf.toString('base64url');
-function verify(token) {
-  const parts = (token || '').split('.');
-  if (parts.length !== 3) return null;
-  try {
-    const hdr = JSON.parse(Buffer.from(parts[0], 'base64url'));
-    if (hdr.alg !== 'HS256') return null;
-    const want = crypto.createHmac('sha256', secret).update(parts[0] + '.' + parts[1]).digest();
-    const got = Buffer.from(parts[2], 'base64url');
-    if (got.length !== want.length || !crypto.timingSafeEqual(got, want)) return null;
-    const claims = JSON.parse(Buffer.from(parts[1], 'base64url'));
-    const now = Date.now() / 1000;
-    if (typeof claims.exp === 'number' && now >= claims.exp) return null;
-    if (typeof claims.nbf === 'number' && now < claims.nbf) return null;
-    const sub = claims.sub;
-    if (typeof sub !== 'string' || sub.length < 1 || Buffer.byteLength(sub) > 64 || /[\x00-\x1f\x7f]/.test(sub)) return null;
-    return sub;
-  } catch (e) {
-    return null;
-  }
-}
-
-const rfc3339 = (ms) => new Date(ms).toISOString().slice(0, 19) + 'Z';
 
 const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 65536 });
 const server = http.createServer((req, res) => {
