@@ -16,4 +16,12 @@
  */
 int th_notifier_main(const struct th_config *cfg, struct th_reg *reg, int api_fd);
 
+struct th_tls_ctx;
+/*
+ * --api-tls-cert/--api-tls-key: the pair the supervisor loaded (and checked)
+ * before the fork; the API then serves https:// (notifier/api_tls.h). Call
+ * before th_notifier_main; NULL or no call: plain http://.
+ */
+void th_notifier_use_tls(struct th_tls_ctx *ctx);
+
 #endif

@@ -16,6 +16,7 @@
  */
 #include "notifier/server.h"
 #include "notifier/api.h"
+#include "notifier/api_tls.h"
 #include "notifier/metrics.h"
 #include "notifier/apikey.h"
 #include "notifier/route.h"
@@ -92,6 +93,7 @@ struct conn {
     unsigned nresp;
     uint64_t last_active;
     struct conn *wake_next;
+    struct th_api_tls *tls; /* --api-tls-cert: every connection (notifier/api_tls.h) */
 };
 
 struct server {
@@ -147,24 +149,39 @@ static uint32_t conn_index(struct conn *c)
 
 static void conn_close(struct conn *c);
 
-static void submit_recv(struct conn *c)
+/*
+ * Where the next recv goes and how much it may take (0: not now). Plain:
+ * c->in, grown; with TLS the wrapper's ciphertext buffer (the plaintext
+ * lands in c->in), paused like a full buffer once c->in holds the limit.
+ */
+static size_t recv_room(struct conn *c, char **dst)
 {
+    if (c->tls)
+        return c->in_len >= RECV_MAX_BUF ? 0 : th_api_tls_rbuf(c->tls, dst);
     if (c->in_cap - c->in_len < RECV_MIN / 2 && c->in_cap < RECV_MAX_BUF) {
         size_t ncap = c->in_cap ? c->in_cap * 2 : RECV_MIN;
         char *p = realloc(c->in, ncap > RECV_MAX_BUF ? RECV_MAX_BUF : ncap);
         if (!p)
-            return; /* retried on the next wake; the idle sweep ends a stuck one */
+            return 0; /* retried on the next wake; the idle sweep ends a stuck one */
         c->in = p;
         c->in_cap = ncap > RECV_MAX_BUF ? RECV_MAX_BUF : ncap;
     }
-    if (c->in_cap == c->in_len)
+    *dst = c->in + c->in_len;
+    return c->in_cap - c->in_len;
+}
+
+static void submit_recv(struct conn *c)
+{
+    char *dst;
+    size_t room = recv_room(c, &dst);
+    if (!room)
         return;
     struct io_uring_sqe *sqe = th_uring_sqe(&S->ring);
     if (!sqe) { /* a ring that takes no request: end the connection rather than stall it */
         conn_close(c);
         return;
     }
-    io_uring_prep_recv(sqe, c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+    io_uring_prep_recv(sqe, c->fd, dst, room, 0);
     io_uring_sqe_set_data64(sqe, th_ud_make(TH_UD_RECV, conn_index(c), c->gen));
     c->recv_busy = 1;
 }
@@ -173,13 +190,18 @@ static void submit_send(struct conn *c)
 {
     if (c->send_busy || c->closing)
         return;
+    struct th_buf *out = &c->out; /* TLS: the records sealed from it */
+    if (c->tls && !(out = th_api_tls_wire(c->tls, &c->out))) {
+        conn_close(c);
+        return;
+    }
     if (c->sent == c->sending.len) {
-        if (c->out.len == 0)
+        if (out->len == 0)
             return;
         struct th_buf t = c->sending;
-        c->sending = c->out;
-        c->out = t;
-        c->out.len = 0;
+        c->sending = *out;
+        *out = t;
+        out->len = 0;
         c->sent = 0;
     }
     struct io_uring_sqe *sqe = th_uring_sqe(&S->ring);
@@ -221,6 +243,7 @@ static void conn_try_release(struct conn *c)
     free(c->in);
     th_buf_free(&c->out);
     th_buf_free(&c->sending);
+    th_api_tls_free(c->tls);
     uint32_t gen = c->gen + 1, idx = conn_index(c);
     int woken = c->woken;
     struct conn *wake_next = c->wake_next;
@@ -738,6 +761,10 @@ static void handle_request(struct conn *c, const struct th_api_req *req)
         conn_close(c);
         return;
     }
+    if (!req->status && c->tls && th_api_tls_refuses(c->tls, req->route)) {
+        resp_error(r, 403, "TLS required: use https://");
+        return;
+    }
     if (!req->status && !authorized(r, req))
         return;
     if (req->status) {
@@ -871,6 +898,11 @@ static void conn_maybe_finish(struct conn *c)
         conn_close(c);
         return;
     }
+    if (c->tls && th_api_tls_close(c->tls)) { /* our close_notify goes before the FIN */
+        submit_send(c);
+        if (c->send_busy)
+            return; /* on_send comes back here */
+    }
     shutdown(c->fd, SHUT_WR);
     c->linger_until = th_mono_ns() + LINGER_NS;
     c->in_len = 0;
@@ -898,8 +930,19 @@ static void on_recv(struct conn *c, int res)
         conn_maybe_finish(c);
         return;
     }
-    c->in_len += (size_t)res;
     c->last_active = th_mono_ns();
+    if (!c->tls) {
+        c->in_len += (size_t)res;
+    } else {
+        int t = th_api_tls_input(c->tls, (size_t)res, &c->in, &c->in_len, &c->in_cap, RECV_MAX_BUF);
+        if (t == TH_API_TLS_FATAL) { /* send the alert (if any), then close */
+            c->stop_read = 1;
+            submit_send(c);
+            conn_maybe_finish(c);
+            return;
+        }
+        c->eof = t == TH_API_TLS_EOF;
+    }
     conn_parse(c);
     conn_maybe_finish(c);
 }
@@ -952,11 +995,13 @@ static void on_accept(int res, unsigned flags)
             th_warn("[Notifier] accept: %s", strerror(-res));
         return;
     }
-    if (S->free_head == NO_CONN) {
+    struct th_api_tls *tls = NULL;
+    if (S->free_head == NO_CONN || (th_api_tls_on() && !(tls = th_api_tls_new(th_mono_ns())))) {
         close(res); /* over TH_API_MAX_CONNS: refuse rather than grow */
         return;
     }
     struct conn *c = &S->conns[S->free_head];
+    c->tls = tls;
     S->free_head = c->next_free;
     S->nconns++;
     c->in_use = 1;
@@ -1045,6 +1090,8 @@ static void tick(uint64_t now)
         else if (c->in_use && !c->closing && !c->rhead && !c->send_busy &&
                  now - c->last_active > (uint64_t)TH_API_IDLE_S * TH_NS_PER_S)
             conn_close(c);
+        else if (c->in_use && !c->closing && c->tls && th_api_tls_tick(c->tls, now) < 0)
+            conn_close(c); /* TLS handshake overdue */
     }
 }
 
@@ -1066,6 +1113,7 @@ static void loop(void)
             th_sig_hup = 0;
             th_log_reopen();
             reload_keys();
+            th_api_tls_reload(S->cfg);
         }
         run_wakes();
         S->route->ops->flush(S->route);
@@ -1103,6 +1151,7 @@ static void server_free(void)
         free(c->in);
         th_buf_free(&c->out);
         th_buf_free(&c->sending);
+        th_api_tls_free(c->tls);
     }
     th_buf_free(&S->frame);
     free(S->stored_frame);

@@ -83,6 +83,10 @@ static const struct flag flags[] = {
     {"tls-key", F_PATH, OFF(tls_key), 0, 0, "FILE  PEM private key of --tls-cert"},
     {"tls-only", F_BOOL, OFF(tls_only), 0, 0,
      "refuse plain ws:// upgrades (no value; TETHER_TLS_ONLY=1)"},
+    {"api-tls-cert", F_PATH, OFF(api_tls_cert), 0, 0,
+     "FILE  PEM certificate chain: serve the backend API as https:// on --api-listen;\n"
+     "                             SIGHUP reloads"},
+    {"api-tls-key", F_PATH, OFF(api_tls_key), 0, 0, "FILE  PEM private key of --api-tls-cert"},
     /* Security flags (README "Security"). */
     {"api-key-file", F_PATH, OFF(api_key_file), 0, 0,
      "PATH  backend API keys, one a line; /v1/... then needs Authorization: Bearer KEY;\n"
@@ -396,6 +400,12 @@ static int check(struct th_config *c, char *err, size_t errlen)
     if (!c->tls_cert[0] != !c->tls_key[0]) {
         snprintf(err, errlen, "%s needs %s too", c->tls_cert[0] ? "--tls-cert" : "--tls-key",
                  c->tls_cert[0] ? "--tls-key" : "--tls-cert");
+        return -EINVAL;
+    }
+    if (!c->api_tls_cert[0] != !c->api_tls_key[0]) {
+        snprintf(err, errlen, "%s needs %s too",
+                 c->api_tls_cert[0] ? "--api-tls-cert" : "--api-tls-key",
+                 c->api_tls_cert[0] ? "--api-tls-key" : "--api-tls-cert");
         return -EINVAL;
     }
     if (c->tls_only && !c->tls_cert[0]) {

@@ -55,7 +55,9 @@ struct th_config {
     char log_file[TH_PATH_MAX];
     char tls_cert[TH_PATH_MAX]; /* wss:// on --listen when both are set */
     char tls_key[TH_PATH_MAX];
-    uint32_t tls_only; /* refuse plain upgrades */
+    uint32_t tls_only;              /* refuse plain upgrades */
+    char api_tls_cert[TH_PATH_MAX]; /* https:// on --api-listen when both are set */
+    char api_tls_key[TH_PATH_MAX];
     /* Security (issue 18): who may call the API, which tokens count, which
      * pages may connect, how fast one client may send. */
     char api_key_file[TH_PATH_MAX];    /* backend API keys, one a line; "" = none (loopback only) */

@@ -68,11 +68,14 @@ class Group:
 
     def __init__(self, workers=2, slots=1024, extra_args=(), env=None, secret="test-secret-0123456789",
                  shm_name=None, keep_mailbox=False, bin_dir=None, port_fn=None, log_level="debug",
-                 prefix=(), secret_file=None):
+                 prefix=(), secret_file=None, api_ssl=None):
         """bin_dir (default BIN), port_fn (default free_port), log_level,
         prefix (a command to run tether under, e.g. taskset) and secret_file
         (an existing secret instead of writing `secret`) are for tools/bench,
-        which starts its groups through this class too."""
+        which starts its groups through this class too. api_ssl: an
+        ssl.SSLContext for a group started with --api-tls-cert (api() then
+        speaks https://, api_url says so)."""
+        self.api_ssl = api_ssl
         self.tmp = tempfile.mkdtemp(prefix="tether-it-")
         self.bin_dir = bin_dir or BIN
         port_fn = port_fn or free_port
@@ -193,9 +196,21 @@ class Group:
             token = self.token(user)
         return url + ("?token=" + token if token else "")
 
+    @property
+    def api_url(self):
+        """The API's base URL (https:// with api_ssl), e.g. for tether-load --api."""
+        return "%s://127.0.0.1:%d" % ("https" if self.api_ssl else "http", self.api_port)
+
+    def api_connection(self, timeout=10):
+        """A keep-alive http.client connection to the API (HTTPS with api_ssl)."""
+        if self.api_ssl:
+            return http.client.HTTPSConnection("127.0.0.1", self.api_port, timeout=timeout,
+                                               context=self.api_ssl)
+        return http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=timeout)
+
     def api(self, method, path, body=None, headers=None, timeout=10):
         """One request on a fresh connection. Returns (status, parsed JSON or text)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=timeout)
+        conn = self.api_connection(timeout)
         try:
             data = body
             hdrs = dict(headers or {})

@@ -5,6 +5,7 @@ trust that CA, and a Group started with --tls-cert/--tls-key.
 
     pki = tls.Pki()                     # in a temporary directory
     g = tls.group(pki, workers=2)       # a harness Group serving wss://
+    a = tls.api_group(pki)              # ... whose backend API is https://
     url = tls.wss_url(g, "alice")       # wss://127.0.0.1:PORT/ws?token=...
     ctx = pki.client_context()          # for websockets.connect(url, ssl=ctx)
 """
@@ -72,6 +73,14 @@ def group(pki, workers=2, slots=1024, extra_args=(), cert=None, key=None, **kw):
     """A Group (not started) serving wss:// with pki's pair (or cert/key given)."""
     args = ["--tls-cert", cert or pki.cert, "--tls-key", key or pki.key] + list(extra_args)
     return Group(workers=workers, slots=slots, extra_args=args, **kw)
+
+
+def api_group(pki, workers=1, slots=1024, extra_args=(), cert=None, key=None, **kw):
+    """A Group (not started) whose backend API is https:// (--api-tls-cert) with
+    pki's pair (or cert/key given); its api() trusts pki's CA."""
+    args = ["--api-tls-cert", cert or pki.cert, "--api-tls-key", key or pki.key] + list(extra_args)
+    return Group(workers=workers, slots=slots, extra_args=args, api_ssl=pki.client_context(alpn=None),
+                 **kw)
 
 
 def wss_url(g, user=None, token=None):

@@ -76,10 +76,12 @@ struct sup {
     struct th_child kids[TH_MAX_WORKERS + 2];
     int nkids;
     int draining;
-    uint64_t drain_deadline;        /* monotonic ns */
-    int bad_exits;                  /* children that ended abnormally during the drain */
-    struct th_tls_tickets *tickets; /* made before the first fork: shared by every worker */
-    struct th_tls_ctx *tls;         /* the pair a (re)started worker begins with */
+    uint64_t drain_deadline;            /* monotonic ns */
+    int bad_exits;                      /* children that ended abnormally during the drain */
+    struct th_tls_tickets *tickets;     /* made before the first fork: shared by every worker */
+    struct th_tls_ctx *tls;             /* the pair a (re)started worker begins with */
+    struct th_tls_tickets *api_tickets; /* the API's own: a client's ticket never opens it */
+    struct th_tls_ctx *api_tls;         /* the pair a (re)started notifier begins with */
 };
 
 /* One supervisor per process; the child entry points reach it from here. */
@@ -205,6 +207,7 @@ static int janitor_entry(void *arg)
 static int notifier_entry(void *arg)
 {
     (void)arg;
+    th_notifier_use_tls(S.api_tls);
     return th_notifier_main(S.cfg, &S.reg, S.api_fd);
 }
 
@@ -636,7 +639,15 @@ static void log_startup(const struct th_config *cfg)
     } else {
         th_info("listening for clients on ws://%s:%u/ws", cfg->listen_host, cfg->listen_port);
     }
-    th_info("backend API on http://%s:%u", cfg->api_host, cfg->api_port);
+    if (S.api_tls) {
+        char desc[256];
+        th_tls_ctx_describe(S.api_tls, desc, sizeof(desc));
+        th_info("backend API on https://%s:%u (certificate %s; plain http:// only for /healthz "
+                "and /metrics)",
+                cfg->api_host, cfg->api_port, desc);
+    } else {
+        th_info("backend API on http://%s:%u", cfg->api_host, cfg->api_port);
+    }
     th_info("runtime directory %s", S.rundir);
 }
 
@@ -647,37 +658,53 @@ static void log_startup(const struct th_config *cfg)
  * once, so every worker (and every restarted one) resumes every other's
  * sessions.
  */
-static int load_tls(const struct th_config *cfg)
+static int load_pair(const char *flags, const char *cert, const char *key,
+                     struct th_tls_tickets **tk, struct th_tls_ctx **ctx)
 {
     char err[512];
-    if (!cfg->tls_cert[0])
+    if (!cert[0])
         return 0;
-    if (!(S.tickets = th_tls_tickets_new(0))) {
+    if (!(*tk = th_tls_tickets_new(0))) {
         startup_error(
             "TLS: cannot make the session-ticket secret (out of memory or no randomness)");
         return -1;
     }
-    if (!(S.tls = th_tls_ctx_new(cfg->tls_cert, cfg->tls_key, S.tickets, err, sizeof(err)))) {
-        startup_error("--tls-cert/--tls-key: %s", err);
+    if (!(*ctx = th_tls_ctx_new(cert, key, *tk, err, sizeof(err)))) {
+        startup_error("%s: %s", flags, err);
         return -1;
     }
     return 0;
 }
 
-/* SIGHUP: the pair a restarted worker starts with; the workers reload their own. */
-static void reload_tls(void)
+/* The client listener's pair and, separately (its own ticket secret), the API's. */
+static int load_tls(const struct th_config *cfg)
+{
+    if (load_pair("--tls-cert/--tls-key", cfg->tls_cert, cfg->tls_key, &S.tickets, &S.tls) < 0)
+        return -1;
+    return load_pair("--api-tls-cert/--api-tls-key", cfg->api_tls_cert, cfg->api_tls_key,
+                     &S.api_tickets, &S.api_tls);
+}
+
+static void reload_pair(const char *what, const char *cert, const char *key,
+                        struct th_tls_tickets *tk, struct th_tls_ctx **ctx)
 {
     char err[512];
-    if (!S.tls)
+    if (!*ctx)
         return;
-    struct th_tls_ctx *n =
-        th_tls_ctx_new(S.cfg->tls_cert, S.cfg->tls_key, S.tickets, err, sizeof(err));
+    struct th_tls_ctx *n = th_tls_ctx_new(cert, key, tk, err, sizeof(err));
     if (!n) {
-        th_error("TLS reload failed, keeping the current certificate: %s", err);
+        th_error("%s reload failed, keeping the current certificate: %s", what, err);
         return;
     }
-    th_tls_ctx_free(S.tls);
-    S.tls = n;
+    th_tls_ctx_free(*ctx);
+    *ctx = n;
+}
+
+/* SIGHUP: the pairs a restarted worker or notifier starts with; the children reload their own. */
+static void reload_tls(void)
+{
+    reload_pair("TLS", S.cfg->tls_cert, S.cfg->tls_key, S.tickets, &S.tls);
+    reload_pair("API TLS", S.cfg->api_tls_cert, S.cfg->api_tls_key, S.api_tickets, &S.api_tls);
 }
 
 /* Sleep until a signal (SIGCHLD: a death or a stop), the next beat, or the earliest restart. */
