@@ -2,7 +2,9 @@
 flag; a second group on a live group's --shm-name exits 1 and leaves the
 first group untouched; a port in use exits 1 and leaves no segment; when the
 supervisor is SIGKILLed its children exit too, and the segment it left is
-taken over by the next start."""
+taken over by the next start. A start whose --slots/--workers need more
+than the kernel allows (here an open-file limit lowered with prlimit) logs
+a warning naming the setting and the value to set, and still serves."""
 import json
 import os
 import signal
@@ -26,6 +28,20 @@ def run_once(group, extra, timeout=20):
 
 
 class Startup(unittest.TestCase):
+    def test_kernel_settings_too_low_for_the_scale_are_named(self):
+        lowered = ["prlimit", "--nofile=1024:1024"]
+        with th.Group(workers=1, slots=4096, prefix=lowered) as g:
+            needle = "sizing: open-file limit (RLIMIT_NOFILE, ulimit -n) is 1024"
+            self.assertTrue(g.wait_log(needle), g.log())
+            line = next(l for l in g.log().splitlines() if needle in l)
+            self.assertIn("WARN", line.upper())
+            self.assertIn("to 4196", line)  # 4,096 connections + the worker's own 100
+            status, _ = g.api("GET", "/healthz")
+            self.assertEqual(status, 200)
+        with th.Group(workers=2, slots=1024, prefix=lowered) as g:
+            self.assertTrue(g.wait_log("backend API on"), g.log())
+            self.assertNotIn("open-file limit", g.log())  # 512 a worker fit in 1,024
+
     def test_bad_flags_exit_2(self):
         g = th.Group(workers=1)
         cases = [(["--workers", "0"], "--workers"),

@@ -3,14 +3,21 @@
 A short run (200 clients, pings every second, notifications flowing) must
 report every client connected and every notification delivered, in one JSON
 object on stdout, with exit status 0. Against a port nobody listens on it
-must fail with a non-zero status; bad flags exit 2. Speed is not asserted
+must fail with a non-zero status; bad flags exit 2. Behind a proxy that
+resets some API connections before they carry anything and closes others
+after a few answers, tether-load must still lose nothing itself: each
+request that never reached the notifier is sent again on a new connection. Speed is not asserted
 here: tools/bench measures it.
 """
 import json
 import os
+import select
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
@@ -24,7 +31,92 @@ def run_load(args, timeout=60):
     return subprocess.run([LOAD] + args, capture_output=True, text=True, timeout=timeout)
 
 
+class FlakyApiProxy:
+    """A TCP proxy to the notifier's API that misbehaves as networks and idle
+    timers do: every 4th connection is reset as soon as it is accepted
+    (before a byte is read), every other one is closed right after it
+    forwarded its 3rd answer (the next request on it meets a closed socket).
+    Nothing it has read from a client is ever dropped unanswered, so a
+    client that re-sends exactly the requests that got no answer loses
+    nothing and duplicates nothing."""
+
+    def __init__(self, upstream_port):
+        self.upstream = upstream_port
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(64)
+        self.port = self.lsock.getsockname()[1]
+        self.accepted = self.resets = self.closes = 0
+        self.stop = False
+        threading.Thread(target=self.accept_loop, daemon=True).start()
+
+    def accept_loop(self):
+        while not self.stop:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.accepted % 4 == 1:
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.close()
+                self.resets += 1
+                continue
+            threading.Thread(target=self.pipe, args=(c,), daemon=True).start()
+
+    def pipe(self, c):
+        u = socket.create_connection(("127.0.0.1", self.upstream))
+        answers = 0
+        try:
+            while answers < 3:
+                r, _, _ = select.select([c, u], [], [], 30)
+                if not r:
+                    break
+                if c in r:
+                    b = c.recv(65536)
+                    if not b:
+                        break
+                    u.sendall(b)
+                if u in r:
+                    b = u.recv(65536)
+                    if not b:
+                        break
+                    answers += b.count(b"HTTP/1.")
+                    c.sendall(b)
+            self.closes += answers >= 3
+        finally:
+            c.close()
+            u.close()
+
+    def close(self):
+        self.stop = True
+        self.lsock.close()
+
+
 class TetherLoadTest(unittest.TestCase):
+    def test_api_connection_failures_are_retried(self):
+        with th.Group(workers=2, slots=1024) as g:
+            proxy = FlakyApiProxy(g.api_port)
+            try:
+                p = run_load(["--url", g.ws_url(), "--api", "http://127.0.0.1:%d" % proxy.port,
+                              "--secret-file", g.secret_file, "--connections", "100",
+                              "--ping-interval", "5", "--duration", "3", "--notify-rate", "40",
+                              "--procs", "1", "--api-conns", "2"])
+            finally:
+                proxy.close()
+            s = json.loads(p.stdout.strip().splitlines()[-1])
+            self.assertGreater(proxy.resets, 0)
+            self.assertGreater(proxy.closes, 0)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            self.assertGreater(s["api_retries"], 0, s)
+            self.assertEqual(s["api_failed"], 0, s)
+            self.assertEqual(s["lost"], 0, s)
+            self.assertEqual(s["dup"], 0, s)
+            self.assertGreater(s["notifications_sent"], 40)
+            self.assertEqual(s["notify_status"]["2xx"], s["notifications_sent"], s)
+            self.assertEqual(s["notifications_received"], s["notifications_sent"], s)
+
     def test_run_against_tether(self):
         with th.Group(workers=2, slots=1024) as g:
             p = run_load(["--url", g.ws_url(), "--api", "http://127.0.0.1:%d" % g.api_port,

@@ -96,23 +96,80 @@ struct conn {
 
 enum astate { AS_DOWN, AS_CONNECTING, AS_IDLE, AS_BUSY };
 
+#define API_MAX_ATTEMPTS 8 /* a request that never reached the server: sent again this often */
+#define API_RETRY_NS 100000000ull     /* first retry after 0.1 s, doubling up to 3.2 s */
+#define API_RECONNECT_NS 100000000ull /* a failed connection is reopened after 0.1 s */
+/* The notifier closes keep-alive connections idle for 60 s (TH_API_IDLE_S): replace ours sooner. */
+#define API_IDLE_NS (20ull * 1000000000ull)
+
 struct api_conn {
     int fd;
     int state;
     int req_len;
     int resp_len;
-    int served;   /* responses on this connection: it was reused */
-    int retrying; /* the request is being re-sent on a new connection */
-    uint64_t down_ns;
-    uint64_t n;   /* --resume: notification number of the request in req */
-    int attempts; /* times it was sent */
-    int pending;  /* req must be (re)sent: no answer came, or 503 */
+    uint64_t down_ns; /* when it failed (0: reopen at once) */
+    uint64_t last_ns; /* last answer (or connect): idle since */
+    uint64_t n;       /* notification number of the request in req */
+    int attempts;     /* times it was sent */
+    int tries;        /* connection failures while it was owed */
+    int pending;      /* req must be (re)sent: no answer came, or 503 (--resume) */
     uint64_t retry_ns;
     char req[640];
     char resp[2048];
 };
 
 enum phase { PH_CONNECT, PH_RUN, PH_DRAIN, PH_DONE };
+
+/*
+ * Without --resume, every notification n of this process: sent, answered
+ * 200 (delivered), received (a second arrival is a duplicate). lost = 200
+ * and never received; unsettled counts those still awaited.
+ */
+enum { NT_SENT = 1, NT_DELIVERED = 2, NT_RECEIVED = 4 };
+struct notes {
+    uint8_t *st;
+    size_t cap;
+    uint64_t unsettled, dup;
+};
+
+static int notes_sent(struct notes *t, uint64_t n)
+{
+    if (n >= t->cap) {
+        size_t nc = t->cap ? t->cap * 2 : 65536;
+        while (nc <= n)
+            nc *= 2;
+        uint8_t *p = realloc(t->st, nc);
+        if (!p)
+            return -ENOMEM;
+        memset(p + t->cap, 0, nc - t->cap);
+        t->st = p;
+        t->cap = nc;
+    }
+    t->st[n] = NT_SENT;
+    return 0;
+}
+
+static void notes_delivered(struct notes *t, uint64_t n)
+{
+    if (n >= t->cap || (t->st[n] & NT_DELIVERED))
+        return;
+    t->st[n] |= NT_DELIVERED;
+    t->unsettled += !(t->st[n] & NT_RECEIVED);
+}
+
+/* Returns 0 for a notification of ours seen for the first time, -1 otherwise. */
+static int notes_received(struct notes *t, uint64_t n)
+{
+    if (n >= t->cap || !(t->st[n] & NT_SENT))
+        return -1;
+    if (t->st[n] & NT_RECEIVED) {
+        t->dup++;
+        return -1;
+    }
+    t->st[n] |= NT_RECEIVED;
+    t->unsettled -= !!(t->st[n] & NT_DELIVERED);
+    return 0;
+}
 
 struct child {
     const struct load_opts *o;
@@ -133,8 +190,9 @@ struct child {
     double notify_rate;
     int hs_errors_shown;
     struct load_counts c;
-    struct trk trk;  /* --resume bookkeeping */
-    uint64_t next_n; /* notifications numbered so far */
+    struct trk trk;     /* --resume bookkeeping */
+    struct notes notes; /* the same without --resume */
+    uint64_t next_n;    /* notifications numbered so far */
     uint64_t reconnect_scan_ns, drop_sched, lost_check_ns;
     struct lhist rtt, delivery;
     unsigned char ping_frame[21];
@@ -424,6 +482,11 @@ static void on_text(struct child *ch, long i, const char *p, size_t n)
         }
     } else if (t) {
         uint64_t sent = strtoull(t + 7, NULL, 10);
+        const char *ln = memmem(p, n, "\"load_n\":", 9);
+        if (!ln || notes_received(&ch->notes, strtoull(ln + 9, NULL, 10)) < 0) {
+            ch->c.other_messages++; /* a duplicate, or not one of ours */
+            return;
+        }
         ch->c.notifications_received++;
         lh_record(&ch->delivery, now > sent ? now - sent : 0);
     } else if (memmem(p, n, "\"pong\"", 6)) {
@@ -593,17 +656,27 @@ static void on_recv(struct child *ch, long i, struct io_uring_cqe *cqe)
     conn_kill(ch, c, c->state == CS_OPEN); /* EOF or error */
 }
 
-/* ---- backend API ----------------------------------------------------- */
+/* ---- backend API -----------------------------------------------------
+ * A few keep-alive connections per process, each with one request at a
+ * time. tether-load must lose nothing itself, so the API connections are
+ * opened when the load starts (not before a long connect phase, during
+ * which the notifier would close them idle after 60 s), a connection idle
+ * for API_IDLE_NS is replaced before it is used, and a request that failed
+ * on the connection before any byte of an answer came back (refused, reset,
+ * closed by the server) is sent again on a new connection, a little later
+ * each time, up to API_MAX_ATTEMPTS: counted as api_retries, and as
+ * api_failed only when it never got an answer. tether's own answers (404,
+ * 503) are counted apart from these.
+ */
+
+static void api_down(struct child *ch, int k);
 
 static void api_connect(struct child *ch, int k)
 {
     struct api_conn *a = &ch->api[k];
     a->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (a->fd < 0) {
-        ch->c.notify_io_errors += a->retrying;
-        a->state = AS_DOWN;
-        a->retrying = 0;
-        a->down_ns = load_mono_ns();
+        api_down(ch, k);
         return;
     }
     int one = 1;
@@ -614,7 +687,7 @@ static void api_connect(struct child *ch, int k)
     io_uring_sqe_set_data64(sqe, ud_pack(OP_API_CONNECT, (uint32_t)k));
 }
 
-/* --resume: a request that got no answer (or 503) is sent again, same id, a little later. */
+/* --resume: a 503 is sent again with the same id, a little later. */
 static void api_retry_later(struct child *ch, struct api_conn *a, uint64_t delay_ns)
 {
     if (!ch->o->resume || a->attempts >= RESUME_MAX_ATTEMPTS)
@@ -623,19 +696,51 @@ static void api_retry_later(struct child *ch, struct api_conn *a, uint64_t delay
     a->retry_ns = load_mono_ns() + delay_ns;
 }
 
+/*
+ * The connection failed (connect, send or receive). A request on it that
+ * had no answer yet is owed again: certainly safe when no byte of the
+ * answer came (the server did not act on it, or closed an idle connection
+ * as this request left), and always with --resume (the id makes it
+ * idempotent). Otherwise it is given up.
+ */
 static void api_down(struct child *ch, int k)
 {
     struct api_conn *a = &ch->api[k];
-    if (a->state == AS_BUSY || a->retrying) {
-        ch->c.notify_io_errors++;
-        api_retry_later(ch, a, 100000000ull);
+    uint64_t now = load_mono_ns();
+    if (a->state == AS_BUSY || a->pending) {
+        int limit = ch->o->resume ? RESUME_MAX_ATTEMPTS : API_MAX_ATTEMPTS;
+        if ((a->resp_len == 0 || ch->o->resume) && a->tries < limit) {
+            a->pending = 1;
+            a->retry_ns = now + (API_RETRY_NS << (a->tries < 5 ? a->tries : 5));
+            ch->c.api_retries++;
+            a->tries++;
+        } else {
+            a->pending = 0;
+            ch->c.api_failed++;
+        }
     }
     if (a->fd >= 0)
         close(a->fd);
     a->fd = -1;
     a->state = AS_DOWN;
-    a->served = a->retrying = 0;
-    a->down_ns = load_mono_ns();
+    a->resp_len = 0;
+    a->down_ns = now;
+}
+
+/* A keep-alive connection unused this long is replaced before its next request. */
+static void api_refresh_idle(struct child *ch, int k, uint64_t now)
+{
+    struct api_conn *a = &ch->api[k];
+    if (a->state == AS_IDLE && now - a->last_ns > API_IDLE_NS) {
+        close(a->fd);
+        a->fd = -1;
+        a->state = AS_DOWN;
+        a->down_ns = 0; /* not a failure: reconnect at once */
+        ch->c.api_reconnects++;
+    }
+    if (a->state == AS_DOWN && now - a->down_ns > API_RECONNECT_NS &&
+        (!a->pending || now >= a->retry_ns))
+        api_connect(ch, k);
 }
 
 static void api_recv(struct child *ch, int k)
@@ -673,20 +778,23 @@ static int api_send_notify(struct child *ch, int k)
     char user[96], body[320];
     user_name(ch, ch->first + i, user, sizeof user);
     int bl;
+    a->n = ch->next_n++;
+    a->attempts = 0;
+    a->tries = 0;
+    a->pending = 0;
     if (ch->o->resume) { /* numbered ids: lost and duplicates are counted per notification */
-        a->n = ch->next_n++;
-        a->attempts = 0;
-        a->pending = 0;
         bl = snprintf(body, sizeof body,
                       "{\"user_id\":\"%s\",\"type\":\"load.test\",\"id\":\"%s%llu\","
                       "\"data\":{\"t_ns\":%llu}}",
                       user, ch->trk.idpfx, (unsigned long long)a->n,
                       (unsigned long long)load_mono_ns());
-    } else {
+    } else { /* no id (the server's idempotency lookup is not what is measured): load_n instead */
         bl = snprintf(
             body, sizeof body,
-            "{\"user_id\":\"%s\",\"type\":\"load.test\",\"data\":{\"t_ns\":%llu,\"seq\":%llu}}",
-            user, (unsigned long long)load_mono_ns(), (unsigned long long)ch->notify_sched);
+            "{\"user_id\":\"%s\",\"type\":\"load.test\",\"data\":{\"t_ns\":%llu,\"load_n\":%llu}}",
+            user, (unsigned long long)load_mono_ns(), (unsigned long long)a->n);
+        if (notes_sent(&ch->notes, a->n) < 0)
+            return -1;
     }
     a->req_len =
         snprintf(a->req, sizeof a->req,
@@ -731,6 +839,8 @@ static int api_response(struct child *ch, struct api_conn *a)
         ch->c.notify_503++;
     else
         ch->c.notify_other++;
+    if (!ch->o->resume && status == 200)
+        notes_delivered(&ch->notes, a->n);
     if (ch->o->resume && (status == 200 || status == 202)) {
         ch->c.notify_accepted++;
         trk_accepted(&ch->trk, a->n);
@@ -744,23 +854,18 @@ static void on_api(struct child *ch, enum op op, int k, int res)
 {
     struct api_conn *a = &ch->api[k];
     if (op == OP_API_CONNECT) {
-        if (res < 0)
+        if (res < 0) {
             api_down(ch, k);
-        else if (a->retrying)
-            api_send_req(ch, k);
-        else
-            a->state = AS_IDLE;
-    } else if (op == OP_API_RECV) {
-        /* A send error needs no handling of its own: the recv fails too. */
-        if (res <= 0 && a->state == AS_BUSY && a->resp_len == 0 && a->served && !a->retrying) {
-            /* The server closed a reused keep-alive connection (idle timeout)
-             * before reading this request: re-send it once, as HTTP clients do. */
-            close(a->fd);
-            a->fd = -1;
-            a->retrying = 1;
-            api_connect(ch, k);
             return;
         }
+        a->state = AS_IDLE;
+        a->last_ns = load_mono_ns();
+        if (a->pending && a->last_ns >= a->retry_ns) {
+            ch->c.notify_retries += ch->o->resume;
+            api_send_req(ch, k);
+        }
+    } else if (op == OP_API_RECV) {
+        /* A send error needs no handling of its own: the recv fails too. */
         if (res <= 0 || a->state != AS_BUSY) {
             api_down(ch, k);
             return;
@@ -768,15 +873,14 @@ static void on_api(struct child *ch, enum op op, int k, int res)
         a->resp_len += res;
         if (api_response(ch, a)) {
             a->state = AS_IDLE;
-            a->served++;
-            a->retrying = 0;
+            a->last_ns = load_mono_ns();
+            a->tries = 0;
         } else if (a->resp_len >= (int)sizeof a->resp - 1)
             api_down(ch, k);
         else
             api_recv(ch, k);
     }
 }
-
 /* ---- dispatch and pacing --------------------------------------------- */
 
 /* ---- wss:// -----------------------------------------------------------
@@ -1015,17 +1119,16 @@ static void pace_pings(struct child *ch, uint64_t now)
     }
 }
 
-/* --resume: re-send requests that got no answer or 503 (also while draining). */
+/* Re-send requests that got no answer (--resume: or 503), also while draining. */
 static void pace_retries(struct child *ch, uint64_t now)
 {
     for (int k = 0; k < ch->o->api_conns; k++) {
         struct api_conn *a = &ch->api[k];
         if (!a->pending || now < a->retry_ns)
             continue;
-        if (a->state == AS_DOWN && now - a->down_ns > 100000000ull)
-            api_connect(ch, k);
+        api_refresh_idle(ch, k, now);
         if (a->state == AS_IDLE) {
-            ch->c.notify_retries++;
+            ch->c.notify_retries += ch->o->resume;
             api_send_req(ch, k);
         }
     }
@@ -1083,9 +1186,10 @@ static void pace_notifies(struct child *ch, uint64_t now)
     for (int j = 0; j < ch->o->api_conns && ch->notify_sched < due; j++) {
         int k = (int)(ch->api_rr++ % (unsigned)ch->o->api_conns);
         struct api_conn *a = &ch->api[k];
-        if (a->state == AS_DOWN && now - a->down_ns > 100000000ull)
-            api_connect(ch, k);
-        if (a->state != AS_IDLE || a->pending)
+        if (a->pending)
+            continue;
+        api_refresh_idle(ch, k, now);
+        if (a->state != AS_IDLE)
             continue;
         if (api_send_notify(ch, k) < 0)
             break;
@@ -1102,7 +1206,7 @@ static int settled(struct child *ch, uint64_t now)
         if (ch->api[k].state == AS_BUSY || ch->api[k].pending)
             return 0;
     if (!ch->o->resume)
-        return ch->c.notifications_received >= ch->c.notifications_sent;
+        return ch->notes.unsettled == 0;
     if (now - ch->lost_check_ns < 100000000ull) /* a scan over every notification: 10 a second */
         return 0;
     ch->lost_check_ns = now;
@@ -1119,6 +1223,9 @@ static void report(struct child *ch, uint32_t type)
         ch->c.bad_frames = t->bad_frames;
         if (type == LR_FINAL)
             ch->c.lost_resume = trk_lost(&ch->trk, ch->next_n);
+    } else {
+        ch->c.lost_notes = ch->notes.unsettled;
+        ch->c.dup = ch->notes.dup;
     }
     struct load_rec r = {.type = type, .child = (uint32_t)ch->id, .c = ch->c};
     if (write(ch->report_fd, &r, sizeof r) != (ssize_t)sizeof r)
@@ -1139,10 +1246,10 @@ static void step(struct child *ch, uint64_t now)
     }
     if (ch->phase == PH_CONNECT)
         pace_connects(ch, now);
-    if (ch->o->resume && (ch->phase == PH_RUN || ch->phase == PH_DRAIN)) {
+    if (ch->o->resume && (ch->phase == PH_RUN || ch->phase == PH_DRAIN))
         pace_reconnects(ch, now);
+    if (ch->phase == PH_RUN || ch->phase == PH_DRAIN)
         pace_retries(ch, now);
-    }
     if (ch->phase == PH_RUN) {
         pace_pings(ch, now);
         pace_notifies(ch, now);
@@ -1182,10 +1289,8 @@ static int child_setup(struct child *ch)
     ch->rng = 0x9e3779b97f4a7c15ull ^ ((uint64_t)getpid() << 20) ^ (uint64_t)ch->id;
     ch->t0 = load_mono_ns();
     ch->c.target = (uint64_t)ch->count;
-    for (int k = 0; k < (ch->notify_rate > 0 ? ch->o->api_conns : 0); k++)
-        api_connect(ch, k);
-    for (int k = ch->notify_rate > 0 ? ch->o->api_conns : 0; k < ch->o->api_conns; k++)
-        ch->api[k].fd = -1;
+    for (int k = 0; k < ch->o->api_conns; k++)
+        ch->api[k].fd = -1; /* opened when the load starts (pace_notifies) */
     return 0;
 }
 

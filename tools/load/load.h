@@ -54,7 +54,12 @@ struct load_counts {
     uint64_t pings_skipped; /* interval came while the previous ping was outstanding */
     uint64_t notifications_sent;
     uint64_t notifications_received;
-    uint64_t notify_2xx, notify_404, notify_503, notify_other, notify_io_errors;
+    uint64_t notify_2xx, notify_404, notify_503, notify_other; /* tether's answers */
+    /* tether-load's own API connection trouble, apart from tether's answers: */
+    uint64_t api_retries;    /* requests sent again after their connection failed unanswered */
+    uint64_t api_failed;     /* requests that never got an answer (given up) */
+    uint64_t api_reconnects; /* idle keep-alive connections replaced before use */
+    uint64_t lost_notes;     /* without --resume: answered 200 delivered, never received */
     uint64_t other_messages; /* text frames neither pong nor load notification */
     /* --resume only (see track.h) */
     uint64_t reconnects, drops, notify_accepted, notify_retries;

@@ -35,6 +35,7 @@
  */
 #include "tools/tether/supervisor.h"
 #include "janitor/janitor.h"
+#include "tools/tether/limits.h"
 #include "tools/tether/listeners.h"
 #include "tools/tether/proc.h"
 #include "notifier/notifier.h"
@@ -100,7 +101,8 @@ static void startup_error(const char *fmt, ...)
         fprintf(stderr, "tether run: %s\n", msg);
 }
 
-/* Workers hold up to TH_WORKER_FDS descriptors each: use the whole hard limit. */
+/* Workers hold up to TH_WORKER_FDS descriptors each: use the whole hard limit
+ * (check_kernel_settings says when even that is too low for the scale). */
 static void raise_nofile(void)
 {
     struct rlimit rl;
@@ -108,10 +110,31 @@ static void raise_nofile(void)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < TH_WORKER_FDS)
-        th_warn("open-file limit is %llu: each worker can hold fewer than that many connections "
-                "(raise LimitNOFILE / ulimit -n to %u)",
-                (unsigned long long)rl.rlim_cur, TH_WORKER_FDS);
+}
+
+static void limits_line(void *ctx, int warning, const char *line)
+{
+    (void)ctx;
+    if (warning)
+        th_warn("sizing: %s", line);
+    else /* notes concern clients on this host (a load test), not serving */
+        th_debug("sizing: %s", line);
+}
+
+/* Every setting too low for --slots/--workers gets one warn line naming it. */
+static void check_kernel_settings(const struct th_config *cfg)
+{
+    struct th_sysenv env;
+    th_sysenv_read(&env);
+    struct th_scale scale = {
+        .workers = cfg->workers,
+        .slots = cfg->slots,
+        .backlog = LISTEN_BACKLOG,
+        .worker_cap = TH_WORKER_MAX_CONNS,
+        .worker_fds = TH_WORKER_FDS,
+        .segment_bytes = S.reg.size + (cfg->mailbox_ttl_s ? cfg->mailbox_bytes : 0),
+    };
+    th_limits_check(&env, &scale, limits_line, NULL);
 }
 
 /* One attempt: socket, SO_REUSEADDR, bind, listen. Returns the fd, or -errno with *call naming the
@@ -780,6 +803,7 @@ int th_supervisor_run(const struct th_config *cfg)
     if ((rc = start_up(cfg)) != 0)
         return rc;
     log_startup(cfg);
+    check_kernel_settings(cfg);
     init_children();
     run_loop(&waitmask);
     shutdown_group();
