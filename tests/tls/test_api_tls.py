@@ -122,6 +122,20 @@ class APITLS(unittest.TestCase):
             finally:
                 conn.close()
 
+    def test_tether_load_over_https(self):
+        # the team's load generator: keep-alive API connections over TLS (--api https://)
+        p = subprocess.run([os.path.join(th.BIN, "tether-load"), "--url", self.g.ws_url(),
+                            "--api", self.g.api_url, "--ca", PKI.ca, "--secret-file", self.g.secret_file,
+                            "--connections", "20", "--ping-interval", "1", "--duration", "2",
+                            "--notify-rate", "50", "--api-conns", "2", "--user-prefix", "hl"],
+                           capture_output=True, text=True, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        s = json.loads(p.stdout)
+        self.assertTrue(s["api_tls"])
+        self.assertGreater(s["notifications_sent"], 0)
+        self.assertEqual(s["notify_status"]["2xx"], s["notifications_sent"], s)
+        self.assertEqual(s["lost"], 0)
+
     def test_session_resumption(self):
         ctx = PKI.client_context(alpn=None, maximum=ssl.TLSVersion.TLSv1_2)
         with tls_api(self.g, ctx) as s:

@@ -116,6 +116,12 @@ struct api_conn {
     uint64_t retry_ns;
     char req[640];
     char resp[2048];
+    /* --api https://: the client over two memory BIOs; the recv takes ciphertext into rx,
+     * tx is the one send in flight (tx_fd: the socket it went to; a reconnect drops the rest) */
+    SSL *ssl;
+    int tx_busy, tx_fd;
+    uint32_t tx_len, tx_off;
+    char rx[4096], tx[4096];
 };
 
 enum phase { PH_CONNECT, PH_RUN, PH_DRAIN, PH_DONE };
@@ -197,6 +203,7 @@ struct child {
     struct lhist rtt, delivery;
     unsigned char ping_frame[21];
     SSL_CTX *tls;      /* wss:// */
+    SSL_CTX *api_tls;  /* --api https:// */
     SSL_SESSION *sess; /* --tls-resume: offered on every handshake after the first */
     unsigned char plain[16384];
 };
@@ -722,6 +729,8 @@ static void api_down(struct child *ch, int k)
     if (a->fd >= 0)
         close(a->fd);
     a->fd = -1;
+    SSL_free(a->ssl);
+    a->ssl = NULL;
     a->state = AS_DOWN;
     a->resp_len = 0;
     a->down_ns = now;
@@ -734,6 +743,8 @@ static void api_refresh_idle(struct child *ch, int k, uint64_t now)
     if (a->state == AS_IDLE && now - a->last_ns > API_IDLE_NS) {
         close(a->fd);
         a->fd = -1;
+        SSL_free(a->ssl);
+        a->ssl = NULL;
         a->state = AS_DOWN;
         a->down_ns = 0; /* not a failure: reconnect at once */
         ch->c.api_reconnects++;
@@ -747,8 +758,11 @@ static void api_recv(struct child *ch, int k)
 {
     struct api_conn *a = &ch->api[k];
     struct io_uring_sqe *sqe = get_sqe(ch);
-    io_uring_prep_recv(sqe, a->fd, a->resp + a->resp_len, sizeof a->resp - 1 - (size_t)a->resp_len,
-                       0);
+    if (a->ssl)
+        io_uring_prep_recv(sqe, a->fd, a->rx, sizeof a->rx, 0);
+    else
+        io_uring_prep_recv(sqe, a->fd, a->resp + a->resp_len,
+                           sizeof a->resp - 1 - (size_t)a->resp_len, 0);
     io_uring_sqe_set_data64(sqe, ud_pack(OP_API_RECV, (uint32_t)k));
 }
 
@@ -806,6 +820,8 @@ static int api_send_notify(struct child *ch, int k)
     return 0;
 }
 
+static int api_tls_write(struct child *ch, int k, const char *p, int n);
+
 static void api_send_req(struct child *ch, int k)
 {
     struct api_conn *a = &ch->api[k];
@@ -813,6 +829,13 @@ static void api_send_req(struct child *ch, int k)
     a->pending = 0;
     a->state = AS_BUSY;
     a->resp_len = 0;
+    if (a->ssl) {
+        if (api_tls_write(ch, k, a->req, a->req_len) < 0)
+            api_down(ch, k);
+        else
+            api_recv(ch, k);
+        return;
+    }
     struct io_uring_sqe *sqe = get_sqe(ch);
     io_uring_prep_send(sqe, a->fd, a->req, (size_t)a->req_len, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, ud_pack(OP_API_SEND, (uint32_t)k));
@@ -850,35 +873,161 @@ static int api_response(struct child *ch, struct api_conn *a)
     return 1;
 }
 
+/* Connected (and with https://, handshake done): idle, or sending what is owed. */
+static void api_ready(struct child *ch, int k)
+{
+    struct api_conn *a = &ch->api[k];
+    a->state = AS_IDLE;
+    a->last_ns = load_mono_ns();
+    if (a->pending && a->last_ns >= a->retry_ns) {
+        ch->c.notify_retries += ch->o->resume;
+        api_send_req(ch, k);
+    }
+}
+
+/* n more bytes of the response in resp: complete, or receive more. */
+static void api_got(struct child *ch, int k, int n)
+{
+    struct api_conn *a = &ch->api[k];
+    a->resp_len += n;
+    if (api_response(ch, a)) {
+        a->state = AS_IDLE;
+        a->last_ns = load_mono_ns();
+        a->tries = 0;
+    } else if (a->resp_len >= (int)sizeof a->resp - 1) {
+        api_down(ch, k);
+    } else {
+        api_recv(ch, k);
+    }
+}
+
+/*
+ * --api https://: one send in flight per API connection, from its tx buffer;
+ * its completion sends what libssl wrote meanwhile.
+ */
+static void api_tls_flush(struct child *ch, int k)
+{
+    struct api_conn *a = &ch->api[k];
+    if (a->tx_busy || !a->ssl)
+        return;
+    int n = BIO_read(SSL_get_wbio(a->ssl), a->tx, sizeof a->tx);
+    if (n <= 0)
+        return;
+    a->tx_len = (uint32_t)n;
+    a->tx_off = 0;
+    a->tx_busy = 1;
+    a->tx_fd = a->fd;
+    struct io_uring_sqe *sqe = get_sqe(ch);
+    io_uring_prep_send(sqe, a->fd, a->tx, (size_t)n, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_API_SEND, (uint32_t)k));
+}
+
+static void api_tls_sent(struct child *ch, int k, int res)
+{
+    struct api_conn *a = &ch->api[k];
+    a->tx_busy = 0;
+    if (res > 0 && a->tx_fd == a->fd && (a->tx_off += (uint32_t)res) < a->tx_len) {
+        a->tx_busy = 1; /* the rest of a short send */
+        struct io_uring_sqe *sqe = get_sqe(ch);
+        io_uring_prep_send(sqe, a->fd, a->tx + a->tx_off, a->tx_len - a->tx_off, MSG_NOSIGNAL);
+        io_uring_sqe_set_data64(sqe, ud_pack(OP_API_SEND, (uint32_t)k));
+        return;
+    }
+    api_tls_flush(ch, k); /* a failed send: the recv fails too */
+}
+
+static int api_tls_write(struct child *ch, int k, const char *p, int n)
+{
+    struct api_conn *a = &ch->api[k];
+    if (SSL_write(a->ssl, p, n) != n) {
+        ERR_clear_error();
+        return -1;
+    }
+    api_tls_flush(ch, k);
+    return 0;
+}
+
+/* The TCP connection is up: the ClientHello, then the handshake in api_tls_input. */
+static int api_tls_start(struct child *ch, int k)
+{
+    struct api_conn *a = &ch->api[k];
+    BIO *r = BIO_new(BIO_s_mem()), *w = BIO_new(BIO_s_mem());
+    if (!(a->ssl = SSL_new(ch->api_tls)) || !r || !w) {
+        BIO_free(r);
+        BIO_free(w);
+        return -1;
+    }
+    SSL_set_bio(a->ssl, r, w);
+    SSL_set_connect_state(a->ssl);
+    SSL_do_handshake(a->ssl);
+    ERR_clear_error();
+    api_tls_flush(ch, k);
+    api_recv(ch, k);
+    return 0;
+}
+
+/*
+ * n ciphertext bytes in rx. During the handshake: go on with it (done: the
+ * connection is ready). After: plaintext appended to resp; returns its
+ * length, or -1 (close).
+ */
+static int api_tls_input(struct child *ch, int k, int n)
+{
+    struct api_conn *a = &ch->api[k];
+    BIO_write(SSL_get_rbio(a->ssl), a->rx, n);
+    if (!SSL_is_init_finished(a->ssl)) {
+        int r = SSL_do_handshake(a->ssl);
+        if (r != 1 && SSL_get_error(a->ssl, r) != SSL_ERROR_WANT_READ) {
+            if (ch->hs_errors_shown++ < 3)
+                fprintf(stderr, "tether-load: API TLS handshake: %s\n",
+                        ERR_reason_error_string(ERR_peek_last_error()));
+            ERR_clear_error();
+            return -1;
+        }
+        api_tls_flush(ch, k);
+        if (r != 1)
+            api_recv(ch, k);
+        else
+            api_ready(ch, k);
+        return 0;
+    }
+    int got = 0, r = 0;
+    while (a->resp_len + got < (int)sizeof a->resp - 1 &&
+           (r = SSL_read(a->ssl, a->resp + a->resp_len + got,
+                         (int)sizeof a->resp - 1 - a->resp_len - got)) > 0)
+        got += r;
+    int e = got ? SSL_ERROR_NONE : SSL_get_error(a->ssl, r);
+    ERR_clear_error();
+    api_tls_flush(ch, k); /* e.g. a KeyUpdate answer */
+    return e == SSL_ERROR_NONE || e == SSL_ERROR_WANT_READ ? got : -1;
+}
+
 static void on_api(struct child *ch, enum op op, int k, int res)
 {
     struct api_conn *a = &ch->api[k];
-    if (op == OP_API_CONNECT) {
-        if (res < 0) {
+    if (op == OP_API_SEND && a->ssl) {
+        api_tls_sent(ch, k, res);
+    } else if (op == OP_API_CONNECT) {
+        if (res < 0 || (ch->api_tls && api_tls_start(ch, k) < 0))
             api_down(ch, k);
-            return;
-        }
-        a->state = AS_IDLE;
-        a->last_ns = load_mono_ns();
-        if (a->pending && a->last_ns >= a->retry_ns) {
-            ch->c.notify_retries += ch->o->resume;
-            api_send_req(ch, k);
-        }
+        else if (!ch->api_tls)
+            api_ready(ch, k); /* https://: once the handshake is done (api_tls_input) */
+    } else if (op == OP_API_RECV && a->ssl && res > 0 && a->state != AS_BUSY) {
+        if (api_tls_input(ch, k, res) < 0) /* the handshake */
+            api_down(ch, k);
+    } else if (op == OP_API_RECV && a->ssl && res > 0) {
+        int got = api_tls_input(ch, k, res);
+        if (got < 0)
+            api_down(ch, k);
+        else
+            api_got(ch, k, got);
     } else if (op == OP_API_RECV) {
         /* A send error needs no handling of its own: the recv fails too. */
         if (res <= 0 || a->state != AS_BUSY) {
             api_down(ch, k);
             return;
         }
-        a->resp_len += res;
-        if (api_response(ch, a)) {
-            a->state = AS_IDLE;
-            a->last_ns = load_mono_ns();
-            a->tries = 0;
-        } else if (a->resp_len >= (int)sizeof a->resp - 1)
-            api_down(ch, k);
-        else
-            api_recv(ch, k);
+        api_got(ch, k, res);
     }
 }
 /* ---- dispatch and pacing --------------------------------------------- */
@@ -890,23 +1039,32 @@ static void on_api(struct child *ch, enum op op, int k, int res)
  * completion). Received bytes go into the read BIO; plaintext comes out of
  * SSL_read into the same parsers as ws:// bytes.
  */
-static int tls_init(struct child *ch)
+static int tls_ctx_new(const struct load_opts *o, SSL_CTX **out)
 {
     static const unsigned char alpn[] = "\x08http/1.1";
-    ch->tls = SSL_CTX_new(TLS_client_method());
-    if (!ch->tls)
+    SSL_CTX *c = *out = SSL_CTX_new(TLS_client_method());
+    if (!c)
         return -ENOMEM;
-    SSL_CTX_set_min_proto_version(ch->tls, TLS1_2_VERSION);
-    SSL_CTX_set_mode(ch->tls, SSL_MODE_RELEASE_BUFFERS);
-    SSL_CTX_set_alpn_protos(ch->tls, alpn, sizeof alpn - 1);
-    if (ch->o->tls_ca[0]) {
-        if (SSL_CTX_load_verify_locations(ch->tls, ch->o->tls_ca, NULL) != 1) {
-            fprintf(stderr, "tether-load: --ca %s: cannot load\n", ch->o->tls_ca);
+    SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION);
+    SSL_CTX_set_mode(c, SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_alpn_protos(c, alpn, sizeof alpn - 1);
+    if (o->tls_ca[0]) {
+        if (SSL_CTX_load_verify_locations(c, o->tls_ca, NULL) != 1) {
+            fprintf(stderr, "tether-load: --ca %s: cannot load\n", o->tls_ca);
             return -EINVAL;
         }
-        SSL_CTX_set_verify(ch->tls, SSL_VERIFY_PEER, NULL);
+        SSL_CTX_set_verify(c, SSL_VERIFY_PEER, NULL);
     }
     return 0;
+}
+
+/* wss:// clients and https:// API connections: a context each (API sessions are not offered). */
+static int tls_init(struct child *ch)
+{
+    int r = 0;
+    if (ch->o->tls && (r = tls_ctx_new(ch->o, &ch->tls)) < 0)
+        return r;
+    return ch->o->api_tls ? tls_ctx_new(ch->o, &ch->api_tls) : 0;
 }
 
 static void tls_send_tx(struct child *ch, long i)
@@ -1281,7 +1439,7 @@ static int child_setup(struct child *ch)
     if (r < 0 || (r = bufring_init(ch)) < 0)
         return r;
     build_ping(ch);
-    if (ch->o->tls && (r = tls_init(ch)) < 0)
+    if ((r = tls_init(ch)) < 0)
         return r;
     snprintf(ch->trk.idpfx, sizeof ch->trk.idpfx, "%s-p%d-", ch->o->user_prefix, ch->id);
     ch->saturate = !ch->o->idle && ch->o->ping_interval <= 0;

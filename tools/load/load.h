@@ -40,6 +40,7 @@ struct load_opts {
     int tls;           /* --url wss://: TLS over every client connection (tools/load/tls.c) */
     int tls_resume;    /* --tls-resume: offer the first connection's session on every later one */
     char tls_ca[256];  /* --ca FILE: verify the server against it (else no verification) */
+    int api_tls;       /* --api https://: TLS on the API connections too (--ca applies) */
 };
 
 enum load_rec_type { LR_PROGRESS = 1, LR_FINAL = 2 };

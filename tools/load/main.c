@@ -45,16 +45,17 @@ static void usage(FILE *f)
 {
     fprintf(
         f, "usage: tether-load --url ws://HOST:PORT/ws --secret-file PATH --connections N\n"
-           "                   --duration S [--ping-interval S] [--api http://HOST:PORT] "
+           "                   --duration S [--ping-interval S] [--api http[s]://HOST:PORT] "
            "[--notify-rate R]\n"
            "Opens N authenticated WebSocket clients (one user each), pings them, posts\n"
            "notifications through the backend API and prints one JSON summary on stdout.\n"
            "  --url URL            client endpoint (ws:// or wss://, IPv4 host or name)\n"
-           "  --ca FILE            wss://: verify the server's certificate against FILE\n"
-           "                       (default: no verification)\n"
+           "  --ca FILE            wss:// and https://: verify the server's certificate\n"
+           "                       against FILE (default: no verification)\n"
            "  --tls-resume         wss://: offer the session of each process's first client\n"
            "                       on every later handshake (resumed handshakes)\n"
-           "  --api URL            backend API base (needed with --notify-rate)\n"
+           "  --api URL            backend API base, http:// or https:// (needed with\n"
+           "                       --notify-rate)\n"
            "  --secret-file PATH   HS256 secret (trailing newline ignored)\n"
            "  --connections N      clients to open\n"
            "  --ping-interval S    seconds between pings per client, spread evenly;\n"
@@ -127,7 +128,7 @@ static void parse_url(const char *flag, const char *url, const char *scheme, str
     char name[128];
     snprintf(name, sizeof name, "%s", host);
     char *colon = strrchr(name, ':');
-    const char *port = colon ? colon + 1 : strcmp(scheme, "wss://") == 0 ? "443" : "80";
+    const char *port = colon ? colon + 1 : scheme[sl - 4] == 's' ? "443" : "80"; /* wss, https */
     if (colon)
         *colon = 0;
     struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res;
@@ -321,13 +322,16 @@ static void parse_flags(int argc, char **argv, struct load_opts *o)
     o->tls = strncmp(url, "wss://", 6) == 0;
     if (o->tls && o->resume)
         bad("%s", "--resume is not supported over wss:// yet");
-    if ((o->tls_ca[0] || o->tls_resume) && !o->tls)
-        bad("%s", "--ca and --tls-resume need a wss:// --url");
+    o->api_tls = api && strncmp(api, "https://", 8) == 0;
+    if (o->tls_resume && !o->tls)
+        bad("%s", "--tls-resume needs a wss:// --url");
+    if (o->tls_ca[0] && !o->tls && !o->api_tls)
+        bad("%s", "--ca needs a wss:// --url or an https:// --api");
     parse_url("--url", url, o->tls ? "wss://" : "ws://", &o->ws_addr, o->ws_host, sizeof o->ws_host,
               o->ws_path, sizeof o->ws_path);
     if (api)
-        parse_url("--api", api, "http://", &o->api_addr, o->api_host, sizeof o->api_host, path,
-                  sizeof path);
+        parse_url("--api", api, o->api_tls ? "https://" : "http://", &o->api_addr, o->api_host,
+                  sizeof o->api_host, path, sizeof path);
     read_secret(o, secret);
     if ((ntohl(o->ws_addr.sin_addr.s_addr) >> 24) != 127)
         o->spread_sources = 0; /* 127.0.0.x sources only reach loopback */
@@ -561,6 +565,8 @@ static int summarize(const struct load_opts *o)
     }
     if (o->tls)
         printf(",\"tls\":true,\"tls_resumed\":%llu", (unsigned long long)s.tls_resumed);
+    if (o->api_tls)
+        printf(",\"api_tls\":true");
     printf("}\n");
     fflush(stdout);
     /* Every client connected and stayed; every notification answered 200 and received. */
