@@ -436,6 +436,8 @@ void th_api_render_outcome(struct th_buf *b, const struct th_api_result *res, in
             th_buf_u64(b, res->nodes);
         }
     }
+    if (res->not_stored && st != TH_OUT_STORED)
+        th_buf_puts(b, ",\"stored\":false");
     if (st == TH_OUT_STORED) {
         th_buf_puts(b, ",\"expires_in_s\":");
         th_buf_u64(b, res->expires_in_s);

@@ -130,6 +130,7 @@ struct th_api_result {
     uint64_t last_seen_ns;
     uint64_t seq;          /* 0: none (mailbox off, 404) */
     uint32_t expires_in_s; /* 202 */
+    int not_stored;        /* JetStream mailbox (--nats): the store failed: "stored":false */
 };
 
 /* The reply object for one notification; "code":N appended when with_code (batch items). */

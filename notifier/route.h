@@ -31,6 +31,7 @@ enum th_ud_kind {
     TH_UD_RECV = 2,   /* recv on an API connection (idx = connection) */
     TH_UD_SEND = 3,   /* send on an API connection */
     TH_UD_ROUTE = 4,  /* owned by the route: handed to its on_cqe */
+    TH_UD_JS = 5,     /* the JetStream mailbox's eventfd read (mailbox_js.c) */
 };
 
 /* The outcome of one delivery, as the route saw it. */

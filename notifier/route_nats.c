@@ -483,9 +483,16 @@ static void on_request(struct th_route_nats *rn, natsMsg *m)
         rn->remotes->prev = rm;
     rn->remotes = rm;
     snprintf(rm->reply, sizeof(rm->reply), "%s", reply);
-    /* Seq and flags belong to the asking node's mailbox: not passed on (0). */
+    /*
+     * Flags belong to the asking node: not passed on. The seq is the
+     * JetStream mailbox's (mailbox_js.c) when --nats runs with the mailbox
+     * on: passed on, so the workers keep it in order with what they replay.
+     */
+    uint64_t nseq = 0;
+    for (int k = 0; rn->cfg->mailbox_ttl_s && k < 8; k++)
+        nseq |= (uint64_t)(unsigned char)d[4 + k] << (8 * k);
     int rc = rn->local->ops->deliver(rn->local, user, (size_t)ulen, d + MSG_HDR,
-                                     (size_t)n - MSG_HDR, 0, 0, on_remote_done, rm);
+                                     (size_t)n - MSG_HDR, nseq, 0, on_remote_done, rm);
     if (rc < 0) {
         struct th_route_result res = {.status = 503};
         on_remote_done(rm, &res);

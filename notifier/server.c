@@ -19,6 +19,7 @@
 #include "notifier/api_tls.h"
 #include "notifier/metrics.h"
 #include "notifier/apikey.h"
+#include "notifier/mailbox_js.h"
 #include "notifier/route.h"
 #include "shm/mailbox.h"
 #include "shm/rt/channel.h"
@@ -59,6 +60,8 @@ struct item {
     char *err;             /* 400/413 reason (malloc'd) */
     uint64_t seq, pos;     /* mailbox seq and entry (0: none) */
     uint32_t expires_in_s; /* with pos: its ttl, for a 202 */
+    uint8_t js_stored;     /* JetStream mailbox: stored with seq (pos may be 0: not cached yet) */
+    uint8_t js_unstored;   /* JetStream mailbox: the store failed ("stored":false, never 202) */
     struct item *waiters;  /* same-id requests answered with this one's result */
     struct item *wnext;    /* next waiter, or next in the in-flight hash chain */
     uint8_t ulen, idlen;
@@ -120,6 +123,8 @@ struct server {
     char epoch[TH_MBX_EPOCH_LEN + 1];
     struct item *inflight[INFLIGHT_BUCKETS]; /* stored items being delivered, by entry */
     char *stored_frame;                      /* a frame read back for a retry */
+    /* With --nats and the mailbox on: JetStream holds it; S->mbx is its local cache. */
+    struct th_mjs *js;
 };
 
 static struct server *S; /* route callbacks carry only an item pointer */
@@ -295,7 +300,8 @@ static void render_item(struct th_buf *b, const struct item *it, int with_code)
                                                       .has_last_seen = it->has_ls,
                                                       .last_seen_ns = it->ls,
                                                       .seq = it->seq,
-                                                      .expires_in_s = it->expires_in_s},
+                                                      .expires_in_s = it->expires_in_s,
+                                                      .not_stored = it->js_unstored},
                               with_code);
 }
 
@@ -437,22 +443,27 @@ static void item_done(void *arg, const struct th_route_result *res)
 {
     struct item *it = arg;
     struct th_counters_sh *k = &S->reg->hdr->counters;
-    it->code = res->status;
+    int st = res->status;
+    if (st == 404 && it->js_unstored)
+        st = 503; /* nobody has it and JetStream did not store it: never 202, never a false 404 */
+    it->code = st;
     it->connections = res->confirmed;
     it->nodes = res->nodes;
     it->has_ls = res->has_last_seen;
     it->ls = res->last_seen_ns;
-    if (res->status == 200) {
+    if (st == 200) {
         atomic_fetch_add_explicit(&k->notify_delivered, 1, memory_order_relaxed);
         th_hist_add(&S->stats.confirm, th_mono_ns() - it->t0);
-    } else if (res->status == 404) {
-        if (!it->pos)
+    } else if (st == 404) {
+        if (!it->pos && !it->js_stored)
             atomic_fetch_add_explicit(&k->notify_not_connected, 1, memory_order_relaxed);
     } else {
         atomic_fetch_add_explicit(&k->notify_unavailable, 1, memory_order_relaxed);
     }
     if (it->pos)
         item_outcome(it);
+    else if (it->js_stored && st == 404)
+        it->code = TH_OUT_STORED; /* in the stream; this node's cache did not have it in time */
     item_settle(it);
 }
 
@@ -540,6 +551,84 @@ static int item_retry(struct item *it, uint64_t now)
     return 1;
 }
 
+/*
+ * The JetStream mailbox answered a store (notifier/mailbox_js.h): deliver
+ * with the stream's seq; a repeat of an id answers like a retry on one
+ * node; not stored: delivered all the same, answered "stored":false (503
+ * when nobody got it). Then the hold js_start took is released.
+ */
+static void js_done(void *arg, const struct th_mjs_result *res)
+{
+    struct item *it = arg;
+    if (res->duplicate) {
+        if (!item_retry(it, th_now_ns())) { /* gone from the cache meanwhile: it was stored */
+            it->seq = res->seq;
+            it->code = TH_OUT_STORED;
+            it->expires_in_s = 0;
+            it->r->pending++;
+            item_settle(it);
+        }
+    } else if (res->stored) {
+        it->seq = res->seq;
+        it->pos = res->pos;
+        it->js_stored = 1;
+        item_deliver(it, res->frame, res->flen, 0);
+    } else {
+        it->js_unstored = 1;
+        item_deliver(it, res->frame, res->flen, TH_HO_F_NOT_STORED);
+    }
+    item_settle(it);
+}
+
+/* Where ,"seq":N,"epoch":"E" goes in a frame rendered without them: after the id. */
+static size_t frame_seq_at(const struct th_notify *n, const char *id, size_t idlen)
+{
+    struct th_buf b = {0};
+    th_buf_puts(&b, "{\"type\":");
+    th_buf_json_str(&b, n->type, n->tlen);
+    th_buf_puts(&b, ",\"id\":");
+    th_buf_json_str(&b, id, idlen);
+    size_t at = b.oom || b.len > S->frame.len || memcmp(b.p, S->frame.p, b.len) ? 0 : b.len;
+    th_buf_free(&b);
+    return at;
+}
+
+/*
+ * With JetStream: the frame without seq/epoch goes to the stream; the seq
+ * comes back with the ack (js_done). ttl 0 is not stored anywhere and
+ * carries no seq.
+ */
+static void js_start(struct item *it, const struct th_notify *n, const char *id, size_t idlen,
+                     uint32_t ttl, uint64_t now)
+{
+    struct th_buf *f = &S->frame;
+    f->len = 0;
+    f->oom = 0;
+    th_api_render_frame_into(f, n, id, idlen, now);
+    size_t at = f->oom ? 0 : frame_seq_at(n, id, idlen);
+    if (f->oom || f->len > TH_API_MAX_FRAME + 64 || !at) {
+        char msg[64];
+        snprintf(msg, sizeof(msg), "notification frame over %u bytes", TH_API_MAX_FRAME);
+        item_fail(it, f->len > TH_API_MAX_FRAME + 64 ? 413 : 500,
+                  f->len > TH_API_MAX_FRAME + 64 ? msg : "out of memory");
+        if (f->cap > 4 * TH_API_MAX_FRAME)
+            th_buf_free(f);
+        return;
+    }
+    if (!ttl) {
+        item_deliver(it, f->p, f->len, TH_HO_F_NOT_STORED);
+        return;
+    }
+    it->expires_in_s = ttl;
+    it->r->pending++; /* held until js_done */
+    int rc = th_mjs_store(S->js, it->user, it->ulen, id, idlen, ttl, f->p, f->len, at, js_done, it);
+    if (rc < 0) {
+        it->js_unstored = 1;
+        item_deliver(it, f->p, f->len, TH_HO_F_NOT_STORED);
+        item_settle(it);
+    }
+}
+
 /* Store it in the mailbox (seq first, frame rendered with it), then deliver. */
 static void item_start(struct item *it, const struct th_notify *n0)
 {
@@ -565,6 +654,10 @@ static void item_start(struct item *it, const struct th_notify *n0)
     if (S->mbx_on) {
         if (n0->id && item_retry(it, now))
             return;
+        if (S->js) {
+            js_start(it, &n, id, idlen, ttl, now);
+            return;
+        }
         if (th_mbx_prepare(&S->mbx, n.user, n.ulen, now, &t) < 0) {
             item_fail(it, 500, "mailbox: cannot assign a seq");
             return;
@@ -754,6 +847,25 @@ static void reload_keys(void)
     th_info("[Notifier] API keys reloaded: %d key(s) from %s", rc, S->cfg->api_key_file);
 }
 
+static void render_js_metrics(struct th_buf *b)
+{
+    struct th_mjs_stats st;
+    th_mjs_stats(S->js, &st);
+    th_buf_printf(b,
+                  "# TYPE tether_jetstream_up gauge\ntether_jetstream_up %d\n"
+                  "# TYPE tether_jetstream_stored_total counter\ntether_jetstream_stored_total "
+                  "%llu\n# TYPE tether_jetstream_store_failed_total counter\n"
+                  "tether_jetstream_store_failed_total %llu\n"
+                  "# TYPE tether_jetstream_duplicates_total counter\n"
+                  "tether_jetstream_duplicates_total %llu\n"
+                  "# TYPE tether_jetstream_mirrored_total counter\ntether_jetstream_mirrored_total "
+                  "%llu\n# TYPE tether_jetstream_mirror_seq gauge\ntether_jetstream_mirror_seq "
+                  "%llu\n",
+                  st.up, (unsigned long long)st.stored, (unsigned long long)st.failed,
+                  (unsigned long long)st.dups, (unsigned long long)st.mirrored,
+                  (unsigned long long)st.mirror_at);
+}
+
 static void handle_request(struct conn *c, const struct th_api_req *req)
 {
     struct resp *r = resp_new(c, req);
@@ -792,6 +904,8 @@ static void handle_request(struct conn *c, const struct th_api_req *req)
         S->stats.stored = S->mbx_on ? atomic_load(&S->mbx.hdr->counters.answered_stored) : 0;
         th_metrics_render(&r->body, S->reg, &S->stats);
         th_metrics_render_mailbox(&r->body, S->mbx_on ? &S->mbx : NULL);
+        if (S->js)
+            render_js_metrics(&r->body);
         break;
     }
 }
@@ -1031,6 +1145,10 @@ static void dispatch(struct io_uring_cqe *cqe)
     case TH_UD_ROUTE:
         S->route->ops->on_cqe(S->route, th_ud_idx(ud), th_ud_gen(ud), cqe->res, cqe->flags);
         break;
+    case TH_UD_JS:
+        if (S->js)
+            th_mjs_on_cqe(S->js, cqe->res);
+        break;
     default:
         break;
     }
@@ -1118,6 +1236,10 @@ static void loop(void)
         run_wakes();
         S->route->ops->flush(S->route);
         uint64_t until = S->route->ops->next_deadline(S->route);
+        if (S->js) {
+            uint64_t d = th_mjs_tick(S->js, th_mono_ns());
+            until = d < until ? d : until;
+        }
         if (until > next_tick)
             until = next_tick;
         if (until > now + TH_HEARTBEAT_NS / 2)
@@ -1137,6 +1259,8 @@ static void loop(void)
 /* Stop: the route drops its deliveries without callbacks, so every answer goes too. */
 static void server_free(void)
 {
+    th_mjs_destroy(S->js); /* first: its NATS connection must be gone before route_nats waits */
+    S->js = NULL;
     S->route->ops->destroy(S->route);
     io_uring_queue_exit(&S->ring);
     for (unsigned i = 0; i < TH_API_MAX_CONNS; i++) {
@@ -1195,16 +1319,32 @@ int th_server_run(const struct th_config *cfg, struct th_reg *reg, int api_fd)
         free(S);
         return rc;
     }
+    if (cfg->mailbox_ttl_s)
+        mailbox_open();
     S->route = th_route_local_new(cfg, reg, &S->ring);
+    if (S->route && cfg->nats_urls[0] && S->mbx_on) {
+        struct th_route *gated = NULL;
+        S->js = th_mjs_new(cfg, &S->mbx, &S->ring, S->route, &gated);
+        if (S->js) {
+            S->route = gated;
+        } else { /* other nodes take this node's seqs for the stream's: never mix them */
+            th_error("[Notifier] JetStream mailbox not started: exiting (restarted with backoff)");
+            S->route->ops->destroy(S->route);
+            S->route = NULL;
+        }
+    }
     if (S->route && cfg->nats_urls[0])
         S->route = th_route_nats_new(cfg, reg, &S->ring, S->route);
     if (!S->route) {
+        th_mjs_destroy(S->js);
         io_uring_queue_exit(&S->ring);
+        if (S->mbx_on) {
+            th_mbx_writer_end(&S->mbx);
+            th_mbx_detach(&S->mbx);
+        }
         free(S);
         return -ENOMEM;
     }
-    if (cfg->mailbox_ttl_s)
-        mailbox_open();
     submit_accept();
     loop();
     server_free();

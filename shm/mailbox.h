@@ -316,6 +316,29 @@ int th_mbx_prepare(struct th_mbx *m, const char *user, size_t ulen, uint64_t now
 int th_mbx_commit(struct th_mbx *m, const struct th_mbx_ticket *t, const char *frame, size_t len,
                   const char *id, size_t idlen, uint64_t ttl_ns, uint64_t now_ns, uint64_t *pos);
 
+/*
+ * A cache of a mailbox kept elsewhere (notifier/mailbox_js.c: JetStream
+ * assigns the seqs, the notifier mirrors the stream into this object so
+ * the workers resume from it unchanged). th_mbx_prepare_at: like
+ * th_mbx_prepare, but the notification's seq is given (seqs need not be
+ * contiguous; th_mbx_commit accepts any seq above the user's last). gone:
+ * every seq of this user up to it has left the source (the record's
+ * dropped is raised to it). Returns 1 with *t to commit, 0 when the user
+ * already holds seq or a later one (nothing to do), -errno.
+ */
+int th_mbx_prepare_at(struct th_mbx *m, const char *user, size_t ulen, uint64_t seq, uint64_t gone,
+                      uint64_t now_ns, struct th_mbx_ticket *t);
+/*
+ * Start the cache over for the source's life named epoch: every record
+ * and entry dropped, every floor set to floor (a user met later starts
+ * with seq = dropped = floor: everything up to it counts as gone). The
+ * epoch is 0 while it runs, so no client's epoch matches a half-reset
+ * object (recovered:false is the safe answer then).
+ */
+void th_mbx_reset(struct th_mbx *m, uint64_t epoch, uint64_t floor);
+/* Name the object's life (0: none matches; th_mbx_reset's caller sets it once filled). */
+void th_mbx_set_epoch(struct th_mbx *m, uint64_t epoch);
+
 /* Record the outcome of the delivery of entry pos (200 with connections, 202). */
 void th_mbx_set_outcome(struct th_mbx *m, uint64_t pos, unsigned status, unsigned connections);
 

@@ -169,13 +169,9 @@ static void recycle(struct th_mbx *m, uint32_t i, const char *user, size_t ulen,
     rec_end(m, i);
 }
 
-int th_mbx_prepare(struct th_mbx *m, const char *user, size_t ulen, uint64_t now_ns,
-                   struct th_mbx_ticket *t)
+/* The user's record, found or made (recycling one, see protocol). */
+static uint32_t user_record(struct th_mbx *m, const char *user, size_t ulen, uint64_t now_ns)
 {
-    if (!m->writable || !m->gen)
-        return -EROFS;
-    if (ulen == 0 || ulen > TH_USER_MAX)
-        return -EINVAL;
     uint32_t hash = th_user_hash(user, ulen);
     uint32_t empty[2] = {TH_MBX_NONE, TH_MBX_NONE}, nempty[2] = {0, 0}, oldest = TH_MBX_NONE;
     uint64_t oldest_exp = UINT64_MAX;
@@ -183,10 +179,8 @@ int th_mbx_prepare(struct th_mbx *m, const char *user, size_t ulen, uint64_t now
         uint32_t i = th_mbx_probe(m, hash, k), w = k >= TH_MBX_PROBE / 2;
         struct th_mbx_user *r = th_mbx_rec(m, i);
         uint32_t len = atomic_load_explicit(&r->user_len, memory_order_relaxed);
-        if (len == ulen && atomic_load(&r->user_hash) == hash && memcmp(r->user, user, ulen) == 0) {
-            *t = (struct th_mbx_ticket){i, atomic_load(&r->gen), relaxed(&r->seq) + 1};
-            return 0;
-        }
+        if (len == ulen && atomic_load(&r->user_hash) == hash && memcmp(r->user, user, ulen) == 0)
+            return i;
         if (len == 0) {
             if (empty[w] == TH_MBX_NONE)
                 empty[w] = i;
@@ -204,9 +198,74 @@ int th_mbx_prepare(struct th_mbx *m, const char *user, size_t ulen, uint64_t now
      */
     uint32_t pick = nempty[1] > nempty[0] ? empty[1] : empty[0] != TH_MBX_NONE ? empty[0] : oldest;
     recycle(m, pick, user, ulen, hash, now_ns);
-    struct th_mbx_user *r = th_mbx_rec(m, pick);
-    *t = (struct th_mbx_ticket){pick, atomic_load(&r->gen), relaxed(&r->seq) + 1};
+    return pick;
+}
+
+int th_mbx_prepare(struct th_mbx *m, const char *user, size_t ulen, uint64_t now_ns,
+                   struct th_mbx_ticket *t)
+{
+    if (!m->writable || !m->gen)
+        return -EROFS;
+    if (ulen == 0 || ulen > TH_USER_MAX)
+        return -EINVAL;
+    uint32_t i = user_record(m, user, ulen, now_ns);
+    struct th_mbx_user *r = th_mbx_rec(m, i);
+    *t = (struct th_mbx_ticket){i, atomic_load(&r->gen), relaxed(&r->seq) + 1};
     return 0;
+}
+
+int th_mbx_prepare_at(struct th_mbx *m, const char *user, size_t ulen, uint64_t seq, uint64_t gone,
+                      uint64_t now_ns, struct th_mbx_ticket *t)
+{
+    if (!m->writable || !m->gen)
+        return -EROFS;
+    if (ulen == 0 || ulen > TH_USER_MAX || seq == 0)
+        return -EINVAL;
+    uint32_t i = user_record(m, user, ulen, now_ns);
+    struct th_mbx_user *r = th_mbx_rec(m, i);
+    if (relaxed(&r->seq) >= seq)
+        return 0; /* held already (or older than what is held): nothing to do */
+    if (gone > relaxed(&r->seq) && gone > relaxed(&r->dropped) && gone <= seq) {
+        rec_begin(m, i);
+        th_mbx_st(&r->dropped, gone);
+        rec_end(m, i);
+    }
+    *t = (struct th_mbx_ticket){i, atomic_load(&r->gen), seq};
+    return 1;
+}
+
+void th_mbx_set_epoch(struct th_mbx *m, uint64_t epoch)
+{
+    if (m->writable && m->gen)
+        __atomic_store_n(&m->hdr->epoch, epoch, __ATOMIC_RELEASE);
+}
+
+void th_mbx_reset(struct th_mbx *m, uint64_t epoch, uint64_t floor)
+{
+    struct th_mbx_hdr *h = m->hdr;
+    if (!m->writable || !m->gen)
+        return;
+    __atomic_store_n(&h->epoch, 0, __ATOMIC_RELEASE); /* no client's epoch while it changes */
+    for (uint32_t i = 0; i < h->nusers; i++) {
+        struct th_mbx_user *r = th_mbx_rec(m, i);
+        if (!atomic_load_explicit(&r->user_len, memory_order_relaxed) && relaxed(&r->seq) == 0 &&
+            relaxed(&r->dropped) == 0)
+            continue;
+        rec_begin(m, i);
+        th_mbx_st32(&r->user_len, 0);
+        th_mbx_st(&r->tail, relaxed(&r->head));
+        th_mbx_st32(&r->gen, atomic_load(&r->gen) + 1);
+        th_mbx_st(&r->seq, 0);
+        th_mbx_st(&r->dropped, 0);
+        th_mbx_st(&r->last_exp_ns, 0);
+        rec_end(m, i);
+    }
+    th_mbx_st(&h->tail, relaxed(&h->head)); /* the log's entries are nobody's now */
+    for (uint32_t i = 0; i < h->nfloors; i++)
+        th_mbx_st(&m->floors[i], floor);
+    atomic_store(&h->bytes, 0);
+    atomic_store(&h->entries, 0);
+    __atomic_store_n(&h->epoch, epoch, __ATOMIC_RELEASE);
 }
 
 /* Write the entry at head and publish it (commit word, then head). */
@@ -248,7 +307,7 @@ int th_mbx_commit(struct th_mbx *m, const struct th_mbx_ticket *t, const char *f
     if (t->rec >= h->nusers)
         return -EINVAL;
     struct th_mbx_user *r = th_mbx_rec(m, t->rec);
-    if (atomic_load(&r->gen) != t->gen || relaxed(&r->seq) + 1 != t->seq)
+    if (atomic_load(&r->gen) != t->gen || relaxed(&r->seq) >= t->seq)
         return -ESTALE;
     size_t size = (sizeof(struct th_mbx_entry) + th_mbx_align8(idlen) + len + 63) & ~(size_t)63;
     if (ttl_ns && (len > TH_MBX_MAX_FRAME || idlen > TH_MBX_MAX_ID || size > h->arena_bytes / 4))

@@ -110,6 +110,8 @@ static const struct flag flags[] = {
      "URL[,URL...]  NATS servers: route notifications to users on other nodes;\n"
      "                             none: this group is one node and needs no broker"},
     {"node", F_TEXT, OFF(node), 0, 0, "NAME  this node's name in replies and logs (host name)"},
+    {"nats-replicas", F_U32, OFF(nats_replicas), 1, 5,
+     "N  copies of the JetStream mailbox (with --nats and --mailbox-ttl > 0)"},
 };
 #define NFLAGS (sizeof(flags) / sizeof(flags[0]))
 
@@ -136,6 +138,7 @@ void th_config_defaults(struct th_config *c)
     c->mailbox_per_user = 64;
     c->mailbox_bytes = 64ull << 20;
     c->max_msgs_per_sec = 50;
+    c->nats_replicas = 1;
     c->max_bytes_per_sec = 1048576;
     c->log_level = TH_LOG_INFO;
     c->log_format = TH_LOG_TEXT;

@@ -71,6 +71,7 @@ struct th_config {
     /* Cluster (issue 12): several nodes over NATS. */
     char nats_urls[TH_PATH_MAX]; /* comma-separated NATS URLs; "" = one node, no broker */
     char node[TH_PATH_MAX];      /* this node's name (default: the host name) */
+    uint32_t nats_replicas; /* JetStream mailbox replicas (issue 13; with --nats and the mailbox) */
 };
 
 enum { TH_CONFIG_OK = 0, TH_CONFIG_HELP = 1, TH_CONFIG_ERROR = -1 };

@@ -1,0 +1,367 @@
+"""The cluster mailbox in JetStream (issue 13; CONTRACT "Recovery", "Cluster"),
+real processes on loopback: one Debian nats-server with JetStream (-js, its
+store in a temp dir removed at teardown) and three tether groups a, b, c
+with --nats and the mailbox on; Debian's python3-websockets as the client.
+
+- a notification for a user with no connection is stored (202 + seq) and a
+  client resuming on a different node gets it (recovered true), then live
+  frames after it;
+- since+epoch on a third node after more offline notifications: exactly the
+  missed ones, in order, recovered true;
+- a whole node killed with SIGKILL (supervisor and every role) right after
+  accepting notifications for offline clients: nothing is lost when they
+  resume on another node;
+- two nodes accept notifications for one user at the same time: every seq
+  answered is distinct, and a resume elsewhere replays them all in strictly
+  increasing seq order;
+- the same id posted again to another node: the first seq, stored once;
+- JetStream away (nats-server stopped): a user held here still gets the
+  frame and the reply says "stored":false; a user held nowhere gets 503,
+  never 202; the server back (same store): stores work again, same epoch.
+Waits are bounded conditions (mirror caught up, presence), never sleeps
+standing in for them.
+"""
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+
+import harness as th  # noqa: E402
+from harness.aio import connect, in_thread, notify, wait_connected  # noqa: E402
+
+NATS = shutil.which("nats-server") or "/usr/sbin/nats-server"
+CAUGHT_UP = "JetStream mirror caught up"
+
+
+def port_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class NatsServer:
+    """One nats-server with JetStream in dir (its store and log), on a free port."""
+
+    def __init__(self, base, name="n1", port=None, cluster_port=None, routes=(), cluster=None):
+        self.dir = os.path.join(base, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = port or th.free_port()
+        self.args = [NATS, "-a", "127.0.0.1", "-p", str(self.port), "-js",
+                     "-sd", os.path.join(self.dir, "js"), "-n", name]
+        if cluster_port:
+            self.args += ["--cluster_name", cluster, "--cluster",
+                          "nats://127.0.0.1:%d" % cluster_port,
+                          "--routes", ",".join("nats://127.0.0.1:%d" % p for p in routes)]
+        self.log = open(os.path.join(self.dir, "log"), "ab")
+        self.proc = None
+
+    @property
+    def url(self):
+        return "nats://127.0.0.1:%d" % self.port
+
+    def start(self, wait=True):
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=self.log)
+        if wait and not th.wait_until(lambda: port_open(self.port), timeout=10):
+            raise RuntimeError("nats-server did not listen on %d" % self.port)
+        return self
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+
+    def close(self):
+        self.stop()
+        self.log.close()
+
+
+def kill_group(g):
+    """SIGKILL a whole node: the supervisor and every role (its process group)."""
+    try:
+        os.killpg(g.proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    g.proc.wait(10)
+
+
+def resume_url(g, user, since=None, epoch=None):
+    url = g.ws_url(user)
+    if since is not None:
+        url += "&since=%d" % since
+    if epoch:
+        url += "&epoch=" + epoch
+    return url
+
+
+async def recv_json(ws, timeout=10):
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def resume(g, user, since, epoch=None, timeout=10):
+    """Connect resuming; return (ws, resumed frame, replayed frames)."""
+    ws = await connect(resume_url(g, user, since, epoch))
+    r = await recv_json(ws, timeout)
+    assert r.get("type") == "resumed", r
+    frames = [await recv_json(ws, timeout) for _ in range(r["replay"])]
+    return ws, r, frames
+
+
+def new_group(nats_urls, node, extra=()):
+    return th.Group(workers=1, extra_args=["--nats", nats_urls, "--node", node,
+                                           "--mailbox-per-user", "256"] + list(extra))
+
+
+def start_caught_up(groups):
+    for g in groups:
+        g.start()
+    for g in groups:
+        if not g.wait_log(CAUGHT_UP, timeout=30):
+            raise RuntimeError("node's mirror never caught up:\n" + g.log()[-4000:])
+
+
+class JetStreamMailbox(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="tether-js-")
+        cls.nats = NatsServer(cls.tmp).start()
+        cls.groups = [new_group(cls.nats.url, n) for n in ("a", "b", "c")]
+        cls.a, cls.b, cls.c = cls.groups
+        try:
+            start_caught_up(cls.groups)
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        for g in cls.groups:
+            if g.proc and g.proc.poll() is None:
+                g.finish()
+            else:
+                g.close()
+        cls.nats.close()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def post(self, g, user, data, nid=None):
+        st, body = g.notify(user, data, nid=nid)
+        self.assertIn(st, (200, 202), body)
+        self.assertNotIn("stored", body)  # "stored":false only when JetStream failed
+        return body
+
+    def test_1_offline_then_resume_on_another_node(self):
+        async def go():
+            body = self.post(self.a, "js-alice", {"n": 1})
+            self.assertEqual(body["status"], "stored", body)
+            ws, r, frames = await resume(self.b, "js-alice", 0)
+            try:
+                self.assertEqual((r["recovered"], r["replay"]), (True, 1), r)
+                self.assertEqual([f["seq"] for f in frames], [body["seq"]])
+                self.assertEqual(frames[0]["data"], {"n": 1})
+                self.assertEqual(frames[0]["epoch"], r["epoch"])
+                await wait_connected(self.b, "js-alice", 1)
+                # Live after the replay, posted to the third node: b's mirror hands it
+                # over even before b's interest reaches c.
+                b2 = self.post(self.c, "js-alice", {"n": 2})
+                got = await recv_json(ws)
+                self.assertEqual((got["seq"], got["data"]), (b2["seq"], {"n": 2}), got)
+                self.assertGreater(got["seq"], body["seq"])
+            finally:
+                await ws.close()
+        th.aio.run(go())
+
+    def test_2_since_epoch_on_a_third_node(self):
+        async def go():
+            first = self.post(self.a, "js-bob", {"n": 0})
+            ws, r, frames = await resume(self.b, "js-bob", 0)
+            await ws.close()
+            epoch = r["epoch"]
+            self.assertEqual([f["seq"] for f in frames], [first["seq"]])
+            await wait_for_gone(self.b, "js-bob")
+            seqs = [self.post(self.b, "js-bob", {"n": i})["seq"] for i in range(1, 6)]
+            ws, r, frames = await resume(self.c, "js-bob", first["seq"], epoch)
+            try:
+                self.assertEqual((r["recovered"], r["epoch"], r["replay"]), (True, epoch, 5), r)
+                self.assertEqual([f["seq"] for f in frames], seqs)
+                self.assertEqual([f["data"]["n"] for f in frames], [1, 2, 3, 4, 5])
+            finally:
+                await ws.close()
+        th.aio.run(go())
+
+    def test_3_same_id_on_another_node_stored_once(self):
+        # Sequential: b's cache already has the id from the stream (answered from it).
+        one = self.post(self.a, "js-carol", {"n": 1}, nid="order-17")
+        two = self.post(self.b, "js-carol", {"n": 1}, nid="order-17")
+        self.assertEqual((two["seq"], two["id"]), (one["seq"], "order-17"), (one, two))
+        # At once on two nodes: neither cache has it yet, the stream's de-duplication answers.
+        rounds = 10
+        answers = {}
+
+        def post(g, nid, key):
+            answers[key] = g.notify("js-carol", {"n": nid}, nid=nid)
+
+        for k in range(rounds):
+            nid = "retry-%d" % k
+            ts = [threading.Thread(target=post, args=(g, nid, (k, g.shm_name))) for g in (self.a, self.b)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(30)
+        seqs = []
+        for k in range(rounds):
+            pair = [answers[(k, g.shm_name)] for g in (self.a, self.b)]
+            for st, body in pair:
+                self.assertIn(st, (200, 202), body)
+            self.assertEqual(pair[0][1]["seq"], pair[1][1]["seq"], pair)
+            seqs.append(pair[0][1]["seq"])
+
+        async def go():
+            ws, r, frames = await resume(self.c, "js-carol", 0)
+            try:
+                self.assertEqual((r["recovered"], r["replay"]), (True, 1 + rounds), r)
+                self.assertEqual([f["seq"] for f in frames], [one["seq"]] + sorted(seqs))
+            finally:
+                await ws.close()
+        th.aio.run(go())
+        dups = 0
+        for g in (self.a, self.b):
+            st, text = g.api("GET", "/metrics")
+            for line in text.splitlines():
+                if line.startswith(("tether_jetstream_duplicates_total ",
+                                    "tether_mailbox_duplicates_total ")):
+                    dups += int(line.split()[1])
+        self.assertGreaterEqual(dups, 1 + rounds)  # every repeat answered as one
+
+    def test_4_two_nodes_accept_at_once(self):
+        n = 40
+        answers = {"a": [], "b": []}
+
+        def sender(g, key):
+            for i in range(n):
+                st, body = g.notify("js-dave", {"from": key, "i": i})
+                answers[key].append((st, body))
+
+        threads = [threading.Thread(target=sender, args=(g, k)) for g, k in ((self.a, "a"), (self.b, "b"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        seqs = []
+        for key in answers:
+            self.assertEqual(len(answers[key]), n)
+            for st, body in answers[key]:
+                self.assertEqual(st, 202, body)
+                seqs.append(body["seq"])
+            own = [b["seq"] for _, b in answers[key]]
+            self.assertEqual(own, sorted(own), "one node's answers in posting order")
+        self.assertEqual(len(set(seqs)), 2 * n, "every seq distinct")
+
+        async def go():
+            ws, r, frames = await resume(self.c, "js-dave", 0)
+            try:
+                got = [f["seq"] for f in frames]
+                self.assertEqual((r["recovered"], r["replay"]), (True, 2 * n), r)
+                self.assertEqual(got, sorted(seqs))
+                self.assertTrue(all(x < y for x, y in zip(got, got[1:])))
+            finally:
+                await ws.close()
+        th.aio.run(go())
+
+    def test_5_node_killed_nothing_lost(self):
+        async def go():
+            users = ["js-kill-%d" % i for i in range(5)]
+            want = {}
+            epoch = None
+            for u in users:  # each client saw one notification on a, then went offline
+                b0 = self.post(self.a, u, {"n": 0})
+                ws, r, frames = await resume(self.a, u, 0)
+                epoch = r["epoch"]
+                await ws.close()
+                want[u] = (b0["seq"], [])
+            for u in users:
+                await wait_for_gone(self.a, u)
+            for i in range(1, 4):
+                for u in users:
+                    want[u][1].append(self.post(self.a, u, {"n": i})["seq"])
+            kill_group(self.a)
+            for k, u in enumerate(users):
+                g = (self.b, self.c)[k % 2]
+                ws, r, frames = await resume(g, u, want[u][0], epoch)
+                try:
+                    self.assertEqual((r["recovered"], r["epoch"]), (True, epoch), r)
+                    self.assertEqual([f["seq"] for f in frames], want[u][1], u)
+                finally:
+                    await ws.close()
+            # The node comes back (fresh shared memory): its mirror refills from the stream.
+            self.a.close()
+            na = new_group(self.nats.url, "a")
+            self.__class__.groups[0] = self.__class__.a = na
+            start_caught_up([na])
+            ws, r, frames = await resume(na, users[0], want[users[0]][0], epoch)
+            try:
+                self.assertEqual((r["recovered"], [f["seq"] for f in frames]),
+                                 (True, want[users[0]][1]), r)
+            finally:
+                await ws.close()
+        th.aio.run(go(), timeout=90)
+
+    def test_9_jetstream_down(self):
+        async def go():
+            ws = await connect(resume_url(self.b, "js-erin", 0))
+            r = await recv_json(ws)
+            epoch = r["epoch"]
+            try:
+                await wait_connected(self.b, "js-erin", 1)
+                self.nats.stop()
+                st, body = self.b.notify("js-erin", {"n": 1})
+                self.assertEqual(st, 200, body)
+                self.assertIs(body.get("stored"), False, body)
+                got = await recv_json(ws)
+                self.assertEqual(got["data"], {"n": 1})
+                self.assertNotIn("seq", got)
+                st, body = self.b.notify("js-nobody", {"n": 2})
+                self.assertEqual(st, 503, body)
+                self.assertIs(body.get("stored"), False, body)
+                self.nats.start()
+                deadline = time.time() + 20
+                while True:
+                    st, body = await notify(self.c, "js-nobody", {"n": 3})
+                    if st == 202 or time.time() > deadline:
+                        break
+                    self.assertEqual(st, 503, body)
+                    await asyncio.sleep(0.1)
+                self.assertEqual(st, 202, body)
+            finally:
+                await ws.close()
+            ws, r, frames = await resume(self.a, "js-nobody", 0)
+            try:
+                self.assertEqual(r["epoch"], epoch, "same stream, same epoch")
+                self.assertEqual([f["data"]["n"] for f in frames], [3])
+            finally:
+                await ws.close()
+        th.aio.run(go(), timeout=60)
+
+
+async def wait_for_gone(g, user, timeout=5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st, body = await in_thread(g.api, "GET", "/v1/presence/" + user)
+        if st == 200 and not body["connected"]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("%s still connected" % user)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
