@@ -380,6 +380,32 @@ class Reload(unittest.TestCase):
             return False
 
 
+class ResumeOverWSS(unittest.TestCase):
+    def test_resume_with_drops_over_wss_and_https(self):
+        """tether-load --resume over wss:// (both sides' TLS, the API's too): clients cut
+        with RST reconnect on the same entry, resume with since/epoch, and nothing is lost,
+        duplicated or reordered; later handshakes resume the TLS session."""
+        g = tls.group(PKI, workers=2, extra_args=["--api-tls-cert", PKI.cert, "--api-tls-key", PKI.key,
+                                                  "--max-msgs-per-sec", "0"])
+        g.api_ssl = PKI.client_context(alpn=None)
+        with g:
+            n = 60 if th.SANITIZED else 200
+            p = subprocess.run([os.path.join(th.BIN, "tether-load"), "--url", tls.wss_url(g),
+                                "--api", g.api_url, "--ca", PKI.ca, "--secret-file", g.secret_file,
+                                "--connections", str(n), "--ping-interval", "1", "--duration", "4",
+                                "--notify-rate", "100", "--resume", "--drop-rate", "20", "--drop-max", "1",
+                                "--tls-resume", "--user-prefix", "rz"],
+                               capture_output=True, text=True, timeout=180)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            s = json.loads(p.stdout)
+            self.assertTrue(s["tls"] and s["api_tls"])
+            self.assertGreater(s["resume"]["drops"], 0, s)
+            self.assertGreater(s["resume"]["reconnects"], 0, s)
+            self.assertEqual((s["lost"], s["dup"], s["reordered"], s["recovered_false"]), (0, 0, 0, 0), s)
+            self.assertGreater(s["resume"]["accepted"], 0, s)
+            self.assertGreater(s["tls_resumed"], 0, s)
+
+
 class StartupRefusals(unittest.TestCase):
     def run_tether(self, *extra):
         g = th.Group(workers=1)

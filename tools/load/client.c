@@ -92,6 +92,7 @@ struct conn {
     SSL *ssl;              /* wss:// only: the client side over two memory BIOs */
     char *tx;              /* wss://: ciphertext handed to the kernel, freed on completion */
     uint32_t tx_len, tx_off;
+    uint32_t tx_gen; /* the connect (gen) tx was sent on: --resume may have reconnected since */
 };
 
 enum astate { AS_DOWN, AS_CONNECTING, AS_IDLE, AS_BUSY };
@@ -1070,6 +1071,7 @@ static int tls_init(struct child *ch)
 static void tls_send_tx(struct child *ch, long i)
 {
     struct conn *c = &ch->conns[i];
+    c->tx_gen = c->gen;
     struct io_uring_sqe *sqe = get_sqe(ch);
     io_uring_prep_send(sqe, c->fd, c->tx + c->tx_off, c->tx_len - c->tx_off, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, ud_pack(OP_TLS_SEND, (uint32_t)i));
@@ -1094,16 +1096,23 @@ static void tls_flush(struct child *ch, long i)
     tls_send_tx(ch, i);
 }
 
+/*
+ * A ciphertext send completed. With --resume the entry may be on a new
+ * socket by now (a reconnect after a close or a drop): the rest of the old
+ * socket's bytes and its error concern the old connection only; the new
+ * one's records, written meanwhile, go out now.
+ */
 static void tls_sent(struct child *ch, long i, int res)
 {
     struct conn *c = &ch->conns[i];
-    if (res > 0 && c->state != CS_DEAD && (c->tx_off += (uint32_t)res) < c->tx_len) {
+    int same = c->tx_gen == c->gen && c->state != CS_DEAD;
+    if (res > 0 && same && (c->tx_off += (uint32_t)res) < c->tx_len) {
         tls_send_tx(ch, i);
         return;
     }
     free(c->tx);
     c->tx = NULL;
-    if (res < 0 && c->state != CS_DEAD)
+    if (res < 0 && same)
         conn_kill(ch, c, c->state == CS_OPEN);
     else
         tls_flush(ch, i);

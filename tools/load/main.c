@@ -320,8 +320,6 @@ static void parse_flags(int argc, char **argv, struct load_opts *o)
         bad("%s", "--drop-rate needs --resume");
     char path[256];
     o->tls = strncmp(url, "wss://", 6) == 0;
-    if (o->tls && o->resume)
-        bad("%s", "--resume is not supported over wss:// yet");
     o->api_tls = api && strncmp(api, "https://", 8) == 0;
     if (o->tls_resume && !o->tls)
         bad("%s", "--tls-resume needs a wss:// --url");
