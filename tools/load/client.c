@@ -32,8 +32,7 @@
 #define BUF_ENTRIES 4096
 #define BUF_SIZE 2048
 #define BGID 7
-#define MAX_INFLIGHT 256      /* handshakes under way at once */
-#define PER_SOURCE_ADDR 20000 /* connections per 127.0.0.x (ephemeral range is ~28k) */
+#define MAX_INFLIGHT 256 /* handshakes under way at once */
 #define HS_MAX 4096
 
 /*
@@ -350,7 +349,7 @@ static void conn_kill(struct child *ch, struct conn *c, int was_open)
 
 static int bind_source(int fd, long global)
 {
-    long a = 2 + global / PER_SOURCE_ADDR;
+    long a = 2 + global / LOAD_PER_SOURCE;
     if (a > 254)
         return -ERANGE;
     int one = 1;

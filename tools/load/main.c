@@ -71,7 +71,7 @@ static void usage(FILE *f)
            "  --per-proc N         clients per process (default 15000; fds are capped at 20000)\n"
            "  --api-conns K        keep-alive API connections per process (default 4)\n"
            "  --grace S            wait for late pongs and notifications (default 3)\n"
-           "  --no-spread          do not bind to 127.0.0.x source addresses\n"
+           "  --no-spread          do not spread clients over 127.0.0.x sources (5,000 each)\n"
            "  --user-prefix P      user ids are P-<n> (default load<pid>)\n"
            "  --ready-file PATH    written once every client has connected (for scripts)\n"
            "  --resume             every client reconnects on every close, resuming with\n"
@@ -340,6 +340,8 @@ static void parse_flags(int argc, char **argv, struct load_opts *o)
             p = cpus < o->connections ? cpus : o->connections;
         o->procs = (int)(p < 1 ? 1 : p > MAX_PROCS ? MAX_PROCS : p);
     }
+    if (o->spread_sources && o->connections > LOAD_MAX_SPREAD)
+        bad("%s", "more clients than 127.0.0.2-254 give (5,000 each): use --no-spread or fewer");
     if (o->connections / o->procs > 19000)
         bad("%s", "more than 19,000 clients per process: raise --procs");
 }
