@@ -6,7 +6,11 @@
  *
  * One persistent non-blocking SOCK_SEQPACKET connection per worker ("channel"),
  * opened lazily and reopened when the worker's pid in the segment changes or
- * the socket fails. A delivery is a "job" with one "leg" per connection; a
+ * the socket fails. Legs queued for a worker during one loop iteration leave
+ * together at the flush: packed up to TH_HO_BATCH_MAX requests a packet and
+ * several packets a sendmmsg, and the worker answers each packet with one
+ * packet of replies, so a burst costs a few syscalls and wake-ups on each
+ * side instead of a few per notification. A delivery is a "job" with one "leg" per connection; a
  * leg's request seq encodes (job generation, job index, leg number) so a
  * reply finds its leg in O(1) and a late reply for a finished job (its
  * generation moved on) is dropped. Jobs live in a list ordered by creation,
@@ -41,12 +45,15 @@
 #define MAX_LEGS 256        /* leg number is 8 bits of the seq */
 #define MAX_JOBS (1u << 16) /* deliveries in flight; more gets 503 */
 /*
- * Requests in flight per worker: the worker's replies queue in its socket's
- * send buffer until we read them, and a reply that does not fit is lost (it
- * cannot block). 128 x ~1 KiB of kernel accounting stays well inside the
- * default 208 KiB.
+ * Legs in flight per worker. The worker answers each packet of up to
+ * TH_HO_BATCH_MAX requests with one reply packet and waits for room when
+ * our receive side is full, so the window bounds only how much one worker
+ * holds for us: 1,024 frames, a few packets' worth.
  */
-#define CHAN_WINDOW 128
+#define CHAN_WINDOW 1024
+#define PACK_BYTES (64u * 1024u) /* a packet's target size: many small frames, or one big one */
+#define IO_PACKETS 8             /* packets per sendmmsg */
+#define IO_BATCH 16              /* reply packets per recvmmsg */
 
 enum { LEG_QUEUED = 1, LEG_SENT, LEG_DONE };
 
@@ -94,6 +101,10 @@ struct route_local {
     uint64_t timeout_ns;
     uint64_t dirty; /* bit per worker channel with legs queued since the last flush */
     struct chan ch[TH_MAX_WORKERS];
+    /* chan_flush's and chan_read's scratch (the loop is single-threaded). */
+    struct th_ho_msg tx_hdr[IO_PACKETS * TH_HO_BATCH_MAX];
+    struct iovec tx_iov[IO_PACKETS][2 * TH_HO_BATCH_MAX];
+    struct th_ho_msg rx[IO_BATCH][TH_HO_BATCH_MAX + 1];
 };
 
 /* A leg's request seq: the user_data codec's packing (kind = leg, index = job, job generation). */
@@ -350,8 +361,6 @@ static int chan_push(struct route_local *rl, struct chan *c, uint64_t seq)
     return 0;
 }
 
-#define IO_BATCH 64 /* messages per sendmmsg / recvmmsg */
-
 /* Is queue entry seq still a leg waiting to be sent? */
 static int seq_queued(struct route_local *rl, uint64_t seq, uint32_t *i, unsigned *n)
 {
@@ -362,40 +371,69 @@ static int seq_queued(struct route_local *rl, uint64_t seq, uint32_t *i, unsigne
 }
 
 /*
- * Send what waits on channel w, in order, IO_BATCH messages per syscall,
- * until the queue is empty, the window is full (replies reopen it) or the
- * socket is full (then wait for POLLOUT).
+ * Fill one packet (shm/rt/channel.h: up to TH_HO_BATCH_MAX requests back to
+ * back, about PACK_BYTES) from c's queue, starting at *scanned, with at most
+ * room legs; their headers go to hdr. Returns the legs packed (0: nothing
+ * left to send), *scanned past what it consumed.
+ */
+static int pack(struct route_local *rl, struct chan *c, size_t *scanned, int room,
+                struct th_ho_msg *hdr, struct iovec *iov)
+{
+    int k = 0;
+    size_t bytes = 0;
+    while (k < (int)TH_HO_BATCH_MAX && k < room && *scanned < c->qlen) {
+        uint32_t i;
+        unsigned n;
+        if (!seq_queued(rl, c->q[(c->qhead + *scanned) % c->qcap], &i, &n)) {
+            ++*scanned; /* its job finished (timeout) before it could be sent */
+            continue;
+        }
+        struct job *j = &rl->jobs[i];
+        if (k && bytes + sizeof(*hdr) + j->flen > PACK_BYTES)
+            break; /* the next packet takes it */
+        ++*scanned;
+        bytes += sizeof(*hdr) + j->flen;
+        hdr[k] = (struct th_ho_msg){.magic = TH_HO_MAGIC,
+                                    .type = TH_HO_DELIVER,
+                                    .slot = j->legs[n].slot,
+                                    .gen = j->legs[n].gen,
+                                    .seq = seq_make(j->gen, i, n),
+                                    .len = (uint32_t)j->flen,
+                                    .code = (uint16_t)j->ho_flags,
+                                    .nseq = j->nseq};
+        iov[2 * k] = (struct iovec){&hdr[k], sizeof(hdr[k])};
+        iov[2 * k + 1] = (struct iovec){j->frame, j->flen};
+        k++;
+    }
+    return k;
+}
+
+/*
+ * Send what waits on channel w, in order, packed into packets and up to
+ * IO_PACKETS packets per syscall, until the queue is empty, the window is
+ * full (replies reopen it) or the socket is full (then wait for POLLOUT).
  */
 static void chan_flush(struct route_local *rl, unsigned w)
 {
     struct chan *c = &rl->ch[w];
-    struct mmsghdr mm[IO_BATCH];
-    struct iovec iov[IO_BATCH][2];
-    struct th_ho_msg hdr[IO_BATCH];
-    size_t upto[IO_BATCH];
+    struct mmsghdr mm[IO_PACKETS];
+    size_t upto[IO_PACKETS];
+    int legs[IO_PACKETS + 1];
     while (c->fd >= 0 && c->qlen && c->inflight < CHAN_WINDOW) {
-        int k = 0, room = CHAN_WINDOW - c->inflight;
+        int np = 0, room = CHAN_WINDOW - c->inflight;
         size_t scanned = 0;
-        while (k < IO_BATCH && k < room && scanned < c->qlen) {
-            uint32_t i;
-            unsigned n;
-            if (!seq_queued(rl, c->q[(c->qhead + scanned++) % c->qcap], &i, &n))
-                continue; /* its job finished (timeout) before it could be sent */
-            struct job *j = &rl->jobs[i];
-            hdr[k] = (struct th_ho_msg){.magic = TH_HO_MAGIC,
-                                        .type = TH_HO_DELIVER,
-                                        .slot = j->legs[n].slot,
-                                        .gen = j->legs[n].gen,
-                                        .seq = seq_make(j->gen, i, n),
-                                        .len = (uint32_t)j->flen,
-                                        .code = (uint16_t)j->ho_flags,
-                                        .nseq = j->nseq};
-            iov[k][0] = (struct iovec){&hdr[k], sizeof(hdr[k])};
-            iov[k][1] = (struct iovec){j->frame, j->flen};
-            mm[k] = (struct mmsghdr){.msg_hdr = {.msg_iov = iov[k], .msg_iovlen = 2}};
-            upto[k++] = scanned;
+        legs[0] = 0;
+        while (np < IO_PACKETS && legs[np] < room && scanned < c->qlen) {
+            struct th_ho_msg *hdr = &rl->tx_hdr[np * TH_HO_BATCH_MAX];
+            int k = pack(rl, c, &scanned, room - legs[np], hdr, rl->tx_iov[np]);
+            if (!k)
+                break;
+            mm[np] = (struct mmsghdr){.msg_hdr = {.msg_iov = rl->tx_iov[np], .msg_iovlen = 2 * k}};
+            upto[np] = scanned;
+            legs[np + 1] = legs[np] + k;
+            np++;
         }
-        int sent = k ? sendmmsg(c->fd, mm, (unsigned)k, MSG_DONTWAIT | MSG_NOSIGNAL) : 0;
+        int sent = np ? sendmmsg(c->fd, mm, (unsigned)np, MSG_DONTWAIT | MSG_NOSIGNAL) : 0;
         if (sent < 0) {
             if (errno == EAGAIN || errno == EINTR)
                 chan_arm(rl, w, 1);
@@ -403,17 +441,18 @@ static void chan_flush(struct route_local *rl, unsigned w)
                 chan_close(rl, w, strerror(errno));
             return;
         }
-        for (int m = 0; m < sent; m++) {
-            uint32_t i;
-            unsigned n;
-            seq_queued(rl, hdr[m].seq, &i, &n);
-            rl->jobs[i].legs[n].state = LEG_SENT;
-        }
-        c->inflight += sent;
-        size_t used = sent == k ? scanned : upto[sent - 1];
+        for (int p = 0; p < sent; p++)
+            for (int m = 0; m < legs[p + 1] - legs[p]; m++) {
+                uint32_t i;
+                unsigned n;
+                seq_queued(rl, rl->tx_hdr[p * TH_HO_BATCH_MAX + m].seq, &i, &n);
+                rl->jobs[i].legs[n].state = LEG_SENT;
+            }
+        c->inflight += legs[sent];
+        size_t used = sent == np ? scanned : upto[sent - 1];
         c->qhead = (c->qhead + used) % c->qcap;
         c->qlen -= used;
-        if (sent < k) {
+        if (sent < np) {
             chan_arm(rl, w, 1); /* socket full: the rest goes on POLLOUT */
             return;
         }
@@ -495,17 +534,16 @@ static void on_reply(struct route_local *rl, unsigned w, const struct th_ho_msg 
         leg_resolve(rl, i, n, m->code);
 }
 
-/* Read every reply waiting on channel w, IO_BATCH per syscall. */
+/* Read every reply packet waiting on channel w, IO_BATCH per syscall. */
 static void chan_read(struct route_local *rl, unsigned w)
 {
     struct chan *c = &rl->ch[w];
-    struct th_ho_msg rep[IO_BATCH];
     struct iovec iov[IO_BATCH];
     struct mmsghdr mm[IO_BATCH];
     uint32_t gen = c->gen;
     for (;;) {
         for (int k = 0; k < IO_BATCH; k++) {
-            iov[k] = (struct iovec){&rep[k], sizeof(rep[k])};
+            iov[k] = (struct iovec){rl->rx[k], sizeof(rl->rx[k])};
             mm[k] = (struct mmsghdr){.msg_hdr = {.msg_iov = &iov[k], .msg_iovlen = 1}};
         }
         int got = recvmmsg(c->fd, mm, IO_BATCH, MSG_DONTWAIT, NULL);
@@ -520,10 +558,11 @@ static void chan_read(struct route_local *rl, unsigned w)
                 chan_close(rl, w, "worker closed it");
                 return;
             }
-            if (mm[k].msg_len == sizeof(rep[k]))
-                on_reply(rl, w, &rep[k]);
-            if (c->gen != gen)
-                return; /* closed while resolving */
+            for (size_t r = 0; r < mm[k].msg_len / sizeof(rl->rx[k][0]); r++) {
+                on_reply(rl, w, &rl->rx[k][r]);
+                if (c->gen != gen)
+                    return; /* closed while resolving */
+            }
         }
         if (got < IO_BATCH)
             return;

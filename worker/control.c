@@ -1,10 +1,13 @@
 /*
  * The worker's control socket (wire format in shm/rt/channel.h), served
- * inside the io_uring loop: a multishot accept on the SOCK_SEQPACKET
- * listener and one readiness poll per client; a ready client's packets are
- * read with non-blocking recv into one per-worker buffer, handled at once,
- * and answered on the same socket (replies are 40 bytes: a non-blocking
- * send into an empty-ish socket buffer).
+ * inside the io_uring loop with no syscall of its own: a multishot accept on
+ * the SOCK_SEQPACKET listener and, per client, one io_uring recv into that
+ * client's packet buffer. A received packet's requests (one or a batch) are
+ * handled at once and their replies go back as one packet by an io_uring
+ * send linked to the client's next recv, so the reply buffer is free again
+ * before the next packet lands and replies to one client leave in order. A
+ * requester that does not read its replies stalls only itself: the send
+ * waits for room and that client's next recv waits for the send.
  *
  * Also the other direction: closing a connection owned by another worker
  * (4001 replacement) over a non-blocking socket per peer, opened lazily,
@@ -17,14 +20,12 @@
 #include "shm/rt/paths.h"
 
 #include <errno.h>
-#include <poll.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
-
-#define CTL_PACKET_MAX (sizeof(struct th_ho_msg) + TH_HO_MAX_PAYLOAD)
 
 int wk_ctl_listen(struct worker *w)
 {
@@ -69,16 +70,30 @@ void wk_ctl_arm_accept(struct worker *w)
     io_uring_sqe_set_data64(sqe, th_ud_make(OP_CTL_ACCEPT, 0, 0));
 }
 
-static void arm_poll(struct worker *w, uint32_t i)
+static void ctl_drop(struct worker *w, uint32_t i)
 {
+    struct ctl_client *c = &w->ctl[i];
+    if (c->fd < 0)
+        return;
+    shutdown(c->fd, SHUT_RDWR); /* completes the recv in flight; its buffer stays reserved */
+    close(c->fd);
+    c->fd = -1;
+    c->gen++;
+}
+
+/* Wait for client i's next packet. */
+static void arm_recv(struct worker *w, uint32_t i)
+{
+    struct ctl_client *c = &w->ctl[i];
     struct io_uring_sqe *sqe = th_uring_sqe(&w->ring);
     if (!sqe) { /* unwatched, it could never be served: hang up, the client reconnects */
-        close(w->ctl[i].fd);
-        w->ctl[i].fd = -1;
+        ctl_drop(w, i);
         return;
     }
-    io_uring_prep_poll_add(sqe, w->ctl[i].fd, POLLIN);
-    io_uring_sqe_set_data64(sqe, th_ud_make(OP_CTL_POLL, i, w->ctl[i].gen));
+    /* MSG_TRUNC: the packet's real length, so an oversized one is recognised. */
+    io_uring_prep_recv(sqe, c->fd, c->buf, TH_HO_MAX_PACKET, MSG_TRUNC);
+    io_uring_sqe_set_data64(sqe, th_ud_make(OP_CTL_RECV, i, c->gen));
+    c->busy++;
 }
 
 void wk_ctl_on_accept(struct worker *w, int res)
@@ -89,15 +104,18 @@ void wk_ctl_on_accept(struct worker *w, int res)
         return;
     }
     for (uint32_t i = 0; i < WK_MAX_CTL; i++) {
-        if (w->ctl[i].fd < 0) {
-            th_ho_set_sndbuf(res); /* best effort, as TH_HO_SNDBUF explains */
-            w->ctl[i].fd = res;
-            w->ctl[i].gen++;
-            arm_poll(w, i);
-            return;
-        }
+        struct ctl_client *c = &w->ctl[i];
+        if (c->fd >= 0 || c->busy)
+            continue; /* in use, or a dropped client's operations still hold its buffers */
+        if (!c->buf && !(c->buf = malloc(TH_HO_MAX_PACKET)))
+            break;
+        th_ho_set_sndbuf(res); /* best effort, as TH_HO_SNDBUF explains */
+        c->fd = res;
+        c->gen++;
+        arm_recv(w, i);
+        return;
     }
-    th_warn("control socket: more than %u clients, refusing one", WK_MAX_CTL);
+    th_warn("control socket: no room for another client (%u at most), refusing one", WK_MAX_CTL);
     close(res);
 }
 
@@ -161,56 +179,76 @@ static uint16_t handle(struct worker *w, const struct th_ho_msg *m, const uint8_
     return TH_HO_BAD;
 }
 
-static void packet(struct worker *w, int fd, size_t n)
+/*
+ * Handle every request of one packet (channel.h: back to back, at most
+ * TH_HO_BATCH_MAX) and write their replies into rep (TH_HO_BATCH_MAX + 1
+ * entries). Returns the number of replies.
+ */
+static unsigned packet(struct worker *w, const uint8_t *p, size_t n, struct th_ho_msg *rep)
 {
-    struct th_ho_msg m, r;
-    if (n < sizeof(m))
-        return; /* cannot even echo a seq */
-    memcpy(&m, w->ctl_buf, sizeof(m));
-    uint16_t status = TH_HO_BAD;
-    if (m.magic == TH_HO_MAGIC && m.len == n - sizeof(m))
-        status = handle(w, &m, w->ctl_buf + sizeof(m));
-    memset(&r, 0, sizeof(r));
-    r.magic = TH_HO_MAGIC, r.type = TH_HO_REPLY, r.code = status;
-    r.slot = m.slot, r.gen = m.gen, r.seq = m.seq;
-    ssize_t sent = send(fd, &r, sizeof(r), MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (sent < 0 && errno == EAGAIN) {
-        /* The requester is not reading its replies: wait a bounded moment
-         * rather than lose a confirmation it is waiting for. */
-        struct pollfd pfd = {.fd = fd, .events = POLLOUT};
-        if (poll(&pfd, 1, 20) == 1)
-            sent = send(fd, &r, sizeof(r), MSG_DONTWAIT | MSG_NOSIGNAL);
+    unsigned k = 0;
+    for (size_t off = 0; n - off >= sizeof(struct th_ho_msg);) {
+        struct th_ho_msg m;
+        memcpy(&m, p + off, sizeof(m));
+        size_t left = n - off - sizeof(m);
+        int ok = m.magic == TH_HO_MAGIC && m.len <= left && k < TH_HO_BATCH_MAX;
+        rep[k] = (struct th_ho_msg){.magic = TH_HO_MAGIC,
+                                    .type = TH_HO_REPLY,
+                                    .code = ok ? handle(w, &m, p + off + sizeof(m)) : TH_HO_BAD,
+                                    .slot = m.slot,
+                                    .gen = m.gen,
+                                    .seq = m.seq};
+        k++;
+        if (!ok)
+            break; /* the next header cannot be found (or is one too many) */
+        off += sizeof(m) + m.len;
     }
-    if (sent < 0)
-        th_warn("control reply (seq %llu): %s", (unsigned long long)m.seq, strerror(errno));
+    return k;
 }
 
-static void ctl_drop(struct worker *w, uint32_t i)
+/*
+ * A packet from client i (res: its length, or <= 0 when the client is gone):
+ * handle it, then send the replies and wait for the next packet, the recv
+ * linked behind the send.
+ */
+void wk_ctl_on_recv(struct worker *w, uint32_t i, uint32_t gen, int res)
 {
-    close(w->ctl[i].fd);
-    w->ctl[i].fd = -1;
-}
-
-void wk_ctl_on_poll(struct worker *w, uint32_t i, uint32_t gen, int res)
-{
-    if (i >= WK_MAX_CTL || w->ctl[i].fd < 0 || w->ctl[i].gen != gen)
+    if (i >= WK_MAX_CTL)
         return;
-    if (res < 0) {
+    struct ctl_client *c = &w->ctl[i];
+    c->busy--;
+    if (c->fd < 0 || c->gen != gen)
+        return;
+    if (res <= 0) {
+        if (res < 0 && res != -ECANCELED && res != -ECONNRESET)
+            th_warn("control recv: %s", strerror(-res));
         ctl_drop(w, i);
         return;
     }
-    for (int k = 0; k < 256; k++) { /* bounded: other work must not starve */
-        ssize_t n = recv(w->ctl[i].fd, w->ctl_buf, CTL_PACKET_MAX, MSG_DONTWAIT | MSG_TRUNC);
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+    /* A packet over the limit was cut short: it cannot be trusted, not even its seq. */
+    unsigned k = (size_t)res > TH_HO_MAX_PACKET ? 0 : packet(w, c->buf, (size_t)res, c->rep);
+    if (k) {
+        struct io_uring_sqe *sqe = th_uring_sqe(&w->ring);
+        if (!sqe) {
             ctl_drop(w, i);
             return;
         }
-        if (n < 0 && errno == EAGAIN)
-            break;
-        if (n > 0)
-            packet(w, w->ctl[i].fd, (size_t)n > CTL_PACKET_MAX ? 0 : (size_t)n);
+        io_uring_prep_send(sqe, c->fd, c->rep, k * sizeof(c->rep[0]), MSG_NOSIGNAL);
+        io_uring_sqe_set_data64(sqe, th_ud_make(OP_CTL_SEND, i, c->gen));
+        sqe->flags |= IOSQE_IO_LINK;
+        c->busy++;
     }
-    arm_poll(w, i);
+    arm_recv(w, i);
+}
+
+void wk_ctl_on_send(struct worker *w, uint32_t i, uint32_t gen, int res)
+{
+    if (i >= WK_MAX_CTL)
+        return;
+    struct ctl_client *c = &w->ctl[i];
+    c->busy--;
+    if (res < 0 && c->fd >= 0 && c->gen == gen && res != -EPIPE && res != -ECONNRESET)
+        th_warn("control reply: %s", strerror(-res)); /* the linked recv is cancelled: dropped */
 }
 
 int wk_peer_close(struct worker *w, unsigned peer, struct th_handle h, uint32_t conn_id,
@@ -248,13 +286,20 @@ int wk_peer_close(struct worker *w, unsigned peer, struct th_handle h, uint32_t 
 void wk_ctl_shutdown(struct worker *w)
 {
     for (uint32_t i = 0; i < WK_MAX_CTL; i++)
-        if (w->ctl[i].fd >= 0)
-            ctl_drop(w, i);
+        ctl_drop(w, i);
     for (unsigned p = 0; p < TH_MAX_WORKERS; p++)
         if (w->peer_fd[p] >= 0)
             close(w->peer_fd[p]);
     if (w->ctl_fd >= 0) {
         close(w->ctl_fd);
         unlink(w->ctl_path);
+    }
+}
+
+void wk_ctl_free(struct worker *w)
+{
+    for (uint32_t i = 0; i < WK_MAX_CTL; i++) {
+        free(w->ctl[i].buf);
+        w->ctl[i].buf = NULL;
     }
 }

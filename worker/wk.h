@@ -49,7 +49,8 @@ enum wk_op {
     OP_RECV,       /* multishot recv of connection index */
     OP_SEND,       /* one send of connection index's in-flight buffer */
     OP_CTL_ACCEPT, /* multishot accept on the control listener */
-    OP_CTL_POLL,   /* readability of control client index */
+    OP_CTL_RECV,   /* a packet from control client index */
+    OP_CTL_SEND,   /* the replies to control client index's last packet */
     OP_CANCEL,     /* completions of our own cancel requests: ignored */
     OP_ADOPT,      /* readiness of an adopted peer's listener (index = that worker) */
 };
@@ -115,6 +116,9 @@ struct conn {
 struct ctl_client {
     int fd; /* -1 when unused */
     uint32_t gen;
+    unsigned busy; /* io_uring operations on buf/rep in flight: the entry is reused only at 0 */
+    uint8_t *buf;  /* the packet being received (TH_HO_MAX_PACKET), kept for the next client */
+    struct th_ho_msg rep[TH_HO_BATCH_MAX + 1]; /* the replies to it, being sent */
 };
 
 struct worker {
@@ -139,7 +143,6 @@ struct worker {
     uint64_t queued_bytes; /* sum of wk_conn_queued() over all connections */
 
     struct ctl_client ctl[WK_MAX_CTL];
-    uint8_t *ctl_buf;            /* one received control packet */
     int peer_fd[TH_MAX_WORKERS]; /* lazily opened, non-blocking, to other workers */
 
     struct th_http_req req; /* scratch for the handshake parser */
@@ -224,9 +227,12 @@ void wk_tls_tick(struct worker *w);
 int wk_ctl_listen(struct worker *w);
 void wk_ctl_arm_accept(struct worker *w);
 void wk_ctl_on_accept(struct worker *w, int res);
-void wk_ctl_on_poll(struct worker *w, uint32_t i, uint32_t gen, int res);
+void wk_ctl_on_recv(struct worker *w, uint32_t i, uint32_t gen, int res);
+void wk_ctl_on_send(struct worker *w, uint32_t i, uint32_t gen, int res);
 int wk_peer_close(struct worker *w, unsigned peer, struct th_handle h, uint32_t conn_id,
                   uint16_t code);
 void wk_ctl_shutdown(struct worker *w);
+/* After the ring is gone (no operation can write into them any more): the buffers. */
+void wk_ctl_free(struct worker *w);
 
 #endif

@@ -278,8 +278,11 @@ static void dispatch(struct worker *w, const struct io_uring_cqe *cqe)
             wk_ctl_arm_accept(w);
         wk_ctl_on_accept(w, cqe->res);
         break;
-    case OP_CTL_POLL:
-        wk_ctl_on_poll(w, idx, gen, cqe->res);
+    case OP_CTL_RECV:
+        wk_ctl_on_recv(w, idx, gen, cqe->res);
+        break;
+    case OP_CTL_SEND:
+        wk_ctl_on_send(w, idx, gen, cqe->res);
         break;
     case OP_ADOPT:
         on_adopt(w, idx, gen, cqe->res);
@@ -425,8 +428,7 @@ static int setup(struct worker *w)
 {
     w->conns = calloc(WK_MAX_CONNS, sizeof(*w->conns)); /* pages are touched only when used */
     w->flush = malloc(WK_MAX_CONNS * sizeof(*w->flush));
-    w->ctl_buf = malloc(sizeof(struct th_ho_msg) + TH_HO_MAX_PAYLOAD);
-    if (!w->conns || !w->flush || !w->ctl_buf) {
+    if (!w->conns || !w->flush) {
         th_error("out of memory for the connection table");
         return -ENOMEM;
     }
@@ -472,6 +474,7 @@ int th_worker_main(const struct th_config *cfg, struct th_reg *reg, unsigned ind
     wk_resume_shutdown(w);
     wk_auth_shutdown(w);
     io_uring_queue_exit(&w->ring);
+    wk_ctl_free(w);
     th_info("worker %u stopped", index);
     return 0;
 }

@@ -4,10 +4,17 @@
  *
  * Each worker listens on a SOCK_SEQPACKET Unix socket at
  * th_worker_sock_path(shm_name, index) (shm/rt/paths.h; also published in the segment's
- * worker table). A request is one packet: struct th_ho_msg followed by len
- * payload bytes. Every request gets exactly one reply packet (a th_ho_msg of
- * type TH_HO_REPLY, same seq, status in code, no payload), in any order
- * relative to other requests on the same connection (match on seq).
+ * worker table). A request is struct th_ho_msg followed by len payload
+ * bytes. A packet carries 1 to TH_HO_BATCH_MAX requests back to back (the
+ * next header right after the previous payload, no padding), so a busy
+ * requester hands many notifications over in one send. Every request gets
+ * exactly one reply (a th_ho_msg of type TH_HO_REPLY, same seq, status in
+ * code, no payload); the replies to one packet's requests come back together
+ * in one packet, in request order, so a one-request packet gets a one-reply
+ * packet as before. Packets may be answered in any order relative to each
+ * other (match on seq). Parsing a packet stops at a header whose len runs
+ * past the packet's end or at the TH_HO_BATCH_MAX+1st request: that one is
+ * answered TH_HO_BAD and the bytes after it are ignored.
  *
  * The worker checks (slot, gen) against the connection it holds in that
  * slot, so a message for a connection that went away never reaches another
@@ -21,6 +28,10 @@
 
 #define TH_HO_MAGIC 0x54480001u
 #define TH_HO_MAX_PAYLOAD (256u * 1024u) /* one notification frame's text */
+#define TH_HO_BATCH_MAX 64u              /* requests in one packet */
+/* The largest packet a worker reads (a bigger one is dropped unanswered): one
+ * request with the largest payload, or several smaller ones. */
+#define TH_HO_MAX_PACKET (sizeof(struct th_ho_msg) + TH_HO_MAX_PAYLOAD)
 /*
  * Socket buffer of both ends of a channel. Replies are tiny but each costs an
  * skb: room for thousands keeps a requester with many requests in flight from

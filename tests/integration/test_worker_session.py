@@ -139,6 +139,40 @@ class Session(GroupTestCase):
             s.send(struct.pack(hdr, 0x54480001, 2, 1234, 0, 0, 9, 0, 0, 0))  # invalid close code
             self.assertEqual(struct.unpack(hdr, s.recv(64))[2], 3)
 
+    def test_control_packet_batches(self):
+        """Several requests in one packet (shm/rt/channel.h): one reply packet,
+        a reply per request in order; parsing stops at a length that runs
+        past the packet (answered BAD) and past TH_HO_BATCH_MAX requests."""
+        path = os.path.join(self.g.env["TETHER_RUNTIME_DIR"], "worker-0.sock")
+        hdr = "<IHHIIQIIQ"
+        size = struct.calcsize(hdr)
+
+        def req(seq, typ=1, code=0, payload=b"{}", length=None):
+            n = len(payload) if length is None else length
+            return struct.pack(hdr, 0x54480001, typ, code, 0, 0xDEADBEEF, seq, n, 0, 0) + payload
+
+        def replies(s):
+            data = s.recv(1 << 16)
+            self.assertEqual(len(data) % size, 0, data)
+            return [struct.unpack(hdr, data[i:i + size]) for i in range(0, len(data), size)]
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+            s.settimeout(5)
+            s.connect(path)
+            # GONE, BAD (invalid close code: parsing goes on), GONE with an empty payload.
+            s.send(req(11) + req(12, typ=2, code=1234, payload=b"") + req(13, payload=b""))
+            self.assertEqual([(r[1], r[2], r[5]) for r in replies(s)], [(3, 1, 11), (3, 3, 12), (3, 1, 13)])
+            # The second header claims more payload than the packet holds: BAD, the rest is not read.
+            s.send(req(21) + req(22, length=500) + req(23))
+            self.assertEqual([(r[2], r[5]) for r in replies(s)], [(1, 21), (3, 22)])
+            # 65 requests: 64 answered, the 65th BAD, nothing lost from the next packet.
+            s.send(b"".join(req(100 + i) for i in range(65)))
+            got = replies(s)
+            self.assertEqual([r[5] for r in got], list(range(100, 165)))
+            self.assertEqual([r[2] for r in got], [1] * 64 + [3])
+            s.send(req(7))
+            self.assertEqual([(r[2], r[5]) for r in replies(s)], [(1, 7)])
+
 
 if __name__ == "__main__":
     unittest.main()
