@@ -391,6 +391,8 @@ void th_api_render_frame_into(struct th_buf *b, const struct th_notify *n, const
     th_buf_puts(b, ",\"data\":");
     if (n->data)
         json_dump_callback(n->data, dump_cb, b, JSON_COMPACT | JSON_ENCODE_ANY);
+    else if (n->data_json)
+        th_buf_put(b, n->data_json, n->data_jlen);
     else
         th_buf_puts(b, "{}");
     th_buf_puts(b, "}");

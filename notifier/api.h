@@ -60,8 +60,11 @@ int th_api_frame(const char *buf, size_t len, struct th_api_req *req, const char
 struct th_notify {
     const char *user, *type, *id; /* id NULL when the backend gave none */
     size_t ulen, tlen, idlen;
-    json_t *data; /* borrowed; NULL means {} */
-    int has_ttl;  /* "ttl_s" given: seconds to keep it in the mailbox, 0 = do not store */
+    json_t *data; /* borrowed; NULL (and no data_json) means {} */
+    /* The fast path's data instead (notifier/notify_fast.h): the object's compact text. */
+    const char *data_json;
+    size_t data_jlen;
+    int has_ttl; /* "ttl_s" given: seconds to keep it in the mailbox, 0 = do not store */
     uint32_t ttl_s;
     uint64_t seq; /* set by the notifier: rendered with epoch when epoch is not NULL */
     const char *epoch;

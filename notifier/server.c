@@ -20,6 +20,7 @@
 #include "notifier/metrics.h"
 #include "notifier/apikey.h"
 #include "notifier/mailbox_js.h"
+#include "notifier/notify_fast.h"
 #include "notifier/route.h"
 #include "shm/mailbox.h"
 #include "shm/rt/channel.h"
@@ -114,8 +115,10 @@ struct server {
     int owed_paused; /* some connection paused on MAX_OWED */
     struct th_notifier_stats stats;
     uint64_t id_prefix, id_counter;
-    struct th_buf frame;    /* reused for every rendering: the route copies what it keeps */
-    struct th_apikeys keys; /* --api-key-file, re-read on SIGHUP; n == 0: no keys required */
+    struct th_buf frame;          /* reused for every rendering: the route copies what it keeps */
+    struct th_buf fast;           /* the fast path's data texts (notify_fast.h), reused */
+    struct th_notify *fast_items; /* a batch's items on the fast path (TH_API_MAX_BATCH_ITEMS) */
+    struct th_apikeys keys;       /* --api-key-file, re-read on SIGHUP; n == 0: no keys required */
     struct th_conn_info infos[PRESENCE_MAX_CONNS];
     /* The mailbox (shm/mailbox.h): this process is its one writer while mbx_on. */
     struct th_mbx mbx;
@@ -705,7 +708,13 @@ static void handle_notify(struct resp *r, const struct th_api_req *req)
     r->nitems = 1;
     S->owed++;
     r->items[0].r = r;
-    if (th_api_parse_notify(req->body, req->body_len, &root, &n, err, sizeof(err)) < 0) {
+    root = NULL;
+    int fast = th_api_fast_notify(req->body, req->body_len, &S->fast, &n);
+    if (fast < 0) {
+        item_fail(&r->items[0], 500, "out of memory");
+        return;
+    }
+    if (!fast && th_api_parse_notify(req->body, req->body_len, &root, &n, err, sizeof(err)) < 0) {
         item_fail(&r->items[0], 400, err);
         return;
     }
@@ -713,10 +722,41 @@ static void handle_notify(struct resp *r, const struct th_api_req *req)
     item_start(&r->items[0], &n);
     json_decref(root);
     r->pending--;
+    if (S->fast.cap > 4 * TH_API_MAX_FRAME)
+        th_buf_free(&S->fast); /* a big body's buffer goes back */
+}
+
+/* A batch the fast path takes (all or nothing): 1 when started, 0 when jansson must parse it. */
+static int batch_fast(struct resp *r, const struct th_api_req *req)
+{
+    size_t n;
+    if (!S->fast_items &&
+        !(S->fast_items = malloc(TH_API_MAX_BATCH_ITEMS * sizeof(*S->fast_items))))
+        return 0;
+    if (th_api_fast_batch(req->body, req->body_len, &S->fast, S->fast_items, TH_API_MAX_BATCH_ITEMS,
+                          &n) != 1)
+        return 0;
+    r->items = calloc(n ? n : 1, sizeof(*r->items));
+    if (!r->items)
+        return 0;
+    r->batch = 1;
+    r->nitems = (uint32_t)n;
+    S->owed += n;
+    r->pending++;
+    for (size_t i = 0; i < n; i++) {
+        r->items[i].r = r;
+        item_start(&r->items[i], &S->fast_items[i]);
+    }
+    r->pending--;
+    if (S->fast.cap > 4 * TH_API_MAX_FRAME)
+        th_buf_free(&S->fast);
+    return 1;
 }
 
 static void handle_batch(struct resp *r, const struct th_api_req *req)
 {
+    if (batch_fast(r, req))
+        return;
     json_error_t je;
     json_t *root = json_loadb(req->body, req->body_len, 0, &je);
     r->batch = 1;
@@ -1278,6 +1318,8 @@ static void server_free(void)
         th_api_tls_free(c->tls);
     }
     th_buf_free(&S->frame);
+    th_buf_free(&S->fast);
+    free(S->fast_items);
     free(S->stored_frame);
     if (S->mbx_on) {
         th_mbx_writer_end(&S->mbx);

@@ -8,10 +8,14 @@
  * both must frame the same requests with the same verdicts. Each framed
  * request must be self-consistent; a notify body is validated, rendered into
  * the client frame, and the frame must parse back (jansson) to the same
- * type, id and data. Odd first byte: the rest is a notify body.
+ * type, id and data. Odd first byte: the rest is a notify body, and when
+ * the fast path (notifier/notify_fast.h) takes it, jansson's path must take
+ * it too, with the same fields and a byte-identical frame; the body wrapped
+ * in a one-element array must then be taken by the batch fast path alike.
  */
 #include "tests/fuzz/fuzz.h"
 #include "notifier/api.h"
+#include "notifier/notify_fast.h"
 #include "shm/registry.h"
 #include "shm/proto/userid.h"
 
@@ -27,12 +31,55 @@ static void check_json_object(const char *p, size_t n, const char *what)
     json_decref(j);
 }
 
+static void same_notify(const struct th_notify *a, const struct th_notify *b, const char *what)
+{
+    FUZZ_CHECK(a->ulen == b->ulen && !memcmp(a->user, b->user, a->ulen) && a->tlen == b->tlen &&
+                   !memcmp(a->type, b->type, a->tlen) && !a->id == !b->id &&
+                   (!a->id || (a->idlen == b->idlen && !memcmp(a->id, b->id, a->idlen))) &&
+                   a->has_ttl == b->has_ttl && (!a->has_ttl || a->ttl_s == b->ttl_s),
+               "%s: fields differ from jansson's", what);
+    char *fa, *fb;
+    size_t la, lb;
+    fa = th_api_render_frame(a, "x", 1, 1700000000ull * 1000000000ull, &la);
+    fb = th_api_render_frame(b, "x", 1, 1700000000ull * 1000000000ull, &lb);
+    FUZZ_CHECK(fa && fb && la == lb && !memcmp(fa, fb, la), "%s: frame %.*s, jansson's %.*s", what,
+               (int)(la > 200 ? 200 : la), fa, (int)(lb > 200 ? 200 : lb), fb);
+    free(fa);
+    free(fb);
+}
+
+/* The fast paths never take what jansson's refuses, and agree on what they take. */
+static void check_fast(const char *body, size_t len, int slow_rc, const struct th_notify *slow)
+{
+    struct th_buf scratch = {0};
+    struct th_notify fast;
+    int rc = th_api_fast_notify(body, len, &scratch, &fast);
+    if (rc == 1) {
+        FUZZ_CHECK(slow_rc == 0, "fast path took a body jansson refuses");
+        same_notify(&fast, slow, "single");
+        char *arr = malloc(len + 2);
+        arr[0] = '[';
+        memcpy(arr + 1, body, len);
+        arr[len + 1] = ']';
+        struct th_notify items[2];
+        size_t n = 0;
+        struct th_buf s2 = {0};
+        FUZZ_CHECK(th_api_fast_batch(arr, len + 2, &s2, items, 2, &n) == 1 && n == 1,
+                   "batch fast path refused a body the single one takes");
+        same_notify(&items[0], slow, "batch");
+        th_buf_free(&s2);
+        free(arr);
+    }
+    th_buf_free(&scratch);
+}
+
 static void check_notify(const char *body, size_t len)
 {
     json_t *root = NULL;
     struct th_notify n;
     char err[256];
     int rc = th_api_parse_notify(body, len, &root, &n, err, sizeof(err));
+    check_fast(body, len, rc, &n);
     if (rc != 0) {
         FUZZ_CHECK(rc == -EINVAL && root == NULL && err[0],
                    "failure without a message or with a root");
