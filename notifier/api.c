@@ -96,6 +96,14 @@ void th_buf_json_str(struct th_buf *b, const char *s, size_t n)
     char *o = b->p + b->len;
     *o++ = '"';
     for (size_t i = 0; i < n; i++) {
+        size_t j = i; /* a run of printable ASCII needing no escape is copied at once */
+        while (j < n && (unsigned char)s[j] >= 0x20 && (unsigned char)s[j] < 0x7f && s[j] != '"' &&
+               s[j] != '\\')
+            j++;
+        memcpy(o, s + i, j - i);
+        o += j - i;
+        if ((i = j) == n)
+            break;
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x80) {
             size_t k = utf8_seq((const unsigned char *)s + i, n - i);

@@ -44,6 +44,7 @@
 #define NO_JOB UINT32_MAX
 #define MAX_LEGS 256        /* leg number is 8 bits of the seq */
 #define MAX_JOBS (1u << 16) /* deliveries in flight; more gets 503 */
+#define JOB_MEM_KEEP 4096   /* a job's legs + frame buffer up to this size is reused */
 /*
  * Legs in flight per worker. The worker answers each packet of up to
  * TH_HO_BATCH_MAX requests with one reply packet and waits for room when
@@ -70,6 +71,8 @@ struct job {
     void *arg;
     char *frame;
     size_t flen;
+    void *mem; /* legs + frame copy; kept when the job is freed, for the next one in this entry */
+    size_t memcap;
     uint64_t deadline;
     struct leg *legs;
     uint16_t nlegs, outstanding, ok, gone;
@@ -134,7 +137,11 @@ static uint32_t job_alloc(struct route_local *rl)
     uint32_t i = rl->free_head;
     struct job *j = &rl->jobs[i];
     rl->free_head = j->next;
+    void *mem = j->mem;
+    size_t memcap = j->memcap;
     memset(j, 0, sizeof(*j));
+    j->mem = mem;
+    j->memcap = memcap;
     j->gen = ++rl->next_gen ? rl->next_gen : ++rl->next_gen; /* never 0 */
     j->prev = rl->tail;
     j->next = NO_JOB;
@@ -160,7 +167,11 @@ static void job_unlink_free(struct route_local *rl, uint32_t i)
     for (unsigned n = 0; n < j->nlegs; n++)
         if (j->legs[n].state == LEG_SENT) /* timed out: its window share comes back now */
             rl->ch[j->legs[n].worker].inflight--;
-    free(j->legs);
+    if (j->memcap > JOB_MEM_KEEP) { /* a big frame's copy: give it back */
+        free(j->mem);
+        j->mem = NULL;
+        j->memcap = 0;
+    }
     j->frame = NULL;
     j->legs = NULL;
     j->gen = 0;
@@ -493,12 +504,18 @@ static int local_deliver(struct th_route *r, const char *user, size_t ulen, cons
     if (i == NO_JOB)
         return -EBUSY;
     struct job *j = &rl->jobs[i];
-    /* One allocation for the legs and the frame copy. */
-    j->legs = malloc((size_t)n * sizeof(*j->legs) + flen);
-    if (!j->legs) {
-        job_unlink_free(rl, i);
-        return -ENOMEM;
+    /* One buffer for the legs and the frame copy, reused by the entry's next job. */
+    size_t need = (size_t)n * sizeof(*j->legs) + flen;
+    if (need > j->memcap) {
+        void *m = realloc(j->mem, need);
+        if (!m) {
+            job_unlink_free(rl, i);
+            return -ENOMEM;
+        }
+        j->mem = m;
+        j->memcap = need;
     }
+    j->legs = j->mem;
     j->frame = (char *)(j->legs + n);
     memcpy(j->frame, frame, flen);
     memcpy(j->user, user, ulen);
@@ -622,7 +639,7 @@ static void local_destroy(struct th_route *r)
         free(rl->ch[w].q);
     }
     for (uint32_t i = 0; i < rl->cap; i++)
-        free(rl->jobs[i].legs);
+        free(rl->jobs[i].mem);
     free(rl->jobs);
     free(rl->infos);
     free(rl);

@@ -78,7 +78,8 @@ struct resp {
     struct th_buf body; /* complete body for non-notify answers */
     int batch, close_after, keep10;
     uint32_t nitems, pending;
-    struct item *items;
+    struct item *items; /* &one for a single notify: no allocation */
+    struct item one;
 };
 
 struct conn {
@@ -115,7 +116,10 @@ struct server {
     int owed_paused; /* some connection paused on MAX_OWED */
     struct th_notifier_stats stats;
     uint64_t id_prefix, id_counter;
-    struct th_buf frame;          /* reused for every rendering: the route copies what it keeps */
+    struct th_buf frame;  /* reused for every rendering: the route copies what it keeps */
+    struct th_buf answer; /* a notification answer's body, rendered here then copied out */
+    struct resp *spare;   /* freed answer records kept for reuse (up to SPARE_RESP) */
+    unsigned nspare;
     struct th_buf fast;           /* the fast path's data texts (notify_fast.h), reused */
     struct th_notify *fast_items; /* a batch's items on the fast path (TH_API_MAX_BATCH_ITEMS) */
     struct th_apikeys keys;       /* --api-key-file, re-read on SIGHUP; n == 0: no keys required */
@@ -147,6 +151,7 @@ static struct item **inflight_slot(uint64_t pos)
  * the per-batch cap it bounds the memory held by answers in progress.
  */
 #define MAX_OWED 100000
+#define SPARE_RESP 256 /* answer records kept for reuse */
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -237,8 +242,15 @@ static void resp_free(struct resp *r)
     }
     for (uint32_t i = 0; i < r->nitems; i++)
         free(r->items[i].err);
-    free(r->items);
+    if (r->items != &r->one)
+        free(r->items);
     th_buf_free(&r->body);
+    if (S->nspare < SPARE_RESP) { /* the next request reuses it: no malloc per notification */
+        r->next = S->spare;
+        S->spare = r;
+        S->nspare++;
+        return;
+    }
     free(r);
 }
 
@@ -312,6 +324,11 @@ static void render_item(struct th_buf *b, const struct item *it, int with_code)
 static void write_resp(struct conn *c, struct resp *r)
 {
     struct th_buf *body = &r->body;
+    if (r->nitems) { /* rendered in the reused buffer, not the record's own */
+        body = &S->answer;
+        body->len = 0;
+        body->oom = 0;
+    }
     if (r->nitems && !r->batch) {
         r->status = r->items[0].code;
         render_item(body, &r->items[0], 0);
@@ -330,14 +347,22 @@ static void write_resp(struct conn *c, struct resp *r)
         r->close_after = 1;
         body->len = 0;
     }
-    th_buf_printf(&c->out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n",
-                  r->status, th_http_reason(r->status), r->ctype ? r->ctype : "application/json",
-                  body->len + 1,
-                  r->close_after ? "Connection: close\r\n"
-                  : r->keep10    ? "Connection: keep-alive\r\n"
-                                 : "");
+    /* Pieces, not printf: this runs once per answer. */
+    th_buf_puts(&c->out, "HTTP/1.1 ");
+    th_buf_u64(&c->out, (uint64_t)r->status);
+    th_buf_puts(&c->out, " ");
+    th_buf_puts(&c->out, th_http_reason(r->status));
+    th_buf_puts(&c->out, "\r\nContent-Type: ");
+    th_buf_puts(&c->out, r->ctype ? r->ctype : "application/json");
+    th_buf_puts(&c->out, "\r\nContent-Length: ");
+    th_buf_u64(&c->out, body->len + 1);
+    th_buf_puts(&c->out, r->close_after ? "\r\nConnection: close\r\n\r\n"
+                         : r->keep10    ? "\r\nConnection: keep-alive\r\n\r\n"
+                                        : "\r\n\r\n");
     th_buf_put(&c->out, body->p ? body->p : "", body->len);
     th_buf_put(&c->out, "\n", 1);
+    if (body == &S->answer && body->cap > 4 * RECV_MIN)
+        th_buf_free(body); /* a big batch's answer: give its buffer back */
 }
 
 static void conn_wake(struct conn *c)
@@ -380,9 +405,14 @@ static void conn_emit(struct conn *c)
 
 static struct resp *resp_new(struct conn *c, const struct th_api_req *req)
 {
-    struct resp *r = calloc(1, sizeof(*r));
-    if (!r)
+    struct resp *r = S->spare;
+    if (r) {
+        S->spare = r->next;
+        S->nspare--;
+        memset(r, 0, sizeof(*r));
+    } else if (!(r = calloc(1, sizeof(*r)))) {
         return NULL;
+    }
     r->c = c;
     r->close_after = req ? !req->keep_alive : 1;
     r->keep10 = req && req->keep_alive && req->http.minor_version == 0;
@@ -700,11 +730,7 @@ static void handle_notify(struct resp *r, const struct th_api_req *req)
     char err[256];
     json_t *root;
     struct th_notify n;
-    r->items = calloc(1, sizeof(*r->items));
-    if (!r->items) {
-        resp_error(r, 500, "out of memory");
-        return;
-    }
+    r->items = &r->one;
     r->nitems = 1;
     S->owed++;
     r->items[0].r = r;
@@ -1318,6 +1344,12 @@ static void server_free(void)
         th_api_tls_free(c->tls);
     }
     th_buf_free(&S->frame);
+    th_buf_free(&S->answer);
+    while (S->spare) {
+        struct resp *r = S->spare;
+        S->spare = r->next;
+        free(r);
+    }
     th_buf_free(&S->fast);
     free(S->fast_items);
     free(S->stored_frame);
