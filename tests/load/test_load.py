@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
@@ -141,6 +142,25 @@ class TetherLoadTest(unittest.TestCase):
             self.assertLessEqual(s["pong_rtt_us"]["p50"], s["pong_rtt_us"]["p99"])
             self.assertLessEqual(s["pong_rtt_us"]["p99"], s["pong_rtt_us"]["max"])
             self.assertGreater(s["delivery_us"]["p50"], 0)
+
+    def test_settle_holds_the_load_back(self):
+        """--settle S: the clients stay idle S seconds after connecting, then the
+        load runs for --duration: the run takes at least S + duration, and the
+        pings of the run are all answered."""
+        with th.Group(workers=1, slots=64) as g:
+            t0 = time.monotonic()
+            p = run_load(["--url", g.ws_url(), "--secret-file", g.secret_file, "--connections", "10",
+                          "--ping-interval", "0.5", "--duration", "1", "--settle", "2"])
+            elapsed = time.monotonic() - t0
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            s = json.loads(p.stdout)
+            self.assertGreaterEqual(elapsed, 3.0)
+            self.assertGreater(s["pings_sent"], 0)
+            self.assertEqual(s["pongs_received"], s["pings_sent"])
+            bad = run_load(["--url", g.ws_url(), "--secret-file", g.secret_file, "--connections", "1",
+                            "--duration", "1", "--saturate", "--settle", "1"])
+            self.assertEqual(bad.returncode, 2)
+            self.assertIn("--settle", bad.stderr)
 
     def test_wrong_secret_fails(self):
         with th.Group(workers=1, slots=64) as g:

@@ -1256,8 +1256,8 @@ static void pace_connects(struct child *ch, uint64_t now)
         ch->c.connect_end_ns = now;
         ch->c.connect_done = 1;
         ch->phase = ch->c.connections_ok ? PH_RUN : PH_DONE; /* nothing to load */
-        ch->run_t0 = now;
-        ch->c.ping_start_ns = now;
+        ch->run_t0 = now + (uint64_t)(ch->o->settle * 1e9);  /* --settle: idle until then */
+        ch->c.ping_start_ns = ch->run_t0;
         ch->last_progress = 0; /* tell the parent at once */
         if (ch->saturate && !ch->o->idle)
             for (long i = 0; i < ch->count; i++)
@@ -1416,7 +1416,7 @@ static void step(struct child *ch, uint64_t now)
         pace_reconnects(ch, now);
     if (ch->phase == PH_RUN || ch->phase == PH_DRAIN)
         pace_retries(ch, now);
-    if (ch->phase == PH_RUN) {
+    if (ch->phase == PH_RUN && now >= ch->run_t0) {
         pace_pings(ch, now);
         pace_notifies(ch, now);
         pace_drops(ch, now);

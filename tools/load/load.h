@@ -36,6 +36,7 @@ struct load_opts {
     double ping_interval; /* seconds; 0 = saturate (one outstanding ping per connection) */
     int idle;             /* no pings at all */
     double duration;
+    double settle; /* --settle: seconds idle after connecting, before pings and notifications */
     double notify_rate;  /* notifications per second, all processes together */
     double connect_rate; /* new connections per second, all processes; 0 = unlimited */
     int procs;

@@ -64,6 +64,8 @@ static void usage(FILE *f)
            "  --saturate           same as --ping-interval 0\n"
            "  --idle               send no pings (hold connections only)\n"
            "  --duration S         seconds of load after all clients connected\n"
+           "  --settle S           first stay idle S seconds after connecting (memory at rest\n"
+           "                       can be measured; not with --saturate)\n"
            "  --notify-rate R      notifications per second to random connected users (default 0)\n"
            "  --connect-rate R     new connections per second (default 5000; 0 = unlimited)\n"
            "  --procs P            load processes (default: one per --per-proc clients,\n"
@@ -176,6 +178,7 @@ enum {
     F_DROPMAX,
     F_CA,
     F_TLSRESUME,
+    F_SETTLE,
     F_HELP
 };
 
@@ -201,6 +204,7 @@ static const struct option g_longopts[] = {{"url", 1, 0, F_URL},
                                            {"drop-max", 1, 0, F_DROPMAX},
                                            {"ca", 1, 0, F_CA},
                                            {"tls-resume", 0, 0, F_TLSRESUME},
+                                           {"settle", 1, 0, F_SETTLE},
                                            {"help", 0, 0, F_HELP},
                                            {0, 0, 0, 0}};
 
@@ -283,6 +287,9 @@ static void apply_flag(struct load_opts *o, int f, const char *v, const char **u
     case F_TLSRESUME:
         o->tls_resume = 1;
         break;
+    case F_SETTLE:
+        o->settle = num_arg("--settle", v, 0, 86400);
+        break;
     case F_HELP:
         usage(stdout);
         exit(0);
@@ -316,6 +323,8 @@ static void parse_flags(int argc, char **argv, struct load_opts *o)
         bad("%s", "give --ping-interval S (0 = saturate) or --idle");
     if (o->notify_rate > 0 && !api)
         bad("%s", "--notify-rate needs --api");
+    if (o->settle > 0 && !o->idle && o->ping_interval <= 0)
+        bad("%s", "--settle does not go with --saturate");
     if (o->drop_rate > 0 && !o->resume)
         bad("%s", "--drop-rate needs --resume");
     char path[256];
