@@ -132,6 +132,7 @@ class TetherLoadTest(unittest.TestCase):
             self.assertEqual(s["connect_errors"], 0)
             self.assertEqual(s["disconnects"], 0)
             self.assertEqual(s["lost"], 0)
+            self.assertEqual(s["undelivered"], 0)
             self.assertGreater(s["notifications_sent"], 50)
             self.assertEqual(s["notifications_received"], s["notifications_sent"])
             self.assertEqual(s["notify_status"]["2xx"], s["notifications_sent"])

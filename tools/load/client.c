@@ -131,7 +131,7 @@ enum phase { PH_CONNECT, PH_RUN, PH_DRAIN, PH_DONE };
  * 200 (delivered), received (a second arrival is a duplicate). lost = 200
  * and never received; unsettled counts those still awaited.
  */
-enum { NT_SENT = 1, NT_DELIVERED = 2, NT_RECEIVED = 4 };
+enum { NT_SENT = 1, NT_DELIVERED = 2, NT_RECEIVED = 4, NT_ANSWERED = 8 };
 struct notes {
     uint8_t *st;
     size_t cap;
@@ -153,6 +153,22 @@ static int notes_sent(struct notes *t, uint64_t n)
     }
     t->st[n] = NT_SENT;
     return 0;
+}
+
+/* Any answer (200, 404, 503, ...) to notification n. */
+static void notes_answered(struct notes *t, uint64_t n)
+{
+    if (n < t->cap)
+        t->st[n] |= NT_ANSWERED;
+}
+
+/* Answered (whatever the status) and never received: 200s lost, 503s and 404s not delivered. */
+static uint64_t notes_undelivered(const struct notes *t)
+{
+    uint64_t k = 0;
+    for (size_t i = 0; i < t->cap; i++)
+        k += (t->st[i] & (NT_ANSWERED | NT_RECEIVED)) == NT_ANSWERED;
+    return k;
 }
 
 static void notes_delivered(struct notes *t, uint64_t n)
@@ -862,6 +878,8 @@ static int api_response(struct child *ch, struct api_conn *a)
         ch->c.notify_503++;
     else
         ch->c.notify_other++;
+    if (!ch->o->resume)
+        notes_answered(&ch->notes, a->n);
     if (!ch->o->resume && status == 200)
         notes_delivered(&ch->notes, a->n);
     if (ch->o->resume && (status == 200 || status == 202)) {
@@ -1392,6 +1410,8 @@ static void report(struct child *ch, uint32_t type)
     } else {
         ch->c.lost_notes = ch->notes.unsettled;
         ch->c.dup = ch->notes.dup;
+        if (type == LR_FINAL)
+            ch->c.undelivered = notes_undelivered(&ch->notes);
     }
     struct load_rec r = {.type = type, .child = (uint32_t)ch->id, .c = ch->c};
     if (write(ch->report_fd, &r, sizeof r) != (ssize_t)sizeof r)

@@ -72,6 +72,7 @@ struct load_counts {
     uint64_t api_failed;     /* requests that never got an answer (given up) */
     uint64_t api_reconnects; /* idle keep-alive connections replaced before use */
     uint64_t lost_notes;     /* without --resume: answered 200 delivered, never received */
+    uint64_t undelivered;    /* without --resume: answered (any status), never received */
     uint64_t other_messages; /* text frames neither pong nor load notification */
     /* --resume only (see track.h) */
     uint64_t reconnects, drops, notify_accepted, notify_retries;
