@@ -34,13 +34,9 @@ static void counter(struct th_buf *b, const char *name, const char *help, unsign
     th_buf_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, v);
 }
 
-static void render_hist(struct th_buf *b, const struct th_hist *h)
+void th_hist_render(struct th_buf *b, const char *n, const char *help, const struct th_hist *h)
 {
-    const char *n = "tether_notify_confirm_seconds";
-    th_buf_printf(b,
-                  "# HELP %s Notify request to worker confirmation latency (this notifier).\n"
-                  "# TYPE %s histogram\n",
-                  n, n);
+    th_buf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", n, help, n);
     unsigned long long cum = 0;
     for (unsigned i = 0; i < TH_HIST_BUCKETS; i++) {
         cum += h->count[i];
@@ -109,7 +105,8 @@ void th_metrics_render(struct th_buf *b, const struct th_reg *reg,
         "# HELP tether_notifications_pending Notifications accepted and not yet answered.\n"
         "# TYPE tether_notifications_pending gauge\ntether_notifications_pending %llu\n",
         st->api_conns, (unsigned long long)st->owed);
-    render_hist(b, &st->confirm);
+    th_hist_render(b, "tether_notify_confirm_seconds",
+                   "Notify request to worker confirmation latency (this notifier).", &st->confirm);
 }
 
 /*
@@ -180,7 +177,7 @@ void th_metrics_render_mailbox(struct th_buf *b, const struct th_mbx *mbx)
                   (unsigned long long)LOAD(c->resumes_lost));
 }
 
-int th_health_render(struct th_buf *b, const struct th_reg *reg, uint32_t hung_after_s)
+int th_health_render(struct th_buf *b, const struct th_reg *reg, uint32_t hung_after_s, int broker)
 {
     const struct th_reg_hdr *hdr = reg->hdr;
     struct th_buf body = {0};
@@ -203,6 +200,8 @@ int th_health_render(struct th_buf *b, const struct th_reg *reg, uint32_t hung_a
     }
     th_buf_printf(&body, "],\"hung\":[%.*s]}", (int)h.hlen, h.hung);
     th_buf_printf(b, "{\"status\":\"%s\",", ok ? "ok" : "degraded");
+    if (broker >= 0)
+        th_buf_printf(b, "\"broker\":\"%s\",", broker ? "up" : "down");
     th_buf_put(b, body.p, body.len);
     th_buf_free(&body);
     return ok ? 200 : 503;

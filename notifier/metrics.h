@@ -21,6 +21,8 @@ struct th_hist {
 };
 
 void th_hist_add(struct th_hist *h, uint64_t ns);
+/* Prometheus histogram lines for h under name. */
+void th_hist_render(struct th_buf *b, const char *name, const char *help, const struct th_hist *h);
 
 /* What only the notifier process knows, exported next to the group's counters. */
 struct th_notifier_stats {
@@ -37,9 +39,11 @@ void th_metrics_render(struct th_buf *b, const struct th_reg *reg,
 /*
  * Health JSON into b; returns 200 when everything is up (alive, heartbeat
  * within hung_after_s, not declared hung), else 503. "hung" lists the
- * processes the supervisor declared hung, e.g. ["worker[1]"].
+ * processes the supervisor declared hung, e.g. ["worker[1]"]. broker: -1
+ * (one node: no field), 0 or 1: "broker":"down"/"up" (with --nats); a
+ * broker that is away does not make it 503, since local delivery works.
  */
-int th_health_render(struct th_buf *b, const struct th_reg *reg, uint32_t hung_after_s);
+int th_health_render(struct th_buf *b, const struct th_reg *reg, uint32_t hung_after_s, int broker);
 
 struct th_mbx;
 /*

@@ -46,6 +46,28 @@ struct th_route_result {
 /* Called exactly once per deliver(), possibly before deliver() returns. */
 typedef void (*th_route_done_fn)(void *arg, const struct th_route_result *res);
 
+#define TH_NODE_NAME_MAX TH_NODE_MAX
+
+/* One connection another node holds, as its presence answer listed it. */
+struct th_route_pconn {
+    char node[TH_NODE_NAME_MAX + 1];
+    unsigned worker;
+    uint64_t connected_at, last_seen; /* wall ns */
+};
+
+/* What the other nodes said about a user's presence. */
+struct th_route_presence {
+    const struct th_route_pconn *conns; /* valid during the callback only */
+    unsigned n;
+    int has_last_seen;     /* some node's registry knows a LastSeen */
+    uint64_t last_seen_ns; /* the latest of them */
+    unsigned nodes;        /* nodes that answered */
+    int partial;           /* broker away or a live node did not answer in time */
+};
+typedef void (*th_route_presence_fn)(void *arg, const struct th_route_presence *p);
+
+struct th_buf;
+
 struct th_route;
 struct th_route_ops {
     /*
@@ -66,6 +88,18 @@ struct th_route_ops {
     /* Fail every delivery whose bound passed by now_mono. */
     void (*expire)(struct th_route *r, uint64_t now_mono);
     void (*destroy)(struct th_route *r);
+    /*
+     * Optional (NULL on one node). Ask the other nodes which connections of
+     * user they hold; done is called exactly once (possibly before this
+     * returns) with what answered within --handoff-timeout-ms. Returns 0 or
+     * -errno (done will not be called).
+     */
+    int (*presence)(struct th_route *r, const char *user, size_t ulen, th_route_presence_fn done,
+                    void *arg);
+    /* Optional: 1 broker connected, 0 away (for /healthz "broker"). */
+    int (*broker_up)(struct th_route *r);
+    /* Optional: the route's Prometheus lines appended to b. */
+    void (*render_metrics)(struct th_route *r, struct th_buf *b);
 };
 
 struct th_route {
@@ -86,5 +120,11 @@ struct th_route *th_route_local_new(const struct th_config *cfg, struct th_reg *
  */
 struct th_route *th_route_nats_new(const struct th_config *cfg, struct th_reg *reg,
                                    struct io_uring *ring, struct th_route *local);
+
+/*
+ * " on node NAME" with --nats (appended to the contract's notifier log lines
+ * so an operator sees which node said it), "" on one node.
+ */
+const char *th_route_where(const struct th_config *cfg);
 
 #endif

@@ -35,6 +35,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -187,14 +188,16 @@ static void not_connected_result(struct route_local *rl, const char *user, size_
     if (th_log_level_now < TH_LOG_INFO)
         return;
     if (!res->has_last_seen) {
-        th_info("[Notifier] User %.*s NOT connected (never in registry)", (int)ulen, user);
+        th_info("[Notifier] User %.*s NOT connected (never in registry)%s", (int)ulen, user,
+                th_route_where(rl->cfg));
         return;
     }
     char t[40], d[32];
     uint64_t now = th_now_ns();
     th_fmt_rfc3339(t, sizeof(t), res->last_seen_ns);
     th_fmt_duration(d, sizeof(d), now > res->last_seen_ns ? now - res->last_seen_ns : 0);
-    th_info("[Notifier] User %.*s NOT connected (LastSeen: %s, %s ago)", (int)ulen, user, t, d);
+    th_info("[Notifier] User %.*s NOT connected (LastSeen: %s, %s ago)%s", (int)ulen, user, t, d,
+            th_route_where(rl->cfg));
 }
 
 /* Answer the job's caller and free it. */
@@ -499,7 +502,8 @@ static int local_deliver(struct th_route *r, const char *user, size_t ulen, cons
         done(arg, &res);
         return 0;
     }
-    th_info("[Notifier] User %.*s IS connected - sending notification", (int)ulen, user);
+    th_info("[Notifier] User %.*s IS connected - sending notification%s", (int)ulen, user,
+            th_route_where(rl->cfg));
     uint32_t i = job_alloc(rl);
     if (i == NO_JOB)
         return -EBUSY;
@@ -653,6 +657,16 @@ static const struct th_route_ops local_ops = {
     .expire = local_expire,
     .destroy = local_destroy,
 };
+
+const char *th_route_where(const struct th_config *cfg)
+{
+    static char where[TH_NODE_NAME_MAX + 16];
+    if (!cfg->nats_urls[0])
+        return "";
+    if (!where[0])
+        snprintf(where, sizeof(where), " on node %.*s", TH_NODE_NAME_MAX, cfg->node);
+    return where;
+}
 
 struct th_route *th_route_local_new(const struct th_config *cfg, struct th_reg *reg,
                                     struct io_uring *ring)

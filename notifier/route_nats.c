@@ -5,7 +5,10 @@
  *
  * Subjects. A user's subject is "tether.u.<hex of the id's bytes>": the id is
  * hex-encoded, so no id (dots, '*', '>', spaces) can name another subject or
- * a wildcard. Replies come back on this node's own inbox "<inbox>.<pending>".
+ * a wildcard. Every node also listens on "tether.n" (heartbeats) and
+ * "tether.p" (presence questions); replies come back on this node's own
+ * inbox "<inbox>.<token>". Nodes are told apart by a random 64-bit id drawn
+ * at start (a restarted notifier is a new node to the others).
  *
  * Interest. A node subscribes to a user's subject while its registry holds at
  * least one live connection of that user and unsubscribes after the last: the
@@ -15,64 +18,113 @@
  * slots every 100 ms and a window of up to SCAN_NS after a connect during
  * which other nodes do not yet see the user).
  *
+ * Holders know each other. Right after subscribing, a node publishes a hello
+ * on the user's subject; every other holder adds it to that user's peer set
+ * and answers with its own id, so each holder keeps the set of the other
+ * holders (a bye before unsubscribing takes a node out). Subscribe-then-
+ * publish on one connection is ordered by the server, so of two nodes that
+ * start holding a user at once, at least one hears the other and answers.
+ *
  * Delivery. deliver() hands the frame to the local route and, when the broker
  * is connected, publishes it on the user's subject with a reply inbox. The
  * connection is made with no-echo, so this node never hears itself; when no
  * other node subscribes, the server answers at once with "no responders" and
  * the reply is the local one (404/202 without waiting). Otherwise every node
- * that holds the user delivers (no queue groups) and answers "TR1 <status>
- * <confirmed>"; the reply is gathered until the handoff timeout (the asker
- * cannot know how many nodes hold the user), then: any confirmed connection
- * anywhere -> 200 with "connections" summed and "nodes"; none -> 503
- * unavailable (a node may hold the user and be slow: never a false 404).
- * Broker down: local delivery goes on; a local 200 stays 200 (nodes:1), a
- * user not held here gets 503, since they may be held elsewhere.
+ * that holds the user delivers (no queue groups) and answers "TR2 <status>
+ * <confirmed> <its id> <its peer set>". The asker waits for the union of the
+ * sets it heard (and its own set, if it holds the user too): once every node
+ * of it answered, the reply goes at once; else at --handoff-timeout-ms with
+ * what it has. Any confirmed connection anywhere -> 200 with "connections"
+ * summed over the confirmations and "nodes" counted; none -> 503 unavailable
+ * (a node may hold the user and be slow: never a false 404). A node not
+ * heard on "tether.n" for DEAD_NS (killed, stopped, cut off) is left out of
+ * the sets, so it costs at most one timeout per delivery while it is being
+ * noticed and nothing after. Broker down: local delivery goes on; a local
+ * 200 stays 200 (nodes:1), a user not held here gets 503, since they may be
+ * held elsewhere. After a reconnect libnats restores the subscriptions and
+ * this node says hello again for every user it holds.
+ *
+ * Presence asks every live node on "tether.p" (presence is rare; last_seen
+ * must be the latest anywhere, also for a user who is connected nowhere now)
+ * and is gathered by the same rule: done when every node heard on
+ * "tether.n" answered, else at the timeout, marked partial.
  *
  * Threads. libnats runs its own threads (socket reader, flusher, one global
  * message-delivery thread). Its callbacks touch nothing of the loop: they
  * push the message onto a mutex-protected queue and write the route's
  * eventfd. The loop keeps one io_uring read armed on that eventfd (user_data
  * TH_UD_ROUTE with idx EV_IDX); its completion drains the queue on the loop
- * thread, which alone touches the pending table, the interest table and the
- * local route. The loop thread calls libnats' thread-safe publish/subscribe.
+ * thread, which alone touches the pending, presence, node and interest
+ * tables and the local route. The loop thread calls libnats' thread-safe
+ * publish/subscribe.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <nats/nats.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <unistd.h>
 
+#include "notifier/api.h"
+#include "notifier/metrics.h"
 #include "notifier/route.h"
 #include "shm/proto/userid.h"
 #include "shm/rt/clock.h"
 #include "shm/rt/log.h"
 
 #define EV_IDX TH_UD_IDX_MAX /* the eventfd read; local route's idx stay far below */
-#define SCAN_NS (100ull * 1000 * 1000)
-#define NPEND 4096u   /* remote deliveries in flight */
-#define NBUCKET 4096u /* interest table buckets */
+#define MS_NS (1000ull * 1000)
+#define SCAN_NS (100 * MS_NS)
+#define HB_NS (500 * MS_NS)    /* heartbeat period on tether.n */
+#define DEAD_NS (2000 * MS_NS) /* a node silent this long is not waited for */
+#define NPEND 4096u            /* remote deliveries in flight */
+#define NPRES 256u             /* presence questions in flight */
+#define NBUCKET 4096u          /* interest table buckets */
+#define MAX_NODES 64u          /* other nodes known from their heartbeats */
+#define MAX_PEERS 16u          /* other holders one holder remembers per user */
+#define PEND_NODES 16u         /* nodes one delivery waits for (more: the timeout) */
+#define PRES_CONNS 256u        /* connections one presence answer lists */
 #define SUBJ_PREFIX "tether.u."
+#define SUBJ_NODES "tether.n"
+#define SUBJ_PRESENCE "tether.p"
 #define SUBJ_MAX (sizeof(SUBJ_PREFIX) + 2 * TH_USER_MAX + 1)
 #define MSG_MAGIC "TN1" /* request: "TN1\0", then nseq (8 bytes LE), then the frame */
 #define MSG_HDR 12
 #define MSG_MAX (17u << 20) /* larger requests are dropped and counted */
-#define BAD_LOG_NS (1000ull * 1000 * 1000)
+#define TEXT_MAX 2048u      /* the text messages (replies, hellos, heartbeats) */
+#define PANS_MAX (PRES_CONNS * 64u + 256u)
+#define BAD_LOG_NS (1000 * MS_NS)
 
-enum ev_kind { EV_REQUEST, EV_REPLY, EV_DOWN, EV_UP };
+enum ev_kind { EV_USER, EV_NODES, EV_PRESENCE, EV_REPLY, EV_DOWN, EV_UP, EV_RECONNECTED };
+
+/* How a remote gather ended (tether_route_remote_total{result}). */
+enum gather_result { R_COMPLETE, R_TIMEOUT, R_NOT_HELD, R_BROKER_DOWN, R_NRESULTS };
+static const char *const result_names[R_NRESULTS] = {"complete", "timeout", "not_held",
+                                                     "broker_down"};
 
 struct ev {
     struct ev *next;
     int kind;
-    natsMsg *msg; /* EV_REQUEST, EV_REPLY: owned by the event */
+    natsMsg *msg; /* owned by the event (NULL for EV_DOWN/UP) */
 };
 
+/* Another node, as its heartbeats (or answers) showed it. */
+struct node {
+    uint64_t id, heard_ns;
+    char name[TH_NODE_NAME_MAX + 1];
+};
+
+/* A user this node holds: subscribed to its subject, with the other holders. */
 struct interest {
     struct interest *next;
     natsSubscription *sub;
     uint64_t mark;
+    uint64_t peers[MAX_PEERS];
+    unsigned npeers;
     size_t ulen;
     char user[TH_USER_MAX];
 };
@@ -83,6 +135,13 @@ struct local_arg {
     uint32_t idx, gen;
 };
 
+/* The nodes a gather waits for, and which of them answered. */
+struct waitset {
+    unsigned n, over; /* over: more nodes than fit: wait for the timeout */
+    uint64_t id[PEND_NODES];
+    uint8_t answered[PEND_NODES];
+};
+
 /* One deliver() waiting for the local route and the other nodes. */
 struct pend {
     struct local_arg la; /* the local route's callback arg: done comes before any reuse */
@@ -90,8 +149,26 @@ struct pend {
     int used, local_done, asked, no_resp;
     struct th_route_result local;
     unsigned remote_conf, remote_nodes;
-    uint64_t deadline;
+    struct waitset ws;
+    uint64_t t_pub, deadline;
     th_route_done_fn done;
+    void *arg;
+    uint32_t next_free;
+};
+
+/* One presence question out on tether.p. */
+struct pres {
+    uint32_t gen;
+    int used;
+    uint64_t deadline;
+    unsigned nwait, nans;
+    uint64_t wait[MAX_NODES];
+    uint8_t answered[MAX_NODES];
+    struct th_route_pconn *conns;
+    unsigned nconns;
+    int has_ls;
+    uint64_t ls;
+    th_route_presence_fn done;
     void *arg;
     uint32_t next_free;
 };
@@ -100,6 +177,8 @@ struct pend {
 struct remote {
     struct remote *prev, *next; /* rn->remotes: freed at destroy if still out */
     struct th_route_nats *rn;
+    size_t ulen;
+    char user[TH_USER_MAX];
     char reply[256];
 };
 
@@ -111,20 +190,31 @@ struct th_route_nats {
     struct th_route *local;
     natsOptions *opts;
     natsConnection *nc;
-    natsSubscription *inbox_sub;
+    natsSubscription *inbox_sub, *nodes_sub, *pres_sub;
     char inbox[128];
+    uint64_t me; /* this node's id */
+    char me_hex[17];
     int efd, armed;
     uint64_t efd_buf;
     pthread_mutex_t mu; /* guards qhead/qtail only */
     struct ev *qhead, *qtail;
     struct pend pend[NPEND];
     uint32_t free_head;
+    unsigned npend_used;
+    struct pres pres[NPRES];
+    uint32_t pres_free;
+    unsigned npres_used;
+    struct node nodes[MAX_NODES];
+    unsigned nnodes;
     struct interest *bucket[NBUCKET];
-    uint64_t scan_mark, next_scan;
+    uint64_t scan_mark, next_scan, next_hb;
     uint64_t bad, bad_logged_ns;
     struct remote *remotes;
     int closing; /* destroy: queued events are only freed */
     int up;      /* loop's view of the broker (from EV_DOWN/EV_UP and the status) */
+    /* metrics */
+    uint64_t reconnects, served, results[R_NRESULTS];
+    struct th_hist confirm; /* publish to a holder's answer */
 };
 
 /* ---- libnats threads: queue and wake, nothing else ------------------------ */
@@ -152,11 +242,25 @@ static void push(struct th_route_nats *rn, int kind, natsMsg *msg)
     }
 }
 
-static void on_request_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+static void on_user_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     (void)nc;
     (void)sub;
-    push(closure, EV_REQUEST, msg);
+    push(closure, EV_USER, msg);
+}
+
+static void on_nodes_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    push(closure, EV_NODES, msg);
+}
+
+static void on_presence_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    push(closure, EV_PRESENCE, msg);
 }
 
 static void on_reply_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
@@ -178,18 +282,31 @@ static void on_up(natsConnection *nc, void *closure)
     push(closure, EV_UP, NULL);
 }
 
-/* ---- subjects -------------------------------------------------------------- */
+static void on_reconnected(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    push(closure, EV_RECONNECTED, NULL);
+}
+
+/* ---- subjects and message text --------------------------------------------- */
+
+static const char hexdig[] = "0123456789abcdef";
+
+static size_t hex_put(char *out, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hexdig[(unsigned char)s[i] >> 4];
+        out[2 * i + 1] = hexdig[(unsigned char)s[i] & 15];
+    }
+    out[2 * n] = 0;
+    return 2 * n;
+}
 
 static void user_subject(char out[SUBJ_MAX], const char *user, size_t ulen)
 {
-    static const char hex[] = "0123456789abcdef";
     size_t n = sizeof(SUBJ_PREFIX) - 1;
     memcpy(out, SUBJ_PREFIX, n);
-    for (size_t i = 0; i < ulen; i++) {
-        out[n++] = hex[(unsigned char)user[i] >> 4];
-        out[n++] = hex[(unsigned char)user[i] & 15];
-    }
-    out[n] = 0;
+    hex_put(out + n, user, ulen);
 }
 
 static int hexval(char c)
@@ -197,14 +314,9 @@ static int hexval(char c)
     return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
-/* The user id a subject names; -EINVAL unless it is exactly a valid one. */
-static int subject_user(const char *subj, char *user)
+/* hl hex digits at h as a user id; its length, or -EINVAL unless a valid id. */
+static int hex_user(const char *h, size_t hl, char *user)
 {
-    size_t pl = sizeof(SUBJ_PREFIX) - 1;
-    if (strncmp(subj, SUBJ_PREFIX, pl) != 0)
-        return -EINVAL;
-    const char *h = subj + pl;
-    size_t hl = strlen(h);
     if (hl == 0 || hl % 2 || hl / 2 > TH_USER_MAX)
         return -EINVAL;
     for (size_t i = 0; i < hl / 2; i++) {
@@ -213,9 +325,51 @@ static int subject_user(const char *subj, char *user)
             return -EINVAL;
         user[i] = (char)(a << 4 | b);
     }
-    if (!th_userid_valid(user, hl / 2))
+    return th_userid_valid(user, hl / 2) ? (int)(hl / 2) : -EINVAL;
+}
+
+/* The user id a subject names; -EINVAL unless it is exactly a valid one. */
+static int subject_user(const char *subj, char *user)
+{
+    size_t pl = sizeof(SUBJ_PREFIX) - 1;
+    if (strncmp(subj, SUBJ_PREFIX, pl) != 0)
         return -EINVAL;
-    return (int)(hl / 2);
+    return hex_user(subj + pl, strlen(subj + pl), user);
+}
+
+/* A node id: exactly 16 lowercase hex digits ending the token. */
+static int parse_id(const char *s, const char **end, uint64_t *id)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 16; i++) {
+        int d = hexval(s[i]);
+        if (d < 0)
+            return -EINVAL;
+        v = v << 4 | (uint64_t)d;
+    }
+    if (s[16] && s[16] != ' ' && s[16] != '\n')
+        return -EINVAL;
+    *id = v;
+    *end = s + 16;
+    return 0;
+}
+
+static void id_hex(char out[17], uint64_t id)
+{
+    for (int i = 0; i < 16; i++)
+        out[i] = hexdig[(id >> (60 - 4 * i)) & 15];
+    out[16] = 0;
+}
+
+/* The message's data as a NUL-terminated string in buf; -EINVAL if too big or holding NULs. */
+static int msg_text(natsMsg *m, char *buf, size_t cap)
+{
+    int n = natsMsg_GetDataLength(m);
+    if (n <= 0 || (size_t)n >= cap)
+        return -EINVAL;
+    memcpy(buf, natsMsg_GetData(m), (size_t)n);
+    buf[n] = 0;
+    return strlen(buf) == (size_t)n ? n : -EINVAL;
 }
 
 /* Bad input from the broker: counted, logged once a second at most. */
@@ -230,6 +384,83 @@ static void bad_input(struct th_route_nats *rn, const char *why)
     }
 }
 
+static int broker_up(struct th_route_nats *rn)
+{
+    return rn->nc && natsConnection_Status(rn->nc) == NATS_CONN_STATUS_CONNECTED;
+}
+
+/* ---- nodes: who is alive (heartbeats on tether.n) -------------------------- */
+
+static struct node *node_find(struct th_route_nats *rn, uint64_t id)
+{
+    for (unsigned i = 0; i < rn->nnodes; i++)
+        if (rn->nodes[i].id == id)
+            return &rn->nodes[i];
+    return NULL;
+}
+
+/* Heard from node id just now (name NULL: keep the one known). */
+static struct node *node_heard(struct th_route_nats *rn, uint64_t id, const char *name)
+{
+    struct node *n = node_find(rn, id);
+    uint64_t now = th_mono_ns();
+    if (!n) {
+        if (rn->nnodes < MAX_NODES) {
+            n = &rn->nodes[rn->nnodes++];
+        } else { /* full: the longest silent one goes */
+            n = &rn->nodes[0];
+            for (unsigned i = 1; i < rn->nnodes; i++)
+                if (rn->nodes[i].heard_ns < n->heard_ns)
+                    n = &rn->nodes[i];
+        }
+        memset(n, 0, sizeof(*n));
+        n->id = id;
+    }
+    n->heard_ns = now;
+    if (name)
+        snprintf(n->name, sizeof(n->name), "%s", name);
+    return n;
+}
+
+/* Heard within DEAD_NS: a node worth waiting for. Unknown ids are not. */
+static int node_live(struct th_route_nats *rn, uint64_t id, uint64_t now)
+{
+    struct node *n = node_find(rn, id);
+    return n && now - n->heard_ns < DEAD_NS;
+}
+
+static void heartbeat(struct th_route_nats *rn)
+{
+    char body[TH_NODE_NAME_MAX + 32];
+    int n = snprintf(body, sizeof(body), "TK1 %s %s", rn->me_hex, rn->cfg->node);
+    natsConnection_Publish(rn->nc, SUBJ_NODES, body, n); /* lost: the next one counts */
+}
+
+/* "TK1 <id> <name>" (alive) or "TX1 <id>" (leaving) on tether.n. */
+static void on_nodes(struct th_route_nats *rn, natsMsg *m)
+{
+    char buf[TEXT_MAX];
+    const char *end;
+    uint64_t id;
+    if (msg_text(m, buf, sizeof(buf)) < 0 || strlen(buf) < 4 + 16 ||
+        parse_id(buf + 4, &end, &id) < 0) {
+        bad_input(rn, "node message");
+        return;
+    }
+    if (strncmp(buf, "TX1 ", 4) == 0 && !*end) {
+        struct node *n = node_find(rn, id);
+        if (n)
+            n->heard_ns = th_mono_ns() - DEAD_NS; /* gone: never waited for again */
+        return;
+    }
+    const char *name = end + 1;
+    if (strncmp(buf, "TK1 ", 4) != 0 || *end != ' ' || !*name || strlen(name) > TH_NODE_NAME_MAX) {
+        bad_input(rn, "heartbeat");
+        return;
+    }
+    node_heard(rn, id, name);
+}
+
 /* ---- interest: subscribe while the registry holds the user ----------------- */
 
 static uint32_t hash_user(const char *u, size_t n)
@@ -240,16 +471,66 @@ static uint32_t hash_user(const char *u, size_t n)
     return h % NBUCKET;
 }
 
+static struct interest *interest_find(struct th_route_nats *rn, const char *user, size_t ulen)
+{
+    for (struct interest *it = rn->bucket[hash_user(user, ulen)]; it; it = it->next)
+        if (it->ulen == ulen && memcmp(it->user, user, ulen) == 0)
+            return it;
+    return NULL;
+}
+
+/* Remember another holder (a dead one makes room when the set is full). */
+static void peer_add(struct th_route_nats *rn, struct interest *it, uint64_t id)
+{
+    for (unsigned i = 0; i < it->npeers; i++)
+        if (it->peers[i] == id)
+            return;
+    if (it->npeers < MAX_PEERS) {
+        it->peers[it->npeers++] = id;
+        return;
+    }
+    uint64_t now = th_mono_ns();
+    for (unsigned i = 0; i < it->npeers; i++)
+        if (!node_live(rn, it->peers[i], now)) {
+            it->peers[i] = id;
+            return;
+        }
+}
+
+static void peer_del(struct interest *it, uint64_t id)
+{
+    for (unsigned i = 0; i < it->npeers; i++)
+        if (it->peers[i] == id) {
+            it->peers[i] = it->peers[--it->npeers];
+            return;
+        }
+}
+
+/* "TH1 <me>" on the user's subject: the other holders add us and answer with their id. */
+static void say_hello(struct th_route_nats *rn, struct interest *it)
+{
+    char subj[SUBJ_MAX], reply[sizeof(rn->inbox) + 4], body[24];
+    user_subject(subj, it->user, it->ulen);
+    snprintf(reply, sizeof(reply), "%s.h", rn->inbox);
+    int n = snprintf(body, sizeof(body), "TH1 %s", rn->me_hex);
+    natsConnection_PublishRequest(rn->nc, subj, reply, body, n); /* lost: fewer early answers */
+}
+
+static void say_bye(struct th_route_nats *rn, struct interest *it)
+{
+    char subj[SUBJ_MAX], body[24];
+    user_subject(subj, it->user, it->ulen);
+    int n = snprintf(body, sizeof(body), "TB1 %s", rn->me_hex);
+    natsConnection_Publish(rn->nc, subj, body, n);
+}
+
 static int scan_visit(const struct th_conn_info *ci, void *arg)
 {
     struct th_route_nats *rn = arg;
     size_t ulen = strnlen(ci->user, TH_USER_MAX);
     if (!ulen)
         return 0;
-    struct interest **b = &rn->bucket[hash_user(ci->user, ulen)], *it;
-    for (it = *b; it; it = it->next)
-        if (it->ulen == ulen && memcmp(it->user, ci->user, ulen) == 0)
-            break;
+    struct interest *it = interest_find(rn, ci->user, ulen);
     if (it) {
         it->mark = rn->scan_mark;
         return 0;
@@ -259,7 +540,7 @@ static int scan_visit(const struct th_conn_info *ci, void *arg)
         return 0; /* next scan tries again */
     char subj[SUBJ_MAX];
     user_subject(subj, ci->user, ulen);
-    natsStatus s = natsConnection_Subscribe(&it->sub, rn->nc, subj, on_request_msg, rn);
+    natsStatus s = natsConnection_Subscribe(&it->sub, rn->nc, subj, on_user_msg, rn);
     if (s != NATS_OK) {
         th_warn("[Cluster] node %s: subscribe for user %.*s failed: %s", rn->cfg->node, (int)ulen,
                 ci->user, natsStatus_GetText(s));
@@ -269,8 +550,11 @@ static int scan_visit(const struct th_conn_info *ci, void *arg)
     memcpy(it->user, ci->user, ulen);
     it->ulen = ulen;
     it->mark = rn->scan_mark;
+    struct interest **b = &rn->bucket[hash_user(ci->user, ulen)];
     it->next = *b;
     *b = it;
+    if (rn->up)
+        say_hello(rn, it); /* down: said for every user when the broker is back */
     return 0;
 }
 
@@ -286,15 +570,101 @@ static void interest_scan(struct th_route_nats *rn)
                 continue;
             }
             *p = it->next;
+            if (rn->up)
+                say_bye(rn, it);
             natsSubscription_Unsubscribe(it->sub); /* fails only when closed: nothing to undo */
             natsSubscription_Destroy(it->sub);
             free(it);
         }
 }
 
+/* Broker back: the others may have come and gone meanwhile; ask again. */
+static void rehello_all(struct th_route_nats *rn)
+{
+    for (unsigned i = 0; i < NBUCKET; i++)
+        for (struct interest *it = rn->bucket[i]; it; it = it->next) {
+            it->npeers = 0;
+            say_hello(rn, it);
+        }
+}
+
+/* "TI1 <id> <hex user>" on <inbox>.h: a holder answering our hello. */
+static void on_hello_answer(struct th_route_nats *rn, natsMsg *m)
+{
+    char buf[TEXT_MAX], user[TH_USER_MAX];
+    const char *end;
+    uint64_t id;
+    int ulen;
+    if (natsMsg_IsNoResponders(m))
+        return; /* nobody else holds the user */
+    if (msg_text(m, buf, sizeof(buf)) < 0 || strncmp(buf, "TI1 ", 4) != 0 ||
+        parse_id(buf + 4, &end, &id) < 0 || *end != ' ' ||
+        (ulen = hex_user(end + 1, strlen(end + 1), user)) < 0) {
+        bad_input(rn, "hello answer");
+        return;
+    }
+    struct interest *it = interest_find(rn, user, (size_t)ulen);
+    if (it && id != rn->me) {
+        node_heard(rn, id, NULL);
+        peer_add(rn, it, id);
+    }
+}
+
+/* ---- waitsets: the nodes a delivery waits for -------------------------------- */
+
+static int ws_find(const struct waitset *w, uint64_t id)
+{
+    for (unsigned i = 0; i < w->n; i++)
+        if (w->id[i] == id)
+            return (int)i;
+    return -1;
+}
+
+/* Wait for id too (not ourselves, not a node silent for DEAD_NS). */
+static void ws_expect(struct th_route_nats *rn, struct waitset *w, uint64_t id, uint64_t now)
+{
+    if (id == rn->me || ws_find(w, id) >= 0 || !node_live(rn, id, now))
+        return;
+    if (w->n == PEND_NODES) {
+        w->over = 1;
+        return;
+    }
+    w->id[w->n] = id;
+    w->answered[w->n++] = 0;
+}
+
+/* id answered; returns 0 for a first answer, -EEXIST for a repeat. */
+static int ws_answered(struct waitset *w, uint64_t id)
+{
+    int i = ws_find(w, id);
+    if (i >= 0) {
+        if (w->answered[i])
+            return -EEXIST;
+        w->answered[i] = 1;
+        return 0;
+    }
+    if (w->n == PEND_NODES) {
+        w->over = 1;
+        return 0;
+    }
+    w->id[w->n] = id;
+    w->answered[w->n++] = 1;
+    return 0;
+}
+
+static int ws_complete(const struct waitset *w)
+{
+    if (w->n == 0 || w->over)
+        return 0;
+    for (unsigned i = 0; i < w->n; i++)
+        if (!w->answered[i])
+            return 0;
+    return 1;
+}
+
 /* ---- pending deliveries of this node --------------------------------------- */
 
-static void pend_finish(struct th_route_nats *rn, uint32_t i)
+static void pend_finish(struct th_route_nats *rn, uint32_t i, enum gather_result why)
 {
     struct pend *p = &rn->pend[i];
     struct th_route_result res = p->local;
@@ -305,16 +675,18 @@ static void pend_finish(struct th_route_nats *rn, uint32_t i)
         res.status = 200;
         res.confirmed = conf;
         res.nodes = nodes;
-    } else if (!(p->asked && p->no_resp)) {
+    } else if (why != R_NOT_HELD) {
         res.status = 503; /* broker away or a node may hold the user: never a false 404 */
         res.confirmed = 0;
     }
+    rn->results[why]++;
     th_route_done_fn done = p->done;
     void *arg = p->arg;
     p->used = 0;
     p->gen++;
     p->next_free = rn->free_head;
     rn->free_head = i;
+    rn->npend_used--;
     done(arg, &res);
 }
 
@@ -323,8 +695,14 @@ static void pend_check(struct th_route_nats *rn, uint32_t i, uint64_t now)
     struct pend *p = &rn->pend[i];
     if (!p->used || !p->local_done)
         return;
-    if (!p->asked || p->no_resp || now >= p->deadline)
-        pend_finish(rn, i);
+    if (!p->asked)
+        pend_finish(rn, i, R_BROKER_DOWN);
+    else if (p->no_resp)
+        pend_finish(rn, i, R_NOT_HELD);
+    else if (ws_complete(&p->ws))
+        pend_finish(rn, i, R_COMPLETE);
+    else if (now >= p->deadline)
+        pend_finish(rn, i, R_TIMEOUT);
 }
 
 static void on_local_done(void *arg, const struct th_route_result *res)
@@ -340,9 +718,34 @@ static void on_local_done(void *arg, const struct th_route_result *res)
     pend_check(rn, i, th_mono_ns());
 }
 
-static int broker_up(struct th_route_nats *rn)
+/* Publish the request on the user's subject; 1 when it went out. */
+static int ask_holders(struct th_route_nats *rn, uint32_t i, const char *user, size_t ulen,
+                       const char *frame, size_t flen, uint64_t nseq)
 {
-    return rn->nc && natsConnection_Status(rn->nc) == NATS_CONN_STATUS_CONNECTED;
+    struct pend *p = &rn->pend[i];
+    char subj[SUBJ_MAX], reply[sizeof(rn->inbox) + 24];
+    char *msg = malloc(MSG_HDR + flen);
+    if (!msg)
+        return 0;
+    user_subject(subj, user, ulen);
+    snprintf(reply, sizeof(reply), "%s.%u_%u", rn->inbox, i, p->gen);
+    memcpy(msg, MSG_MAGIC, 4);
+    for (int k = 0; k < 8; k++)
+        msg[4 + k] = (char)(nseq >> (8 * k));
+    memcpy(msg + MSG_HDR, frame, flen);
+    p->t_pub = th_mono_ns();
+    natsStatus s = natsConnection_PublishRequest(rn->nc, subj, reply, msg, (int)(MSG_HDR + flen));
+    free(msg);
+    if (s != NATS_OK) {
+        th_warn("[Cluster] node %s: publish for user %.*s failed: %s", rn->cfg->node, (int)ulen,
+                user, natsStatus_GetText(s));
+        return 0;
+    }
+    /* Holding the user too: the holders we know are waited for as well. */
+    struct interest *it = interest_find(rn, user, ulen);
+    for (unsigned k = 0; it && k < it->npeers; k++)
+        ws_expect(rn, &p->ws, it->peers[k], p->t_pub);
+    return 1;
 }
 
 static int nats_deliver(struct th_route *r, const char *user, size_t ulen, const char *frame,
@@ -352,37 +755,21 @@ static int nats_deliver(struct th_route *r, const char *user, size_t ulen, const
     struct th_route_nats *rn = (struct th_route_nats *)r;
     if (rn->free_head == UINT32_MAX || ulen == 0 || ulen > TH_USER_MAX)
         return -EAGAIN;
-    char *msg = malloc(MSG_HDR + flen);
-    if (!msg)
-        return -ENOMEM;
     uint32_t i = rn->free_head;
     struct pend *p = &rn->pend[i];
     rn->free_head = p->next_free;
+    rn->npend_used++;
     p->used = 1;
     p->local_done = p->asked = p->no_resp = 0;
     p->remote_conf = p->remote_nodes = 0;
+    memset(&p->ws, 0, sizeof(p->ws));
     memset(&p->local, 0, sizeof(p->local));
     p->done = done;
     p->arg = arg;
-    p->deadline = th_mono_ns() + (uint64_t)rn->cfg->handoff_timeout_ms * 1000000ull;
+    p->deadline = th_mono_ns() + (uint64_t)rn->cfg->handoff_timeout_ms * MS_NS;
     uint32_t gen = p->gen;
-    if (broker_up(rn)) {
-        char subj[SUBJ_MAX], reply[sizeof(rn->inbox) + 24];
-        user_subject(subj, user, ulen);
-        snprintf(reply, sizeof(reply), "%s.%u_%u", rn->inbox, i, gen);
-        memcpy(msg, MSG_MAGIC, 4);
-        for (int k = 0; k < 8; k++)
-            msg[4 + k] = (char)(nseq >> (8 * k));
-        memcpy(msg + MSG_HDR, frame, flen);
-        natsStatus s =
-            natsConnection_PublishRequest(rn->nc, subj, reply, msg, (int)(MSG_HDR + flen));
-        if (s == NATS_OK)
-            p->asked = 1;
-        else
-            th_warn("[Cluster] node %s: publish for user %.*s failed: %s", rn->cfg->node, (int)ulen,
-                    user, natsStatus_GetText(s));
-    }
-    free(msg);
+    if (broker_up(rn))
+        p->asked = ask_holders(rn, i, user, ulen, frame, flen, nseq);
     p->la = (struct local_arg){rn, i, gen};
     int rc = rn->local->ops->deliver(rn->local, user, ulen, frame, flen, nseq, ho_flags,
                                      on_local_done, &p->la);
@@ -396,77 +783,280 @@ static int nats_deliver(struct th_route *r, const char *user, size_t ulen, const
     return 0;
 }
 
-/* "TR1 <status> <confirmed>" from a node that holds the user. */
+/* "TR2 <status> <confirmed> <id> [<peer id>...]" from a node that holds the user. */
+static void on_deliver_reply(struct th_route_nats *rn, natsMsg *m, uint32_t idx, uint32_t gen)
+{
+    struct pend *p = &rn->pend[idx];
+    if (!p->used || p->gen != gen)
+        return; /* late: that delivery was answered */
+    uint64_t now = th_mono_ns();
+    if (natsMsg_IsNoResponders(m)) {
+        p->no_resp = 1;
+        pend_check(rn, idx, now);
+        return;
+    }
+    char buf[TEXT_MAX], *s;
+    unsigned st, conf;
+    int off = 0;
+    uint64_t id;
+    const char *end;
+    if (msg_text(m, buf, sizeof(buf)) < 0 || sscanf(buf, "TR2 %u %u %n", &st, &conf, &off) != 2 ||
+        !off || conf > 1u << 20 || parse_id(buf + off, &end, &id) < 0) {
+        bad_input(rn, "reply body");
+        return;
+    }
+    if (ws_answered(&p->ws, id) < 0)
+        return; /* a node answers once */
+    node_heard(rn, id, NULL);
+    th_hist_add(&rn->confirm, now - p->t_pub);
+    if (st == 200 && conf) {
+        p->remote_conf += conf;
+        p->remote_nodes++;
+    }
+    for (s = (char *)end; *s == ' ';) {
+        uint64_t peer;
+        if (parse_id(s + 1, &end, &peer) < 0) {
+            bad_input(rn, "reply peers");
+            break;
+        }
+        ws_expect(rn, &p->ws, peer, now);
+        s = (char *)end;
+    }
+    pend_check(rn, idx, now);
+}
+
+/* ---- presence: ask every live node ------------------------------------------ */
+
+static void pres_finish(struct th_route_nats *rn, uint32_t i, int partial)
+{
+    struct pres *q = &rn->pres[i];
+    struct th_route_presence res = {.conns = q->conns,
+                                    .n = q->nconns,
+                                    .has_last_seen = q->has_ls,
+                                    .last_seen_ns = q->ls,
+                                    .nodes = q->nans,
+                                    .partial = partial};
+    th_route_presence_fn done = q->done;
+    void *arg = q->arg;
+    struct th_route_pconn *conns = q->conns;
+    q->conns = NULL;
+    q->used = 0;
+    q->gen++;
+    q->next_free = rn->pres_free;
+    rn->pres_free = i;
+    rn->npres_used--;
+    done(arg, &res); /* may ask again: the slot is free already */
+    free(conns);
+}
+
+static void pres_check(struct th_route_nats *rn, uint32_t i, uint64_t now)
+{
+    struct pres *q = &rn->pres[i];
+    if (!q->used)
+        return;
+    unsigned waiting = 0;
+    for (unsigned k = 0; k < q->nwait; k++)
+        waiting += !q->answered[k];
+    if (!waiting)
+        pres_finish(rn, i, 0);
+    else if (now >= q->deadline)
+        pres_finish(rn, i, 1);
+}
+
+static int nats_presence(struct th_route *r, const char *user, size_t ulen,
+                         th_route_presence_fn done, void *arg)
+{
+    struct th_route_nats *rn = (struct th_route_nats *)r;
+    if (rn->pres_free == UINT32_MAX || ulen == 0 || ulen > TH_USER_MAX)
+        return -EAGAIN;
+    uint32_t i = rn->pres_free;
+    struct pres *q = &rn->pres[i];
+    rn->pres_free = q->next_free;
+    rn->npres_used++;
+    uint64_t now = th_mono_ns();
+    q->used = 1;
+    q->nwait = q->nans = q->nconns = 0;
+    q->has_ls = 0;
+    q->ls = 0;
+    q->conns = NULL;
+    q->done = done;
+    q->arg = arg;
+    q->deadline = now + (uint64_t)rn->cfg->handoff_timeout_ms * MS_NS;
+    if (!broker_up(rn)) {
+        pres_finish(rn, i, 1);
+        return 0;
+    }
+    for (unsigned k = 0; k < rn->nnodes; k++)
+        if (now - rn->nodes[k].heard_ns < DEAD_NS) {
+            q->wait[q->nwait] = rn->nodes[k].id;
+            q->answered[q->nwait++] = 0;
+        }
+    char body[8 + 2 * TH_USER_MAX], reply[sizeof(rn->inbox) + 24];
+    memcpy(body, "TP1 ", 4);
+    size_t n = 4 + hex_put(body + 4, user, ulen);
+    snprintf(reply, sizeof(reply), "%s.p%u_%u", rn->inbox, i, q->gen);
+    if (natsConnection_PublishRequest(rn->nc, SUBJ_PRESENCE, reply, body, (int)n) != NATS_OK) {
+        pres_finish(rn, i, 1);
+        return 0;
+    }
+    pres_check(rn, i, now); /* no other live node: answered at once */
+    return 0;
+}
+
+/* "TP1 <hex user>": answer with this node's connections of the user and its LastSeen. */
+static void on_presence_question(struct th_route_nats *rn, natsMsg *m)
+{
+    char buf[TEXT_MAX], user[TH_USER_MAX];
+    const char *reply = natsMsg_GetReply(m);
+    int ulen;
+    if (msg_text(m, buf, sizeof(buf)) < 0 || strncmp(buf, "TP1 ", 4) != 0 || !reply ||
+        (ulen = hex_user(buf + 4, strlen(buf + 4), user)) < 0) {
+        bad_input(rn, "presence question");
+        return;
+    }
+    static struct th_conn_info infos[PRES_CONNS];
+    int n = th_reg_find_user(rn->reg, user, (size_t)ulen, infos, PRES_CONNS);
+    uint64_t ls = 0;
+    int has_ls = th_reg_last_seen(rn->reg, user, (size_t)ulen, &ls) == 1;
+    struct th_buf b = {0};
+    th_buf_printf(&b, "TQ1 %s %d %" PRIu64 " %s\n", rn->me_hex, has_ls, has_ls ? ls : 0,
+                  rn->cfg->node);
+    for (int k = 0; k < n; k++)
+        th_buf_printf(&b, "%u %" PRIu64 " %" PRIu64 "\n", infos[k].worker, infos[k].connected_at,
+                      infos[k].last_seen);
+    if (!b.oom)
+        natsConnection_Publish(rn->nc, reply, b.p, (int)b.len);
+    th_buf_free(&b);
+}
+
+/* Parse one presence answer's connection lines into q (bounded by PRES_CONNS). */
+static int pres_take_lines(struct pres *q, const char *s, const char *name)
+{
+    while (*s) {
+        unsigned w;
+        uint64_t ca, ls;
+        int used = 0;
+        if (sscanf(s, "%u %" SCNu64 " %" SCNu64 "\n%n", &w, &ca, &ls, &used) != 3 || !used)
+            return -EINVAL;
+        s += used;
+        if (q->nconns >= PRES_CONNS)
+            continue;
+        struct th_route_pconn *c = &q->conns[q->nconns++];
+        snprintf(c->node, sizeof(c->node), "%s", name);
+        c->worker = w;
+        c->connected_at = ca;
+        c->last_seen = ls;
+        if (!q->has_ls || ls > q->ls)
+            q->has_ls = 1, q->ls = ls;
+    }
+    return 0;
+}
+
+/* "TQ1 <id> <has_ls> <ls> <name>\n" then "<worker> <connected_at> <last_seen>\n" lines. */
+static void on_presence_answer(struct th_route_nats *rn, natsMsg *m, uint32_t idx, uint32_t gen)
+{
+    struct pres *q = &rn->pres[idx];
+    if (!q->used || q->gen != gen)
+        return;
+    if (natsMsg_IsNoResponders(m)) {
+        pres_finish(rn, idx, 0); /* no other node at all */
+        return;
+    }
+    char *buf = malloc(PANS_MAX), name[TH_NODE_NAME_MAX + 1];
+    const char *end;
+    uint64_t id, ls;
+    int has_ls, off = 0;
+    if (!buf)
+        return;
+    if (msg_text(m, buf, PANS_MAX) < 0 || strncmp(buf, "TQ1 ", 4) != 0 ||
+        parse_id(buf + 4, &end, &id) < 0 ||
+        sscanf(end, " %d %" SCNu64 " %64s\n%n", &has_ls, &ls, name, &off) != 3 || !off) {
+        bad_input(rn, "presence answer");
+        free(buf);
+        return;
+    }
+    if (!q->conns && !(q->conns = calloc(PRES_CONNS, sizeof(*q->conns)))) {
+        free(buf);
+        return;
+    }
+    int k;
+    for (k = 0; k < (int)q->nwait && q->wait[k] != id; k++)
+        ;
+    if (k < (int)q->nwait && q->answered[k]) {
+        free(buf);
+        return; /* a node answers once */
+    }
+    if (pres_take_lines(q, end + off, name) < 0)
+        bad_input(rn, "presence lines");
+    if (has_ls && (!q->has_ls || ls > q->ls))
+        q->has_ls = 1, q->ls = ls;
+    if (k < (int)q->nwait)
+        q->answered[k] = 1;
+    q->nans++;
+    node_heard(rn, id, name);
+    free(buf);
+    pres_check(rn, idx, th_mono_ns());
+}
+
+/* ---- replies on our inbox ------------------------------------------------------ */
+
 static void on_reply(struct th_route_nats *rn, natsMsg *m)
 {
     const char *subj = natsMsg_GetSubject(m);
     size_t il = strlen(rn->inbox);
     unsigned idx, gen;
     char tail;
-    if (strncmp(subj, rn->inbox, il) != 0 || subj[il] != '.' ||
-        sscanf(subj + il + 1, "%u_%u%c", &idx, &gen, &tail) != 2 || idx >= NPEND) {
+    if (strncmp(subj, rn->inbox, il) != 0 || subj[il] != '.') {
         bad_input(rn, "reply subject");
         return;
     }
-    struct pend *p = &rn->pend[idx];
-    if (!p->used || p->gen != gen)
-        return; /* late: that delivery was answered */
-    if (natsMsg_IsNoResponders(m)) {
-        p->no_resp = 1;
-    } else {
-        char buf[64];
-        int n = natsMsg_GetDataLength(m);
-        unsigned st, conf;
-        if (n <= 0 || n >= (int)sizeof(buf)) {
-            bad_input(rn, "reply size");
-            return;
-        }
-        memcpy(buf, natsMsg_GetData(m), (size_t)n);
-        buf[n] = 0;
-        if (sscanf(buf, "TR1 %u %u%c", &st, &conf, &tail) != 2 || conf > 1u << 20) {
-            bad_input(rn, "reply body");
-            return;
-        }
-        if (st == 200 && conf) {
-            p->remote_conf += conf;
-            p->remote_nodes++;
-        }
-    }
-    pend_check(rn, idx, th_mono_ns());
+    const char *tok = subj + il + 1;
+    if (strcmp(tok, "h") == 0)
+        on_hello_answer(rn, m);
+    else if (tok[0] == 'p' && sscanf(tok + 1, "%u_%u%c", &idx, &gen, &tail) == 2 && idx < NPRES)
+        on_presence_answer(rn, m, idx, gen);
+    else if (sscanf(tok, "%u_%u%c", &idx, &gen, &tail) == 2 && idx < NPEND)
+        on_deliver_reply(rn, m, idx, gen);
+    else
+        bad_input(rn, "reply subject");
 }
 
-/* ---- requests from other nodes --------------------------------------------- */
+/* ---- messages on a user's subject from other nodes --------------------------- */
 
+/* "TR2 <status> <confirmed> <me> <peers...>": who else the asker should wait for. */
 static void on_remote_done(void *arg, const struct th_route_result *res)
 {
     struct remote *rm = arg;
-    char body[48];
-    int n = snprintf(body, sizeof(body), "TR1 %d %u", res->status,
-                     res->status == 200 ? res->confirmed : 0);
-    if (rm->rn->nc && rm->reply[0])
-        natsConnection_Publish(rm->rn->nc, rm->reply, body, n); /* lost reply: the asker says 503 */
+    struct th_route_nats *rn = rm->rn;
+    char body[64 + MAX_PEERS * 17];
+    int n = snprintf(body, sizeof(body), "TR2 %d %u %s", res->status,
+                     res->status == 200 ? res->confirmed : 0, rn->me_hex);
+    struct interest *it = interest_find(rn, rm->user, rm->ulen);
+    uint64_t now = th_mono_ns();
+    for (unsigned k = 0; it && k < it->npeers; k++)
+        if (node_live(rn, it->peers[k], now)) {
+            body[n++] = ' ';
+            id_hex(body + n, it->peers[k]);
+            n += 16;
+        }
+    if (rn->nc && rm->reply[0])
+        natsConnection_Publish(rn->nc, rm->reply, body, n); /* lost: the asker times out */
     if (rm->prev)
         rm->prev->next = rm->next;
     else
-        rm->rn->remotes = rm->next;
+        rn->remotes = rm->next;
     if (rm->next)
         rm->next->prev = rm->prev;
     free(rm);
 }
 
-static void on_request(struct th_route_nats *rn, natsMsg *m)
+static void on_request(struct th_route_nats *rn, natsMsg *m, const char *user, int ulen)
 {
-    char user[TH_USER_MAX];
-    int ulen = subject_user(natsMsg_GetSubject(m), user);
     int n = natsMsg_GetDataLength(m);
     const char *d = natsMsg_GetData(m);
     const char *reply = natsMsg_GetReply(m);
-    if (ulen < 0) {
-        bad_input(rn, "subject");
-        return;
-    }
-    if (n < MSG_HDR || (unsigned)n > MSG_MAX || memcmp(d, MSG_MAGIC, 4) != 0) {
-        bad_input(rn, "request body");
+    if ((unsigned)n > MSG_MAX) {
+        bad_input(rn, "request size");
         return;
     }
     if (!reply || strlen(reply) >= sizeof(((struct remote *)0)->reply)) {
@@ -482,7 +1072,10 @@ static void on_request(struct th_route_nats *rn, natsMsg *m)
     if (rn->remotes)
         rn->remotes->prev = rm;
     rn->remotes = rm;
+    memcpy(rm->user, user, (size_t)ulen);
+    rm->ulen = (size_t)ulen;
     snprintf(rm->reply, sizeof(rm->reply), "%s", reply);
+    rn->served++;
     /*
      * Flags belong to the asking node: not passed on. The seq is the
      * JetStream mailbox's (mailbox_js.c) when --nats runs with the mailbox
@@ -499,6 +1092,71 @@ static void on_request(struct th_route_nats *rn, natsMsg *m)
     }
 }
 
+/* "TH1 <id>" (a new holder: add it, answer with our id) or "TB1 <id>" (it left). */
+static void on_holder_news(struct th_route_nats *rn, natsMsg *m, const char *user, int ulen)
+{
+    char buf[TEXT_MAX];
+    const char *end;
+    uint64_t id;
+    if (msg_text(m, buf, sizeof(buf)) < 0 || strlen(buf) < 4 + 16 ||
+        parse_id(buf + 4, &end, &id) < 0 || *end) {
+        bad_input(rn, "holder message");
+        return;
+    }
+    struct interest *it = interest_find(rn, user, (size_t)ulen);
+    if (!it || id == rn->me)
+        return; /* not holding (any more): nothing to keep */
+    if (strncmp(buf, "TB1 ", 4) == 0) {
+        peer_del(it, id);
+        return;
+    }
+    const char *reply = natsMsg_GetReply(m);
+    if (strncmp(buf, "TH1 ", 4) != 0 || !reply) {
+        bad_input(rn, "holder message");
+        return;
+    }
+    node_heard(rn, id, NULL);
+    peer_add(rn, it, id);
+    char body[24 + 2 * TH_USER_MAX];
+    int n = snprintf(body, sizeof(body), "TI1 %s ", rn->me_hex);
+    n += (int)hex_put(body + n, user, (size_t)ulen);
+    natsConnection_Publish(rn->nc, reply, body, n);
+}
+
+static void on_user_subject(struct th_route_nats *rn, natsMsg *m)
+{
+    char user[TH_USER_MAX];
+    int ulen = subject_user(natsMsg_GetSubject(m), user);
+    int n = natsMsg_GetDataLength(m);
+    const char *d = natsMsg_GetData(m);
+    if (ulen < 0) {
+        bad_input(rn, "subject");
+        return;
+    }
+    if (n >= MSG_HDR && memcmp(d, MSG_MAGIC, 4) == 0)
+        on_request(rn, m, user, ulen);
+    else
+        on_holder_news(rn, m, user, ulen);
+}
+
+/* ---- the broker's state as the loop sees it ----------------------------------- */
+
+static void broker_came_up(struct th_route_nats *rn, int reconnect)
+{
+    if (reconnect)
+        rn->reconnects++;
+    if (!rn->up)
+        th_info("[Cluster] node %s: broker connected%s", rn->cfg->node,
+                reconnect ? " again; subscriptions restored" : "");
+    rn->up = 1;
+    uint64_t now = th_mono_ns();
+    for (unsigned i = 0; i < rn->nnodes; i++)
+        rn->nodes[i].heard_ns = now; /* heard nothing while away: not dead for that */
+    heartbeat(rn);
+    rn->next_hb = now + HB_NS;
+    rehello_all(rn);
+}
+
 static void drain_queue(struct th_route_nats *rn)
 {
     pthread_mutex_lock(&rn->mu);
@@ -508,8 +1166,14 @@ static void drain_queue(struct th_route_nats *rn)
     while (e) {
         struct ev *next = e->next;
         switch (rn->closing ? -1 : e->kind) {
-        case EV_REQUEST:
-            on_request(rn, e->msg);
+        case EV_USER:
+            on_user_subject(rn, e->msg);
+            break;
+        case EV_NODES:
+            on_nodes(rn, e->msg);
+            break;
+        case EV_PRESENCE:
+            on_presence_question(rn, e->msg);
             break;
         case EV_REPLY:
             on_reply(rn, e->msg);
@@ -522,9 +1186,8 @@ static void drain_queue(struct th_route_nats *rn)
             rn->up = 0;
             break;
         case EV_UP:
-            if (!rn->up)
-                th_info("[Cluster] node %s: broker connected", rn->cfg->node);
-            rn->up = 1;
+        case EV_RECONNECTED:
+            broker_came_up(rn, e->kind == EV_RECONNECTED);
             break;
         }
         if (e->msg)
@@ -577,9 +1240,14 @@ static uint64_t nats_next_deadline(struct th_route *r)
     uint64_t d = rn->local->ops->next_deadline(rn->local);
     if (rn->next_scan < d)
         d = rn->next_scan;
-    for (uint32_t i = 0; i < NPEND; i++)
+    if (rn->next_hb < d)
+        d = rn->next_hb;
+    for (uint32_t i = 0; rn->npend_used && i < NPEND; i++)
         if (rn->pend[i].used && rn->pend[i].local_done && rn->pend[i].deadline < d)
             d = rn->pend[i].deadline;
+    for (uint32_t i = 0; rn->npres_used && i < NPRES; i++)
+        if (rn->pres[i].used && rn->pres[i].deadline < d)
+            d = rn->pres[i].deadline;
     return d;
 }
 
@@ -587,39 +1255,98 @@ static void nats_expire(struct th_route *r, uint64_t now)
 {
     struct th_route_nats *rn = (struct th_route_nats *)r;
     rn->local->ops->expire(rn->local, now);
-    for (uint32_t i = 0; i < NPEND; i++)
-        if (rn->pend[i].used)
+    for (uint32_t i = 0; rn->npend_used && i < NPEND; i++)
+        if (rn->pend[i].used && rn->pend[i].deadline <= now)
             pend_check(rn, i, now);
+    for (uint32_t i = 0; rn->npres_used && i < NPRES; i++)
+        if (rn->pres[i].used && rn->pres[i].deadline <= now)
+            pres_check(rn, i, now);
     if (now >= rn->next_scan) {
         rn->next_scan = now + SCAN_NS;
         interest_scan(rn);
     }
+    if (now >= rn->next_hb) {
+        rn->next_hb = now + HB_NS;
+        if (broker_up(rn))
+            heartbeat(rn);
+    }
+}
+
+static int nats_broker_up(struct th_route *r)
+{
+    return broker_up((struct th_route_nats *)r);
+}
+
+static void nats_render_metrics(struct th_route *r, struct th_buf *b)
+{
+    struct th_route_nats *rn = (struct th_route_nats *)r;
+    th_buf_printf(b,
+                  "# HELP tether_broker_up 1 while the NATS connection is up.\n"
+                  "# TYPE tether_broker_up gauge\ntether_broker_up %d\n"
+                  "# HELP tether_broker_reconnects_total NATS reconnections.\n"
+                  "# TYPE tether_broker_reconnects_total counter\n"
+                  "tether_broker_reconnects_total %" PRIu64 "\n"
+                  "# HELP tether_route_served_total Deliveries done here for other nodes.\n"
+                  "# TYPE tether_route_served_total counter\ntether_route_served_total %" PRIu64
+                  "\n"
+                  "# HELP tether_route_bad_messages_total Malformed broker messages dropped.\n"
+                  "# TYPE tether_route_bad_messages_total counter\n"
+                  "tether_route_bad_messages_total %" PRIu64 "\n"
+                  "# HELP tether_route_remote_total How asking the other nodes ended.\n"
+                  "# TYPE tether_route_remote_total counter\n",
+                  broker_up(rn), rn->reconnects, rn->served, rn->bad);
+    for (int k = 0; k < R_NRESULTS; k++)
+        th_buf_printf(b, "tether_route_remote_total{result=\"%s\"} %" PRIu64 "\n", result_names[k],
+                      rn->results[k]);
+    th_hist_render(b, "tether_route_remote_confirm_seconds",
+                   "Publish to a holding node's confirmation (this notifier).", &rn->confirm);
+}
+
+/* Tell the others we leave (they stop waiting for us at once), then close. */
+static void say_leaving(struct th_route_nats *rn)
+{
+    if (!broker_up(rn))
+        return;
+    for (unsigned i = 0; i < NBUCKET; i++)
+        for (struct interest *it = rn->bucket[i]; it; it = it->next)
+            say_bye(rn, it);
+    char body[24];
+    int n = snprintf(body, sizeof(body), "TX1 %s", rn->me_hex);
+    natsConnection_Publish(rn->nc, SUBJ_NODES, body, n);
+    natsConnection_FlushTimeout(rn->nc, 500);
 }
 
 static void nats_destroy(struct th_route *r)
 {
     struct th_route_nats *rn = (struct th_route_nats *)r;
+    if (rn->nc)
+        say_leaving(rn);
     for (unsigned i = 0; i < NBUCKET; i++)
         for (struct interest *it = rn->bucket[i], *next; it; it = next) {
             next = it->next;
             natsSubscription_Destroy(it->sub);
             free(it);
         }
-    if (rn->inbox_sub)
-        natsSubscription_Destroy(rn->inbox_sub);
+    natsSubscription *subs[] = {rn->inbox_sub, rn->nodes_sub, rn->pres_sub};
+    for (unsigned i = 0; i < 3; i++)
+        if (subs[i])
+            natsSubscription_Destroy(subs[i]);
     if (rn->nc) {
         natsConnection_Close(rn->nc);
         natsConnection_Destroy(rn->nc);
     }
     if (rn->opts)
         natsOptions_Destroy(rn->opts);
-    nats_CloseAndWait(2000);            /* every libnats thread gone: the queue is ours alone */
+    nats_CloseAndWait(2000); /* every libnats thread gone: the queue is ours alone */
+    rn->closing = 1;
     drain_queue(rn);                    /* replies to other nodes are dropped with the connection */
     rn->local->ops->destroy(rn->local); /* drops its deliveries without callbacks */
     for (struct remote *rm = rn->remotes, *next; rm; rm = next) {
         next = rm->next;
         free(rm);
     }
+    for (uint32_t i = 0; i < NPRES; i++)
+        free(rn->pres[i].conns);
     if (rn->efd >= 0)
         close(rn->efd);
     pthread_mutex_destroy(&rn->mu);
@@ -633,13 +1360,16 @@ static const struct th_route_ops nats_ops = {
     .next_deadline = nats_next_deadline,
     .expire = nats_expire,
     .destroy = nats_destroy,
+    .presence = nats_presence,
+    .broker_up = nats_broker_up,
+    .render_metrics = nats_render_metrics,
 };
 
-static int setup(struct th_route_nats *rn)
+static int setup_options(struct th_route_nats *rn)
 {
     natsStatus s;
-    char name[TH_PATH_MAX + 8];
-    snprintf(name, sizeof(name), "tether-%s", rn->cfg->node);
+    char name[TH_NODE_NAME_MAX + 8];
+    snprintf(name, sizeof(name), "tether-%.*s", (int)TH_NODE_NAME_MAX, rn->cfg->node);
     if ((s = natsOptions_Create(&rn->opts)) != NATS_OK ||
         (s = natsOptions_SetURL(rn->opts, rn->cfg->nats_urls)) != NATS_OK ||
         (s = natsOptions_SetName(rn->opts, name)) != NATS_OK ||
@@ -652,17 +1382,48 @@ static int setup(struct th_route_nats *rn)
         (s = natsOptions_SetPingInterval(rn->opts, 1000)) != NATS_OK ||
         (s = natsOptions_SetMaxPingsOut(rn->opts, 2)) != NATS_OK ||
         (s = natsOptions_SetDisconnectedCB(rn->opts, on_down, rn)) != NATS_OK ||
-        (s = natsOptions_SetReconnectedCB(rn->opts, on_up, rn)) != NATS_OK ||
+        (s = natsOptions_SetReconnectedCB(rn->opts, on_reconnected, rn)) != NATS_OK ||
         (s = natsOptions_SetRetryOnFailedConnect(rn->opts, true, on_up, rn)) != NATS_OK) {
         th_error("[Cluster] NATS options (--nats %s): %s", rn->cfg->nats_urls,
                  natsStatus_GetText(s));
         return -EINVAL;
     }
+    return 0;
+}
+
+static int setup_subscriptions(struct th_route_nats *rn)
+{
+    natsStatus s;
+    char *inbox = NULL;
+    if ((s = natsInbox_Create(&inbox)) != NATS_OK)
+        return -ENOMEM;
+    snprintf(rn->inbox, sizeof(rn->inbox), "%s", inbox);
+    natsInbox_Destroy(inbox);
+    char wild[sizeof(rn->inbox) + 4];
+    snprintf(wild, sizeof(wild), "%s.*", rn->inbox);
+    if ((s = natsConnection_Subscribe(&rn->inbox_sub, rn->nc, wild, on_reply_msg, rn)) != NATS_OK ||
+        (s = natsConnection_Subscribe(&rn->nodes_sub, rn->nc, SUBJ_NODES, on_nodes_msg, rn)) !=
+            NATS_OK ||
+        (s = natsConnection_Subscribe(&rn->pres_sub, rn->nc, SUBJ_PRESENCE, on_presence_msg, rn)) !=
+            NATS_OK) {
+        th_error("[Cluster] node %s: natsConnection_Subscribe: %s", rn->cfg->node,
+                 natsStatus_GetText(s));
+        return -EIO;
+    }
+    return 0;
+}
+
+static int setup(struct th_route_nats *rn)
+{
+    if (getrandom(&rn->me, sizeof(rn->me), 0) != sizeof(rn->me))
+        rn->me = th_now_ns() ^ ((uint64_t)getpid() << 32);
+    id_hex(rn->me_hex, rn->me);
+    if (setup_options(rn) < 0)
+        return -EINVAL;
     th_info("[Cluster] node %s: Attempting NATS connection to %s", rn->cfg->node,
             rn->cfg->nats_urls);
-    s = natsConnection_Connect(&rn->nc, rn->opts);
+    natsStatus s = natsConnection_Connect(&rn->nc, rn->opts);
     if (s == NATS_OK) {
-        rn->up = 1;
         th_info("[Cluster] node %s: NATS IS connected", rn->cfg->node);
     } else if (s == NATS_NOT_YET_CONNECTED) {
         th_warn("[Cluster] node %s: NATS NOT connected yet; retrying in the background",
@@ -672,17 +1433,10 @@ static int setup(struct th_route_nats *rn)
                  natsStatus_GetText(s));
         return -ECONNREFUSED;
     }
-    char *inbox = NULL;
-    if ((s = natsInbox_Create(&inbox)) != NATS_OK)
-        return -ENOMEM;
-    snprintf(rn->inbox, sizeof(rn->inbox), "%s", inbox);
-    natsInbox_Destroy(inbox);
-    char wild[sizeof(rn->inbox) + 4];
-    snprintf(wild, sizeof(wild), "%s.*", rn->inbox);
-    if ((s = natsConnection_Subscribe(&rn->inbox_sub, rn->nc, wild, on_reply_msg, rn)) != NATS_OK) {
-        th_error("[Cluster] node %s: inbox subscribe: %s", rn->cfg->node, natsStatus_GetText(s));
+    if (setup_subscriptions(rn) < 0)
         return -EIO;
-    }
+    if (s == NATS_OK)
+        broker_came_up(rn, 0);
     return 0;
 }
 
@@ -702,6 +1456,8 @@ struct th_route *th_route_nats_new(const struct th_config *cfg, struct th_reg *r
     pthread_mutex_init(&rn->mu, NULL);
     for (uint32_t i = 0; i < NPEND; i++)
         rn->pend[i].next_free = i + 1 < NPEND ? i + 1 : UINT32_MAX;
+    for (uint32_t i = 0; i < NPRES; i++)
+        rn->pres[i].next_free = i + 1 < NPRES ? i + 1 : UINT32_MAX;
     rn->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (rn->efd < 0 || setup(rn) < 0) {
         if (rn->efd < 0)

@@ -80,6 +80,14 @@ struct resp {
     uint32_t nitems, pending;
     struct item *items; /* &one for a single notify: no allocation */
     struct item one;
+    struct presence_wait *pw; /* a presence answer waiting for the other nodes */
+};
+
+/* GET /v1/presence with --nats: the user, until the other nodes answered. */
+struct presence_wait {
+    struct resp *r;
+    size_t ulen;
+    char user[TH_USER_MAX];
 };
 
 struct conn {
@@ -244,6 +252,8 @@ static void resp_free(struct resp *r)
         free(r->items[i].err);
     if (r->items != &r->one)
         free(r->items);
+    free(r->pw);
+    r->pw = NULL;
     th_buf_free(&r->body);
     if (S->nspare < SPARE_RESP) { /* the next request reuses it: no malloc per notification */
         r->next = S->spare;
@@ -669,7 +679,8 @@ static void item_start(struct item *it, const struct th_notify *n0)
     struct th_notify n = *n0;
     const char *id = n.id;
     size_t idlen = n.idlen;
-    th_info("[Notifier] Attempting to send notification to user %.*s", (int)n.ulen, n.user);
+    th_info("[Notifier] Attempting to send notification to user %.*s%s", (int)n.ulen, n.user,
+            th_route_where(S->cfg));
     if (!id) {
         make_id(idbuf);
         id = idbuf;
@@ -834,6 +845,82 @@ static void handle_batch(struct resp *r, const struct th_api_req *req)
 
 /* ---- other endpoints ---------------------------------------------------- */
 
+/* One connection of the presence answer; node NULL on one node. */
+static void presence_conn(struct th_buf *b, int first, const char *node, unsigned worker,
+                          uint64_t connected_at, uint64_t last_seen)
+{
+    th_buf_puts(b, first ? "{" : ",{");
+    if (node) {
+        th_buf_puts(b, "\"node\":");
+        th_buf_json_str(b, node, strlen(node));
+        th_buf_puts(b, ",");
+    }
+    th_buf_printf(b, "\"worker\":%u,\"connected_at\":", worker);
+    th_buf_json_time(b, 1, connected_at);
+    th_buf_puts(b, ",\"last_seen\":");
+    th_buf_json_time(b, 1, last_seen);
+    th_buf_puts(b, "}");
+}
+
+/*
+ * The presence body: this node's connections (read now) and, with --nats,
+ * what the other nodes said (rp; NULL on one node). last_seen is the latest
+ * anywhere; "partial":true when a live node did not answer in time.
+ */
+static void render_presence(struct th_buf *b, const char *user, size_t ulen,
+                            const struct th_route_presence *rp)
+{
+    int n = th_reg_find_user(S->reg, user, ulen, S->infos, PRESENCE_MAX_CONNS);
+    uint64_t ls = 0;
+    int has_ls = 0;
+    for (int i = 0; i < n; i++)
+        if (!has_ls || S->infos[i].last_seen > ls)
+            ls = S->infos[i].last_seen, has_ls = 1;
+    if (n <= 0)
+        has_ls = th_reg_last_seen(S->reg, user, ulen, &ls) == 1;
+    if (rp && rp->has_last_seen && (!has_ls || rp->last_seen_ns > ls))
+        ls = rp->last_seen_ns, has_ls = 1;
+    th_buf_puts(b, "{\"user_id\":");
+    th_buf_json_str(b, user, ulen);
+    th_buf_printf(
+        b, ",\"connected\":%s,\"last_seen\":", n > 0 || (rp && rp->n > 0) ? "true" : "false");
+    th_buf_json_time(b, has_ls, ls);
+    th_buf_puts(b, ",\"connections\":[");
+    const char *here = rp ? S->cfg->node : NULL;
+    for (int i = 0; i < n; i++)
+        presence_conn(b, i == 0, here, S->infos[i].worker, S->infos[i].connected_at,
+                      S->infos[i].last_seen);
+    for (unsigned i = 0; rp && i < rp->n; i++)
+        presence_conn(b, n <= 0 && i == 0, rp->conns[i].node, rp->conns[i].worker,
+                      rp->conns[i].connected_at, rp->conns[i].last_seen);
+    th_buf_puts(b, "]");
+    if (rp && rp->partial)
+        th_buf_puts(b, ",\"partial\":true");
+    uint32_t pending;
+    uint64_t last;
+    if (S->mbx_on && th_mbx_user_info(&S->mbx, user, ulen, th_now_ns(), &pending, &last) == 0)
+        th_buf_printf(b, ",\"mailbox\":{\"pending\":%u,\"seq\":%llu}", pending,
+                      (unsigned long long)last);
+    th_buf_puts(b, "}");
+}
+
+/* The other nodes answered (or the timeout passed): render and let the answer go. */
+static void presence_done(void *arg, const struct th_route_presence *rp)
+{
+    struct presence_wait *pw = arg;
+    struct resp *r = pw->r;
+    r->status = 200;
+    render_presence(&r->body, pw->user, pw->ulen, rp);
+    r->pw = NULL;
+    free(pw);
+    if (--r->pending)
+        return;
+    if (!r->c)
+        resp_free(r);
+    else if (r == r->c->rhead)
+        conn_emit(r->c);
+}
+
 static void handle_presence(struct resp *r, const struct th_api_req *req)
 {
     char user[TH_USER_MAX];
@@ -842,36 +929,21 @@ static void handle_presence(struct resp *r, const struct th_api_req *req)
         resp_error(r, 400, "user id must be " TH_USERID_RULE_TEXT);
         return;
     }
-    int n = th_reg_find_user(S->reg, user, (size_t)ulen, S->infos, PRESENCE_MAX_CONNS);
-    uint64_t ls = 0;
-    int has_ls = 0;
-    for (int i = 0; i < n; i++)
-        if (!has_ls || S->infos[i].last_seen > ls)
-            ls = S->infos[i].last_seen, has_ls = 1;
-    if (n <= 0)
-        has_ls = th_reg_last_seen(S->reg, user, (size_t)ulen, &ls) == 1;
-    struct th_buf *b = &r->body;
     r->status = 200;
-    th_buf_puts(b, "{\"user_id\":");
-    th_buf_json_str(b, user, (size_t)ulen);
-    th_buf_printf(b, ",\"connected\":%s,\"last_seen\":", n > 0 ? "true" : "false");
-    th_buf_json_time(b, has_ls, ls);
-    th_buf_puts(b, ",\"connections\":[");
-    for (int i = 0; i < n; i++) {
-        th_buf_printf(b, "%s{\"worker\":%u,\"connected_at\":", i ? "," : "", S->infos[i].worker);
-        th_buf_json_time(b, 1, S->infos[i].connected_at);
-        th_buf_puts(b, ",\"last_seen\":");
-        th_buf_json_time(b, 1, S->infos[i].last_seen);
-        th_buf_puts(b, "}");
+    if (!S->route->ops->presence || !(r->pw = calloc(1, sizeof(*r->pw)))) {
+        struct th_route_presence away = {.partial = 1};
+        render_presence(&r->body, user, (size_t)ulen, S->route->ops->presence ? &away : NULL);
+        return;
     }
-    th_buf_puts(b, "]");
-    uint32_t pending;
-    uint64_t last;
-    if (S->mbx_on &&
-        th_mbx_user_info(&S->mbx, user, (size_t)ulen, th_now_ns(), &pending, &last) == 0)
-        th_buf_printf(b, ",\"mailbox\":{\"pending\":%u,\"seq\":%llu}", pending,
-                      (unsigned long long)last);
-    th_buf_puts(b, "}");
+    r->pw->r = r;
+    r->pw->ulen = (size_t)ulen;
+    memcpy(r->pw->user, user, (size_t)ulen);
+    r->pending += 2; /* one held: an answer given at once must not emit mid-setup */
+    if (S->route->ops->presence(S->route, user, (size_t)ulen, presence_done, r->pw) < 0) {
+        struct th_route_presence away = {.partial = 1};
+        presence_done(r->pw, &away);
+    }
+    r->pending--;
 }
 
 /*
@@ -960,7 +1032,9 @@ static void handle_request(struct conn *c, const struct th_api_req *req)
         handle_presence(r, req);
         break;
     case TH_API_HEALTHZ:
-        r->status = th_health_render(&r->body, S->reg, S->cfg->hung_after_s);
+        r->status =
+            th_health_render(&r->body, S->reg, S->cfg->hung_after_s,
+                             S->route->ops->broker_up ? S->route->ops->broker_up(S->route) : -1);
         break;
     case TH_API_METRICS:
         r->status = 200;
@@ -972,6 +1046,8 @@ static void handle_request(struct conn *c, const struct th_api_req *req)
         th_metrics_render_mailbox(&r->body, S->mbx_on ? &S->mbx : NULL);
         if (S->js)
             render_js_metrics(&r->body);
+        if (S->route->ops->render_metrics)
+            S->route->ops->render_metrics(S->route, &r->body);
         break;
     }
 }

@@ -396,8 +396,95 @@ static int check_security(struct th_config *c, char *err, size_t errlen)
     return 0;
 }
 
+/*
+ * One --nats URL: [nats://|tls://][user[:pass]@]host[:port], host without
+ * spaces, port 1..65535. libnats would only fail later, in the notifier,
+ * after the group started; a typo should stop `run` at once.
+ */
+static int nats_url_ok(const char *u, size_t n)
+{
+    static const char *const schemes[] = {"nats://", "tls://"};
+    for (size_t k = 0; k < 2; k++)
+        if (n > strlen(schemes[k]) && strncmp(u, schemes[k], strlen(schemes[k])) == 0) {
+            u += strlen(schemes[k]);
+            n -= strlen(schemes[k]);
+            break;
+        }
+    const char *at = memchr(u, '@', n);
+    if (at) {
+        n -= (size_t)(at + 1 - u);
+        u = at + 1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)u[i];
+        if (ch <= ' ' || ch == '/' || ch == '@' || ch >= 0x7f)
+            return 0;
+    }
+    const char *host_end = u + n, *port = NULL;
+    if (n && u[0] == '[') { /* an IPv6 literal */
+        const char *rb = memchr(u, ']', n);
+        if (!rb || rb == u + 1 || (rb + 1 < u + n && rb[1] != ':'))
+            return 0;
+        host_end = rb + 1;
+        port = rb + 1 < u + n ? rb + 2 : NULL;
+    } else {
+        const char *colon = memchr(u, ':', n);
+        if (colon && memchr(colon + 1, ':', (size_t)(u + n - colon - 1)))
+            return 0; /* a bare IPv6 address needs brackets */
+        if (colon) {
+            host_end = colon;
+            port = colon + 1;
+        }
+    }
+    if (host_end == u)
+        return 0;
+    if (!port)
+        return 1; /* libnats uses 4222 */
+    size_t pl = (size_t)(u + n - port);
+    unsigned long v = 0;
+    if (pl == 0 || pl > 5)
+        return 0;
+    for (size_t i = 0; i < pl; i++) {
+        if (port[i] < '0' || port[i] > '9')
+            return 0;
+        v = v * 10 + (unsigned long)(port[i] - '0');
+    }
+    return v >= 1 && v <= 65535;
+}
+
+/* The cluster flags' checks (README "Run several nodes"). */
+static int check_cluster(struct th_config *c, char *err, size_t errlen)
+{
+    for (const char *p = c->nats_urls; c->nats_urls[0];) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        if (!nats_url_ok(p, n)) {
+            snprintf(err, errlen,
+                     "--nats: '%.*s' is not a NATS URL (nats://HOST:PORT, tls://HOST:PORT or "
+                     "HOST:PORT, comma-separated)",
+                     (int)(n > 200 ? 200 : n), p);
+            return -EINVAL;
+        }
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    size_t nl = strlen(c->node);
+    int bad = nl == 0 || nl > TH_NODE_MAX;
+    for (size_t i = 0; i < nl; i++)
+        bad |= (unsigned char)c->node[i] <= ' ' || (unsigned char)c->node[i] >= 0x7f;
+    if (bad) {
+        snprintf(err, errlen, "--node: must be 1 to %u printable characters without spaces",
+                 TH_NODE_MAX);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static int check(struct th_config *c, char *err, size_t errlen)
 {
+    if (check_cluster(c, err, errlen) < 0)
+        return -EINVAL;
     if (check_security(c, err, errlen) < 0)
         return -EINVAL;
     if (!c->tls_cert[0] != !c->tls_key[0]) {

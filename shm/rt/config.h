@@ -69,8 +69,9 @@ struct th_config {
     uint32_t max_msgs_per_sec;         /* per connection, token bucket, 0 = off */
     uint32_t max_bytes_per_sec;        /* per connection, token bucket, 0 = off */
     /* Cluster (issue 12): several nodes over NATS. */
+#define TH_NODE_MAX 64u          /* --node bytes, printable, no spaces */
     char nats_urls[TH_PATH_MAX]; /* comma-separated NATS URLs; "" = one node, no broker */
-    char node[TH_PATH_MAX];      /* this node's name (default: the host name) */
+    char node[TH_PATH_MAX];      /* this node's name (default: the host name), <= TH_NODE_MAX */
     uint32_t nats_replicas; /* JetStream mailbox replicas (issue 13; with --nats and the mailbox) */
 };
 

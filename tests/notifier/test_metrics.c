@@ -66,7 +66,7 @@ Test(health, degraded_until_every_role_is_alive)
     struct th_reg reg = {0};
     reg.hdr = fake_hdr();
     struct th_buf b = {0};
-    cr_assert_eq(th_health_render(&b, &reg, 3), 503);
+    cr_assert_eq(th_health_render(&b, &reg, 3, -1), 503);
     cr_assert(strstr(b.p, "\"status\":\"degraded\""));
     b.len = 0;
     pid_t me = getpid();
@@ -77,13 +77,13 @@ Test(health, degraded_until_every_role_is_alive)
         atomic_store(&up[i]->pid, me);
         atomic_store(&up[i]->heartbeat_ns, now);
     }
-    cr_assert_eq(th_health_render(&b, &reg, 3), 503); /* worker 1 missing */
+    cr_assert_eq(th_health_render(&b, &reg, 3, -1), 503); /* worker 1 missing */
     b.len = 0;
     atomic_store(&reg.hdr->workers[1].pid, me);
-    cr_assert_eq(th_health_render(&b, &reg, 3), 503, "a pid without a heartbeat is not up");
+    cr_assert_eq(th_health_render(&b, &reg, 3, -1), 503, "a pid without a heartbeat is not up");
     b.len = 0;
     atomic_store(&reg.hdr->workers[1].heartbeat_ns, now);
-    cr_assert_eq(th_health_render(&b, &reg, 3), 200);
+    cr_assert_eq(th_health_render(&b, &reg, 3, -1), 200);
     cr_assert(strstr(b.p, "\"status\":\"ok\""));
     cr_assert(strstr(b.p, "\"workers\":[{\"index\":0,"));
     b.len = 0;
@@ -91,19 +91,27 @@ Test(health, degraded_until_every_role_is_alive)
     b.len = 0;
     /* Declared hung by the supervisor: 503 at once, naming it, heartbeat or not. */
     atomic_store(&reg.hdr->workers[1].hung_ns, now);
-    cr_assert_eq(th_health_render(&b, &reg, 3), 503);
+    cr_assert_eq(th_health_render(&b, &reg, 3, -1), 503);
     cr_assert(strstr(b.p, "\"hung\":[\"worker[1]\"]"), "%s", b.p);
     cr_assert(strstr(b.p, "{\"index\":1,\"pid\":"), "%s", b.p);
     b.len = 0;
     atomic_store(&reg.hdr->workers[1].hung_ns, 0);
-    cr_assert_eq(th_health_render(&b, &reg, 3), 200);
+    cr_assert_eq(th_health_render(&b, &reg, 3, -1), 200);
     b.len = 0;
     /* A stopped (SIGSTOP) or wedged process keeps its pid but its heartbeat ages past --hung-after.
      */
     atomic_store(&reg.hdr->roles[TH_ROLE_JANITOR].heartbeat_ns, now - 4 * TH_NS_PER_S);
-    cr_assert_eq(th_health_render(&b, &reg, 3), 503);
+    cr_assert_eq(th_health_render(&b, &reg, 3, -1), 503);
     b.len = 0;
-    cr_assert_eq(th_health_render(&b, &reg, 5), 200, "within a longer --hung-after it is up");
+    cr_assert_eq(th_health_render(&b, &reg, 5, -1), 200, "within a longer --hung-after it is up");
+    cr_assert(!strstr(b.p, "\"broker\""), "one node: no broker field: %s", b.p);
+    /* --nats: the broker's state is reported; away it does not fail the node (local works). */
+    b.len = 0;
+    cr_assert_eq(th_health_render(&b, &reg, 5, 0), 200);
+    cr_assert(strstr(b.p, "\"broker\":\"down\""), "%s", b.p);
+    b.len = 0;
+    cr_assert_eq(th_health_render(&b, &reg, 5, 1), 200);
+    cr_assert(strstr(b.p, "\"broker\":\"up\""), "%s", b.p);
     th_buf_free(&b);
     free(reg.hdr);
 }

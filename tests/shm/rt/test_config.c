@@ -106,6 +106,43 @@ Test(config, errors_name_the_flag)
     cr_assert_eq(parse(1, help), TH_CONFIG_HELP);
 }
 
+/* A --nats typo stops `run` at config time (exit 2), not the notifier after start-up. */
+Test(config, nats_urls_and_node_name)
+{
+    setenv("TETHER_JWT_SECRET", "s", 1);
+    const char *good[] = {"nats://127.0.0.1:4222",
+                          "127.0.0.1:4222",
+                          "localhost",
+                          "tls://n1.example:4443,nats://n2:4222",
+                          "nats://user:pw@host:1",
+                          "nats://[::1]:4222",
+                          "[::1]"};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        char *a[] = {"--nats", (char *)good[i]};
+        cr_assert_eq(parse(2, a), TH_CONFIG_OK, "%s: %s", good[i], err);
+        cr_assert_str_eq(cfg.nats_urls, good[i]);
+    }
+    const char *bad[] = {"nats://",         "nats://:4222",    "nats://h:0",     "nats://h:65536",
+                         "nats://h:42x",    "http://h:80",     "nats://h:4222,", ",nats://h:1",
+                         "nats://h 1:4222", "nats://h:4222/x", "::1:4222",       "[::1",
+                         "nats://h:"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char *a[] = {"--nats", (char *)bad[i]};
+        cr_assert_eq(parse(2, a), TH_CONFIG_ERROR, "%s accepted", bad[i]);
+        cr_assert(strstr(err, "--nats"), "%s", err);
+    }
+    char *n1[] = {"--nats", "h:1", "--node", "a b"};
+    cr_assert_eq(parse(4, n1), TH_CONFIG_ERROR);
+    cr_assert(strstr(err, "--node"), "%s", err);
+    char long_name[TH_NODE_MAX + 2];
+    memset(long_name, 'n', sizeof(long_name) - 1);
+    long_name[sizeof(long_name) - 1] = 0;
+    char *n2[] = {"--node", long_name};
+    cr_assert_eq(parse(2, n2), TH_CONFIG_ERROR);
+    long_name[TH_NODE_MAX] = 0;
+    cr_assert_eq(parse(2, n2), TH_CONFIG_OK, "%s", err);
+}
+
 Test(config, hung_after_flag_env_and_bounds)
 {
     setenv("TETHER_JWT_SECRET", "s", 1);

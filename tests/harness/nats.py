@@ -1,0 +1,106 @@
+"""A real nats-server for cluster tests (harness.nats): Debian's nats-server
+(installed by tools/deps) on a free loopback port, its log (and JetStream
+store, with jetstream=True) in a temp folder of its own that close()
+removes. stop()/start() keep the port, so a test can take the broker away
+and bring it back where the nodes expect it. Cluster helpers for several
+tether groups sharing it are here too (nodes, node_args)."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+from harness.group import Group, free_port
+
+NATS = shutil.which("nats-server") or "/usr/sbin/nats-server"
+
+
+def port_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class NatsServer:
+    def __init__(self, jetstream=False):
+        self.tmp = tempfile.mkdtemp(prefix="tether-nats-")
+        self.port = free_port()
+        self.jetstream = jetstream
+        self.proc = None
+        self.logf = None
+
+    @property
+    def url(self):
+        return "nats://127.0.0.1:%d" % self.port
+
+    def start(self, timeout=10):
+        args = [NATS, "-a", "127.0.0.1", "-p", str(self.port)]
+        if self.jetstream:
+            args += ["-js", "-sd", os.path.join(self.tmp, "js")]
+        self.logf = open(os.path.join(self.tmp, "nats.log"), "ab")
+        self.proc = subprocess.Popen(args, stdout=self.logf, stderr=self.logf)
+        deadline = time.time() + timeout
+        while not port_open(self.port):
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError("nats-server did not listen on %d:\n%s" % (self.port, self.log()))
+            time.sleep(0.05)
+        return self
+
+    def stop(self, timeout=10):
+        """Stop it (SIGTERM, then SIGKILL); the port stays ours for start()."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.logf:
+            self.logf.close()
+            self.logf = None
+
+    def log(self):
+        try:
+            with open(os.path.join(self.tmp, "nats.log"), "rb") as f:
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def close(self):
+        self.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def node_args(nats, name, extra=()):
+    """tether run flags for one node of the cluster on nats."""
+    return ["--nats", nats.url, "--node", name] + list(extra)
+
+
+def start_nodes(nats, names, extra=(), workers=1, **kw):
+    """Start one group per name on nats; every one connected to the broker, or raise."""
+    groups = []
+    try:
+        for name in names:
+            g = Group(workers=workers, extra_args=node_args(nats, name, extra), **kw)
+            groups.append(g)
+            g.start()
+        for g in groups:
+            if not g.wait_log("NATS IS connected", timeout=20):
+                raise RuntimeError("node never connected to NATS:\n" + g.log()[-3000:])
+        return groups
+    except BaseException:
+        for g in groups:
+            g.close()
+        raise
