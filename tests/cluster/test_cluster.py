@@ -281,6 +281,57 @@ class Cluster(unittest.TestCase):
             self.assertEqual(seen, list(range(total)), "lost or duplicated notifications")
         th.aio.run(go(), timeout=120)
 
+    def test_7_malformed_broker_input(self):
+        """Garbage on tether subjects (from a raw NATS client) is dropped and counted,
+        warned about at most once a second, and the nodes go on delivering."""
+        async def go():
+            ws = await connect_user(self.b, "g-user")
+            try:
+                await local_count(self.b, "g-user", 1)
+                st, body = await notify_until(self.a, "g-user", reached(1), {"n": 0})
+                self.assertEqual(st, 200, body)
+                subj = "tether.u." + "g-user".encode().hex()
+                junk = [("tether.n", b"garbage"), ("tether.n", b"TK1 nothex name"),
+                        ("tether.n", b"TK1 0123456789abcdef"), ("tether.p", b"TP1 zz"),
+                        ("tether.p", b"TP1 "), (subj, b"TN1\0"), (subj, b"TH1 x"),
+                        (subj, b"\xff" * 300), ("tether.u.zz", b"TH1 0123456789abcdef"),
+                        ("tether.u." + "a b".encode().hex(), b"TB1 0123456789abcdef")]
+                t0 = time.monotonic()
+                await in_thread(raw_publish, self.nats.port, junk * 20)
+                want = 20 * len(junk)
+                ok = await wait_until_async(lambda: sum(
+                    metrics(g)["tether_route_bad_messages_total"] for g in self.nodes) >= want, 10)
+                self.assertTrue(ok, [metrics(g)["tether_route_bad_messages_total"]
+                                     for g in self.nodes])
+                for g in self.nodes:
+                    lines = g.log().count("dropped a malformed broker message")
+                    self.assertLessEqual(lines, 2 + int(time.monotonic() - t0), g.shm_name)
+                st, body = await notify(self.c, "g-user", {"n": 1})
+                self.assertEqual((st, body["connections"], body["nodes"]), (200, 1, 1), body)
+                self.assertEqual((await frame_with_id(ws, body["id"]))["data"], {"n": 1})
+            finally:
+                await ws.close()
+        th.aio.run(go())
+
+
+def raw_publish(port, msgs):
+    """Publish (subject, payload) pairs with a bare NATS protocol client."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        f = s.makefile("rb")
+        f.readline()  # INFO
+        out = [b'CONNECT {"verbose":false,"pedantic":false}\r\n']
+        for subj, payload in msgs:
+            out.append(b"PUB %s %d\r\n%s\r\n" % (subj.encode(), len(payload), payload))
+        out.append(b"PING\r\n")
+        s.sendall(b"".join(out))
+        while True:
+            line = f.readline()
+            if not line or line.startswith(b"PONG"):
+                break
+            if line.startswith(b"-ERR"):
+                raise AssertionError(line)
+
 
 async def wait_until_async(pred, timeout):
     deadline = time.time() + timeout
