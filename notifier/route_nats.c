@@ -1316,11 +1316,26 @@ static void say_leaving(struct th_route_nats *rn)
     natsConnection_FlushTimeout(rn->nc, 500);
 }
 
+/*
+ * Drain: every message libnats already holds for a subscription reaches our
+ * callback (and the queue, freed below) before the connection closes;
+ * a plain close could leave some in the global delivery pool, never freed.
+ */
+static void drain_connection(struct th_route_nats *rn)
+{
+    if (!broker_up(rn) || natsConnection_DrainTimeout(rn->nc, 1000) != NATS_OK)
+        return;
+    for (int i = 0; i < 150 && !natsConnection_IsClosed(rn->nc); i++)
+        usleep(10 * 1000);
+}
+
 static void nats_destroy(struct th_route *r)
 {
     struct th_route_nats *rn = (struct th_route_nats *)r;
-    if (rn->nc)
+    if (rn->nc) {
         say_leaving(rn);
+        drain_connection(rn);
+    }
     for (unsigned i = 0; i < NBUCKET; i++)
         for (struct interest *it = rn->bucket[i], *next; it; it = next) {
             next = it->next;
