@@ -32,6 +32,7 @@
 #include "shm/rt/log.h"
 #include "shm/rt/channel.h"
 #include "shm/rt/paths.h"
+#include "shm/rt/stage.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -447,6 +448,12 @@ static void chan_flush(struct route_local *rl, unsigned w)
             legs[np + 1] = legs[np] + k;
             np++;
         }
+#ifdef TETHER_STAGES
+        uint64_t t_flush = th_mono_ns();
+        for (int p = 0; p < np; p++)
+            for (int m = 0; m < legs[p + 1] - legs[p]; m++)
+                TH_STAGE(rl->tx_hdr[p * TH_HO_BATCH_MAX + m].seq, TH_ST_N_FLUSH, t_flush);
+#endif
         int sent = np ? sendmmsg(c->fd, mm, (unsigned)np, MSG_DONTWAIT | MSG_NOSIGNAL) : 0;
         if (sent < 0) {
             if (errno == EAGAIN || errno == EINTR)
@@ -461,6 +468,7 @@ static void chan_flush(struct route_local *rl, unsigned w)
                 unsigned n;
                 seq_queued(rl, rl->tx_hdr[p * TH_HO_BATCH_MAX + m].seq, &i, &n);
                 rl->jobs[i].legs[n].state = LEG_SENT;
+                TH_STAGE(rl->tx_hdr[p * TH_HO_BATCH_MAX + m].seq, TH_ST_N_SENT, th_mono_ns());
             }
         c->inflight += legs[sent];
         size_t used = sent == np ? scanned : upto[sent - 1];
@@ -533,6 +541,9 @@ static int local_deliver(struct th_route *r, const char *user, size_t ulen, cons
     j->deadline = th_mono_ns() + rl->timeout_ns;
     for (int k = 0; k < n; k++)
         j->legs[k] = (struct leg){rl->infos[k].slot, rl->infos[k].gen, rl->infos[k].worker, 0};
+    /* The stage records' link from the caller's key (its arg) to the first leg's seq. */
+    TH_STAGE(seq_make(j->gen, i, 0), TH_ST_LINK, (uintptr_t)arg);
+    TH_STAGE(seq_make(j->gen, i, 0), TH_ST_N_RENDERED, th_mono_ns());
     /* Hold one extra count so a leg failing at once cannot finish the job mid-loop. */
     j->outstanding = (uint16_t)(n + 1);
     for (int k = 0; k < n; k++)
@@ -551,6 +562,7 @@ static void on_reply(struct route_local *rl, unsigned w, const struct th_ho_msg 
     if (i >= rl->cap || rl->jobs[i].gen != th_ud_gen(m->seq) || n >= rl->jobs[i].nlegs)
         return; /* late reply for a finished job */
     struct leg *l = &rl->jobs[i].legs[n];
+    TH_STAGE(m->seq, TH_ST_N_REPLY, th_mono_ns());
     if (l->state == LEG_SENT && l->worker == w)
         leg_resolve(rl, i, n, m->code);
 }

@@ -27,6 +27,7 @@
 #include "shm/rt/clock.h"
 #include "shm/rt/log.h"
 #include "shm/rt/role.h"
+#include "shm/rt/stage.h"
 #include "shm/proto/userid.h"
 
 #include <errno.h>
@@ -393,6 +394,8 @@ static void conn_emit(struct conn *c)
         if (!c->rhead)
             c->rtail = NULL;
         c->nresp--;
+        for (uint32_t i = 0; i < r->nitems; i++)
+            TH_STAGE((uintptr_t)&r->items[i], TH_ST_N_ANSWER, th_mono_ns());
         write_resp(c, r);
         if (r->close_after)
             c->stop_read = 1;
@@ -755,6 +758,8 @@ static void handle_notify(struct resp *r, const struct th_api_req *req)
         item_fail(&r->items[0], 400, err);
         return;
     }
+    TH_STAGE((uintptr_t)&r->items[0], TH_ST_N_RECV, r->c->last_active);
+    TH_STAGE((uintptr_t)&r->items[0], TH_ST_N_PARSED, th_mono_ns());
     r->pending++; /* hold: a synchronous answer must not emit mid-setup */
     item_start(&r->items[0], &n);
     json_decref(root);
@@ -1498,5 +1503,6 @@ int th_server_run(const struct th_config *cfg, struct th_reg *reg, int api_fd)
     submit_accept();
     loop();
     server_free();
+    th_stage_flush();
     return 0;
 }

@@ -18,6 +18,7 @@
 #include "shm/rt/clock.h"
 #include "shm/rt/log.h"
 #include "shm/rt/paths.h"
+#include "shm/rt/stage.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -192,6 +193,7 @@ static unsigned packet(struct worker *w, const uint8_t *p, size_t n, struct th_h
         memcpy(&m, p + off, sizeof(m));
         size_t left = n - off - sizeof(m);
         int ok = m.magic == TH_HO_MAGIC && m.len <= left && k < TH_HO_BATCH_MAX;
+        TH_STAGE(m.seq, TH_ST_W_RECV, w->mono_ns);
         rep[k] = (struct th_ho_msg){.magic = TH_HO_MAGIC,
                                     .type = TH_HO_REPLY,
                                     .code = ok ? handle(w, &m, p + off + sizeof(m)) : TH_HO_BAD,
@@ -199,6 +201,8 @@ static unsigned packet(struct worker *w, const uint8_t *p, size_t n, struct th_h
                                     .gen = m.gen,
                                     .seq = m.seq};
         k++;
+        TH_STAGE(m.seq, TH_ST_W_QUEUED, th_mono_ns());
+        wk_stage_pending(w, m.seq);
         if (!ok)
             break; /* the next header cannot be found (or is one too many) */
         off += sizeof(m) + m.len;
@@ -303,3 +307,25 @@ void wk_ctl_free(struct worker *w)
         w->ctl[i].buf = NULL;
     }
 }
+
+#ifdef TETHER_STAGES
+#include "shm/rt/clock.h"
+static uint64_t stage_seqs[4096];
+static unsigned nstage;
+
+void wk_stage_pending(struct worker *w, uint64_t seq)
+{
+    (void)w;
+    if (nstage < sizeof(stage_seqs) / sizeof(stage_seqs[0]))
+        stage_seqs[nstage++] = seq;
+}
+
+void wk_stage_submit(struct worker *w)
+{
+    (void)w;
+    uint64_t now = th_mono_ns();
+    for (unsigned i = 0; i < nstage; i++)
+        TH_STAGE(stage_seqs[i], TH_ST_W_SUBMIT, now);
+    nstage = 0;
+}
+#endif

@@ -232,6 +232,14 @@ void wk_ctl_on_send(struct worker *w, uint32_t i, uint32_t gen, int res);
 int wk_peer_close(struct worker *w, unsigned peer, struct th_handle h, uint32_t conn_id,
                   uint16_t code);
 void wk_ctl_shutdown(struct worker *w);
+#ifdef TETHER_STAGES
+/* Stage records: seqs handled in this iteration, stamped TH_ST_W_SUBMIT at the loop's submit. */
+void wk_stage_pending(struct worker *w, uint64_t seq);
+void wk_stage_submit(struct worker *w);
+#else
+#define wk_stage_pending(w, seq) ((void)0)
+#define wk_stage_submit(w) ((void)0)
+#endif
 /* After the ring is gone (no operation can write into them any more): the buffers. */
 void wk_ctl_free(struct worker *w);
 

@@ -28,6 +28,7 @@
 #include "worker/wk.h"
 #include "shm/rt/clock.h"
 #include "shm/rt/log.h"
+#include "shm/rt/stage.h"
 #include "shm/rt/role.h"
 
 #include <errno.h>
@@ -400,6 +401,7 @@ static void loop(struct worker *w)
         int more = wk_resume_run(w); /* replays queue a chunk each, before the flush */
         wk_conn_flush_all(w);
         flush_counters(w);
+        wk_stage_submit(w);
         /* a failure is logged; the beat still runs. Replay work left: do not block */
         th_uring_wait(&w->ring, more ? 0 : TH_HEARTBEAT_NS / 2);
         read_clocks(w);
@@ -475,6 +477,7 @@ int th_worker_main(const struct th_config *cfg, struct th_reg *reg, unsigned ind
     wk_auth_shutdown(w);
     io_uring_queue_exit(&w->ring);
     wk_ctl_free(w);
+    th_stage_flush();
     th_info("worker %u stopped", index);
     return 0;
 }
