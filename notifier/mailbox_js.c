@@ -59,6 +59,7 @@
  */
 #include "notifier/mailbox_js.h"
 #include "notifier/api.h" /* th_buf */
+#include "notifier/nats_opts.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -86,10 +87,12 @@
 #define GUARD_NS (3000ull * 1000 * 1000)       /* our own bound on an ack (PUB_WAIT_MS + margin) */
 #define MIRROR_WAIT_NS (1000ull * 1000 * 1000) /* ack seen, mirror not there yet */
 #define CHECK_NS (50ull * 1000 * 1000)
-#define WATCH_MS 1000
+#define WATCH_MS 500
+#define STALL_CHECKS 3 /* looks at an unmoving mirror behind the stream before re-subscribing */
+#define MIRROR_HB_NS (500ll * 1000 * 1000) /* the mirror's idle heartbeat */
 #define NONE UINT32_MAX
 
-enum ev_kind { EV_ACK, EV_MSG, EV_SETUP, EV_STATE, EV_LOST };
+enum ev_kind { EV_ACK, EV_MSG, EV_SETUP, EV_STATE, EV_LOST, EV_FOUND };
 
 struct ev {
     struct ev *next;
@@ -149,7 +152,9 @@ struct th_mjs {
     natsSubscription *sub; /* the mirror; set-up thread only */
     pthread_t thr;
     int thr_started;
-    int warned;         /* set-up thread only */
+    int warned; /* set-up thread only: */
+    uint64_t stall_at;
+    int stall_n;
     pthread_mutex_t mu; /* the queue, stop */
     pthread_cond_t cv;
     struct ev *qhead, *qtail;
@@ -497,7 +502,8 @@ static uint32_t waiting_for(struct th_mjs *j, uint64_t seq)
 static void mirror_advance(struct th_mjs *j, uint64_t seq)
 {
     if (seq > j->at_seq)
-        j->at_seq = seq;
+        __atomic_store_n(&j->at_seq, seq, __ATOMIC_RELAXED); /* the set-up thread reads it */
+    th_mbx_set_source_seq(j->cache, j->at_seq);
     if (!j->caught_up && j->at_seq >= j->catch_to) {
         j->caught_up = 1;
         th_mbx_set_epoch(j->cache, j->epoch);
@@ -622,9 +628,14 @@ static void drain(struct th_mjs *j, int closing)
                 break;
             case EV_LOST:
                 if (j->ready)
-                    th_warn("[Mailbox] JetStream stream %s lost; stores fail until it is back",
+                    th_warn("[Mailbox] JetStream mirror of %s lost; stores fail until it is back",
                             STREAM);
                 j->ready = 0;
+                break;
+            case EV_FOUND:
+                th_info("[Mailbox] JetStream mirror of %s back from seq %llu", STREAM,
+                        (unsigned long long)j->at_seq + 1);
+                j->ready = 1;
                 break;
             }
         }
@@ -702,14 +713,18 @@ static int64_t ensure_stream(struct th_mjs *j, uint64_t *first, uint64_t *last)
     return created ? created : 1;
 }
 
-static int subscribe_mirror(struct th_mjs *j)
+/* The mirror from the stream's first message (from == 0) or from seq from on. */
+static int subscribe_mirror(struct th_mjs *j, uint64_t from)
 {
     jsSubOptions so;
     jsErrCode jerr = 0;
     jsSubOptions_Init(&so);
     so.Stream = STREAM;
     so.Ordered = true;
-    so.Config.DeliverPolicy = js_DeliverAll;
+    so.Config.DeliverPolicy = from ? js_DeliverByStartSequence : js_DeliverAll;
+    so.Config.OptStartSeq = from;
+    /* A missed heartbeat is how libnats sees the consumer's server went away: notice it soon. */
+    so.Config.Heartbeat = MIRROR_HB_NS;
     natsStatus s = js_Subscribe(&j->sub, j->js, SUBJ_ALL, on_mirror_msg, j, NULL, &so, &jerr);
     if (s != NATS_OK) {
         th_warn("[Mailbox] JetStream mirror subscription: %s (code %d)", natsStatus_GetText(s),
@@ -739,6 +754,37 @@ static int stopping(struct th_mjs *j, int wait_ms)
     return st;
 }
 
+/*
+ * The ordered consumer re-creates itself after missed heartbeats, but when
+ * the server it lived on died it can stay silent for many seconds (a new
+ * stream leader first): the stream has more than the mirror applied, and
+ * nothing moved for STALL_CHECKS looks: subscribe again from where the
+ * mirror is (what the old one still delivers is below at_seq: skipped).
+ */
+static void watch_mirror(struct th_mjs *j, uint64_t last)
+{
+    uint64_t at = __atomic_load_n(&j->at_seq, __ATOMIC_RELAXED);
+    if (!j->sub || last <= at) {
+        j->stall_n = 0;
+        return;
+    }
+    if (at != j->stall_at) {
+        j->stall_at = at;
+        j->stall_n = 1;
+        return;
+    }
+    if (++j->stall_n < STALL_CHECKS)
+        return;
+    th_warn("[Mailbox] JetStream mirror stalled at seq %llu (stream at %llu): subscribing again",
+            (unsigned long long)at, (unsigned long long)last);
+    natsSubscription_Unsubscribe(j->sub);
+    natsSubscription_Destroy(j->sub);
+    j->sub = NULL;
+    j->stall_n = 0;
+    if (subscribe_mirror(j, at + 1) < 0)
+        push(j, EV_LOST, NULL, 0, 0, 0);
+}
+
 static void *setup_thread(void *arg)
 {
     struct th_mjs *j = arg;
@@ -761,12 +807,18 @@ static void *setup_thread(void *arg)
             /* EV_SETUP first: the loop resets the cache before any message of the mirror. */
             uint64_t floor = first ? first - 1 : last;
             push(j, EV_SETUP, NULL, stream_epoch(now_created), floor, last);
-            if (subscribe_mirror(j) == 0)
+            j->stall_n = 0;
+            if (subscribe_mirror(j, 0) == 0)
                 created = now_created;
             else
                 push(j, EV_LOST, NULL, 0, 0, 0);
+        } else if (now_created && !j->sub) { /* a re-subscription failed: again */
+            uint64_t at = __atomic_load_n(&j->at_seq, __ATOMIC_RELAXED);
+            if (subscribe_mirror(j, at + 1) == 0)
+                push(j, EV_FOUND, NULL, 0, 0, 0);
         } else if (now_created) {
             push(j, EV_STATE, NULL, first, 0, 0);
+            watch_mirror(j, last);
         }
         /* Unreachable or gone: the mirror stays (the ordered consumer resumes by itself
            after a broker restart); a stream found with another creation time starts over. */
@@ -943,7 +995,7 @@ static int connect_js(struct th_mjs *j)
     char name[TH_PATH_MAX + 16];
     snprintf(name, sizeof(name), "tether-mailbox-%s", j->cfg->node);
     if ((s = natsOptions_Create(&j->opts)) != NATS_OK ||
-        (s = natsOptions_SetURL(j->opts, j->cfg->nats_urls)) != NATS_OK ||
+        (s = th_nats_set_servers(j->opts, j->cfg->nats_urls)) != NATS_OK ||
         (s = natsOptions_SetName(j->opts, name)) != NATS_OK ||
         (s = natsOptions_UseGlobalMessageDelivery(j->opts, true)) != NATS_OK ||
         (s = natsOptions_SetMaxReconnect(j->opts, -1)) != NATS_OK ||

@@ -71,6 +71,7 @@
 
 #include "notifier/api.h"
 #include "notifier/metrics.h"
+#include "notifier/nats_opts.h"
 #include "notifier/route.h"
 #include "shm/proto/userid.h"
 #include "shm/rt/clock.h"
@@ -1386,7 +1387,7 @@ static int setup_options(struct th_route_nats *rn)
     char name[TH_NODE_NAME_MAX + 8];
     snprintf(name, sizeof(name), "tether-%.*s", (int)TH_NODE_NAME_MAX, rn->cfg->node);
     if ((s = natsOptions_Create(&rn->opts)) != NATS_OK ||
-        (s = natsOptions_SetURL(rn->opts, rn->cfg->nats_urls)) != NATS_OK ||
+        (s = th_nats_set_servers(rn->opts, rn->cfg->nats_urls)) != NATS_OK ||
         (s = natsOptions_SetName(rn->opts, name)) != NATS_OK ||
         (s = natsOptions_SetNoEcho(rn->opts, true)) != NATS_OK ||
         (s = natsOptions_UseGlobalMessageDelivery(rn->opts, true)) != NATS_OK ||

@@ -8,6 +8,8 @@
  */
 #include "shm/mailbox_impl.h"
 
+_Static_assert(sizeof(struct th_mbx_counters_sh) == 128, "counters block: layout version 2");
+
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>

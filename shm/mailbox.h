@@ -179,6 +179,14 @@ struct th_mbx_counters_sh {
     _Atomic uint64_t resumes_lost;             /* workers: recovered:false */
     _Atomic uint64_t duplicates;               /* writer: idempotent retries answered */
     _Atomic uint64_t answered_stored;          /* writer: notify answers 202 stored */
+    /*
+     * writer, when the object caches a mailbox kept elsewhere (JetStream,
+     * notifier/mailbox_js.c): 1 + the source seq up to which everything
+     * was applied; 0: not a cache. Read by workers: a resume whose since
+     * is past it waits for the cache (worker/resume.c). In the counters
+     * block because it has room there (the layout stays version 2).
+     */
+    _Atomic uint64_t source_seq;
 } __attribute__((aligned(64)));
 
 struct th_mbx_hdr {
@@ -338,6 +346,14 @@ int th_mbx_prepare_at(struct th_mbx *m, const char *user, size_t ulen, uint64_t 
 void th_mbx_reset(struct th_mbx *m, uint64_t epoch, uint64_t floor);
 /* Name the object's life (0: none matches; th_mbx_reset's caller sets it once filled). */
 void th_mbx_set_epoch(struct th_mbx *m, uint64_t epoch);
+/* Cache: every source seq up to seq applied (see counters.source_seq). */
+void th_mbx_set_source_seq(struct th_mbx *m, uint64_t seq);
+/*
+ * Any process: 1 with *seq when the object is a cache (everything of the
+ * source up to *seq applied) and *epoch_set (its epoch is not 0: filled);
+ * 0 when it is a mailbox of its own.
+ */
+int th_mbx_source(const struct th_mbx *m, uint64_t *seq, int *epoch_set);
 
 /* Record the outcome of the delivery of entry pos (200 with connections, 202). */
 void th_mbx_set_outcome(struct th_mbx *m, uint64_t pos, unsigned status, unsigned connections);

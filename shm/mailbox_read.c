@@ -196,3 +196,11 @@ void th_mbx_stats(const struct th_mbx *m, struct th_mbx_stats *out)
         tail += e.size;
     }
 }
+
+int th_mbx_source(const struct th_mbx *m, uint64_t *seq, int *epoch_set)
+{
+    uint64_t v = atomic_load_explicit(&m->hdr->counters.source_seq, memory_order_acquire);
+    *seq = v ? v - 1 : 0;
+    *epoch_set = __atomic_load_n(&m->hdr->epoch, __ATOMIC_ACQUIRE) != 0;
+    return v != 0;
+}

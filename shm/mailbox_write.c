@@ -240,6 +240,12 @@ void th_mbx_set_epoch(struct th_mbx *m, uint64_t epoch)
         __atomic_store_n(&m->hdr->epoch, epoch, __ATOMIC_RELEASE);
 }
 
+void th_mbx_set_source_seq(struct th_mbx *m, uint64_t seq)
+{
+    if (m->writable && m->gen)
+        atomic_store_explicit(&m->hdr->counters.source_seq, seq + 1, memory_order_release);
+}
+
 void th_mbx_reset(struct th_mbx *m, uint64_t epoch, uint64_t floor)
 {
     struct th_mbx_hdr *h = m->hdr;

@@ -20,17 +20,31 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define RP_CHUNK_FRAMES 32u  /* per connection per loop iteration */
-#define RP_ITER_FRAMES 4096u /* all connections together per loop iteration */
+#define RP_CHUNK_FRAMES 32u                    /* per connection per loop iteration */
+#define RP_ITER_FRAMES 4096u                   /* all connections together per loop iteration */
+#define RP_WAIT_NS (5ull * 1000 * 1000 * 1000) /* a cache behind the client's since */
 
 struct wk_replay {
     uint64_t target; /* replay stored seqs up to this one */
     int told_lost;   /* the client was told recovered:false: a further loss is no news */
-    uint8_t *held;   /* live frames held back: records {u64 nseq, u32 len, bytes} */
+    /*
+     * The mailbox caches a cluster mailbox (JetStream) that has not reached
+     * the client's since yet (the client got seq since from another node a
+     * moment ago), or is still filling: the resume itself waits (live
+     * frames above since are held meanwhile), at most RP_WAIT_NS.
+     */
+    int pending;
+    uint64_t since, wait_until;
+    uint32_t epoch_len;
+    char epoch[TH_EPOCH_MAX];
+    uint8_t *held; /* live frames held back: records {u64 nseq, u32 len, bytes} */
     uint32_t held_len, held_cap;
     uint32_t ulen;
     char user[TH_USER_MAX];
 };
+
+static int cache_behind(struct wk_resume *r, const struct th_resume_req *rr);
+static void resume_pending(struct worker *w, uint32_t idx);
 
 struct rp_ref {
     uint32_t idx, gen;
@@ -279,6 +293,26 @@ int wk_resume_run(struct worker *w)
             rp_free(c);
             continue;
         }
+        if (c->rp->pending) {
+            struct th_resume_req rr = {.want = 1,
+                                       .since = c->rp->since,
+                                       .epoch = c->rp->epoch,
+                                       .epoch_len = c->rp->epoch_len};
+            if (cache_behind(r, &rr) && w->mono_ns < c->rp->wait_until) {
+                r->list[kept++] = ref; /* the loop wakes every 50 ms at least */
+                continue;
+            }
+            if (cache_behind(r, &rr))
+                th_warn("user %.*s: resuming from since %llu although the cluster mailbox "
+                        "cache is still behind it after %llu ms",
+                        (int)c->rp->ulen, c->rp->user, (unsigned long long)c->rp->since,
+                        (unsigned long long)(RP_WAIT_NS / 1000000));
+            resume_pending(w, ref.idx);
+            if (c->state != CS_OPEN || !c->rp) {
+                rp_free(c);
+                continue;
+            }
+        }
         int rc = budget ? rp_chunk(w, ref.idx, &budget) : 0;
         if (rc == 1 && c->state == CS_OPEN) {
             rp_finish(w, ref.idx); /* a new gap found meanwhile has its own entry, appended */
@@ -328,14 +362,12 @@ static void send_resumed(struct worker *w, uint32_t idx, int recovered, const ch
  * this frame). A since ahead of the user's latest seq: recovered:false, and
  * live frames flow from the latest seq on.
  */
-void wk_resume_start(struct worker *w, uint32_t idx, const struct th_resume_req *rr,
-                     const char *user, size_t ulen)
+static void resume_now(struct worker *w, uint32_t idx, const struct th_resume_req *rr,
+                       const char *user, size_t ulen)
 {
     struct wk_resume *r = w->rs;
     struct conn *c = &w->conns[idx];
     char ep[TH_MBX_EPOCH_LEN + 1] = "";
-    if (!rr->want)
-        return;
     if (!r) { /* mailbox off: nothing is ever stored */
         send_resumed(w, idx, 0, ep, rr->since, 0);
         th_info(
@@ -365,8 +397,68 @@ void wk_resume_start(struct worker *w, uint32_t idx, const struct th_resume_req 
             (unsigned long long)rr->since, k, recovered ? "true" : "false");
     c->seq_hi = from > latest ? latest : from;
     c->flags |= CF_SEQ_KNOWN;
-    if (k && !rp_start(w, idx, last, user, ulen, !recovered)) {
+    if (c->rp) { /* it waited (pending): its held frames go after this replay */
+        c->rp->target = k ? last : c->seq_hi;
+        c->rp->told_lost = !recovered;
+    } else if (k && !rp_start(w, idx, last, user, ulen, !recovered)) {
         th_warn("user %s: out of memory for the replay, closing", user);
         wk_conn_close(w, idx, TH_WS_INTERNAL);
+    }
+}
+
+/* Is the cache behind what this client resumes from (see struct wk_replay)? */
+static int cache_behind(struct wk_resume *r, const struct th_resume_req *rr)
+{
+    uint64_t at;
+    int filled;
+    char ep[TH_MBX_EPOCH_LEN + 1];
+    if (!r || !th_mbx_source(&r->mbx, &at, &filled))
+        return 0;
+    if (!filled)
+        return 1;
+    th_mbx_epoch(&r->mbx, ep);
+    return epoch_matches(rr, ep) && rr->since > at;
+}
+
+void wk_resume_start(struct worker *w, uint32_t idx, const struct th_resume_req *rr,
+                     const char *user, size_t ulen)
+{
+    if (!rr->want)
+        return;
+    if (cache_behind(w->rs, rr) && rr->epoch_len <= TH_EPOCH_MAX) {
+        struct wk_replay *rp = rp_start(w, idx, rr->since, user, ulen, 0);
+        if (rp) {
+            rp->pending = 1;
+            rp->since = rr->since;
+            rp->wait_until = w->mono_ns + RP_WAIT_NS;
+            rp->epoch_len = (uint32_t)rr->epoch_len;
+            memcpy(rp->epoch, rr->epoch, rr->epoch_len);
+            return;
+        }
+    }
+    resume_now(w, idx, rr, user, ulen);
+}
+
+/* A pending resume whose cache caught up (or that waited long enough). */
+static void resume_pending(struct worker *w, uint32_t idx)
+{
+    struct wk_replay *rp = w->conns[idx].rp;
+    struct th_resume_req rr = {
+        .want = 1, .since = rp->since, .epoch = rp->epoch, .epoch_len = rp->epoch_len};
+    rp->pending = 0;
+    resume_now(w, idx, &rr, rp->user, rp->ulen);
+    struct conn *c = &w->conns[idx];
+    char ep[TH_MBX_EPOCH_LEN + 1];
+    th_mbx_epoch(&w->rs->mbx, ep);
+    if (c->state == CS_OPEN && c->rp && epoch_matches(&rr, ep) && c->seq_hi < rr.since) {
+        /*
+         * The cache never reached since (it waited RP_WAIT_NS): the client
+         * was told recovered:false, but since is a real seq of this epoch
+         * (another node sent it), so what the mirror brings later up to
+         * since is not sent again.
+         */
+        c->seq_hi = rr.since;
+        if (c->rp->target < rr.since)
+            c->rp->target = rr.since;
     }
 }

@@ -25,9 +25,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,62 +35,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import harness as th  # noqa: E402
 from harness.aio import connect, in_thread, notify, wait_connected  # noqa: E402
+from harness.nats import NatsServer, kill_group  # noqa: E402
 
-NATS = shutil.which("nats-server") or "/usr/sbin/nats-server"
 CAUGHT_UP = "JetStream mirror caught up"
-
-
-def port_open(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-class NatsServer:
-    """One nats-server with JetStream in dir (its store and log), on a free port."""
-
-    def __init__(self, base, name="n1", port=None, cluster_port=None, routes=(), cluster=None):
-        self.dir = os.path.join(base, name)
-        os.makedirs(self.dir, exist_ok=True)
-        self.port = port or th.free_port()
-        self.args = [NATS, "-a", "127.0.0.1", "-p", str(self.port), "-js",
-                     "-sd", os.path.join(self.dir, "js"), "-n", name]
-        if cluster_port:
-            self.args += ["--cluster_name", cluster, "--cluster",
-                          "nats://127.0.0.1:%d" % cluster_port,
-                          "--routes", ",".join("nats://127.0.0.1:%d" % p for p in routes)]
-        self.log = open(os.path.join(self.dir, "log"), "ab")
-        self.proc = None
-
-    @property
-    def url(self):
-        return "nats://127.0.0.1:%d" % self.port
-
-    def start(self, wait=True):
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=self.log)
-        if wait and not th.wait_until(lambda: port_open(self.port), timeout=10):
-            raise RuntimeError("nats-server did not listen on %d" % self.port)
-        return self
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(10)
-
-    def close(self):
-        self.stop()
-        self.log.close()
-
-
-def kill_group(g):
-    """SIGKILL a whole node: the supervisor and every role (its process group)."""
-    try:
-        os.killpg(g.proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    g.proc.wait(10)
 
 
 def resume_url(g, user, since=None, epoch=None):
@@ -135,7 +79,7 @@ class JetStreamMailbox(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="tether-js-")
-        cls.nats = NatsServer(cls.tmp).start()
+        cls.nats = NatsServer(jetstream=True).start()
         cls.groups = [new_group(cls.nats.url, n) for n in ("a", "b", "c")]
         cls.a, cls.b, cls.c = cls.groups
         try:

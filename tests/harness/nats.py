@@ -3,7 +3,9 @@
 store, with jetstream=True) in a temp folder of its own that close()
 removes. stop()/start() keep the port, so a test can take the broker away
 and bring it back where the nodes expect it. Cluster helpers for several
-tether groups sharing it are here too (nodes, node_args)."""
+tether groups sharing it are here too (nodes, node_args); cluster(n) makes
+n JetStream servers forming one NATS cluster (issue 13), kill_group
+SIGKILLs a whole tether node."""
 import os
 import shutil
 import signal
@@ -26,10 +28,17 @@ def port_open(port):
 
 
 class NatsServer:
-    def __init__(self, jetstream=False):
+    def __init__(self, jetstream=False, name=None, cluster=None, cluster_port=None, routes=()):
+        """name: --server_name; cluster (its name), cluster_port (this member's
+        route port) and routes (the other members' route ports) for a cluster."""
         self.tmp = tempfile.mkdtemp(prefix="tether-nats-")
         self.port = free_port()
         self.jetstream = jetstream
+        self.extra = ["--server_name", name] if name else []
+        if cluster:
+            self.extra += ["--cluster_name", cluster,
+                           "--cluster", "nats://127.0.0.1:%d" % cluster_port,
+                           "--routes", ",".join("nats://127.0.0.1:%d" % p for p in routes)]
         self.proc = None
         self.logf = None
 
@@ -41,6 +50,7 @@ class NatsServer:
         args = [NATS, "-a", "127.0.0.1", "-p", str(self.port)]
         if self.jetstream:
             args += ["-js", "-sd", os.path.join(self.tmp, "js")]
+        args += self.extra
         self.logf = open(os.path.join(self.tmp, "nats.log"), "ab")
         self.proc = subprocess.Popen(args, stdout=self.logf, stderr=self.logf)
         deadline = time.time() + timeout
@@ -51,10 +61,10 @@ class NatsServer:
             time.sleep(0.05)
         return self
 
-    def stop(self, timeout=10):
-        """Stop it (SIGTERM, then SIGKILL); the port stays ours for start()."""
+    def stop(self, timeout=10, sig=signal.SIGTERM):
+        """Stop it (sig, then SIGKILL); the port stays ours for start()."""
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -104,3 +114,19 @@ def start_nodes(nats, names, extra=(), workers=1, **kw):
         for g in groups:
             g.close()
         raise
+
+
+def cluster(n=3, name="tc"):
+    """n JetStream servers forming one NATS cluster (not started)."""
+    cports = [free_port() for _ in range(n)]
+    return [NatsServer(jetstream=True, name="n%d" % (i + 1), cluster=name, cluster_port=cports[i],
+                       routes=[p for k, p in enumerate(cports) if k != i]) for i in range(n)]
+
+
+def kill_group(g):
+    """SIGKILL a whole tether node: the supervisor and every role (its process group)."""
+    try:
+        os.killpg(g.proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    g.proc.wait(10)
