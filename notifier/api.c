@@ -87,6 +87,10 @@ static size_t utf8_seq(const unsigned char *p, size_t n)
  * JSON even for text that echoes a client's bytes (jansson's error messages,
  * a percent-decoded path).
  */
+/* Bytes th_buf_json_str copies as they are: printable ASCII but 0x22 ("), 0x5c (\\). */
+static const unsigned char json_plain[256] = {
+    [0x20 ... 0x21] = 1, [0x23 ... 0x5b] = 1, [0x5d ... 0x7e] = 1};
+
 void th_buf_json_str(struct th_buf *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
@@ -97,8 +101,7 @@ void th_buf_json_str(struct th_buf *b, const char *s, size_t n)
     *o++ = '"';
     for (size_t i = 0; i < n; i++) {
         size_t j = i; /* a run of printable ASCII needing no escape is copied at once */
-        while (j < n && (unsigned char)s[j] >= 0x20 && (unsigned char)s[j] < 0x7f && s[j] != '"' &&
-               s[j] != '\\')
+        while (j < n && json_plain[(unsigned char)s[j]])
             j++;
         memcpy(o, s + i, j - i);
         o += j - i;

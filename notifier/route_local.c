@@ -392,10 +392,12 @@ static int seq_queued(struct route_local *rl, uint64_t seq, uint32_t *i, unsigne
  * left to send), *scanned past what it consumed.
  */
 static int pack(struct route_local *rl, struct chan *c, size_t *scanned, int room,
-                struct th_ho_msg *hdr, struct iovec *iov)
+                struct th_ho_msg *hdr, struct iovec *iov, int *niov)
 {
     int k = 0;
     size_t bytes = 0;
+    const char *prev = NULL;
+    *niov = 0;
     while (k < (int)TH_HO_BATCH_MAX && k < room && *scanned < c->qlen) {
         uint32_t i;
         unsigned n;
@@ -404,20 +406,26 @@ static int pack(struct route_local *rl, struct chan *c, size_t *scanned, int roo
             continue;
         }
         struct job *j = &rl->jobs[i];
-        if (k && bytes + sizeof(*hdr) + j->flen > PACK_BYTES)
+        /* Another connection of the user the previous request was for: its frame once. */
+        int same = k && j->frame == prev;
+        size_t flen = same ? 0 : j->flen;
+        if (k && bytes + sizeof(*hdr) + flen > PACK_BYTES)
             break; /* the next packet takes it */
         ++*scanned;
-        bytes += sizeof(*hdr) + j->flen;
-        hdr[k] = (struct th_ho_msg){.magic = TH_HO_MAGIC,
-                                    .type = TH_HO_DELIVER,
-                                    .slot = j->legs[n].slot,
-                                    .gen = j->legs[n].gen,
-                                    .seq = seq_make(j->gen, i, n),
-                                    .len = (uint32_t)j->flen,
-                                    .code = (uint16_t)j->ho_flags,
-                                    .nseq = j->nseq};
-        iov[2 * k] = (struct iovec){&hdr[k], sizeof(hdr[k])};
-        iov[2 * k + 1] = (struct iovec){j->frame, j->flen};
+        bytes += sizeof(*hdr) + flen;
+        hdr[k] =
+            (struct th_ho_msg){.magic = TH_HO_MAGIC,
+                               .type = TH_HO_DELIVER,
+                               .slot = j->legs[n].slot,
+                               .gen = j->legs[n].gen,
+                               .seq = seq_make(j->gen, i, n),
+                               .len = (uint32_t)flen,
+                               .code = (uint16_t)(j->ho_flags | (same ? TH_HO_F_SAME_FRAME : 0)),
+                               .nseq = j->nseq};
+        iov[(*niov)++] = (struct iovec){&hdr[k], sizeof(hdr[k])};
+        if (!same)
+            iov[(*niov)++] = (struct iovec){j->frame, j->flen};
+        prev = j->frame;
         k++;
     }
     return k;
@@ -440,10 +448,11 @@ static void chan_flush(struct route_local *rl, unsigned w)
         legs[0] = 0;
         while (np < IO_PACKETS && legs[np] < room && scanned < c->qlen) {
             struct th_ho_msg *hdr = &rl->tx_hdr[np * TH_HO_BATCH_MAX];
-            int k = pack(rl, c, &scanned, room - legs[np], hdr, rl->tx_iov[np]);
+            int niov;
+            int k = pack(rl, c, &scanned, room - legs[np], hdr, rl->tx_iov[np], &niov);
             if (!k)
                 break;
-            mm[np] = (struct mmsghdr){.msg_hdr = {.msg_iov = rl->tx_iov[np], .msg_iovlen = 2 * k}};
+            mm[np] = (struct mmsghdr){.msg_hdr = {.msg_iov = rl->tx_iov[np], .msg_iovlen = niov}};
             upto[np] = scanned;
             legs[np + 1] = legs[np] + k;
             np++;

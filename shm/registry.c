@@ -215,6 +215,18 @@ const char *th_slot_state_name(unsigned state)
 
 /* ---- mapping ---- */
 
+/*
+ * Ask for transparent huge pages on the mapping (best effort, before the
+ * creator first touches it): a lookup at 1M slots then misses the TLB far
+ * less (the segment is ~141 MiB). The kernel honours it only when
+ * /sys/kernel/mm/transparent_hugepage/shmem_enabled is "advise" (or
+ * "always"); with "never", Debian's default, it changes nothing.
+ */
+static void want_huge_pages(void *base, size_t size)
+{
+    (void)madvise(base, size, MADV_HUGEPAGE);
+}
+
 static void reg_bind(struct th_reg *r, void *base, size_t size, int writable)
 {
     memset(r, 0, sizeof(*r));
@@ -302,6 +314,7 @@ int th_reg_attach(struct th_reg *r, const char *name, int writable, char *err, s
             set_err(err, errlen, "mmap %s (%llu bytes): %s", name, (unsigned long long)h.total_size,
                     strerror(-rc));
         } else {
+            want_huge_pages(base, h.total_size);
             reg_bind(r, base, h.total_size, writable);
         }
     }
@@ -415,6 +428,7 @@ static int init_segment(struct th_reg *r, int fd, const struct th_reg_hdr *tmpl,
         set_err(err, errlen, "mmap %s: %s", name, strerror(e));
         return -e;
     }
+    want_huge_pages(base, tmpl->total_size);
     struct th_reg_hdr *h = base;
     hdr_init(h, tmpl);
     reg_bind(r, base, tmpl->total_size, 1);

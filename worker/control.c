@@ -188,15 +188,27 @@ static uint16_t handle(struct worker *w, const struct th_ho_msg *m, const uint8_
 static unsigned packet(struct worker *w, const uint8_t *p, size_t n, struct th_ho_msg *rep)
 {
     unsigned k = 0;
+    const uint8_t *prev = NULL; /* the previous DELIVER's payload, for TH_HO_F_SAME_FRAME */
+    uint32_t prev_len = 0;
     for (size_t off = 0; n - off >= sizeof(struct th_ho_msg);) {
         struct th_ho_msg m;
         memcpy(&m, p + off, sizeof(m));
-        size_t left = n - off - sizeof(m);
+        size_t left = n - off - sizeof(m), wire = m.len;
+        const uint8_t *payload = p + off + sizeof(m);
         int ok = m.magic == TH_HO_MAGIC && m.len <= left && k < TH_HO_BATCH_MAX;
+        if (ok && m.type == TH_HO_DELIVER && (m.code & TH_HO_F_SAME_FRAME)) {
+            ok = prev && m.len == 0;
+            payload = prev;
+            m.len = prev_len;
+            m.code &= (uint16_t)~TH_HO_F_SAME_FRAME;
+        } else if (ok && m.type == TH_HO_DELIVER) {
+            prev = payload;
+            prev_len = m.len;
+        }
         TH_STAGE(m.seq, TH_ST_W_RECV, w->mono_ns);
         rep[k] = (struct th_ho_msg){.magic = TH_HO_MAGIC,
                                     .type = TH_HO_REPLY,
-                                    .code = ok ? handle(w, &m, p + off + sizeof(m)) : TH_HO_BAD,
+                                    .code = ok ? handle(w, &m, payload) : TH_HO_BAD,
                                     .slot = m.slot,
                                     .gen = m.gen,
                                     .seq = m.seq};
@@ -205,7 +217,7 @@ static unsigned packet(struct worker *w, const uint8_t *p, size_t n, struct th_h
         wk_stage_pending(w, m.seq);
         if (!ok)
             break; /* the next header cannot be found (or is one too many) */
-        off += sizeof(m) + m.len;
+        off += sizeof(m) + wire;
     }
     return k;
 }

@@ -72,6 +72,12 @@ struct th_ho_msg {
  * assuming a replay carries it (worker/resume.h).
  */
 #define TH_HO_F_NOT_STORED 1u
+/*
+ * SAME_FRAME: len is 0 on the wire and the payload is the previous
+ * request's in the same packet (another connection of the same user gets
+ * the same frame, sent once). Without a previous request it is TH_HO_BAD.
+ */
+#define TH_HO_F_SAME_FRAME 2u
 
 /*
  * Connect to worker index's control socket (SOCK_CLOEXEC; SOCK_NONBLOCK when

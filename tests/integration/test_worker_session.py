@@ -172,6 +172,11 @@ class Session(GroupTestCase):
             self.assertEqual([r[2] for r in got], [1] * 64 + [3])
             s.send(req(7))
             self.assertEqual([(r[2], r[5]) for r in replies(s)], [(1, 7)])
+            # TH_HO_F_SAME_FRAME (code 2, len 0): the previous request's frame; first in a packet: BAD.
+            s.send(req(31) + req(32, code=2, payload=b""))
+            self.assertEqual([(r[2], r[5]) for r in replies(s)], [(1, 31), (1, 32)])
+            s.send(req(41, code=2, payload=b"") + req(42))
+            self.assertEqual([(r[2], r[5]) for r in replies(s)], [(3, 41)])
 
 
 if __name__ == "__main__":

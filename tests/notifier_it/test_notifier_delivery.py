@@ -88,6 +88,24 @@ class Delivery(unittest.TestCase):
             await b.close()
         self.run_async(go())
 
+    def test_four_devices_same_frame(self):
+        """Four devices over two workers: at least two share a worker, whose
+        requests then carry the frame once (TH_HO_F_SAME_FRAME); every
+        device gets the same frame, each notification once."""
+        async def go():
+            devs = [await connect_user(self.g, "quad") for _ in range(4)]
+            await wait_connected(self.g, "quad", 4)
+            for k in range(3):
+                st, body = await notify(self.g, "quad", {"k": k, "pad": "x" * 300})
+                self.assertEqual((st, body["connections"]), (200, 4), body)
+            got = [[json.loads(await asyncio.wait_for(d.recv(), 5)) for _ in range(3)] for d in devs]
+            for frames in got:
+                self.assertEqual(frames, got[0])
+            self.assertEqual([f["data"]["k"] for f in got[0]], [0, 1, 2])
+            for d in devs:
+                await d.close()
+        self.run_async(go())
+
     def test_never_seen(self):
         st, body = self.g.notify("ghost-never")
         self.assertEqual(st, 404)
