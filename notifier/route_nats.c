@@ -70,6 +70,7 @@
 #include <unistd.h>
 
 #include "notifier/api.h"
+#include "notifier/cluster_msg.h"
 #include "notifier/metrics.h"
 #include "notifier/nats_opts.h"
 #include "notifier/route.h"
@@ -93,8 +94,7 @@
 #define SUBJ_NODES "tether.n"
 #define SUBJ_PRESENCE "tether.p"
 #define SUBJ_MAX (sizeof(SUBJ_PREFIX) + 2 * TH_USER_MAX + 1)
-#define MSG_MAGIC "TN1" /* request: "TN1\0", then nseq (8 bytes LE), then the frame */
-#define MSG_HDR 12
+#define MSG_HDR TH_CM_REQ_HDR
 #define MSG_MAX (17u << 20) /* larger requests are dropped and counted */
 #define TEXT_MAX 2048u      /* the text messages (replies, hellos, heartbeats) */
 #define PANS_MAX (PRES_CONNS * 64u + 256u)
@@ -291,86 +291,18 @@ static void on_reconnected(natsConnection *nc, void *closure)
 
 /* ---- subjects and message text --------------------------------------------- */
 
-static const char hexdig[] = "0123456789abcdef";
-
-static size_t hex_put(char *out, const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hexdig[(unsigned char)s[i] >> 4];
-        out[2 * i + 1] = hexdig[(unsigned char)s[i] & 15];
-    }
-    out[2 * n] = 0;
-    return 2 * n;
-}
-
 static void user_subject(char out[SUBJ_MAX], const char *user, size_t ulen)
 {
     size_t n = sizeof(SUBJ_PREFIX) - 1;
     memcpy(out, SUBJ_PREFIX, n);
-    hex_put(out + n, user, ulen);
-}
-
-static int hexval(char c)
-{
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
-/* hl hex digits at h as a user id; its length, or -EINVAL unless a valid id. */
-static int hex_user(const char *h, size_t hl, char *user)
-{
-    if (hl == 0 || hl % 2 || hl / 2 > TH_USER_MAX)
-        return -EINVAL;
-    for (size_t i = 0; i < hl / 2; i++) {
-        int a = hexval(h[2 * i]), b = hexval(h[2 * i + 1]);
-        if (a < 0 || b < 0)
-            return -EINVAL;
-        user[i] = (char)(a << 4 | b);
-    }
-    return th_userid_valid(user, hl / 2) ? (int)(hl / 2) : -EINVAL;
-}
-
-/* The user id a subject names; -EINVAL unless it is exactly a valid one. */
-static int subject_user(const char *subj, char *user)
-{
-    size_t pl = sizeof(SUBJ_PREFIX) - 1;
-    if (strncmp(subj, SUBJ_PREFIX, pl) != 0)
-        return -EINVAL;
-    return hex_user(subj + pl, strlen(subj + pl), user);
-}
-
-/* A node id: exactly 16 lowercase hex digits ending the token. */
-static int parse_id(const char *s, const char **end, uint64_t *id)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 16; i++) {
-        int d = hexval(s[i]);
-        if (d < 0)
-            return -EINVAL;
-        v = v << 4 | (uint64_t)d;
-    }
-    if (s[16] && s[16] != ' ' && s[16] != '\n')
-        return -EINVAL;
-    *id = v;
-    *end = s + 16;
-    return 0;
-}
-
-static void id_hex(char out[17], uint64_t id)
-{
-    for (int i = 0; i < 16; i++)
-        out[i] = hexdig[(id >> (60 - 4 * i)) & 15];
-    out[16] = 0;
+    th_cm_hex_put(out + n, user, ulen);
 }
 
 /* The message's data as a NUL-terminated string in buf; -EINVAL if too big or holding NULs. */
 static int msg_text(natsMsg *m, char *buf, size_t cap)
 {
     int n = natsMsg_GetDataLength(m);
-    if (n <= 0 || (size_t)n >= cap)
-        return -EINVAL;
-    memcpy(buf, natsMsg_GetData(m), (size_t)n);
-    buf[n] = 0;
-    return strlen(buf) == (size_t)n ? n : -EINVAL;
+    return n <= 0 ? -EINVAL : th_cm_text(natsMsg_GetData(m), (size_t)n, buf, cap);
 }
 
 /* Bad input from the broker: counted, logged once a second at most. */
@@ -440,26 +372,20 @@ static void heartbeat(struct th_route_nats *rn)
 /* "TK1 <id> <name>" (alive) or "TX1 <id>" (leaving) on tether.n. */
 static void on_nodes(struct th_route_nats *rn, natsMsg *m)
 {
-    char buf[TEXT_MAX];
-    const char *end;
+    char buf[TEXT_MAX], name[TH_CM_NAME_MAX + 1];
     uint64_t id;
-    if (msg_text(m, buf, sizeof(buf)) < 0 || strlen(buf) < 4 + 16 ||
-        parse_id(buf + 4, &end, &id) < 0) {
+    int leaving;
+    if (msg_text(m, buf, sizeof(buf)) < 0 || th_cm_node(buf, &id, &leaving, name) < 0) {
         bad_input(rn, "node message");
         return;
     }
-    if (strncmp(buf, "TX1 ", 4) == 0 && !*end) {
-        struct node *n = node_find(rn, id);
-        if (n)
-            n->heard_ns = th_mono_ns() - DEAD_NS; /* gone: never waited for again */
+    if (!leaving) {
+        node_heard(rn, id, name);
         return;
     }
-    const char *name = end + 1;
-    if (strncmp(buf, "TK1 ", 4) != 0 || *end != ' ' || !*name || strlen(name) > TH_NODE_NAME_MAX) {
-        bad_input(rn, "heartbeat");
-        return;
-    }
-    node_heard(rn, id, name);
+    struct node *n = node_find(rn, id);
+    if (n)
+        n->heard_ns = th_mono_ns() - DEAD_NS; /* gone: never waited for again */
 }
 
 /* ---- interest: subscribe while the registry holds the user ----------------- */
@@ -593,14 +519,11 @@ static void rehello_all(struct th_route_nats *rn)
 static void on_hello_answer(struct th_route_nats *rn, natsMsg *m)
 {
     char buf[TEXT_MAX], user[TH_USER_MAX];
-    const char *end;
     uint64_t id;
     int ulen;
     if (natsMsg_IsNoResponders(m))
         return; /* nobody else holds the user */
-    if (msg_text(m, buf, sizeof(buf)) < 0 || strncmp(buf, "TI1 ", 4) != 0 ||
-        parse_id(buf + 4, &end, &id) < 0 || *end != ' ' ||
-        (ulen = hex_user(end + 1, strlen(end + 1), user)) < 0) {
+    if (msg_text(m, buf, sizeof(buf)) < 0 || (ulen = th_cm_hello_answer(buf, &id, user)) < 0) {
         bad_input(rn, "hello answer");
         return;
     }
@@ -730,7 +653,7 @@ static int ask_holders(struct th_route_nats *rn, uint32_t i, const char *user, s
         return 0;
     user_subject(subj, user, ulen);
     snprintf(reply, sizeof(reply), "%s.%u_%u", rn->inbox, i, p->gen);
-    memcpy(msg, MSG_MAGIC, 4);
+    memcpy(msg, "TN1", 4); /* with its NUL: notifier/cluster_msg.h */
     for (int k = 0; k < 8; k++)
         msg[4 + k] = (char)(nseq >> (8 * k));
     memcpy(msg + MSG_HDR, frame, flen);
@@ -796,33 +719,22 @@ static void on_deliver_reply(struct th_route_nats *rn, natsMsg *m, uint32_t idx,
         pend_check(rn, idx, now);
         return;
     }
-    char buf[TEXT_MAX], *s;
-    unsigned st, conf;
-    int off = 0;
-    uint64_t id;
-    const char *end;
-    if (msg_text(m, buf, sizeof(buf)) < 0 || sscanf(buf, "TR2 %u %u %n", &st, &conf, &off) != 2 ||
-        !off || conf > 1u << 20 || parse_id(buf + off, &end, &id) < 0) {
+    char buf[TEXT_MAX];
+    struct th_cm_reply rp;
+    if (msg_text(m, buf, sizeof(buf)) < 0 || th_cm_reply(buf, &rp) < 0) {
         bad_input(rn, "reply body");
         return;
     }
-    if (ws_answered(&p->ws, id) < 0)
+    if (ws_answered(&p->ws, rp.id) < 0)
         return; /* a node answers once */
-    node_heard(rn, id, NULL);
+    node_heard(rn, rp.id, NULL);
     th_hist_add(&rn->confirm, now - p->t_pub);
-    if (st == 200 && conf) {
-        p->remote_conf += conf;
+    if (rp.status == 200 && rp.confirmed) {
+        p->remote_conf += rp.confirmed;
         p->remote_nodes++;
     }
-    for (s = (char *)end; *s == ' ';) {
-        uint64_t peer;
-        if (parse_id(s + 1, &end, &peer) < 0) {
-            bad_input(rn, "reply peers");
-            break;
-        }
-        ws_expect(rn, &p->ws, peer, now);
-        s = (char *)end;
-    }
+    for (unsigned k = 0; k < rp.npeers; k++)
+        ws_expect(rn, &p->ws, rp.peers[k], now);
     pend_check(rn, idx, now);
 }
 
@@ -894,7 +806,7 @@ static int nats_presence(struct th_route *r, const char *user, size_t ulen,
         }
     char body[8 + 2 * TH_USER_MAX], reply[sizeof(rn->inbox) + 24];
     memcpy(body, "TP1 ", 4);
-    size_t n = 4 + hex_put(body + 4, user, ulen);
+    size_t n = 4 + th_cm_hex_put(body + 4, user, ulen);
     snprintf(reply, sizeof(reply), "%s.p%u_%u", rn->inbox, i, q->gen);
     if (natsConnection_PublishRequest(rn->nc, SUBJ_PRESENCE, reply, body, (int)n) != NATS_OK) {
         pres_finish(rn, i, 1);
@@ -910,8 +822,8 @@ static void on_presence_question(struct th_route_nats *rn, natsMsg *m)
     char buf[TEXT_MAX], user[TH_USER_MAX];
     const char *reply = natsMsg_GetReply(m);
     int ulen;
-    if (msg_text(m, buf, sizeof(buf)) < 0 || strncmp(buf, "TP1 ", 4) != 0 || !reply ||
-        (ulen = hex_user(buf + 4, strlen(buf + 4), user)) < 0) {
+    if (msg_text(m, buf, sizeof(buf)) < 0 || !reply ||
+        (ulen = th_cm_presence_question(buf, user)) < 0) {
         bad_input(rn, "presence question");
         return;
     }
@@ -930,27 +842,23 @@ static void on_presence_question(struct th_route_nats *rn, natsMsg *m)
     th_buf_free(&b);
 }
 
-/* Parse one presence answer's connection lines into q (bounded by PRES_CONNS). */
-static int pres_take_lines(struct pres *q, const char *s, const char *name)
+/* One presence answer's connection lines into q (bounded by PRES_CONNS). */
+static int pres_take_lines(struct pres *q, const char *s, size_t off, const char *name)
 {
-    while (*s) {
-        unsigned w;
-        uint64_t ca, ls;
-        int used = 0;
-        if (sscanf(s, "%u %" SCNu64 " %" SCNu64 "\n%n", &w, &ca, &ls, &used) != 3 || !used)
-            return -EINVAL;
-        s += used;
+    struct th_cm_pconn pc;
+    int rc;
+    while ((rc = th_cm_presence_line(s, &off, &pc)) == 1) {
         if (q->nconns >= PRES_CONNS)
             continue;
         struct th_route_pconn *c = &q->conns[q->nconns++];
         snprintf(c->node, sizeof(c->node), "%s", name);
-        c->worker = w;
-        c->connected_at = ca;
-        c->last_seen = ls;
-        if (!q->has_ls || ls > q->ls)
-            q->has_ls = 1, q->ls = ls;
+        c->worker = pc.worker;
+        c->connected_at = pc.connected_at;
+        c->last_seen = pc.last_seen;
+        if (!q->has_ls || pc.last_seen > q->ls)
+            q->has_ls = 1, q->ls = pc.last_seen;
     }
-    return 0;
+    return rc;
 }
 
 /* "TQ1 <id> <has_ls> <ls> <name>\n" then "<worker> <connected_at> <last_seen>\n" lines. */
@@ -963,15 +871,12 @@ static void on_presence_answer(struct th_route_nats *rn, natsMsg *m, uint32_t id
         pres_finish(rn, idx, 0); /* no other node at all */
         return;
     }
-    char *buf = malloc(PANS_MAX), name[TH_NODE_NAME_MAX + 1];
-    const char *end;
-    uint64_t id, ls;
-    int has_ls, off = 0;
+    char *buf = malloc(PANS_MAX);
+    struct th_cm_presence_head h;
+    int off;
     if (!buf)
         return;
-    if (msg_text(m, buf, PANS_MAX) < 0 || strncmp(buf, "TQ1 ", 4) != 0 ||
-        parse_id(buf + 4, &end, &id) < 0 ||
-        sscanf(end, " %d %" SCNu64 " %64s\n%n", &has_ls, &ls, name, &off) != 3 || !off) {
+    if (msg_text(m, buf, PANS_MAX) < 0 || (off = th_cm_presence_head(buf, &h)) < 0) {
         bad_input(rn, "presence answer");
         free(buf);
         return;
@@ -980,21 +885,21 @@ static void on_presence_answer(struct th_route_nats *rn, natsMsg *m, uint32_t id
         free(buf);
         return;
     }
-    int k;
-    for (k = 0; k < (int)q->nwait && q->wait[k] != id; k++)
+    unsigned k;
+    for (k = 0; k < q->nwait && q->wait[k] != h.id; k++)
         ;
-    if (k < (int)q->nwait && q->answered[k]) {
+    if (k < q->nwait && q->answered[k]) {
         free(buf);
         return; /* a node answers once */
     }
-    if (pres_take_lines(q, end + off, name) < 0)
+    if (pres_take_lines(q, buf, (size_t)off, h.name) < 0)
         bad_input(rn, "presence lines");
-    if (has_ls && (!q->has_ls || ls > q->ls))
-        q->has_ls = 1, q->ls = ls;
-    if (k < (int)q->nwait)
+    if (h.has_last_seen && (!q->has_ls || h.last_seen > q->ls))
+        q->has_ls = 1, q->ls = h.last_seen;
+    if (k < q->nwait)
         q->answered[k] = 1;
     q->nans++;
-    node_heard(rn, id, name);
+    node_heard(rn, h.id, h.name);
     free(buf);
     pres_check(rn, idx, th_mono_ns());
 }
@@ -1005,18 +910,15 @@ static void on_reply(struct th_route_nats *rn, natsMsg *m)
 {
     const char *subj = natsMsg_GetSubject(m);
     size_t il = strlen(rn->inbox);
-    unsigned idx, gen;
-    char tail;
-    if (strncmp(subj, rn->inbox, il) != 0 || subj[il] != '.') {
-        bad_input(rn, "reply subject");
-        return;
-    }
-    const char *tok = subj + il + 1;
-    if (strcmp(tok, "h") == 0)
+    uint32_t idx = 0, gen = 0;
+    int kind = -EINVAL;
+    if (strncmp(subj, rn->inbox, il) == 0 && subj[il] == '.')
+        kind = th_cm_reply_token(subj + il + 1, &idx, &gen);
+    if (kind == 'h')
         on_hello_answer(rn, m);
-    else if (tok[0] == 'p' && sscanf(tok + 1, "%u_%u%c", &idx, &gen, &tail) == 2 && idx < NPRES)
+    else if (kind == 'p' && idx < NPRES)
         on_presence_answer(rn, m, idx, gen);
-    else if (sscanf(tok, "%u_%u%c", &idx, &gen, &tail) == 2 && idx < NPEND)
+    else if (kind == 'd' && idx < NPEND)
         on_deliver_reply(rn, m, idx, gen);
     else
         bad_input(rn, "reply subject");
@@ -1037,7 +939,7 @@ static void on_remote_done(void *arg, const struct th_route_result *res)
     for (unsigned k = 0; it && k < it->npeers; k++)
         if (node_live(rn, it->peers[k], now)) {
             body[n++] = ' ';
-            id_hex(body + n, it->peers[k]);
+            th_cm_id_hex(body + n, it->peers[k]);
             n += 16;
         }
     if (rn->nc && rm->reply[0])
@@ -1054,9 +956,11 @@ static void on_remote_done(void *arg, const struct th_route_result *res)
 static void on_request(struct th_route_nats *rn, natsMsg *m, const char *user, int ulen)
 {
     int n = natsMsg_GetDataLength(m);
-    const char *d = natsMsg_GetData(m);
-    const char *reply = natsMsg_GetReply(m);
-    if ((unsigned)n > MSG_MAX) {
+    const char *reply = natsMsg_GetReply(m), *frame;
+    size_t flen;
+    uint64_t nseq;
+    if (n <= 0 || (unsigned)n > MSG_MAX ||
+        th_cm_request(natsMsg_GetData(m), (size_t)n, &nseq, &frame, &flen) < 0) {
         bad_input(rn, "request size");
         return;
     }
@@ -1082,11 +986,10 @@ static void on_request(struct th_route_nats *rn, natsMsg *m, const char *user, i
      * JetStream mailbox's (mailbox_js.c) when --nats runs with the mailbox
      * on: passed on, so the workers keep it in order with what they replay.
      */
-    uint64_t nseq = 0;
-    for (int k = 0; rn->cfg->mailbox_ttl_s && k < 8; k++)
-        nseq |= (uint64_t)(unsigned char)d[4 + k] << (8 * k);
-    int rc = rn->local->ops->deliver(rn->local, user, (size_t)ulen, d + MSG_HDR,
-                                     (size_t)n - MSG_HDR, nseq, 0, on_remote_done, rm);
+    if (!rn->cfg->mailbox_ttl_s)
+        nseq = 0;
+    int rc = rn->local->ops->deliver(rn->local, user, (size_t)ulen, frame, flen, nseq, 0,
+                                     on_remote_done, rm);
     if (rc < 0) {
         struct th_route_result res = {.status = 503};
         on_remote_done(rm, &res);
@@ -1097,44 +1000,38 @@ static void on_request(struct th_route_nats *rn, natsMsg *m, const char *user, i
 static void on_holder_news(struct th_route_nats *rn, natsMsg *m, const char *user, int ulen)
 {
     char buf[TEXT_MAX];
-    const char *end;
     uint64_t id;
-    if (msg_text(m, buf, sizeof(buf)) < 0 || strlen(buf) < 4 + 16 ||
-        parse_id(buf + 4, &end, &id) < 0 || *end) {
+    int bye;
+    const char *reply = natsMsg_GetReply(m);
+    if (msg_text(m, buf, sizeof(buf)) < 0 || th_cm_holder(buf, &id, &bye) < 0 || (!bye && !reply)) {
         bad_input(rn, "holder message");
         return;
     }
     struct interest *it = interest_find(rn, user, (size_t)ulen);
     if (!it || id == rn->me)
         return; /* not holding (any more): nothing to keep */
-    if (strncmp(buf, "TB1 ", 4) == 0) {
+    if (bye) {
         peer_del(it, id);
-        return;
-    }
-    const char *reply = natsMsg_GetReply(m);
-    if (strncmp(buf, "TH1 ", 4) != 0 || !reply) {
-        bad_input(rn, "holder message");
         return;
     }
     node_heard(rn, id, NULL);
     peer_add(rn, it, id);
     char body[24 + 2 * TH_USER_MAX];
     int n = snprintf(body, sizeof(body), "TI1 %s ", rn->me_hex);
-    n += (int)hex_put(body + n, user, (size_t)ulen);
+    n += (int)th_cm_hex_put(body + n, user, (size_t)ulen);
     natsConnection_Publish(rn->nc, reply, body, n);
 }
 
 static void on_user_subject(struct th_route_nats *rn, natsMsg *m)
 {
     char user[TH_USER_MAX];
-    int ulen = subject_user(natsMsg_GetSubject(m), user);
+    int ulen = th_cm_subject_user(natsMsg_GetSubject(m), user);
     int n = natsMsg_GetDataLength(m);
-    const char *d = natsMsg_GetData(m);
     if (ulen < 0) {
         bad_input(rn, "subject");
         return;
     }
-    if (n >= MSG_HDR && memcmp(d, MSG_MAGIC, 4) == 0)
+    if (n > 0 && th_cm_is_request(natsMsg_GetData(m), (size_t)n))
         on_request(rn, m, user, ulen);
     else
         on_holder_news(rn, m, user, ulen);
@@ -1433,7 +1330,7 @@ static int setup(struct th_route_nats *rn)
 {
     if (getrandom(&rn->me, sizeof(rn->me), 0) != sizeof(rn->me))
         rn->me = th_now_ns() ^ ((uint64_t)getpid() << 32);
-    id_hex(rn->me_hex, rn->me);
+    th_cm_id_hex(rn->me_hex, rn->me);
     if (setup_options(rn) < 0)
         return -EINVAL;
     th_info("[Cluster] node %s: Attempting NATS connection to %s", rn->cfg->node,

@@ -1,0 +1,86 @@
+/*
+ * The cluster route's broker messages (route_nats.c), as a pure core: the
+ * text forms other nodes send, parsed and checked here with no I/O and no
+ * state, so the unit tests and a fuzz target drive it directly. What comes
+ * over the broker is input like any other: every parser takes a
+ * NUL-terminated string (th_cm_text makes one, refusing inner NULs and
+ * oversize bodies), accepts exactly one form, and returns -EINVAL for
+ * anything else; numbers are strict decimal with a bound, node ids exactly
+ * 16 lowercase hex digits, user ids hex of a valid id (th_userid_valid).
+ *
+ *   on tether.u.<hex user>   "TN1\0" + nseq (8 bytes LE) + frame   a notification
+ *                            "TH1 <id>"  hello (a new holder)  "TB1 <id>"  bye
+ *   on <inbox>.<i>_<g>       "TR2 <status> <confirmed> <id>[ <peer id>...]"
+ *   on <inbox>.h             "TI1 <id> <hex user>"  a holder answering a hello
+ *   on tether.n              "TK1 <id> <node name>"  heartbeat   "TX1 <id>"  leaving
+ *   on tether.p              "TP1 <hex user>"  presence question
+ *   on <inbox>.p<i>_<g>      "TQ1 <id> <0|1> <last_seen ns> <node name>\n" then
+ *                            "<worker> <connected_at ns> <last_seen ns>\n" per connection
+ */
+#ifndef TETHER_NOTIFIER_CLUSTER_MSG_H
+#define TETHER_NOTIFIER_CLUSTER_MSG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TH_CM_NAME_MAX 64u  /* node names (TH_NODE_MAX) */
+#define TH_CM_PEERS_MAX 16u /* peer ids one reply may carry */
+#define TH_CM_REQ_HDR 12u   /* "TN1\0" + nseq */
+
+/* d[0..n) as a NUL-terminated string in buf; its length, or -EINVAL (empty, >= cap, inner NUL). */
+int th_cm_text(const void *d, size_t n, char *buf, size_t cap);
+
+/* Hex of s[0..n) into out (2n digits + NUL); returns 2n. */
+size_t th_cm_hex_put(char *out, const char *s, size_t n);
+/* The user id hl hex digits at h name; its length, or -EINVAL unless a valid id. */
+int th_cm_hex_user(const char *h, size_t hl, char *user);
+/* The user of "tether.u.<hex>"; its length or -EINVAL. */
+int th_cm_subject_user(const char *subj, char *user);
+/* 16 hex digits + NUL. */
+void th_cm_id_hex(char out[17], uint64_t id);
+
+/*
+ * The token after "<inbox>." of a reply subject: 'h' (a hello answer),
+ * 'p' ("p<idx>_<gen>", a presence answer) or 'd' ("<idx>_<gen>", a delivery
+ * reply), idx and gen filled for the last two; -EINVAL for anything else.
+ */
+int th_cm_reply_token(const char *tok, uint32_t *idx, uint32_t *gen);
+
+/* "TN1\0" + nseq + frame: 0 with *nseq and the frame, or -EINVAL. */
+int th_cm_request(const void *d, size_t n, uint64_t *nseq, const char **frame, size_t *flen);
+/* Is it a notification request (the "TN1\0" magic), whatever else it holds? */
+int th_cm_is_request(const void *d, size_t n);
+
+struct th_cm_reply {
+    unsigned status, confirmed;
+    uint64_t id;
+    unsigned npeers;
+    uint64_t peers[TH_CM_PEERS_MAX];
+};
+int th_cm_reply(const char *s, struct th_cm_reply *out);
+
+/* "TH1 <id>" (*bye 0) or "TB1 <id>" (*bye 1). */
+int th_cm_holder(const char *s, uint64_t *id, int *bye);
+/* "TI1 <id> <hex user>": the user's length, or -EINVAL. */
+int th_cm_hello_answer(const char *s, uint64_t *id, char *user);
+/* "TK1 <id> <name>" (*leaving 0, name filled) or "TX1 <id>" (*leaving 1). */
+int th_cm_node(const char *s, uint64_t *id, int *leaving, char name[TH_CM_NAME_MAX + 1]);
+/* "TP1 <hex user>": the user's length, or -EINVAL. */
+int th_cm_presence_question(const char *s, char *user);
+
+struct th_cm_presence_head {
+    uint64_t id;
+    int has_last_seen;
+    uint64_t last_seen;
+    char name[TH_CM_NAME_MAX + 1];
+};
+/* The head line of a presence answer; returns the offset of the first connection line. */
+int th_cm_presence_head(const char *s, struct th_cm_presence_head *out);
+struct th_cm_pconn {
+    unsigned worker;
+    uint64_t connected_at, last_seen;
+};
+/* The connection line at s + *off: 1 (filled, *off moved past it), 0 at the end, -EINVAL. */
+int th_cm_presence_line(const char *s, size_t *off, struct th_cm_pconn *out);
+
+#endif

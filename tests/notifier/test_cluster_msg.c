@@ -1,0 +1,163 @@
+/*
+ * Unit tests of the cluster route's broker message parsers
+ * (notifier/cluster_msg.c): each form taken exactly, every near miss
+ * refused (bounds, lengths, separators, trailing bytes, bad ids and users).
+ */
+#include "notifier/cluster_msg.h"
+
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#define ID "0123456789abcdef"
+#define ID2 "fedcba9876543210"
+
+Test(cluster_msg, text_refuses_empty_oversize_and_nul)
+{
+    char buf[8];
+    cr_assert_eq(th_cm_text("abc", 3, buf, sizeof(buf)), 3);
+    cr_assert_str_eq(buf, "abc");
+    cr_assert_eq(th_cm_text("", 0, buf, sizeof(buf)), -EINVAL);
+    cr_assert_eq(th_cm_text("abcdefgh", 8, buf, sizeof(buf)), -EINVAL);
+    cr_assert_eq(th_cm_text("a\0b", 3, buf, sizeof(buf)), -EINVAL);
+}
+
+Test(cluster_msg, subjects_name_one_valid_user)
+{
+    char user[64], hex[140];
+    th_cm_hex_put(hex, "x.>", 3);
+    cr_assert_str_eq(hex, "782e3e");
+    cr_assert_eq(th_cm_subject_user("tether.u.782e3e", user), 3);
+    cr_assert(memcmp(user, "x.>", 3) == 0);
+    cr_assert_eq(th_cm_subject_user("tether.u.782E3E", user), -EINVAL, "upper case");
+    cr_assert_eq(th_cm_subject_user("tether.u.782e3", user), -EINVAL, "odd");
+    cr_assert_eq(th_cm_subject_user("tether.u.", user), -EINVAL, "empty");
+    cr_assert_eq(th_cm_subject_user("tether.x.7878", user), -EINVAL);
+    cr_assert_eq(th_cm_subject_user("tether.u.0a", user), -EINVAL, "control character");
+    memset(hex, '7', 130);
+    hex[130] = 0;
+    char subj[160];
+    snprintf(subj, sizeof(subj), "tether.u.%s", hex);
+    cr_assert_eq(th_cm_subject_user(subj, user), -EINVAL, "65 bytes");
+    hex[128] = 0;
+    snprintf(subj, sizeof(subj), "tether.u.%s", hex);
+    cr_assert_eq(th_cm_subject_user(subj, user), 64);
+}
+
+Test(cluster_msg, request_header)
+{
+    char msg[32] = "TN1";
+    uint64_t nseq;
+    const char *f;
+    size_t fl;
+    msg[4] = 7;
+    msg[11] = 1;
+    memcpy(msg + 12, "{}", 2);
+    cr_assert_eq(th_cm_request(msg, 14, &nseq, &f, &fl), 0);
+    cr_assert_eq(nseq, 7ull | 1ull << 56);
+    cr_assert_eq(fl, 2);
+    cr_assert(f == msg + 12);
+    cr_assert_eq(th_cm_request(msg, 11, &nseq, &f, &fl), -EINVAL, "short header");
+    cr_assert(th_cm_is_request(msg, 11));
+    cr_assert(!th_cm_is_request("TN1 x", 5));
+}
+
+Test(cluster_msg, replies)
+{
+    struct th_cm_reply r;
+    cr_assert_eq(th_cm_reply("TR2 200 3 " ID, &r), 0);
+    cr_assert_eq(r.status, 200);
+    cr_assert_eq(r.confirmed, 3);
+    cr_assert_eq(r.id, 0x0123456789abcdefull);
+    cr_assert_eq(r.npeers, 0);
+    cr_assert_eq(th_cm_reply("TR2 404 0 " ID " " ID2 " " ID, &r), 0);
+    cr_assert_eq(r.npeers, 2);
+    cr_assert_eq(r.peers[0], 0xfedcba9876543210ull);
+    const char *bad[] = {"TR2 200 3",
+                         "TR2 200 3 " ID " ",
+                         "TR2 200 3 " ID "x",
+                         "TR2 2000 3 " ID,
+                         "TR2 200 1048577 " ID,
+                         "TR2 -1 3 " ID,
+                         "TR2  200 3 " ID,
+                         "TR1 200 3 " ID,
+                         "TR2 200 3 0123456789ABCDEF",
+                         "TR2 200 99999999999999999999999 " ID};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        cr_assert_eq(th_cm_reply(bad[i], &r), -EINVAL, "%s", bad[i]);
+    char many[512] = "TR2 200 1 " ID;
+    for (int i = 0; i < 17; i++)
+        strcat(many, " " ID2);
+    cr_assert_eq(th_cm_reply(many, &r), -EINVAL, "more peers than fit");
+}
+
+Test(cluster_msg, holders_nodes_hello_answers)
+{
+    uint64_t id;
+    int flag;
+    char user[64], name[TH_CM_NAME_MAX + 1];
+    cr_assert_eq(th_cm_holder("TH1 " ID, &id, &flag), 0);
+    cr_assert_eq(flag, 0);
+    cr_assert_eq(th_cm_holder("TB1 " ID, &id, &flag), 0);
+    cr_assert_eq(flag, 1);
+    cr_assert_eq(th_cm_holder("TH1 " ID " ", &id, &flag), -EINVAL);
+    cr_assert_eq(th_cm_holder("TH1 x", &id, &flag), -EINVAL);
+    cr_assert_eq(th_cm_hello_answer("TI1 " ID " 6162", &id, user), 2);
+    cr_assert(memcmp(user, "ab", 2) == 0);
+    cr_assert_eq(th_cm_hello_answer("TI1 " ID " 616", &id, user), -EINVAL);
+    cr_assert_eq(th_cm_hello_answer("TI1 " ID, &id, user), -EINVAL);
+    cr_assert_eq(th_cm_node("TK1 " ID " node-a", &id, &flag, name), 0);
+    cr_assert_eq(flag, 0);
+    cr_assert_str_eq(name, "node-a");
+    cr_assert_eq(th_cm_node("TX1 " ID, &id, &flag, name), 0);
+    cr_assert_eq(flag, 1);
+    cr_assert_eq(th_cm_node("TK1 " ID, &id, &flag, name), -EINVAL, "no name");
+    cr_assert_eq(th_cm_node("TK1 " ID " a b", &id, &flag, name), -EINVAL, "space in name");
+    char longname[128] = "TK1 " ID " ";
+    memset(longname + strlen(longname), 'n', 65);
+    cr_assert_eq(th_cm_node(longname, &id, &flag, name), -EINVAL, "65-byte name");
+    cr_assert_eq(th_cm_presence_question("TP1 6162", user), 2);
+    cr_assert_eq(th_cm_presence_question("TP1 ", user), -EINVAL);
+}
+
+Test(cluster_msg, presence_answers)
+{
+    struct th_cm_presence_head h;
+    struct th_cm_pconn c;
+    const char *s = "TQ1 " ID " 1 1700000000000000000 b\n0 1 2\n3 4 5\n";
+    int off = th_cm_presence_head(s, &h);
+    cr_assert_gt(off, 0);
+    cr_assert_eq(h.has_last_seen, 1);
+    cr_assert_eq(h.last_seen, 1700000000000000000ull);
+    cr_assert_str_eq(h.name, "b");
+    size_t o = (size_t)off;
+    cr_assert_eq(th_cm_presence_line(s, &o, &c), 1);
+    cr_assert_eq(c.worker, 0);
+    cr_assert_eq(c.connected_at, 1);
+    cr_assert_eq(c.last_seen, 2);
+    cr_assert_eq(th_cm_presence_line(s, &o, &c), 1);
+    cr_assert_eq(c.worker, 3);
+    cr_assert_eq(th_cm_presence_line(s, &o, &c), 0);
+    cr_assert_eq(th_cm_presence_head("TQ1 " ID " 2 0 b\n", &h), -EINVAL, "has_ls is 0 or 1");
+    cr_assert_eq(th_cm_presence_head("TQ1 " ID " 0 0 b x\n", &h), -EINVAL);
+    o = 0;
+    cr_assert_eq(th_cm_presence_line("65536 1 2\n", &o, &c), -EINVAL, "worker bound");
+    o = 0;
+    cr_assert_eq(th_cm_presence_line("1 2\n", &o, &c), -EINVAL);
+}
+
+Test(cluster_msg, reply_tokens)
+{
+    uint32_t i, g;
+    cr_assert_eq(th_cm_reply_token("h", &i, &g), 'h');
+    cr_assert_eq(th_cm_reply_token("12_34", &i, &g), 'd');
+    cr_assert_eq(i, 12);
+    cr_assert_eq(g, 34);
+    cr_assert_eq(th_cm_reply_token("p5_0", &i, &g), 'p');
+    cr_assert_eq(i, 5);
+    const char *bad[] = {"", "hh", "12", "12_", "_3", "12_3x", "p", "4294967296_1", "1_-1"};
+    for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++)
+        cr_assert_eq(th_cm_reply_token(bad[k], &i, &g), -EINVAL, "%s", bad[k]);
+}
