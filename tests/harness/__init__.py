@@ -17,7 +17,11 @@ build/bin (or $TETHER_BIN) without PYTHONPATH.
   harness.rawhttp   raw HTTP/1.1 on the API port (pipelining, bad framing).
   harness.faults    fault-test clients (Client) and role/process views.
   harness.unit      GroupTestCase (one group per class), stop_and_check.
-  harness.nats      nats-server -js (NatsServer, cluster of n), kill_group, port_open.
+  harness.nats      NatsServer (Debian's nats-server on a free port, its files in
+                    a temp folder close() removes; jetstream=True; stop()/start()
+                    keep the port), cluster(n) (JetStream servers forming one NATS
+                    cluster), start_nodes (groups with --nats/--node), kill_group,
+                    port_open.
 """
 from harness import sanitizer  # noqa: F401
 from harness.group import BIN, SANITIZED, Group, free_port, make_token, wait_until  # noqa: F401
