@@ -458,6 +458,10 @@ static int check_cluster(struct th_config *c, char *err, size_t errlen)
     for (const char *p = c->nats_urls; c->nats_urls[0];) {
         const char *comma = strchr(p, ',');
         size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        while (n && *p == ' ') /* spaces around a URL are fine (notifier/nats_opts.c) */
+            p++, n--;
+        while (n && p[n - 1] == ' ')
+            n--;
         if (!nats_url_ok(p, n)) {
             snprintf(err, errlen,
                      "--nats: '%.*s' is not a NATS URL (nats://HOST:PORT, tls://HOST:PORT or "

@@ -114,6 +114,7 @@ Test(config, nats_urls_and_node_name)
                           "127.0.0.1:4222",
                           "localhost",
                           "tls://n1.example:4443,nats://n2:4222",
+                          "nats://a:1, nats://b:2",
                           "nats://user:pw@host:1",
                           "nats://[::1]:4222",
                           "[::1]"};
