@@ -232,14 +232,20 @@ static void push(struct th_route_nats *rn, int kind, natsMsg *msg)
     e->kind = kind;
     e->msg = msg;
     pthread_mutex_lock(&rn->mu);
+    int was_empty = rn->qhead == NULL;
     if (rn->qtail)
         rn->qtail->next = e;
     else
         rn->qhead = e;
     rn->qtail = e;
     pthread_mutex_unlock(&rn->mu);
+    /*
+     * Wake the loop only on empty -> not empty: the loop takes the whole
+     * queue after each eventfd read, so a non-empty queue always has a wake
+     * on its way (one write per burst, not per message).
+     */
     uint64_t one = 1;
-    if (write(rn->efd, &one, sizeof(one)) < 0) { /* EAGAIN: the counter is already set */
+    if (was_empty && write(rn->efd, &one, sizeof(one)) < 0) { /* EAGAIN: already set */
     }
 }
 
@@ -1287,6 +1293,8 @@ static int setup_options(struct th_route_nats *rn)
         (s = th_nats_set_servers(rn->opts, rn->cfg->nats_urls)) != NATS_OK ||
         (s = natsOptions_SetName(rn->opts, name)) != NATS_OK ||
         (s = natsOptions_SetNoEcho(rn->opts, true)) != NATS_OK ||
+        /* Requests and confirmations go out at once: no wait for libnats' flusher thread. */
+        (s = natsOptions_SetSendAsap(rn->opts, true)) != NATS_OK ||
         (s = natsOptions_UseGlobalMessageDelivery(rn->opts, true)) != NATS_OK ||
         (s = natsOptions_SetMaxReconnect(rn->opts, -1)) != NATS_OK ||
         (s = natsOptions_SetReconnectWait(rn->opts, 250)) != NATS_OK ||
