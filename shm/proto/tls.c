@@ -39,6 +39,7 @@ struct tk_period {
 struct th_tls_tickets {
     uint8_t secret[32];
     unsigned rotate_s;
+    EVP_CIPHER *aes;       /* fetched once: an implicit fetch per ticket costs locks and lookups */
     struct tk_period p[2]; /* cache: the two periods most recently used */
 };
 
@@ -48,7 +49,9 @@ struct th_tls_tickets *th_tls_tickets_new(unsigned rotate_s)
     if (!tk)
         return NULL;
     tk->rotate_s = rotate_s ? rotate_s : 3600;
-    if (RAND_bytes(tk->secret, sizeof(tk->secret)) != 1) {
+    if (RAND_bytes(tk->secret, sizeof(tk->secret)) != 1 ||
+        !(tk->aes = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL))) {
+        OPENSSL_cleanse(tk, sizeof(*tk));
         free(tk);
         return NULL;
     }
@@ -57,8 +60,11 @@ struct th_tls_tickets *th_tls_tickets_new(unsigned rotate_s)
 
 void th_tls_tickets_free(struct th_tls_tickets *tk)
 {
-    if (tk)
-        OPENSSL_clear_free(tk, sizeof(*tk));
+    if (!tk)
+        return;
+    EVP_CIPHER_free(tk->aes);
+    OPENSSL_cleanse(tk, sizeof(*tk)); /* calloc'd: freed by free, not CRYPTO_free */
+    free(tk);
 }
 
 static int derive(const struct th_tls_tickets *tk, uint64_t n, const char *label, uint8_t out[32])
@@ -109,11 +115,10 @@ static int ticket_cb(SSL *s, unsigned char key_name[16], unsigned char *iv, EVP_
     uint64_t now = (uint64_t)time(NULL) / tk->rotate_s;
     if (enc) {
         const struct tk_period *p = period(tk, now);
-        if (!p || RAND_bytes(iv, EVP_CIPHER_get_iv_length(EVP_aes_256_cbc())) != 1)
+        if (!p || RAND_bytes(iv, EVP_CIPHER_get_iv_length(tk->aes)) != 1)
             return -1;
         memcpy(key_name, p->name, 16);
-        if (!EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, p->aes, iv) ||
-            !set_mac_key(hctx, p->mac))
+        if (!EVP_EncryptInit_ex2(cctx, tk->aes, p->aes, iv, NULL) || !set_mac_key(hctx, p->mac))
             return -1;
         return 1;
     }
@@ -121,8 +126,7 @@ static int ticket_cb(SSL *s, unsigned char key_name[16], unsigned char *iv, EVP_
         const struct tk_period *p = period(tk, now - back);
         if (!p || memcmp(key_name, p->name, 16) != 0)
             continue;
-        if (!EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, p->aes, iv) ||
-            !set_mac_key(hctx, p->mac))
+        if (!EVP_DecryptInit_ex2(cctx, tk->aes, p->aes, iv, NULL) || !set_mac_key(hctx, p->mac))
             return -1;
         return back == 0 ? 1 : 2;
     }
