@@ -160,7 +160,13 @@ void wk_tls_finish(struct worker *w, uint32_t idx)
  * Then, after handshakes, the heap is trimmed: the pages that handshake
  * buffers left free between long-lived allocations go back to the kernel
  * (without it they stay resident: about 1 KiB more per idle TLS client).
+ * Only once a burst is over (a second without a handshake), or every
+ * TRIM_EVERY_S seconds of a burst that goes on: trimming in the middle of
+ * a reconnect storm gave back pages the next handshakes faulted in again
+ * (page faults and madvise: about 5% of a worker's CPU in a storm of
+ * resumed handshakes, perf).
  */
+#define TRIM_EVERY_S 10
 void wk_tls_tick(struct worker *w)
 {
     if (!w->tls)
@@ -176,7 +182,13 @@ void wk_tls_tick(struct worker *w)
         }
         c->flags &= ~CF_TLS_ACTIVE;
     }
-    if (w->tls_handshakes) {
+    static unsigned burst_s; /* seconds of the current burst (one worker per process) */
+    if (w->tls_handshakes && ++burst_s < TRIM_EVERY_S) {
+        w->tls_handshakes = 0;
+        return;
+    }
+    if (burst_s) {
+        burst_s = 0;
         w->tls_handshakes = 0;
         malloc_trim(128 << 10);
     }

@@ -1268,8 +1268,15 @@ static void pace_connects(struct child *ch, uint64_t now)
 {
     double rate = ch->o->connect_rate > 0 ? ch->o->connect_rate / ch->o->procs : 0;
     long due = rate > 0 ? (long)((double)(now - ch->t0) * 1e-9 * rate) + 1 : ch->count;
-    while (ch->next_conn < ch->count && ch->next_conn < due && ch->inflight < MAX_INFLIGHT)
+    /* --tls-resume: the first client alone until it is up (its session, TLS 1.3's ticket
+     * included, comes before the 101), so every later handshake can resume */
+    int first_pending = ch->o->tls_resume && ch->next_conn == 1 && !ch->sess &&
+                        (ch->conns[0].state == CS_CONNECTING || ch->conns[0].state == CS_HANDSHAKE);
+    while (ch->next_conn < ch->count && ch->next_conn < due && ch->inflight < MAX_INFLIGHT &&
+           !first_pending) {
         conn_start(ch, ch->next_conn++);
+        first_pending = ch->o->tls_resume && ch->next_conn == 1 && !ch->sess;
+    }
     if (ch->next_conn == ch->count && ch->inflight == 0) {
         ch->c.connect_end_ns = now;
         ch->c.connect_done = 1;
