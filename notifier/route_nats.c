@@ -155,6 +155,7 @@ struct pend {
     th_route_done_fn done;
     void *arg;
     uint32_t next_free;
+    uint32_t fprev, fnext; /* in rn's FIFO of pending deliveries (deadline order) */
 };
 
 /* One presence question out on tether.p. */
@@ -202,13 +203,14 @@ struct th_route_nats {
     struct pend pend[NPEND];
     uint32_t free_head;
     unsigned npend_used;
+    uint32_t fhead, ftail; /* pending deliveries, oldest first: one timeout, so deadline order */
     struct pres pres[NPRES];
     uint32_t pres_free;
     unsigned npres_used;
     struct node nodes[MAX_NODES];
     unsigned nnodes;
     struct interest *bucket[NBUCKET];
-    uint64_t scan_mark, next_scan, next_hb;
+    uint64_t scan_mark, next_scan, next_hb, next_full_scan, scan_stamp;
     uint64_t bad, bad_logged_ns;
     struct remote *remotes;
     int closing; /* destroy: queued events are only freed */
@@ -511,6 +513,25 @@ static void interest_scan(struct th_route_nats *rn)
         }
 }
 
+/*
+ * The registry changes users only by claims and releases, which the roles
+ * count (connections_opened/closed, bumped after the slot changed): while
+ * neither moved there is nothing to scan for. A full pass still runs every
+ * second, whatever the counters say (a writer killed between a claim and
+ * its count).
+ */
+static void maybe_scan(struct th_route_nats *rn, uint64_t now)
+{
+    const struct th_counters_sh *c = &rn->reg->hdr->counters;
+    uint64_t stamp = atomic_load_explicit(&c->connections_opened, memory_order_acquire) +
+                     atomic_load_explicit(&c->connections_closed, memory_order_acquire);
+    if (stamp == rn->scan_stamp && now < rn->next_full_scan)
+        return;
+    rn->scan_stamp = stamp;
+    rn->next_full_scan = now + 10 * SCAN_NS;
+    interest_scan(rn);
+}
+
 /* Broker back: the others may have come and gone meanwhile; ask again. */
 static void rehello_all(struct th_route_nats *rn)
 {
@@ -594,6 +615,33 @@ static int ws_complete(const struct waitset *w)
 
 /* ---- pending deliveries of this node --------------------------------------- */
 
+#define NO_PEND UINT32_MAX
+
+static void fifo_unlink(struct th_route_nats *rn, uint32_t i)
+{
+    struct pend *p = &rn->pend[i];
+    if (p->fprev != NO_PEND)
+        rn->pend[p->fprev].fnext = p->fnext;
+    else
+        rn->fhead = p->fnext;
+    if (p->fnext != NO_PEND)
+        rn->pend[p->fnext].fprev = p->fprev;
+    else
+        rn->ftail = p->fprev;
+}
+
+static void fifo_append(struct th_route_nats *rn, uint32_t i)
+{
+    struct pend *p = &rn->pend[i];
+    p->fnext = NO_PEND;
+    p->fprev = rn->ftail;
+    if (rn->ftail != NO_PEND)
+        rn->pend[rn->ftail].fnext = i;
+    else
+        rn->fhead = i;
+    rn->ftail = i;
+}
+
 static void pend_finish(struct th_route_nats *rn, uint32_t i, enum gather_result why)
 {
     struct pend *p = &rn->pend[i];
@@ -614,6 +662,7 @@ static void pend_finish(struct th_route_nats *rn, uint32_t i, enum gather_result
     void *arg = p->arg;
     p->used = 0;
     p->gen++;
+    fifo_unlink(rn, i);
     p->next_free = rn->free_head;
     rn->free_head = i;
     rn->npend_used--;
@@ -689,6 +738,7 @@ static int nats_deliver(struct th_route *r, const char *user, size_t ulen, const
     struct pend *p = &rn->pend[i];
     rn->free_head = p->next_free;
     rn->npend_used++;
+    fifo_append(rn, i);
     p->used = 1;
     p->local_done = p->asked = p->no_resp = 0;
     p->remote_conf = p->remote_nodes = 0;
@@ -1146,9 +1196,12 @@ static uint64_t nats_next_deadline(struct th_route *r)
         d = rn->next_scan;
     if (rn->next_hb < d)
         d = rn->next_hb;
-    for (uint32_t i = 0; rn->npend_used && i < NPEND; i++)
-        if (rn->pend[i].used && rn->pend[i].local_done && rn->pend[i].deadline < d)
-            d = rn->pend[i].deadline;
+    for (uint32_t i = rn->fhead; i != NO_PEND; i = rn->pend[i].fnext)
+        if (rn->pend[i].local_done) { /* the oldest waiting on the others: the earliest */
+            if (rn->pend[i].deadline < d)
+                d = rn->pend[i].deadline;
+            break;
+        }
     for (uint32_t i = 0; rn->npres_used && i < NPRES; i++)
         if (rn->pres[i].used && rn->pres[i].deadline < d)
             d = rn->pres[i].deadline;
@@ -1159,15 +1212,16 @@ static void nats_expire(struct th_route *r, uint64_t now)
 {
     struct th_route_nats *rn = (struct th_route_nats *)r;
     rn->local->ops->expire(rn->local, now);
-    for (uint32_t i = 0; rn->npend_used && i < NPEND; i++)
-        if (rn->pend[i].used && rn->pend[i].deadline <= now)
-            pend_check(rn, i, now);
+    for (uint32_t i = rn->fhead, next; i != NO_PEND && rn->pend[i].deadline <= now; i = next) {
+        next = rn->pend[i].fnext; /* read first: pend_check may finish (unlink) i */
+        pend_check(rn, i, now);
+    }
     for (uint32_t i = 0; rn->npres_used && i < NPRES; i++)
         if (rn->pres[i].used && rn->pres[i].deadline <= now)
             pres_check(rn, i, now);
     if (now >= rn->next_scan) {
         rn->next_scan = now + SCAN_NS;
-        interest_scan(rn);
+        maybe_scan(rn, now);
     }
     if (now >= rn->next_hb) {
         rn->next_hb = now + HB_NS;
@@ -1377,6 +1431,7 @@ struct th_route *th_route_nats_new(const struct th_config *cfg, struct th_reg *r
     pthread_mutex_init(&rn->mu, NULL);
     for (uint32_t i = 0; i < NPEND; i++)
         rn->pend[i].next_free = i + 1 < NPEND ? i + 1 : UINT32_MAX;
+    rn->fhead = rn->ftail = NO_PEND;
     for (uint32_t i = 0; i < NPRES; i++)
         rn->pres[i].next_free = i + 1 < NPRES ? i + 1 : UINT32_MAX;
     rn->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
