@@ -4,8 +4,9 @@ resume on a random node every 1-3 s and whenever their connection dies,
 and a sender posting about 100 notifications a second to random nodes,
 each retried with the same id (on any node) until it is stored.
 
-- StormOneServer: one nats-server -js; every 4 s a whole node (supervisor
-  and every role) is killed with SIGKILL and started again with fresh
+- StormOneServer: one nats-server -js; every STORM_S/4 s (at least 1.5 s) a
+  whole node (supervisor and every role) is killed with SIGKILL and started
+  again with fresh
   shared memory (clients use it again once its mirror caught up);
 - StormReplicas: a three-server NATS cluster, --nats-replicas 3; one NATS
   server is killed with SIGKILL halfway and writes go on.
@@ -244,7 +245,8 @@ class StormOneServer(Base):
 
     async def fault_async(self, storm, elapsed):
         kills = storm.counts["node_kills"]
-        if elapsed < 2 + 4 * kills or elapsed > STORM_S - 1:
+        every = max(1.5, STORM_S / 4)
+        if elapsed < 1 + every * kills or elapsed > STORM_S - 1:
             return
         name = "abc"[kills % 3]
         with storm.lock:

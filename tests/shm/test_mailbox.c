@@ -460,3 +460,77 @@ Test(mailbox, oversized_frames_refused)
     cr_assert_eq(th_mbx_commit(&mb, &t, big, 100, NULL, 0, S_NS, T0, &pos), 0);
     cr_assert_eq(th_mbx_commit(&mb, &t, big, 100, NULL, 0, S_NS, T0, &pos), -ESTALE);
 }
+
+/* As a cache of a JetStream mailbox (notifier/mailbox_js.c): the seq is given. */
+static int put_at(const char *user, uint64_t seq, uint64_t gone, uint64_t ttl_s)
+{
+    struct th_mbx_ticket t;
+    char f[512];
+    uint64_t pos;
+    int rc = th_mbx_prepare_at(&mb, user, strlen(user), seq, gone, T0, &t);
+    if (rc != 1)
+        return rc;
+    size_t len = mbx_frame(f, sizeof(f), user, seq, 20);
+    cr_assert_eq(th_mbx_commit(&mb, &t, f, len, NULL, 0, ttl_s * S_NS, T0, &pos), 0);
+    return 1;
+}
+
+Test(mailbox, cache_takes_given_seqs_in_order)
+{
+    open_new(2u << 20, 8, 0);
+    th_mbx_reset(&mb, 0, 0);
+    cr_assert_eq(put_at("c", 5, 0, 60), 1);
+    cr_assert_eq(put_at("c", 9, 5, 60), 1, "prev 5 held: nothing gone");
+    cr_assert_eq(put_at("c", 9, 5, 60), 0, "held already");
+    cr_assert_eq(put_at("c", 7, 0, 60), 0, "older than held: skipped");
+    uint64_t seqs[8];
+    int rec;
+    cr_assert_eq(replay("c", 0, T0, seqs, 8, &rec), 2);
+    cr_assert_eq(seqs[0], 5);
+    cr_assert_eq(seqs[1], 9);
+    cr_assert_eq(rec, 1, "non-contiguous seqs are no loss");
+    cr_assert_eq(replay("c", 5, T0, seqs, 8, &rec), 1);
+    cr_assert_eq(rec, 1);
+    /* A message whose prev (12) this cache never saw: everything up to 12 is gone. */
+    cr_assert_eq(put_at("c", 14, 12, 60), 1);
+    cr_assert_eq(replay("c", 9, T0, seqs, 8, &rec), 1);
+    cr_assert_eq(rec, 0, "seq 12 left the stream before this cache saw it");
+    cr_assert_eq(replay("c", 12, T0, seqs, 8, &rec), 1);
+    cr_assert_eq(rec, 1);
+    /* Expired before it was mirrored: kept as a seq, counted as gone. */
+    cr_assert_eq(put_at("c", 20, 20, 0), 1);
+    cr_assert_eq(replay("c", 14, T0, seqs, 8, &rec), 0);
+    cr_assert_eq(rec, 0);
+}
+
+Test(mailbox, cache_reset_floor_and_source)
+{
+    open_new(2u << 20, 8, 0);
+    uint64_t at;
+    int filled;
+    cr_assert_eq(th_mbx_source(&mb, &at, &filled), 0, "a mailbox of its own");
+    put("old", NULL, 60, T0, 10);
+    th_mbx_reset(&mb, 0, 100);
+    th_mbx_set_source_seq(&mb, 100);
+    cr_assert_eq(th_mbx_source(&mb, &at, &filled), 1);
+    cr_assert_eq(at, 100);
+    cr_assert_eq(filled, 0, "epoch 0 while filling");
+    char ep[TH_MBX_EPOCH_LEN + 1];
+    th_mbx_epoch(&mb, ep);
+    cr_assert_str_eq(ep, "0000000000000000");
+    uint64_t seqs[8];
+    int rec;
+    cr_assert_eq(replay("old", 0, T0, seqs, 8, &rec), 0, "reset dropped it");
+    cr_assert_eq(put_at("new", 101, 0, 60), 1);
+    cr_assert_eq(replay("new", 0, T0, seqs, 8, &rec), 1);
+    cr_assert_eq(rec, 0, "seqs up to the floor may have been this user's");
+    cr_assert_eq(replay("new", 100, T0, seqs, 8, &rec), 1);
+    cr_assert_eq(rec, 1);
+    th_mbx_set_epoch(&mb, 0x1234);
+    th_mbx_set_source_seq(&mb, 101);
+    cr_assert_eq(th_mbx_source(&mb, &at, &filled), 1);
+    cr_assert_eq(filled, 1);
+    cr_assert_eq(at, 101);
+    th_mbx_epoch(&mb, ep);
+    cr_assert_str_eq(ep, "0000000000001234");
+}
