@@ -152,6 +152,7 @@ struct th_mjs {
     natsSubscription *sub; /* the mirror; set-up thread only */
     pthread_t thr;
     int thr_started;
+    int closed;
     int warned; /* set-up thread only: */
     uint64_t stall_at;
     int stall_n;
@@ -1075,34 +1076,58 @@ struct th_mjs *th_mjs_new(const struct th_config *cfg, struct th_mbx *cache, str
 fail:
     free(g);
     j->gate = NULL;
-    th_mjs_destroy(j);
+    th_mjs_close(j);
+    nats_CloseAndWait(2000); /* no other connection yet (route_nats comes after): callbacks done */
+    th_mjs_free(j);
     return NULL;
 }
 
-void th_mjs_destroy(struct th_mjs *j)
+/*
+ * Drain first, as route_nats does: pending messages reach our callback (and
+ * the queue, freed by th_mjs_free) before the connection closes, none is
+ * left in libnats' global delivery pool.
+ */
+void th_mjs_close(struct th_mjs *j)
 {
-    if (!j)
+    if (!j || j->closed)
         return;
+    j->closed = 1;
     pthread_mutex_lock(&j->mu);
     j->stop = 1;
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
     if (j->thr_started)
         pthread_join(j->thr, NULL);
+    if (j->nc && natsConnection_Status(j->nc) == NATS_CONN_STATUS_CONNECTED &&
+        natsConnection_DrainTimeout(j->nc, 1000) == NATS_OK)
+        for (int i = 0; i < 150 && !natsConnection_IsClosed(j->nc); i++)
+            usleep(10 * 1000);
     if (j->sub)
         natsSubscription_Destroy(
             j->sub); /* the ordered consumer is ephemeral: the server drops it */
+    j->sub = NULL;
     if (j->nc)
         natsConnection_Close(j->nc);
     jsCtx_Destroy(j->js);
+    j->js = NULL;
     natsConnection_Destroy(j->nc);
+    j->nc = NULL;
     natsOptions_Destroy(j->opts);
+    j->opts = NULL;
+    drain(j, 1); /* while the library is up: natsMsg_Destroy after nats_CloseAndWait crashes */
+    if (j->gate)
+        j->gate->j = NULL; /* from now on it passes everything through */
+}
+
+void th_mjs_free(struct th_mjs *j)
+{
+    if (!j)
+        return;
+    th_mjs_close(j);
     drain(j, 1);
     for (uint32_t i = 0; i < NPUB; i++)
         if (j->pub[i].state != P_FREE)
             free(j->pub[i].frame); /* no callbacks at stop (like the routes) */
-    if (j->gate)
-        j->gate->j = NULL;
     if (j->efd >= 0)
         close(j->efd);
     th_buf_free(&j->out);

@@ -85,10 +85,13 @@ struct th_mjs_stats {
 void th_mjs_stats(const struct th_mjs *j, struct th_mjs_stats *out);
 
 /*
- * Stop: the connection and its threads go first (no callbacks are made for
- * stores in flight), then the state. The gated route stays valid (it then
- * passes everything through) until the route chain is destroyed.
+ * Stop, in two steps around the route chain's destroy: th_mjs_close drains
+ * and closes the connection (no callbacks are made for stores in flight;
+ * the gated route passes everything through from then on), th_mjs_free
+ * frees the state once route_nats' destroy has waited for every libnats
+ * thread (a late libnats callback still finds the queue).
  */
-void th_mjs_destroy(struct th_mjs *j);
+void th_mjs_close(struct th_mjs *j);
+void th_mjs_free(struct th_mjs *j);
 
 #endif

@@ -1310,8 +1310,14 @@ static void nats_destroy(struct th_route *r)
     }
     if (rn->opts)
         natsOptions_Destroy(rn->opts);
-    nats_CloseAndWait(2000); /* every libnats thread gone: the queue is ours alone */
+    /*
+     * Messages queued meanwhile (heartbeats while another module stopped)
+     * are destroyed while the library is still up: natsMsg_Destroy after
+     * nats_CloseAndWait crashes in libnats' message GC.
+     */
     rn->closing = 1;
+    drain_queue(rn);
+    nats_CloseAndWait(2000); /* every libnats thread gone: the queue is ours alone */
     drain_queue(rn);                    /* replies to other nodes are dropped with the connection */
     rn->local->ops->destroy(rn->local); /* drops its deliveries without callbacks */
     for (struct remote *rm = rn->remotes, *next; rm; rm = next) {

@@ -1406,9 +1406,10 @@ static void loop(void)
 /* Stop: the route drops its deliveries without callbacks, so every answer goes too. */
 static void server_free(void)
 {
-    th_mjs_destroy(S->js); /* first: its NATS connection must be gone before route_nats waits */
+    th_mjs_close(S->js); /* first: its NATS connection must be gone before route_nats waits */
+    S->route->ops->destroy(S->route); /* nats_CloseAndWait: no libnats thread left after it */
+    th_mjs_free(S->js);
     S->js = NULL;
-    S->route->ops->destroy(S->route);
     io_uring_queue_exit(&S->ring);
     for (unsigned i = 0; i < TH_API_MAX_CONNS; i++) {
         struct conn *c = &S->conns[i];
@@ -1477,9 +1478,11 @@ int th_server_run(const struct th_config *cfg, struct th_reg *reg, int api_fd)
     if (cfg->mailbox_ttl_s)
         mailbox_open();
     S->route = th_route_local_new(cfg, reg, &S->ring);
-    if (S->route && cfg->nats_urls[0] && S->mbx_on) {
+    if (S->route && cfg->nats_urls[0] && cfg->mailbox_ttl_s) {
         struct th_route *gated = NULL;
-        S->js = th_mjs_new(cfg, &S->mbx, &S->ring, S->route, &gated);
+        /* Without its cache the JetStream mailbox cannot run, and a node of its own seqs
+           must not join the others (they take a TN1 seq for the stream's): exit instead. */
+        S->js = S->mbx_on ? th_mjs_new(cfg, &S->mbx, &S->ring, S->route, &gated) : NULL;
         if (S->js) {
             S->route = gated;
         } else { /* other nodes take this node's seqs for the stream's: never mix them */
@@ -1491,7 +1494,7 @@ int th_server_run(const struct th_config *cfg, struct th_reg *reg, int api_fd)
     if (S->route && cfg->nats_urls[0])
         S->route = th_route_nats_new(cfg, reg, &S->ring, S->route);
     if (!S->route) {
-        th_mjs_destroy(S->js);
+        th_mjs_free(S->js); /* (route_nats failed: it waited for libnats' threads) */
         io_uring_queue_exit(&S->ring);
         if (S->mbx_on) {
             th_mbx_writer_end(&S->mbx);
