@@ -15,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import time
 
 from harness.group import Group
 
@@ -65,8 +66,29 @@ class Pki:
             ctx.maximum_version = maximum
         return ctx
 
+    def live_pair(self, name):
+        """Paths a running group is started with and a reload test replaces (LivePair)."""
+        return LivePair(os.path.join(self.dir, name))
+
     def cleanup(self):
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class LivePair:
+    """A certificate and key file a test swaps under a running group, as a deploy
+    tool would: each file replaced atomically (write beside it, rename)."""
+
+    def __init__(self, folder):
+        os.makedirs(folder, exist_ok=True)
+        self.cert, self.key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+
+    def install(self, cert, key):
+        for src, dst in ((cert, self.cert), (key, self.key)):
+            with open(src, "rb") as f:
+                data = f.read()
+            with open(dst + ".tmp", "wb") as f:
+                f.write(data)
+            os.rename(dst + ".tmp", dst)
 
 
 def group(pki, workers=2, slots=1024, extra_args=(), cert=None, key=None, **kw):
@@ -83,8 +105,41 @@ def api_group(pki, workers=1, slots=1024, extra_args=(), cert=None, key=None, **
                  **kw)
 
 
+def bad_pairs(pki, cert_flag, key_flag):
+    """(what the refusal's one line says, flags) for every pair start-up must refuse."""
+    return [("No such file", [cert_flag, "/nonexistent.pem", key_flag, pki.key]),
+            ("No such file", [cert_flag, pki.cert, key_flag, "/nonexistent.key"]),
+            ("does not match", [cert_flag, pki.cert, key_flag, pki.other_key]),
+            ("expired", [cert_flag, pki.expired, key_flag, pki.key]),
+            ("no usable PEM", [cert_flag, pki.key, key_flag, pki.key]),
+            (key_flag, [cert_flag, pki.cert])]
+
+
+def startup_refusal(*extra):
+    """`tether run` with flags it must refuse: (exit status, its non-empty stderr lines)."""
+    g = Group(workers=1)
+    p = subprocess.run(g.args + list(extra), capture_output=True, text=True, env=g.env, timeout=30)
+    shutil.rmtree(g.tmp, ignore_errors=True)
+    return p.returncode, [line for line in p.stderr.splitlines() if line.strip()]
+
+
 def wss_url(g, user=None, token=None):
     return "wss" + g.ws_url(user, token)[2:]
+
+
+def read_until_eof(s, timeout):
+    """Read a socket until EOF (or reset, or a TLS error); returns (bytes, seconds it took)."""
+    s.settimeout(timeout)
+    t0, data = time.time(), b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except (ConnectionResetError, ssl.SSLError):
+        pass
+    return data, time.time() - t0
 
 
 def connect(port, ctx, timeout=5.0, session=None):

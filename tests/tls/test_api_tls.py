@@ -54,21 +54,6 @@ def tls_api(g, ctx=None, session=None, timeout=5.0):
                            suppress_ragged_eofs=False)
 
 
-def read_until_eof(s, timeout):
-    """Read until EOF (or reset); returns (bytes, seconds it took)."""
-    s.settimeout(timeout)
-    t0, data = time.time(), b""
-    try:
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    except (ConnectionResetError, ssl.SSLError):
-        pass
-    return data, time.time() - t0
-
-
 def curl(*args):
     p = subprocess.run(["curl", "-sS", "--max-time", str(T)] + list(args), capture_output=True,
                        text=True, timeout=T + 10)
@@ -233,7 +218,7 @@ class APITLS(unittest.TestCase):
                      b"\x16\x03\x03\xff\xff" + b"A" * 64):
             with socket.create_connection(("127.0.0.1", self.g.api_port), timeout=T) as s:
                 s.sendall(junk)
-                data, took = read_until_eof(s, T)
+                data, took = tls.read_until_eof(s, T)
                 self.assertLess(took, T)
                 # an alert record or nothing; never an HTTP answer
                 self.assertTrue(data == b"" or data[0] == 0x15, data[:40])
@@ -247,7 +232,7 @@ class APITLS(unittest.TestCase):
             obj.do_handshake()
         with socket.create_connection(("127.0.0.1", self.g.api_port), timeout=30) as s:
             s.sendall(out.read())  # the ClientHello, then silence
-            data, took = read_until_eof(s, 30)
+            data, took = tls.read_until_eof(s, 30)
             self.assertGreater(len(data), 0)  # the server's flight came
             self.assertGreaterEqual(took, 8)  # ... and the close only at the deadline
             self.assertLess(took, 25)
@@ -293,20 +278,10 @@ class Reload(unittest.TestCase):
             return s.getpeercert(binary_form=True)
 
     def test_reload_under_keep_alive_load(self):
-        work = os.path.join(PKI.dir, "api-live")
-        os.makedirs(work, exist_ok=True)
-        cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
-
-        def install(c, k):  # replace atomically, as a deploy tool would
-            for src, dst in ((c, cert), (k, key)):
-                with open(src, "rb") as f:
-                    data = f.read()
-                with open(dst + ".tmp", "wb") as f:
-                    f.write(data)
-                os.rename(dst + ".tmp", dst)
-
+        live = PKI.live_pair("api-live")
+        install = live.install
         install(PKI.cert, PKI.key)
-        with tls.api_group(PKI, workers=1, cert=cert, key=key) as g:
+        with tls.api_group(PKI, workers=1, cert=live.cert, key=live.key) as g:
             self.assertEqual(self.peer_der(g), PKI.der(PKI.cert))
             n = 8
             done = [0] * n
@@ -407,27 +382,15 @@ class ResumeOverWSS(unittest.TestCase):
 
 
 class StartupRefusals(unittest.TestCase):
-    def run_tether(self, *extra):
-        g = th.Group(workers=1)
-        p = subprocess.run(g.args + list(extra), capture_output=True, text=True, env=g.env, timeout=30)
-        return p.returncode, p.stderr.strip()
-
-    def assertRefused(self, want, *extra):
-        rc, err = self.run_tether(*extra)
-        self.assertEqual(rc, 2, err)
-        lines = [line for line in err.splitlines() if line.strip()]
-        self.assertEqual(len(lines), 1, err)
-        self.assertIn(want, lines[0])
-        self.assertIn("--api-tls-", lines[0])
-
     def test_bad_pairs_exit_2_with_one_line(self):
-        self.assertRefused("No such file", "--api-tls-cert", "/nonexistent.pem", "--api-tls-key", PKI.key)
-        self.assertRefused("No such file", "--api-tls-cert", PKI.cert, "--api-tls-key", "/nonexistent.key")
-        self.assertRefused("does not match", "--api-tls-cert", PKI.cert, "--api-tls-key", PKI.other_key)
-        self.assertRefused("expired", "--api-tls-cert", PKI.expired, "--api-tls-key", PKI.key)
-        self.assertRefused("no usable PEM", "--api-tls-cert", PKI.key, "--api-tls-key", PKI.key)
-        self.assertRefused("--api-tls-key", "--api-tls-cert", PKI.cert)
-        self.assertRefused("--api-tls-cert", "--api-tls-key", PKI.key)
+        cases = tls.bad_pairs(PKI, "--api-tls-cert", "--api-tls-key") + \
+            [("--api-tls-cert", ["--api-tls-key", PKI.key])]
+        for want, flags in cases:
+            rc, lines = tls.startup_refusal(*flags)
+            self.assertEqual(rc, 2, (flags, lines))
+            self.assertEqual(len(lines), 1, lines)
+            self.assertIn(want, lines[0])
+            self.assertIn("--api-tls-", lines[0])
 
 
 if __name__ == "__main__":

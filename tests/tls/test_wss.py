@@ -51,21 +51,6 @@ def upgrade_request(g, user):
     return req
 
 
-def read_until_eof(s, timeout):
-    """Read a socket until EOF (or reset); returns (bytes, seconds it took)."""
-    s.settimeout(timeout)
-    t0, data = time.time(), b""
-    try:
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    except (ConnectionResetError, ssl.SSLError):
-        pass
-    return data, time.time() - t0
-
-
 class WSS(unittest.TestCase):
     """One TLS group (2 workers) for the cases that do not stop or reload it."""
 
@@ -121,7 +106,7 @@ class WSS(unittest.TestCase):
     def test_healthz_over_tls_and_plain_ws_beside_it(self):
         with tls.connect(self.g.port, PKI.client_context()) as s:
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            data, _ = read_until_eof(s, T)
+            data, _ = tls.read_until_eof(s, T)
             self.assertTrue(data.startswith(b"HTTP/1.1 200"), data)
 
         async def plain():  # no --tls-only: ws:// still served on the same port
@@ -162,7 +147,7 @@ class WSS(unittest.TestCase):
                 s.sendall(junk)
             except (BrokenPipeError, ConnectionResetError):
                 pass
-            data, took = read_until_eof(s, T)
+            data, took = tls.read_until_eof(s, T)
             s.close()
             self.assertLess(took, T, "still open after garbage %r" % junk[:8])
             if junk[0] == 0x16 and data:
@@ -176,7 +161,7 @@ class WSS(unittest.TestCase):
             obj.do_handshake()
         s = socket.create_connection(("127.0.0.1", self.g.port), timeout=T)
         s.sendall(out.read())  # the ClientHello, then silence
-        data, took = read_until_eof(s, 20)
+        data, took = tls.read_until_eof(s, 20)
         s.close()
         self.assertTrue(data, "no ServerHello")
         self.assertGreaterEqual(took, 8, "closed before the 10 s handshake deadline")
@@ -433,20 +418,10 @@ class Reload(unittest.TestCase):
             return s.getpeercert(binary_form=True)
 
     def test_reload_under_load_keeps_every_client(self):
-        work = os.path.join(PKI.dir, "live")
-        os.makedirs(work, exist_ok=True)
-        cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
-
-        def install(c, k):  # replace atomically, as a deploy tool would
-            for src, dst in ((c, cert), (k, key)):
-                with open(src, "rb") as f:
-                    data = f.read()
-                with open(dst + ".tmp", "wb") as f:
-                    f.write(data)
-                os.rename(dst + ".tmp", dst)
-
+        live = PKI.live_pair("live")
+        install = live.install
         install(PKI.cert, PKI.key)
-        with tls.group(PKI, workers=2, cert=cert, key=key) as g:
+        with tls.group(PKI, workers=2, cert=live.cert, key=live.key) as g:
             self.assertEqual(self.peer_der(g), PKI.der(PKI.cert))
 
             async def go():
@@ -489,28 +464,14 @@ class Reload(unittest.TestCase):
 
 
 class StartupRefusals(unittest.TestCase):
-    def run_tether(self, *extra):
-        g = th.Group(workers=1)
-        args = g.args + list(extra)
-        p = subprocess.run(args, capture_output=True, text=True, env=g.env, timeout=30)
-        return p.returncode, p.stderr.strip()
-
-    def assertRefused(self, want, *extra):
-        rc, err = self.run_tether(*extra)
-        self.assertEqual(rc, 2, err)
-        lines = [line for line in err.splitlines() if line.strip()]
-        self.assertEqual(len(lines), 1, err)
-        self.assertIn(want, lines[0])
-        self.assertIn("--tls-", lines[0])
-
     def test_bad_pairs_exit_2_with_one_line(self):
-        self.assertRefused("No such file", "--tls-cert", "/nonexistent.pem", "--tls-key", PKI.key)
-        self.assertRefused("No such file", "--tls-cert", PKI.cert, "--tls-key", "/nonexistent.key")
-        self.assertRefused("does not match", "--tls-cert", PKI.cert, "--tls-key", PKI.other_key)
-        self.assertRefused("expired", "--tls-cert", PKI.expired, "--tls-key", PKI.key)
-        self.assertRefused("no usable PEM", "--tls-cert", PKI.key, "--tls-key", PKI.key)
-        self.assertRefused("--tls-key", "--tls-cert", PKI.cert)
-        self.assertRefused("--tls-only needs", "--tls-only")
+        cases = tls.bad_pairs(PKI, "--tls-cert", "--tls-key") + [("--tls-only needs", ["--tls-only"])]
+        for want, flags in cases:
+            rc, lines = tls.startup_refusal(*flags)
+            self.assertEqual(rc, 2, (flags, lines))
+            self.assertEqual(len(lines), 1, lines)
+            self.assertIn(want, lines[0])
+            self.assertIn("--tls-", lines[0])
 
 
 if __name__ == "__main__":
