@@ -22,6 +22,7 @@
  * flights, the ticket callback's share is in the flights).
  */
 #include "shm/proto/tls.h"
+#include "tests/shm/proto/tls_pair.h"
 
 #include <malloc.h>
 #include <openssl/crypto.h>
@@ -126,33 +127,8 @@ static void *m_realloc(void *p, size_t n, const char *file, int line)
 
 static char dir[64], ca[128], cert[128], key[128];
 static struct th_tls_ctx *sctx;
-static uint8_t scratch[TH_TLS_RECORD_MAX];
 static double srv_cpu; /* seconds of server calls */
-
-struct buf {
-    uint8_t *p;
-    size_t n, cap;
-};
-
-static int buf_sink(void *arg, const uint8_t *p, size_t n)
-{
-    struct buf *b = arg;
-    if (b->n + n > b->cap) {
-        b->cap = (b->n + n) * 2;
-        if (!(b->p = realloc(b->p, b->cap)))
-            abort();
-    }
-    memcpy(b->p + b->n, p, n);
-    b->n += n;
-    return 0;
-}
-
-struct pair {
-    SSL *c;
-    BIO *c_in, *c_out;
-    struct th_tls *s;
-    struct buf wire, plain;
-};
+static double hook_t0;
 
 static double cpu_now(void)
 {
@@ -161,93 +137,43 @@ static double cpu_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static int plain_sink(void *arg, const uint8_t *p, size_t n)
+/* Around every server call: its allocations and its CPU are the server's. */
+static void server_hook(int entering)
 {
-    return buf_sink(&((struct pair *)arg)->plain, p, n);
+    if (entering) {
+        hook_t0 = cpu_now();
+        server_running = 1;
+    } else {
+        server_running = 0;
+        srv_cpu += cpu_now() - hook_t0;
+    }
 }
 
-static int wire_sink(void *arg, const uint8_t *p, size_t n)
-{
-    return buf_sink(&((struct pair *)arg)->wire, p, n);
-}
-
-/* Server calls: charged to the server's allocations and CPU clock. */
 #define SERVER(stmt)                                                                               \
     do {                                                                                           \
-        double t0_ = cpu_now();                                                                    \
-        server_running = 1;                                                                        \
+        server_hook(1);                                                                            \
         stmt;                                                                                      \
-        server_running = 0;                                                                        \
-        srv_cpu += cpu_now() - t0_;                                                                \
+        server_hook(0);                                                                            \
     } while (0)
 
-static void pair_init(struct pair *p, SSL_CTX *cctx, SSL_SESSION *sess)
+static void pair_init(struct tp_pair *p, SSL_CTX *cctx, SSL_SESSION *sess)
 {
-    memset(p, 0, sizeof(*p));
-    p->c = SSL_new(cctx);
-    p->c_in = BIO_new(BIO_s_mem());
-    p->c_out = BIO_new(BIO_s_mem());
-    SSL_set_bio(p->c, p->c_in, p->c_out);
-    SSL_set_connect_state(p->c);
-    SSL_set_tlsext_host_name(p->c, "localhost");
-    if (sess)
-        SSL_set_session(p->c, sess);
-    SERVER(p->s = th_tls_new(sctx));
-    if (!p->s)
+    if (tp_pair_init(p, sctx, cctx, sess) < 0)
         abort();
 }
 
-static void pair_free(struct pair *p)
-{
-    SSL_set_quiet_shutdown(p->c, 1); /* or libssl marks the client's session not resumable */
-    SSL_shutdown(p->c);
-    SSL_free(p->c);
-    SERVER(th_tls_free(p->s));
-    free(p->wire.p);
-    free(p->plain.p);
-}
-
-static int pump(struct pair *p)
-{
-    for (int round = 0; round < 64; round++) {
-        int moved = 0, rc = TH_TLS_OK;
-        static uint8_t tmp[65536];
-        int n = BIO_read(p->c_out, tmp, sizeof(tmp));
-        if (n > 0) {
-            moved = 1;
-            SERVER(rc = th_tls_input(p->s, tmp, (size_t)n, scratch, sizeof(scratch), plain_sink,
-                                     wire_sink, p));
-            if (rc != TH_TLS_OK)
-                return rc;
-        }
-        if (p->wire.n) {
-            moved = 1;
-            BIO_write(p->c_in, p->wire.p, (int)p->wire.n);
-            p->wire.n = 0;
-        }
-        if (!SSL_is_init_finished(p->c)) {
-            int r = SSL_do_handshake(p->c);
-            if (r <= 0 && SSL_get_error(p->c, r) != SSL_ERROR_WANT_READ)
-                return -100;
-        }
-        if (!moved && BIO_pending(p->c_out) == 0)
-            break;
-    }
-    return TH_TLS_OK;
-}
-
 /* Handshake, a 200-byte request up and a 129-byte answer down, then idle. */
-static void exchange(struct pair *p)
+static void exchange(struct tp_pair *p)
 {
     static const char req[200] = "GET /ws?token=... HTTP/1.1";
     static const char resp[129] = "HTTP/1.1 101 Switching Protocols";
     char got[512];
     int rc = TH_TLS_OK;
-    if (pump(p) != TH_TLS_OK || !SSL_is_init_finished(p->c) || SSL_write(p->c, req, 200) != 200 ||
-        pump(p) != TH_TLS_OK || p->plain.n != 200)
+    if (tp_pump(p) != TH_TLS_OK || !SSL_is_init_finished(p->c) ||
+        SSL_write(p->c, req, 200) != 200 || tp_pump(p) != TH_TLS_OK || p->plain.n != 200)
         abort();
-    SERVER(rc = th_tls_write(p->s, (const uint8_t *)resp, sizeof(resp), wire_sink, p));
-    if (rc != TH_TLS_OK || pump(p) != TH_TLS_OK || SSL_read(p->c, got, sizeof(got)) != 129)
+    SERVER(rc = th_tls_write(p->s, (const uint8_t *)resp, sizeof(resp), tp_wire_sink, p));
+    if (rc != TH_TLS_OK || tp_pump(p) != TH_TLS_OK || SSL_read(p->c, got, sizeof(got)) != 129)
         abort();
     SERVER(th_tls_busy(p->s, 0));
 }
@@ -286,7 +212,7 @@ static int by_bytes(const void *a, const void *b)
 
 static void memory(SSL_CTX *cctx, int conns)
 {
-    struct pair *ps = calloc((size_t)conns, sizeof(*ps));
+    struct tp_pair *ps = calloc((size_t)conns, sizeof(*ps));
     struct site base[SITES];
     long b0 = srv_bytes, c0 = srv_chunks, n0 = srv_n;
     memcpy(base, sites, sizeof(base));
@@ -313,7 +239,7 @@ static void memory(SSL_CTX *cctx, int conns)
         printf("  %-44.44s:%-5d %8.0f %8.1f\n", d[i].file ? d[i].file : "?", d[i].line,
                (double)d[i].live_bytes / conns, (double)d[i].live_n / conns);
     for (int i = 0; i < conns; i++)
-        pair_free(&ps[i]);
+        tp_pair_free(&ps[i]);
     free(ps);
 }
 
@@ -326,12 +252,12 @@ static int by_double(const void *a, const void *b)
 /* One handshake (resumed with sess), its exchange and free; returns the server's CPU seconds. */
 static double one(SSL_CTX *cctx, SSL_SESSION *sess, int *reused)
 {
-    struct pair p;
+    struct tp_pair p;
     srv_cpu = 0;
     pair_init(&p, cctx, sess);
     exchange(&p);
     *reused += sess && SSL_session_reused(p.c);
-    pair_free(&p);
+    tp_pair_free(&p);
     return srv_cpu;
 }
 
@@ -342,12 +268,12 @@ static double one(SSL_CTX *cctx, SSL_SESSION *sess, int *reused)
  */
 static void handshakes(SSL_CTX *cctx, int n)
 {
-    struct pair p;
+    struct tp_pair p;
     counting = 0;              /* the accounting's own cost stays out of the times */
     pair_init(&p, cctx, NULL); /* warm up, and the session to resume */
     exchange(&p);
     SSL_SESSION *sess = SSL_get1_session(p.c);
-    pair_free(&p);
+    tp_pair_free(&p);
     enum { BATCH = 50 };
     int nb = n / BATCH < 1 ? 1 : n / BATCH, reused = 0;
     double *full = calloc((size_t)nb, sizeof(double)), *res = calloc((size_t)nb, sizeof(double));
@@ -386,6 +312,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    tp_server_hook = server_hook;
     if (!CRYPTO_set_mem_functions(m_malloc, m_realloc, m_free)) {
         fprintf(stderr, "tether-bench-tls: cannot count OpenSSL's allocations\n");
         return 1;

@@ -11,6 +11,7 @@
  * at test time with the `openssl` command.
  */
 #include "shm/proto/tls.h"
+#include "tls_pair.h"
 
 #include <criterion/criterion.h>
 #include <openssl/err.h>
@@ -69,44 +70,6 @@ TestSuite(tls, .init = make_certs, .fini = drop_certs);
 
 /* ---- a client in memory, and the pump between it and the engine ---------- */
 
-struct buf {
-    uint8_t *p;
-    size_t n, cap;
-};
-
-static int buf_sink(void *arg, const uint8_t *p, size_t n)
-{
-    struct buf *b = arg;
-    if (b->n + n > b->cap) {
-        b->cap = (b->n + n) * 2;
-        b->p = realloc(b->p, b->cap);
-        cr_assert(b->p);
-    }
-    memcpy(b->p + b->n, p, n);
-    b->n += n;
-    return 0;
-}
-
-struct pair {
-    SSL_CTX *cctx;
-    SSL *c;
-    BIO *c_in, *c_out; /* what the client reads (server wire), what it wrote */
-    struct th_tls *s;
-    struct buf wire, plain; /* server -> client bytes not yet delivered; plaintext the server got */
-    int last_rc;
-    size_t chop; /* deliver client bytes to the server in pieces this big (0 = whole) */
-};
-
-static int plain_sink(void *arg, const uint8_t *p, size_t n)
-{
-    return buf_sink(&((struct pair *)arg)->plain, p, n);
-}
-
-static int wire_sink(void *arg, const uint8_t *p, size_t n)
-{
-    return buf_sink(&((struct pair *)arg)->wire, p, n);
-}
-
 static SSL_CTX *client_ctx(int max_version, const char *alpn, size_t alpn_len)
 {
     SSL_CTX *c = SSL_CTX_new(TLS_client_method());
@@ -121,66 +84,13 @@ static SSL_CTX *client_ctx(int max_version, const char *alpn, size_t alpn_len)
     return c;
 }
 
-static void pair_init(struct pair *p, struct th_tls_ctx *sctx, SSL_CTX *cctx, SSL_SESSION *sess)
+/* The client and the pump: tls_pair.h (shared with tether-bench-tls). */
+static void pair_init(struct tp_pair *p, struct th_tls_ctx *sctx, SSL_CTX *cctx, SSL_SESSION *sess)
 {
-    memset(p, 0, sizeof(*p));
-    p->cctx = cctx;
-    p->c = SSL_new(cctx);
-    p->c_in = BIO_new(BIO_s_mem());
-    p->c_out = BIO_new(BIO_s_mem());
-    SSL_set_bio(p->c, p->c_in, p->c_out);
-    SSL_set_connect_state(p->c);
-    SSL_set_tlsext_host_name(p->c, "localhost");
-    SSL_set1_host(p->c, "localhost");
-    if (sess)
-        SSL_set_session(p->c, sess);
-    p->s = th_tls_new(sctx);
-    cr_assert(p->s);
+    cr_assert_eq(tp_pair_init(p, sctx, cctx, sess), 0);
 }
 
-static void pair_free(struct pair *p)
-{
-    SSL_free(p->c);
-    th_tls_free(p->s);
-    free(p->wire.p);
-    free(p->plain.p);
-}
-
-/* Move bytes both ways until neither side has anything new. Returns the server's last code. */
-static int pump(struct pair *p)
-{
-    for (int round = 0; round < 64; round++) {
-        int moved = 0;
-        uint8_t tmp[65536];
-        int n = BIO_read(p->c_out, tmp, sizeof(tmp));
-        if (n > 0) {
-            moved = 1;
-            size_t step = p->chop ? p->chop : (size_t)n;
-            for (size_t off = 0; off < (size_t)n; off += step) {
-                size_t k = (size_t)n - off < step ? (size_t)n - off : step;
-                p->last_rc = th_tls_input(p->s, tmp + off, k, (uint8_t[TH_TLS_RECORD_MAX]){0},
-                                          TH_TLS_RECORD_MAX, plain_sink, wire_sink, p);
-                if (p->last_rc != TH_TLS_OK)
-                    return p->last_rc;
-            }
-        }
-        if (p->wire.n) {
-            moved = 1;
-            BIO_write(p->c_in, p->wire.p, (int)p->wire.n);
-            p->wire.n = 0;
-        }
-        if (!SSL_is_init_finished(p->c)) {
-            int r = SSL_do_handshake(p->c);
-            if (r <= 0 && SSL_get_error(p->c, r) != SSL_ERROR_WANT_READ)
-                return -100; /* the client gave up */
-        }
-        if (!moved && BIO_pending(p->c_out) == 0)
-            break;
-    }
-    return p->last_rc;
-}
-
-static int client_read(struct pair *p, char *out, size_t cap)
+static int client_read(struct tp_pair *p, char *out, size_t cap)
 {
     size_t got = 0;
     int r = SSL_read_ex(p->c, out, cap - 1, &got);
@@ -197,17 +107,17 @@ static struct th_tls_ctx *server_ctx(struct th_tls_tickets *tk)
 }
 
 /* A whole exchange: handshake, "hello" up, "world" down. */
-static void exchange(struct pair *p)
+static void exchange(struct tp_pair *p)
 {
-    cr_assert_eq(pump(p), TH_TLS_OK);
+    cr_assert_eq(tp_pump(p), TH_TLS_OK);
     cr_assert(SSL_is_init_finished(p->c), "client handshake not finished");
     cr_assert(th_tls_established(p->s));
     cr_assert_eq(SSL_write(p->c, "hello", 5), 5);
-    cr_assert_eq(pump(p), TH_TLS_OK);
+    cr_assert_eq(tp_pump(p), TH_TLS_OK);
     cr_assert_eq(p->plain.n, 5);
     cr_assert_eq(memcmp(p->plain.p, "hello", 5), 0);
-    cr_assert_eq(th_tls_write(p->s, (const uint8_t *)"world", 5, wire_sink, p), TH_TLS_OK);
-    cr_assert_eq(pump(p), TH_TLS_OK);
+    cr_assert_eq(th_tls_write(p->s, (const uint8_t *)"world", 5, tp_wire_sink, p), TH_TLS_OK);
+    cr_assert_eq(tp_pump(p), TH_TLS_OK);
     char got[64];
     cr_assert_eq(client_read(p, got, sizeof(got)), 5);
     cr_assert_str_eq(got, "world");
@@ -217,7 +127,7 @@ Test(tls, tls13_handshake_alpn_and_data)
 {
     struct th_tls_tickets *tk = th_tls_tickets_new(0);
     struct th_tls_ctx *sctx = server_ctx(tk);
-    struct pair p;
+    struct tp_pair p;
     pair_init(&p, sctx, client_ctx(0, "\x02h2\x08http/1.1", 12), NULL);
     exchange(&p);
     cr_assert_str_eq(th_tls_version(p.s), "TLSv1.3");
@@ -228,7 +138,7 @@ Test(tls, tls13_handshake_alpn_and_data)
     cr_assert_eq(memcmp(proto, "http/1.1", 8), 0);
     cr_assert_not(th_tls_resumed(p.s));
     SSL_CTX_free(p.cctx);
-    pair_free(&p);
+    tp_pair_free(&p);
     th_tls_ctx_free(sctx);
     th_tls_tickets_free(tk);
 }
@@ -237,12 +147,12 @@ Test(tls, tls12_handshake_and_data)
 {
     struct th_tls_tickets *tk = th_tls_tickets_new(0);
     struct th_tls_ctx *sctx = server_ctx(tk);
-    struct pair p;
+    struct tp_pair p;
     pair_init(&p, sctx, client_ctx(TLS1_2_VERSION, NULL, 0), NULL);
     exchange(&p);
     cr_assert_str_eq(th_tls_version(p.s), "TLSv1.2");
     SSL_CTX_free(p.cctx);
-    pair_free(&p);
+    tp_pair_free(&p);
     th_tls_ctx_free(sctx);
     th_tls_tickets_free(tk);
 }
@@ -251,7 +161,7 @@ Test(tls, records_split_at_every_byte)
 {
     struct th_tls_tickets *tk = th_tls_tickets_new(0);
     struct th_tls_ctx *sctx = server_ctx(tk);
-    struct pair p;
+    struct tp_pair p;
     pair_init(&p, sctx, client_ctx(0, NULL, 0), NULL);
     p.chop = 1;
     exchange(&p);
@@ -263,17 +173,17 @@ Test(tls, records_split_at_every_byte)
     cr_assert_gt(n, 10);
     uint8_t scratch[TH_TLS_RECORD_MAX];
     p.plain.n = 0;
-    cr_assert_eq(
-        th_tls_input(p.s, tmp, (size_t)n - 7, scratch, sizeof(scratch), plain_sink, wire_sink, &p),
-        TH_TLS_OK);
+    cr_assert_eq(th_tls_input(p.s, tmp, (size_t)n - 7, scratch, sizeof(scratch), tp_plain_sink,
+                              tp_wire_sink, &p),
+                 TH_TLS_OK);
     cr_assert_eq(p.plain.n, 6, "two whole records: %zu bytes", p.plain.n);
-    cr_assert_eq(
-        th_tls_input(p.s, tmp + n - 7, 7, scratch, sizeof(scratch), plain_sink, wire_sink, &p),
-        TH_TLS_OK);
+    cr_assert_eq(th_tls_input(p.s, tmp + n - 7, 7, scratch, sizeof(scratch), tp_plain_sink,
+                              tp_wire_sink, &p),
+                 TH_TLS_OK);
     cr_assert_eq(p.plain.n, 9);
     cr_assert_eq(memcmp(p.plain.p, "abcabcabc", 9), 0);
     SSL_CTX_free(p.cctx);
-    pair_free(&p);
+    tp_pair_free(&p);
     th_tls_ctx_free(sctx);
     th_tls_tickets_free(tk);
 }
@@ -282,20 +192,20 @@ Test(tls, records_split_at_every_byte)
 static int resumes(int version, struct th_tls_ctx *a, struct th_tls_ctx *b)
 {
     SSL_CTX *cc = client_ctx(version, NULL, 0);
-    struct pair p;
+    struct tp_pair p;
     pair_init(&p, a, cc, NULL);
     exchange(&p); /* TLS 1.3 tickets arrive after the handshake: read with the data */
     SSL_SESSION *sess = SSL_get1_session(p.c);
     cr_assert(sess);
     cr_assert(SSL_SESSION_is_resumable(sess), "no ticket was issued");
     SSL_shutdown(p.c); /* freed without it, libssl marks the client's session not resumable */
-    pair_free(&p);
+    tp_pair_free(&p);
     pair_init(&p, b, cc, sess);
     exchange(&p);
     int r = th_tls_resumed(p.s);
     cr_assert_eq(r, SSL_session_reused(p.c));
     SSL_SESSION_free(sess);
-    pair_free(&p);
+    tp_pair_free(&p);
     SSL_CTX_free(cc);
     return r;
 }
@@ -328,12 +238,12 @@ Test(tls, alpn_without_http11_refused)
 {
     struct th_tls_tickets *tk = th_tls_tickets_new(0);
     struct th_tls_ctx *sctx = server_ctx(tk);
-    struct pair p;
+    struct tp_pair p;
     pair_init(&p, sctx, client_ctx(0, "\x02h2", 3), NULL);
-    cr_assert_eq(pump(&p), TH_TLS_ERROR);
+    cr_assert_eq(tp_pump(&p), TH_TLS_ERROR);
     cr_assert_not(th_tls_established(p.s));
     SSL_CTX_free(p.cctx);
-    pair_free(&p);
+    tp_pair_free(&p);
     th_tls_ctx_free(sctx);
     th_tls_tickets_free(tk);
 }
@@ -342,7 +252,7 @@ Test(tls, renegotiation_refused)
 {
     struct th_tls_tickets *tk = th_tls_tickets_new(0);
     struct th_tls_ctx *sctx = server_ctx(tk);
-    struct pair p;
+    struct tp_pair p;
     pair_init(&p, sctx, client_ctx(TLS1_2_VERSION, NULL, 0), NULL);
     exchange(&p);
     cr_assert_eq(SSL_renegotiate(p.c), 1);
@@ -351,15 +261,15 @@ Test(tls, renegotiation_refused)
     int n = BIO_read(p.c_out, hello, sizeof(hello));
     cr_assert_gt(n, 0);
     p.wire.n = 0;
-    int rc =
-        th_tls_input(p.s, hello, (size_t)n, scratch, sizeof(scratch), plain_sink, wire_sink, &p);
+    int rc = th_tls_input(p.s, hello, (size_t)n, scratch, sizeof(scratch), tp_plain_sink,
+                          tp_wire_sink, &p);
     /* the answer is an alert (no_renegotiation), never a ServerHello */
     cr_assert_gt(p.wire.n, 0, "no answer (rc %d)", rc);
     cr_assert_eq(p.wire.p[0], 0x15, "record type %u, not an alert", p.wire.p[0]);
-    cr_assert_neq(pump(&p), TH_TLS_OK, "the renegotiation went on");
+    cr_assert_neq(tp_pump(&p), TH_TLS_OK, "the renegotiation went on");
     cr_assert(SSL_renegotiate_pending(p.c), "the client's renegotiation completed");
     SSL_CTX_free(p.cctx);
-    pair_free(&p);
+    tp_pair_free(&p);
     th_tls_ctx_free(sctx);
     th_tls_tickets_free(tk);
 }
@@ -369,13 +279,13 @@ Test(tls, garbage_instead_of_client_hello)
     struct th_tls_tickets *tk = th_tls_tickets_new(0);
     struct th_tls_ctx *sctx = server_ctx(tk);
     struct th_tls *s = th_tls_new(sctx);
-    struct buf wire = {0}, plain = {0};
+    struct tp_buf wire = {0}, plain = {0};
     uint8_t scratch[TH_TLS_RECORD_MAX];
     /* a whole handshake record whose message is no ClientHello (type 0x68, 4 bytes) */
     static const char junk[] = "\x16\x03\x01\x00\x08\x68\x00\x00\x04"
                                "abcd";
     int rc = th_tls_input(s, (const uint8_t *)junk, sizeof(junk) - 1, scratch, sizeof(scratch),
-                          buf_sink, buf_sink, &wire);
+                          tp_buf_sink, tp_buf_sink, &wire);
     cr_assert_eq(rc, TH_TLS_ERROR);
     cr_assert_eq(plain.n, 0);
     cr_assert_gt(wire.n, 0, "no alert was sent");
@@ -391,16 +301,16 @@ Test(tls, garbage_instead_of_client_hello)
 /* A plaintext sink that answers each piece at once, from inside th_tls_input. */
 static int echo_sink(void *arg, const uint8_t *p, size_t n)
 {
-    struct pair *pr = arg;
-    buf_sink(&pr->plain, p, n);
-    return th_tls_write(pr->s, p, n, wire_sink, pr) == TH_TLS_OK ? 0 : -1;
+    struct tp_pair *pr = arg;
+    tp_buf_sink(&pr->plain, p, n);
+    return th_tls_write(pr->s, p, n, tp_wire_sink, pr) == TH_TLS_OK ? 0 : -1;
 }
 
 Test(tls, write_from_inside_input)
 {
     struct th_tls_tickets *tk = th_tls_tickets_new(0);
     struct th_tls_ctx *sctx = server_ctx(tk);
-    struct pair p;
+    struct tp_pair p;
     pair_init(&p, sctx, client_ctx(0, NULL, 0), NULL);
     exchange(&p);
     cr_assert_eq(SSL_write(p.c, "one", 3), 3);
@@ -409,17 +319,17 @@ Test(tls, write_from_inside_input)
     int n = BIO_read(p.c_out, in, sizeof(in));
     p.plain.n = p.wire.n = 0;
     cr_assert_eq(
-        th_tls_input(p.s, in, (size_t)n, scratch, sizeof(scratch), echo_sink, wire_sink, &p),
+        th_tls_input(p.s, in, (size_t)n, scratch, sizeof(scratch), echo_sink, tp_wire_sink, &p),
         TH_TLS_OK);
     cr_assert_eq(p.plain.n, 6, "the second record was lost after the write (%zu bytes)", p.plain.n);
-    pump(&p);
+    tp_pump(&p);
     char got[64];
     int k = client_read(&p, got, sizeof(got));
     k += client_read(&p, got + k, sizeof(got) - (size_t)k);
     cr_assert_eq(k, 6);
     cr_assert_eq(memcmp(got, "onetwo", 6), 0);
     SSL_CTX_free(p.cctx);
-    pair_free(&p);
+    tp_pair_free(&p);
     th_tls_ctx_free(sctx);
     th_tls_tickets_free(tk);
 }
@@ -428,23 +338,23 @@ Test(tls, key_update_mid_stream)
 {
     struct th_tls_tickets *tk = th_tls_tickets_new(0);
     struct th_tls_ctx *sctx = server_ctx(tk);
-    struct pair p;
+    struct tp_pair p;
     pair_init(&p, sctx, client_ctx(0, NULL, 0), NULL);
     exchange(&p);
     /* the client rekeys (and asks the server to): data keeps flowing both ways */
     cr_assert_eq(SSL_key_update(p.c, SSL_KEY_UPDATE_REQUESTED), 1);
     cr_assert_eq(SSL_write(p.c, "after", 5), 5);
     p.plain.n = 0;
-    cr_assert_eq(pump(&p), TH_TLS_OK);
+    cr_assert_eq(tp_pump(&p), TH_TLS_OK);
     cr_assert_eq(p.plain.n, 5);
     cr_assert_eq(memcmp(p.plain.p, "after", 5), 0);
-    cr_assert_eq(th_tls_write(p.s, (const uint8_t *)"rekeyed", 7, wire_sink, &p), TH_TLS_OK);
-    cr_assert_eq(pump(&p), TH_TLS_OK);
+    cr_assert_eq(th_tls_write(p.s, (const uint8_t *)"rekeyed", 7, tp_wire_sink, &p), TH_TLS_OK);
+    cr_assert_eq(tp_pump(&p), TH_TLS_OK);
     char got[64];
     cr_assert_eq(client_read(&p, got, sizeof(got)), 7);
     cr_assert_str_eq(got, "rekeyed");
     SSL_CTX_free(p.cctx);
-    pair_free(&p);
+    tp_pair_free(&p);
     th_tls_ctx_free(sctx);
     th_tls_tickets_free(tk);
 }
@@ -453,18 +363,18 @@ Test(tls, close_notify_both_ways)
 {
     struct th_tls_tickets *tk = th_tls_tickets_new(0);
     struct th_tls_ctx *sctx = server_ctx(tk);
-    struct pair p;
+    struct tp_pair p;
     pair_init(&p, sctx, client_ctx(0, NULL, 0), NULL);
     exchange(&p);
-    th_tls_close(p.s, wire_sink, &p);
+    th_tls_close(p.s, tp_wire_sink, &p);
     cr_assert_gt(p.wire.n, 0);
-    pump(&p);
+    tp_pump(&p);
     char got[16];
     cr_assert_eq(client_read(&p, got, sizeof(got)), -SSL_ERROR_ZERO_RETURN);
     SSL_shutdown(p.c);
-    cr_assert_eq(pump(&p), TH_TLS_CLOSED);
+    cr_assert_eq(tp_pump(&p), TH_TLS_CLOSED);
     SSL_CTX_free(p.cctx);
-    pair_free(&p);
+    tp_pair_free(&p);
     th_tls_ctx_free(sctx);
     th_tls_tickets_free(tk);
 }
