@@ -698,9 +698,11 @@ static int64_t ensure_stream(struct th_mjs *j, uint64_t *first, uint64_t *last)
     }
     if (s != NATS_OK || !si) {
         if (!j->warned++)
-            th_warn(
-                "[Mailbox] JetStream stream %s not ready: %s (code %d); stores fail until it is",
-                STREAM, natsStatus_GetText(s), (int)jerr);
+            th_warn("[Mailbox] JetStream stream %s not ready: %s (code %d); stores fail "
+                    "(\"stored\":false, 503 for users held nowhere) until it is%s",
+                    STREAM, natsStatus_GetText(s), (int)jerr,
+                    s == NATS_NO_RESPONDERS ? " (no JetStream answered: nats-server -js -sd DIR?)"
+                                            : "");
         jsStreamInfo_Destroy(si);
         return 0;
     }
