@@ -171,6 +171,24 @@ static int rp_hold(struct worker *w, uint32_t idx, uint64_t nseq, const uint8_t 
     return 0;
 }
 
+/*
+ * With a cluster mailbox's cache (seqs are the stream's, not contiguous per
+ * user) nearly every live frame "skips" seqs: does the cache hold anything
+ * of the user between? One snapshot, no copy. On one node's own mailbox a
+ * skip is a real gap: always filled (1).
+ */
+static int gap_holds_any(struct wk_resume *r, const char *user, size_t ulen, uint64_t from,
+                         uint64_t nseq)
+{
+    uint64_t at;
+    int filled;
+    struct th_mbx_item it;
+    if (!th_mbx_source(&r->mbx, &at, &filled) || !filled || at < nseq)
+        return 1; /* not a cache, or it may not hold the gap yet: the replay path decides */
+    th_mbx_replay_begin(&r->mbx, user, ulen, from, r->snap);
+    return th_mbx_replay_next(&r->mbx, r->snap, 0, NULL, 0, &it) == 1 && it.seq < nseq;
+}
+
 /* The ordering rules for one stored frame with seq nseq (see resume.h). */
 static uint16_t deliver_seq(struct worker *w, uint32_t idx, uint64_t nseq, const uint8_t *p,
                             uint32_t n)
@@ -190,7 +208,10 @@ static uint16_t deliver_seq(struct worker *w, uint32_t idx, uint64_t nseq, const
     if ((c->flags & CF_SEQ_KNOWN) && nseq != c->seq_hi + 1 && w->rs) {
         char user[TH_USER_MAX + 1];
         size_t ulen = wk_conn_user(w, c, user);
-        if (ulen && rp_start(w, idx, nseq - 1, user, ulen, 0) && rp_hold(w, idx, nseq, p, n) == 0)
+        if (ulen && !gap_holds_any(w->rs, user, ulen, c->seq_hi, nseq))
+            ulen = 0; /* a cluster cache's seqs skip: nothing stored in between, send it now */
+        else if (ulen && rp_start(w, idx, nseq - 1, user, ulen, 0) &&
+                 rp_hold(w, idx, nseq, p, n) == 0)
             return TH_HO_OK; /* the gap goes out first, then this frame */
         rp_free(c);          /* cannot fill it: deliver what we have */
     }
