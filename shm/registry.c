@@ -218,9 +218,9 @@ const char *th_slot_state_name(unsigned state)
 /*
  * Ask for transparent huge pages on the mapping (best effort, before the
  * creator first touches it): a lookup at 1M slots then misses the TLB far
- * less (the segment is ~141 MiB). The kernel honours it only when
- * /sys/kernel/mm/transparent_hugepage/shmem_enabled is "advise" (or
- * "always"); with "never", Debian's default, it changes nothing.
+ * less (the segment is ~141 MiB). tmpfs honours it only when /dev/shm is
+ * mounted with huge=advise (or huge=always); with Debian's default
+ * (huge=never) it changes nothing.
  */
 static void want_huge_pages(void *base, size_t size)
 {
