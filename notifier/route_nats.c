@@ -156,6 +156,8 @@ struct pend {
     void *arg;
     uint32_t next_free;
     uint32_t fprev, fnext; /* in rn's FIFO of pending deliveries (deadline order) */
+    uint8_t ulen;
+    char user[TH_USER_MAX]; /* for the log line at the end */
 };
 
 /* One presence question out on tether.p. */
@@ -658,6 +660,10 @@ static void pend_finish(struct th_route_nats *rn, uint32_t i, enum gather_result
         res.confirmed = 0;
     }
     rn->results[why]++;
+    if (why == R_COMPLETE || why == R_TIMEOUT)
+        th_info("[Cluster] User %.*s: %u connection(s) confirmed on %u other node(s)%s on node %s",
+                (int)p->ulen, p->user, p->remote_conf, p->remote_nodes,
+                why == R_TIMEOUT ? ", gave up waiting at the handoff timeout" : "", rn->cfg->node);
     th_route_done_fn done = p->done;
     void *arg = p->arg;
     p->used = 0;
@@ -746,6 +752,8 @@ static int nats_deliver(struct th_route *r, const char *user, size_t ulen, const
     memset(&p->local, 0, sizeof(p->local));
     p->done = done;
     p->arg = arg;
+    p->ulen = (uint8_t)ulen;
+    memcpy(p->user, user, ulen);
     p->deadline = th_mono_ns() + (uint64_t)rn->cfg->handoff_timeout_ms * MS_NS;
     uint32_t gen = p->gen;
     if (broker_up(rn))
@@ -1317,7 +1325,7 @@ static void nats_destroy(struct th_route *r)
      */
     rn->closing = 1;
     drain_queue(rn);
-    nats_CloseAndWait(2000); /* every libnats thread gone: the queue is ours alone */
+    nats_CloseAndWait(2000);            /* every libnats thread gone: the queue is ours alone */
     drain_queue(rn);                    /* replies to other nodes are dropped with the connection */
     rn->local->ops->destroy(rn->local); /* drops its deliveries without callbacks */
     for (struct remote *rm = rn->remotes, *next; rm; rm = next) {

@@ -232,6 +232,8 @@ class Cluster(unittest.TestCase):
                       self.a.log())
         self.assertIn("[Notifier] User m-b IS connected - sending notification on node b",
                       self.b.log())
+        self.assertIn("[Cluster] User m-b: 1 connection(s) confirmed on 1 other node(s) on node a",
+                      self.a.log())
 
     def test_6_ten_thousand_spread(self):
         users = ["s%03d" % i for i in range(300)]
