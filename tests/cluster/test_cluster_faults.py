@@ -6,7 +6,7 @@ clients.
 - nats-server stopped: a user held on the asking node still gets 200
   (nodes 1) and the frame; a user held elsewhere, and one held nowhere, get
   503 unavailable (never a false 404/200) within the handoff timeout (plus
-  a 1 s margin for the machine); /healthz stays 200 with "broker":"down",
+  a 2 s margin for the machine); /healthz stays 200 with "broker":"down",
   tether_broker_up 0. Restarted on the same port: cross-node delivery is
   back within 2 s of it listening, without restarting tether, and
   tether_broker_reconnects_total counts it.
@@ -37,7 +37,7 @@ from harness.nats import NatsServer, port_open, start_nodes  # noqa: E402
 
 HANDOFF_S = 0.2
 SLOW = 2 if th.SANITIZED else 1
-MARGIN_S = 1.0 * SLOW
+MARGIN_S = 2.0 * SLOW  # the machine's share of an answer (API round trip on a loaded CI box)
 
 
 async def frame_with_id(ws, nid, timeout=10):
