@@ -7,7 +7,8 @@ clients.
   (nodes 1) and the frame; a user held elsewhere, and one held nowhere, get
   503 unavailable (never a false 404/200) within the handoff timeout (plus
   a 2 s margin for the machine); /healthz stays 200 with "broker":"down",
-  tether_broker_up 0. Restarted on the same port: cross-node delivery is
+  tether_broker_up 0, presence lists a's own connection with "partial":true.
+  Restarted on the same port: cross-node delivery is
   back within 2 s of it listening, without restarting tether, and
   tether_broker_reconnects_total counts it.
 - SIGSTOP of every process of node c: users held on c alone get 503, users
@@ -134,6 +135,11 @@ class ClusterFaults(unittest.TestCase):
                 self.assertEqual((st, body["connections"], body["nodes"]), (200, 1, 1), body)
                 self.assertLess(dt, HANDOFF_S + MARGIN_S)
                 self.assertEqual((await frame_with_id(wl, body["id"]))["data"], {"n": 3})
+                # Presence says what this node knows and that it is not the whole answer.
+                st, pres = await in_thread(self.a.api, "GET", "/v1/presence/local-l")
+                self.assertEqual((st, pres["connected"], pres.get("partial")), (200, True, True),
+                                 pres)
+                self.assertEqual([c["node"] for c in pres["connections"]], ["a"], pres)
                 ok = await in_thread(th.wait_until, lambda: self.a.api("GET", "/healthz")[1]
                                      .get("broker") == "down", 10)
                 self.assertTrue(ok, self.a.api("GET", "/healthz"))
