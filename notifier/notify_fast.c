@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MAX_DEPTH 32 /* nesting of data: deeper goes to jansson */
@@ -89,92 +90,96 @@ static int scan_int(struct scan *s, int allow_minus, uint64_t *val)
 
 static int scan_value(struct scan *s);
 
+struct keyset {
+    const char *k[MAX_KEYS];
+    size_t n[MAX_KEYS];
+    int count;
+};
+
 /* Remember key k of an object; BAIL on a repeat or past MAX_KEYS. */
-static int new_key(const char *keys[], size_t lens[], int *nk, const char *k, size_t n)
+static int new_key(struct keyset *ks, const char *k, size_t n)
 {
-    if (*nk == MAX_KEYS)
+    if (ks->count == MAX_KEYS)
         return BAIL;
-    for (int i = 0; i < *nk; i++)
-        if (lens[i] == n && memcmp(keys[i], k, n) == 0)
+    for (int i = 0; i < ks->count; i++)
+        if (ks->n[i] == n && memcmp(ks->k[i], k, n) == 0)
             return BAIL;
-    keys[*nk] = k;
-    lens[(*nk)++] = n;
+    ks->k[ks->count] = k;
+    ks->n[ks->count++] = n;
     return OK;
+}
+
+/* A member's key (not seen before in ks) and its colon, emitted; s->p then at the value. */
+static int scan_key(struct scan *s, struct keyset *ks, const char **k, size_t *kn)
+{
+    if (!scan_str(s, k, kn) || !new_key(ks, *k, *kn))
+        return BAIL;
+    emit(s, *k - 1, *kn + 2);
+    skip_ws(s);
+    if (s->p >= s->end || *s->p++ != ':')
+        return BAIL;
+    emit(s, ":", 1);
+    skip_ws(s);
+    return OK;
+}
+
+typedef int (*item_fn)(struct scan *s, void *arg);
+
+/*
+ * An object or array at s->p ('{' or '['), closed by close: item() reads
+ * each element; the brackets and commas are emitted, whitespace dropped.
+ */
+static int scan_list(struct scan *s, char close, item_fn item, void *arg)
+{
+    if (++s->depth > MAX_DEPTH)
+        return BAIL;
+    emit(s, s->p++, 1);
+    skip_ws(s);
+    if (s->p < s->end && *s->p == close) {
+        emit(s, s->p++, 1);
+        s->depth--;
+        return OK;
+    }
+    for (;;) {
+        skip_ws(s);
+        if (!item(s, arg))
+            return BAIL;
+        skip_ws(s);
+        if (s->p >= s->end)
+            return BAIL;
+        char c = *s->p++;
+        emit(s, &c, 1);
+        if (c == close)
+            break;
+        if (c != ',')
+            return BAIL;
+    }
+    s->depth--;
+    return OK;
+}
+
+static int member(struct scan *s, void *arg)
+{
+    const char *k;
+    size_t kn;
+    return scan_key(s, arg, &k, &kn) && scan_value(s);
+}
+
+static int element(struct scan *s, void *arg)
+{
+    (void)arg;
+    return scan_value(s);
 }
 
 static int scan_object(struct scan *s)
 {
-    const char *keys[MAX_KEYS];
-    size_t lens[MAX_KEYS];
-    int nk = 0;
-    if (++s->depth > MAX_DEPTH)
-        return BAIL;
-    s->p++; /* '{' */
-    emit(s, "{", 1);
-    skip_ws(s);
-    if (s->p < s->end && *s->p == '}') {
-        s->p++;
-        emit(s, "}", 1);
-        s->depth--;
-        return OK;
-    }
-    for (;;) {
-        const char *k;
-        size_t kn;
-        skip_ws(s);
-        if (!scan_str(s, &k, &kn) || !new_key(keys, lens, &nk, k, kn))
-            return BAIL;
-        emit(s, k - 1, kn + 2);
-        skip_ws(s);
-        if (s->p >= s->end || *s->p++ != ':')
-            return BAIL;
-        emit(s, ":", 1);
-        skip_ws(s);
-        if (!scan_value(s))
-            return BAIL;
-        skip_ws(s);
-        if (s->p >= s->end)
-            return BAIL;
-        char c = *s->p++;
-        emit(s, &c, 1);
-        if (c == '}')
-            break;
-        if (c != ',')
-            return BAIL;
-    }
-    s->depth--;
-    return OK;
+    struct keyset ks = {.count = 0};
+    return scan_list(s, '}', member, &ks);
 }
 
 static int scan_array(struct scan *s)
 {
-    if (++s->depth > MAX_DEPTH)
-        return BAIL;
-    s->p++; /* '[' */
-    emit(s, "[", 1);
-    skip_ws(s);
-    if (s->p < s->end && *s->p == ']') {
-        s->p++;
-        emit(s, "]", 1);
-        s->depth--;
-        return OK;
-    }
-    for (;;) {
-        skip_ws(s);
-        if (!scan_value(s))
-            return BAIL;
-        skip_ws(s);
-        if (s->p >= s->end)
-            return BAIL;
-        char c = *s->p++;
-        emit(s, &c, 1);
-        if (c == ']')
-            break;
-        if (c != ',')
-            return BAIL;
-    }
-    s->depth--;
-    return OK;
+    return scan_list(s, ']', element, NULL);
 }
 
 static int scan_word(struct scan *s, const char *w, size_t n)
@@ -229,11 +234,9 @@ static int key_is(const char *k, size_t n, const char *name)
 
 /* One top-level field: the ones th_api_check_notify reads, the rest validated and skipped. */
 static int scan_field(struct scan *s, const char *k, size_t kn, struct th_notify *out,
-                      size_t *data_off)
+                      struct th_buf *data, size_t *data_off)
 {
-    struct th_buf *keep = s->out;
     int rc = BAIL;
-    s->out = NULL;
     if (key_is(k, kn, "user_id")) {
         rc = scan_str(s, &out->user, &out->ulen);
     } else if (key_is(k, kn, "type")) {
@@ -254,15 +257,15 @@ static int scan_field(struct scan *s, const char *k, size_t kn, struct th_notify
         if (is_null(s)) {
             rc = OK;
         } else if (s->p < s->end && *s->p == '{') {
-            s->out = keep;
-            *data_off = keep->len;
+            s->out = data; /* the one part re-emitted */
+            *data_off = data->len;
             rc = scan_object(s);
-            out->data_jlen = keep->len - *data_off;
+            out->data_jlen = data->len - *data_off;
+            s->out = NULL;
         }
     } else {
         rc = scan_value(s);
     }
-    s->out = keep;
     return rc;
 }
 
@@ -281,52 +284,50 @@ static int fields_ok(const struct th_notify *n)
     return 1;
 }
 
-/* One notify object at s->p; data emitted to s->out at *data_off (SIZE_MAX: none). */
-static int scan_notify(struct scan *s, struct th_notify *out, size_t *data_off)
+struct top {
+    struct keyset ks;
+    struct th_notify *out;
+    struct th_buf *data;
+    size_t *data_off;
+};
+
+static int field(struct scan *s, void *arg)
 {
-    const char *keys[MAX_KEYS];
-    size_t lens[MAX_KEYS];
-    int nk = 0;
+    struct top *t = arg;
+    const char *k;
+    size_t kn;
+    return scan_key(s, &t->ks, &k, &kn) && scan_field(s, k, kn, t->out, t->data, t->data_off);
+}
+
+/*
+ * One notify object at s->p (whitespace before it skipped); its data is
+ * emitted to data at *data_off (SIZE_MAX: none), nothing else is. Depth
+ * counts from this object, so an element of a batch nests as deep as a
+ * single body may.
+ */
+static int scan_notify(struct scan *s, struct th_buf *data, struct th_notify *out, size_t *data_off)
+{
+    struct top t = {.ks = {.count = 0}, .out = out, .data = data, .data_off = data_off};
     memset(out, 0, sizeof(*out));
     *data_off = SIZE_MAX;
     skip_ws(s);
-    if (s->p >= s->end || *s->p++ != '{')
+    if (s->p >= s->end || *s->p != '{')
         return BAIL;
-    s->depth = 1;
-    skip_ws(s);
-    if (s->p < s->end && *s->p == '}')
-        return BAIL; /* no user_id: jansson's path says so */
-    for (;;) {
-        const char *k;
-        size_t kn;
-        skip_ws(s);
-        if (!scan_str(s, &k, &kn) || !new_key(keys, lens, &nk, k, kn))
-            return BAIL;
-        skip_ws(s);
-        if (s->p >= s->end || *s->p++ != ':')
-            return BAIL;
-        skip_ws(s);
-        if (!scan_field(s, k, kn, out, data_off))
-            return BAIL;
-        skip_ws(s);
-        if (s->p >= s->end)
-            return BAIL;
-        char c = *s->p++;
-        if (c == '}')
-            break;
-        if (c != ',')
-            return BAIL;
-    }
-    return fields_ok(out) ? OK : BAIL;
+    int depth = s->depth;
+    s->depth = 0;
+    s->out = NULL;
+    int rc = scan_list(s, '}', field, &t);
+    s->depth = depth;
+    return rc && fields_ok(out) ? OK : BAIL;
 }
 
 int th_api_fast_notify(const char *body, size_t len, struct th_buf *scratch, struct th_notify *out)
 {
-    struct scan s = {body, body + len, scratch, 0};
+    struct scan s = {body, body + len, NULL, 0};
     size_t off;
     scratch->len = 0;
     scratch->oom = 0;
-    if (!scan_notify(&s, out, &off))
+    if (!scan_notify(&s, scratch, out, &off))
         return BAIL;
     skip_ws(&s);
     if (s.p != s.end)
@@ -337,43 +338,44 @@ int th_api_fast_notify(const char *body, size_t len, struct th_buf *scratch, str
     return OK;
 }
 
+struct batch {
+    struct th_buf *data;
+    struct th_notify *items;
+    size_t *offs; /* data offsets, made pointers once scratch stops moving */
+    size_t max, n;
+};
+
+static int batch_item(struct scan *s, void *arg)
+{
+    struct batch *b = arg;
+    if (b->n == b->max || !scan_notify(s, b->data, &b->items[b->n], &b->offs[b->n]))
+        return BAIL;
+    b->n++;
+    return OK;
+}
+
 int th_api_fast_batch(const char *body, size_t len, struct th_buf *scratch, struct th_notify *items,
                       size_t max, size_t *n)
 {
-    struct scan s = {body, body + len, scratch, 0};
+    struct scan s = {body, body + len, NULL, 0};
+    struct batch b = {scratch, items, NULL, max, 0};
+    int rc = BAIL;
     scratch->len = 0;
     scratch->oom = 0;
     *n = 0;
     skip_ws(&s);
-    if (s.p >= s.end || *s.p++ != '[')
+    if (s.p >= s.end || *s.p != '[' || !(b.offs = malloc((max ? max : 1) * sizeof(*b.offs))))
         return BAIL;
-    skip_ws(&s);
-    if (s.p < s.end && *s.p == ']') {
-        s.p++;
-    } else {
-        for (;;) {
-            size_t off;
-            if (*n == max || !scan_notify(&s, &items[*n], &off))
-                return BAIL;
-            /* An offset until scratch stops moving; a pointer below. */
-            items[(*n)++].data_json = off == SIZE_MAX ? NULL : (const char *)(uintptr_t)(off + 1);
-            skip_ws(&s);
-            if (s.p >= s.end)
-                return BAIL;
-            char c = *s.p++;
-            if (c == ']')
-                break;
-            if (c != ',')
-                return BAIL;
-        }
+    if (scan_list(&s, ']', batch_item, &b)) {
+        skip_ws(&s);
+        rc = s.p == s.end ? OK : BAIL;
     }
-    skip_ws(&s);
-    if (s.p != s.end)
-        return BAIL;
-    if (scratch->oom)
-        return -ENOMEM;
-    for (size_t i = 0; i < *n; i++)
-        if (items[i].data_json)
-            items[i].data_json = scratch->p + ((uintptr_t)items[i].data_json - 1);
-    return OK;
+    if (rc == OK && scratch->oom)
+        rc = -ENOMEM;
+    for (size_t i = 0; rc == OK && i < b.n; i++)
+        items[i].data_json = b.offs[i] == SIZE_MAX ? NULL : scratch->p + b.offs[i];
+    if (rc == OK)
+        *n = b.n;
+    free(b.offs);
+    return rc;
 }
