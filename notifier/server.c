@@ -1332,6 +1332,8 @@ static void mailbox_open(void)
         return;
     }
     S->mbx_on = 1;
+    if (S->cfg->nats_urls[0]) /* a JetStream cache: stale until the mirror refills it */
+        th_mbx_set_epoch(&S->mbx, 0);
     th_mbx_epoch(&S->mbx, S->epoch);
     th_info("[Notifier] mailbox writer: epoch %s, %llu stored, ttl %u s", S->epoch,
             (unsigned long long)atomic_load(&S->mbx.hdr->entries), S->cfg->mailbox_ttl_s);

@@ -354,6 +354,9 @@ void th_mbx_set_source_seq(struct th_mbx *m, uint64_t seq);
  * 0 when it is a mailbox of its own.
  */
 int th_mbx_source(const struct th_mbx *m, uint64_t *seq, int *epoch_set);
+/* Is the writer recorded in the header alive (pid and its start time)? A cache whose
+   writer is dead is stale: nobody mirrors the source into it. */
+int th_mbx_writer_alive(const struct th_mbx *m);
 
 /* Record the outcome of the delivery of entry pos (200 with connections, 202). */
 void th_mbx_set_outcome(struct th_mbx *m, uint64_t pos, unsigned status, unsigned connections);

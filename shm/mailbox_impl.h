@@ -118,7 +118,4 @@ int th_mbx_ent_read(const struct th_mbx *m, uint64_t pos, struct th_mbx_ent_copy
 /* After copying more of an entry: is it still the committed, unreclaimed one at pos? */
 int th_mbx_ent_still(const struct th_mbx *m, uint64_t pos);
 
-/* Is the writer recorded in the header alive? */
-int th_mbx_writer_alive(const struct th_mbx *m);
-
 #endif

@@ -20,9 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define RP_CHUNK_FRAMES 32u                    /* per connection per loop iteration */
-#define RP_ITER_FRAMES 4096u                   /* all connections together per loop iteration */
-#define RP_WAIT_NS (5ull * 1000 * 1000 * 1000) /* a cache behind the client's since */
+#define RP_CHUNK_FRAMES 32u                     /* per connection per loop iteration */
+#define RP_ITER_FRAMES 4096u                    /* all connections together per loop iteration */
+#define RP_WAIT_NS (10ull * 1000 * 1000 * 1000) /* a cache behind the client's since */
 
 struct wk_replay {
     uint64_t target; /* replay stored seqs up to this one */
@@ -44,7 +44,7 @@ struct wk_replay {
 };
 
 static int cache_behind(struct wk_resume *r, const struct th_resume_req *rr);
-static void resume_pending(struct worker *w, uint32_t idx);
+static void resume_pending(struct worker *w, uint32_t idx, int stale);
 
 struct rp_ref {
     uint32_t idx, gen;
@@ -319,16 +319,17 @@ int wk_resume_run(struct worker *w)
                                        .since = c->rp->since,
                                        .epoch = c->rp->epoch,
                                        .epoch_len = c->rp->epoch_len};
-            if (cache_behind(r, &rr) && w->mono_ns < c->rp->wait_until) {
+            int behind = cache_behind(r, &rr);
+            if (behind && w->mono_ns < c->rp->wait_until) {
                 r->list[kept++] = ref; /* the loop wakes every 50 ms at least */
                 continue;
             }
-            if (cache_behind(r, &rr))
+            if (behind)
                 th_warn("user %.*s: resuming from since %llu although the cluster mailbox "
                         "cache is still behind it after %llu ms",
                         (int)c->rp->ulen, c->rp->user, (unsigned long long)c->rp->since,
                         (unsigned long long)(RP_WAIT_NS / 1000000));
-            resume_pending(w, ref.idx);
+            resume_pending(w, ref.idx, behind);
             if (c->state != CS_OPEN || !c->rp) {
                 rp_free(c);
                 continue;
@@ -383,8 +384,9 @@ static void send_resumed(struct worker *w, uint32_t idx, int recovered, const ch
  * this frame). A since ahead of the user's latest seq: recovered:false, and
  * live frames flow from the latest seq on.
  */
+/* stale: the cache never caught up (see cache_behind): never recovered:true then. */
 static void resume_now(struct worker *w, uint32_t idx, const struct th_resume_req *rr,
-                       const char *user, size_t ulen)
+                       const char *user, size_t ulen, int stale)
 {
     struct wk_resume *r = w->rs;
     struct conn *c = &w->conns[idx];
@@ -408,7 +410,7 @@ static void resume_now(struct worker *w, uint32_t idx, const struct th_resume_re
         last = it.seq;
     }
     int recovered =
-        th_mbx_replay_end(&r->mbx, r->snap) && from == rr->since && (same || !rr->epoch);
+        th_mbx_replay_end(&r->mbx, r->snap) && from == rr->since && (same || !rr->epoch) && !stale;
     uint64_t latest = r->snap->latest;
     send_resumed(w, idx, recovered, ep, rr->since, k);
     atomic_fetch_add_explicit(recovered ? &r->mbx.hdr->counters.resumes_recovered
@@ -435,8 +437,8 @@ static int cache_behind(struct wk_resume *r, const struct th_resume_req *rr)
     char ep[TH_MBX_EPOCH_LEN + 1];
     if (!r || !th_mbx_source(&r->mbx, &at, &filled))
         return 0;
-    if (!filled)
-        return 1;
+    if (!filled || !th_mbx_writer_alive(&r->mbx))
+        return 1; /* filling, or its notifier is dead: other nodes store on, nobody mirrors */
     th_mbx_epoch(&r->mbx, ep);
     return epoch_matches(rr, ep) && rr->since > at;
 }
@@ -457,17 +459,17 @@ void wk_resume_start(struct worker *w, uint32_t idx, const struct th_resume_req 
             return;
         }
     }
-    resume_now(w, idx, rr, user, ulen);
+    resume_now(w, idx, rr, user, ulen, 0);
 }
 
 /* A pending resume whose cache caught up (or that waited long enough). */
-static void resume_pending(struct worker *w, uint32_t idx)
+static void resume_pending(struct worker *w, uint32_t idx, int stale)
 {
     struct wk_replay *rp = w->conns[idx].rp;
     struct th_resume_req rr = {
         .want = 1, .since = rp->since, .epoch = rp->epoch, .epoch_len = rp->epoch_len};
     rp->pending = 0;
-    resume_now(w, idx, &rr, rp->user, rp->ulen);
+    resume_now(w, idx, &rr, rp->user, rp->ulen, stale);
     struct conn *c = &w->conns[idx];
     char ep[TH_MBX_EPOCH_LEN + 1];
     th_mbx_epoch(&w->rs->mbx, ep);

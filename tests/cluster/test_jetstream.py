@@ -15,6 +15,9 @@ with --nats and the mailbox on; Debian's python3-websockets as the client.
   answered is distinct, and a resume elsewhere replays them all in strictly
   increasing seq order;
 - the same id posted again to another node: the first seq, stored once;
+- a node's notifier (its mirror) killed with SIGKILL while another node
+  stores for its client: a resume there waits for the restarted notifier's
+  refill and gets everything (recovered true);
 - JetStream away (nats-server stopped): a user held here still gets the
   frame and the reply says "stored":false; a user held nowhere gets 503,
   never 202; the server back (same store): stores work again, same epoch.
@@ -25,6 +28,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -35,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import harness as th  # noqa: E402
 from harness.aio import connect, in_thread, notify, wait_connected  # noqa: E402
+from harness.faults import role_pids  # noqa: E402
 from harness.nats import NatsServer, kill_group  # noqa: E402
 
 CAUGHT_UP = "JetStream mirror caught up"
@@ -274,6 +279,34 @@ class JetStreamMailbox(unittest.TestCase):
             finally:
                 await ws.close()
         th.aio.run(go(), timeout=90)
+
+    def test_6_notifier_killed_cache_refills(self):
+        """b's notifier (its mirror) SIGKILLed while others store for b's client:
+        a resume on b waits for the new notifier's refill, nothing missing."""
+        async def go():
+            ws, r, _ = await resume(self.b, "js-frank", 0)
+            epoch = r["epoch"]
+            await wait_connected(self.b, "js-frank", 1)
+            first = self.post(self.c, "js-frank", {"n": 0})
+            self.assertEqual((await recv_json(ws))["seq"], first["seq"])
+            await ws.close()
+            await wait_for_gone(self.b, "js-frank")
+            caught = self.b.log().count(CAUGHT_UP)
+            os.kill(role_pids(self.b)["tether-notifier"], signal.SIGKILL)
+            seqs = [self.post(self.c, "js-frank", {"n": i})["seq"] for i in (1, 2, 3)]
+            # At once: the worker waits (up to 10 s) while b's notifier is dead or refilling.
+            ws, r, frames = await resume(self.b, "js-frank", first["seq"], epoch, n=0, timeout=20)
+            try:
+                if not r["recovered"]:  # allowed only after the worker said why (a slow restart)
+                    self.assertIn("cluster mailbox cache is still behind", self.b.log(), r)
+                else:
+                    self.assertEqual(r["epoch"], epoch, r)
+                    frames = [await recv_json(ws) for _ in range(3)]
+                    self.assertEqual([f["seq"] for f in frames], seqs)
+            finally:
+                await ws.close()
+            self.assertTrue(th.wait_until(lambda: self.b.log().count(CAUGHT_UP) > caught, 20))
+        th.aio.run(go(), timeout=60)
 
     def test_9_jetstream_down(self):
         async def go():

@@ -13,7 +13,7 @@ each retried with the same id (on any node) until it is stored.
 Both: every notification answered 200/202 without "stored":false reaches
 its user's client exactly once, in strictly increasing seq order: lost 0,
 dup 0, reordered 0; recovered:false 0, except (StormReplicas) for resumes
-on a node whose mirror could not reach the client's since within 5 s while
+on a node whose mirror could not reach the client's since within 10 s while
 the stream's leader was re-elected, each of which the worker logs. The
 counts are printed.
 STORM_S sets the storm's length (default 12 s; half under sanitizers).
