@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import harness as th  # noqa: E402
 from harness.aio import connect, in_thread, notify, wait_connected  # noqa: E402
 from harness.faults import role_pids  # noqa: E402
-from harness.nats import NatsServer, kill_group  # noqa: E402
+from harness.nats import NatsServer, finish_all, kill_group  # noqa: E402
 
 CAUGHT_UP = "JetStream mirror caught up"
 
@@ -108,13 +108,7 @@ class JetStreamMailbox(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for g in cls.groups:
-            if g.proc and g.proc.poll() is None:
-                g.finish()
-            else:
-                g.close()
-        cls.nats.close()
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+        finish_all(cls.groups, [cls.nats], cls.tmp)
 
     def post(self, g, user, data, nid=None):
         st, body = g.notify(user, data, nid=nid)

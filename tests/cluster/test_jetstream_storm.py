@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import harness as th  # noqa: E402
 from harness.aio import connect  # noqa: E402
-from harness.nats import NatsServer, cluster, kill_group  # noqa: E402
+from harness.nats import NatsServer, cluster, finish_all, kill_group  # noqa: E402
 
 CAUGHT_UP = "JetStream mirror caught up"
 STORM_S = float(os.environ.get("STORM_S", "6" if th.SANITIZED else "12"))
@@ -167,12 +167,12 @@ class Base(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="tether-jsstorm-")
         cls.nats = cls.make_nats()
-        for n in cls.nats:
-            n.start()
         cls.urls = ",".join(n.url for n in cls.nats)
         cls.groups = {}
         cls.dead = []
         try:
+            for n in cls.nats:
+                n.start()
             for name in ("a", "b", "c"):
                 cls.groups[name] = new_group(cls.urls, name, cls.REPLICAS)
                 start_caught_up(cls.groups[name], timeout=60)
@@ -182,14 +182,7 @@ class Base(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for g in cls.groups.values():
-            if g.proc and g.proc.poll() is None:
-                g.finish()
-            else:
-                g.close()
-        for n in cls.nats:
-            n.close()
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+        finish_all(list(cls.groups.values()), cls.nats, cls.tmp)
 
     def run_storm(self):
         storm = Storm(self.groups)

@@ -130,3 +130,24 @@ def kill_group(g):
     except ProcessLookupError:
         pass
     g.proc.wait(10)
+
+
+def finish_all(groups, servers, tmp):
+    """Stop every group (failing on a sanitizer report or a bad exit, after
+    all are stopped), and whatever happened every nats-server and tmp."""
+    failure = None
+    try:
+        for g in groups:
+            try:
+                if g.proc and g.proc.poll() is None:
+                    g.finish()
+                else:
+                    g.close()
+            except Exception as e:  # the others still stop
+                failure = failure or e
+    finally:
+        for n in servers:
+            n.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if failure:
+        raise failure
