@@ -306,6 +306,18 @@ static void pub_unlink_seq(struct th_mjs *j, uint32_t i)
         }
 }
 
+/* Record i back on the free list (unlinked from its chain by the caller). */
+static void pub_release(struct th_mjs *j, uint32_t i)
+{
+    struct jpub *p = &j->pub[i];
+    p->state = P_FREE;
+    p->gen++;
+    p->msg = NULL;
+    p->next_free = j->free_head;
+    j->free_head = i;
+    j->npend--;
+}
+
 /* Answer store i and free its record. */
 static void pub_finish(struct th_mjs *j, uint32_t i, int stored, uint64_t pos)
 {
@@ -332,12 +344,7 @@ static void pub_finish(struct th_mjs *j, uint32_t i, int stored, uint64_t pos)
     th_mjs_done_fn done = p->done;
     void *arg = p->arg;
     char *frame = p->frame;
-    p->state = P_FREE;
-    p->gen++;
-    p->msg = NULL;
-    p->next_free = j->free_head;
-    j->free_head = i;
-    j->npend--;
+    pub_release(j, i);
     done(arg, &res);
     free(frame);
 }
@@ -451,12 +458,7 @@ int th_mjs_store(struct th_mjs *j, const char *user, size_t ulen, const char *id
     if (s != NATS_OK) {
         natsMsg_Destroy(msg); /* still ours (not cleared) */
         pub_unlink_ack(j, i);
-        p->state = P_FREE;
-        p->gen++;
-        p->msg = NULL;
-        p->next_free = j->free_head;
-        j->free_head = i;
-        j->npend--;
+        pub_release(j, i);
         free(copy);
         th_warn("[Mailbox] JetStream publish for user %.*s failed: %s", (int)ulen, user,
                 natsStatus_GetText(s));

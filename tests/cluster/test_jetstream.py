@@ -38,7 +38,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
 
 import harness as th  # noqa: E402
-from harness.aio import connect, in_thread, notify, wait_connected  # noqa: E402
+from harness.aio import connect, in_thread, nothing_more, notify, wait_connected  # noqa: E402
 from harness.faults import role_pids  # noqa: E402
 from harness.nats import NatsServer, finish_all, kill_group  # noqa: E402
 
@@ -52,15 +52,6 @@ def resume_url(g, user, since=None, epoch=None):
     if epoch:
         url += "&epoch=" + epoch
     return url
-
-
-async def nothing_more(ws, wait=0.3):
-    """True when nothing arrives within wait seconds."""
-    try:
-        msg = await asyncio.wait_for(ws.recv(), wait)
-    except asyncio.TimeoutError:
-        return True
-    raise AssertionError("unexpected frame %s" % msg)
 
 
 async def recv_json(ws, timeout=10):

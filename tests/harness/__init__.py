@@ -13,7 +13,8 @@ build/bin (or $TETHER_BIN) without PYTHONPATH.
   harness.ws        the one raw frame encoder (frame) and a raw RFC 6455
                     client (WS), raw upgrade helpers (raw_ws, read_frames).
   harness.aio       python3-websockets glue: run, connect, connect_user,
-                    app_ping, in_thread, wait_for, wait_connected, api, notify.
+                    app_ping, in_thread, wait_for, wait_connected, api, notify,
+                    nothing_more.
   harness.rawhttp   raw HTTP/1.1 on the API port (pipelining, bad framing).
   harness.faults    fault-test clients (Client) and role/process views.
   harness.unit      GroupTestCase (one group per class), stop_and_check.

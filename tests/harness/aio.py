@@ -62,3 +62,12 @@ async def wait_connected(group, user, count, timeout=5):
             return body
         await asyncio.sleep(0.05)
     raise AssertionError("%s never had %d connections" % (user, count))
+
+
+async def nothing_more(ws, wait=0.3):
+    """True when nothing arrives within wait seconds (raises on a frame)."""
+    try:
+        msg = await asyncio.wait_for(ws.recv(), wait)
+    except asyncio.TimeoutError:
+        return True
+    raise AssertionError("unexpected frame %s" % msg)
