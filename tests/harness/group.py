@@ -21,7 +21,9 @@ import socket
 import subprocess
 import tempfile
 import sys
+import threading
 import time
+import ctypes
 
 from harness import sanitizer
 
@@ -54,6 +56,22 @@ def make_token(secret, sub, ttl=3600, alg="HS256", extra=None, header=None):
     sig = hmac.new(secret.encode() if isinstance(secret, str) else secret,
                    signing_input.encode(), hashlib.sha256).digest()
     return signing_input + "." + b64url(sig)
+
+
+def die_with_test():
+    """preexec_fn for a server a test starts: SIGTERM it when the test process
+    dies, so a test killed by ctest's timeout (or by hand) leaves no group or
+    nats-server running to load the rest of the run. Linux delivers it when
+    the forking *thread* exits, so it is only asked for from the main thread
+    (a server started from a worker thread may outlive it: then None)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec():
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return preexec
 
 
 class Group:
@@ -112,7 +130,7 @@ class Group:
     def start(self, timeout=20 if not SANITIZED else 40):
         self.logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, stdout=self.logf, stderr=self.logf, env=self.env,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=die_with_test())
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:

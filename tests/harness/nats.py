@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import time
 
-from harness.group import Group, free_port
+from harness.group import Group, die_with_test, free_port
 
 NATS = shutil.which("nats-server") or "/usr/sbin/nats-server"
 
@@ -52,7 +52,7 @@ class NatsServer:
             args += ["-js", "-sd", os.path.join(self.tmp, "js")]
         args += self.extra
         self.logf = open(os.path.join(self.tmp, "nats.log"), "ab")
-        self.proc = subprocess.Popen(args, stdout=self.logf, stderr=self.logf)
+        self.proc = subprocess.Popen(args, stdout=self.logf, stderr=self.logf, preexec_fn=die_with_test())
         deadline = time.time() + timeout
         while not port_open(self.port):
             if self.proc.poll() is not None or time.time() > deadline:
