@@ -408,6 +408,17 @@ int th_mbx_writer_begin(struct th_mbx *m, pid_t pid, uint64_t now_ns, char *err,
         if (atomic_compare_exchange_strong(&h->writer_pid, &cur, pid))
             break;
     }
+    /*
+     * A cache of a mailbox kept elsewhere (JetStream) went stale when its
+     * writer died: others stored on, nobody mirrored. Make it match no epoch
+     * before this writer counts as alive (writer_start below), or a resume
+     * in the window until the new writer resets it (the recount and expiry
+     * below take a while on a big object) would be answered recovered:true
+     * from it, missing what was stored meanwhile (worker/resume.c
+     * cache_behind reads "writer alive and epoch set" as "caught up").
+     */
+    if (atomic_load_explicit(&h->counters.source_seq, memory_order_acquire))
+        __atomic_store_n(&h->epoch, 0, __ATOMIC_RELEASE);
     atomic_store(&h->writer_start, th_proc_start_time(pid));
     m->gen = atomic_fetch_add(&h->writer_gen, 1) + 1;
     if (m->gen == 0) /* 0 means "not the writer" */

@@ -534,3 +534,35 @@ Test(mailbox, cache_reset_floor_and_source)
     th_mbx_epoch(&mb, ep);
     cr_assert_str_eq(ep, "0000000000001234");
 }
+
+/*
+ * A new writer of a cache (its predecessor died while other nodes stored on)
+ * starts with epoch 0, before it counts as alive: no resume may be answered
+ * recovered:true from the stale content while it refills (cluster_jetstream
+ * caught a resume between th_mbx_writer_begin and the notifier's own reset).
+ */
+Test(mailbox, new_writer_of_a_cache_matches_no_epoch)
+{
+    open_new(2u << 20, 8, 0);
+    th_mbx_set_epoch(&mb, 0x1234);
+    th_mbx_set_source_seq(&mb, 100);
+    th_mbx_writer_end(&mb); /* the notifier is gone */
+    char err[160] = "", ep[TH_MBX_EPOCH_LEN + 1];
+    cr_assert_eq(th_mbx_writer_begin(&mb, getpid(), T0, err, sizeof(err)), 0, "%s", err);
+    uint64_t at;
+    int filled;
+    cr_assert_eq(th_mbx_source(&mb, &at, &filled), 1);
+    cr_assert_eq(filled, 0, "a restarted cache writer kept the stale epoch");
+    th_mbx_epoch(&mb, ep);
+    cr_assert_str_eq(ep, "0000000000000000");
+
+    /* A mailbox of its own keeps its epoch over a writer restart. */
+    fini();
+    open_new(2u << 20, 8, 0);
+    char e1[TH_MBX_EPOCH_LEN + 1];
+    th_mbx_epoch(&mb, e1);
+    th_mbx_writer_end(&mb);
+    cr_assert_eq(th_mbx_writer_begin(&mb, getpid(), T0, err, sizeof(err)), 0, "%s", err);
+    th_mbx_epoch(&mb, ep);
+    cr_assert_str_eq(ep, e1);
+}
