@@ -446,15 +446,20 @@ static void resp_error(struct resp *r, int status, const char *msg)
 
 /* ---- notifications ------------------------------------------------------ */
 
-static void item_settle(struct item *it)
+/* One part of r's answer is in: the last one lets it go (or frees it, its connection gone). */
+static void resp_settle(struct resp *r)
 {
-    struct resp *r = it->r;
     if (--r->pending)
         return;
     if (!r->c)
         resp_free(r);
     else if (r == r->c->rhead)
         conn_emit(r->c);
+}
+
+static void item_settle(struct item *it)
+{
+    resp_settle(it->r);
 }
 
 /*
@@ -918,12 +923,7 @@ static void presence_done(void *arg, const struct th_route_presence *rp)
     render_presence(&r->body, pw->user, pw->ulen, rp);
     r->pw = NULL;
     free(pw);
-    if (--r->pending)
-        return;
-    if (!r->c)
-        resp_free(r);
-    else if (r == r->c->rhead)
-        conn_emit(r->c);
+    resp_settle(r);
 }
 
 static void handle_presence(struct resp *r, const struct th_api_req *req)

@@ -39,33 +39,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import harness as th  # noqa: E402
 from harness.aio import api, connect_user, in_thread, notify  # noqa: E402
-from harness.nats import NatsServer, start_nodes  # noqa: E402
+from harness.nats import (NatsServer, frame_with_id, local_count, notify_until, reached,  # noqa: E402
+                          start_nodes)
 
 TIMEOUT_MS = 3000
 
 
-async def frame_with_id(ws, nid, timeout=10):
-    """Read frames until the notification nid arrives; return it (parsed)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        msg = json.loads(await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.time())))
-        if msg.get("id") == nid:
-            return msg
-    raise AssertionError("notification %s never arrived" % nid)
 
 
-async def notify_until(group, user, pred, data, timeout=10):
-    """Post until pred(status, body) holds (subscriptions lag a connect by a scan)."""
-    deadline = time.time() + timeout
-    while True:
-        st, body = await notify(group, user, data)
-        if pred(st, body) or time.time() > deadline:
-            return st, body
-        await asyncio.sleep(0.05)
 
 
-def reached(n):
-    return lambda st, body: st == 200 and body.get("nodes") == n
 
 
 def metrics(group):
@@ -79,15 +62,6 @@ def metrics(group):
     return out
 
 
-async def local_count(group, user, want, timeout=5):
-    """Wait until group's own registry holds want connections of user."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        d = await in_thread(group.dump, user)
-        if len(d["connections"]) == want:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("%s never had %d connections on %s" % (user, want, group.shm_name))
 
 
 class Cluster(unittest.TestCase):

@@ -34,20 +34,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import harness as th  # noqa: E402
 from harness.aio import connect_user, in_thread, notify  # noqa: E402
-from harness.nats import NatsServer, port_open, start_nodes  # noqa: E402
+from harness.nats import (NatsServer, frame_with_id, local_count, notify_until, port_open,  # noqa: E402
+                          reached, start_nodes)
 
 HANDOFF_S = 0.2
 SLOW = 2 if th.SANITIZED else 1
 MARGIN_S = 2.0 * SLOW  # the machine's share of an answer (API round trip on a loaded CI box)
 
 
-async def frame_with_id(ws, nid, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        msg = json.loads(await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.time())))
-        if msg.get("id") == nid:
-            return msg
-    raise AssertionError("notification %s never arrived" % nid)
 
 
 async def timed_notify(group, user, data):
@@ -56,17 +50,8 @@ async def timed_notify(group, user, data):
     return st, body, time.monotonic() - t0
 
 
-async def notify_until(group, user, pred, data, timeout=10):
-    deadline = time.time() + timeout
-    while True:
-        st, body = await notify(group, user, data)
-        if pred(st, body) or time.time() > deadline:
-            return st, body
-        await asyncio.sleep(0.02)
 
 
-def reached(n):
-    return lambda st, body: st == 200 and body.get("nodes") == n
 
 
 def metric(group, name):
@@ -77,13 +62,6 @@ def metric(group, name):
     raise AssertionError("no metric %s" % name)
 
 
-async def local_count(group, user, want, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if len((await in_thread(group.dump, user))["connections"]) == want:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("%s never had %d connections" % (user, want))
 
 
 class ClusterFaults(unittest.TestCase):

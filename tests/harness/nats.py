@@ -6,6 +6,8 @@ and bring it back where the nodes expect it. Cluster helpers for several
 tether groups sharing it are here too (nodes, node_args); cluster(n) makes
 n JetStream servers forming one NATS cluster (issue 13), kill_group
 SIGKILLs a whole tether node."""
+import asyncio
+import json
 import os
 import shutil
 import signal
@@ -14,6 +16,7 @@ import subprocess
 import tempfile
 import time
 
+from harness.aio import in_thread, notify
 from harness.group import Group, die_with_test, free_port
 
 NATS = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -151,3 +154,39 @@ def finish_all(groups, servers, tmp):
         shutil.rmtree(tmp, ignore_errors=True)
     if failure:
         raise failure
+
+
+# -- helpers the cluster suites share ----------------------------------------
+async def frame_with_id(ws, nid, timeout=10):
+    """Read frames until the notification nid arrives; return it (parsed)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        msg = json.loads(await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.time())))
+        if msg.get("id") == nid:
+            return msg
+    raise AssertionError("notification %s never arrived" % nid)
+
+
+async def notify_until(group, user, pred, data, timeout=10):
+    """Post until pred(status, body) holds (subscriptions lag a connect by a scan)."""
+    deadline = time.time() + timeout
+    while True:
+        st, body = await notify(group, user, data)
+        if pred(st, body) or time.time() > deadline:
+            return st, body
+        await asyncio.sleep(0.05)
+
+
+def reached(n):
+    """notify_until's test: delivered (200) on n nodes."""
+    return lambda st, body: st == 200 and body.get("nodes") == n
+
+
+async def local_count(group, user, want, timeout=10):
+    """Wait until group's own registry holds want connections of user."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len((await in_thread(group.dump, user))["connections"]) == want:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("%s never had %d connections on %s" % (user, want, group.shm_name))

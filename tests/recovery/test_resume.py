@@ -28,7 +28,7 @@ import websockets
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
 
 from harness import Group  # noqa: E402
-from harness.aio import connect, in_thread, run  # noqa: E402
+from harness.aio import connect, in_thread, nothing_more, run  # noqa: E402
 
 OFFLINE_S = float(os.environ.get("RECOVERY_OFFLINE_S", "5"))
 
@@ -41,13 +41,6 @@ async def recv_n(ws, n, timeout=10):
     return [await recv_json(ws, timeout) for _ in range(n)]
 
 
-async def nothing_more(ws, wait=0.3):
-    """True when nothing arrives within wait seconds."""
-    try:
-        msg = await asyncio.wait_for(ws.recv(), wait)
-    except asyncio.TimeoutError:
-        return True
-    raise AssertionError("unexpected frame %s" % msg)
 
 
 def resume_url(g, user, since=None, epoch=None):
