@@ -135,9 +135,14 @@ int th_pid_alive(pid_t pid)
     return kill(pid, 0) == 0 || errno == EPERM;
 }
 
-uint64_t th_proc_start_time(pid_t pid)
+/*
+ * Field 3 (state) and field 22 (start time, clock ticks after boot) of
+ * /proc/PID/stat; 0 when unreadable (gone, or no /proc).
+ */
+static uint64_t proc_stat(pid_t pid, char *state)
 {
     char path[64], buf[1024];
+    *state = 0;
     snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -148,19 +153,36 @@ uint64_t th_proc_start_time(pid_t pid)
         return 0;
     buf[n] = 0;
     char *p = strrchr(buf, ')'); /* the command name may contain spaces and ')' */
-    if (!p)
+    if (!p || !p[1] || !p[2])
         return 0;
+    *state = p[2];
     for (int field = 2; *p && field < 22; p++) /* p sits on field 2's end */
         if (*p == ' ')
             field++;
     return strtoull(p, NULL, 10);
 }
 
+uint64_t th_proc_start_time(pid_t pid)
+{
+    char state;
+    return proc_stat(pid, &state);
+}
+
+/*
+ * A zombie (killed, not yet reaped by its parent) still answers kill(pid, 0)
+ * and keeps its start time, but will never write again: it counts as dead.
+ * That matters in the window between a kill -9 and the supervisor's
+ * waitpid: a JetStream cache whose writer is a zombie is stale, and a resume
+ * must not be answered from it as if it were mirrored (cluster_jetstream).
+ */
 int th_pid_alive_since(pid_t pid, uint64_t start)
 {
     if (!th_pid_alive(pid))
         return 0;
-    uint64_t now_start = th_proc_start_time(pid);
+    char state;
+    uint64_t now_start = proc_stat(pid, &state);
+    if (state == 'Z' || state == 'X')
+        return 0;
     return now_start == 0 || start == 0 || now_start == start; /* unknown: assume alive */
 }
 

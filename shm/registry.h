@@ -404,7 +404,8 @@ static inline int th_proc_hung(const struct th_proc_sh *p)
 uint64_t th_proc_start_time(pid_t pid);
 /*
  * Is the process that recorded (pid, start) still the one running under pid?
- * A pid reused by another process has another start time. Unknown: alive.
+ * A pid reused by another process has another start time; a zombie (dead,
+ * not yet reaped) will never run again: both count as dead. Unknown: alive.
  */
 int th_pid_alive_since(pid_t pid, uint64_t start);
 

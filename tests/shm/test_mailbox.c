@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 
 #define S_NS 1000000000ull
 #define T0 (1700000000ull * S_NS)
@@ -565,4 +566,35 @@ Test(mailbox, new_writer_of_a_cache_matches_no_epoch)
     cr_assert_eq(th_mbx_writer_begin(&mb, getpid(), T0, err, sizeof(err)), 0, "%s", err);
     th_mbx_epoch(&mb, ep);
     cr_assert_str_eq(ep, e1);
+}
+
+/*
+ * A writer killed with kill -9 and not yet reaped by its parent (a zombie)
+ * is dead: a cache it wrote must read as stale at once, not only after the
+ * supervisor's waitpid (cluster_jetstream resumed from such a cache in that
+ * window and answered recovered:true without what others had stored).
+ */
+Test(mailbox, a_killed_unreaped_writer_is_dead)
+{
+    open_new(2u << 20, 8, 0);
+    pid_t child = fork();
+    if (child == 0) {
+        pause();
+        _exit(0);
+    }
+    uint64_t start = th_proc_start_time(child);
+    cr_assert_neq(start, 0);
+    atomic_store(&mb.hdr->writer_pid, child);
+    atomic_store(&mb.hdr->writer_start, start);
+    cr_assert_eq(th_mbx_writer_alive(&mb), 1, "a live writer");
+    kill(child, SIGKILL);
+    /* Not reaped: wait until the kernel made it a zombie (bounded). */
+    siginfo_t si;
+    int rc = waitid(P_PID, (id_t)child, &si, WEXITED | WNOWAIT);
+    cr_assert_eq(rc, 0, "waitid: %d", errno);
+    cr_assert_eq(th_pid_alive(child), 1, "a zombie still answers kill(pid, 0)");
+    cr_assert_eq(th_mbx_writer_alive(&mb), 0, "a zombie writer counted as alive");
+    waitpid(child, NULL, 0);
+    atomic_store(&mb.hdr->writer_pid, getpid());
+    atomic_store(&mb.hdr->writer_start, th_proc_start_time(getpid()));
 }
