@@ -999,17 +999,8 @@ static int connect_js(struct th_mjs *j)
     natsStatus s;
     char name[TH_PATH_MAX + 16];
     snprintf(name, sizeof(name), "tether-mailbox-%s", j->cfg->node);
-    if ((s = natsOptions_Create(&j->opts)) != NATS_OK ||
-        (s = th_nats_set_servers(j->opts, j->cfg->nats_urls)) != NATS_OK ||
-        (s = natsOptions_SetName(j->opts, name)) != NATS_OK ||
-        (s = natsOptions_UseGlobalMessageDelivery(j->opts, true)) != NATS_OK ||
-        /* Publish at once: libnats' buffered flush cost 3-5 ms per store ack here. */
-        (s = natsOptions_SetSendAsap(j->opts, true)) != NATS_OK ||
-        (s = natsOptions_SetMaxReconnect(j->opts, -1)) != NATS_OK ||
-        (s = natsOptions_SetReconnectWait(j->opts, 250)) != NATS_OK ||
-        (s = natsOptions_SetTimeout(j->opts, 1000)) != NATS_OK ||
-        (s = natsOptions_SetPingInterval(j->opts, 1000)) != NATS_OK ||
-        (s = natsOptions_SetMaxPingsOut(j->opts, 2)) != NATS_OK ||
+    /* (Sends at once: libnats' buffered flush cost 3-5 ms per store ack here.) */
+    if ((s = th_nats_options(&j->opts, j->cfg->nats_urls, name)) != NATS_OK ||
         (s = natsOptions_SetRetryOnFailedConnect(j->opts, true, on_connected, j)) != NATS_OK) {
         th_error("[Mailbox] NATS options (--nats %s): %s", j->cfg->nats_urls,
                  natsStatus_GetText(s));

@@ -31,3 +31,19 @@ natsStatus th_nats_set_servers(natsOptions *opts, const char *list)
     }
     return n ? natsOptions_SetServers(opts, servers, n) : NATS_INVALID_ARG;
 }
+
+natsStatus th_nats_options(natsOptions **opts, const char *list, const char *name)
+{
+    natsStatus s;
+    if ((s = natsOptions_Create(opts)) != NATS_OK ||
+        (s = th_nats_set_servers(*opts, list)) != NATS_OK ||
+        (s = natsOptions_SetName(*opts, name)) != NATS_OK ||
+        (s = natsOptions_UseGlobalMessageDelivery(*opts, true)) != NATS_OK ||
+        (s = natsOptions_SetSendAsap(*opts, true)) != NATS_OK ||
+        (s = natsOptions_SetMaxReconnect(*opts, -1)) != NATS_OK ||
+        (s = natsOptions_SetReconnectWait(*opts, 250)) != NATS_OK ||
+        (s = natsOptions_SetTimeout(*opts, 1000)) != NATS_OK ||
+        (s = natsOptions_SetPingInterval(*opts, 1000)) != NATS_OK)
+        return s;
+    return natsOptions_SetMaxPingsOut(*opts, 2);
+}

@@ -1357,19 +1357,10 @@ static int setup_options(struct th_route_nats *rn)
     natsStatus s;
     char name[TH_NODE_NAME_MAX + 8];
     snprintf(name, sizeof(name), "tether-%.*s", (int)TH_NODE_NAME_MAX, rn->cfg->node);
-    if ((s = natsOptions_Create(&rn->opts)) != NATS_OK ||
-        (s = th_nats_set_servers(rn->opts, rn->cfg->nats_urls)) != NATS_OK ||
-        (s = natsOptions_SetName(rn->opts, name)) != NATS_OK ||
+    /* (Requests and confirmations go out at once: no wait for libnats' flusher thread.) */
+    if ((s = th_nats_options(&rn->opts, rn->cfg->nats_urls, name)) != NATS_OK ||
         (s = natsOptions_SetNoEcho(rn->opts, true)) != NATS_OK ||
-        /* Requests and confirmations go out at once: no wait for libnats' flusher thread. */
-        (s = natsOptions_SetSendAsap(rn->opts, true)) != NATS_OK ||
-        (s = natsOptions_UseGlobalMessageDelivery(rn->opts, true)) != NATS_OK ||
-        (s = natsOptions_SetMaxReconnect(rn->opts, -1)) != NATS_OK ||
-        (s = natsOptions_SetReconnectWait(rn->opts, 250)) != NATS_OK ||
         (s = natsOptions_SetReconnectBufSize(rn->opts, 256 * 1024)) != NATS_OK ||
-        (s = natsOptions_SetTimeout(rn->opts, 1000)) != NATS_OK ||
-        (s = natsOptions_SetPingInterval(rn->opts, 1000)) != NATS_OK ||
-        (s = natsOptions_SetMaxPingsOut(rn->opts, 2)) != NATS_OK ||
         (s = natsOptions_SetDisconnectedCB(rn->opts, on_down, rn)) != NATS_OK ||
         (s = natsOptions_SetReconnectedCB(rn->opts, on_reconnected, rn)) != NATS_OK ||
         (s = natsOptions_SetRetryOnFailedConnect(rn->opts, true, on_up, rn)) != NATS_OK) {
