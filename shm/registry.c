@@ -128,13 +128,6 @@ pid_t th_reg_self(void)
     return p;
 }
 
-int th_pid_alive(pid_t pid)
-{
-    if (pid <= 0)
-        return 0;
-    return kill(pid, 0) == 0 || errno == EPERM;
-}
-
 /*
  * Field 3 (state) and field 22 (start time, clock ticks after boot) of
  * /proc/PID/stat; 0 when unreadable (gone, or no /proc).
@@ -173,15 +166,31 @@ uint64_t th_proc_start_time(pid_t pid)
  * and keeps its start time, but will never write again: it counts as dead.
  * That matters in the window between a kill -9 and the supervisor's
  * waitpid: a JetStream cache whose writer is a zombie is stale, and a resume
- * must not be answered from it as if it were mirrored (cluster_jetstream).
+ * must not be answered from it as if it were mirrored (cluster_jetstream);
+ * a zombie worker's slots are orphans the janitor may release, and /healthz
+ * must not count a killed role as up. *start gets the start time (0 when
+ * /proc cannot tell, which counts as alive).
  */
-int th_pid_alive_since(pid_t pid, uint64_t start)
+static int pid_alive_start(pid_t pid, uint64_t *start)
 {
-    if (!th_pid_alive(pid))
+    *start = 0;
+    if (pid <= 0 || (kill(pid, 0) != 0 && errno != EPERM))
         return 0;
     char state;
-    uint64_t now_start = proc_stat(pid, &state);
-    if (state == 'Z' || state == 'X')
+    *start = proc_stat(pid, &state);
+    return state != 'Z' && state != 'X';
+}
+
+int th_pid_alive(pid_t pid)
+{
+    uint64_t start;
+    return pid_alive_start(pid, &start);
+}
+
+int th_pid_alive_since(pid_t pid, uint64_t start)
+{
+    uint64_t now_start;
+    if (!pid_alive_start(pid, &now_start))
         return 0;
     return now_start == 0 || start == 0 || now_start == start; /* unknown: assume alive */
 }

@@ -387,7 +387,7 @@ int th_reg_reclaim_worker(struct th_reg *r, uint16_t worker);
  */
 int th_reg_repair(struct th_reg *r);
 
-/* Is this pid alive (kill(pid, 0) succeeds or fails with EPERM)? */
+/* Is this pid alive (kill(pid, 0) succeeds or fails with EPERM, and not a zombie)? */
 int th_pid_alive(pid_t pid);
 /*
  * Declared hung by the supervisor (hung_ns) and silent since: a process that

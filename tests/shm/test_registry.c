@@ -576,6 +576,36 @@ Test(registry, repair_releases_slots_of_dead_or_unpublished_workers)
     cr_assert_eq(th_reg_last_seen(&reg, "y", 1, &ns), 1, "a repaired release still records");
 }
 
+/*
+ * A worker killed with SIGKILL and not yet reaped by the supervisor is a
+ * zombie: kill(pid, 0) still succeeds, but it will never serve its slots
+ * again, so the sweep's repair releases them at once instead of waiting for
+ * the waitpid.
+ */
+Test(registry, repair_releases_slots_of_a_zombie_worker)
+{
+    reg_test_create(&reg, name, sizeof(name), "zombw", 64);
+    publish_self(&reg, 0);
+    pid_t child = fork();
+    cr_assert_geq(child, 0);
+    if (child == 0) {
+        pause();
+        _exit(0);
+    }
+    atomic_store(&reg.hdr->workers[1].pid, child);
+    claim_ok("z", 0, 1);
+    claim_ok("z", 1, 1);
+    cr_assert_eq(th_reg_repair(&reg), 0, "a live worker's slot is kept");
+    kill(child, SIGKILL);
+    siginfo_t si; /* wait until it is a zombie, without reaping it */
+    cr_assert_eq(waitid(P_PID, (id_t)child, &si, WEXITED | WNOWAIT), 0);
+    cr_assert_eq(kill(child, 0), 0, "a zombie still answers kill(pid, 0)");
+    cr_assert_not(th_pid_alive(child));
+    cr_assert_eq(th_reg_repair(&reg), 1, "the zombie's slot is released");
+    cr_assert_eq(th_reg_count_used(&reg), 1);
+    waitpid(child, NULL, 0);
+}
+
 /* Leave slot i in state st under a dead actor, as a claimer/releaser killed mid-way would. */
 static void leave_half_done(uint32_t i, uint8_t st, const char *user)
 {
