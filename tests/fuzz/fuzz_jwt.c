@@ -24,6 +24,7 @@
  */
 #include "tests/fuzz/fuzz.h"
 #include "shm/proto/jwt.h"
+#include "tests/shm/proto/b64url_enc.h"
 
 #include <jansson.h>
 #include <openssl/evp.h>
@@ -68,27 +69,13 @@ static void init_keys(void)
 /* The token's header alg, as jansson reads it ("" when unreadable). */
 static void header_alg(const char *tok, size_t n, char out[16]);
 
-static size_t b64url(const uint8_t *in, size_t n, char *out)
-{
-    static const char a[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t o = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0) |
-                     (i + 2 < n ? in[i + 2] : 0);
-        size_t chars = n - i >= 3 ? 4 : n - i + 1;
-        for (size_t k = 0; k < chars; k++)
-            out[o++] = a[(v >> (18 - 6 * k)) & 63];
-    }
-    return o;
-}
-
 static size_t hmac_b64(const char *msg, size_t n, char *out)
 {
     uint8_t mac[EVP_MAX_MD_SIZE];
     unsigned int mlen = 0;
     if (!HMAC(EVP_sha256(), secret, (int)SECRET_LEN, (const uint8_t *)msg, n, mac, &mlen))
         abort();
-    return b64url(mac, mlen, out);
+    return test_b64url(mac, mlen, out);
 }
 
 static void header_alg(const char *tok, size_t n, char out[16])
@@ -217,9 +204,9 @@ static void mode_signed(const uint8_t *d, size_t n)
     }
     size_t cap = (hn + pn) * 4 / 3 + 64;
     char *tok = malloc(cap);
-    size_t o = b64url((const uint8_t *)h, hn, tok);
+    size_t o = test_b64url((const uint8_t *)h, hn, tok);
     tok[o++] = '.';
-    o += b64url((const uint8_t *)p, pn, tok + o);
+    o += test_b64url((const uint8_t *)p, pn, tok + o);
     size_t signed_len = o;
     tok[o++] = '.';
     o += hmac_b64(tok, signed_len, tok + o);
@@ -289,9 +276,9 @@ static void mode_eddsa(const uint8_t *p, size_t pn)
     static const char hdr[] = "{\"alg\":\"EdDSA\",\"kid\":\"ed\"}";
     size_t cap = (sizeof(hdr) + pn) * 4 / 3 + 128;
     char *tok = malloc(cap);
-    size_t o = b64url((const uint8_t *)hdr, sizeof(hdr) - 1, tok);
+    size_t o = test_b64url((const uint8_t *)hdr, sizeof(hdr) - 1, tok);
     tok[o++] = '.';
-    o += b64url(p, pn, tok + o);
+    o += test_b64url(p, pn, tok + o);
     uint8_t sig[64];
     size_t sl = sizeof(sig);
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -300,7 +287,7 @@ static void mode_eddsa(const uint8_t *p, size_t pn)
         abort();
     EVP_MD_CTX_free(ctx);
     tok[o++] = '.';
-    o += b64url(sig, sl, tok + o);
+    o += test_b64url(sig, sl, tok + o);
     char *exact = (char *)fuzz_dup((const uint8_t *)tok, o);
     free(tok);
     struct th_jwt_claims c;

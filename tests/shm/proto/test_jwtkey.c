@@ -7,6 +7,7 @@
  */
 #include "shm/proto/jwt.h"
 #include "shm/proto/jwtkey.h"
+#include "tests/shm/proto/b64url_enc.h"
 
 #include <criterion/criterion.h>
 
@@ -58,28 +59,13 @@ static void pem_append(char *buf, size_t cap, const char *kid, EVP_PKEY *k)
     BIO_free(b);
 }
 
-static size_t b64u(const uint8_t *in, size_t n, char *out)
-{
-    static const char a[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t o = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0) |
-                     (i + 2 < n ? in[i + 2] : 0);
-        size_t chars = n - i >= 3 ? 4 : n - i + 1;
-        for (size_t k = 0; k < chars; k++)
-            out[o++] = a[(v >> (18 - 6 * k)) & 63];
-    }
-    out[o] = 0;
-    return o;
-}
-
 /* A token over header/claims JSON signed with k for alg (ES256 as r||s). */
 static char *sign(EVP_PKEY *k, const char *alg, const char *header, const char *claims)
 {
     static char tok[4096];
-    size_t o = b64u((const uint8_t *)header, strlen(header), tok);
+    size_t o = test_b64url((const uint8_t *)header, strlen(header), tok);
     tok[o++] = '.';
-    o += b64u((const uint8_t *)claims, strlen(claims), tok + o);
+    o += test_b64url((const uint8_t *)claims, strlen(claims), tok + o);
     uint8_t sig[600];
     size_t sl = sizeof(sig);
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -97,7 +83,7 @@ static char *sign(EVP_PKEY *k, const char *alg, const char *header, const char *
         sl = 64;
     }
     tok[o++] = '.';
-    b64u(sig, sl, tok + o);
+    test_b64url(sig, sl, tok + o);
     return tok;
 }
 
@@ -183,13 +169,13 @@ static void raw_pub(EVP_PKEY *k, const char *name, char *out)
     cr_assert(EVP_PKEY_get_octet_string_param(k, name, buf, sizeof(buf), &n) == 1);
     if (!strcmp(name, OSSL_PKEY_PARAM_PUB_KEY) && n == 65) { /* EC: 04 || x || y */
         char x[64], y[64];
-        b64u(buf + 1, 32, x);
-        b64u(buf + 33, 32, y);
+        test_b64url(buf + 1, 32, x);
+        test_b64url(buf + 33, 32, y);
         sprintf(out, "\"x\":\"%s\",\"y\":\"%s\"", x, y);
         return;
     }
     char v[100];
-    b64u(buf, n, v);
+    test_b64url(buf, n, v);
     sprintf(out, "\"x\":\"%s\"", v);
 }
 
@@ -202,7 +188,7 @@ Test(jwtkey, jwks_several_keys_and_skips)
     cr_assert(EVP_PKEY_get_bn_param(rsa, OSSL_PKEY_PARAM_RSA_N, &n) == 1);
     BN_bn2binpad(n, nb, 256);
     BN_free(n);
-    b64u(nb, 256, n64);
+    test_b64url(nb, 256, n64);
     raw_pub(ec, OSSL_PKEY_PARAM_PUB_KEY, ecx);
     raw_pub(ed, OSSL_PKEY_PARAM_PUB_KEY, edx);
     snprintf(
