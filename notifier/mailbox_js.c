@@ -37,10 +37,19 @@
  * skipped). The cache is reset when the stream is (re)found: every floor
  * becomes the stream's first seq - 1 (what is older is gone), and its
  * epoch stays 0 (matching no client: recovered:false) until the mirror has
- * caught up with the stream's last seq at that moment. After catch-up the
- * mirror also hands every message it applies to this node's live
- * connections of the user (a store of this node excepted: its caller
- * delivers); the workers drop what they had by seq. This is what makes
+ * caught up with the stream's last seq at that moment. Unless the cache's
+ * previous writer (a notifier killed or stopped) mirrored this very stream
+ * (same epoch, counters.source_epoch): then the cache is kept and the
+ * mirror goes on from where that writer had handed on (on_keep), not from
+ * the stream's first message. The mirror hands every message it applies to
+ * this node's live connections of the user (a store of this node
+ * excepted: its caller delivers; and not during a refill from scratch: the
+ * stream's old content is no news); the workers drop what they had by seq.
+ * Seqs that left the stream before the mirror applied them, by max age
+ * (the stream's first seq passed the mirror, or a hole in its seqs older
+ * than max age), may have been anybody's: th_mbx_gone_upto makes every
+ * resume from before them recovered:false. The mailbox connection lost:
+ * the epoch is 0 again until the mirror caught up after the reconnection. This is what makes
  * resuming on another node gap-free: the worker claims its slot and then
  * reads the cache, the mirror commits to the cache and then looks the user
  * up (the shm mailbox's ordering argument), whatever route_nats did or
@@ -65,6 +74,7 @@
 #include <inttypes.h>
 #include <nats/nats.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,14 +102,15 @@
 #define MIRROR_HB_NS (500ll * 1000 * 1000) /* the mirror's idle heartbeat */
 #define NONE UINT32_MAX
 
-enum ev_kind { EV_ACK, EV_MSG, EV_SETUP, EV_STATE, EV_LOST, EV_FOUND };
+enum ev_kind { EV_ACK, EV_MSG, EV_SETUP, EV_KEEP, EV_STATE, EV_LOST, EV_FOUND, EV_DOWN };
 
 struct ev {
     struct ev *next;
     int kind;
-    natsMsg *msg;     /* EV_ACK (the published one), EV_MSG: owned by the event */
-    uint64_t a, b, c; /* EV_ACK: seq, duplicate, error; EV_SETUP: epoch, floor, last;
-                         EV_STATE: first seq */
+    natsMsg *msg;        /* EV_ACK (the published one), EV_MSG: owned by the event */
+    uint64_t a, b, c, d; /* EV_ACK: seq, duplicate, error; EV_SETUP, EV_KEEP: epoch, floor,
+                            last, first's time; EV_STATE: first, last, downs, first's time;
+                            EV_DOWN: downs */
 };
 
 enum { P_FREE, P_ACK, P_MIRROR, P_ACKED /* unlinked, being answered */ };
@@ -169,6 +180,24 @@ struct th_mjs {
     char epoch_hex[TH_MBX_EPOCH_LEN + 1];
     uint64_t at_seq;   /* mirror: every stream seq up to it applied or gone */
     uint64_t catch_to; /* the stream's last seq when found */
+    /*
+     * A lower bound on the stream timestamp of every message after at_seq
+     * (the last applied one's, or the stream's first when it was looked
+     * at): a hole in the mirror's seqs younger than max age cannot be an
+     * expiry, only a per-subject eviction (which Tether-Prev accounts for).
+     */
+    uint64_t next_ts;
+    int quiet;              /* a refill from scratch: no deliveries until caught up */
+    uint64_t rehand_to;     /* re-hand seqs up to it the mirror sees again (after a restart) */
+    uint64_t seen;          /* the last seq the mirror delivered */
+    uint64_t handed_mark;   /* at_seq at the last tick: handed on by the wait after it */
+    uint64_t handed_saved;  /* what source_handed says */
+    int recatch;            /* mirror connection was lost: stale until caught up again */
+    uint64_t recatch_gen;   /* the EV_DOWN it waits past */
+    _Atomic uint64_t downs; /* disconnects (libnats thread) */
+    /* What the previous writer of the cache left (th_mbx_source_left), read at start. */
+    int left_ok;
+    uint64_t left_epoch, left_at, left_handed;
     struct jpub pub[NPUB];
     uint32_t free_head, npend;
     uint32_t abucket[NBUCKET], sbucket[NBUCKET];
@@ -180,7 +209,8 @@ struct th_mjs {
 
 /* ---- libnats threads: queue and wake ------------------------------------------ */
 
-static void push(struct th_mjs *j, int kind, natsMsg *msg, uint64_t a, uint64_t b, uint64_t c)
+static void push4(struct th_mjs *j, int kind, natsMsg *msg, uint64_t a, uint64_t b, uint64_t c,
+                  uint64_t d)
 {
     struct ev *e = malloc(sizeof(*e));
     if (!e) {
@@ -189,7 +219,7 @@ static void push(struct th_mjs *j, int kind, natsMsg *msg, uint64_t a, uint64_t 
                    ordered consumer does not resend it, the cache misses it (its next
                    message's Tether-Prev marks the loss) */
     }
-    *e = (struct ev){NULL, kind, msg, a, b, c};
+    *e = (struct ev){NULL, kind, msg, a, b, c, d};
     pthread_mutex_lock(&j->mu);
     if (j->qtail)
         j->qtail->next = e;
@@ -200,6 +230,11 @@ static void push(struct th_mjs *j, int kind, natsMsg *msg, uint64_t a, uint64_t 
     uint64_t one = 1;
     if (write(j->efd, &one, sizeof(one)) < 0) { /* EAGAIN: already signalled */
     }
+}
+
+static void push(struct th_mjs *j, int kind, natsMsg *msg, uint64_t a, uint64_t b, uint64_t c)
+{
+    push4(j, kind, msg, a, b, c, 0);
 }
 
 static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
@@ -222,6 +257,13 @@ static void on_connected(natsConnection *nc, void *closure)
 {
     (void)nc;
     (void)closure;
+}
+
+static void on_disconnected(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    struct th_mjs *j = closure;
+    push(j, EV_DOWN, NULL, atomic_fetch_add(&j->downs, 1) + 1, 0, 0);
 }
 
 /* ---- small helpers ---------------------------------------------------------------- */
@@ -507,12 +549,41 @@ static void mirror_advance(struct th_mjs *j, uint64_t seq)
     if (seq > j->at_seq)
         __atomic_store_n(&j->at_seq, seq, __ATOMIC_RELAXED); /* the set-up thread reads it */
     th_mbx_set_source_seq(j->cache, j->at_seq);
-    if (!j->caught_up && j->at_seq >= j->catch_to) {
+    if (!j->caught_up && !j->recatch && j->at_seq >= j->catch_to) {
         j->caught_up = 1;
+        j->quiet = 0;
         th_mbx_set_epoch(j->cache, j->epoch);
         th_info("[Mailbox] JetStream mirror caught up at seq %llu: epoch %s, resumes recover",
                 (unsigned long long)j->at_seq, j->epoch_hex);
     }
+}
+
+/*
+ * Could a message after at_seq have expired (max age) by now? Only when the
+ * oldest of them may be max age old (less a margin for the server's clock
+ * against ours). Otherwise a hole in the mirror's seqs is a per-subject
+ * eviction, and the next message of that user names it (Tether-Prev).
+ */
+static int maybe_expired(const struct th_mjs *j, uint64_t now)
+{
+    uint64_t age = (uint64_t)j->cfg->mailbox_ttl_s * TH_NS_PER_S, margin = age / 4;
+    if (margin > 2 * TH_NS_PER_S)
+        margin = 2 * TH_NS_PER_S;
+    return !j->next_ts || now + margin >= j->next_ts + age;
+}
+
+/*
+ * Stream seqs up to upto left the stream before this cache applied them,
+ * and whose they were is unknown: every user whose last seq is below upto
+ * answers a resume from before it with recovered:false (th_mbx_gone_upto).
+ */
+static void lost_upto(struct th_mjs *j, uint64_t upto, const char *how)
+{
+    th_mbx_gone_upto(j->cache, upto);
+    th_warn("[Mailbox] JetStream: stream seqs %llu..%llu left the stream (max age) before "
+            "this node mirrored them (%s): resumes from before seq %llu answer recovered:false",
+            (unsigned long long)j->at_seq + 1, (unsigned long long)upto, how,
+            (unsigned long long)upto);
 }
 
 static void on_mirror(struct th_mjs *j, natsMsg *m)
@@ -547,10 +618,23 @@ static void on_mirror(struct th_mjs *j, natsMsg *m)
         mirror_advance(j, seq);
         return;
     }
-    if (seq <= j->at_seq)
-        return; /* the ordered consumer started over: applied already */
     uint64_t now = th_now_ns(), exp = ts + ttl * TH_NS_PER_S, pos = 0;
     int live = exp > now;
+    if (seq > j->seen)
+        j->seen = seq;
+    if (seq <= j->at_seq) {
+        /* Applied already: the ordered consumer started over, or a restarted notifier
+           re-reads what its predecessor applied but may not have handed on. */
+        if (seq <= j->rehand_to && live && !j->quiet &&
+            frame_splice(j, frame, (size_t)flen, at, seq) == 0)
+            j->local->ops->deliver(j->local, user, (size_t)ulen, j->out.p, j->out.len, seq, 0,
+                                   noop_done, NULL);
+        return;
+    }
+    if (seq > j->at_seq + 1 && maybe_expired(j, now))
+        lost_upto(j, seq - 1, "a hole in the mirror's seqs");
+    if (ts > j->next_ts)
+        j->next_ts = ts;
     struct th_mbx_ticket t;
     int rc = th_mbx_prepare_at(j->cache, user, (size_t)ulen, seq, live ? prev : seq, now, &t);
     int have = rc == 1 && frame_splice(j, frame, (size_t)flen, at, seq) == 0;
@@ -563,7 +647,7 @@ static void on_mirror(struct th_mjs *j, natsMsg *m)
     }
     j->st.mirrored++;
     j->st.mirror_at = seq;
-    int catching = !j->caught_up;
+    int quiet = j->quiet;
     if (at_end && seq < j->catch_to)
         j->catch_to = seq; /* the rest of what was there at set-up is gone */
     mirror_advance(j, seq);
@@ -571,7 +655,7 @@ static void on_mirror(struct th_mjs *j, natsMsg *m)
     if (w != NONE) {
         for (; w != NONE; w = waiting_for(j, seq))
             pub_finish(j, w, 1, pos); /* its caller delivers (repeats answer as retries) */
-    } else if (!catching && live && have && rc >= 0) {
+    } else if (!quiet && live && have && rc >= 0) {
         /* A store of another node: this node's live connections of the user get it here. */
         j->local->ops->deliver(j->local, user, (size_t)ulen, j->out.p, j->out.len, seq, 0,
                                noop_done, NULL);
@@ -579,31 +663,111 @@ static void on_mirror(struct th_mjs *j, natsMsg *m)
     gate_release(j->gate);
 }
 
-/* The stream was (re)found: start the cache over for its epoch. */
-static void on_setup(struct th_mjs *j, uint64_t epoch, uint64_t floor, uint64_t last)
+/* Stores acked by the stream's earlier life wait no longer (stored there; pos unknown). */
+static void settle_waiting(struct th_mjs *j)
 {
-    j->epoch = epoch;
-    snprintf(j->epoch_hex, sizeof(j->epoch_hex), "%016" PRIx64, epoch);
-    th_mbx_reset(j->cache, 0, floor);
-    j->at_seq = floor;
-    j->catch_to = last;
-    j->caught_up = 0;
-    j->ready = 1;
-    th_info("[Mailbox] JetStream stream %s: epoch %s, seqs %llu..%llu stored; mirroring", STREAM,
-            j->epoch_hex, (unsigned long long)floor + 1, (unsigned long long)last);
-    mirror_advance(j, floor);
-    /* Stores acked by the stream's earlier life wait no longer (stored there; pos unknown). */
     for (uint32_t i = 0; i < NPUB; i++)
         if (j->pub[i].state == P_MIRROR)
             pub_finish(j, i, 1, 0);
 }
 
-/* The set-up thread's look at the stream: everything below first is gone. */
-static void on_state(struct th_mjs *j, uint64_t first)
+static void set_stream(struct th_mjs *j, uint64_t epoch, uint64_t last, uint64_t first_ts)
 {
-    if (j->ready && first && first - 1 > j->at_seq) {
+    j->epoch = epoch;
+    snprintf(j->epoch_hex, sizeof(j->epoch_hex), "%016" PRIx64, epoch);
+    th_mbx_set_source_epoch(j->cache, epoch);
+    j->catch_to = last;
+    j->caught_up = 0;
+    j->recatch = 0;
+    j->ready = 1;
+    j->next_ts = first_ts;
+}
+
+/* The stream was (re)found: start the cache over for its epoch. */
+static void on_setup(struct th_mjs *j, uint64_t epoch, uint64_t floor, uint64_t last,
+                     uint64_t first_ts)
+{
+    /* Source epoch 0 first, then the reset and the new position, then the epoch: a
+       successor of a notifier killed anywhere in between never keeps a torn cache. */
+    th_mbx_set_source_epoch(j->cache, 0);
+    th_mbx_reset(j->cache, 0, floor);
+    j->at_seq = floor;
+    th_mbx_set_source_seq(j->cache, floor);
+    set_stream(j, epoch, last, first_ts);
+    j->quiet = 1; /* the stream's content is not news to connected clients */
+    j->rehand_to = 0;
+    th_info("[Mailbox] JetStream stream %s: epoch %s, seqs %llu..%llu stored; mirroring", STREAM,
+            j->epoch_hex, (unsigned long long)floor + 1, (unsigned long long)last);
+    mirror_advance(j, floor);
+    settle_waiting(j);
+}
+
+/*
+ * The stream the cache's previous writer mirrored, still in the same life:
+ * keep the cache and go on from where that writer was (no refill). What it
+ * applied but may not have handed on to this node's connections is handed
+ * again (workers drop by seq what they had); what other nodes stored while
+ * nobody mirrored goes to them as it is applied. Seqs that left the stream
+ * meanwhile unapplied (max age) count as lost (lost_upto).
+ */
+static void on_keep(struct th_mjs *j, uint64_t epoch, uint64_t floor, uint64_t last,
+                    uint64_t first_ts)
+{
+    set_stream(j, epoch, last, first_ts);
+    j->at_seq = j->left_at;
+    j->quiet = 0;
+    j->rehand_to = j->left_at;
+    j->seen = j->handed_saved = j->left_handed;
+    th_info("[Mailbox] JetStream stream %s: epoch %s, seqs %llu..%llu stored; the cache holds "
+            "them up to seq %llu: mirroring from seq %llu on, no refill",
+            STREAM, j->epoch_hex, (unsigned long long)floor + 1, (unsigned long long)last,
+            (unsigned long long)j->left_at, (unsigned long long)j->left_handed + 1);
+    if (floor > j->at_seq)
+        lost_upto(j, floor, "while this node's notifier was down");
+    mirror_advance(j, floor > j->at_seq ? floor : j->at_seq);
+    settle_waiting(j);
+}
+
+/* The set-up thread's look at the stream: everything below first is gone. */
+static void on_state(struct th_mjs *j, uint64_t first, uint64_t last, uint64_t downs,
+                     uint64_t first_ts)
+{
+    if (!j->ready)
+        return;
+    if (j->recatch && downs >= j->recatch_gen &&
+        natsConnection_Status(j->nc) == NATS_CONN_STATUS_CONNECTED) {
+        j->recatch = 0; /* a look after the reconnection: catch up with what it saw */
+        j->catch_to = last;
+    }
+    if (first && first - 1 > j->at_seq) {
+        lost_upto(j, first - 1, "the stream's first seq passed the mirror");
+        if (first_ts > j->next_ts)
+            j->next_ts = first_ts;
         mirror_advance(j, first - 1);
         gate_release(j->gate);
+    } else {
+        mirror_advance(j, j->at_seq); /* a re-catch may be complete */
+    }
+}
+
+/*
+ * The mailbox's NATS connection dropped: the mirror misses what other nodes
+ * store until it is back, so the cache matches no epoch (resumes wait,
+ * worker/resume.c) until it has caught up with a look taken after the
+ * reconnection. Deliveries go on (they are news to connected clients).
+ */
+static void on_down(struct th_mjs *j, uint64_t downs)
+{
+    if (!j->ready)
+        return;
+    if (!j->recatch)
+        th_warn("[Mailbox] JetStream connection lost: resumes on this node wait until the "
+                "mirror has caught up again");
+    j->recatch = 1;
+    j->recatch_gen = downs;
+    if (j->caught_up) {
+        j->caught_up = 0;
+        th_mbx_set_epoch(j->cache, 0);
     }
 }
 
@@ -624,10 +788,16 @@ static void drain(struct th_mjs *j, int closing)
                 on_mirror(j, e->msg);
                 break;
             case EV_SETUP:
-                on_setup(j, e->a, e->b, e->c);
+                on_setup(j, e->a, e->b, e->c, e->d);
+                break;
+            case EV_KEEP:
+                on_keep(j, e->a, e->b, e->c, e->d);
                 break;
             case EV_STATE:
-                on_state(j, e->a);
+                on_state(j, e->a, e->b, e->c, e->d);
+                break;
+            case EV_DOWN:
+                on_down(j, e->a);
                 break;
             case EV_LOST:
                 if (j->ready)
@@ -679,7 +849,7 @@ static void stream_config(const struct th_mjs *j, jsStreamConfig *sc, const char
 }
 
 /* Make sure the stream exists with our settings; its creation time, or 0. */
-static int64_t ensure_stream(struct th_mjs *j, uint64_t *first, uint64_t *last)
+static int64_t ensure_stream(struct th_mjs *j, uint64_t *first, uint64_t *last, uint64_t *first_ts)
 {
     jsStreamConfig sc;
     const char *subjects[1];
@@ -714,6 +884,7 @@ static int64_t ensure_stream(struct th_mjs *j, uint64_t *first, uint64_t *last)
     int64_t created = si->Created;
     *first = si->State.FirstSeq;
     *last = si->State.LastSeq;
+    *first_ts = si->State.FirstTime > 0 ? (uint64_t)si->State.FirstTime : 0;
     jsStreamInfo_Destroy(si);
     return created ? created : 1;
 }
@@ -799,8 +970,9 @@ static void *setup_thread(void *arg)
             stopping(j, 200);
             continue;
         }
-        uint64_t first = 0, last = 0;
-        int64_t now_created = ensure_stream(j, &first, &last);
+        uint64_t first = 0, last = 0, first_ts = 0;
+        uint64_t downs = atomic_load(&j->downs); /* before the look: EV_STATE tells what it saw */
+        int64_t now_created = ensure_stream(j, &first, &last, &first_ts);
         if (now_created && now_created != created) {
             if (j->sub) {
                 natsSubscription_Unsubscribe(j->sub);
@@ -810,10 +982,11 @@ static void *setup_thread(void *arg)
             if (created)
                 th_warn("[Mailbox] JetStream stream %s was re-created: new epoch", STREAM);
             /* EV_SETUP first: the loop resets the cache before any message of the mirror. */
-            uint64_t floor = first ? first - 1 : last;
-            push(j, EV_SETUP, NULL, stream_epoch(now_created), floor, last);
+            uint64_t floor = first ? first - 1 : last, ep = stream_epoch(now_created);
+            int keep = !created && j->left_ok && ep == j->left_epoch;
+            push4(j, keep ? EV_KEEP : EV_SETUP, NULL, ep, floor, last, first_ts);
             j->stall_n = 0;
-            if (subscribe_mirror(j, 0) == 0)
+            if (subscribe_mirror(j, keep ? j->left_handed + 1 : 0) == 0)
                 created = now_created;
             else
                 push(j, EV_LOST, NULL, 0, 0, 0);
@@ -822,7 +995,7 @@ static void *setup_thread(void *arg)
             if (subscribe_mirror(j, at + 1) == 0)
                 push(j, EV_FOUND, NULL, 0, 0, 0);
         } else if (now_created) {
-            push(j, EV_STATE, NULL, first, 0, 0);
+            push4(j, EV_STATE, NULL, first, last, downs, first_ts);
             watch_mirror(j, last);
         }
         /* Unreachable or gone: the mirror stays (the ordered consumer resumes by itself
@@ -857,6 +1030,14 @@ void th_mjs_on_cqe(struct th_mjs *j, int res)
 
 uint64_t th_mjs_tick(struct th_mjs *j, uint64_t now)
 {
+    /* What the mirror handed to the local route by the last tick left with the wait after it
+       (a refill from scratch hands nothing on: all of it counts as handed). */
+    uint64_t handed = j->quiet ? j->at_seq : j->handed_mark;
+    if (j->ready && handed > j->handed_saved) {
+        th_mbx_set_source_handed(j->cache, handed);
+        j->handed_saved = handed;
+    }
+    j->handed_mark = j->seen < j->rehand_to ? j->seen : j->at_seq; /* re-hands still to come */
     if (now >= j->next_check) {
         j->next_check = UINT64_MAX;
         for (uint32_t i = 0; i < NPUB; i++) {
@@ -1001,7 +1182,8 @@ static int connect_js(struct th_mjs *j)
     snprintf(name, sizeof(name), "tether-mailbox-%s", j->cfg->node);
     /* (Sends at once: libnats' buffered flush cost 3-5 ms per store ack here.) */
     if ((s = th_nats_options(&j->opts, j->cfg->nats_urls, name)) != NATS_OK ||
-        (s = natsOptions_SetRetryOnFailedConnect(j->opts, true, on_connected, j)) != NATS_OK) {
+        (s = natsOptions_SetRetryOnFailedConnect(j->opts, true, on_connected, j)) != NATS_OK ||
+        (s = natsOptions_SetDisconnectedCB(j->opts, on_disconnected, j)) != NATS_OK) {
         th_error("[Mailbox] NATS options (--nats %s): %s", j->cfg->nats_urls,
                  natsStatus_GetText(s));
         return -EINVAL;
@@ -1051,6 +1233,7 @@ struct th_mjs *th_mjs_new(const struct th_config *cfg, struct th_mbx *cache, str
         th_error("[Mailbox] eventfd: %s", strerror(errno));
         goto fail;
     }
+    j->left_ok = th_mbx_source_left(cache, &j->left_epoch, &j->left_at, &j->left_handed);
     th_mbx_set_epoch(cache, 0); /* until the stream is found and mirrored */
     if (connect_js(j) < 0)
         goto fail;

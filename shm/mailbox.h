@@ -187,6 +187,17 @@ struct th_mbx_counters_sh {
      * block because it has room there (the layout stays version 2).
      */
     _Atomic uint64_t source_seq;
+    /*
+     * writer (cache): the source's life that source_seq counts in (the
+     * JetStream epoch), kept across writers: a restarted notifier whose
+     * stream still has this epoch resumes its mirror at source_seq instead
+     * of refilling the whole stream. source_handed: 1 + the source seq up
+     * to which the writer also handed every applied message to this node's
+     * live connections (the restart re-hands what is above it; workers drop
+     * by seq what they had). Room in the block: the layout stays version 2.
+     */
+    _Atomic uint64_t source_epoch;
+    _Atomic uint64_t source_handed;
 } __attribute__((aligned(64)));
 
 struct th_mbx_hdr {
@@ -344,10 +355,29 @@ int th_mbx_prepare_at(struct th_mbx *m, const char *user, size_t ulen, uint64_t 
  * object (recovered:false is the safe answer then).
  */
 void th_mbx_reset(struct th_mbx *m, uint64_t epoch, uint64_t floor);
+/*
+ * Cache: every source seq up to upto left the source before this cache
+ * applied it, and it cannot tell whose it was (expired from the stream
+ * ahead of the mirror). Every user whose last seq is below upto gets seq =
+ * dropped = upto, every floor rises to upto: a resume from a since below it
+ * answers recovered:false (the safe side), one from upto or later is exact.
+ * Touches every record: for the rare loss, not for every message.
+ */
+void th_mbx_gone_upto(struct th_mbx *m, uint64_t upto);
 /* Name the object's life (0: none matches; th_mbx_reset's caller sets it once filled). */
 void th_mbx_set_epoch(struct th_mbx *m, uint64_t epoch);
 /* Cache: every source seq up to seq applied (see counters.source_seq). */
 void th_mbx_set_source_seq(struct th_mbx *m, uint64_t seq);
+/* Cache: the source's life those seqs count in, and the seq handed on up to. */
+void th_mbx_set_source_epoch(struct th_mbx *m, uint64_t epoch);
+void th_mbx_set_source_handed(struct th_mbx *m, uint64_t seq);
+/*
+ * What a previous writer of this cache left: 1 with the source epoch, the
+ * seq applied up to and the seq handed on up to (<= applied); 0 when there
+ * is none (not a cache, or no source epoch recorded).
+ */
+int th_mbx_source_left(const struct th_mbx *m, uint64_t *epoch, uint64_t *applied,
+                       uint64_t *handed);
 /*
  * Any process: 1 with *seq when the object is a cache (everything of the
  * source up to *seq applied) and *epoch_set (its epoch is not 0: filled);

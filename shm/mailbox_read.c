@@ -204,3 +204,16 @@ int th_mbx_source(const struct th_mbx *m, uint64_t *seq, int *epoch_set)
     *epoch_set = __atomic_load_n(&m->hdr->epoch, __ATOMIC_ACQUIRE) != 0;
     return v != 0;
 }
+
+int th_mbx_source_left(const struct th_mbx *m, uint64_t *epoch, uint64_t *applied, uint64_t *handed)
+{
+    const struct th_mbx_counters_sh *c = &m->hdr->counters;
+    uint64_t a = atomic_load_explicit(&c->source_seq, memory_order_acquire);
+    uint64_t hd = atomic_load_explicit(&c->source_handed, memory_order_acquire);
+    *epoch = atomic_load_explicit(&c->source_epoch, memory_order_acquire);
+    *applied = a ? a - 1 : 0;
+    *handed = hd ? hd - 1 : 0;
+    if (*handed > *applied)
+        *handed = *applied;
+    return a != 0 && *epoch != 0;
+}

@@ -246,6 +246,38 @@ void th_mbx_set_source_seq(struct th_mbx *m, uint64_t seq)
         atomic_store_explicit(&m->hdr->counters.source_seq, seq + 1, memory_order_release);
 }
 
+void th_mbx_set_source_epoch(struct th_mbx *m, uint64_t epoch)
+{
+    if (m->writable && m->gen)
+        atomic_store_explicit(&m->hdr->counters.source_epoch, epoch, memory_order_release);
+}
+
+void th_mbx_set_source_handed(struct th_mbx *m, uint64_t seq)
+{
+    if (m->writable && m->gen)
+        atomic_store_explicit(&m->hdr->counters.source_handed, seq + 1, memory_order_release);
+}
+
+void th_mbx_gone_upto(struct th_mbx *m, uint64_t upto)
+{
+    struct th_mbx_hdr *h = m->hdr;
+    if (!m->writable || !m->gen)
+        return;
+    /* Floors first: a user met from now on starts above what may have been its. */
+    for (uint32_t i = 0; i < h->nfloors; i++)
+        if (relaxed(&m->floors[i]) < upto)
+            th_mbx_st(&m->floors[i], upto);
+    for (uint32_t i = 0; i < h->nusers; i++) {
+        struct th_mbx_user *r = th_mbx_rec(m, i);
+        if (!atomic_load_explicit(&r->user_len, memory_order_relaxed) || relaxed(&r->seq) >= upto)
+            continue;
+        rec_begin(m, i);
+        th_mbx_st(&r->dropped, upto); /* first: a half-done change reads as lost, never as held */
+        th_mbx_st(&r->seq, upto);
+        rec_end(m, i);
+    }
+}
+
 void th_mbx_reset(struct th_mbx *m, uint64_t epoch, uint64_t floor)
 {
     struct th_mbx_hdr *h = m->hdr;

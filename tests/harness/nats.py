@@ -5,15 +5,20 @@ removes. stop()/start() keep the port, so a test can take the broker away
 and bring it back where the nodes expect it. Cluster helpers for several
 tether groups sharing it are here too (nodes, node_args); cluster(n) makes
 n JetStream servers forming one NATS cluster (issue 13), kill_group
-SIGKILLs a whole tether node."""
+SIGKILLs a whole tether node. Cut is a loopback TCP relay in front of a
+server that a test can cut (every connection through it closed, new ones
+refused) and mend, so one node loses the broker while the others keep it;
+stream_info asks JetStream about a stream over the plain NATS protocol."""
 import asyncio
 import json
 import os
 import shutil
 import signal
+import selectors
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 from harness.aio import in_thread, notify
@@ -94,6 +99,114 @@ class NatsServer:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+class Cut:
+    """A TCP relay 127.0.0.1:port -> 127.0.0.1:target in a thread. cut():
+    every relayed connection is closed at once and new ones are closed on
+    accept until mend(). url is what a node gets as --nats."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(64)
+        self.port = self.lsock.getsockname()[1]
+        self.is_cut = False
+        self.pairs = {}  # socket -> its peer
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.lsock, selectors.EVENT_READ)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return "nats://127.0.0.1:%d" % self.port
+
+    def _drop(self, s):
+        peer = self.pairs.pop(s, None)
+        for x in (s, peer):
+            if x is None:
+                continue
+            self.pairs.pop(x, None)
+            try:
+                self.sel.unregister(x)
+            except (KeyError, ValueError):
+                pass
+            x.close()
+
+    def _run(self):
+        while not self.stopping:
+            with self.lock:
+                if self.is_cut:
+                    for s in list(self.pairs):
+                        self._drop(s)
+            for key, _ in self.sel.select(0.05):
+                s = key.fileobj
+                with self.lock:
+                    if s is self.lsock:
+                        c, _ = self.lsock.accept()
+                        if self.is_cut:
+                            c.close()
+                            continue
+                        try:
+                            u = socket.create_connection(("127.0.0.1", self.target), timeout=2)
+                        except OSError:
+                            c.close()
+                            continue
+                        self.pairs[c], self.pairs[u] = u, c
+                        self.sel.register(c, selectors.EVENT_READ)
+                        self.sel.register(u, selectors.EVENT_READ)
+                        continue
+                    if s not in self.pairs:
+                        continue
+                    try:
+                        data = s.recv(65536)
+                        if data:
+                            self.pairs[s].sendall(data)
+                            continue
+                    except OSError:
+                        pass
+                    self._drop(s)
+
+    def cut(self):
+        with self.lock:
+            self.is_cut = True
+        deadline = time.time() + 5
+        while self.pairs and time.time() < deadline:
+            time.sleep(0.02)
+
+    def mend(self):
+        with self.lock:
+            self.is_cut = False
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(5)
+        for s in list(self.pairs):
+            self._drop(s)
+        self.lsock.close()
+
+
+def stream_info(port, stream, timeout=5):
+    """$JS.API.STREAM.INFO.<stream> over a plain NATS connection: the reply's JSON."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        f = s.makefile("rb")
+        f.readline()  # INFO
+        s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB _INBOX.t 1\r\n'
+                  b"PUB $JS.API.STREAM.INFO.%s _INBOX.t 0\r\n\r\n" % stream.encode())
+        while True:
+            line = f.readline()
+            if not line:
+                raise RuntimeError("nats-server closed the connection")
+            if line.startswith(b"PING"):
+                s.sendall(b"PONG\r\n")
+            elif line.startswith(b"MSG "):
+                n = int(line.split()[-1])
+                return json.loads(f.read(n + 2)[:n])
 
 
 def node_args(nats, name, extra=()):

@@ -537,6 +537,60 @@ Test(mailbox, cache_reset_floor_and_source)
 }
 
 /*
+ * Seqs that left the source before the cache applied them, nobody knows
+ * whose (expired from the stream ahead of the mirror): a user whose last
+ * seq is below them must not resume recovered:true from before them, one
+ * whose seqs are all above stays exact, and so does a user met later.
+ */
+Test(mailbox, cache_gone_upto_unknown_owner)
+{
+    open_new(2u << 20, 8, 0);
+    uint64_t seqs[8];
+    int rec;
+    cr_assert_eq(put_at("held", 10, 0, 60), 1);
+    cr_assert_eq(put_at("later", 30, 0, 60), 1);
+    cr_assert_eq(replay("held", 10, T0, seqs, 8, &rec), 0);
+    cr_assert_eq(rec, 1, "nothing after 10 known gone yet");
+    th_mbx_gone_upto(&mb, 20); /* 11..20 left unapplied */
+    cr_assert_eq(replay("held", 10, T0, seqs, 8, &rec), 0);
+    cr_assert_eq(rec, 0, "seq 11..20 may have been held's: not recovered");
+    cr_assert_eq(replay("held", 0, T0, seqs, 8, &rec), 1, "what is stored still replays");
+    cr_assert_eq(seqs[0], 10);
+    cr_assert_eq(replay("held", 20, T0, seqs, 8, &rec), 0);
+    cr_assert_eq(rec, 1, "from the end of the hole on it is exact");
+    cr_assert_eq(replay("later", 30, T0, seqs, 8, &rec), 0);
+    cr_assert_eq(rec, 1, "a user whose seqs are all above the hole lost nothing");
+    cr_assert_eq(replay("new", 5, T0, seqs, 8, &rec), 0);
+    cr_assert_eq(rec, 0, "a user met later: the floor covers the hole");
+    cr_assert_eq(put_at("held", 25, 0, 60), 1, "seqs after it are applied as usual");
+    cr_assert_eq(replay("held", 20, T0, seqs, 8, &rec), 1);
+    cr_assert_eq(seqs[0], 25);
+    cr_assert_eq(rec, 1);
+}
+
+/* What a cache's writer leaves for its successor (mailbox_js keeps the cache with it). */
+Test(mailbox, cache_source_left_for_the_next_writer)
+{
+    open_new(2u << 20, 8, 0);
+    uint64_t ep, at, handed;
+    cr_assert_eq(th_mbx_source_left(&mb, &ep, &at, &handed), 0, "not a cache");
+    th_mbx_set_source_seq(&mb, 100);
+    cr_assert_eq(th_mbx_source_left(&mb, &ep, &at, &handed), 0, "no source epoch recorded");
+    th_mbx_set_source_epoch(&mb, 0x77);
+    th_mbx_set_source_handed(&mb, 90);
+    th_mbx_writer_end(&mb);
+    char err[160] = "";
+    cr_assert_eq(th_mbx_writer_begin(&mb, getpid(), T0, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(th_mbx_source_left(&mb, &ep, &at, &handed), 1);
+    cr_assert_eq(ep, 0x77);
+    cr_assert_eq(at, 100);
+    cr_assert_eq(handed, 90);
+    th_mbx_set_source_handed(&mb, 120); /* never past what was applied */
+    cr_assert_eq(th_mbx_source_left(&mb, &ep, &at, &handed), 1);
+    cr_assert_eq(handed, 100);
+}
+
+/*
  * A new writer of a cache (its predecessor died while other nodes stored on)
  * starts with epoch 0, before it counts as alive: no resume may be answered
  * recovered:true from the stale content while it refills (cluster_jetstream
