@@ -187,14 +187,14 @@ struct th_mjs {
      * expiry, only a per-subject eviction (which Tether-Prev accounts for).
      */
     uint64_t next_ts;
-    int quiet;              /* a refill from scratch: no deliveries until caught up */
-    uint64_t rehand_to;     /* re-hand seqs up to it the mirror sees again (after a restart) */
-    uint64_t seen;          /* the last seq the mirror delivered */
-    uint64_t handed_mark;   /* at_seq at the last tick: handed on by the wait after it */
-    uint64_t handed_saved;  /* what source_handed says */
-    int recatch;            /* mirror connection was lost: stale until caught up again */
-    uint64_t recatch_gen;   /* the EV_DOWN it waits past */
-    _Atomic uint64_t downs; /* disconnects (libnats thread) */
+    int quiet;                       /* a refill from scratch: no deliveries until caught up */
+    uint64_t rehand_from, rehand_to; /* re-hand seqs in (from, to] the mirror sees again */
+    uint64_t seen;                   /* the last seq the mirror delivered */
+    uint64_t handed_mark;            /* at_seq at the last tick: handed on by the wait after it */
+    uint64_t handed_saved;           /* what source_handed says */
+    int recatch;                     /* mirror connection was lost: stale until caught up again */
+    uint64_t recatch_gen;            /* the EV_DOWN it waits past */
+    _Atomic uint64_t downs;          /* disconnects (libnats thread) */
     /* What the previous writer of the cache left (th_mbx_source_left), read at start. */
     int left_ok;
     uint64_t left_epoch, left_at, left_handed;
@@ -625,7 +625,9 @@ static void on_mirror(struct th_mjs *j, natsMsg *m)
     if (seq <= j->at_seq) {
         /* Applied already: the ordered consumer started over, or a restarted notifier
            re-reads what its predecessor applied but may not have handed on. */
-        if (seq <= j->rehand_to && live && !j->quiet &&
+        if (ts > j->next_ts)
+            j->next_ts = ts; /* (after a restart: how old what follows can be) */
+        if (seq > j->rehand_from && seq <= j->rehand_to && live && !j->quiet &&
             frame_splice(j, frame, (size_t)flen, at, seq) == 0)
             j->local->ops->deliver(j->local, user, (size_t)ulen, j->out.p, j->out.len, seq, 0,
                                    noop_done, NULL);
@@ -695,7 +697,7 @@ static void on_setup(struct th_mjs *j, uint64_t epoch, uint64_t floor, uint64_t 
     th_mbx_set_source_seq(j->cache, floor);
     set_stream(j, epoch, last, first_ts);
     j->quiet = 1; /* the stream's content is not news to connected clients */
-    j->rehand_to = 0;
+    j->rehand_from = j->rehand_to = 0;
     th_info("[Mailbox] JetStream stream %s: epoch %s, seqs %llu..%llu stored; mirroring", STREAM,
             j->epoch_hex, (unsigned long long)floor + 1, (unsigned long long)last);
     mirror_advance(j, floor);
@@ -716,6 +718,7 @@ static void on_keep(struct th_mjs *j, uint64_t epoch, uint64_t floor, uint64_t l
     set_stream(j, epoch, last, first_ts);
     j->at_seq = j->left_at;
     j->quiet = 0;
+    j->rehand_from = j->left_handed;
     j->rehand_to = j->left_at;
     j->seen = j->handed_saved = j->left_handed;
     th_info("[Mailbox] JetStream stream %s: epoch %s, seqs %llu..%llu stored; the cache holds "
@@ -986,7 +989,9 @@ static void *setup_thread(void *arg)
             int keep = !created && j->left_ok && ep == j->left_epoch;
             push4(j, keep ? EV_KEEP : EV_SETUP, NULL, ep, floor, last, first_ts);
             j->stall_n = 0;
-            if (subscribe_mirror(j, keep ? j->left_handed + 1 : 0) == 0)
+            /* Kept: from the last seq handed on (re-read, not handed again: its time
+               tells how old the seqs after it can be). */
+            if (subscribe_mirror(j, keep ? j->left_handed : 0) == 0)
                 created = now_created;
             else
                 push(j, EV_LOST, NULL, 0, 0, 0);
@@ -1234,7 +1239,9 @@ struct th_mjs *th_mjs_new(const struct th_config *cfg, struct th_mbx *cache, str
         goto fail;
     }
     j->left_ok = th_mbx_source_left(cache, &j->left_epoch, &j->left_at, &j->left_handed);
-    th_mbx_set_epoch(cache, 0); /* until the stream is found and mirrored */
+    if (j->left_ok && !j->left_handed)
+        j->left_handed = j->left_at; /* it never said: hand nothing again (not the stream) */
+    th_mbx_set_epoch(cache, 0);      /* until the stream is found and mirrored */
     if (connect_js(j) < 0)
         goto fail;
     if (pthread_create(&j->thr, NULL, setup_thread, j) != 0) {
