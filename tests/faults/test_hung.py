@@ -12,7 +12,9 @@ stop is forgiven (taken back, nobody disconnected). A worker frozen without
 a stop signal (ptrace: a debugger, or a loop that never returns) is found
 by its heartbeat alone and replaced the same way. A stopped janitor and a
 stopped notifier are replaced within the bound and no client of a worker
-is disconnected.
+is disconnected. A worker that is starved (runnable, kept waiting for a CPU
+well past --hung-after, as on an overcommitted machine) is not hung: it is
+neither declared nor killed, and its clients stay connected and served.
 """
 import asyncio
 import os
@@ -27,7 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import websockets  # noqa: E402
 
 import harness as th  # noqa: E402
-from harness.faults import Client, Freeze, in_thread, role_pids, wait_for  # noqa: E402
+from harness import ws as wsraw  # noqa: E402
+from harness.faults import Client, Flood, Freeze, Starve, in_thread, role_pids, wait_for  # noqa: E402
 
 HUNG_AFTER = 3
 # The issue's bounds. A sanitized build's notifier is several times slower,
@@ -323,6 +326,72 @@ class Hung(unittest.TestCase):
                 print("\nstopped janitor replaced after %.2f s, notifier after %.2f s"
                       % (took["janitor"], took["notifier"]), file=sys.stderr)
             th.aio.run(go(), 60)
+
+    @unittest.skipUnless(Starve.possible(), "needs root (nice -20) and two CPUs")
+    def test_starved_worker_is_left_running(self):
+        """A worker kept runnable but off the CPU (harness.faults.Starve, fed
+        by a client flooding it with acks so it always has work) is not
+        declared or killed however old its heartbeat gets: its clients stay
+        connected, and it serves them again once the CPU is back."""
+        args = ARGS + ["--max-msgs-per-sec", "0", "--max-bytes-per-sec", "0"]
+        starve = Starve()
+        with th.Group(workers=2, extra_args=args, prefix=starve.prefix()) as g:
+            async def go():
+                clients = await self.open_spread(g)
+                ws = await in_thread(wsraw.WS, g.port, g.token("flood"))
+                d = await in_thread(g.dump)
+                victim = [c["worker"] for c in d["connections"] if c["user_id"] == "flood"][0]
+                pid = [w["pid"] for w in d["workers"] if w["index"] == victim][0]
+                name = "worker[%d]" % victim
+                victims = [c["user_id"] for c in d["connections"]
+                           if c["worker"] == victim and c["user_id"] in clients]
+                flood = Flood(ws, starve.cpu)
+                starving = re.compile(r"%s \(pid %d\) starved: heartbeat [0-9.hms]+ old, but it is "
+                                      r"runnable, waiting for a CPU" % (re.escape(name), pid))
+                seen = {}
+
+                def old_heartbeat():
+                    st, hb = healthz(g)
+                    ages = [w["heartbeat_age_s"] for w in (hb or {}).get("workers", [])
+                            if w["pid"] == pid]
+                    seen["age"] = max([seen.get("age", 0)] + ages)
+                    return seen["age"] >= HUNG_AFTER + 2
+                starve.start(g, pid)
+                try:
+                    flood.start()
+                    # The supervisor puts it down to the CPU shortage, and keeps doing so
+                    # until its heartbeat is --hung-after + 2 s old (it would have been
+                    # killed at --hung-after).
+                    ok = await wait_for(lambda: starving.search(g.log()), 30, 0.1)
+                    self.assertTrue(ok, "never starved past --hung-after:\n" + events(g))
+                    self.assertTrue(await wait_for(old_heartbeat, 30, 0.1), seen)
+                finally:
+                    starve.stop()
+                    await in_thread(flood.stop)
+                self.assertIsNone(flood.error)
+                back = re.compile(r"%s \(pid %d\) beats again after [0-9.hms]+ starved"
+                                  % (re.escape(name), pid))
+                self.assertTrue(await wait_for(lambda: back.search(g.log()), 30, 0.1), events(g))
+                self.assertTrue(await wait_for(lambda: healthz(g)[0] == 200, 10), healthz(g))
+                st, hb = healthz(g)
+                self.assertEqual([w["pid"] for w in hb["workers"] if w["index"] == victim], [pid])
+                log = g.log()
+                self.assertNotIn("%s (pid %d) hung" % (name, pid), log)
+                self.assertNotIn("replacing hung pid", log)
+                self.assertGreater(len(victims), 0)
+                self.assertFalse(any(c.closed for c in clients.values()))
+                pongs = {u: clients[u].pongs for u in victims}
+                self.assertTrue(await wait_for(
+                    lambda: all(clients[u].pongs > pongs[u] for u in victims), 10))
+                await self.reachable(g, clients, clients, "fed")
+                self.assertEqual((await in_thread(ws.app_ping, 10))["type"], "pong")
+                ws.close()
+                for c in clients.values():
+                    await c.close()
+                print("\nstarved worker: heartbeat %.1f s old at most, %d acks flooded, left "
+                      "running (%d of its clients kept)" % (seen["age"], flood.sent, len(victims)),
+                      file=sys.stderr)
+            th.aio.run(go(), 120)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ build/bin (or $TETHER_BIN) without PYTHONPATH.
                     app_ping, in_thread, wait_for, wait_connected, api, notify,
                     nothing_more.
   harness.rawhttp   raw HTTP/1.1 on the API port (pipelining, bad framing).
-  harness.faults    fault-test clients (Client) and role/process views.
+  harness.faults    fault-test clients (Client) and role/process views; Freeze
+                    (ptrace stop), Starve (runnable, off the CPU) and Flood.
   harness.unit      GroupTestCase (one group per class), stop_and_check.
   harness.nats      NatsServer (Debian's nats-server on a free port, its files in
                     a temp folder close() removes; jetstream=True; stop()/start()

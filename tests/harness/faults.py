@@ -7,8 +7,14 @@ import asyncio
 import ctypes
 import json
 import os
+import select
+import signal
+import tempfile
+import threading
 
 import websockets
+
+from harness import ws as wsraw
 
 from harness.aio import in_thread, wait_for  # noqa: F401  (the fault tests' names for them)
 
@@ -170,3 +176,137 @@ class Freeze:
                     return True
         except ChildProcessError:
             return True
+
+
+# Run as the prefix of `tether run` (Group(prefix=...)): forks the busy loop
+# Starve uses, then execs tether, so the loop is in tether's session. It
+# must be: with the scheduler's autogroups (one task group per session) a
+# loop in the test's session competes as a separate group and its nice level
+# would count for nothing against tether's processes.
+_HOG_LAUNCHER = r"""
+import ctypes, os, signal, sys
+go = []
+pid = os.fork()
+if pid == 0:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: dies with tether
+    signal.signal(signal.SIGUSR1, lambda *a: go.append(1))
+    while not go:
+        signal.pause()
+    while True:
+        pass
+with open(sys.argv[1], "w") as f:
+    f.write(str(pid))
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+class Starve:
+    """Keep a process runnable but off the CPU, as an overcommitted machine
+    does (the supervisor must not take that for a hang): its main thread is
+    pinned to one CPU at SCHED_IDLE beside a busy loop at nice -20 pinned to
+    the same CPU (weights 3 against 88761: it gets a slice seconds apart),
+    while every thread of the rest of the group and of this test is moved to
+    the other CPUs. Start the group with prefix=starve.prefix() (the loop is
+    forked there, sleeping until start()). The process stays runnable only
+    while it has work, so the caller keeps feeding it (Flood). Needs root
+    (nice -20) and two CPUs: possible() says whether this machine can."""
+
+    def __init__(self):
+        fd, self.pidfile = tempfile.mkstemp(prefix="tether-hog-")
+        os.close(fd)
+        self.all_cpus = os.sched_getaffinity(0)
+        self.cpu = max(self.all_cpus)
+        self.others = self.all_cpus - {self.cpu}
+        self.hog = self.pid = None
+        self.spare = []
+
+    @staticmethod
+    def possible():
+        return os.geteuid() == 0 and len(os.sched_getaffinity(0)) >= 2
+
+    def prefix(self):
+        return ["/usr/bin/python3", "-c", _HOG_LAUNCHER, self.pidfile]
+
+    def _pin_threads(self, pid, cpus):
+        for tid in os.listdir("/proc/%d/task" % pid):
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+            except OSError:
+                pass  # a thread that ended meanwhile
+
+    def start(self, group, pid):
+        with open(self.pidfile) as f:
+            self.hog = int(f.read())
+        os.unlink(self.pidfile)
+        self.pid = pid
+        self.spare = [p for p in [group.proc.pid] + group.child_pids() + [os.getpid()]
+                      if p not in (pid, self.hog)]
+        for p in self.spare:
+            self._pin_threads(p, self.others)
+        os.sched_setaffinity(self.hog, {self.cpu})
+        os.setpriority(os.PRIO_PROCESS, self.hog, -20)
+        os.sched_setaffinity(pid, {self.cpu})
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+        os.kill(self.hog, signal.SIGUSR1)
+        return self
+
+    def stop(self):
+        if self.hog:
+            try:
+                os.kill(self.hog, signal.SIGKILL)  # the supervisor reaps it (not one of its roles)
+            except ProcessLookupError:
+                pass
+            self.hog = None
+        try:
+            os.sched_setscheduler(self.pid, os.SCHED_OTHER, os.sched_param(0))
+            os.sched_setaffinity(self.pid, self.all_cpus)
+        except OSError:
+            pass  # it is gone: the test says so
+        for p in self.spare:
+            try:
+                self._pin_threads(p, self.all_cpus)
+            except OSError:
+                pass
+
+
+class Flood:
+    """A raw WebSocket client (harness.ws.WS) sending acks, which get no reply,
+    as fast as the server takes them, from a thread kept off `avoid_cpu`. Each
+    ack carries an array of 8,000 numbers: parsing one costs the worker far
+    more than writing it costs this thread, so a starved worker always has
+    input waiting and never sleeps (a worker that keeps up and sleeps between
+    reads is, rightly, scheduled soon after each wake-up). stop() ends the
+    thread; sent counts the frames written whole."""
+
+    def __init__(self, ws, avoid_cpu):
+        self.ws, self.avoid = ws, avoid_cpu
+        pad = b",".join([b"0"] * 8000)
+        frame = wsraw.frame(0x1, b'{"type":"ack","id":"flood","pad":[' + pad + b']}')
+        self.frames_per_chunk = 16
+        self.chunk = frame * self.frames_per_chunk
+        self.sent = 0
+        self.error = None
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - {self.avoid})
+        s = self.ws.sock
+        try:
+            while not self._stop.is_set():
+                off = 0
+                while off < len(self.chunk):  # a chunk goes whole: the stream stays framed
+                    if not select.select([], [s], [], 0.2)[1]:
+                        continue
+                    off += s.send(self.chunk[off:])
+                self.sent += self.frames_per_chunk
+        except OSError as e:
+            self.error = e
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self.thread.join(30)

@@ -8,6 +8,8 @@
 #ifndef TETHER_TOOLS_TETHER_PROC_H
 #define TETHER_TOOLS_TETHER_PROC_H
 
+#include "tools/tether/hang.h"
+
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -31,8 +33,14 @@ struct th_child {
     uint64_t hb_mono;   /* when it last changed (the fork, before the first beat) */
     uint64_t hung_mono; /* declared hung at, 0 = not */
     int stopped;        /* waitpid reported a stop and no continue since */
-    int killed;         /* SIGKILL sent for hanging, not reaped yet */
-    pid_t replaced_pid; /* the hung incarnation the next start replaces, 0 = none */
+    /* Starved or stuck (tools/tether/hang.h): the scheduler's accounting when
+     * the heartbeat was first seen unchanged, and since when a heartbeat
+     * older than --hung-after has been put down to a CPU shortage. */
+    struct th_hang_window quiet;
+    uint64_t quiet_mono;   /* when `quiet` opened, 0 = the heartbeat moves */
+    uint64_t starved_mono; /* starved past --hung-after since, 0 = not */
+    int killed;            /* SIGKILL sent for hanging, not reaped yet */
+    pid_t replaced_pid;    /* the hung incarnation the next start replaces, 0 = none */
 };
 
 /*

@@ -32,6 +32,16 @@
  * blocks for more than a fraction of a second (worker batches and ticks are
  * bounded, sweeps stamp the heartbeat as they go), so 30 missed beats only
  * happen to a process that does not run.
+ *
+ * Not running is not always a fault: on an overcommitted machine a role can
+ * wait seconds for a CPU. So a heartbeat --hung-after old is first put to
+ * the kernel's scheduler accounting (tools/tether/hang.h): a child that is
+ * runnable and has been waiting on a run queue most of the time since its
+ * heartbeat went quiet, without having used --hung-after/2 of CPU, is
+ * starved, and is neither declared nor killed (logged once per episode,
+ * and again when it beats); one that is stopped, traced, blocked, or
+ * spinning is hung as above. Killing a starved worker would drop every one
+ * of its clients and give back no CPU to anyone.
  */
 #include "tools/tether/supervisor.h"
 #include "janitor/janitor.h"
@@ -285,7 +295,7 @@ static void start_child(struct th_child *c, uint64_t now_mono)
     c->next_start_mono = 0;
     c->hb_seen = atomic_load(&child_sh(c)->heartbeat_ns);
     c->hb_mono = now_mono;
-    c->hung_mono = 0;
+    c->hung_mono = c->quiet_mono = c->starved_mono = 0;
     c->stopped = c->killed = 0;
     /* The child publishes itself too; storing the pid here makes it visible at once. */
     atomic_store(&child_sh(c)->pid, (int32_t)pid);
@@ -316,7 +326,7 @@ static void child_died(struct th_child *c, int status, uint64_t now_mono)
     if (c->killed)
         c->replaced_pid = c->pid;
     c->pid = 0;
-    c->hung_mono = 0;
+    c->hung_mono = c->quiet_mono = c->starved_mono = 0;
     c->stopped = c->killed = 0;
     int reclaimed = 0;
     if (c->worker >= 0) {
@@ -381,26 +391,81 @@ static void reap_children(uint64_t now_mono)
         } else if (WIFCONTINUED(status)) {
             c->stopped = 0;
             c->hb_mono = now_mono; /* a full --hung-after to beat again */
+            c->quiet_mono = 0;     /* and the starvation window starts afresh */
         } else {
             child_died(c, status, th_mono_ns());
         }
     }
 }
 
-/* Heartbeat age on our monotonic clock, from the last time the word changed. */
+/*
+ * Heartbeat age on our monotonic clock, from the last time the word changed.
+ * Each time it is seen unchanged, the scheduler's accounting of the child is
+ * sampled into its window (the first sample opens it), so a heartbeat that
+ * grows old can be put down to starvation or not (starved() below); a
+ * change ends a starvation episode.
+ */
 static uint64_t heartbeat_age(struct th_child *c, uint64_t now_mono)
 {
     uint64_t hb = atomic_load_explicit(&child_sh(c)->heartbeat_ns, memory_order_relaxed);
     if (hb != c->hb_seen) {
+        if (c->starved_mono) {
+            char held[32], gap[32];
+            th_fmt_duration(held, sizeof(held), now_mono - c->starved_mono);
+            th_fmt_duration(gap, sizeof(gap), now_mono - c->hb_mono);
+            th_warn("%s (pid %d) beats again after %s starved (heartbeat gap %s)", c->name,
+                    (int)c->pid, held, gap);
+        }
         c->hb_seen = hb;
         c->hb_mono = now_mono;
+        c->quiet_mono = c->starved_mono = 0;
+    } else {
+        struct th_hang_sample s;
+        th_hang_read(c->pid, &s);
+        if (!c->quiet_mono)
+            th_hang_window_open(&c->quiet, &s);
+        else
+            th_hang_window_add(&c->quiet, &s);
+        if (!c->quiet_mono)
+            c->quiet_mono = now_mono;
     }
     return now_mono > c->hb_mono ? now_mono - c->hb_mono : 0;
 }
 
-static void declare_hung(struct th_child *c, uint64_t now_mono, uint64_t age)
+/*
+ * A heartbeat --hung-after old from a child that is runnable and waiting
+ * for a CPU (tools/tether/hang.h) is starvation, not a hang: killing it
+ * would drop its clients and free no CPU. Logged once per episode. *why
+ * gets the reason when it is not starved.
+ */
+static int starved(struct th_child *c, uint64_t now_mono, uint64_t age, const char **why)
 {
-    char ago[32], why[48] = "its heartbeat stopped";
+    uint64_t limit = (uint64_t)S.cfg->hung_after_s * TH_NS_PER_S;
+    if (!c->quiet_mono || c->stopped) {
+        *why = c->stopped ? "stopped" : "not sampled";
+        return 0;
+    }
+    uint64_t elapsed = now_mono - c->quiet_mono;
+    if (th_hang_judge(&c->quiet, elapsed, limit, why) != TH_HANG_STARVED)
+        return 0;
+    if (!c->starved_mono) {
+        const struct th_hang_window *w = &c->quiet;
+        char ago[32], ran[32], span[32];
+        c->starved_mono = now_mono;
+        th_fmt_duration(ago, sizeof(ago), age);
+        th_fmt_duration(ran, sizeof(ran), w->last.cpu_ns - w->first.cpu_ns);
+        th_fmt_duration(span, sizeof(span), elapsed);
+        th_warn("%s (pid %d) starved: heartbeat %s old, but it is %s (runnable at %u of %u "
+                "looks, %s on a CPU in %s): left running, not replaced",
+                c->name, (int)c->pid, ago, *why, w->runnable, w->samples, ran, span);
+    }
+    return 1;
+}
+
+static void declare_hung(struct th_child *c, uint64_t now_mono, uint64_t age, const char *how)
+{
+    char ago[32], why[96];
+    snprintf(why, sizeof(why), "its heartbeat stopped (%s)", how);
     th_fmt_duration(ago, sizeof(ago), age);
     if (c->stopped)
         snprintf(why, sizeof(why), "stopped by signal %d (%s)", c->stopped, strsignal(c->stopped));
@@ -424,8 +489,11 @@ static void watch_children(uint64_t now_mono)
         if (c->pid <= 0 || c->killed)
             continue;
         uint64_t before = c->hb_seen, age = heartbeat_age(c, now_mono);
+        const char *how = "stopped";
+        if (age >= limit && starved(c, now_mono, age, &how))
+            continue; /* not hung: waiting for a CPU (starved() logs it) */
         if (!c->hung_mono && (c->stopped || age >= limit))
-            declare_hung(c, now_mono, age);
+            declare_hung(c, now_mono, age, how);
         if (c->hung_mono && !c->stopped && c->hb_seen != before && age < limit) {
             char held[32];
             th_fmt_duration(held, sizeof(held), now_mono - c->hung_mono);
