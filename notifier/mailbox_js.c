@@ -552,6 +552,7 @@ static void mirror_advance(struct th_mjs *j, uint64_t seq)
     if (!j->caught_up && !j->recatch && j->at_seq >= j->catch_to) {
         j->caught_up = 1;
         j->quiet = 0;
+        th_mbx_set_source_epoch(j->cache, j->epoch); /* a successor may keep the cache */
         th_mbx_set_epoch(j->cache, j->epoch);
         th_info("[Mailbox] JetStream mirror caught up at seq %llu: epoch %s, resumes recover",
                 (unsigned long long)j->at_seq, j->epoch_hex);
@@ -677,7 +678,6 @@ static void set_stream(struct th_mjs *j, uint64_t epoch, uint64_t last, uint64_t
 {
     j->epoch = epoch;
     snprintf(j->epoch_hex, sizeof(j->epoch_hex), "%016" PRIx64, epoch);
-    th_mbx_set_source_epoch(j->cache, epoch);
     j->catch_to = last;
     j->caught_up = 0;
     j->recatch = 0;
@@ -689,8 +689,10 @@ static void set_stream(struct th_mjs *j, uint64_t epoch, uint64_t last, uint64_t
 static void on_setup(struct th_mjs *j, uint64_t epoch, uint64_t floor, uint64_t last,
                      uint64_t first_ts)
 {
-    /* Source epoch 0 first, then the reset and the new position, then the epoch: a
-       successor of a notifier killed anywhere in between never keeps a torn cache. */
+    /* Source epoch 0 first, then the reset and the new position; the epoch again only
+       once caught up (mirror_advance): a successor of a notifier killed anywhere before
+       that refills too, rather than keep a torn cache or hand the stream's old content
+       to connected clients as news. */
     th_mbx_set_source_epoch(j->cache, 0);
     th_mbx_reset(j->cache, 0, floor);
     j->at_seq = floor;
