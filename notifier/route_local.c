@@ -139,6 +139,11 @@ static uint32_t job_alloc(struct route_local *rl)
     uint32_t i = rl->free_head;
     struct job *j = &rl->jobs[i];
     rl->free_head = j->next;
+    if (rl->free_head != NO_JOB) { /* the next delivery's entry: its first touch was a cache miss */
+        const char *nj = (const char *)&rl->jobs[rl->free_head];
+        for (size_t off = 0; off < sizeof(*j); off += 64)
+            __builtin_prefetch(nj + off, 1);
+    }
     void *mem = j->mem;
     size_t memcap = j->memcap;
     memset(j, 0, sizeof(*j));

@@ -306,6 +306,14 @@ int th_mbx_writer_begin(struct th_mbx *m, pid_t pid, uint64_t now_ns, char *err,
 /* Stop being the writer (graceful exit): writer_pid := 0. */
 void th_mbx_writer_end(struct th_mbx *m);
 
+/*
+ * A hint, nothing else: start loading the record user would be looked for
+ * in first, so that th_mbx_prepare a few notifications later finds it in
+ * the cache. A batch calls it for the items ahead of the one it stores
+ * (the record's first touch, a cache miss, was most of a store's time).
+ */
+void th_mbx_prefetch(const struct th_mbx *m, const char *user, size_t ulen);
+
 /* A seq reserved for one user by th_mbx_prepare, used by th_mbx_commit. */
 struct th_mbx_ticket {
     uint32_t rec; /* user record */

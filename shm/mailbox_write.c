@@ -8,6 +8,7 @@
 #include "shm/mailbox_impl.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 
 /* ---- record changes ----------------------------------------------------- */
@@ -199,6 +200,15 @@ static uint32_t user_record(struct th_mbx *m, const char *user, size_t ulen, uin
     uint32_t pick = nempty[1] > nempty[0] ? empty[1] : empty[0] != TH_MBX_NONE ? empty[0] : oldest;
     recycle(m, pick, user, ulen, hash, now_ns);
     return pick;
+}
+
+void th_mbx_prefetch(const struct th_mbx *m, const char *user, size_t ulen)
+{
+    if (!m->writable || !m->gen || ulen == 0 || ulen > TH_USER_MAX)
+        return;
+    const char *r = (const char *)th_mbx_rec(m, th_mbx_probe(m, th_user_hash(user, ulen), 0));
+    __builtin_prefetch(r, 1);                                      /* lengths, hash, counters */
+    __builtin_prefetch(r + offsetof(struct th_mbx_user, user), 0); /* the name compared */
 }
 
 int th_mbx_prepare(struct th_mbx *m, const char *user, size_t ulen, uint64_t now_ns,

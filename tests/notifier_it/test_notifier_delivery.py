@@ -106,6 +106,37 @@ class Delivery(unittest.TestCase):
                 await d.close()
         self.run_async(go())
 
+    def test_batch_items_and_counts_exact(self):
+        """A batch's outcomes are counted once the answer is out (the notifier
+        adds them to the segment once per loop iteration, before answers
+        leave): /metrics right after the answer shows every item."""
+        def counts():
+            st, text = self.g.api("GET", "/metrics")
+            self.assertEqual(st, 200)
+            return {k: int(re.search(r'status="%s"\} (\d+)' % k, text).group(1))
+                    for k in ("delivered", "not_connected")}
+
+        async def go():
+            ws = await connect_user(self.g, "bcount")
+            await wait_connected(self.g, "bcount", 1)
+            before = counts()
+            items = [{"user_id": "bcount" if k % 2 == 0 else "bcount-nobody-%d" % k, "type": "t",
+                      "data": {"k": k}} for k in range(7)]
+            st, body = await api(self.g, "POST", "/v1/notify/batch", items)
+            self.assertEqual(st, 200, body)
+            self.assertEqual([r["code"] for r in body["results"]], [200, 404, 200, 404, 200, 404, 200])
+            self.assertEqual([r["user_id"] for r in body["results"]], [i["user_id"] for i in items])
+            after = counts()
+            self.assertEqual(after["delivered"] - before["delivered"], 4)
+            self.assertEqual(after["not_connected"] - before["not_connected"], 3)
+            frames = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(4)]
+            self.assertEqual([f["data"]["k"] for f in frames], [0, 2, 4, 6])
+            self.assertEqual([f["id"] for f in frames], [body["results"][k]["id"] for k in (0, 2, 4, 6)])
+            for f in frames:
+                self.assertRegex(f["timestamp"], RFC3339)
+            await ws.close()
+        self.run_async(go())
+
     def test_never_seen(self):
         st, body = self.g.notify("ghost-never")
         self.assertEqual(st, 404)
