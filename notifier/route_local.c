@@ -101,7 +101,7 @@ struct route_local {
     struct io_uring *ring;
     struct job *jobs;
     uint32_t cap, free_head, head, tail, next_gen;
-    struct th_conn_info *infos;
+    struct th_conn_ref *infos; /* th_reg_find_conns: line 0 of each slot is all a delivery reads */
     int ninfos;
     uint64_t timeout_ns;
     uint64_t dirty; /* bit per worker channel with legs queued since the last flush */
@@ -517,7 +517,7 @@ static int local_deliver(struct th_route *r, const char *user, size_t ulen, cons
                          void *arg)
 {
     struct route_local *rl = (struct route_local *)r;
-    int n = th_reg_find_user(rl->reg, user, ulen, rl->infos, rl->ninfos);
+    int n = th_reg_find_conns(rl->reg, user, ulen, rl->infos, rl->ninfos);
     if (n <= 0) {
         struct th_route_result res = {0};
         not_connected_result(rl, user, ulen, &res);

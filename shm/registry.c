@@ -86,7 +86,9 @@ size_t th_reg_layout(uint32_t nslots, struct th_reg_hdr *out)
     h.version = TH_REG_VERSION;
     h.slot_size = sizeof(struct th_slot);
     h.nslots = nslots;
-    h.nbuckets = pow2_at_least(nslots < 16 ? 32 : 2ull * nslots); /* at least two lines */
+    /* At least two lines. 4 words a slot: a user's first line then stays below
+     * TH_REG_FIRST_ROOM free buckets for 1% of users at 1M slots (2x: 20%). */
+    h.nbuckets = pow2_at_least(nslots < 8 ? 32 : TH_REG_INDEX_FACTOR * (uint64_t)nslots);
     /* One disconnect record per 16 slots: a hint table, not an archive. */
     h.ndisc = pow2_at_least(nslots / 16 < 1024 ? 1024 : nslots / 16);
     size_t total = sizeof(struct th_reg_hdr);

@@ -7,9 +7,10 @@
  *
  *   struct th_reg_hdr     magic, version, sizes, creator, boot epoch,
  *                         worker and role tables, counters
- *   index[]               uint32 buckets, 2 x slots rounded up to a power
- *                         of two (at least 32): user hash -> slot, for
- *                         lookups by user
+ *   index[]               uint32 words, 4 x slots rounded up to a power
+ *                         of two (at least 32), in lines of 15 buckets and
+ *                         a spill count: user hash -> slot, for lookups by
+ *                         user (one cache line per lookup, usually)
  *   freemap[]             one bit per slot, "probably free" hints for claim
  *   disc[]                recent disconnects: user -> LastSeen after the
  *                         last connection of that user went away
@@ -84,20 +85,41 @@
  *   dead claimer's own slot is the one that goes). Victims it released but
  *   never told the owner about are closed by the owner's per-second check.
  *
- * index[] buckets (0 = empty, else th_index_entry(hash, slot): an occupied
- *   bit, the hash's top 7 bits, the slot in the low 24), in 64-byte lines of
- *   16. Each user hash has two candidate lines (its "window", 32 buckets); a
- *   claimer CASes an empty bucket of the emptier line, a releaser CASes it
- *   back to 0. Lookups read both lines (no tombstones, no probe chains), skip
- *   entries whose 7-bit tag differs (all but 1 in 128 of other users' entries,
- *   without touching their slots), then confirm each candidate slot under the
- *   seqlock. A claimer dying between the bucket CAS and LIVE leaves a bucket
- *   pointing at a non-LIVE slot: readers ignore it, and the repairing release
- *   clears every bucket of the window that points at the slot (safe: while
- *   it holds the slot nobody else can insert that slot number). If both
- *   lines are ever full (vanishingly rare at load <= 0.5 with two choices)
- *   the slot is marked unindexed and hdr->unindexed is raised; lookups then
- *   also scan the table until it drops to zero.
+ * index[] (64-byte lines of 16 words: word 0 the line's spill count, words
+ *   1-15 buckets; a bucket is 0 = empty, else th_index_entry(hash, slot): an
+ *   occupied bit, the hash's top 7 bits, the slot in the low 24). Each user
+ *   hash has a first and a second line (its "window", 30 buckets). A claimer
+ *   CASes an empty bucket of its first line while that line has at least 6
+ *   empty buckets; past that it takes the emptier of the two lines (two
+ *   choices keep any line from filling up, even with a user's 8 devices in
+ *   one line). Before it CASes a bucket of its second line it raises the
+ *   first line's spill count (seq_cst fetch_add). A releaser CASes its bucket
+ *   back to 0 and, if it was in the second line, then lowers the first
+ *   line's spill. So spill
+ *   >= the entries that spilled from that line, at every instant: a lookup
+ *   reads its first line (one cache line, one page) and the second only when
+ *   spill > 0 (0.4% of lookups at 1M slots half full with 2 devices a user,
+ *   0.8% full with 1, 5% full with 2). The loads and the
+ *   claimer's fetch_add and LIVE publish are seq_cst, so a lookup that starts
+ *   after a publish sees that claim's spill (the cap protocol's argument).
+ *   No tombstones, no probe chains; entries whose 7-bit tag differs are
+ *   skipped without touching their slots, then each candidate slot is
+ *   confirmed under the seqlock (line 0 of the slot only, see struct
+ *   th_slot). A claimer dying between the bucket CAS and LIVE leaves a
+ *   bucket pointing at a non-LIVE slot: readers ignore it, and the repairing
+ *   release clears every bucket of the window that points at the slot (safe:
+ *   while it holds the slot nobody else can insert that slot number),
+ *   lowering the spill for a second-line one. A process killed between its
+ *   spill increment and its bucket CAS, or between its bucket clear and its
+ *   spill decrement, leaves that spill one too high: lookups of users whose
+ *   first line it is read one more line, nothing is missed; nobody repairs it
+ *   (a recount could not tell a claim in flight from drift, and too low
+ *   would hide connections), and the next group starts from a fresh segment.
+ *   If both lines are ever full (users with many devices crowding the same
+ *   lines: at 1M slots with every user holding 8, from 37% of the slots on;
+ *   never seen with 4 or fewer) the slot is
+ *   marked unindexed and hdr->unindexed is raised; lookups then also scan the
+ *   table until it drops to zero.
  *
  * freemap[] bits: hints only; the slot's ctl decides. Release sets the bit
  *   after FREE, claim clears it after the CAS. A stale hint either costs a
@@ -156,14 +178,16 @@
 #define TETHER_SHM_REGISTRY_H
 
 #include <stdatomic.h>
-#include <stddef.h>
+#include <stddef.h> /* offsetof */
 #include <stdint.h>
 #include <sys/types.h>
 
 #include "shm/proto/userid.h" /* TH_USER_MAX */
 
 #define TH_REG_MAGIC 0x3147455248544554ULL /* "TETHREG1" little-endian */
-#define TH_REG_VERSION 2                   /* 2: slot ticket, hdr->tickets (the cap protocol) */
+/* 2: slot ticket, hdr->tickets (the cap protocol); 3: index lines carry a spill count,
+ * a slot's line 0 holds what a lookup reads */
+#define TH_REG_VERSION 3
 #define TH_MAX_WORKERS 64
 #define TH_NO_SLOT UINT32_MAX
 
@@ -240,21 +264,34 @@ struct th_reg_hdr {
     struct th_counters_sh counters;
 } __attribute__((aligned(64)));
 
+/*
+ * Line 0 holds everything a lookup by user reads (state, owner, conn_id, the
+ * id's length and its first 48 bytes), so finding a user whose id is at most
+ * 48 bytes costs one cache line of the slot. Line 1 holds what changes often
+ * (last_seen, stamped on every inbound frame) or is read rarely, so a
+ * worker's touch never invalidates the line the notifier looks up.
+ */
 struct th_slot {
-    _Atomic uint64_t ctl;          /* see protocol above */
+    _Atomic uint64_t ctl;     /* see protocol above */
+    _Atomic uint32_t conn_id; /* the owning worker's own connection index */
+    _Atomic uint8_t user_len;
+    uint8_t pad_[3];
+    char user[TH_USER_MAX]
+        __attribute__((aligned(8))); /* words: see protocol; not NUL-terminated, 0-padded */
+    /* line 1 from here (user bytes 48-63 spill into it) */
     _Atomic uint64_t last_seen;    /* realtime ns */
     _Atomic uint64_t connected_at; /* realtime ns */
+    _Atomic uint64_t ticket;       /* claim order for the per-user cap (smaller = older) */
     _Atomic uint32_t user_hash;
-    _Atomic uint32_t conn_id; /* the owning worker's own connection index */
-    _Atomic uint32_t bucket;  /* index bucket holding this slot, or TH_NO_SLOT */
-    _Atomic uint32_t flags;   /* TH_SLOT_F_UNINDEXED */
-    _Atomic uint64_t ticket;  /* claim order for the per-user cap (smaller = older) */
-    char user[TH_USER_MAX]
-        __attribute__((aligned(8))); /* words: see protocol; not NUL-terminated */
-    _Atomic uint8_t user_len;
+    _Atomic uint32_t bucket; /* index bucket holding this slot, or TH_NO_SLOT */
+    _Atomic uint32_t flags;  /* TH_SLOT_F_UNINDEXED */
 } __attribute__((aligned(64)));
 
 _Static_assert(sizeof(struct th_slot) == 128, "a slot is two cache lines");
+/* User id bytes on the slot's first line: ids up to this long are looked up in one line. */
+#define TH_SLOT_HOT_USER 48
+_Static_assert(offsetof(struct th_slot, user) + TH_SLOT_HOT_USER == 64, "line 0 ends there");
+_Static_assert(offsetof(struct th_slot, last_seen) >= 64, "touch writes line 1 only");
 
 #define TH_SLOT_F_UNINDEXED 1u
 
@@ -358,6 +395,34 @@ int th_reg_read(const struct th_reg *r, uint32_t slot, struct th_conn_info *out)
 /* Every live slot of a user (up to max), without scanning the table. Returns count. */
 int th_reg_find_user(const struct th_reg *r, const char *user, size_t ulen,
                      struct th_conn_info *out, int max);
+
+/* What the notify path needs of a live connection: where it is and who owns it. */
+struct th_conn_ref {
+    uint32_t slot;
+    uint32_t gen;
+    uint16_t worker;
+    uint32_t conn_id;
+};
+
+/*
+ * Every live slot of a user (up to max), like th_reg_find_user but copying
+ * only line 0 of each slot (struct th_slot): for an id of at most
+ * TH_SLOT_HOT_USER bytes a present user costs its index line and one line
+ * per connection. Returns the count, at most max.
+ */
+int th_reg_find_conns(const struct th_reg *r, const char *user, size_t ulen,
+                      struct th_conn_ref *out, int max);
+
+/*
+ * Start fetching what a lookup of the user with this hash (th_user_hash)
+ * will read, without waiting for it and with no effect on any result: with
+ * slots = 0 its index line; with slots = 1 also line 0 of every slot its
+ * index line names with the user's tag (the index line should have arrived
+ * by then: call it a few users after the slots = 0 call). A caller with
+ * several users to look up (a batch) runs this pipeline a few users ahead,
+ * so their cache and TLB misses overlap instead of queueing.
+ */
+void th_reg_prefetch_user(const struct th_reg *r, uint32_t hash, int slots);
 
 /*
  * Latest LastSeen known for a user: over its live slots, else its disconnect

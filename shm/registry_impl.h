@@ -9,8 +9,15 @@
 
 #include "shm/registry.h"
 
-#define TH_REG_LINE 16u   /* index buckets per 64-byte cache line */
-#define TH_REG_WINDOW 32u /* buckets probed per user: its two candidate lines */
+#define TH_REG_LINE 16u    /* index words per 64-byte cache line: the spill count, 15 buckets */
+#define TH_REG_BUCKETS 15u /* buckets per line */
+#define TH_REG_WINDOW 30u  /* buckets a user may use: its first line, then its second */
+/* A claimer takes its first line while this many of its buckets are empty, else the emptier line.
+ */
+#define TH_REG_FIRST_ROOM 6u
+/* Index words per slot (rounded up to a power of two): 4, so lines stay sparse enough that
+ * almost every lookup reads one line (see th_reg_layout and the index protocol). */
+#define TH_REG_INDEX_FACTOR 4u
 #define TH_REG_MAX_SLOTS (1u << TH_INDEX_SLOT_BITS) /* a slot number fits an index entry */
 
 /* This process's pid, cached (reset in fork children). */
@@ -37,23 +44,35 @@ static inline uint32_t th_reg_window(void)
 }
 
 /*
- * The k-th candidate bucket (k < 32) of a user hash: the 16 buckets of its
- * first line, then the 16 of its second. Two lines chosen by hash and the
- * claimer taking the emptier ("two choices") keep the fullest line far below
- * 16 at load 0.5, and a lookup costs two cache lines fetched in parallel.
+ * A user hash's first line (bits of the hash) or second line (other bits,
+ * mixed; never the first). The claimer fills the first and spills into the
+ * second only when the first is full, so a lookup usually reads one line.
  */
 static inline uint32_t th_reg_line(const struct th_reg *r, uint32_t h, int second)
 {
     uint32_t lines = r->hdr->nbuckets / TH_REG_LINE, l1 = h & (lines - 1);
     if (!second)
         return l1;
-    uint32_t l2 = ((h * 0x9e3779b1u) >> 7) & (lines - 1); /* other hash bits, mixed */
+    uint32_t l2 = ((h * 0x9e3779b1u) >> 7) & (lines - 1);
     return l2 == l1 ? (l1 + 1) & (lines - 1) : l2;
 }
 
+/* The k-th bucket (k < 30) of a user hash: the 15 of its first line, then the 15 of its second. */
 static inline uint32_t th_reg_bucket(const struct th_reg *r, uint32_t h, uint32_t k)
 {
-    return th_reg_line(r, h, k >= TH_REG_LINE) * TH_REG_LINE + k % TH_REG_LINE;
+    return th_reg_line(r, h, k >= TH_REG_BUCKETS) * TH_REG_LINE + 1 + k % TH_REG_BUCKETS;
+}
+
+/* The spill count of a user hash's first line: entries of that line living in their second. */
+static inline _Atomic uint32_t *th_reg_spill(const struct th_reg *r, uint32_t h)
+{
+    return &r->index[th_reg_line(r, h, 0) * TH_REG_LINE];
+}
+
+/* Is index word b a line's spill count (not a bucket)? */
+static inline int th_reg_is_spill(uint32_t b)
+{
+    return b % TH_REG_LINE == 0;
 }
 
 #endif

@@ -112,11 +112,6 @@ static int scan_unindexed(const struct th_reg *r, const struct user_key *k, th_r
 }
 
 /*
- * Visit every live slot of a user: its two index lines (32 buckets), plus a table scan
- * for slots that found their window full (hdr->unindexed > 0, rare).
- * Stops and returns fn's value when it is nonzero.
- */
-/*
  * Has slot already been gathered? Two buckets can name the same slot for a
  * moment: a lookup that races a release and a re-claim by the same user sees
  * the old bucket in one line and the new one in the other. Without this the
@@ -130,26 +125,52 @@ static int seen(const uint32_t *cand, uint32_t nc, uint32_t slot)
     return 0;
 }
 
+/* Tag matches of one index line, added to cand (each slot once), their slots prefetched. */
+static uint32_t gather_line(const struct th_reg *r, const struct user_key *k, uint32_t line,
+                            uint32_t *cand, uint32_t nc, int both_lines)
+{
+    uint32_t n = r->hdr->nslots;
+    for (uint32_t j = 1; j < TH_REG_LINE; j++) {
+        /* seq_cst for the cap protocol (see read_slot); a plain move on x86. */
+        uint32_t v = atomic_load_explicit(&r->index[line * TH_REG_LINE + j], memory_order_seq_cst);
+        uint32_t i = th_index_slot(v);
+        if (!v || !th_index_tag_matches(v, k->hash) || i >= n || seen(cand, nc, i))
+            continue;
+        cand[nc++] = i;
+        __builtin_prefetch(&r->slots[i]);
+        if (both_lines)
+            __builtin_prefetch((const char *)&r->slots[i] + 64);
+    }
+    return nc;
+}
+
+/*
+ * The candidate slots of a user: the tag matches in its first index line,
+ * and in its second only when the first line's spill count says some entry
+ * of this line went there. both_lines: the caller reads whole slots.
+ */
+static uint32_t gather(const struct th_reg *r, const struct user_key *k,
+                       uint32_t cand[TH_REG_WINDOW], int both_lines)
+{
+    uint32_t l1 = th_reg_line(r, k->hash, 0);
+    uint32_t spill = atomic_load_explicit(&r->index[l1 * TH_REG_LINE], memory_order_seq_cst);
+    uint32_t nc = gather_line(r, k, l1, cand, 0, both_lines);
+    if (spill)
+        nc = gather_line(r, k, th_reg_line(r, k->hash, 1), cand, nc, both_lines);
+    return nc;
+}
+
+/*
+ * Visit every live slot of a user: its index window (usually one line), plus
+ * a table scan for slots that found their window full (hdr->unindexed > 0,
+ * rare). Stops and returns fn's value when it is nonzero.
+ */
 static int each_user_slot(const struct th_reg *r, const struct user_key *k, th_reg_visit_fn fn,
                           void *arg)
 {
     struct th_conn_info ci;
-    uint32_t hash, flags, n = r->hdr->nslots, cand[TH_REG_WINDOW], nc = 0;
-    /* Fetch both lines at once, gather their tag matches and prefetch those
-     * slots, so the cache misses overlap instead of queueing. */
-    __builtin_prefetch(&r->index[th_reg_bucket(r, k->hash, 0)]);
-    __builtin_prefetch(&r->index[th_reg_bucket(r, k->hash, TH_REG_LINE)]);
-    for (uint32_t j = 0; j < TH_REG_WINDOW; j++) {
-        /* seq_cst for the cap protocol (see read_slot); a plain move on x86. */
-        uint32_t v =
-            atomic_load_explicit(&r->index[th_reg_bucket(r, k->hash, j)], memory_order_seq_cst);
-        if (v && th_index_tag_matches(v, k->hash) && th_index_slot(v) < n &&
-            !seen(cand, nc, th_index_slot(v))) {
-            cand[nc++] = th_index_slot(v);
-            __builtin_prefetch(&r->slots[th_index_slot(v)]);
-            __builtin_prefetch((const char *)&r->slots[th_index_slot(v)] + 64);
-        }
-    }
+    uint32_t hash, flags, cand[TH_REG_WINDOW];
+    uint32_t nc = gather(r, k, cand, 1);
     for (uint32_t c = 0; c < nc; c++) {
         if (!read_slot(r, cand[c], &ci, &hash, &flags) || (flags & TH_SLOT_F_UNINDEXED) ||
             !key_matches(k, &ci, hash))
@@ -161,6 +182,31 @@ static int each_user_slot(const struct th_reg *r, const struct user_key *k, th_r
     if (atomic_load_explicit(&r->hdr->unindexed, memory_order_seq_cst) == 0)
         return 0;
     return scan_unindexed(r, k, fn, arg);
+}
+
+/*
+ * Line 0 of slot i, if it is LIVE and holds exactly the user whose id words
+ * (zero-padded) are kw: the seqlock read of the fields a delivery needs. Only
+ * the words the id covers are loaded, so an id of up to TH_SLOT_HOT_USER bytes
+ * never touches line 1.
+ */
+static int read_hot(const struct th_reg *r, uint32_t i, const struct user_key *k,
+                    const uint64_t *kw, struct th_conn_ref *out)
+{
+    struct th_slot *s = &r->slots[i];
+    uint64_t c1 = atomic_load_explicit(&s->ctl, memory_order_seq_cst);
+    if (th_ctl_state(c1) != TH_SLOT_LIVE ||
+        atomic_load_explicit(&s->user_len, ACQ) != (uint8_t)k->ulen)
+        return 0;
+    const uint64_t *w = (const uint64_t *)(const void *)s->user;
+    for (size_t j = 0; j < (k->ulen + 7) / 8; j++)
+        if (__atomic_load_n(&w[j], __ATOMIC_ACQUIRE) != kw[j])
+            return 0;
+    out->slot = i;
+    out->gen = th_ctl_gen(c1);
+    out->worker = th_ctl_owner(c1);
+    out->conn_id = atomic_load_explicit(&s->conn_id, ACQ);
+    return atomic_load_explicit(&s->ctl, RELAXED) == c1; /* not released or reused meanwhile */
 }
 
 /* The registry holds any bytes within the rule's length (see shm/proto/userid.h). */
@@ -192,6 +238,54 @@ int th_reg_find_user(const struct th_reg *r, const char *user, size_t ulen,
     struct collect c = {out, max, 0};
     each_user_slot(r, &k, collect_one, &c);
     return c.n;
+}
+
+struct collect_ref {
+    struct th_conn_ref *out;
+    int max, n;
+};
+
+static int collect_ref(const struct th_conn_info *ci, void *arg)
+{
+    struct collect_ref *c = arg;
+    c->out[c->n++] = (struct th_conn_ref){ci->slot, ci->gen, ci->worker, ci->conn_id};
+    return c->n >= c->max;
+}
+
+int th_reg_find_conns(const struct th_reg *r, const char *user, size_t ulen,
+                      struct th_conn_ref *out, int max)
+{
+    if (!valid_user(user, ulen) || max <= 0)
+        return 0;
+    struct user_key k = {user, ulen, th_user_hash(user, ulen)};
+    uint64_t kw[TH_USER_MAX / 8] = {0};
+    memcpy(kw, user, ulen);
+    uint32_t cand[TH_REG_WINDOW], nc = gather(r, &k, cand, ulen > TH_SLOT_HOT_USER);
+    int n = 0;
+    for (uint32_t c = 0; c < nc && n < max; c++)
+        n += read_hot(r, cand[c], &k, kw, &out[n]);
+    /* Read after the index, as each_user_slot does. Some slot is unindexed (rare): the
+     * full lookup, which dedupes by the slots' flags and scans for them. */
+    if (atomic_load_explicit(&r->hdr->unindexed, memory_order_seq_cst) != 0) {
+        struct collect_ref c = {out, max, 0};
+        each_user_slot(r, &k, collect_ref, &c);
+        return c.n;
+    }
+    return n;
+}
+
+void th_reg_prefetch_user(const struct th_reg *r, uint32_t hash, int slots)
+{
+    const _Atomic uint32_t *line = &r->index[th_reg_line(r, hash, 0) * TH_REG_LINE];
+    if (!slots) {
+        __builtin_prefetch(line);
+        return;
+    }
+    for (uint32_t j = 1; j < TH_REG_LINE; j++) { /* a hint: relaxed, nothing decided on it */
+        uint32_t v = atomic_load_explicit(&line[j], RELAXED);
+        if (v && th_index_tag_matches(v, hash) && th_index_slot(v) < r->hdr->nslots)
+            __builtin_prefetch(&r->slots[th_index_slot(v)]);
+    }
 }
 
 /* ---- disconnect records ---- */
@@ -318,29 +412,59 @@ static void fill_slot(struct th_slot *s, const struct user_key *k, uint32_t conn
     th_user_store(s->user, k->user, k->ulen);
 }
 
-/* Empty buckets in one of the user's two index lines. */
-static int line_room(const struct th_reg *r, uint32_t hash, int second)
+/* Empty buckets in one of the hash's lines. */
+static uint32_t line_room(const struct th_reg *r, uint32_t hash, int second)
 {
-    int room = 0;
-    for (uint32_t k = 0; k < TH_REG_LINE; k++)
-        room += atomic_load_explicit(&r->index[th_reg_bucket(r, hash, second * TH_REG_LINE + k)],
-                                     RELAXED) == 0;
+    uint32_t room = 0;
+    for (uint32_t j = 0; j < TH_REG_BUCKETS; j++)
+        room += atomic_load_explicit(
+                    &r->index[th_reg_bucket(r, hash, (uint32_t)second * TH_REG_BUCKETS + j)],
+                    RELAXED) == 0;
     return room;
 }
 
-/* Insert into the emptier of the two lines (then the other); a full pair marks the slot unindexed.
- */
-static void index_insert(struct th_reg *r, uint32_t i, uint32_t hash)
+/* CAS slot i's entry into an empty bucket of one of the hash's lines; 1 when it went in. */
+static int line_insert(struct th_reg *r, uint32_t i, uint32_t hash, int second)
 {
-    uint32_t first = line_room(r, hash, 1) > line_room(r, hash, 0) ? TH_REG_LINE : 0;
-    for (uint32_t j = 0; j < TH_REG_WINDOW; j++) {
-        uint32_t b = th_reg_bucket(r, hash, (first + j) % TH_REG_WINDOW), empty = 0;
+    for (uint32_t j = 0; j < TH_REG_BUCKETS; j++) {
+        uint32_t b = th_reg_bucket(r, hash, (uint32_t)second * TH_REG_BUCKETS + j), empty = 0;
         if (atomic_load_explicit(&r->index[b], RELAXED) == 0 &&
             atomic_compare_exchange_strong(&r->index[b], &empty, th_index_entry(hash, i))) {
             atomic_store_explicit(&r->slots[i].bucket, b, RELAXED);
-            return;
+            return 1;
         }
     }
+    return 0;
+}
+
+/* Into the second line, its spill counted first (so the count never lags the entry). */
+static int spill_insert(struct th_reg *r, uint32_t i, uint32_t hash)
+{
+    _Atomic uint32_t *spill = th_reg_spill(r, hash);
+    atomic_fetch_add(spill, 1);
+    if (line_insert(r, i, hash, 1))
+        return 1;
+    th_reg_counter_dec(spill); /* nothing spilled after all */
+    return 0;
+}
+
+/*
+ * The first line while it has TH_REG_FIRST_ROOM empty buckets (lookups then
+ * read one line), else the emptier of the two ("two choices", so a user's
+ * several devices and unlucky lines rarely fill both: always the first line
+ * filled both lines of some user at 1M slots half full). Both full marks the
+ * slot unindexed.
+ */
+static void index_insert(struct th_reg *r, uint32_t i, uint32_t hash)
+{
+    uint32_t room = line_room(r, hash, 0);
+    int done;
+    if (room >= TH_REG_FIRST_ROOM || line_room(r, hash, 1) <= room)
+        done = line_insert(r, i, hash, 0) || spill_insert(r, i, hash);
+    else
+        done = spill_insert(r, i, hash) || line_insert(r, i, hash, 0);
+    if (done)
+        return;
     /* Count first: a crash here over-counts (lookups scan more), never under-counts. */
     atomic_fetch_add(&r->hdr->unindexed, 1);
     atomic_store_explicit(&r->slots[i].flags, TH_SLOT_F_UNINDEXED, RELAXED);
@@ -420,14 +544,19 @@ static int any_live(const struct th_conn_info *ci, void *arg)
     return 1;
 }
 
-/* Clear every bucket of the slot's window that points at it (a dead claimer may have left one). */
+/*
+ * Clear every bucket of the slot's window that points at it (a dead claimer
+ * may have left one); a second-line one lowers the first line's spill after
+ * it is gone (the count stays >= the spilled entries).
+ */
 static void index_remove(struct th_reg *r, uint32_t i, uint32_t hash)
 {
     for (uint32_t j = 0, win = th_reg_window(); j < win; j++) {
         uint32_t b = th_reg_bucket(r, hash, j);
         uint32_t v = atomic_load_explicit(&r->index[b], RELAXED);
-        if (v && th_index_slot(v) == i) /* any tag: we hold the slot, nobody else inserts it */
-            atomic_compare_exchange_strong(&r->index[b], &v, 0);
+        if (v && th_index_slot(v) == i && /* any tag: we hold the slot, nobody else inserts it */
+            atomic_compare_exchange_strong(&r->index[b], &v, 0) && j >= TH_REG_BUCKETS)
+            th_reg_counter_dec(th_reg_spill(r, hash));
     }
     atomic_store_explicit(&r->slots[i].bucket, TH_NO_SLOT, RELAXED);
     if (atomic_load_explicit(&r->slots[i].flags, RELAXED) & TH_SLOT_F_UNINDEXED) {

@@ -4,12 +4,23 @@
  * nothing, it prints medians of several runs so figures can be compared
  * across changes (and against the targets in the registry issue).
  *
- *   tether-bench-registry [--slots N] [--runs R]
+ *   tether-bench-registry [--slots N] [--runs R] [--only ROW]
  *
  * Operations are done in random order over the whole table, so the figures
  * include the cache misses a worker or the notifier really takes on a table
  * far bigger than the CPU caches. Time is this thread's CPU time, so a run
  * on a shared machine is not charged for the time others held the CPU.
+ *
+ * The find_user rows read each id from a 30 MB table of ids at random (one
+ * more cache and TLB miss per lookup, kept for comparison with earlier
+ * figures). The "hot ids" rows read the ids in lookup order from a copy made
+ * before the clock starts, as the notifier does from its request buffer:
+ * find_conns (present, hot ids) is the notify path's lookup. "pipelined"
+ * is a batch: th_reg_prefetch_user fetches the index line eight users
+ * ahead and the slots four ahead.
+ * --only ROW (touch, present, absent, hot, conns, batch, claim, sweep) runs
+ * one row, for cache simulators (valgrind --tool=cachegrind) to count the
+ * lines a lookup touches.
  */
 #include "shm/rt/clock.h"
 #include "shm/registry.h"
@@ -21,6 +32,7 @@
 
 #define USER_LEN 24
 #define MAX_RUNS 15
+#define AHEAD 4 /* batch row: index line prefetched 2 x AHEAD users ahead, slots AHEAD ahead */
 
 struct bench {
     struct th_reg r;
@@ -28,6 +40,8 @@ struct bench {
     struct th_handle *live; /* the half that is claimed */
     uint32_t *order;        /* a random permutation of 0..nlive-1 */
     char (*users)[USER_LEN];
+    char (*keys)[USER_LEN];   /* the present users' ids in lookup order ("hot ids") */
+    uint32_t hash[2 * AHEAD]; /* batch row: hashes of the users in the prefetch pipeline */
     uint64_t rng;
 };
 
@@ -74,8 +88,9 @@ static int setup(struct bench *b, uint32_t nslots)
     b->live = calloc(b->nlive, sizeof(*b->live));
     b->order = calloc(b->nlive, sizeof(*b->order));
     b->users = calloc(b->nusers + 1000000, USER_LEN);
+    b->keys = calloc(b->nlive, USER_LEN);
     b->rng = 0x9e3779b97f4a7c15ull;
-    if (!b->live || !b->order || !b->users)
+    if (!b->live || !b->order || !b->users || !b->keys)
         return -1;
     for (uint32_t u = 0; u < b->nusers + 1000000; u++)
         snprintf(b->users[u], USER_LEN, "user-%u", u);
@@ -122,6 +137,50 @@ static double bench_lookup(struct bench *b, uint32_t n, int absent)
     return (double)(cpu_ns() - t0) / n;
 }
 
+/* The ids of n present users in lookup order, copied out before the clock starts. */
+static void hot_keys(struct bench *b, uint32_t n, uint32_t from)
+{
+    for (uint32_t i = 0; i < n; i++)
+        memcpy(b->keys[i], b->users[b->order[(from + i) % b->nlive] / 2], USER_LEN);
+}
+
+enum hot_kind { HOT_FIND_USER, HOT_FIND_CONNS, HOT_FIND_CONNS_AHEAD };
+
+static double bench_hot(struct bench *b, uint32_t n, uint32_t from, enum hot_kind kind)
+{
+    struct th_conn_info ci[8];
+    struct th_conn_ref cr[8];
+    volatile int found = 0;
+    hot_keys(b, n, from);
+    for (uint32_t i = 0; i < 2 * AHEAD && i < n; i++) { /* the pipeline's first users */
+        b->hash[i] = th_user_hash(b->keys[i], strlen(b->keys[i]));
+        if (kind == HOT_FIND_CONNS_AHEAD)
+            th_reg_prefetch_user(&b->r, b->hash[i], 0);
+    }
+    uint64_t t0 = cpu_ns();
+    for (uint32_t i = 0; i < n; i++) {
+        const char *user = b->keys[i];
+        size_t len = strlen(user);
+        if (kind == HOT_FIND_USER) {
+            found += th_reg_find_user(&b->r, user, len, ci, 8);
+            continue;
+        }
+        if (kind == HOT_FIND_CONNS_AHEAD) {
+            if (i + 2 * AHEAD < n) {
+                const char *far = b->keys[i + 2 * AHEAD];
+                b->hash[(i + 2 * AHEAD) % (2 * AHEAD)] = th_user_hash(far, strlen(far));
+                th_reg_prefetch_user(&b->r, b->hash[(i + 2 * AHEAD) % (2 * AHEAD)], 0);
+            }
+            if (i + AHEAD < n)
+                th_reg_prefetch_user(&b->r, b->hash[(i + AHEAD) % (2 * AHEAD)], 1);
+        }
+        found += th_reg_find_conns(&b->r, user, len, cr, 8);
+    }
+    if (found != 2 * (int)n)
+        fprintf(stderr, "tether-bench-registry: %d connections found, expected %u\n", found, 2 * n);
+    return (double)(cpu_ns() - t0) / n;
+}
+
 /* Claim a new user's slot and release it again, as a short-lived connection does. */
 static double bench_claim_release(struct bench *b, uint32_t n)
 {
@@ -152,15 +211,27 @@ static double bench_sweep(struct bench *b)
 
 /* ---- main ---- */
 
-static int parse(int argc, char **argv, uint32_t *slots, int *runs)
+static const char *const row_names[] = {"touch", "present", "absent", "hot",
+                                        "conns", "batch",   "claim",  "sweep"};
+#define NROWS 8
+
+static int parse(int argc, char **argv, uint32_t *slots, int *runs, int *only)
 {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--slots") && i + 1 < argc)
             *slots = (uint32_t)strtoul(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc)
             *runs = atoi(argv[++i]);
-        else {
-            fprintf(stderr, "usage: tether-bench-registry [--slots N] [--runs R]\n");
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc) {
+            const char *row = argv[++i];
+            for (*only = 0; *only < NROWS && strcmp(row_names[*only], row); (*only)++)
+                ;
+            if (*only == NROWS) {
+                fprintf(stderr, "tether-bench-registry: --only: no row %s\n", row);
+                return 2;
+            }
+        } else {
+            fprintf(stderr, "usage: tether-bench-registry [--slots N] [--runs R] [--only ROW]\n");
             return argv[i][2] == 'h' ? 0 : 2;
         }
     }
@@ -182,11 +253,34 @@ static void print_memory(const struct bench *b)
            sizeof(struct th_reg_hdr));
 }
 
+static double run_row(struct bench *b, int row, uint32_t n, int k)
+{
+    uint32_t from = (uint32_t)k * n; /* each run its own users: no help from the last run */
+    switch (row) {
+    case 0:
+        return bench_touch(b);
+    case 1:
+        return bench_lookup(b, n, 0);
+    case 2:
+        return bench_lookup(b, n, 1);
+    case 3:
+        return bench_hot(b, n, from, HOT_FIND_USER);
+    case 4:
+        return bench_hot(b, n, from, HOT_FIND_CONNS);
+    case 5:
+        return bench_hot(b, n, from, HOT_FIND_CONNS_AHEAD);
+    case 6:
+        return bench_claim_release(b, n);
+    default:
+        return bench_sweep(b);
+    }
+}
+
 int main(int argc, char **argv)
 {
     uint32_t slots = 1u << 20;
-    int runs = 5;
-    int rc = parse(argc, argv, &slots, &runs);
+    int runs = 5, only = -1;
+    int rc = parse(argc, argv, &slots, &runs, &only);
     if (rc >= 0)
         return rc;
     static struct bench b;
@@ -194,23 +288,28 @@ int main(int argc, char **argv)
         fprintf(stderr, "tether-bench-registry: set-up failed\n");
         return 1;
     }
-    double t[5][MAX_RUNS];
+    static double t[NROWS][MAX_RUNS];
     uint32_t n = b.nlive < 200000 ? b.nlive : 200000;
-    for (int k = 0; k < runs; k++) {
-        t[0][k] = bench_touch(&b);
-        t[1][k] = bench_lookup(&b, n, 0);
-        t[2][k] = bench_lookup(&b, n, 1);
-        t[3][k] = bench_claim_release(&b, n);
-        t[4][k] = bench_sweep(&b);
-    }
+    for (int k = 0; k < runs; k++)
+        for (int row = 0; row < NROWS; row++)
+            if (only < 0 || only == row)
+                t[row][k] = run_row(&b, row, n, k);
+    static const char *const labels[NROWS] = {
+        "touch              ",           "find_user (present)",
+        "find_user (absent) ",           "find_user (present, hot ids)",
+        "find_conns (present, hot ids)", "find_conns (present, hot ids, batch pipelined)",
+        "claim+release      ",           "sweep (foreach)    "};
     printf("registry: %u slots, %u live (%u users x 2), median of %d runs, random order, "
            "thread CPU time\n",
            slots, b.nlive, b.nusers, runs);
-    printf("touch               %8.1f ns/op\n", median(t[0], runs));
-    printf("find_user (present) %8.1f ns/op\n", median(t[1], runs));
-    printf("find_user (absent)  %8.1f ns/op\n", median(t[2], runs));
-    printf("claim+release       %8.1f ns/op\n", median(t[3], runs));
-    printf("sweep (foreach)     %8.2f ms for %u slots\n", median(t[4], runs), slots);
+    for (int row = 0; row < NROWS; row++) {
+        if (only >= 0 && only != row)
+            continue;
+        if (row == NROWS - 1)
+            printf("%s %8.2f ms for %u slots\n", labels[row], median(t[row], runs), slots);
+        else
+            printf("%s %8.1f ns/op\n", labels[row], median(t[row], runs));
+    }
     print_memory(&b);
     return 0;
 }

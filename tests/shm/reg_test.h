@@ -10,7 +10,7 @@
 #ifndef TETHER_TESTS_SHM_REG_TEST_H
 #define TETHER_TESTS_SHM_REG_TEST_H
 
-#include "shm/registry.h"
+#include "shm/registry_impl.h" /* th_reg_line: crowded users */
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -81,6 +81,24 @@ static inline size_t test_user(uint32_t k, char *buf)
     memset(buf + n, 'a' + (int)(k % 26), len - (size_t)n);
     buf[len] = 0;
     return len;
+}
+
+/*
+ * The smallest k >= from whose test_user(k) id has its first index line
+ * below `lines` in r: users that crowd a few lines, so lines fill, entries
+ * spill into second lines and some windows fill up. UINT32_MAX if none
+ * before `to`.
+ */
+static inline uint32_t test_user_crowded(const struct th_reg *r, uint32_t from, uint32_t to,
+                                         uint32_t lines)
+{
+    char buf[TH_USER_MAX + 1];
+    for (uint32_t k = from; k < to; k++) {
+        size_t len = test_user(k, buf);
+        if (th_reg_line(r, th_user_hash(buf, len), 0) < lines)
+            return k;
+    }
+    return UINT32_MAX;
 }
 
 /* Does this copy hold exactly test_user(k) for the k its own prefix names? */

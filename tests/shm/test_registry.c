@@ -51,7 +51,7 @@ Test(registry, layout_sizes_and_limits)
     cr_assert_gt(sz, 1000 * sizeof(struct th_slot));
     cr_assert_eq(sz, h.total_size);
     cr_assert_eq(sizeof(struct th_slot), 128);
-    cr_assert_eq(h.nbuckets, 2048);
+    cr_assert_eq(h.nbuckets, 4096);
     cr_assert_eq(h.off_index % 64, 0);
     cr_assert_eq(h.off_freemap % 64, 0);
     cr_assert_eq(h.off_disc % 64, 0);
@@ -538,6 +538,150 @@ Test(registry, release_clears_its_index_entry)
     th_reg_release(&reg, e);
     for (uint32_t i = 0; i < reg.hdr->nbuckets; i++)
         cr_assert_eq(atomic_load(&reg.index[i]), 0, "bucket %u", i);
+}
+
+/* ---- the notify path's lookup (th_reg_find_conns) and the spill counts ---- */
+
+/* find_conns and find_user agree on every user: same slots, generations, owners, conn ids. */
+static void same_answer(const char *user, size_t len, int want)
+{
+    struct th_conn_info ci[8];
+    struct th_conn_ref cr[8];
+    int n = th_reg_find_user(&reg, user, len, ci, 8);
+    cr_assert_eq(th_reg_find_conns(&reg, user, len, cr, 8), n, "%.*s", (int)len, user);
+    cr_assert_eq(n, want, "%.*s", (int)len, user);
+    for (int i = 0; i < n; i++) {
+        int found = 0;
+        for (int j = 0; j < n; j++)
+            found += ci[j].slot == cr[i].slot && ci[j].gen == cr[i].gen &&
+                     ci[j].worker == cr[i].worker && ci[j].conn_id == cr[i].conn_id;
+        cr_assert_eq(found, 1, "%.*s: ref %d", (int)len, user, i);
+    }
+}
+
+Test(registry, find_conns_matches_find_user_for_every_id_length)
+{
+    reg_test_create(&reg, name, sizeof(name), "conns", 512);
+    publish_self(&reg, 0);
+    publish_self(&reg, 3);
+    char user[TH_USER_MAX + 1];
+    for (uint32_t k = 0; k < 60; k++) { /* test_user lengths 6..64: both sides of 48 bytes */
+        size_t len = test_user(k, user);
+        for (uint32_t c = 0; c <= k % 3; c++) {
+            struct th_handle h;
+            cr_assert_eq(th_reg_claim(&reg, user, len, (uint16_t)(c ? 3 : 0), k * 10 + c, 1, 0, &h,
+                                      NULL, NULL),
+                         0);
+        }
+    }
+    for (uint32_t k = 0; k < 60; k++) {
+        size_t len = test_user(k, user);
+        same_answer(user, len, (int)(k % 3) + 1);
+        same_answer(user, len - 1, 0); /* a prefix is another user */
+        user[len - 1] ^= 1;            /* so is an id differing in its last byte only */
+        same_answer(user, len, 0);
+    }
+    struct th_conn_ref one;
+    cr_assert_eq(th_reg_find_conns(&reg, "x", 0, &one, 1), 0, "empty id");
+    cr_assert_eq(th_reg_find_conns(&reg, user, TH_USER_MAX + 1, &one, 1), 0, "too long");
+    test_user(2, user); /* three connections, room for one */
+    cr_assert_eq(th_reg_find_conns(&reg, user, strlen(user), &one, 1), 1);
+}
+
+Test(registry, find_conns_zero_padding_does_not_match_a_longer_id)
+{
+    reg_test_create(&reg, name, sizeof(name), "pad", 64);
+    publish_self(&reg, 0);
+    claim_ok("a", 0, 1);
+    struct th_conn_ref cr[2];
+    cr_assert_eq(th_reg_find_conns(&reg, "a\0", 2, cr, 2), 0, "\"a\\0\" is not \"a\"");
+    cr_assert_eq(th_reg_find_conns(&reg, "a", 1, cr, 2), 1);
+}
+
+/* Entries spilled from line l to their second line, counted from the buckets and slots. */
+static uint32_t spilled_from(uint32_t l)
+{
+    uint32_t n = 0;
+    for (uint32_t b = 0; b < reg.hdr->nbuckets; b++) {
+        uint32_t v = atomic_load(&reg.index[b]);
+        if (th_reg_is_spill(b) || !v)
+            continue;
+        uint32_t h = atomic_load(&reg.slots[th_index_slot(v)].user_hash);
+        n += th_reg_line(&reg, h, 0) == l && b / TH_REG_LINE != l;
+    }
+    return n;
+}
+
+Test(registry, a_full_first_line_spills_into_the_second_and_back)
+{
+    reg_test_create(&reg, name, sizeof(name), "spill", 512); /* 128 lines */
+    publish_self(&reg, 0);
+    char user[TH_USER_MAX + 1];
+    struct th_handle h[40];
+    uint32_t k = 0, l = 0;
+    for (int i = 0; i < 40; i++) { /* 40 users whose first line is line 0 */
+        k = test_user_crowded(&reg, k, 1u << 30, 1) + 1;
+        size_t len = test_user(k - 1, user);
+        cr_assert_eq(th_reg_claim(&reg, user, len, 0, (uint32_t)i, 1, 0, &h[i], NULL, NULL), 0);
+        uint32_t b = atomic_load(&reg.slots[h[i].slot].bucket);
+        if (i < (int)(TH_REG_BUCKETS - TH_REG_FIRST_ROOM + 1)) /* while 6 buckets are free */
+            cr_assert_eq(b / TH_REG_LINE, l, "user %d goes into its first line", i);
+        else
+            cr_assert(b != TH_NO_SLOT && b / TH_REG_LINE != l, "user %d spills", i);
+        cr_assert_eq(atomic_load(&reg.index[l]), spilled_from(l), "spill count after %d", i);
+        cr_assert_eq(atomic_load(&reg.index[l]), (uint32_t)(i < 10 ? 0 : i - 9), "user %d", i);
+    }
+    /* Their second lines differ (other hash bits), so none of them was full. */
+    cr_assert_eq(atomic_load(&reg.hdr->unindexed), 0);
+    k = 0;
+    for (int i = 0; i < 40; i++) { /* every one of them is found, by both lookups */
+        k = test_user_crowded(&reg, k, 1u << 30, 1) + 1;
+        size_t len = test_user(k - 1, user);
+        same_answer(user, len, 1);
+    }
+    for (int i = 0; i < 40; i++) { /* release the first-line ones first: spills stay counted */
+        cr_assert_eq(th_reg_release(&reg, h[i]), 0);
+        cr_assert_eq(atomic_load(&reg.index[l]), spilled_from(l), "spill count after release %d",
+                     i);
+    }
+    cr_assert_eq(atomic_load(&reg.index[l]), 0);
+    cr_assert_eq(atomic_load(&reg.hdr->unindexed), 0);
+}
+
+Test(registry, a_spill_count_left_high_by_a_dead_process_only_costs_a_line)
+{
+    reg_test_create(&reg, name, sizeof(name), "spillhigh", 512);
+    publish_self(&reg, 0);
+    struct th_handle a = claim_ok("alice", 0, 1);
+    uint32_t h = th_user_hash("alice", 5);
+    /* As a claimer killed between its spill increment and its bucket CAS, or a
+     * releaser killed between its bucket clear and its decrement, leaves it. */
+    atomic_fetch_add(th_reg_spill(&reg, h), 1);
+    same_answer("alice", 5, 1);
+    same_answer("bob", 3, 0);
+    cr_assert_eq(th_reg_release(&reg, a), 0);
+    cr_assert_eq(atomic_load(th_reg_spill(&reg, h)), 1, "nobody lowers it: it may be real");
+    same_answer("alice", 5, 0);
+    a = claim_ok("alice", 0, 2);
+    same_answer("alice", 5, 1);
+}
+
+Test(registry, find_conns_scans_when_a_window_is_full)
+{
+    reg_test_create(&reg, name, sizeof(name), "connsfull", 256);
+    publish_self(&reg, 0);
+    uint32_t h = th_user_hash("dave", 4);
+    for (uint32_t j = 0; j < th_reg_window(); j++)
+        atomic_store(&reg.index[th_reg_bucket(&reg, h, j)], th_index_entry(h, 200));
+    atomic_store(th_reg_spill(&reg, h), 1); /* as if a claim had spilled */
+    struct th_handle d = claim_ok("dave", 0, 1);
+    struct th_handle d2 = claim_ok("dave", 0, 2);
+    cr_assert_eq(atomic_load(&reg.hdr->unindexed), 2);
+    same_answer("dave", 4, 2);
+    th_reg_release(&reg, d);
+    same_answer("dave", 4, 1);
+    th_reg_release(&reg, d2);
+    same_answer("dave", 4, 0);
 }
 
 /* ---- dead writers ---- */

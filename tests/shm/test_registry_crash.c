@@ -11,6 +11,11 @@
  * entry pointing at a live slot of the right user, the used count equal to
  * the slots in use, no disconnect record left odd, and every free slot
  * claimable again. The test process's own connections must survive it all.
+ * The writers' users crowd one index line, so first lines fill and entries
+ * spill into second lines all the time; right after each kill, before any
+ * repair, every line's spill count must be at least the entries that spilled
+ * from it and every LIVE slot must be found by both lookups (a spill count
+ * too low would hide connections; one left too high only costs a line).
  *
  * A plain program (exit 0 = pass), like the stress test.
  */
@@ -33,6 +38,7 @@
 #define HOLD 16 /* connections a writer holds at most */
 
 static struct th_handle keepers[KEEPERS];
+static uint32_t pool[POOL]; /* test_user keys of the writers' users, crowding one line */
 
 static uint32_t next_rand(uint64_t *s)
 {
@@ -51,7 +57,7 @@ static void writer_step(struct th_reg *r, uint16_t w, uint64_t *rng, struct th_h
     if (*n > 0 && dice < 2) {
         th_reg_touch(r, h[next_rand(rng) % (uint32_t)*n], th_now_ns());
     } else if (*n < HOLD && dice < 5) {
-        size_t len = test_user(next_rand(rng) % POOL, user);
+        size_t len = test_user(pool[next_rand(rng) % POOL], user);
         if (th_reg_claim(r, user, len, w, 0, th_now_ns(), 3, &h[*n], NULL, NULL) == 0)
             (*n)++;
     } else if (*n > 0) {
@@ -112,7 +118,7 @@ static void check_index(void)
     for (uint32_t b = 0; b < reg.hdr->nbuckets; b++) {
         uint32_t v = atomic_load(&reg.index[b]);
         struct th_conn_info ci;
-        if (v == 0)
+        if (v == 0 || th_reg_is_spill(b))
             continue;
         uint32_t i = th_index_slot(v);
         check(i < NSLOTS && th_reg_read(&reg, i, &ci), "bucket %u points at a dead slot", b);
@@ -166,6 +172,7 @@ static void check_all_claimable(void)
 
 struct stats {
     int half_done_slots, odd_records, drifted_rounds;
+    int spilled_rounds, spill_high_rounds; /* kills with entries spilled / a count left high */
     int drift_recounted; /* drifted rounds whose repair recounted (and had to fix) used */
 };
 
@@ -175,9 +182,53 @@ static int saw_every_damage(const struct stats *s)
     return s->half_done_slots > 0 && s->odd_records > 0 && s->drift_recounted > 0;
 }
 
-/* What the kill left: counted before recovery. Returns 1 if the used count drifted. */
-static int note_damage(struct stats *s)
+/* Entries in their second line whose first line is l (slot fields are written before the entry). */
+static uint32_t spilled_from(uint32_t l)
 {
+    uint32_t n = 0;
+    for (uint32_t b = 0; b < reg.hdr->nbuckets; b++) {
+        uint32_t v = atomic_load(&reg.index[b]);
+        if (th_reg_is_spill(b) || !v || th_index_slot(v) >= NSLOTS)
+            continue;
+        uint32_t h = atomic_load(&reg.slots[th_index_slot(v)].user_hash);
+        n += th_reg_line(&reg, h, 0) == l && b / TH_REG_LINE != l;
+    }
+    return n;
+}
+
+/* Right after a kill: no spill count below its entries, every LIVE slot found by its user. */
+static void check_lookups_after_kill(struct stats *s, int round)
+{
+    int spilled = 0, high = 0;
+    for (uint32_t l = 0; l < reg.hdr->nbuckets / TH_REG_LINE; l++) {
+        uint32_t want = spilled_from(l), got = atomic_load(&reg.index[l * TH_REG_LINE]);
+        check(got >= want, "round %d: line %u spill count %u below its %u spilled entries", round,
+              l, got, want);
+        spilled |= want > 0;
+        high |= got > want;
+    }
+    s->spilled_rounds += spilled;
+    s->spill_high_rounds += high;
+    for (uint32_t i = 0; i < NSLOTS; i++) {
+        struct th_conn_info me, ci[8];
+        struct th_conn_ref cr[8];
+        if (!th_reg_read(&reg, i, &me))
+            continue;
+        int n = th_reg_find_user(&reg, me.user, me.user_len, ci, 8), found = 0;
+        for (int j = 0; j < n && j < 8; j++)
+            found |= ci[j].slot == i && ci[j].gen == me.gen;
+        check(found, "round %d: live slot %u not found by th_reg_find_user", round, i);
+        n = th_reg_find_conns(&reg, me.user, me.user_len, cr, 8), found = 0;
+        for (int j = 0; j < n; j++)
+            found |= cr[j].slot == i && cr[j].gen == me.gen && cr[j].worker == me.worker;
+        check(found, "round %d: live slot %u not found by th_reg_find_conns", round, i);
+    }
+}
+
+/* What the kill left: counted before recovery. Returns 1 if the used count drifted. */
+static int note_damage(struct stats *s, int round)
+{
+    check_lookups_after_kill(s, round);
     uint32_t busy = th_reg_count_used(&reg);
     int drift = busy != atomic_load(&reg.hdr->used);
     s->drifted_rounds += drift;
@@ -221,7 +272,7 @@ static void round_once(int round, uint64_t *rng, struct stats *s)
         kill(kid[j], SIGKILL);
         waitpid(kid[j], NULL, 0);
     }
-    int drift = note_damage(s);
+    int drift = note_damage(s, round);
     int released = recover(w, round % 3);
     if (released == 0) {
         /* A repair that released nothing recounts used (the writers are dead: quiet). */
@@ -239,6 +290,8 @@ int main(void)
     reg_test_name(name, sizeof(name), "crash");
     check(th_reg_create(&reg, name, NSLOTS, err, sizeof(err)) == 0, "create: %s", err);
     atomic_store(&reg.hdr->workers[KEEPER_WORKER].pid, getpid());
+    for (uint32_t p = 0, k = 0; p < POOL; p++, k++)
+        check((pool[p] = k = test_user_crowded(&reg, k, 1u << 30, 1)) != UINT32_MAX, "crowd");
     for (int k = 0; k < KEEPERS; k++) {
         char user[TH_USER_MAX + 1];
         size_t len = test_user(5000 + (uint32_t)k, user);
@@ -251,6 +304,7 @@ int main(void)
     while (rounds < ROUNDS || (!saw_every_damage(&s) && rounds < MAX_ROUNDS))
         round_once(rounds++, &rng, &s);
     /* Kills that never landed mid-operation would have tested no repair at all. */
+    check(s.spilled_rounds > 0, "%d rounds and no kill found an entry spilled", rounds);
     check(saw_every_damage(&s),
           "%d rounds and no kill left each kind of damage: %d half-done slots, %d odd records, "
           "%d drifted rounds recounted",
@@ -261,9 +315,10 @@ int main(void)
     check_keepers();
     check_all_claimable();
     printf("crash: %d rounds; kills left %d half-done slots, %d odd disconnect records, "
-           "counter drift in %d rounds (%d recounted in the round); repairs counted %llu; "
-           "all recovered\n",
+           "counter drift in %d rounds (%d recounted in the round); spilled entries in %d rounds, "
+           "a spill count left high in %d; repairs counted %llu; all recovered\n",
            rounds, s.half_done_slots, s.odd_records, s.drifted_rounds, s.drift_recounted,
+           s.spilled_rounds, s.spill_high_rounds,
            (unsigned long long)atomic_load(&reg.hdr->counters.repairs));
     th_reg_unlink(name);
     return 0;

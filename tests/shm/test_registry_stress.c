@@ -9,7 +9,11 @@
  * test carries the "tsan" label) sees its stores race with the readers'
  * seqlock copies. At least a million operations in all. At the end the
  * registry must be empty before any repair runs (the writers released
- * everything), and the repair must find nothing to release.
+ * everything), and the repair must find nothing to release. The users
+ * crowd a quarter of the index lines, so entries spill into second lines
+ * and some windows fill (lookups scan) while readers look them up with both
+ * th_reg_find_user and the notify path's th_reg_find_conns; every spill
+ * count must be back to 0 at the end.
  *
  * A plain program (exit 0 = pass), not Criterion: Criterion cannot start
  * under ThreadSanitizer (Snaipe/Criterion#274).
@@ -37,7 +41,7 @@
 #define READERS 2
 
 static _Atomic int writers_left;
-static _Atomic unsigned long read_ops, violations;
+static _Atomic unsigned long read_ops, violations, spilled_reads;
 static char first_violation[256];
 /* Claims ever started per user key, shared with the forked writers (MAP_SHARED). */
 static _Atomic uint32_t *claims_started;
@@ -49,9 +53,23 @@ static void violation(const char *what, uint32_t a, uint32_t b)
         snprintf(first_violation, sizeof(first_violation), "%s (%u, %u)", what, a, b);
 }
 
+/* Writer w's user u has key keys[w][u], in w*1000..w*1000+999 (u >= USERS: never claimed). */
+static uint32_t keys[WRITERS][USERS + 4];
+
 static uint32_t user_key(unsigned w, unsigned u)
 {
-    return w * 1000 + u;
+    return keys[w][u];
+}
+
+static void crowd_keys(void)
+{
+    uint32_t lines = reg.hdr->nbuckets / TH_REG_LINE / 4;
+    for (unsigned w = 0; w < WRITERS; w++)
+        for (uint32_t u = 0, k = w * 1000; u < USERS + 4; u++, k++) {
+            k = test_user_crowded(&reg, k, w * 1000 + 1000, lines);
+            check(k != UINT32_MAX, "not enough crowded user ids for writer %u", w);
+            keys[w][u] = k;
+        }
 }
 
 static uint32_t next_rand(uint64_t *s)
@@ -175,6 +193,22 @@ static void reader_lookup(const struct th_reg *r, uint32_t k)
             if (ci[j].slot == ci[i].slot && ci[j].gen == ci[i].gen)
                 violation("lookup returned a connection twice", k, ci[i].slot);
     }
+    /* The notify path's lookup, under the same bounds. */
+    struct th_conn_ref cr[8];
+    if (atomic_load(th_reg_spill(r, th_user_hash(user, len))) > 0)
+        atomic_fetch_add_explicit(&spilled_reads, 1, memory_order_relaxed);
+    c0 = atomic_load(&claims_started[k]);
+    n = th_reg_find_conns(r, user, len, cr, 8);
+    c1 = atomic_load(&claims_started[k]);
+    if ((uint32_t)n > PER_USER + (c1 - c0) || (c1 == 0 && n > 0))
+        violation("find_conns: more connections than were claimed", k, (uint32_t)n);
+    for (int i = 0; i < n; i++) {
+        if (cr[i].conn_id != k || cr[i].worker != k / 1000)
+            violation("find_conns returned another user", k, cr[i].conn_id);
+        for (int j = 0; j < i; j++)
+            if (cr[j].slot == cr[i].slot && cr[j].gen == cr[i].gen)
+                violation("find_conns returned a connection twice", k, cr[i].slot);
+    }
 }
 
 static void *reader_thread(void *arg)
@@ -222,7 +256,8 @@ static void check_quiet_registry(void)
     check(th_reg_count_used(&reg) == 0, "slots still in use");
     check(atomic_load(&reg.hdr->unindexed) == 0, "unindexed count not back to 0");
     for (uint32_t b = 0; b < reg.hdr->nbuckets; b++)
-        check(atomic_load(&reg.index[b]) == 0, "bucket %u left pointing at a slot", b);
+        check(atomic_load(&reg.index[b]) == 0, "index word %u left nonzero (%s)", b,
+              th_reg_is_spill(b) ? "a spill count" : "a bucket pointing at a slot");
     for (uint32_t d = 0; d < reg.hdr->ndisc; d++)
         check((atomic_load(&reg.disc[d].seq) & 1) == 0, "disconnect record %u odd", d);
     int released = th_reg_repair(&reg);
@@ -243,6 +278,7 @@ int main(void)
     claims_started = mmap(NULL, MAX_KEY * sizeof(*claims_started), PROT_READ | PROT_WRITE,
                           MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     check(claims_started != MAP_FAILED, "mmap counters");
+    crowd_keys();
     atomic_store(&writers_left, WRITERS);
     pid_t kids[FORKED_WRITERS];
     for (unsigned w = 0; w < FORKED_WRITERS; w++) /* fork before any thread exists */
@@ -264,7 +300,9 @@ int main(void)
     for (int i = 0; i < READERS; i++)
         pthread_join(rt[i], NULL);
     unsigned long total = (unsigned long)WRITERS * WRITER_OPS + atomic_load(&read_ops);
-    printf("stress: %lu operations (%lu reads)\n", total, atomic_load(&read_ops));
+    printf("stress: %lu operations (%lu reads, %lu lookups of a line with spilled entries)\n",
+           total, atomic_load(&read_ops), atomic_load(&spilled_reads));
+    check(atomic_load(&spilled_reads) > 0, "no lookup met a spilled line: spills untested");
     check(failed == 0, "a forked writer saw a claim or release fail");
     check(self_writer.errors == 0, "the writer thread saw a claim or release fail");
     check(atomic_load(&violations) == 0, "%lu violations, first: %s", atomic_load(&violations),
