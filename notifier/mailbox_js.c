@@ -17,9 +17,13 @@
  *   Tether-At    byte offset for ,"seq":N,"epoch":"E" (after the id)
  *   Tether-Ttl   seconds to keep it (the request's ttl_s, <= --mailbox-ttl;
  *                the stream keeps everything MaxAge, the cache honours this)
- *   Tether-Prev  the user's last seq as this node's cache knew it when it
- *                published: a node that never saw that seq learns that
- *                everything up to it left the stream (recovered:false).
+ *   Tether-Prev  the user's previous stream seq: a node that never saw
+ *                that seq learns that everything up to it left the stream
+ *                (recovered:false). Exact: the message is published with
+ *                Nats-Expected-Last-Subject-Sequence = the same value (this
+ *                cache's view first), and when another node wrote the user
+ *                meanwhile the stream refuses it naming its real last seq,
+ *                and it is published again with that (pub_send).
  * The seq is the stream sequence from the publish ack: the stream orders
  * every write, so two nodes accepting for one user at once get different,
  * increasing seqs without any coordination of ours.
@@ -91,9 +95,10 @@
 #define SUBJ_ALL "tether.m.>"
 #define SUBJ_MAX (sizeof(SUBJ_PREFIX) + 2 * TH_USER_MAX + 1)
 #define MSGID_MAX (2 * TH_USER_MAX + 2 * TH_MBX_MAX_ID + 2)
-#define NPUB 8192u                             /* stores in flight */
-#define NBUCKET 8192u                          /* ack and seq lookup buckets */
-#define PUB_WAIT_MS 2000                       /* JetStream's ack */
+#define NPUB 8192u       /* stores in flight */
+#define NBUCKET 8192u    /* ack and seq lookup buckets */
+#define PUB_WAIT_MS 2000 /* JetStream's ack */
+#define PUB_TRIES 16     /* publishes of one store, the stream naming another last seq each time */
 #define GUARD_NS (3000ull * 1000 * 1000)       /* our own bound on an ack (PUB_WAIT_MS + margin) */
 #define MIRROR_WAIT_NS (1000ull * 1000 * 1000) /* ack seen, mirror not there yet */
 #define CHECK_NS (50ull * 1000 * 1000)
@@ -121,7 +126,10 @@ struct jpub {
     uint32_t anext, snext; /* chains: by message pointer (P_ACK), by seq (P_MIRROR) */
     natsMsg *msg;          /* P_ACK: the key the ack comes back with */
     uint64_t seq, deadline;
+    uint64_t prev; /* the user's last stream seq it was published expecting */
     int dup;
+    unsigned tries;
+    uint32_t ttl_s;
     th_mjs_done_fn done;
     void *arg;
     char *frame;
@@ -240,10 +248,15 @@ static void push(struct th_mjs *j, int kind, natsMsg *msg, uint64_t a, uint64_t 
 static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 {
     (void)js;
-    if (pa)
+    unsigned long long last = 0;
+    if (pa) {
         push(closure, EV_ACK, msg, pa->Sequence, pa->Duplicate, 0);
-    else
-        push(closure, EV_ACK, msg, 0, 0, pae ? (uint64_t)pae->ErrCode + 1 : 1);
+        return;
+    }
+    /* "wrong last sequence: N": another node wrote the user (pub_send); N is its last. */
+    int wrong = pae && pae->ErrCode == JSStreamWrongLastSequenceErr && pae->ErrText &&
+                sscanf(pae->ErrText, "wrong last sequence: %llu", &last) == 1;
+    push4(closure, EV_ACK, msg, 0, wrong, pae ? (uint64_t)pae->ErrCode + 1 : 1, last);
 }
 
 static void on_mirror_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
@@ -401,7 +414,10 @@ static uint64_t cached_pos(struct th_mjs *j, const struct jpub *p)
     return 0;
 }
 
-static void on_ack_ev(struct th_mjs *j, natsMsg *msg, uint64_t seq, int dup, uint64_t err)
+static int pub_send(struct th_mjs *j, uint32_t i, uint64_t prev);
+
+static void on_ack_ev(struct th_mjs *j, natsMsg *msg, uint64_t seq, int dup, uint64_t err,
+                      uint64_t last)
 {
     uint32_t i = j->abucket[bucket_ptr(msg)];
     while (i != NONE && j->pub[i].msg != msg)
@@ -409,6 +425,16 @@ static void on_ack_ev(struct th_mjs *j, natsMsg *msg, uint64_t seq, int dup, uin
     if (i == NONE)
         return; /* timed out by the guard already: answered "stored":false */
     struct jpub *p = &j->pub[i];
+    if (err && dup /* wrong last seq */ && p->tries < PUB_TRIES && last != p->prev) {
+        pub_unlink_ack(j, i);
+        p->msg = NULL;
+        p->tries++;
+        j->st.retried++;
+        if (pub_send(j, i, last) == 0)
+            return;
+        pub_finish(j, i, 0, 0);
+        return;
+    }
     if (err || !seq) {
         th_warn("[Mailbox] JetStream did not store a notification for user %.*s (%s)", (int)p->ulen,
                 p->user, err > 1 ? "error from the stream" : "no ack");
@@ -431,65 +457,44 @@ static void on_ack_ev(struct th_mjs *j, natsMsg *msg, uint64_t seq, int dup, uin
     *b = i;
 }
 
-int th_mjs_store(struct th_mjs *j, const char *user, size_t ulen, const char *id, size_t idlen,
-                 uint32_t ttl_s, const char *frame, size_t flen, size_t at, th_mjs_done_fn done,
-                 void *arg)
+/*
+ * Publish store i's message, expecting prev as the user's last stream seq
+ * (Nats-Expected-Last-Subject-Sequence; 0: none): the stream refuses it
+ * when another node wrote the user meanwhile (or this cache was behind),
+ * and on_ack_ev publishes again with the seq it names. So Tether-Prev is
+ * exact: a node that never saw that seq knows it left the stream.
+ */
+static int pub_send(struct th_mjs *j, uint32_t i, uint64_t prev)
 {
-    if (!j->ready || !j->nc || natsConnection_Status(j->nc) != NATS_CONN_STATUS_CONNECTED)
-        return -ENOTCONN;
-    if (j->free_head == NONE)
-        return -EAGAIN;
-    if (!ulen || ulen > TH_USER_MAX || idlen > TH_MBX_MAX_ID || at > flen)
-        return -EINVAL;
+    struct jpub *p = &j->pub[i];
     char subj[SUBJ_MAX], msgid[MSGID_MAX + 1], num[24];
     size_t n = sizeof(SUBJ_PREFIX) - 1;
     memcpy(subj, SUBJ_PREFIX, n);
-    subj[n + hex_put(subj + n, user, ulen)] = 0;
-    n = hex_put(msgid, user, ulen);
+    subj[n + hex_put(subj + n, p->user, p->ulen)] = 0;
+    n = hex_put(msgid, p->user, p->ulen);
     msgid[n++] = '-';
-    msgid[n + hex_put(msgid + n, id, idlen)] = 0;
-    char *copy = malloc(flen ? flen : 1);
+    msgid[n + hex_put(msgid + n, p->id, p->idlen)] = 0;
     natsMsg *msg = NULL;
-    natsStatus s = copy ? natsMsg_Create(&msg, subj, NULL, frame, (int)flen) : NATS_NO_MEMORY;
+    natsStatus s = natsMsg_Create(&msg, subj, NULL, p->frame, (int)p->flen);
     if (s == NATS_OK)
         s = natsMsgHeader_Set(msg, "Nats-Msg-Id", msgid);
-    snprintf(num, sizeof(num), "%zu", at);
+    snprintf(num, sizeof(num), "%zu", p->at);
     if (s == NATS_OK)
         s = natsMsgHeader_Set(msg, "Tether-At", num);
-    snprintf(num, sizeof(num), "%u", ttl_s);
+    snprintf(num, sizeof(num), "%u", p->ttl_s);
     if (s == NATS_OK)
         s = natsMsgHeader_Set(msg, "Tether-Ttl", num);
-    uint32_t pending;
-    uint64_t last = 0;
-    if (th_mbx_user_info(j->cache, user, ulen, th_now_ns(), &pending, &last) == 0 && last) {
-        snprintf(num, sizeof(num), "%" PRIu64, last);
-        if (s == NATS_OK)
-            s = natsMsgHeader_Set(msg, "Tether-Prev", num);
-    }
+    snprintf(num, sizeof(num), "%" PRIu64, prev);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(msg, "Nats-Expected-Last-Subject-Sequence", num);
+    if (s == NATS_OK && prev)
+        s = natsMsgHeader_Set(msg, "Tether-Prev", num);
     if (s != NATS_OK) {
         natsMsg_Destroy(msg);
-        free(copy);
         return -ENOMEM;
     }
-    uint32_t i = j->free_head;
-    struct jpub *p = &j->pub[i];
-    j->free_head = p->next_free;
-    j->npend++;
-    p->state = P_ACK;
     p->msg = msg;
-    p->seq = 0;
-    p->dup = 0;
-    p->deadline = th_mono_ns() + GUARD_NS;
-    p->done = done;
-    p->arg = arg;
-    memcpy(copy, frame, flen);
-    p->frame = copy;
-    p->flen = flen;
-    p->at = at;
-    p->ulen = (uint32_t)ulen;
-    memcpy(p->user, user, ulen);
-    p->idlen = (uint32_t)idlen;
-    memcpy(p->id, id, idlen);
+    p->prev = prev;
     uint32_t *b = &j->abucket[bucket_ptr(msg)];
     p->anext = *b;
     *b = i;
@@ -500,11 +505,57 @@ int th_mjs_store(struct th_mjs *j, const char *user, size_t ulen, const char *id
     if (s != NATS_OK) {
         natsMsg_Destroy(msg); /* still ours (not cleared) */
         pub_unlink_ack(j, i);
-        pub_release(j, i);
-        free(copy);
-        th_warn("[Mailbox] JetStream publish for user %.*s failed: %s", (int)ulen, user,
+        p->msg = NULL;
+        th_warn("[Mailbox] JetStream publish for user %.*s failed: %s", (int)p->ulen, p->user,
                 natsStatus_GetText(s));
         return -EIO;
+    }
+    return 0;
+}
+
+int th_mjs_store(struct th_mjs *j, const char *user, size_t ulen, const char *id, size_t idlen,
+                 uint32_t ttl_s, const char *frame, size_t flen, size_t at, th_mjs_done_fn done,
+                 void *arg)
+{
+    if (!j->ready || !j->nc || natsConnection_Status(j->nc) != NATS_CONN_STATUS_CONNECTED)
+        return -ENOTCONN;
+    if (j->free_head == NONE)
+        return -EAGAIN;
+    if (!ulen || ulen > TH_USER_MAX || idlen > TH_MBX_MAX_ID || at > flen)
+        return -EINVAL;
+    char *copy = malloc(flen ? flen : 1);
+    if (!copy)
+        return -ENOMEM;
+    uint32_t pending;
+    uint64_t last = 0; /* this cache's view; the stream corrects it (pub_send) */
+    if (th_mbx_user_info(j->cache, user, ulen, th_now_ns(), &pending, &last) != 0)
+        last = 0;
+    uint32_t i = j->free_head;
+    struct jpub *p = &j->pub[i];
+    j->free_head = p->next_free;
+    j->npend++;
+    p->state = P_ACK;
+    p->msg = NULL;
+    p->seq = 0;
+    p->dup = 0;
+    p->tries = 1;
+    p->deadline = th_mono_ns() + GUARD_NS;
+    p->done = done;
+    p->arg = arg;
+    memcpy(copy, frame, flen);
+    p->frame = copy;
+    p->flen = flen;
+    p->at = at;
+    p->ttl_s = ttl_s;
+    p->ulen = (uint32_t)ulen;
+    memcpy(p->user, user, ulen);
+    p->idlen = (uint32_t)idlen;
+    memcpy(p->id, id, idlen);
+    int rc = pub_send(j, i, last);
+    if (rc < 0) {
+        pub_release(j, i);
+        free(copy);
+        return rc;
     }
     if (j->next_check > p->deadline)
         j->next_check = p->deadline;
@@ -787,7 +838,7 @@ static void drain(struct th_mjs *j, int closing)
         if (!closing) {
             switch (e->kind) {
             case EV_ACK:
-                on_ack_ev(j, e->msg, e->a, (int)e->b, e->c);
+                on_ack_ev(j, e->msg, e->a, (int)e->b, e->c, e->d);
                 break;
             case EV_MSG:
                 on_mirror(j, e->msg);

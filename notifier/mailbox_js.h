@@ -79,6 +79,7 @@ struct th_mjs_stats {
     uint64_t stored;    /* writes JetStream confirmed */
     uint64_t failed;    /* writes not confirmed (answered "stored":false / 503) */
     uint64_t dups;      /* writes JetStream de-duplicated (same id) */
+    uint64_t retried;   /* publishes again: the user's last seq was another than this cache's */
     uint64_t mirrored;  /* stream messages applied to the cache */
     uint64_t mirror_at; /* last stream seq applied */
 };

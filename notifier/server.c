@@ -1054,10 +1054,11 @@ static void render_js_metrics(struct th_buf *b)
                   "tether_jetstream_duplicates_total %llu\n"
                   "# TYPE tether_jetstream_mirrored_total counter\ntether_jetstream_mirrored_total "
                   "%llu\n# TYPE tether_jetstream_mirror_seq gauge\ntether_jetstream_mirror_seq "
-                  "%llu\n",
+                  "%llu\n# TYPE tether_jetstream_republished_total counter\n"
+                  "tether_jetstream_republished_total %llu\n",
                   st.up, (unsigned long long)st.stored, (unsigned long long)st.failed,
                   (unsigned long long)st.dups, (unsigned long long)st.mirrored,
-                  (unsigned long long)st.mirror_at);
+                  (unsigned long long)st.mirror_at, (unsigned long long)st.retried);
 }
 
 static void handle_request(struct conn *c, const struct th_api_req *req)

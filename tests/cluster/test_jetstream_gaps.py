@@ -11,6 +11,12 @@ with JetStream, two tether groups per class, python3-websockets clients.
 - ttl_s shorter than --mailbox-ttl holds on every node: a resume on
   another node, or on a node whose notifier restarted, never replays a
   notification whose own ttl_s has passed.
+- Tether-Prev (the user's previous seq, which tells a node that never saw
+  it that it left the stream) is exact even while two nodes write one user
+  at once (published expecting the user's last seq; the stream corrects a
+  stale one), and a user's notifications evicted by the per-user limit
+  before a node mirrored them make a resume from before them
+  recovered:false there, one from after them recovered:true.
 - recovered stays exact when a notification left the stream (max age)
   before a node mirrored it: the node's broker connection is cut (a relay
   in front of nats-server, harness.nats.Cut) while another node stores,
@@ -26,6 +32,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -34,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import harness as th  # noqa: E402
 from harness.aio import connect, nothing_more, wait_connected  # noqa: E402
 from harness.faults import role_pids  # noqa: E402
-from harness.nats import Cut, NatsServer, finish_all, stream_info  # noqa: E402
+from harness.nats import Cut, NatsServer, finish_all, stream_info, stream_msg  # noqa: E402
 from test_jetstream import (CAUGHT_UP, recv_json, resume, resume_url,  # noqa: E402
                             start_caught_up, wait_for_gone)
 
@@ -155,6 +162,51 @@ class Connected(Base):
                 self.assertFalse(r["recovered"], r)
             finally:
                 await ws.close()
+        th.aio.run(go(), timeout=90)
+
+
+class PerUser(Base):
+    """--mailbox-per-user 64 (the stream's per-subject limit)."""
+
+    def test_1_prev_exact_with_two_writers(self):
+        n = 30  # 2 x 30 stay under the per-user limit: every one is still in the stream
+        answers = {"a": [], "b": []}
+
+        def sender(g, key):
+            for i in range(n):
+                answers[key].append(g.notify("gp-two", {"from": key, "i": i}))
+
+        threads = [threading.Thread(target=sender, args=(g, k)) for g, k in ((self.a, "a"), (self.b, "b"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        seqs = sorted(body["seq"] for key in answers for st, body in answers[key]
+                      if st in (200, 202) and "seq" in body)
+        self.assertEqual(len(seqs), 2 * n, answers)
+        prevs = [stream_msg(self.nats.port, STREAM, q)["headers"].get("Tether-Prev") for q in seqs]
+        want = [None] + [str(q) for q in seqs[:-1]]
+        self.assertEqual(prevs, want, "Tether-Prev must name the user's real previous seq")
+
+    def test_2_evicted_before_mirrored(self):
+        """b's notifier down while a stores 70 for a user whose per-user limit is 64."""
+        async def go():
+            s = self.post(self.a, "gp-evict", {"n": 0})["seq"]
+            ws, r, frames = await resume(self.b, "gp-evict", 0, n=1)
+            epoch = r["epoch"]
+            await ws.close()
+            await wait_for_gone(self.b, "gp-evict")
+            with notifier_down(self.b):
+                seqs = [self.post(self.a, "gp-evict", {"n": i})["seq"] for i in range(1, 71)]
+            self.assertIsNone(stream_msg(self.nats.port, STREAM, seqs[5]), "not evicted")
+            ws, r, frames = await resume(self.b, "gp-evict", s, epoch, timeout=30)
+            await ws.close()
+            self.assertFalse(r["recovered"], "seqs %s were evicted unmirrored: %s" % (seqs[:6], r))
+            self.assertEqual([f["seq"] for f in frames], seqs[6:])
+            ws, r, frames = await resume(self.b, "gp-evict", seqs[5], epoch, timeout=30)
+            await ws.close()
+            self.assertTrue(r["recovered"], r)
+            self.assertEqual([f["seq"] for f in frames], seqs[6:])
         th.aio.run(go(), timeout=90)
 
 

@@ -8,8 +8,10 @@ n JetStream servers forming one NATS cluster (issue 13), kill_group
 SIGKILLs a whole tether node. Cut is a loopback TCP relay in front of a
 server that a test can cut (every connection through it closed, new ones
 refused) and mend, so one node loses the broker while the others keep it;
-stream_info asks JetStream about a stream over the plain NATS protocol."""
+stream_info and stream_msg ask JetStream about a stream and one stored
+message over the plain NATS protocol."""
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -191,13 +193,13 @@ class Cut:
         self.lsock.close()
 
 
-def stream_info(port, stream, timeout=5):
-    """$JS.API.STREAM.INFO.<stream> over a plain NATS connection: the reply's JSON."""
+def js_api(port, subject, body=b"", timeout=5):
+    """One JetStream API request over a plain NATS connection: the reply's JSON."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         f = s.makefile("rb")
         f.readline()  # INFO
         s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB _INBOX.t 1\r\n'
-                  b"PUB $JS.API.STREAM.INFO.%s _INBOX.t 0\r\n\r\n" % stream.encode())
+                  b"PUB %s _INBOX.t %d\r\n%s\r\n" % (subject.encode(), len(body), body))
         while True:
             line = f.readline()
             if not line:
@@ -207,6 +209,26 @@ def stream_info(port, stream, timeout=5):
             elif line.startswith(b"MSG "):
                 n = int(line.split()[-1])
                 return json.loads(f.read(n + 2)[:n])
+
+
+def stream_info(port, stream, timeout=5):
+    """$JS.API.STREAM.INFO.<stream>: the reply's JSON."""
+    return js_api(port, "$JS.API.STREAM.INFO." + stream, timeout=timeout)
+
+
+def stream_msg(port, stream, seq, timeout=5):
+    """The stored message seq of stream: {"subject", "seq", "headers": {name: value}}, or
+    None when it is not there (any more)."""
+    r = js_api(port, "$JS.API.STREAM.MSG.GET." + stream, json.dumps({"seq": seq}).encode(), timeout)
+    m = r.get("message")
+    if not m:
+        return None
+    heads = {}
+    for line in base64.b64decode(m.get("hdrs", "")).decode().split("\r\n")[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            heads[k.strip()] = v.strip()
+    return {"subject": m["subject"], "seq": m["seq"], "headers": heads}
 
 
 def node_args(nats, name, extra=()):
