@@ -61,6 +61,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <nats/nats.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,6 +80,8 @@
 #include "shm/rt/log.h"
 
 #define EV_IDX TH_UD_IDX_MAX /* the eventfd read; local route's idx stay far below */
+#define SOCK_IN_IDX (TH_UD_IDX_MAX - 1)  /* POLLIN on libnats' socket */
+#define SOCK_OUT_IDX (TH_UD_IDX_MAX - 2) /* POLLOUT on it, while a write is left over */
 #define MS_NS (1000ull * 1000)
 #define SCAN_NS (100 * MS_NS)
 #define HB_NS (500 * MS_NS)    /* heartbeat period on tether.n */
@@ -186,6 +189,12 @@ struct remote {
     char reply[256];
 };
 
+/* One io_uring poll on libnats' socket: at most one in flight, tagged with seq. */
+struct elpoll {
+    int armed, cancelling;
+    uint32_t seq, gen; /* gen: el_gen of the socket it polls */
+};
+
 struct th_route_nats {
     struct th_route base;
     const struct th_config *cfg;
@@ -215,6 +224,16 @@ struct th_route_nats {
     uint64_t scan_mark, next_scan, next_hb, next_full_scan, scan_stamp;
     uint64_t bad, bad_logged_ns;
     struct remote *remotes;
+    /*
+     * libnats' socket (external event-loop mode): written by the el_*
+     * callbacks on whichever thread libnats calls them from, under mu;
+     * the loop polls what they ask for (el_sync).
+     */
+    int el_sock;             /* -1: none (connecting, reconnecting, closed) */
+    uint32_t el_gen;         /* bumped at every attach and detach */
+    int el_read, el_write;   /* what libnats wants polled */
+    struct elpoll pin, pout; /* the loop's io_uring polls on el_sock (loop thread only) */
+    pthread_t loop_thread;   /* callbacks from it need no wake: flush() runs before every wait */
     int closing; /* destroy: queued events are only freed */
     int up;      /* loop's view of the broker (from EV_DOWN/EV_UP and the status) */
     /* metrics */
@@ -297,6 +316,66 @@ static void on_reconnected(natsConnection *nc, void *closure)
 {
     (void)nc;
     push(closure, EV_RECONNECTED, NULL);
+}
+
+/*
+ * The external event-loop callbacks. libnats calls them with its connection
+ * lock held, from the loop thread (publish, ProcessRead/WriteEvent) or its
+ * own (reconnect, ping timer): they only note what libnats wants under mu
+ * and, from another thread, wake the loop, which polls accordingly.
+ */
+static void el_wake(struct th_route_nats *rn)
+{
+    uint64_t one = 1;
+    if (!pthread_equal(pthread_self(), rn->loop_thread) &&
+        write(rn->efd, &one, sizeof(one)) < 0) { /* EAGAIN: a wake is pending anyway */
+    }
+}
+
+static natsStatus el_attach(void **user, void *loop, natsConnection *nc, natsSock sock)
+{
+    (void)nc;
+    struct th_route_nats *rn = loop;
+    *user = rn;
+    pthread_mutex_lock(&rn->mu);
+    rn->el_sock = (int)sock;
+    rn->el_gen++;
+    rn->el_read = 1; /* attached: read events wanted from now on */
+    pthread_mutex_unlock(&rn->mu);
+    el_wake(rn);
+    return NATS_OK;
+}
+
+static natsStatus el_read(void *user, bool add)
+{
+    struct th_route_nats *rn = user;
+    pthread_mutex_lock(&rn->mu);
+    rn->el_read = add;
+    pthread_mutex_unlock(&rn->mu);
+    el_wake(rn);
+    return NATS_OK;
+}
+
+static natsStatus el_write(void *user, bool add)
+{
+    struct th_route_nats *rn = user;
+    pthread_mutex_lock(&rn->mu);
+    rn->el_write = add;
+    pthread_mutex_unlock(&rn->mu);
+    el_wake(rn);
+    return NATS_OK;
+}
+
+static natsStatus el_detach(void *user)
+{
+    struct th_route_nats *rn = user;
+    pthread_mutex_lock(&rn->mu);
+    rn->el_sock = -1;
+    rn->el_gen++;
+    rn->el_read = rn->el_write = 0;
+    pthread_mutex_unlock(&rn->mu);
+    el_wake(rn);
+    return NATS_OK;
 }
 
 /* ---- subjects and message text --------------------------------------------- */
@@ -1175,9 +1254,86 @@ static void arm(struct th_route_nats *rn)
     rn->armed = 1;
 }
 
+struct el_state {
+    int sock, rd, wr;
+    uint32_t gen;
+};
+
+static struct el_state el_get(struct th_route_nats *rn)
+{
+    pthread_mutex_lock(&rn->mu);
+    struct el_state st = {rn->el_sock, rn->el_read, rn->el_write, rn->el_gen};
+    pthread_mutex_unlock(&rn->mu);
+    return st;
+}
+
+/*
+ * Keep one poll of kind mask on the socket while want holds: arm it, or
+ * cancel it once the socket changed (a reconnect) or is no longer wanted.
+ * A poll armed on a number libnats closed and reused meanwhile is on the
+ * old generation and cancelled as soon as the loop sees the new one.
+ */
+static void el_poll(struct th_route_nats *rn, struct elpoll *p, uint32_t idx, unsigned mask,
+                    const struct el_state *st, int want)
+{
+    struct io_uring_sqe *sqe;
+    if (p->armed) {
+        if ((!want || p->gen != st->gen) && !p->cancelling &&
+            (sqe = th_uring_sqe(rn->ring))) {
+            io_uring_prep_poll_remove(sqe, th_ud_make(TH_UD_ROUTE, idx, p->seq));
+            io_uring_sqe_set_data64(sqe, th_ud_make(TH_UD_NONE, 0, 0));
+            p->cancelling = 1;
+        }
+        return;
+    }
+    if (!want || st->sock < 0 || !(sqe = th_uring_sqe(rn->ring)))
+        return; /* no SQE: the next flush tries again */
+    io_uring_prep_poll_add(sqe, st->sock, mask);
+    io_uring_sqe_set_data64(sqe, th_ud_make(TH_UD_ROUTE, idx, ++p->seq));
+    p->armed = 1;
+    p->cancelling = 0;
+    p->gen = st->gen;
+}
+
+/*
+ * Bring the polls in line with what libnats wants. What the loop published
+ * since the last call sits in libnats' buffer: written here, one send for a
+ * whole iteration's requests and confirmations; POLLOUT only if the socket
+ * took less than all of it.
+ */
+static void el_sync(struct th_route_nats *rn)
+{
+    struct el_state st = el_get(rn);
+    if (st.wr && st.sock >= 0 && !rn->pout.armed) {
+        natsConnection_ProcessWriteEvent(rn->nc);
+        st = el_get(rn);
+    }
+    el_poll(rn, &rn->pin, SOCK_IN_IDX, POLLIN, &st, st.rd);
+    el_poll(rn, &rn->pout, SOCK_OUT_IDX, POLLOUT, &st, st.wr);
+}
+
+/* A poll on the socket came back: hand the event to libnats if it is still that socket's. */
+static void el_on_poll(struct th_route_nats *rn, struct elpoll *p, uint32_t seq, int res, int in)
+{
+    if (!p->armed || seq != p->seq)
+        return;
+    p->armed = 0;
+    int current = !p->cancelling && res >= 0 && p->gen == el_get(rn).gen;
+    p->cancelling = 0;
+    if (current && in)
+        natsConnection_ProcessReadEvent(rn->nc); /* reads once; the poll is armed again below */
+    else if (current)
+        natsConnection_ProcessWriteEvent(rn->nc);
+    el_sync(rn);
+}
+
 static void nats_on_cqe(struct th_route *r, uint32_t idx, uint32_t gen, int res, unsigned flags)
 {
     struct th_route_nats *rn = (struct th_route_nats *)r;
+    if (idx == SOCK_IN_IDX || idx == SOCK_OUT_IDX) {
+        el_on_poll(rn, idx == SOCK_IN_IDX ? &rn->pin : &rn->pout, gen, res, idx == SOCK_IN_IDX);
+        return;
+    }
     if (idx != EV_IDX) {
         rn->local->ops->on_cqe(rn->local, idx, gen, res, flags);
         return;
@@ -1187,12 +1343,14 @@ static void nats_on_cqe(struct th_route *r, uint32_t idx, uint32_t gen, int res,
         th_warn("[Cluster] read of the broker eventfd failed: %s", strerror(-res));
     drain_queue(rn);
     arm(rn);
+    el_sync(rn); /* a callback from another thread may have asked for something */
 }
 
 static void nats_flush(struct th_route *r)
 {
     struct th_route_nats *rn = (struct th_route_nats *)r;
     arm(rn);
+    el_sync(rn);
     rn->local->ops->flush(rn->local);
 }
 
@@ -1268,6 +1426,40 @@ static void nats_render_metrics(struct th_route *r, struct th_buf *b)
                    "Publish to a holding node's confirmation (this notifier).", &rn->confirm);
 }
 
+static int written(struct th_route_nats *rn)
+{
+    return !el_get(rn).wr;
+}
+
+static int closed(struct th_route_nats *rn)
+{
+    return natsConnection_IsClosed(rn->nc);
+}
+
+/*
+ * At stop the loop no longer runs, so nothing moves libnats' bytes: do it
+ * here with poll(2) until done(rn) or ms passed (the bye messages written,
+ * the drain's unsubscribes and PING answered).
+ */
+static void el_pump(struct th_route_nats *rn, int ms, int (*done)(struct th_route_nats *))
+{
+    uint64_t end = th_mono_ns() + (uint64_t)ms * MS_NS;
+    while (!done(rn) && th_mono_ns() < end) {
+        struct el_state st = el_get(rn);
+        if (st.sock < 0) { /* reconnecting or closing: libnats' threads move it along */
+            usleep(5 * 1000);
+            continue;
+        }
+        struct pollfd pfd = {.fd = st.sock, .events = (short)(POLLIN | (st.wr ? POLLOUT : 0))};
+        if (poll(&pfd, 1, 10) <= 0)
+            continue;
+        if (pfd.revents & POLLOUT)
+            natsConnection_ProcessWriteEvent(rn->nc);
+        if (pfd.revents & (POLLIN | POLLHUP | POLLERR))
+            natsConnection_ProcessReadEvent(rn->nc);
+    }
+}
+
 /* Tell the others we leave (they stop waiting for us at once), then close. */
 static void say_leaving(struct th_route_nats *rn)
 {
@@ -1279,7 +1471,7 @@ static void say_leaving(struct th_route_nats *rn)
     char body[24];
     int n = snprintf(body, sizeof(body), "TX1 %s", rn->me_hex);
     natsConnection_Publish(rn->nc, SUBJ_NODES, body, n);
-    natsConnection_FlushTimeout(rn->nc, 500);
+    el_pump(rn, 500, written);
 }
 
 /*
@@ -1291,8 +1483,7 @@ static void drain_connection(struct th_route_nats *rn)
 {
     if (!broker_up(rn) || natsConnection_DrainTimeout(rn->nc, 1000) != NATS_OK)
         return;
-    for (int i = 0; i < 150 && !natsConnection_IsClosed(rn->nc); i++)
-        usleep(10 * 1000);
+    el_pump(rn, 1500, closed);
 }
 
 static void nats_destroy(struct th_route *r)
@@ -1363,7 +1554,9 @@ static int setup_options(struct th_route_nats *rn)
         (s = natsOptions_SetReconnectBufSize(rn->opts, 256 * 1024)) != NATS_OK ||
         (s = natsOptions_SetDisconnectedCB(rn->opts, on_down, rn)) != NATS_OK ||
         (s = natsOptions_SetReconnectedCB(rn->opts, on_reconnected, rn)) != NATS_OK ||
-        (s = natsOptions_SetRetryOnFailedConnect(rn->opts, true, on_up, rn)) != NATS_OK) {
+        (s = natsOptions_SetRetryOnFailedConnect(rn->opts, true, on_up, rn)) != NATS_OK ||
+        (s = natsOptions_SetEventLoop(rn->opts, rn, el_attach, el_read, el_write, el_detach)) !=
+            NATS_OK) {
         th_error("[Cluster] NATS options (--nats %s): %s", rn->cfg->nats_urls,
                  natsStatus_GetText(s));
         return -EINVAL;
@@ -1434,6 +1627,8 @@ struct th_route *th_route_nats_new(const struct th_config *cfg, struct th_reg *r
     rn->ring = ring;
     rn->local = local;
     pthread_mutex_init(&rn->mu, NULL);
+    rn->el_sock = -1;
+    rn->loop_thread = pthread_self();
     for (uint32_t i = 0; i < NPEND; i++)
         rn->pend[i].next_free = i + 1 < NPEND ? i + 1 : UINT32_MAX;
     rn->fhead = rn->ftail = NO_PEND;
