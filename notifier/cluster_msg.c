@@ -143,6 +143,8 @@ int th_cm_reply_token(const char *tok, uint32_t *idx, uint32_t *gen)
     int kind = 'd';
     if (strcmp(tok, "h") == 0)
         return 'h';
+    if (strcmp(tok, "b") == 0)
+        return 'b';
     if (*tok == 'p') {
         kind = 'p';
         tok++;
@@ -174,22 +176,97 @@ int th_cm_request(const void *d, size_t n, uint64_t *nseq, const char **frame, s
     return 0;
 }
 
-int th_cm_reply(const char *s, struct th_cm_reply *out)
+/* "<status> <confirmed>" of a reply. */
+static int scan_outcome(const char **s, struct th_cm_reply *out)
 {
     uint64_t st, conf;
-    memset(out, 0, sizeof(*out));
-    if (scan_tag(&s, "TR2") < 0 || scan_u64(&s, 999, &st) < 0 || expect(&s, ' ') < 0 ||
-        scan_u64(&s, 1u << 20, &conf) < 0 || expect(&s, ' ') < 0 || scan_id(&s, &out->id) < 0)
+    if (scan_u64(s, 999, &st) < 0 || expect(s, ' ') < 0 || scan_u64(s, 1u << 20, &conf) < 0)
         return -EINVAL;
     out->status = (unsigned)st;
     out->confirmed = (unsigned)conf;
-    while (*s == ' ') {
-        s++;
-        if (out->npeers == TH_CM_PEERS_MAX || scan_id(&s, &out->peers[out->npeers]) < 0)
+    return 0;
+}
+
+/* "[ <peer id>...]" up to TH_CM_PEERS_MAX. */
+static int scan_peers(const char **s, struct th_cm_reply *out)
+{
+    while (**s == ' ') {
+        (*s)++;
+        if (out->npeers == TH_CM_PEERS_MAX || scan_id(s, &out->peers[out->npeers]) < 0)
             return -EINVAL;
         out->npeers++;
     }
+    return 0;
+}
+
+int th_cm_reply(const char *s, struct th_cm_reply *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (scan_tag(&s, "TR2") < 0 || scan_outcome(&s, out) < 0 || expect(&s, ' ') < 0 ||
+        scan_id(&s, &out->id) < 0 || scan_peers(&s, out) < 0)
+        return -EINVAL;
     return *s ? -EINVAL : 0;
+}
+
+int th_cm_reply_batch(const char *s, uint64_t *id)
+{
+    const char *p = s;
+    if (scan_tag(&p, "TR3") < 0 || scan_id(&p, id) < 0 || expect(&p, '\n') < 0)
+        return -EINVAL;
+    return (int)(p - s);
+}
+
+int th_cm_reply_line(const char *s, size_t *off, uint32_t *idx, uint32_t *gen,
+                     struct th_cm_reply *out)
+{
+    const char *p = s + *off;
+    uint64_t i, g, id;
+    if (!*p)
+        return 0;
+    id = out->id;
+    memset(out, 0, sizeof(*out));
+    out->id = id;
+    if (scan_u64(&p, UINT32_MAX, &i) < 0 || expect(&p, '_') < 0 ||
+        scan_u64(&p, UINT32_MAX, &g) < 0 || expect(&p, ' ') < 0 || scan_outcome(&p, out) < 0 ||
+        scan_peers(&p, out) < 0 || expect(&p, '\n') < 0)
+        return -EINVAL;
+    *idx = (uint32_t)i;
+    *gen = (uint32_t)g;
+    *off = (size_t)(p - s);
+    return 1;
+}
+
+/* Decimal of v at out; its length. */
+static size_t put_u64(char *out, uint64_t v)
+{
+    char t[20];
+    size_t n = 0, k = 0;
+    do
+        t[n++] = (char)('0' + v % 10);
+    while ((v /= 10));
+    while (n)
+        out[k++] = t[--n];
+    return k;
+}
+
+size_t th_cm_reply_line_put(char *out, uint32_t idx, uint32_t gen, unsigned status,
+                            unsigned confirmed, const uint64_t *peers, unsigned npeers)
+{
+    size_t n = put_u64(out, idx);
+    out[n++] = '_';
+    n += put_u64(out + n, gen);
+    out[n++] = ' ';
+    n += put_u64(out + n, status);
+    out[n++] = ' ';
+    n += put_u64(out + n, confirmed);
+    for (unsigned k = 0; k < npeers && k < TH_CM_PEERS_MAX; k++) {
+        out[n++] = ' ';
+        th_cm_id_hex(out + n, peers[k]);
+        n += 16;
+    }
+    out[n++] = '\n';
+    out[n] = 0;
+    return n;
 }
 
 int th_cm_holder(const char *s, uint64_t *id, int *bye)

@@ -11,6 +11,8 @@
  *   on tether.u.<hex user>   "TN1\0" + nseq (8 bytes LE) + frame   a notification
  *                            "TH1 <id>"  hello (a new holder)  "TB1 <id>"  bye
  *   on <inbox>.<i>_<g>       "TR2 <status> <confirmed> <id>[ <peer id>...]"
+ *   on <inbox>.b             "TR3 <id>\n" then "<i>_<g> <status> <confirmed>[ <peer id>...]\n"
+ *                            per delivery: one holder's answers to one asker, batched
  *   on <inbox>.h             "TI1 <id> <hex user>"  a holder answering a hello
  *   on tether.n              "TK1 <id> <node name>"  heartbeat   "TX1 <id>"  leaving
  *   on tether.p              "TP1 <hex user>"  presence question
@@ -41,8 +43,9 @@ void th_cm_id_hex(char out[17], uint64_t id);
 
 /*
  * The token after "<inbox>." of a reply subject: 'h' (a hello answer),
- * 'p' ("p<idx>_<gen>", a presence answer) or 'd' ("<idx>_<gen>", a delivery
- * reply), idx and gen filled for the last two; -EINVAL for anything else.
+ * 'b' (a batch of delivery replies), 'p' ("p<idx>_<gen>", a presence
+ * answer) or 'd' ("<idx>_<gen>", a delivery reply), idx and gen filled for
+ * the last two; -EINVAL for anything else.
  */
 int th_cm_reply_token(const char *tok, uint32_t *idx, uint32_t *gen);
 
@@ -58,6 +61,21 @@ struct th_cm_reply {
     uint64_t peers[TH_CM_PEERS_MAX];
 };
 int th_cm_reply(const char *s, struct th_cm_reply *out);
+
+/*
+ * A batch of delivery replies: th_cm_reply_batch takes the head line
+ * "TR3 <id>\n" and returns the offset of the first reply line;
+ * th_cm_reply_line takes the line at s + *off: 1 (idx, gen and out filled
+ * except out->id, *off moved past it), 0 at the end, -EINVAL. Every line
+ * ends with '\n'.
+ */
+int th_cm_reply_batch(const char *s, uint64_t *id);
+int th_cm_reply_line(const char *s, size_t *off, uint32_t *idx, uint32_t *gen,
+                     struct th_cm_reply *out);
+/* One reply line into out (cap >= TH_CM_LINE_MAX); its length. */
+#define TH_CM_LINE_MAX (40u + TH_CM_PEERS_MAX * 17u)
+size_t th_cm_reply_line_put(char *out, uint32_t idx, uint32_t gen, unsigned status,
+                            unsigned confirmed, const uint64_t *peers, unsigned npeers);
 
 /* "TH1 <id>" (*bye 0) or "TB1 <id>" (*bye 1). */
 int th_cm_holder(const char *s, uint64_t *id, int *bye);

@@ -49,20 +49,31 @@
  * and is gathered by the same rule: done when every node heard on
  * "tether.n" answered, else at the timeout, marked partial.
  *
- * Threads. libnats runs its own threads (socket reader, flusher, one global
- * message-delivery thread). Its callbacks touch nothing of the loop: they
- * push the message onto a mutex-protected queue and write the route's
- * eventfd. The loop keeps one io_uring read armed on that eventfd (user_data
- * TH_UD_ROUTE with idx EV_IDX); its completion drains the queue on the loop
- * thread, which alone touches the pending, presence, node and interest
- * tables and the local route. The loop thread calls libnats' thread-safe
- * publish/subscribe.
+ * Threads. libnats runs in its external event-loop mode on the notifier's
+ * io_uring loop: it starts no socket reader, and the loop reads and writes
+ * the broker socket for it (natsConnection_ProcessReadEvent/WriteEvent).
+ * Its el_* callbacks, called with its connection lock held from the loop
+ * thread or from its own reconnect and ping-timer threads, only store what
+ * it wants polled in one atomic word (rn->el) and, from another thread,
+ * write the route's eventfd; the loop keeps one io_uring poll armed per
+ * wanted direction. What the loop publishes during one iteration sits in
+ * libnats' buffer and leaves in one send at flush(), and a holder's
+ * confirmations to one asker leave as one message ("TR3", batched per
+ * iteration), so a burst of notifications costs a few syscalls and broker
+ * messages, not a few per notification. Messages for a subscription still
+ * reach our callbacks on libnats' one global delivery thread: they push
+ * them onto a lock-free list and write the eventfd on empty -> not empty;
+ * the loop keeps one io_uring read armed on that eventfd (user_data
+ * TH_UD_ROUTE with idx EV_IDX) and its completion drains the list on the
+ * loop thread, which alone touches the pending, presence, node and
+ * interest tables and the local route.
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <nats/nats.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,7 +90,7 @@
 #include "shm/rt/clock.h"
 #include "shm/rt/log.h"
 
-#define EV_IDX TH_UD_IDX_MAX /* the eventfd read; local route's idx stay far below */
+#define EV_IDX TH_UD_IDX_MAX             /* the eventfd read; local route's idx stay far below */
 #define SOCK_IN_IDX (TH_UD_IDX_MAX - 1)  /* POLLIN on libnats' socket */
 #define SOCK_OUT_IDX (TH_UD_IDX_MAX - 2) /* POLLOUT on it, while a write is left over */
 #define MS_NS (1000ull * 1000)
@@ -102,6 +113,9 @@
 #define TEXT_MAX 2048u      /* the text messages (replies, hellos, heartbeats) */
 #define PANS_MAX (PRES_CONNS * 64u + 256u)
 #define BAD_LOG_NS (1000 * MS_NS)
+#define NBATCH 16u                /* askers one iteration's confirmations are batched for */
+#define BATCH_BYTES (16u * 1024u) /* a batch goes out once it holds this much */
+#define BATCH_TEXT (BATCH_BYTES + TH_CM_LINE_MAX + 32u)
 
 enum ev_kind { EV_USER, EV_NODES, EV_PRESENCE, EV_REPLY, EV_DOWN, EV_UP, EV_RECONNECTED };
 
@@ -180,6 +194,18 @@ struct pres {
     uint32_t next_free;
 };
 
+/*
+ * This node's confirmations to one asking node, gathered during one loop
+ * iteration and published at flush() as one "TR3" message on
+ * "<its inbox>.b" (one broker message per asker per iteration instead of
+ * one per delivery).
+ */
+struct batch {
+    char subj[256 + 2];
+    size_t plen; /* the asker's inbox: subj[0..plen) */
+    struct th_buf b;
+};
+
 /* A request from another node being delivered here; answered on reply. */
 struct remote {
     struct remote *prev, *next; /* rn->remotes: freed at destroy if still out */
@@ -188,6 +214,17 @@ struct remote {
     char user[TH_USER_MAX];
     char reply[256];
 };
+
+/*
+ * The word rn->el: socket (low 32 bits, all ones = none: connecting,
+ * reconnecting, closed), generation (bumped at every attach and detach),
+ * and whether libnats wants read and write events polled.
+ */
+#define EL_NOSOCK 0xffffffffull
+#define EL_GEN_SHIFT 32
+#define EL_GEN_MASK 0x3fffffffull
+#define EL_RD (1ull << 62)
+#define EL_WR (1ull << 63)
 
 /* One io_uring poll on libnats' socket: at most one in flight, tagged with seq. */
 struct elpoll {
@@ -209,8 +246,7 @@ struct th_route_nats {
     char me_hex[17];
     int efd, armed;
     uint64_t efd_buf;
-    pthread_mutex_t mu; /* guards qhead/qtail only */
-    struct ev *qhead, *qtail;
+    _Atomic(struct ev *) qhead; /* events pushed by libnats' threads, newest first */
     struct pend pend[NPEND];
     uint32_t free_head;
     unsigned npend_used;
@@ -224,18 +260,20 @@ struct th_route_nats {
     uint64_t scan_mark, next_scan, next_hb, next_full_scan, scan_stamp;
     uint64_t bad, bad_logged_ns;
     struct remote *remotes;
+    struct batch batch[NBATCH];
+    unsigned nbatch;
+    char btext[BATCH_TEXT]; /* a received batch as text (loop thread only) */
     /*
-     * libnats' socket (external event-loop mode): written by the el_*
-     * callbacks on whichever thread libnats calls them from, under mu;
-     * the loop polls what they ask for (el_sync).
+     * libnats' socket (external event-loop mode) in one word (EL_* below):
+     * written by the el_* callbacks on whichever thread libnats calls them
+     * from (with its connection lock held, so one at a time), read by the
+     * loop, which polls what they ask for (el_sync).
      */
-    int el_sock;             /* -1: none (connecting, reconnecting, closed) */
-    uint32_t el_gen;         /* bumped at every attach and detach */
-    int el_read, el_write;   /* what libnats wants polled */
-    struct elpoll pin, pout; /* the loop's io_uring polls on el_sock (loop thread only) */
+    _Atomic uint64_t el;
+    struct elpoll pin, pout; /* the loop's io_uring polls on the socket (loop thread only) */
     pthread_t loop_thread;   /* callbacks from it need no wake: flush() runs before every wait */
-    int closing; /* destroy: queued events are only freed */
-    int up;      /* loop's view of the broker (from EV_DOWN/EV_UP and the status) */
+    int closing;             /* destroy: queued events are only freed */
+    int up;                  /* loop's view of the broker (from EV_DOWN/EV_UP and the status) */
     /* metrics */
     uint64_t reconnects, served, results[R_NRESULTS];
     struct th_hist confirm; /* publish to a holder's answer */
@@ -251,17 +289,13 @@ static void push(struct th_route_nats *rn, int kind, natsMsg *msg)
             natsMsg_Destroy(msg);
         return;
     }
-    e->next = NULL;
     e->kind = kind;
     e->msg = msg;
-    pthread_mutex_lock(&rn->mu);
-    int was_empty = rn->qhead == NULL;
-    if (rn->qtail)
-        rn->qtail->next = e;
-    else
-        rn->qhead = e;
-    rn->qtail = e;
-    pthread_mutex_unlock(&rn->mu);
+    e->next = atomic_load_explicit(&rn->qhead, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak_explicit(&rn->qhead, &e->next, e, memory_order_release,
+                                                  memory_order_relaxed))
+        ;
+    int was_empty = e->next == NULL;
     /*
      * Wake the loop only on empty -> not empty: the loop takes the whole
      * queue after each eventfd read, so a non-empty queue always has a wake
@@ -332,49 +366,61 @@ static void el_wake(struct th_route_nats *rn)
     }
 }
 
+/* rn->el = f(rn->el), then wake the loop when called from another thread. */
+static void el_update(struct th_route_nats *rn, uint64_t (*f)(uint64_t, uint64_t), uint64_t arg)
+{
+    uint64_t old = atomic_load(&rn->el);
+    while (!atomic_compare_exchange_weak(&rn->el, &old, f(old, arg)))
+        ;
+    el_wake(rn);
+}
+
+static uint64_t el_next_gen(uint64_t w)
+{
+    return (((w >> EL_GEN_SHIFT) + 1) & EL_GEN_MASK) << EL_GEN_SHIFT;
+}
+
+static uint64_t el_f_attach(uint64_t w, uint64_t sock)
+{
+    return el_next_gen(w) | (sock & EL_NOSOCK) | EL_RD | (w & EL_WR); /* read from now on */
+}
+
+static uint64_t el_f_detach(uint64_t w, uint64_t unused)
+{
+    (void)unused;
+    return el_next_gen(w) | EL_NOSOCK;
+}
+
+static uint64_t el_f_flag(uint64_t w, uint64_t flag_on)
+{
+    uint64_t flag = flag_on & (EL_RD | EL_WR);
+    return flag_on & 1 ? w | flag : w & ~flag;
+}
+
 static natsStatus el_attach(void **user, void *loop, natsConnection *nc, natsSock sock)
 {
     (void)nc;
     struct th_route_nats *rn = loop;
     *user = rn;
-    pthread_mutex_lock(&rn->mu);
-    rn->el_sock = (int)sock;
-    rn->el_gen++;
-    rn->el_read = 1; /* attached: read events wanted from now on */
-    pthread_mutex_unlock(&rn->mu);
-    el_wake(rn);
+    el_update(rn, el_f_attach, (uint64_t)(uint32_t)sock);
     return NATS_OK;
 }
 
 static natsStatus el_read(void *user, bool add)
 {
-    struct th_route_nats *rn = user;
-    pthread_mutex_lock(&rn->mu);
-    rn->el_read = add;
-    pthread_mutex_unlock(&rn->mu);
-    el_wake(rn);
+    el_update(user, el_f_flag, EL_RD | (add ? 1 : 0));
     return NATS_OK;
 }
 
 static natsStatus el_write(void *user, bool add)
 {
-    struct th_route_nats *rn = user;
-    pthread_mutex_lock(&rn->mu);
-    rn->el_write = add;
-    pthread_mutex_unlock(&rn->mu);
-    el_wake(rn);
+    el_update(user, el_f_flag, EL_WR | (add ? 1 : 0));
     return NATS_OK;
 }
 
 static natsStatus el_detach(void *user)
 {
-    struct th_route_nats *rn = user;
-    pthread_mutex_lock(&rn->mu);
-    rn->el_sock = -1;
-    rn->el_gen++;
-    rn->el_read = rn->el_write = 0;
-    pthread_mutex_unlock(&rn->mu);
-    el_wake(rn);
+    el_update(user, el_f_detach, 0);
     return NATS_OK;
 }
 
@@ -850,6 +896,28 @@ static int nats_deliver(struct th_route *r, const char *user, size_t ulen, const
     return 0;
 }
 
+/* Node rp->id's answer for delivery idx/gen: count it, wait for the holders it knows too. */
+static void apply_reply(struct th_route_nats *rn, uint32_t idx, uint32_t gen,
+                        const struct th_cm_reply *rp, uint64_t now)
+{
+    if (idx >= NPEND)
+        return;
+    struct pend *p = &rn->pend[idx];
+    if (!p->used || p->gen != gen)
+        return; /* late: that delivery was answered */
+    if (ws_answered(&p->ws, rp->id) < 0)
+        return; /* a node answers once */
+    node_heard(rn, rp->id, NULL);
+    th_hist_add(&rn->confirm, now - p->t_pub);
+    if (rp->status == 200 && rp->confirmed) {
+        p->remote_conf += rp->confirmed;
+        p->remote_nodes++;
+    }
+    for (unsigned k = 0; k < rp->npeers; k++)
+        ws_expect(rn, &p->ws, rp->peers[k], now);
+    pend_check(rn, idx, now);
+}
+
 /* "TR2 <status> <confirmed> <id> [<peer id>...]" from a node that holds the user. */
 static void on_deliver_reply(struct th_route_nats *rn, natsMsg *m, uint32_t idx, uint32_t gen)
 {
@@ -868,17 +936,27 @@ static void on_deliver_reply(struct th_route_nats *rn, natsMsg *m, uint32_t idx,
         bad_input(rn, "reply body");
         return;
     }
-    if (ws_answered(&p->ws, rp.id) < 0)
-        return; /* a node answers once */
-    node_heard(rn, rp.id, NULL);
-    th_hist_add(&rn->confirm, now - p->t_pub);
-    if (rp.status == 200 && rp.confirmed) {
-        p->remote_conf += rp.confirmed;
-        p->remote_nodes++;
+    apply_reply(rn, idx, gen, &rp, now);
+}
+
+/* "TR3 <id>\n" + "<idx>_<gen> <status> <confirmed> [<peer id>...]\n" lines: one holder's batch. */
+static void on_reply_batch(struct th_route_nats *rn, natsMsg *m)
+{
+    struct th_cm_reply rp = {0};
+    int off;
+    if (msg_text(m, rn->btext, sizeof(rn->btext)) < 0 ||
+        (off = th_cm_reply_batch(rn->btext, &rp.id)) < 0) {
+        bad_input(rn, "reply batch");
+        return;
     }
-    for (unsigned k = 0; k < rp.npeers; k++)
-        ws_expect(rn, &p->ws, rp.peers[k], now);
-    pend_check(rn, idx, now);
+    uint64_t now = th_mono_ns();
+    uint32_t idx, gen;
+    size_t o = (size_t)off;
+    int rc;
+    while ((rc = th_cm_reply_line(rn->btext, &o, &idx, &gen, &rp)) == 1)
+        apply_reply(rn, idx, gen, &rp, now); /* lines before a bad one count */
+    if (rc < 0)
+        bad_input(rn, "reply batch line");
 }
 
 /* ---- presence: ask every live node ------------------------------------------ */
@@ -1059,6 +1137,8 @@ static void on_reply(struct th_route_nats *rn, natsMsg *m)
         kind = th_cm_reply_token(subj + il + 1, &idx, &gen);
     if (kind == 'h')
         on_hello_answer(rn, m);
+    else if (kind == 'b')
+        on_reply_batch(rn, m);
     else if (kind == 'p' && idx < NPRES)
         on_presence_answer(rn, m, idx, gen);
     else if (kind == 'd' && idx < NPEND)
@@ -1069,24 +1149,83 @@ static void on_reply(struct th_route_nats *rn, natsMsg *m)
 
 /* ---- messages on a user's subject from other nodes --------------------------- */
 
-/* "TR2 <status> <confirmed> <me> <peers...>": who else the asker should wait for. */
+static void batch_send(struct th_route_nats *rn, struct batch *bt)
+{
+    if (rn->nc && !bt->b.oom && bt->b.len)
+        natsConnection_Publish(rn->nc, bt->subj, bt->b.p, (int)bt->b.len); /* lost: timeouts */
+    bt->b.len = 0;
+    bt->b.oom = 0;
+}
+
+/* Every batch gathered this iteration goes out (before libnats' buffer is written). */
+static void batches_send(struct th_route_nats *rn)
+{
+    for (unsigned i = 0; i < rn->nbatch; i++)
+        batch_send(rn, &rn->batch[i]);
+    rn->nbatch = 0;
+}
+
+/*
+ * Add one confirmation to the batch for the asker whose inbox is
+ * reply[0..plen); 0, or -ENOSPC (no batch free: answer alone).
+ */
+static int batch_add(struct th_route_nats *rn, const char *reply, size_t plen, const char *line,
+                     size_t llen)
+{
+    struct batch *bt = NULL;
+    for (unsigned i = 0; i < rn->nbatch && !bt; i++)
+        if (rn->batch[i].plen == plen && memcmp(rn->batch[i].subj, reply, plen) == 0)
+            bt = &rn->batch[i];
+    if (!bt) {
+        if (rn->nbatch == NBATCH || plen + 3 > sizeof(bt->subj))
+            return -ENOSPC;
+        bt = &rn->batch[rn->nbatch++];
+        memcpy(bt->subj, reply, plen);
+        memcpy(bt->subj + plen, ".b", 3);
+        bt->plen = plen;
+    }
+    if (!bt->b.len)
+        th_buf_printf(&bt->b, "TR3 %s\n", rn->me_hex);
+    th_buf_put(&bt->b, line, llen);
+    if (bt->b.len >= BATCH_BYTES)
+        batch_send(rn, bt);
+    return 0;
+}
+
+/*
+ * "<idx>_<gen> <status> <confirmed> <peers...>" into the asker's batch (who
+ * else it should wait for), or alone as "TR2 ..." when the reply subject is
+ * not of the "<inbox>.<idx>_<gen>" form.
+ */
 static void on_remote_done(void *arg, const struct th_route_result *res)
 {
     struct remote *rm = arg;
     struct th_route_nats *rn = rm->rn;
-    char body[64 + MAX_PEERS * 17];
-    int n = snprintf(body, sizeof(body), "TR2 %d %u %s", res->status,
-                     res->status == 200 ? res->confirmed : 0, rn->me_hex);
+    uint64_t peers[MAX_PEERS];
+    unsigned np = 0, conf = res->status == 200 ? res->confirmed : 0;
     struct interest *it = interest_find(rn, rm->user, rm->ulen);
     uint64_t now = th_mono_ns();
     for (unsigned k = 0; it && k < it->npeers; k++)
-        if (node_live(rn, it->peers[k], now)) {
-            body[n++] = ' ';
-            th_cm_id_hex(body + n, it->peers[k]);
-            n += 16;
-        }
+        if (node_live(rn, it->peers[k], now))
+            peers[np++] = it->peers[k];
+    const char *dot = strrchr(rm->reply, '.');
+    uint32_t idx, gen;
+    char line[TH_CM_LINE_MAX];
+    if (dot && th_cm_reply_token(dot + 1, &idx, &gen) == 'd') {
+        size_t n = th_cm_reply_line_put(line, idx, gen, (unsigned)res->status, conf, peers, np);
+        if (batch_add(rn, rm->reply, (size_t)(dot - rm->reply), line, n) == 0)
+            goto done;
+    }
+    char body[64 + MAX_PEERS * 17];
+    int n = snprintf(body, sizeof(body), "TR2 %d %u %s", res->status, conf, rn->me_hex);
+    for (unsigned k = 0; k < np; k++) {
+        body[n++] = ' ';
+        th_cm_id_hex(body + n, peers[k]);
+        n += 16;
+    }
     if (rn->nc && rm->reply[0])
         natsConnection_Publish(rn->nc, rm->reply, body, n); /* lost: the asker times out */
+done:
     if (rm->prev)
         rm->prev->next = rm->next;
     else
@@ -1200,10 +1339,14 @@ static void broker_came_up(struct th_route_nats *rn, int reconnect)
 
 static void drain_queue(struct th_route_nats *rn)
 {
-    pthread_mutex_lock(&rn->mu);
-    struct ev *e = rn->qhead;
-    rn->qhead = rn->qtail = NULL;
-    pthread_mutex_unlock(&rn->mu);
+    struct ev *e = atomic_exchange_explicit(&rn->qhead, NULL, memory_order_acquire), *prev = NULL;
+    while (e) { /* newest first: oldest first */
+        struct ev *next = e->next;
+        e->next = prev;
+        prev = e;
+        e = next;
+    }
+    e = prev;
     while (e) {
         struct ev *next = e->next;
         switch (rn->closing ? -1 : e->kind) {
@@ -1261,9 +1404,10 @@ struct el_state {
 
 static struct el_state el_get(struct th_route_nats *rn)
 {
-    pthread_mutex_lock(&rn->mu);
-    struct el_state st = {rn->el_sock, rn->el_read, rn->el_write, rn->el_gen};
-    pthread_mutex_unlock(&rn->mu);
+    uint64_t w = atomic_load(&rn->el);
+    uint32_t sock = (uint32_t)(w & EL_NOSOCK);
+    struct el_state st = {sock == EL_NOSOCK ? -1 : (int)sock, !!(w & EL_RD), !!(w & EL_WR),
+                          (uint32_t)((w >> EL_GEN_SHIFT) & EL_GEN_MASK)};
     return st;
 }
 
@@ -1278,8 +1422,7 @@ static void el_poll(struct th_route_nats *rn, struct elpoll *p, uint32_t idx, un
 {
     struct io_uring_sqe *sqe;
     if (p->armed) {
-        if ((!want || p->gen != st->gen) && !p->cancelling &&
-            (sqe = th_uring_sqe(rn->ring))) {
+        if ((!want || p->gen != st->gen) && !p->cancelling && (sqe = th_uring_sqe(rn->ring))) {
             io_uring_prep_poll_remove(sqe, th_ud_make(TH_UD_ROUTE, idx, p->seq));
             io_uring_sqe_set_data64(sqe, th_ud_make(TH_UD_NONE, 0, 0));
             p->cancelling = 1;
@@ -1350,8 +1493,9 @@ static void nats_flush(struct th_route *r)
 {
     struct th_route_nats *rn = (struct th_route_nats *)r;
     arm(rn);
+    rn->local->ops->flush(rn->local); /* first: a leg it fails at once confirms below */
+    batches_send(rn);
     el_sync(rn);
-    rn->local->ops->flush(rn->local);
 }
 
 static uint64_t nats_next_deadline(struct th_route *r)
@@ -1490,6 +1634,7 @@ static void nats_destroy(struct th_route *r)
 {
     struct th_route_nats *rn = (struct th_route_nats *)r;
     if (rn->nc) {
+        batches_send(rn); /* confirmations of the last iteration */
         say_leaving(rn);
         drain_connection(rn);
     }
@@ -1525,9 +1670,10 @@ static void nats_destroy(struct th_route *r)
     }
     for (uint32_t i = 0; i < NPRES; i++)
         free(rn->pres[i].conns);
+    for (unsigned i = 0; i < NBATCH; i++)
+        th_buf_free(&rn->batch[i].b);
     if (rn->efd >= 0)
         close(rn->efd);
-    pthread_mutex_destroy(&rn->mu);
     free(rn);
 }
 
@@ -1626,8 +1772,8 @@ struct th_route *th_route_nats_new(const struct th_config *cfg, struct th_reg *r
     rn->reg = reg;
     rn->ring = ring;
     rn->local = local;
-    pthread_mutex_init(&rn->mu, NULL);
-    rn->el_sock = -1;
+    atomic_init(&rn->qhead, NULL);
+    atomic_init(&rn->el, EL_NOSOCK);
     rn->loop_thread = pthread_self();
     for (uint32_t i = 0; i < NPEND; i++)
         rn->pend[i].next_free = i + 1 < NPEND ? i + 1 : UINT32_MAX;

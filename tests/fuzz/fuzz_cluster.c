@@ -3,8 +3,9 @@
  *
  * The first byte picks the parser, the rest is the message as it came off
  * the broker. Whatever the bytes: no parser reads past them (th_cm_text's
- * exact copy; ASan), an accepted message re-encodes to a string the same
- * parser accepts again with the same fields (ids and users round-trip
+ * exact copy; ASan), an accepted message (a reply, each line of a batch of
+ * replies) re-encodes to a string the same parser accepts again with the
+ * same fields (ids and users round-trip
  * through their hex forms), counts stay within their bounds, and a refusal
  * is -EINVAL.
  */
@@ -32,6 +33,35 @@ static void check_reply(const char *s)
     FUZZ_CHECK(th_cm_reply(out, &again) == 0 && again.id == r.id && again.npeers == r.npeers &&
                    again.status == r.status && again.confirmed == r.confirmed,
                "re-encoded %s", out);
+}
+
+/* A batch of replies: every accepted line re-encodes (th_cm_reply_line_put) to the same fields. */
+static void check_batch(const char *s)
+{
+    uint64_t id;
+    int off = th_cm_reply_batch(s, &id);
+    if (off < 0)
+        return;
+    FUZZ_CHECK((size_t)off <= strlen(s), "head");
+    size_t o = (size_t)off, last = o;
+    struct th_cm_reply r = {.id = id}, again;
+    uint32_t i, g, i2, g2;
+    int rc;
+    while ((rc = th_cm_reply_line(s, &o, &i, &g, &r)) == 1) {
+        FUZZ_CHECK(o > last && o <= strlen(s) && r.id == id && r.status <= 999 &&
+                       r.confirmed <= (1u << 20) && r.npeers <= TH_CM_PEERS_MAX,
+                   "line moves on");
+        last = o;
+        char line[TH_CM_LINE_MAX];
+        size_t n = th_cm_reply_line_put(line, i, g, r.status, r.confirmed, r.peers, r.npeers);
+        size_t o2 = 0;
+        FUZZ_CHECK(n < sizeof(line) && th_cm_reply_line(line, &o2, &i2, &g2, &again) == 1 &&
+                       o2 == n && i2 == i && g2 == g && again.status == r.status &&
+                       again.confirmed == r.confirmed && again.npeers == r.npeers &&
+                       !memcmp(again.peers, r.peers, r.npeers * sizeof(r.peers[0])),
+                   "re-encoded %s", line);
+    }
+    FUZZ_CHECK(rc == 0 || rc == -EINVAL, "%d", rc);
 }
 
 static void check_user_forms(const char *s)
@@ -88,6 +118,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         switch (data[0] % 4) {
         case 0:
             check_reply(s);
+            check_batch(s);
             break;
         case 1:
             check_user_forms(s);
@@ -100,7 +131,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 FUZZ_CHECK(strlen(name) >= 1 && strlen(name) <= TH_CM_NAME_MAX, "name");
             th_cm_holder(s, &id, &flag);
             int k = th_cm_reply_token(s, &i, &g);
-            FUZZ_CHECK(k == 'h' || k == 'p' || k == 'd' || k == -EINVAL, "%d", k);
+            FUZZ_CHECK(k == 'h' || k == 'b' || k == 'p' || k == 'd' || k == -EINVAL, "%d", k);
         }
     }
     free(copy);

@@ -93,6 +93,51 @@ Test(cluster_msg, replies)
     cr_assert_eq(th_cm_reply(many, &r), -EINVAL, "more peers than fit");
 }
 
+Test(cluster_msg, reply_batches)
+{
+    const char *s = "TR3 " ID "\n7_9 200 2\n4294967295_0 404 0 " ID2 " " ID "\n";
+    uint64_t id;
+    int off = th_cm_reply_batch(s, &id);
+    cr_assert_eq(off, 21);
+    cr_assert_eq(id, 0x0123456789abcdefull);
+    struct th_cm_reply r = {.id = id};
+    uint32_t i, g;
+    size_t o = (size_t)off;
+    cr_assert_eq(th_cm_reply_line(s, &o, &i, &g, &r), 1);
+    cr_assert(i == 7 && g == 9 && r.status == 200 && r.confirmed == 2 && r.npeers == 0);
+    cr_assert_eq(r.id, id, "the head's id stays");
+    cr_assert_eq(th_cm_reply_line(s, &o, &i, &g, &r), 1);
+    cr_assert(i == 4294967295u && g == 0 && r.status == 404 && r.npeers == 2);
+    cr_assert_eq(r.peers[0], 0xfedcba9876543210ull);
+    cr_assert_eq(th_cm_reply_line(s, &o, &i, &g, &r), 0, "the end");
+    cr_assert_eq(o, strlen(s));
+
+    const char *bad_head[] = {"TR3 " ID, "TR3 " ID " \n", "TR2 " ID "\n", "TR3 0123\n"};
+    for (size_t k = 0; k < sizeof(bad_head) / sizeof(bad_head[0]); k++)
+        cr_assert_eq(th_cm_reply_batch(bad_head[k], &id), -EINVAL, "%s", bad_head[k]);
+    const char *bad_line[] = {
+        "7_9 200 2",    "7_9 200 2 \n",      "7_9  200 2\n",         "7 200 2\n",
+        "7_9 2000 2\n", "7_9 200 1048577\n", "4294967296_1 200 1\n", "7_9 200 2 " ID "x\n",
+        "7_9 200\n"};
+    for (size_t k = 0; k < sizeof(bad_line) / sizeof(bad_line[0]); k++) {
+        o = 0;
+        cr_assert_eq(th_cm_reply_line(bad_line[k], &o, &i, &g, &r), -EINVAL, "%s", bad_line[k]);
+        cr_assert_eq(o, 0, "not moved on a bad line");
+    }
+    char many[512] = "1_1 200 1";
+    for (int k = 0; k < 17; k++)
+        strcat(many, " " ID2);
+    strcat(many, "\n");
+    o = 0;
+    cr_assert_eq(th_cm_reply_line(many, &o, &i, &g, &r), -EINVAL, "more peers than fit");
+
+    uint64_t peers[2] = {0xfedcba9876543210ull, 1};
+    char line[TH_CM_LINE_MAX];
+    size_t n = th_cm_reply_line_put(line, 12, 34, 503, 0, peers, 2);
+    cr_assert_str_eq(line, "12_34 503 0 " ID2 " 0000000000000001\n");
+    cr_assert_eq(n, strlen(line));
+}
+
 Test(cluster_msg, holders_nodes_hello_answers)
 {
     uint64_t id;
@@ -152,12 +197,13 @@ Test(cluster_msg, reply_tokens)
 {
     uint32_t i, g;
     cr_assert_eq(th_cm_reply_token("h", &i, &g), 'h');
+    cr_assert_eq(th_cm_reply_token("b", &i, &g), 'b');
     cr_assert_eq(th_cm_reply_token("12_34", &i, &g), 'd');
     cr_assert_eq(i, 12);
     cr_assert_eq(g, 34);
     cr_assert_eq(th_cm_reply_token("p5_0", &i, &g), 'p');
     cr_assert_eq(i, 5);
-    const char *bad[] = {"", "hh", "12", "12_", "_3", "12_3x", "p", "4294967296_1", "1_-1"};
+    const char *bad[] = {"", "hh", "bb", "12", "12_", "_3", "12_3x", "p", "4294967296_1", "1_-1"};
     for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++)
         cr_assert_eq(th_cm_reply_token(bad[k], &i, &g), -EINVAL, "%s", bad[k]);
 }
