@@ -101,6 +101,24 @@ static inline uint32_t test_user_crowded(const struct th_reg *r, uint32_t from, 
     return UINT32_MAX;
 }
 
+/*
+ * Entries of r's index sitting in their second line whose first line is l,
+ * counted from the buckets and their slots' hashes (a slot's fields are
+ * written before its entry): what line l's spill count must never be below.
+ */
+static inline uint32_t reg_test_spilled_from(const struct th_reg *r, uint32_t l)
+{
+    uint32_t n = 0;
+    for (uint32_t b = 0; b < r->hdr->nbuckets; b++) {
+        uint32_t v = atomic_load(&r->index[b]);
+        if (th_reg_is_spill(b) || !v || th_index_slot(v) >= r->hdr->nslots)
+            continue;
+        uint32_t h = atomic_load(&r->slots[th_index_slot(v)].user_hash);
+        n += th_reg_line(r, h, 0) == l && b / TH_REG_LINE != l;
+    }
+    return n;
+}
+
 /* Does this copy hold exactly test_user(k) for the k its own prefix names? */
 static inline int test_user_intact(const char *user, size_t len, uint32_t *k_out)
 {

@@ -509,14 +509,21 @@ Test(registry, last_seen_from_live_slots_then_disconnect_record)
     cr_assert_eq(th_reg_last_seen(&reg, "", 0, &ns), 0);
 }
 
-Test(registry, lookup_falls_back_to_scan_when_window_is_full)
+/* A 256-slot registry where dave's window is full of entries pointing at a free slot. */
+static uint32_t dave_window_full(const char *tag)
 {
-    reg_test_create(&reg, name, sizeof(name), "window", 256);
+    reg_test_create(&reg, name, sizeof(name), tag, 256);
     publish_self(&reg, 0);
     uint32_t h = th_user_hash("dave", 4);
-    /* Fill dave's window with entries pointing at free slots (readers ignore those). */
+    /* Entries pointing at free slots: readers ignore those. */
     for (uint32_t j = 0; j < th_reg_window(); j++)
         atomic_store(&reg.index[th_reg_bucket(&reg, h, j)], th_index_entry(h, 200));
+    return h;
+}
+
+Test(registry, lookup_falls_back_to_scan_when_window_is_full)
+{
+    dave_window_full("window");
     struct th_handle d = claim_ok("dave", 0, 1);
     cr_assert_eq(atomic_load(&reg.hdr->unindexed), 1);
     cr_assert_eq(atomic_load(&reg.slots[d.slot].bucket), TH_NO_SLOT);
@@ -598,20 +605,6 @@ Test(registry, find_conns_zero_padding_does_not_match_a_longer_id)
     cr_assert_eq(th_reg_find_conns(&reg, "a", 1, cr, 2), 1);
 }
 
-/* Entries spilled from line l to their second line, counted from the buckets and slots. */
-static uint32_t spilled_from(uint32_t l)
-{
-    uint32_t n = 0;
-    for (uint32_t b = 0; b < reg.hdr->nbuckets; b++) {
-        uint32_t v = atomic_load(&reg.index[b]);
-        if (th_reg_is_spill(b) || !v)
-            continue;
-        uint32_t h = atomic_load(&reg.slots[th_index_slot(v)].user_hash);
-        n += th_reg_line(&reg, h, 0) == l && b / TH_REG_LINE != l;
-    }
-    return n;
-}
-
 Test(registry, a_full_first_line_spills_into_the_second_and_back)
 {
     reg_test_create(&reg, name, sizeof(name), "spill", 512); /* 128 lines */
@@ -628,7 +621,8 @@ Test(registry, a_full_first_line_spills_into_the_second_and_back)
             cr_assert_eq(b / TH_REG_LINE, l, "user %d goes into its first line", i);
         else
             cr_assert(b != TH_NO_SLOT && b / TH_REG_LINE != l, "user %d spills", i);
-        cr_assert_eq(atomic_load(&reg.index[l]), spilled_from(l), "spill count after %d", i);
+        cr_assert_eq(atomic_load(&reg.index[l]), reg_test_spilled_from(&reg, l),
+                     "spill count after %d", i);
         cr_assert_eq(atomic_load(&reg.index[l]), (uint32_t)(i < 10 ? 0 : i - 9), "user %d", i);
     }
     /* Their second lines differ (other hash bits), so none of them was full. */
@@ -641,8 +635,8 @@ Test(registry, a_full_first_line_spills_into_the_second_and_back)
     }
     for (int i = 0; i < 40; i++) { /* release the first-line ones first: spills stay counted */
         cr_assert_eq(th_reg_release(&reg, h[i]), 0);
-        cr_assert_eq(atomic_load(&reg.index[l]), spilled_from(l), "spill count after release %d",
-                     i);
+        cr_assert_eq(atomic_load(&reg.index[l]), reg_test_spilled_from(&reg, l),
+                     "spill count after release %d", i);
     }
     cr_assert_eq(atomic_load(&reg.index[l]), 0);
     cr_assert_eq(atomic_load(&reg.hdr->unindexed), 0);
@@ -668,11 +662,7 @@ Test(registry, a_spill_count_left_high_by_a_dead_process_only_costs_a_line)
 
 Test(registry, find_conns_scans_when_a_window_is_full)
 {
-    reg_test_create(&reg, name, sizeof(name), "connsfull", 256);
-    publish_self(&reg, 0);
-    uint32_t h = th_user_hash("dave", 4);
-    for (uint32_t j = 0; j < th_reg_window(); j++)
-        atomic_store(&reg.index[th_reg_bucket(&reg, h, j)], th_index_entry(h, 200));
+    uint32_t h = dave_window_full("connsfull");
     atomic_store(th_reg_spill(&reg, h), 1); /* as if a claim had spilled */
     struct th_handle d = claim_ok("dave", 0, 1);
     struct th_handle d2 = claim_ok("dave", 0, 2);

@@ -182,26 +182,13 @@ static int saw_every_damage(const struct stats *s)
     return s->half_done_slots > 0 && s->odd_records > 0 && s->drift_recounted > 0;
 }
 
-/* Entries in their second line whose first line is l (slot fields are written before the entry). */
-static uint32_t spilled_from(uint32_t l)
-{
-    uint32_t n = 0;
-    for (uint32_t b = 0; b < reg.hdr->nbuckets; b++) {
-        uint32_t v = atomic_load(&reg.index[b]);
-        if (th_reg_is_spill(b) || !v || th_index_slot(v) >= NSLOTS)
-            continue;
-        uint32_t h = atomic_load(&reg.slots[th_index_slot(v)].user_hash);
-        n += th_reg_line(&reg, h, 0) == l && b / TH_REG_LINE != l;
-    }
-    return n;
-}
-
 /* Right after a kill: no spill count below its entries, every LIVE slot found by its user. */
 static void check_lookups_after_kill(struct stats *s, int round)
 {
     int spilled = 0, high = 0;
     for (uint32_t l = 0; l < reg.hdr->nbuckets / TH_REG_LINE; l++) {
-        uint32_t want = spilled_from(l), got = atomic_load(&reg.index[l * TH_REG_LINE]);
+        uint32_t want = reg_test_spilled_from(&reg, l),
+                 got = atomic_load(&reg.index[l * TH_REG_LINE]);
         check(got >= want, "round %d: line %u spill count %u below its %u spilled entries", round,
               l, got, want);
         spilled |= want > 0;
