@@ -141,8 +141,6 @@ int th_cm_reply_token(const char *tok, uint32_t *idx, uint32_t *gen)
 {
     uint64_t i, g;
     int kind = 'd';
-    if (strcmp(tok, "h") == 0)
-        return 'h';
     if (strcmp(tok, "b") == 0)
         return 'b';
     if (*tok == 'p') {

@@ -10,10 +10,10 @@
  *
  *   on tether.u.<hex user>   "TN1\0" + nseq (8 bytes LE) + frame   a notification
  *                            "TH1 <id>"  hello (a new holder)  "TB1 <id>"  bye
+ *                            "TI1 <id> <hex user>"  a holder answering a hello
  *   on <inbox>.<i>_<g>       "TR2 <status> <confirmed> <id>[ <peer id>...]"
  *   on <inbox>.b             "TR3 <id>\n" then "<i>_<g> <status> <confirmed>[ <peer id>...]\n"
  *                            per delivery: one holder's answers to one asker, batched
- *   on <inbox>.h             "TI1 <id> <hex user>"  a holder answering a hello
  *   on tether.n              "TK1 <id> <node name>"  heartbeat   "TX1 <id>"  leaving
  *   on tether.p              "TP1 <hex user>"  presence question
  *   on <inbox>.p<i>_<g>      "TQ1 <id> <0|1> <last_seen ns> <node name>\n" then
@@ -42,10 +42,10 @@ int th_cm_subject_user(const char *subj, char *user);
 void th_cm_id_hex(char out[17], uint64_t id);
 
 /*
- * The token after "<inbox>." of a reply subject: 'h' (a hello answer),
- * 'b' (a batch of delivery replies), 'p' ("p<idx>_<gen>", a presence
- * answer) or 'd' ("<idx>_<gen>", a delivery reply), idx and gen filled for
- * the last two; -EINVAL for anything else.
+ * The token after "<inbox>." of a reply subject: 'b' (a batch of delivery
+ * replies), 'p' ("p<idx>_<gen>", a presence answer) or 'd'
+ * ("<idx>_<gen>", a delivery reply), idx and gen filled for the last two;
+ * -EINVAL for anything else.
  */
 int th_cm_reply_token(const char *tok, uint32_t *idx, uint32_t *gen);
 

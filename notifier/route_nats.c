@@ -20,8 +20,10 @@
  *
  * Holders know each other. Right after subscribing, a node publishes a hello
  * on the user's subject; every other holder adds it to that user's peer set
- * and answers with its own id, so each holder keeps the set of the other
- * holders (a bye before unsubscribing takes a node out). Subscribe-then-
+ * and answers with its own id on the same subject (no reply inbox, so a
+ * lone holder's hello draws no "no responders" status), so each holder
+ * keeps the set of the other holders (a bye before unsubscribing takes a
+ * node out). Subscribe-then-
  * publish on one connection is ordered by the server, so of two nodes that
  * start holding a user at once, at least one hears the other and answers.
  *
@@ -568,14 +570,17 @@ static void peer_del(struct interest *it, uint64_t id)
         }
 }
 
-/* "TH1 <me>" on the user's subject: the other holders add us and answer with their id. */
+/*
+ * "TH1 <me>" on the user's subject: the other holders add us and answer
+ * on that subject too ("TI1"). No reply inbox: a lone holder's hello would
+ * draw a "no responders" status from the server for nothing.
+ */
 static void say_hello(struct th_route_nats *rn, struct interest *it)
 {
-    char subj[SUBJ_MAX], reply[sizeof(rn->inbox) + 4], body[24];
+    char subj[SUBJ_MAX], body[24];
     user_subject(subj, it->user, it->ulen);
-    snprintf(reply, sizeof(reply), "%s.h", rn->inbox);
     int n = snprintf(body, sizeof(body), "TH1 %s", rn->me_hex);
-    natsConnection_PublishRequest(rn->nc, subj, reply, body, n); /* lost: fewer early answers */
+    natsConnection_Publish(rn->nc, subj, body, n); /* lost: fewer early answers */
 }
 
 static void say_bye(struct th_route_nats *rn, struct interest *it)
@@ -667,25 +672,6 @@ static void rehello_all(struct th_route_nats *rn)
             it->npeers = 0;
             say_hello(rn, it);
         }
-}
-
-/* "TI1 <id> <hex user>" on <inbox>.h: a holder answering our hello. */
-static void on_hello_answer(struct th_route_nats *rn, natsMsg *m)
-{
-    char buf[TEXT_MAX], user[TH_USER_MAX];
-    uint64_t id;
-    int ulen;
-    if (natsMsg_IsNoResponders(m))
-        return; /* nobody else holds the user */
-    if (msg_text(m, buf, sizeof(buf)) < 0 || (ulen = th_cm_hello_answer(buf, &id, user)) < 0) {
-        bad_input(rn, "hello answer");
-        return;
-    }
-    struct interest *it = interest_find(rn, user, (size_t)ulen);
-    if (it && id != rn->me) {
-        node_heard(rn, id, NULL);
-        peer_add(rn, it, id);
-    }
 }
 
 /* ---- waitsets: the nodes a delivery waits for -------------------------------- */
@@ -1135,9 +1121,7 @@ static void on_reply(struct th_route_nats *rn, natsMsg *m)
     int kind = -EINVAL;
     if (strncmp(subj, rn->inbox, il) == 0 && subj[il] == '.')
         kind = th_cm_reply_token(subj + il + 1, &idx, &gen);
-    if (kind == 'h')
-        on_hello_answer(rn, m);
-    else if (kind == 'b')
+    if (kind == 'b')
         on_reply_batch(rn, m);
     else if (kind == 'p' && idx < NPRES)
         on_presence_answer(rn, m, idx, gen);
@@ -1279,15 +1263,28 @@ static void on_request(struct th_route_nats *rn, natsMsg *m, const char *user, i
 }
 
 /* "TH1 <id>" (a new holder: add it, answer with our id) or "TB1 <id>" (it left). */
+/*
+ * "TH1 <id>" (a new holder: add it, answer "TI1 <me> <hex user>" on the
+ * user's subject), "TI1 <id> <hex user>" (a holder answering someone's
+ * hello: add it) or "TB1 <id>" (it left).
+ */
 static void on_holder_news(struct th_route_nats *rn, natsMsg *m, const char *user, int ulen)
 {
-    char buf[TEXT_MAX];
+    char buf[TEXT_MAX], auser[TH_USER_MAX];
     uint64_t id;
-    int bye;
-    const char *reply = natsMsg_GetReply(m);
-    if (msg_text(m, buf, sizeof(buf)) < 0 || th_cm_holder(buf, &id, &bye) < 0 || (!bye && !reply)) {
+    int bye, answer = 0, alen;
+    if (msg_text(m, buf, sizeof(buf)) < 0) {
         bad_input(rn, "holder message");
         return;
+    }
+    if (th_cm_holder(buf, &id, &bye) < 0) {
+        alen = th_cm_hello_answer(buf, &id, auser);
+        if (alen != ulen || memcmp(auser, user, (size_t)ulen) != 0) {
+            bad_input(rn, "holder message");
+            return;
+        }
+        answer = 1;
+        bye = 0;
     }
     struct interest *it = interest_find(rn, user, (size_t)ulen);
     if (!it || id == rn->me)
@@ -1298,10 +1295,12 @@ static void on_holder_news(struct th_route_nats *rn, natsMsg *m, const char *use
     }
     node_heard(rn, id, NULL);
     peer_add(rn, it, id);
+    if (answer)
+        return;
     char body[24 + 2 * TH_USER_MAX];
     int n = snprintf(body, sizeof(body), "TI1 %s ", rn->me_hex);
     n += (int)th_cm_hex_put(body + n, user, (size_t)ulen);
-    natsConnection_Publish(rn->nc, reply, body, n);
+    natsConnection_Publish(rn->nc, natsMsg_GetSubject(m), body, n);
 }
 
 static void on_user_subject(struct th_route_nats *rn, natsMsg *m)

@@ -19,6 +19,9 @@ python3-websockets as the client.
   and last_seen is the latest anywhere, also after the user left;
 - /healthz says "broker":"up", /metrics has the tether_broker_* and
   tether_route_* series;
+- a new holder's hello goes on the user's subject without a reply inbox and
+  the holders answer on that subject (seen by a raw NATS subscriber); an
+  answer naming another user is dropped and counted;
 - 10,000 notifications to 300 users spread over the nodes, posted round
   robin to the three nodes in batches: none lost, none to the wrong user,
   each answered 200 with connections 1 and nodes 1. The clients send
@@ -255,6 +258,48 @@ class Cluster(unittest.TestCase):
             self.assertEqual(seen, list(range(total)), "lost or duplicated notifications")
         th.aio.run(go(), timeout=120)
 
+    def test_8_hellos_on_the_user_subject(self):
+        """A new holder says hello on the user's subject without a reply inbox (a
+        lone holder's hello draws no "no responders" status) and the holders
+        answer there ("TI1 <id> <hex user>"): seen by a raw NATS subscriber.
+        An answer naming another user than its subject is dropped and counted."""
+        subj = "tether.u." + "h-user".encode().hex()
+        watch = RawWatch(self.nats.port, subj)
+
+        def hellos(seen):
+            return [body for reply, body in seen if body.startswith("TH1 ")]
+
+        async def go():
+            wa = await connect_user(self.a, "h-user")
+            try:
+                seen = await in_thread(watch.until, lambda s: len(hellos(s)) >= 1)
+                self.assertEqual(len(hellos(seen)), 1, seen)
+                self.assertTrue(all(reply is None for reply, _ in seen), seen)
+                a_id = hellos(seen)[0][4:]
+                wb = await connect_user(self.b, "h-user")
+                try:
+                    want = "TI1 %s %s" % (a_id, "h-user".encode().hex())
+                    seen = await in_thread(watch.until, lambda s: any(b == want for _, b in s))
+                    self.assertIn((None, want), seen)
+                    self.assertEqual(len(hellos(seen)), 2, seen)
+                    before = sum(metrics(g)["tether_route_bad_messages_total"] for g in self.nodes)
+                    await in_thread(raw_publish, self.nats.port,
+                                    [(subj, b"TI1 0123456789abcdef " + "other".encode().hex().encode())])
+                    ok = await wait_until_async(lambda: sum(
+                        metrics(g)["tether_route_bad_messages_total"] for g in self.nodes) >= before + 2, 10)
+                    self.assertTrue(ok, "a mismatched hello answer was not counted on a and b")
+                    # Each knows the other: posted to c, both confirm, no wait for the timeout.
+                    st, body = await notify_until(self.c, "h-user", reached(2), {"n": 8})
+                    self.assertEqual((st, body["connections"], body["nodes"]), (200, 2, 2), body)
+                finally:
+                    await wb.close()
+            finally:
+                await wa.close()
+        try:
+            th.aio.run(go())
+        finally:
+            watch.close()
+
     def test_7_malformed_broker_input(self):
         """Garbage on tether subjects (from a raw NATS client) is dropped and counted,
         warned about at most once a second, and the nodes go on delivering."""
@@ -286,6 +331,40 @@ class Cluster(unittest.TestCase):
             finally:
                 await ws.close()
         th.aio.run(go())
+
+
+class RawWatch:
+    """A bare NATS protocol client subscribed to one subject: what tether nodes
+    publish there, each as (reply subject or None, payload)."""
+
+    def __init__(self, port, subject):
+        import socket
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.f = self.s.makefile("rb")
+        self.f.readline()  # INFO
+        self.s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB %s 1\r\nPING\r\n'
+                       % subject.encode())
+        while not self.f.readline().startswith(b"PONG"):  # the SUB is in place
+            pass
+        self.seen = []
+
+    def until(self, pred, timeout=10):
+        """Read messages until pred(self.seen) holds; the list."""
+        deadline = time.monotonic() + timeout
+        while not pred(self.seen) and time.monotonic() < deadline:
+            self.s.settimeout(max(0.05, deadline - time.monotonic()))
+            line = self.f.readline()
+            if line.startswith(b"PING"):
+                self.s.sendall(b"PONG\r\n")
+            elif line.startswith(b"MSG "):
+                parts = line.split()  # MSG <subject> <sid> [reply] <bytes>
+                n = int(parts[-1])
+                self.seen.append((parts[3].decode() if len(parts) == 5 else None,
+                                  self.f.read(n + 2)[:n].decode()))
+        return self.seen
+
+    def close(self):
+        self.s.close()
 
 
 def raw_publish(port, msgs):
