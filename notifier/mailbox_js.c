@@ -638,6 +638,21 @@ static void lost_upto(struct th_mjs *j, uint64_t upto, const char *how)
             (unsigned long long)upto);
 }
 
+/*
+ * j->out (seq) to this node's live connections of user. While catching up
+ * (after the notifier or the broker connection was down) the message may be
+ * old: only connections that were there when it was stored (ts) get it.
+ */
+static void hand_on(struct th_mjs *j, const char *user, size_t ulen, uint64_t seq, uint64_t ts,
+                    int catching)
+{
+    if (!catching)
+        j->local->ops->deliver(j->local, user, ulen, j->out.p, j->out.len, seq, 0, noop_done, NULL);
+    else
+        th_route_local_deliver_by(j->local, ts, user, ulen, j->out.p, j->out.len, seq, 0, noop_done,
+                                  NULL);
+}
+
 static void on_mirror(struct th_mjs *j, natsMsg *m)
 {
     jsMsgMetaData *md = NULL;
@@ -681,8 +696,7 @@ static void on_mirror(struct th_mjs *j, natsMsg *m)
             j->next_ts = ts; /* (after a restart: how old what follows can be) */
         if (seq > j->rehand_from && seq <= j->rehand_to && live && !j->quiet &&
             frame_splice(j, frame, (size_t)flen, at, seq) == 0)
-            j->local->ops->deliver(j->local, user, (size_t)ulen, j->out.p, j->out.len, seq, 0,
-                                   noop_done, NULL);
+            hand_on(j, user, (size_t)ulen, seq, ts, !j->caught_up);
         return;
     }
     if (seq > j->at_seq + 1 && maybe_expired(j, now))
@@ -701,7 +715,7 @@ static void on_mirror(struct th_mjs *j, natsMsg *m)
     }
     j->st.mirrored++;
     j->st.mirror_at = seq;
-    int quiet = j->quiet;
+    int quiet = j->quiet, catching = !j->caught_up; /* before this message's advance */
     if (at_end && seq < j->catch_to)
         j->catch_to = seq; /* the rest of what was there at set-up is gone */
     mirror_advance(j, seq);
@@ -711,8 +725,7 @@ static void on_mirror(struct th_mjs *j, natsMsg *m)
             pub_finish(j, w, 1, pos); /* its caller delivers (repeats answer as retries) */
     } else if (!quiet && live && have && rc >= 0) {
         /* A store of another node: this node's live connections of the user get it here. */
-        j->local->ops->deliver(j->local, user, (size_t)ulen, j->out.p, j->out.len, seq, 0,
-                               noop_done, NULL);
+        hand_on(j, user, (size_t)ulen, seq, ts, catching);
     }
     gate_release(j->gate);
 }

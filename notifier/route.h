@@ -114,6 +114,19 @@ struct th_route *th_route_local_new(const struct th_config *cfg, struct th_reg *
                                     struct io_uring *ring);
 
 /*
+ * The local route's deliver, reaching only the user's connections that were
+ * there by connected_by (realtime ns: their slot's connected_at is not
+ * later). For a notification stored then and handed over only now (the
+ * JetStream mirror catching up after its notifier or broker connection was
+ * down): a client that connected since without asking for a replay does not
+ * get older notifications as live ones, and one that resumed got them from
+ * the mailbox. local must come from th_route_local_new. As deliver().
+ */
+int th_route_local_deliver_by(struct th_route *local, uint64_t connected_by, const char *user,
+                              size_t ulen, const char *frame, size_t flen, uint64_t nseq,
+                              unsigned ho_flags, th_route_done_fn done, void *arg);
+
+/*
  * The cluster route (route_nats.c, with --nats): wraps local (and owns it
  * from then on) and adds the nodes that hold the user, over NATS. Returns
  * NULL (local destroyed) on out of memory or a bad --nats list.

@@ -103,6 +103,7 @@ struct route_local {
     uint32_t cap, free_head, head, tail, next_gen;
     struct th_conn_ref *infos; /* th_reg_find_conns: line 0 of each slot is all a delivery reads */
     int ninfos;
+    uint64_t connected_by; /* th_route_local_deliver_by: only slots connected by then (0: all) */
     uint64_t timeout_ns;
     uint64_t dirty; /* bit per worker channel with legs queued since the last flush */
     struct chan ch[TH_MAX_WORKERS];
@@ -518,6 +519,14 @@ static int local_deliver(struct th_route *r, const char *user, size_t ulen, cons
 {
     struct route_local *rl = (struct route_local *)r;
     int n = th_reg_find_conns(rl->reg, user, ulen, rl->infos, rl->ninfos);
+    if (rl->connected_by && n > 0) { /* (reads line 1 too: only for late hand-overs) */
+        int kept = 0;
+        for (int k = 0; k < n; k++)
+            if (atomic_load_explicit(&rl->reg->slots[rl->infos[k].slot].connected_at,
+                                     memory_order_relaxed) <= rl->connected_by)
+                rl->infos[kept++] = rl->infos[k];
+        n = kept;
+    }
     if (n <= 0) {
         struct th_route_result res = {0};
         not_connected_result(rl, user, ulen, &res);
@@ -683,6 +692,19 @@ static const struct th_route_ops local_ops = {
     .expire = local_expire,
     .destroy = local_destroy,
 };
+
+int th_route_local_deliver_by(struct th_route *local, uint64_t connected_by, const char *user,
+                              size_t ulen, const char *frame, size_t flen, uint64_t nseq,
+                              unsigned ho_flags, th_route_done_fn done, void *arg)
+{
+    struct route_local *rl = (struct route_local *)local;
+    if (local->ops != &local_ops)
+        return -EINVAL;
+    rl->connected_by = connected_by ? connected_by : 1;
+    int rc = local_deliver(local, user, ulen, frame, flen, nseq, ho_flags, done, arg);
+    rl->connected_by = 0;
+    return rc;
+}
 
 const char *th_route_where(const struct th_config *cfg)
 {

@@ -7,7 +7,8 @@ with JetStream, two tether groups per class, python3-websockets clients.
   restarted notifier has it, in order, each once, without waiting for a
   further notification or a resume of its own. The restarted notifier
   keeps the cache and mirrors on from where its predecessor was (no
-  refill of the whole stream).
+  refill of the whole stream). A client that connected without since after
+  they were stored does not get them (they were not live for it).
 - ttl_s shorter than --mailbox-ttl holds on every node: a resume on
   another node, or on a node whose notifier restarted, never replays a
   notification whose own ttl_s has passed.
@@ -39,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import harness as th  # noqa: E402
 from harness.aio import connect, nothing_more, wait_connected  # noqa: E402
 from harness.faults import role_pids  # noqa: E402
-from harness.nats import Cut, NatsServer, finish_all, stream_info, stream_msg  # noqa: E402
+from harness.nats import Cut, NatsServer, finish_all, local_count, stream_info, stream_msg  # noqa: E402
 from test_jetstream import (CAUGHT_UP, recv_json, resume, resume_url,  # noqa: E402
                             start_caught_up, wait_for_gone)
 
@@ -108,6 +109,7 @@ class Connected(Base):
         async def go():
             ws, r, _ = await resume(self.b, "gp-con", 0)  # seqs known from the resume
             ws2 = await connect(self.b.ws_url("gp-con"))  # no since: from its first frame on
+            ws3 = None
             try:
                 await wait_connected(self.b, "gp-con", 2)
                 first = self.post(self.a, "gp-con", {"n": 0})
@@ -119,6 +121,9 @@ class Connected(Base):
                     # while a still counts b as a holder it cannot reach.
                     seqs = [self.post(self.a, "gp-con", {"n": i}, ok=(200, 202, 503))["seq"]
                             for i in (1, 2, 3)]
+                    # Connected after they were stored, without since: none of them for it.
+                    ws3 = await connect(self.b.ws_url("gp-con"))
+                    await local_count(self.b, "gp-con", 3, timeout=20)
                 # No further notification, no resume: the restarted mirror hands them over.
                 for w in (ws, ws2):
                     frames = [await recv_json(w, 30) for _ in range(3)]
@@ -127,14 +132,16 @@ class Connected(Base):
                     self.assertTrue(all(f["epoch"] == r["epoch"] for f in frames), frames)
                 self.assertTrue(th.wait_until(lambda: self.b.log().count(NO_REFILL) > kept, 20),
                                 "the restarted notifier refilled the whole stream")
-                for w in (ws, ws2):
+                for w in (ws, ws2, ws3):
                     await nothing_more(w, 1.0)  # nothing twice (the first one neither)
                 last = self.post(self.a, "gp-con", {"n": 4})
-                for w in (ws, ws2):
+                for w in (ws, ws2, ws3):
                     self.assertEqual((await recv_json(w))["seq"], last["seq"])
             finally:
                 await ws.close()
                 await ws2.close()
+                if ws3:
+                    await ws3.close()
         th.aio.run(go(), timeout=90)
 
     def test_2_ttl_s_on_another_node(self):
