@@ -1430,6 +1430,9 @@ static void el_poll(struct th_route_nats *rn, struct elpoll *p, uint32_t idx, un
     }
     if (!want || st->sock < 0 || !(sqe = th_uring_sqe(rn->ring)))
         return; /* no SQE: the next flush tries again */
+    if (mask == POLLOUT)
+        th_debug("[Cluster] node %s: broker socket full, %s", rn->cfg->node,
+                 "the rest of libnats' buffer waits for POLLOUT");
     io_uring_prep_poll_add(sqe, st->sock, mask);
     io_uring_sqe_set_data64(sqe, th_ud_make(TH_UD_ROUTE, idx, ++p->seq));
     p->armed = 1;

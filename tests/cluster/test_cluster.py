@@ -22,6 +22,8 @@ python3-websockets as the client.
 - a new holder's hello goes on the user's subject without a reply inbox and
   the holders answer on that subject (seen by a raw NATS subscriber); an
   answer naming another user is dropped and counted;
+- 90 notifications of 60 KB posted at once while nats-server is stopped for
+  half a second all arrive, whole and in order per batch, once it runs;
 - 10,000 notifications to 300 users spread over the nodes, posted round
   robin to the three nodes in batches: none lost, none to the wrong user,
   each answered 200 with connections 1 and nodes 1. The clients send
@@ -33,6 +35,7 @@ the connect, so a first cross-node delivery is retried until it lands
 import asyncio
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -299,6 +302,47 @@ class Cluster(unittest.TestCase):
             th.aio.run(go())
         finally:
             watch.close()
+
+    def test_9_big_frames_while_the_broker_stalls(self):
+        """Six batches of fifteen 60 KB notifications posted at once to a for a user
+        on b while nats-server is stopped (SIGSTOP) for half a second: node a's
+        publishes pile up past what its broker socket takes (on this machine a
+        takes the event loop's POLLOUT path), then drain once the server runs
+        again; every item is answered 200 and every frame arrives whole, each
+        batch in order."""
+        pad = "x" * 60000
+
+        async def go():
+            ws = await connect_user(self.b, "big-user")
+            try:
+                await local_count(self.b, "big-user", 1)
+                st, body = await notify_until(self.a, "big-user", reached(1), {"b": -1, "k": 0})
+                self.assertEqual((await frame_with_id(ws, body["id"]))["data"]["b"], -1)
+
+                def batch(b):
+                    return self.a.api("POST", "/v1/notify/batch", [
+                        {"user_id": "big-user", "type": "t", "id": "big-%d-%d" % (b, k),
+                         "data": {"b": b, "k": k, "pad": pad}} for k in range(15)], timeout=30)
+                os.kill(self.nats.proc.pid, signal.SIGSTOP)
+                try:
+                    posts = [asyncio.ensure_future(in_thread(batch, b)) for b in range(6)]
+                    await asyncio.sleep(0.5)
+                finally:
+                    os.kill(self.nats.proc.pid, signal.SIGCONT)
+                for st, body in await asyncio.gather(*posts):
+                    self.assertEqual(st, 200, str(body)[:300])
+                    self.assertEqual([(r["code"], r["connections"], r["nodes"])
+                                      for r in body["results"]], [(200, 1, 1)] * 15)
+                got = {}
+                while sum(len(v) for v in got.values()) < 90:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    if msg.get("type") == "t":
+                        self.assertEqual(msg["data"]["pad"], pad)
+                        got.setdefault(msg["data"]["b"], []).append(msg["data"]["k"])
+                self.assertEqual(got, {b: list(range(15)) for b in range(6)})
+            finally:
+                await ws.close()
+        th.aio.run(go())
 
     def test_7_malformed_broker_input(self):
         """Garbage on tether subjects (from a raw NATS client) is dropped and counted,
