@@ -41,6 +41,7 @@ struct th_route_result {
     unsigned nodes;     /* 200 over a cluster (--nats): nodes that confirmed; 0 = one node */
     int has_last_seen;  /* 404: LastSeen known */
     uint64_t last_seen_ns;
+    uint64_t mono_ns; /* when the outcome was read (monotonic), 0: not given (read the clock) */
 };
 
 /* Called exactly once per deliver(), possibly before deliver() returns. */

@@ -14,8 +14,9 @@
  * leg's request seq encodes (job generation, job index, leg number) so a
  * reply finds its leg in O(1) and a late reply for a finished job (its
  * generation moved on) is dropped. Jobs live in a list ordered by creation,
- * which is also deadline order since every job gets the same bound, so
- * expiry only looks at the head.
+ * which is also deadline order since every job gets the same bound, counted
+ * from the flush after its creation (one clock reading per flush, never
+ * earlier than the job), so expiry only looks at the head.
  *
  * Outcome: any leg confirmed (TH_HO_OK) -> 200 with that count, even if
  * others timed out or failed (the backend learns the notification reached
@@ -105,7 +106,8 @@ struct route_local {
     int ninfos;
     uint64_t connected_by; /* th_route_local_deliver_by: only slots connected by then (0: all) */
     uint64_t timeout_ns;
-    uint64_t dirty; /* bit per worker channel with legs queued since the last flush */
+    uint64_t reply_mono; /* while chan_read resolves replies: when they were read, else 0 */
+    uint64_t dirty;      /* bit per worker channel with legs queued since the last flush */
     struct chan ch[TH_MAX_WORKERS];
     /* chan_flush's and chan_read's scratch (the loop is single-threaded). */
     struct th_ho_msg tx_hdr[IO_PACKETS * TH_HO_BATCH_MAX];
@@ -211,7 +213,7 @@ static void not_connected_result(struct route_local *rl, const char *user, size_
 static void job_finish(struct route_local *rl, uint32_t i, int timed_out)
 {
     struct job *j = &rl->jobs[i];
-    struct th_route_result res = {.status = 503, .confirmed = j->ok};
+    struct th_route_result res = {.status = 503, .confirmed = j->ok, .mono_ns = rl->reply_mono};
     if (j->ok)
         res.status = 200;
     else if (!timed_out && j->gone == j->nlegs)
@@ -561,7 +563,7 @@ static int local_deliver(struct th_route *r, const char *user, size_t ulen, cons
     j->done = done;
     j->arg = arg;
     j->nlegs = (uint16_t)n;
-    j->deadline = th_mono_ns() + rl->timeout_ns;
+    j->deadline = 0; /* dated by the flush that sends its legs (local_flush) */
     for (int k = 0; k < n; k++)
         j->legs[k] = (struct leg){rl->infos[k].slot, rl->infos[k].gen, rl->infos[k].worker, 0};
     /* The stage records' link from the caller's key (its arg) to the first leg's seq. */
@@ -609,18 +611,21 @@ static void chan_read(struct route_local *rl, unsigned w)
             chan_close(rl, w, strerror(errno));
             return;
         }
-        for (int k = 0; k < got; k++) {
+        rl->reply_mono = th_mono_ns(); /* one reading for every reply just read */
+        int closed = 0;
+        for (int k = 0; k < got && !closed; k++) {
             if (mm[k].msg_len == 0) { /* end of stream: the worker went away */
                 chan_close(rl, w, "worker closed it");
-                return;
+                closed = 1;
+                break;
             }
-            for (size_t r = 0; r < mm[k].msg_len / sizeof(rl->rx[k][0]); r++) {
+            for (size_t r = 0; r < mm[k].msg_len / sizeof(rl->rx[k][0]) && !closed; r++) {
                 on_reply(rl, w, &rl->rx[k][r]);
-                if (c->gen != gen)
-                    return; /* closed while resolving */
+                closed = c->gen != gen; /* closed while resolving */
             }
         }
-        if (got < IO_BATCH)
+        rl->reply_mono = 0;
+        if (closed || got < IO_BATCH)
             return;
     }
 }
@@ -645,9 +650,26 @@ static void local_on_cqe(struct th_route *r, uint32_t idx, uint32_t gen, int res
         chan_arm(rl, w, 0);
 }
 
+/*
+ * Give the jobs created since the last flush their deadline: one clock
+ * reading for all, taken after they were made, so none is early (the bound
+ * counts from the flush that sends the legs) and the list stays in deadline
+ * order. They are the undated (0) tail of the creation-ordered list.
+ */
+static void date_new_jobs(struct route_local *rl)
+{
+    uint64_t deadline = 0;
+    for (uint32_t i = rl->tail; i != NO_JOB && rl->jobs[i].deadline == 0; i = rl->jobs[i].prev) {
+        if (!deadline)
+            deadline = th_mono_ns() + rl->timeout_ns;
+        rl->jobs[i].deadline = deadline;
+    }
+}
+
 static void local_flush(struct th_route *r)
 {
     struct route_local *rl = (struct route_local *)r;
+    date_new_jobs(rl);
     while (rl->dirty) {
         unsigned w = (unsigned)__builtin_ctzll(rl->dirty);
         rl->dirty &= rl->dirty - 1;
@@ -659,13 +681,17 @@ static void local_flush(struct th_route *r)
 static uint64_t local_next_deadline(struct th_route *r)
 {
     struct route_local *rl = (struct route_local *)r;
-    return rl->head == NO_JOB ? UINT64_MAX : rl->jobs[rl->head].deadline;
+    if (rl->head == NO_JOB)
+        return UINT64_MAX;
+    uint64_t d = rl->jobs[rl->head].deadline;
+    return d ? d : th_mono_ns() + rl->timeout_ns; /* not flushed yet: dated later than this */
 }
 
 static void local_expire(struct th_route *r, uint64_t now)
 {
     struct route_local *rl = (struct route_local *)r;
-    while (rl->head != NO_JOB && rl->jobs[rl->head].deadline <= now)
+    /* An undated job (0: created since the last flush) and all after it are not due. */
+    while (rl->head != NO_JOB && rl->jobs[rl->head].deadline && rl->jobs[rl->head].deadline <= now)
         job_finish(rl, rl->head, 1);
 }
 

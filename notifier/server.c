@@ -526,7 +526,7 @@ static void item_done(void *arg, const struct th_route_result *res)
     it->ls = res->last_seen_ns;
     if (st == 200) {
         S->n_delivered++;
-        th_hist_add(&S->stats.confirm, th_mono_ns() - it->t0);
+        th_hist_add(&S->stats.confirm, (res->mono_ns ? res->mono_ns : th_mono_ns()) - it->t0);
     } else if (st == 404) {
         if (!it->pos && !it->js_stored)
             S->n_not_connected++;
