@@ -46,11 +46,6 @@ void th_buf_put(struct th_buf *b, const void *p, size_t n)
     b->p[b->len] = '\0';
 }
 
-void th_buf_puts(struct th_buf *b, const char *s)
-{
-    th_buf_put(b, s, strlen(s));
-}
-
 void th_buf_printf(struct th_buf *b, const char *fmt, ...)
 {
     char tmp[512];

@@ -104,7 +104,11 @@ struct th_buf {
     int oom; /* set once an append failed; the content is then truncated */
 };
 void th_buf_put(struct th_buf *b, const void *p, size_t n);
-void th_buf_puts(struct th_buf *b, const char *s);
+/* Inline so a literal's length is known at compile time (answers are built from many). */
+static inline void th_buf_puts(struct th_buf *b, const char *s)
+{
+    th_buf_put(b, s, __builtin_strlen(s));
+}
 void th_buf_printf(struct th_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Append s as a JSON string literal (quotes included). */
 void th_buf_json_str(struct th_buf *b, const char *s, size_t n);
