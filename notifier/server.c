@@ -799,21 +799,43 @@ static void handle_notify(struct resp *r, const struct th_api_req *req)
 
 /*
  * A batch's items are started back to back with one clock reading (their
- * frames' timestamp, the confirmation latency's start), and each item's
- * mailbox record is asked for BATCH_PREFETCH items ahead: the record's first
- * touch was a cache miss that cost a good part of a store.
+ * frames' timestamp, the confirmation latency's start), and the memory each
+ * item will touch is asked for ahead of it, so the cache and TLB misses of
+ * several users overlap instead of queueing (each was a few hundred ns,
+ * most of a store and of a lookup): the registry index line BATCH_FAR items
+ * ahead, then, once that line is in, the slots it names and the user's
+ * mailbox record BATCH_NEAR items ahead (shm/registry.h
+ * th_reg_prefetch_user, shm/mailbox.h th_mbx_prefetch). Hints only.
  */
-#define BATCH_PREFETCH 4
+#define BATCH_FAR 8
+#define BATCH_NEAR 4
+#define BATCH_HASHES 16 /* ring of the hashes in flight: > BATCH_FAR */
 
 static void batch_begin(void)
 {
     S->batch_mono = th_mono_ns();
 }
 
-static void batch_prefetch(const struct th_notify *n)
+static void prefetch_far(const struct th_notify *items, size_t j, uint32_t *hash)
 {
-    if (S->mbx_on && !S->js)
-        th_mbx_prefetch(&S->mbx, n->user, n->ulen);
+    hash[j % BATCH_HASHES] = th_user_hash(items[j].user, items[j].ulen);
+    th_reg_prefetch_user(S->reg, hash[j % BATCH_HASHES], 0);
+}
+
+/* The pipeline's step before item i of items[0..n) starts. */
+static void batch_prefetch(const struct th_notify *items, size_t n, size_t i, uint32_t *hash)
+{
+    if (i == 0)
+        for (size_t j = 0; j < BATCH_FAR && j < n; j++)
+            prefetch_far(items, j, hash);
+    if (i + BATCH_FAR < n)
+        prefetch_far(items, i + BATCH_FAR, hash);
+    if (i + BATCH_NEAR < n) {
+        uint32_t h = hash[(i + BATCH_NEAR) % BATCH_HASHES];
+        th_reg_prefetch_user(S->reg, h, 1);
+        if (S->mbx_on && !S->js)
+            th_mbx_prefetch(&S->mbx, h);
+    }
 }
 
 /* A batch the fast path takes (all or nothing): 1 when started, 0 when jansson must parse it. */
@@ -835,10 +857,10 @@ static int batch_fast(struct resp *r, const struct th_api_req *req)
     r->pending++;
     batch_begin();
     uint64_t now = th_now_ns();
+    uint32_t hash[BATCH_HASHES];
     for (size_t i = 0; i < n; i++) {
         r->items[i].r = r;
-        if (i + BATCH_PREFETCH < n)
-            batch_prefetch(&S->fast_items[i + BATCH_PREFETCH]);
+        batch_prefetch(S->fast_items, n, i, hash);
         item_start(&r->items[i], &S->fast_items[i], now);
     }
     S->batch_mono = 0;

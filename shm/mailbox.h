@@ -312,7 +312,7 @@ void th_mbx_writer_end(struct th_mbx *m);
  * the cache. A batch calls it for the items ahead of the one it stores
  * (the record's first touch, a cache miss, was most of a store's time).
  */
-void th_mbx_prefetch(const struct th_mbx *m, const char *user, size_t ulen);
+void th_mbx_prefetch(const struct th_mbx *m, uint32_t hash); /* hash: th_user_hash of the user */
 
 /* A seq reserved for one user by th_mbx_prepare, used by th_mbx_commit. */
 struct th_mbx_ticket {

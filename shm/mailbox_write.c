@@ -202,11 +202,11 @@ static uint32_t user_record(struct th_mbx *m, const char *user, size_t ulen, uin
     return pick;
 }
 
-void th_mbx_prefetch(const struct th_mbx *m, const char *user, size_t ulen)
+void th_mbx_prefetch(const struct th_mbx *m, uint32_t hash)
 {
-    if (!m->writable || !m->gen || ulen == 0 || ulen > TH_USER_MAX)
+    if (!m->writable || !m->gen)
         return;
-    const char *r = (const char *)th_mbx_rec(m, th_mbx_probe(m, th_user_hash(user, ulen), 0));
+    const char *r = (const char *)th_mbx_rec(m, th_mbx_probe(m, hash, 0));
     __builtin_prefetch(r, 1);                                      /* lengths, hash, counters */
     __builtin_prefetch(r + offsetof(struct th_mbx_user, user), 0); /* the name compared */
 }
