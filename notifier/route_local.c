@@ -612,6 +612,12 @@ static void chan_read(struct route_local *rl, unsigned w)
             return;
         }
         rl->reply_mono = th_mono_ns(); /* one reading for every reply just read */
+        for (int k = 0; k < got; k++)  /* their jobs, asked for before the first is resolved */
+            for (size_t r = 0; r < mm[k].msg_len / sizeof(rl->rx[k][0]); r++) {
+                uint32_t i = th_ud_idx(rl->rx[k][r].seq);
+                if (i < rl->cap)
+                    __builtin_prefetch(&rl->jobs[i], 1);
+            }
         int closed = 0;
         for (int k = 0; k < got && !closed; k++) {
             if (mm[k].msg_len == 0) { /* end of stream: the worker went away */
