@@ -327,7 +327,7 @@ class Hung(unittest.TestCase):
                       % (took["janitor"], took["notifier"]), file=sys.stderr)
             th.aio.run(go(), 60)
 
-    @unittest.skipUnless(Starve.possible(), "needs root (nice -20) and two CPUs")
+    @unittest.skipUnless(Starve.possible(), "needs root (nice -20), two CPUs and /proc/PID/schedstat")
     def test_starved_worker_is_left_running(self):
         """A worker kept runnable but off the CPU (harness.faults.Starve, fed
         by a client flooding it with acks so it always has work) is not

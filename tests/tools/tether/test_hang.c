@@ -20,6 +20,13 @@
 #include <unistd.h>
 
 #define MS (1000ULL * 1000ULL)
+
+/* The real-process tests need the kernel's scheduler accounting (CONFIG_SCHED_INFO). */
+#define NEED_SCHEDSTAT()                                                                           \
+    do {                                                                                           \
+        if (access("/proc/self/schedstat", R_OK) != 0)                                             \
+            cr_skip_test("no /proc/PID/schedstat on this kernel");                                 \
+    } while (0)
 #define S_NS (1000ULL * MS)
 
 static struct th_hang_sample sample(uint64_t cpu, uint64_t wait, char state)
@@ -103,6 +110,7 @@ Test(hang, window_counts)
 
 Test(hang, read_self_and_missing)
 {
+    NEED_SCHEDSTAT();
     struct th_hang_sample s;
     cr_assert_eq(th_hang_read(getpid(), &s), 0);
     cr_expect(s.ok);
@@ -176,6 +184,7 @@ static enum th_hang_verdict watch(pid_t pid, uint64_t limit, enum th_hang_verdic
 
 Test(hang, real_processes_blocked_stopped_spinning)
 {
+    NEED_SCHEDSTAT();
     const char *why;
     pid_t sleeper = child(sleep_forever);
     sleep_ms(100);
@@ -227,6 +236,7 @@ static void idle_spinner(void)
  */
 Test(hang, real_process_starved)
 {
+    NEED_SCHEDSTAT();
     cpu_set_t mine;
     cr_assert_eq(sched_getaffinity(0, sizeof(mine), &mine), 0);
     while (!CPU_ISSET(cpu_of_test, &mine))
