@@ -80,24 +80,6 @@ static struct th_mbx_user *owner_front(struct th_mbx *m, uint64_t pos, uint32_t 
 }
 
 /*
- * A hint for the reclaim after this one: the entry at pos (next at the
- * tail; its header was asked for by the previous call, so it is usually in
- * the cache by now) names its owner's record: ask for that, and for the
- * header after it. A full log reclaims about one entry per store, and each
- * of those was two misses (the header, then the record) in a row.
- */
-static void reclaim_prefetch(const struct th_mbx *m, uint64_t pos, uint64_t head)
-{
-    const struct th_mbx_entry *e = th_mbx_ent(m, pos);
-    uint32_t size = atomic_load_explicit(&e->size, memory_order_relaxed);
-    uint32_t rec = atomic_load_explicit(&e->rec, memory_order_relaxed);
-    if (rec < m->hdr->nusers)
-        __builtin_prefetch(th_mbx_rec(m, rec), 1);
-    if (size >= 64 && size % 64 == 0 && size < head - pos)
-        __builtin_prefetch(th_mbx_ent(m, pos + size), 1);
-}
-
-/*
  * Reclaim the entry at the log's tail: drop it from its user first (if it is
  * still held), then move tail. With only_expired, stop (return 0) at an
  * entry a user holds that has not expired. Returns 1 if one was reclaimed.
@@ -127,8 +109,6 @@ static int reclaim_one(struct th_mbx *m, uint64_t now_ns, int only_expired)
         }
     }
     th_mbx_st(&h->tail, tail + size);
-    if (size < head - tail)
-        reclaim_prefetch(m, tail + size, head);
     return 1;
 }
 
