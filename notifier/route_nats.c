@@ -1632,9 +1632,31 @@ static void drain_connection(struct th_route_nats *rn)
     el_pump(rn, 1500, closed);
 }
 
+/* libnats' delivery thread has dispatched a closed subscription's last message. */
+static void sub_closed(void *closure)
+{
+    atomic_fetch_sub_explicit((_Atomic unsigned *)closure, 1, memory_order_release);
+}
+
+/*
+ * Close a subscription the drain did not (the broker was away). Its close
+ * is a control message posted to libnats' global delivery pool; one still
+ * queued when nats_CloseAndWait stops the pool is never freed (LeakSanitizer
+ * saw it after a cut broker connection), so *open counts the closes whose
+ * on-complete callback, run by the pool after it, has not come yet.
+ */
+static void sub_close(natsSubscription *sub, _Atomic unsigned *open)
+{
+    atomic_fetch_add_explicit(open, 1, memory_order_relaxed);
+    if (natsSubscription_SetOnCompleteCB(sub, sub_closed, (void *)open) != NATS_OK)
+        atomic_fetch_sub_explicit(open, 1, memory_order_relaxed); /* closed already (drained) */
+    natsSubscription_Destroy(sub);
+}
+
 static void nats_destroy(struct th_route *r)
 {
     struct th_route_nats *rn = (struct th_route_nats *)r;
+    _Atomic unsigned open = 0;
     if (rn->nc) {
         batches_send(rn); /* confirmations of the last iteration */
         say_leaving(rn);
@@ -1643,13 +1665,16 @@ static void nats_destroy(struct th_route *r)
     for (unsigned i = 0; i < NBUCKET; i++)
         for (struct interest *it = rn->bucket[i], *next; it; it = next) {
             next = it->next;
-            natsSubscription_Destroy(it->sub);
+            sub_close(it->sub, &open);
             free(it);
         }
     natsSubscription *subs[] = {rn->inbox_sub, rn->nodes_sub, rn->pres_sub};
     for (unsigned i = 0; i < 3; i++)
         if (subs[i])
-            natsSubscription_Destroy(subs[i]);
+            sub_close(subs[i], &open);
+    /* Bounded: a pool that never gets to them only costs the leak again. */
+    for (int ms = 0; ms < 1000 && atomic_load_explicit(&open, memory_order_acquire); ms++)
+        poll(NULL, 0, 1);
     if (rn->nc) {
         natsConnection_Close(rn->nc);
         natsConnection_Destroy(rn->nc);
