@@ -130,11 +130,7 @@ pid_t th_reg_self(void)
     return p;
 }
 
-/*
- * Field 3 (state) and field 22 (start time, clock ticks after boot) of
- * /proc/PID/stat; 0 when unreadable (gone, or no /proc).
- */
-static uint64_t proc_stat(pid_t pid, char *state)
+uint64_t th_proc_stat(pid_t pid, char *state)
 {
     char path[64], buf[1024];
     *state = 0;
@@ -160,7 +156,7 @@ static uint64_t proc_stat(pid_t pid, char *state)
 uint64_t th_proc_start_time(pid_t pid)
 {
     char state;
-    return proc_stat(pid, &state);
+    return th_proc_stat(pid, &state);
 }
 
 /*
@@ -179,7 +175,7 @@ static int pid_alive_start(pid_t pid, uint64_t *start)
     if (pid <= 0 || (kill(pid, 0) != 0 && errno != EPERM))
         return 0;
     char state;
-    *start = proc_stat(pid, &state);
+    *start = th_proc_stat(pid, &state);
     return state != 'Z' && state != 'X';
 }
 

@@ -465,6 +465,12 @@ static inline int th_proc_hung(const struct th_proc_sh *p)
     uint64_t hung = atomic_load_explicit(&p->hung_ns, memory_order_acquire);
     return hung && atomic_load_explicit(&p->heartbeat_ns, memory_order_relaxed) <= hung;
 }
+/*
+ * Field 3 (state letter: R, S, D, T, Z, ...) and field 22 (start time, clock
+ * ticks after boot) of /proc/PID/stat; *state 0 and 0 returned when
+ * unreadable (gone, or no /proc). The one parser of that file.
+ */
+uint64_t th_proc_stat(pid_t pid, char *state);
 /* Start time of pid in clock ticks since boot (/proc/pid/stat field 22), 0 if unknown. */
 uint64_t th_proc_start_time(pid_t pid);
 /*

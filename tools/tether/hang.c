@@ -9,6 +9,8 @@
  */
 #include "tools/tether/hang.h"
 
+#include "shm/registry.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -47,14 +49,9 @@ int th_hang_read(pid_t pid, struct th_hang_sample *s)
     s->wait_ns = strtoull(p, &end, 10);
     if (end == p)
         return -EINVAL;
-    /* "pid (comm) S ...": comm may hold spaces and parentheses, the state follows the last ')' */
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    if ((n = read_small(path, buf, sizeof(buf))) < 0)
-        return (int)n;
-    char *rp = strrchr(buf, ')');
-    if (!rp || rp[1] != ' ' || !rp[2])
-        return -EINVAL;
-    s->state = rp[2];
+    th_proc_stat(pid, &s->state); /* shm's parser of /proc/PID/stat */
+    if (!s->state)
+        return -ESRCH;
     s->ok = 1;
     return 0;
 }
