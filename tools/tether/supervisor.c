@@ -422,12 +422,12 @@ static uint64_t heartbeat_age(struct th_child *c, uint64_t now_mono)
     } else {
         struct th_hang_sample s;
         th_hang_read(c->pid, &s);
-        if (!c->quiet_mono)
+        if (!c->quiet_mono) {
             th_hang_window_open(&c->quiet, &s);
-        else
-            th_hang_window_add(&c->quiet, &s);
-        if (!c->quiet_mono)
             c->quiet_mono = now_mono;
+        } else {
+            th_hang_window_add(&c->quiet, &s);
+        }
     }
     return now_mono > c->hb_mono ? now_mono - c->hb_mono : 0;
 }
