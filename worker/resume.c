@@ -455,7 +455,8 @@ void wk_resume_start(struct worker *w, uint32_t idx, const struct th_resume_req 
             rp->since = rr->since;
             rp->wait_until = w->mono_ns + RP_WAIT_NS;
             rp->epoch_len = (uint32_t)rr->epoch_len;
-            memcpy(rp->epoch, rr->epoch, rr->epoch_len);
+            if (rr->epoch_len) /* a resume without epoch (since=0) has none: epoch is NULL */
+                memcpy(rp->epoch, rr->epoch, rr->epoch_len);
             return;
         }
     }
