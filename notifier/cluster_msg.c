@@ -6,6 +6,7 @@
  */
 #include "notifier/cluster_msg.h"
 #include "shm/proto/userid.h"
+#include "shm/proto/utf8.h"
 
 #include <errno.h>
 #include <string.h>
@@ -155,6 +156,22 @@ int th_cm_reply_token(const char *tok, uint32_t *idx, uint32_t *gen)
     return kind;
 }
 
+int th_cm_batch_subject(const char *reply, char *out, size_t cap)
+{
+    const char *dot = strrchr(reply, '.');
+    uint32_t idx, gen;
+    if (!dot || dot == reply || th_cm_reply_token(dot + 1, &idx, &gen) != 'd')
+        return -EINVAL;
+    size_t plen = (size_t)(dot - reply);
+    if (plen > 2 && memcmp(dot - 2, ".a", 2) == 0)
+        plen -= 2; /* "<I>.a.<idx>_<gen>": batches on "<I>.b" */
+    if (plen + 3 > cap)
+        return -EINVAL;
+    memcpy(out, reply, plen);
+    memcpy(out + plen, ".b", 3);
+    return (int)(plen + 2);
+}
+
 int th_cm_is_request(const void *d, size_t n)
 {
     return d && n >= 4 && memcmp(d, "TN1\0", 4) == 0;
@@ -162,9 +179,11 @@ int th_cm_is_request(const void *d, size_t n)
 
 int th_cm_request(const void *d, size_t n, uint64_t *nseq, const char **frame, size_t *flen)
 {
-    if (!th_cm_is_request(d, n) || n < TH_CM_REQ_HDR)
+    if (!th_cm_is_request(d, n) || n <= TH_CM_REQ_HDR || n - TH_CM_REQ_HDR > TH_CM_FRAME_MAX)
         return -EINVAL;
     const unsigned char *b = d;
+    if (th_utf8_feed(TH_UTF8_ACCEPT, b + TH_CM_REQ_HDR, n - TH_CM_REQ_HDR) != TH_UTF8_ACCEPT)
+        return -EINVAL;
     uint64_t v = 0;
     for (int k = 0; k < 8; k++)
         v |= (uint64_t)b[4 + k] << (8 * k);

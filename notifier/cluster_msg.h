@@ -25,6 +25,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "shm/proto/userid.h" /* TH_USER_MAX */
+#include "shm/rt/channel.h"   /* TH_HO_MAX_PAYLOAD */
+
 #define TH_CM_NAME_MAX 64u  /* node names (TH_NODE_MAX) */
 #define TH_CM_PEERS_MAX 16u /* peer ids one reply may carry */
 #define TH_CM_REQ_HDR 12u   /* "TN1\0" + nseq */
@@ -48,8 +51,29 @@ void th_cm_id_hex(char out[17], uint64_t id);
  * -EINVAL for anything else.
  */
 int th_cm_reply_token(const char *tok, uint32_t *idx, uint32_t *gen);
+/*
+ * Where a holder sends its batched confirmations ("TR3") for a request
+ * whose reply subject is reply ("<P>.<idx>_<gen>", a delivery reply): "<I>.b"
+ * when P is "<I>.a" (an asker taking single replies on "<I>.a.*" and
+ * batches on "<I>.b", two subscriptions that no subject matches both of),
+ * else "<P>.b" (an asker with one "<P>.*" subscription for both). Into out
+ * with its NUL; the length, or -EINVAL (not a delivery reply, or >= cap).
+ */
+int th_cm_batch_subject(const char *reply, char *out, size_t cap);
 
-/* "TN1\0" + nseq + frame: 0 with *nseq and the frame, or -EINVAL. */
+/*
+ * The largest frame a request may carry: what the local handoff takes
+ * with the user id (a longer one is a packet no worker reads, answered
+ * only by the handoff timeout). Nodes send frames of at most
+ * TH_MBX_MAX_FRAME.
+ */
+#define TH_CM_FRAME_MAX (TH_HO_MAX_PAYLOAD - TH_USER_MAX)
+/*
+ * "TN1\0" + nseq + frame: 0 with *nseq and the frame, or -EINVAL. The
+ * frame is 1 to TH_CM_FRAME_MAX bytes of UTF-8: it goes to clients as a
+ * WebSocket text frame, and one that is not UTF-8 makes every client fail
+ * its connection (RFC 6455 8.1).
+ */
 int th_cm_request(const void *d, size_t n, uint64_t *nseq, const char **frame, size_t *flen);
 /* Is it a notification request (the "TN1\0" magic), whatever else it holds? */
 int th_cm_is_request(const void *d, size_t n);

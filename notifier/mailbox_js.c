@@ -16,7 +16,8 @@
  *                first write's sequence and "duplicate")
  *   Tether-At    byte offset for ,"seq":N,"epoch":"E" (after the id)
  *   Tether-Ttl   seconds to keep it (the request's ttl_s, <= --mailbox-ttl;
- *                the stream keeps everything MaxAge, the cache honours this)
+ *                the stream keeps everything MaxAge, the cache honours this;
+ *                a larger one, from another publisher, counts as --mailbox-ttl)
  *   Tether-Prev  the user's previous stream seq: a node that never saw
  *                that seq learns that everything up to it left the stream
  *                (recovered:false). Exact: the message is published with
@@ -87,6 +88,7 @@
 #include <unistd.h>
 
 #include "shm/proto/userid.h"
+#include "shm/proto/utf8.h"
 #include "shm/rt/clock.h"
 #include "shm/rt/log.h"
 
@@ -653,6 +655,18 @@ static void hand_on(struct th_mjs *j, const char *user, size_t ulen, uint64_t se
                                   NULL);
 }
 
+/*
+ * A stream message's frame can become a client's text frame: UTF-8, with
+ * its seq and epoch going in at a character boundary (at). The stream takes
+ * whatever anyone allowed to publish on tether.m.* sends, and a client must
+ * fail its connection on a text frame that is not UTF-8.
+ */
+static int frame_ok(const char *frame, size_t flen, size_t at)
+{
+    return th_utf8_feed(TH_UTF8_ACCEPT, (const uint8_t *)frame, flen) == TH_UTF8_ACCEPT &&
+           (at == flen || ((unsigned char)frame[at] & 0xc0) != 0x80);
+}
+
 static void on_mirror(struct th_mjs *j, natsMsg *m)
 {
     jsMsgMetaData *md = NULL;
@@ -678,10 +692,17 @@ static void on_mirror(struct th_mjs *j, natsMsg *m)
     int flen = natsMsg_GetDataLength(m);
     const char *frame = natsMsg_GetData(m);
     uint64_t at = hdr_u64(m, "Tether-At", UINT64_MAX), ttl = hdr_u64(m, "Tether-Ttl", 0);
+    if (ttl > j->cfg->mailbox_ttl_s) /* a node writes at most that; ttl * 10^9 must not wrap */
+        ttl = j->cfg->mailbox_ttl_s;
     uint64_t prev = hdr_u64(m, "Tether-Prev", 0);
     if (ulen <= 0 || !th_userid_valid(user, (size_t)ulen) || idlen < 0 || flen < 0 ||
         at > (uint64_t)flen) {
         bad_input(j, "subject or headers");
+        mirror_advance(j, seq);
+        return;
+    }
+    if (!frame_ok(frame, (size_t)flen, (size_t)at)) {
+        bad_input(j, "frame not UTF-8, or Tether-At inside a character");
         mirror_advance(j, seq);
         return;
     }
@@ -1334,7 +1355,19 @@ fail:
 }
 
 /*
- * Drain first, as route_nats does: pending messages reach our callback (and
+ * The mirror is closed first, while the connection is up. libnats 3.4.1's
+ * ordered consumer re-creates itself after a missed heartbeat on a thread
+ * of its own (_recreateOrderedCons, started under the subscription's lock
+ * by the heartbeat timer unless the subscription is closed) whose error
+ * path calls natsThread_Detach(NULL) when writing its UNSUB/SUB or flushing
+ * them fails (with SendAsap the flush is a socket write): a connection
+ * closed under it SEGVs the notifier (seen once at stop under ASan in
+ * cluster_jetstream_storm, where heartbeats go missing while a server is
+ * down). Closed, no re-creation starts; one started just before writes on
+ * a connection still open (the drain's round trips come first). What the
+ * mirror had pending is dropped with it (stopping: nobody needs it).
+ *
+ * Then drain, as route_nats does: pending messages reach our callbacks (and
  * the queue, freed by th_mjs_free) before the connection closes, none is
  * left in libnats' global delivery pool.
  */
@@ -1349,14 +1382,15 @@ void th_mjs_close(struct th_mjs *j)
     pthread_mutex_unlock(&j->mu);
     if (j->thr_started)
         pthread_join(j->thr, NULL);
+    _Atomic unsigned open = 0;
+    if (j->sub)
+        th_nats_sub_close(j->sub, &open); /* ephemeral consumer: the server drops it */
+    j->sub = NULL;
     if (j->nc && natsConnection_Status(j->nc) == NATS_CONN_STATUS_CONNECTED &&
         natsConnection_DrainTimeout(j->nc, 1000) == NATS_OK)
         for (int i = 0; i < 150 && !natsConnection_IsClosed(j->nc); i++)
             usleep(10 * 1000);
-    if (j->sub)
-        natsSubscription_Destroy(
-            j->sub); /* the ordered consumer is ephemeral: the server drops it */
-    j->sub = NULL;
+    th_nats_closes_wait(&open, 1000);
     if (j->nc)
         natsConnection_Close(j->nc);
     jsCtx_Destroy(j->js);

@@ -113,30 +113,44 @@ void th_metrics_render(struct th_buf *b, const struct th_reg *reg,
  * A process counts as up when its pid lives, its loop stamped a heartbeat
  * within --hung-after, and the supervisor has not declared it hung (a
  * stopped or wedged process keeps its pid but not its heartbeat; a stop is
- * declared at once). Every hung process is also named in "hung".
+ * declared at once). Every hung process is also named in "hung". A starved
+ * one (runnable, waiting for a CPU: left running by the supervisor) is
+ * named in "starved" and flagged "starved":true; whether it counts as up is
+ * unchanged by that (an old heartbeat is down: the node is not keeping up),
+ * so "status" and the code mean what they meant before.
  */
 struct health {
     struct th_buf *b;
     uint64_t now, max_age;
-    char hung[TH_MAX_WORKERS * 16 + 64];
-    size_t hlen;
+    char hung[TH_MAX_WORKERS * 16 + 64], starved[TH_MAX_WORKERS * 16 + 64];
+    size_t hlen, slen;
 };
 
-/* One process entry {"pid":N,"alive":bool,"hung":bool,"heartbeat_age_s":x}; returns up. */
+/* Append "name" to a JSON list body when on (names are short and fixed: no escaping). */
+static void name_add(char *list, size_t cap, size_t *len, int on, const char *name)
+{
+    if (!on || *len + strlen(name) + 4 >= cap)
+        return;
+    int n = snprintf(list + *len, cap - *len, "%s\"%s\"", *len ? "," : "", name);
+    *len += n > 0 ? (size_t)n : 0;
+}
+
+/* One process entry {"pid":N,"alive":bool,"hung":bool,"starved":bool,"heartbeat_age_s":x};
+ * returns up. */
 static int proc_entry(struct health *h, const struct th_proc_sh *p, const char *name)
 {
     int pid = (int)atomic_load_explicit(&p->pid, memory_order_relaxed);
     uint64_t hb = atomic_load_explicit(&p->heartbeat_ns, memory_order_relaxed);
     int hung = pid > 0 && th_proc_hung(p);
+    int starved = pid > 0 && !hung && th_proc_starved(p);
     uint64_t age = hb && h->now > hb ? h->now - hb : 0;
     int alive = pid > 0 && th_pid_alive(pid);
-    th_buf_printf(h->b, "\"pid\":%d,\"alive\":%s,\"hung\":%s,\"heartbeat_age_s\":%.1f}", pid,
-                  alive ? "true" : "false", hung ? "true" : "false", (double)age / 1e9);
-    if (hung && h->hlen + strlen(name) + 4 < sizeof(h->hung)) {
-        int n = snprintf(h->hung + h->hlen, sizeof(h->hung) - h->hlen, "%s\"%s\"",
-                         h->hlen ? "," : "", name);
-        h->hlen += n > 0 ? (size_t)n : 0;
-    }
+    th_buf_printf(h->b,
+                  "\"pid\":%d,\"alive\":%s,\"hung\":%s,\"starved\":%s,\"heartbeat_age_s\":%.1f}",
+                  pid, alive ? "true" : "false", hung ? "true" : "false",
+                  starved ? "true" : "false", (double)age / 1e9);
+    name_add(h->hung, sizeof(h->hung), &h->hlen, hung, name);
+    name_add(h->starved, sizeof(h->starved), &h->slen, starved, name);
     return alive && !hung && hb != 0 && age < h->max_age;
 }
 
@@ -198,7 +212,8 @@ int th_health_render(struct th_buf *b, const struct th_reg *reg, uint32_t hung_a
         th_buf_printf(&body, "%s{\"index\":%u,", i ? "," : "", i);
         ok &= proc_entry(&h, &hdr->workers[i], name);
     }
-    th_buf_printf(&body, "],\"hung\":[%.*s]}", (int)h.hlen, h.hung);
+    th_buf_printf(&body, "],\"hung\":[%.*s],\"starved\":[%.*s]}", (int)h.hlen, h.hung, (int)h.slen,
+                  h.starved);
     th_buf_printf(b, "{\"status\":\"%s\",", ok ? "ok" : "degraded");
     if (broker >= 0)
         th_buf_printf(b, "\"broker\":\"%s\",", broker ? "up" : "down");

@@ -1,6 +1,8 @@
 /* --nats URL[,URL...] into libnats options (see nats_opts.h for why). */
 #include "notifier/nats_opts.h"
 
+#include <poll.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #define MAX_SERVERS 32
@@ -46,4 +48,24 @@ natsStatus th_nats_options(natsOptions **opts, const char *list, const char *nam
         (s = natsOptions_SetPingInterval(*opts, 1000)) != NATS_OK)
         return s;
     return natsOptions_SetMaxPingsOut(*opts, 2);
+}
+
+/* libnats' delivery thread has dispatched a closed subscription's last message. */
+static void sub_closed(void *closure)
+{
+    atomic_fetch_sub_explicit((_Atomic unsigned *)closure, 1, memory_order_release);
+}
+
+void th_nats_sub_close(natsSubscription *sub, _Atomic unsigned *open)
+{
+    atomic_fetch_add_explicit(open, 1, memory_order_relaxed);
+    if (natsSubscription_SetOnCompleteCB(sub, sub_closed, (void *)open) != NATS_OK)
+        atomic_fetch_sub_explicit(open, 1, memory_order_relaxed); /* closed already (drained) */
+    natsSubscription_Destroy(sub);
+}
+
+void th_nats_closes_wait(_Atomic unsigned *open, int ms)
+{
+    for (int i = 0; i < ms && atomic_load_explicit(open, memory_order_acquire); i++)
+        poll(NULL, 0, 1);
 }

@@ -23,6 +23,15 @@
  * the user); every leg GONE -> 404 (the connections went away between the
  * lookup and the handoff); otherwise -> 503.
  *
+ * The lookup reads the user's index group only (th_reg_find_owners: slot and
+ * owner worker of each entry, no slot read: one memory round trip), and each
+ * leg names the user (TH_HO_F_USER) so the owner confirms the id against its
+ * own slot before it delivers: a stale or falsely matching entry comes back
+ * GONE, never as a delivery to someone else, and only confirmed legs count.
+ * The one path that reads the slots here is th_route_local_deliver_by (the
+ * JetStream catch-up): it filters on the slot's connected_at, so it takes
+ * exact (slot, gen) legs from th_reg_find_conns as before.
+ *
  * A worker the supervisor declared hung (th_proc_sh.hung_ns: stopped, or
  * its heartbeat is --hung-after old) gets no leg: that leg fails at once,
  * so a delivery never waits out the handoff timeout on a worker known not
@@ -80,6 +89,7 @@ struct job {
     struct leg *legs;
     uint16_t nlegs, outstanding, ok, gone;
     uint8_t ulen;
+    uint8_t by_user; /* legs carry the user id, not a gen (TH_HO_F_USER) */
     char user[TH_USER_MAX];
     uint64_t nseq;     /* mailbox seq, passed to the worker */
     unsigned ho_flags; /* TH_HO_F_* code bits */
@@ -102,7 +112,8 @@ struct route_local {
     struct io_uring *ring;
     struct job *jobs;
     uint32_t cap, free_head, head, tail, next_gen;
-    struct th_conn_ref *infos; /* th_reg_find_conns: line 0 of each slot is all a delivery reads */
+    struct th_owner_ref *owners; /* th_reg_find_owners: the notify path reads no slot */
+    struct th_conn_ref *infos;   /* th_reg_find_conns: th_route_local_deliver_by only */
     int ninfos;
     uint64_t connected_by; /* th_route_local_deliver_by: only slots connected by then (0: all) */
     uint64_t timeout_ns;
@@ -111,7 +122,7 @@ struct route_local {
     struct chan ch[TH_MAX_WORKERS];
     /* chan_flush's and chan_read's scratch (the loop is single-threaded). */
     struct th_ho_msg tx_hdr[IO_PACKETS * TH_HO_BATCH_MAX];
-    struct iovec tx_iov[IO_PACKETS][2 * TH_HO_BATCH_MAX];
+    struct iovec tx_iov[IO_PACKETS][3 * TH_HO_BATCH_MAX]; /* header, user id, frame */
     struct th_ho_msg rx[IO_BATCH][TH_HO_BATCH_MAX + 1];
 };
 
@@ -416,21 +427,25 @@ static int pack(struct route_local *rl, struct chan *c, size_t *scanned, int roo
         struct job *j = &rl->jobs[i];
         /* Another connection of the user the previous request was for: its frame once. */
         int same = k && j->frame == prev;
-        size_t flen = same ? 0 : j->flen;
-        if (k && bytes + sizeof(*hdr) + flen > PACK_BYTES)
+        size_t ulen = j->by_user ? j->ulen : 0, plen = same ? 0 : ulen + j->flen;
+        if (k && bytes + sizeof(*hdr) + plen > PACK_BYTES)
             break; /* the next packet takes it */
         ++*scanned;
-        bytes += sizeof(*hdr) + flen;
-        hdr[k] =
-            (struct th_ho_msg){.magic = TH_HO_MAGIC,
-                               .type = TH_HO_DELIVER,
-                               .slot = j->legs[n].slot,
-                               .gen = j->legs[n].gen,
-                               .seq = seq_make(j->gen, i, n),
-                               .len = (uint32_t)flen,
-                               .code = (uint16_t)(j->ho_flags | (same ? TH_HO_F_SAME_FRAME : 0)),
-                               .nseq = j->nseq};
+        bytes += sizeof(*hdr) + plen;
+        unsigned code =
+            j->ho_flags | (same ? TH_HO_F_SAME_FRAME : 0) | (j->by_user ? TH_HO_F_USER : 0);
+        hdr[k] = (struct th_ho_msg){.magic = TH_HO_MAGIC,
+                                    .type = TH_HO_DELIVER,
+                                    .slot = j->legs[n].slot,
+                                    .gen = j->legs[n].gen,
+                                    .seq = seq_make(j->gen, i, n),
+                                    .len = (uint32_t)plen,
+                                    .code = (uint16_t)code,
+                                    .conn = (uint32_t)ulen,
+                                    .nseq = j->nseq};
         iov[(*niov)++] = (struct iovec){&hdr[k], sizeof(hdr[k])};
+        if (!same && ulen)
+            iov[(*niov)++] = (struct iovec){j->user, ulen};
         if (!same)
             iov[(*niov)++] = (struct iovec){j->frame, j->flen};
         prev = j->frame;
@@ -520,14 +535,17 @@ static int local_deliver(struct th_route *r, const char *user, size_t ulen, cons
                          void *arg)
 {
     struct route_local *rl = (struct route_local *)r;
-    int n = th_reg_find_conns(rl->reg, user, ulen, rl->infos, rl->ninfos);
-    if (rl->connected_by && n > 0) { /* (reads line 1 too: only for late hand-overs) */
+    int n;
+    if (rl->connected_by) { /* late hand-over: reads the slots (connected_at on line 1) */
+        n = th_reg_find_conns(rl->reg, user, ulen, rl->infos, rl->ninfos);
         int kept = 0;
         for (int k = 0; k < n; k++)
             if (atomic_load_explicit(&rl->reg->slots[rl->infos[k].slot].connected_at,
                                      memory_order_relaxed) <= rl->connected_by)
                 rl->infos[kept++] = rl->infos[k];
         n = kept;
+    } else {
+        n = th_reg_find_owners(rl->reg, user, ulen, rl->owners, rl->ninfos);
     }
     if (n <= 0) {
         struct th_route_result res = {0};
@@ -564,11 +582,15 @@ static int local_deliver(struct th_route *r, const char *user, size_t ulen, cons
     j->arg = arg;
     j->nlegs = (uint16_t)n;
     j->deadline = 0; /* dated by the flush that sends its legs (local_flush) */
+    j->by_user = !rl->connected_by;
     for (int k = 0; k < n; k++)
-        j->legs[k] = (struct leg){rl->infos[k].slot, rl->infos[k].gen, rl->infos[k].worker, 0};
+        j->legs[k] =
+            j->by_user ? (struct leg){rl->owners[k].slot, 0, rl->owners[k].worker, 0}
+                       : (struct leg){rl->infos[k].slot, rl->infos[k].gen, rl->infos[k].worker, 0};
     /* The stage records' link from the caller's key (its arg) to the first leg's seq. */
     TH_STAGE(seq_make(j->gen, i, 0), TH_ST_LINK, (uintptr_t)arg);
     TH_STAGE(seq_make(j->gen, i, 0), TH_ST_N_RENDERED, th_mono_ns());
+    TH_STAGE(seq_make(j->gen, i, 0), TH_ST_T_KEY, th_stage_tns(frame, flen));
     /* Hold one extra count so a leg failing at once cannot finish the job mid-loop. */
     j->outstanding = (uint16_t)(n + 1);
     for (int k = 0; k < n; k++)
@@ -592,6 +614,31 @@ static void on_reply(struct route_local *rl, unsigned w, const struct th_ho_msg 
         leg_resolve(rl, i, n, m->code);
 }
 
+/*
+ * Hints for the replies just read, before the first is resolved: each one's
+ * job entry (the words a reply checks span two cache lines), then, once
+ * those are on their way in, the leg it resolves (in the job's own buffer,
+ * another miss). Both were a miss per reply, one after the other.
+ */
+static void replies_prefetch(struct route_local *rl, const struct mmsghdr *mm, int got)
+{
+    for (int k = 0; k < got; k++)
+        for (size_t r = 0; r < mm[k].msg_len / sizeof(rl->rx[k][0]); r++) {
+            uint32_t i = th_ud_idx(rl->rx[k][r].seq);
+            if (i < rl->cap) {
+                __builtin_prefetch(&rl->jobs[i], 1);
+                __builtin_prefetch(&rl->jobs[i].legs, 1);
+            }
+        }
+    for (int k = 0; k < got; k++)
+        for (size_t r = 0; r < mm[k].msg_len / sizeof(rl->rx[k][0]); r++) {
+            uint32_t i = th_ud_idx(rl->rx[k][r].seq);
+            unsigned n = th_ud_kind(rl->rx[k][r].seq);
+            if (i < rl->cap && n < rl->jobs[i].nlegs)
+                __builtin_prefetch(&rl->jobs[i].legs[n], 1);
+        }
+}
+
 /* Read every reply packet waiting on channel w, IO_BATCH per syscall. */
 static void chan_read(struct route_local *rl, unsigned w)
 {
@@ -612,12 +659,7 @@ static void chan_read(struct route_local *rl, unsigned w)
             return;
         }
         rl->reply_mono = th_mono_ns(); /* one reading for every reply just read */
-        for (int k = 0; k < got; k++)  /* their jobs, asked for before the first is resolved */
-            for (size_t r = 0; r < mm[k].msg_len / sizeof(rl->rx[k][0]); r++) {
-                uint32_t i = th_ud_idx(rl->rx[k][r].seq);
-                if (i < rl->cap)
-                    __builtin_prefetch(&rl->jobs[i], 1);
-            }
+        replies_prefetch(rl, mm, got);
         int closed = 0;
         for (int k = 0; k < got && !closed; k++) {
             if (mm[k].msg_len == 0) { /* end of stream: the worker went away */
@@ -713,6 +755,7 @@ static void local_destroy(struct th_route *r)
         free(rl->jobs[i].mem);
     free(rl->jobs);
     free(rl->infos);
+    free(rl->owners);
     free(rl);
 }
 
@@ -763,7 +806,10 @@ struct th_route *th_route_local_new(const struct th_config *cfg, struct th_reg *
     uint32_t want = cfg->max_conns_per_user + 8;
     rl->ninfos = (int)(want > MAX_LEGS - 1 ? MAX_LEGS - 1 : want);
     rl->infos = calloc((size_t)rl->ninfos, sizeof(*rl->infos));
-    if (!rl->infos) {
+    rl->owners = calloc((size_t)rl->ninfos, sizeof(*rl->owners));
+    if (!rl->infos || !rl->owners) {
+        free(rl->infos);
+        free(rl->owners);
         free(rl);
         return NULL;
     }

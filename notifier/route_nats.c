@@ -7,16 +7,25 @@
  * hex-encoded, so no id (dots, '*', '>', spaces) can name another subject or
  * a wildcard. Every node also listens on "tether.n" (heartbeats) and
  * "tether.p" (presence questions); replies come back on this node's own
- * inbox "<inbox>.<token>". Nodes are told apart by a random 64-bit id drawn
- * at start (a restarted notifier is a new node to the others).
+ * inbox: single ones (and the server's "no responders") on the reply
+ * subject a request names, "<inbox>.a.<token>", a holder's batched ones on
+ * "<inbox>.b" (th_cm_batch_subject; no subject matches both
+ * subscriptions). Nodes are told apart by a random 64-bit id drawn at start
+ * (a restarted notifier is a new node to the others).
  *
  * Interest. A node subscribes to a user's subject while its registry holds at
  * least one live connection of that user and unsubscribes after the last: the
  * loop scans the registry every SCAN_NS (a periodic scan, not hooks in the
  * workers, because the workers must not link libnats and the registry is
  * already the one truth about who is here; the cost is one pass over the
- * slots every 100 ms and a window of up to SCAN_NS after a connect during
- * which other nodes do not yet see the user).
+ * slots every 100 ms while users come and go, every second otherwise, and
+ * a window of up to SCAN_NS after a connect during which other nodes do not
+ * yet see the user). A pass goes in steps of at most SCAN_STEP_NS with the
+ * I/O in between and the loop waiting SCAN_GAP_NS from one step to the next
+ * (scan_step: in one go it held the loop for milliseconds, every
+ * notification arriving meanwhile waited; back to back, it held a CPU), and
+ * a user it did not meet is looked up by id before its interest goes (a
+ * connection that moved behind the pass is still here).
  *
  * Holders know each other. Right after subscribing, a node publishes a hello
  * on the user's subject; every other holder adds it to that user's peer set
@@ -62,14 +71,30 @@
  * libnats' buffer and leaves in one send at flush(), and a holder's
  * confirmations to one asker leave as one message ("TR3", batched per
  * iteration), so a burst of notifications costs a few syscalls and broker
- * messages, not a few per notification. Messages for a subscription still
- * reach our callbacks on libnats' one global delivery thread: they push
- * them onto a lock-free list and write the eventfd on empty -> not empty;
- * the loop keeps one io_uring read armed on that eventfd (user_data
- * TH_UD_ROUTE with idx EV_IDX) and its completion drains the list on the
- * loop thread, which alone touches the pending, presence, node and
- * interest tables and the local route.
+ * messages, not a few per notification. Messages never cross a thread
+ * either: libnats hands each message it parses (inside ProcessReadEvent, on
+ * the loop thread) to its connection message filter, which notes ours in a
+ * loop-only array; the loop handles them right after the read, in the order
+ * the broker sent them (filter_install says why this hook, not in nats.h,
+ * is used only with libnats 3.4). Without it (another libnats, or
+ * TETHER_NATS_NO_FILTER=1) they take the subscriptions' path: a holder's
+ * batched replies come on "<inbox>.b", a synchronous subscription (libnats
+ * appends to its list while parsing and wakes nobody, since nobody waits on
+ * it) emptied with NextMsg(0) right after each read; everything else
+ * (requests, hellos, tether.n, tether.p, single replies and the server's
+ * "no responders" on "<inbox>.a.*", which NextMsg would turn into an error
+ * without its subject) reaches our callbacks on libnats' one global
+ * delivery thread, which push them onto a lock-free list and write the
+ * eventfd on empty -> not empty; the loop keeps one io_uring read armed on
+ * that eventfd (user_data TH_UD_ROUTE with idx EV_IDX) and its completion
+ * drains the list. Either way only the loop thread touches the pending,
+ * presence, node and interest tables and the local route. The status
+ * callbacks (down, up, reconnected) always come from libnats' threads, over
+ * the list. natsMsg_Destroy wakes libnats' garbage-collector thread;
+ * handled messages are destroyed in batches (msg_done) so it wakes once per
+ * batch, not once per message.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <nats/nats.h>
@@ -91,34 +116,41 @@
 #include "shm/proto/userid.h"
 #include "shm/rt/clock.h"
 #include "shm/rt/log.h"
+#include "shm/rt/mpsc.h"
+#include "shm/rt/stage.h"
 
 #define EV_IDX TH_UD_IDX_MAX             /* the eventfd read; local route's idx stay far below */
 #define SOCK_IN_IDX (TH_UD_IDX_MAX - 1)  /* POLLIN on libnats' socket */
 #define SOCK_OUT_IDX (TH_UD_IDX_MAX - 2) /* POLLOUT on it, while a write is left over */
 #define MS_NS (1000ull * 1000)
 #define SCAN_NS (100 * MS_NS)
-#define HB_NS (500 * MS_NS)    /* heartbeat period on tether.n */
-#define DEAD_NS (2000 * MS_NS) /* a node silent this long is not waited for */
-#define NPEND 4096u            /* remote deliveries in flight */
-#define NPRES 256u             /* presence questions in flight */
-#define NBUCKET 4096u          /* interest table buckets */
-#define MAX_NODES 64u          /* other nodes known from their heartbeats */
-#define MAX_PEERS 16u          /* other holders one holder remembers per user */
-#define PEND_NODES 16u         /* nodes one delivery waits for (more: the timeout) */
-#define PRES_CONNS 256u        /* connections one presence answer lists */
+#define SCAN_STEP_NS (50 * 1000ull) /* one step of a registry pass (scan_step) */
+#define SCAN_GAP_NS (150 * 1000ull) /* the loop's wait between two steps (I/O ends it at once) */
+#define SCAN_CHUNK 256u             /* slots (or buckets) between two looks at the clock */
+#define HB_NS (500 * MS_NS)         /* heartbeat period on tether.n */
+#define DEAD_NS (2000 * MS_NS)      /* a node silent this long is not waited for */
+#define NPEND 4096u                 /* remote deliveries in flight */
+#define NPRES 256u                  /* presence questions in flight */
+#define NBUCKET 4096u               /* interest table buckets */
+#define MAX_NODES 64u               /* other nodes known from their heartbeats */
+#define MAX_PEERS 16u               /* other holders one holder remembers per user */
+#define PEND_NODES 16u              /* nodes one delivery waits for (more: the timeout) */
+#define PRES_CONNS 256u             /* connections one presence answer lists */
 #define SUBJ_PREFIX "tether.u."
 #define SUBJ_NODES "tether.n"
 #define SUBJ_PRESENCE "tether.p"
 #define SUBJ_MAX (sizeof(SUBJ_PREFIX) + 2 * TH_USER_MAX + 1)
 #define MSG_HDR TH_CM_REQ_HDR
-#define MSG_MAX (17u << 20) /* larger requests are dropped and counted */
-#define TEXT_MAX 2048u      /* the text messages (replies, hellos, heartbeats) */
+#define TEXT_MAX 2048u /* the text messages (replies, hellos, heartbeats) */
 #define PANS_MAX (PRES_CONNS * 64u + 256u)
 #define BAD_LOG_NS (1000 * MS_NS)
 #define NBATCH 16u                /* askers one iteration's confirmations are batched for */
 #define BATCH_BYTES (16u * 1024u) /* a batch goes out once it holds this much */
 #define BATCH_TEXT (BATCH_BYTES + TH_CM_LINE_MAX + 32u)
+#define NDEAD 128u            /* handled messages whose destroy waits for the next batch */
+#define DEAD_BYTES (1u << 20) /* ... or until they hold this much */
 
+enum scan_phase { SCAN_IDLE, SCAN_SLOTS, SCAN_SWEEP };
 enum ev_kind { EV_USER, EV_NODES, EV_PRESENCE, EV_REPLY, EV_DOWN, EV_UP, EV_RECONNECTED };
 
 /* How a remote gather ended (tether_route_remote_total{result}). */
@@ -127,7 +159,7 @@ static const char *const result_names[R_NRESULTS] = {"complete", "timeout", "not
                                                      "broker_down"};
 
 struct ev {
-    struct ev *next;
+    struct th_mpsc_node link; /* first: a taken node is its ev */
     int kind;
     natsMsg *msg; /* owned by the event (NULL for EV_DOWN/UP) */
 };
@@ -171,6 +203,9 @@ struct pend {
     unsigned remote_conf, remote_nodes;
     struct waitset ws;
     uint64_t t_pub, deadline;
+#ifdef TETHER_STAGES
+    uint64_t st_tns; /* the notification's t_ns (stage records) */
+#endif
     th_route_done_fn done;
     void *arg;
     uint32_t next_free;
@@ -198,13 +233,13 @@ struct pres {
 
 /*
  * This node's confirmations to one asking node, gathered during one loop
- * iteration and published at flush() as one "TR3" message on
- * "<its inbox>.b" (one broker message per asker per iteration instead of
- * one per delivery).
+ * iteration and published at flush() as one "TR3" message on its batch
+ * subject, "<its inbox>.b" (one broker message per asker per iteration
+ * instead of one per delivery).
  */
 struct batch {
     char subj[256 + 2];
-    size_t plen; /* the asker's inbox: subj[0..plen) */
+    size_t slen; /* the asker's batch subject: subj[0..slen) */
     struct th_buf b;
 };
 
@@ -242,13 +277,13 @@ struct th_route_nats {
     struct th_route *local;
     natsOptions *opts;
     natsConnection *nc;
-    natsSubscription *inbox_sub, *nodes_sub, *pres_sub;
+    natsSubscription *reply_sub, *inbox_sub, *nodes_sub, *pres_sub; /* inbox_sub: synchronous */
     char inbox[128];
     uint64_t me; /* this node's id */
     char me_hex[17];
     int efd, armed;
     uint64_t efd_buf;
-    _Atomic(struct ev *) qhead; /* events pushed by libnats' threads, newest first */
+    _Atomic(struct th_mpsc_node *) qhead; /* events pushed by libnats' threads (shm/rt/mpsc.h) */
     struct pend pend[NPEND];
     uint32_t free_head;
     unsigned npend_used;
@@ -260,11 +295,22 @@ struct th_route_nats {
     unsigned nnodes;
     struct interest *bucket[NBUCKET];
     uint64_t scan_mark, next_scan, next_hb, next_full_scan, scan_stamp;
+    uint64_t scan_next;        /* the pass in progress takes its next step from then */
+    uint64_t scan_t0;          /* when the pass in progress began (stage records) */
+    uint32_t scan_pos;         /* the pass in progress goes on from this slot or bucket ... */
+    int scanning;              /* ... in this phase (a step per iteration, from scan_next) */
+    size_t ninterest, nmarked; /* interests held; of them, met by this pass */
     uint64_t bad, bad_logged_ns;
     struct remote *remotes;
     struct batch batch[NBATCH];
     unsigned nbatch;
     char btext[BATCH_TEXT]; /* a received batch as text (loop thread only) */
+    natsMsg *dead[NDEAD];   /* handled, destroyed together (msg_done; loop thread only) */
+    natsMsg **taken;        /* parsed on the loop thread by the filter, not yet handled */
+    unsigned ntaken, taken_cap;
+    int filtered; /* libnats' message filter is ours (filter_install) */
+    unsigned ndead;
+    size_t dead_bytes;
     /*
      * libnats' socket (external event-loop mode) in one word (EL_* below):
      * written by the el_* callbacks on whichever thread libnats calls them
@@ -279,6 +325,11 @@ struct th_route_nats {
     /* metrics */
     uint64_t reconnects, served, results[R_NRESULTS];
     struct th_hist confirm; /* publish to a holder's answer */
+#ifdef TETHER_STAGES
+    uint64_t st_pub[256]; /* t_ns of the requests published since the last write */
+    unsigned st_npub;
+    uint64_t st_poll_ns; /* the last poll completion on the broker socket */
+#endif
 };
 
 /* ---- libnats threads: queue and wake, nothing else ------------------------ */
@@ -293,11 +344,7 @@ static void push(struct th_route_nats *rn, int kind, natsMsg *msg)
     }
     e->kind = kind;
     e->msg = msg;
-    e->next = atomic_load_explicit(&rn->qhead, memory_order_relaxed);
-    while (!atomic_compare_exchange_weak_explicit(&rn->qhead, &e->next, e, memory_order_release,
-                                                  memory_order_relaxed))
-        ;
-    int was_empty = e->next == NULL;
+    int was_empty = th_mpsc_push(&rn->qhead, &e->link); /* e is the loop's from here on */
     /*
      * Wake the loop only on empty -> not empty: the loop takes the whole
      * queue after each eventfd read, so a non-empty queue always has a wake
@@ -424,6 +471,38 @@ static natsStatus el_detach(void *user)
 {
     el_update(user, el_f_detach, 0);
     return NATS_OK;
+}
+
+/* ---- handled messages ------------------------------------------------------- */
+
+/*
+ * natsMsg_Destroy hands the message to libnats' garbage-collector thread
+ * (a lock and, while that thread sleeps, a condition signal: a futex wake
+ * and a context switch per message when done one by one). Handled
+ * messages are kept here and destroyed NDEAD at a time (or once they hold
+ * DEAD_BYTES, and at every registry-scan tick), so the collector wakes
+ * once per batch. Loop thread only.
+ */
+static void msgs_free(struct th_route_nats *rn)
+{
+    for (unsigned i = 0; i < rn->ndead; i++)
+        natsMsg_Destroy(rn->dead[i]);
+    rn->ndead = 0;
+    rn->dead_bytes = 0;
+}
+
+static void msg_done(struct th_route_nats *rn, natsMsg *m)
+{
+    if (rn->closing) { /* destroy: no batch outlives the library */
+        natsMsg_Destroy(m);
+        return;
+    }
+    if (rn->ndead == NDEAD)
+        msgs_free(rn);
+    rn->dead[rn->ndead++] = m;
+    rn->dead_bytes += (size_t)natsMsg_GetDataLength(m);
+    if (rn->dead_bytes >= DEAD_BYTES)
+        msgs_free(rn);
 }
 
 /* ---- subjects and message text --------------------------------------------- */
@@ -599,6 +678,7 @@ static int scan_visit(const struct th_conn_info *ci, void *arg)
         return 0;
     struct interest *it = interest_find(rn, ci->user, ulen);
     if (it) {
+        rn->nmarked += it->mark != rn->scan_mark;
         it->mark = rn->scan_mark;
         return 0;
     }
@@ -617,6 +697,8 @@ static int scan_visit(const struct th_conn_info *ci, void *arg)
     memcpy(it->user, ci->user, ulen);
     it->ulen = ulen;
     it->mark = rn->scan_mark;
+    rn->ninterest++;
+    rn->nmarked++;
     struct interest **b = &rn->bucket[hash_user(ci->user, ulen)];
     it->next = *b;
     *b = it;
@@ -625,24 +707,73 @@ static int scan_visit(const struct th_conn_info *ci, void *arg)
     return 0;
 }
 
-static void interest_scan(struct th_route_nats *rn)
+/*
+ * A user the pass did not meet: still here after all? A connection that
+ * moved to a slot the pass had already gone by (a reconnect during the
+ * pass) is found by its user in the index: no unsubscribe, no bye.
+ */
+static int still_held(struct th_route_nats *rn, const struct interest *it)
 {
-    rn->scan_mark++;
-    th_reg_foreach(rn->reg, scan_visit, rn);
-    for (unsigned i = 0; i < NBUCKET; i++)
-        for (struct interest **p = &rn->bucket[i]; *p;) {
-            struct interest *it = *p;
-            if (it->mark == rn->scan_mark) {
-                p = &it->next;
-                continue;
-            }
-            *p = it->next;
-            if (rn->up)
-                say_bye(rn, it);
-            natsSubscription_Unsubscribe(it->sub); /* fails only when closed: nothing to undo */
-            natsSubscription_Destroy(it->sub);
-            free(it);
+    struct th_conn_ref ref;
+    return th_reg_find_conns(rn->reg, it->user, it->ulen, &ref, 1) > 0;
+}
+
+/* After the slots: drop, in bucket i, the interest of every user the pass did not meet. */
+static void sweep_bucket(struct th_route_nats *rn, unsigned i)
+{
+    for (struct interest **p = &rn->bucket[i]; *p;) {
+        struct interest *it = *p;
+        if (it->mark == rn->scan_mark || still_held(rn, it)) {
+            p = &it->next;
+            continue;
         }
+        *p = it->next;
+        rn->ninterest--;
+        if (rn->up)
+            say_bye(rn, it);
+        natsSubscription_Unsubscribe(it->sub); /* fails only when closed: nothing to undo */
+        natsSubscription_Destroy(it->sub);
+        free(it);
+    }
+}
+
+/*
+ * One step of the pass, at most SCAN_STEP_NS (a look at the clock every
+ * SCAN_CHUNK slots or buckets), at the end of a flush (what the iteration
+ * queued has left), so the loop goes back to its I/O between steps: done
+ * at once, a pass over 65,536 slots and 10,000 users took milliseconds,
+ * and every notification arriving meanwhile waited for it. The next step
+ * is due SCAN_GAP_NS after this one ends (scan_next), and the loop's wait
+ * runs until then (nats_next_deadline): a pass takes at most a quarter of
+ * a CPU instead of all of it for its milliseconds, so on a small machine
+ * the processes a notification goes through (the broker, this node's
+ * worker, the other nodes' notifiers) are not queued behind it, and I/O
+ * in the gap still wakes the loop at once. Phase SCAN_SLOTS visits the
+ * slots from scan_pos; then, only if some interest was not met (nmarked <
+ * ninterest: a user left), SCAN_SWEEP goes over the buckets.
+ */
+static void scan_step(struct th_route_nats *rn)
+{
+    uint64_t t0 = th_mono_ns(), t = t0;
+    uint32_t n = rn->reg->hdr->nslots;
+    while (rn->scanning == SCAN_SLOTS && t - t0 < SCAN_STEP_NS) {
+        rn->scan_pos = th_reg_foreach_range(rn->reg, rn->scan_pos, SCAN_CHUNK, scan_visit, rn);
+        if (rn->scan_pos >= n) {
+            rn->scanning = rn->nmarked < rn->ninterest ? SCAN_SWEEP : SCAN_IDLE;
+            rn->scan_pos = 0;
+        }
+        t = th_mono_ns();
+    }
+    while (rn->scanning == SCAN_SWEEP && t - t0 < SCAN_STEP_NS) {
+        for (unsigned k = 0; k < SCAN_CHUNK && rn->scan_pos < NBUCKET; k++)
+            sweep_bucket(rn, rn->scan_pos++);
+        if (rn->scan_pos >= NBUCKET)
+            rn->scanning = SCAN_IDLE;
+        t = th_mono_ns();
+    }
+    rn->scan_next = t + SCAN_GAP_NS;
+    if (rn->scanning == SCAN_IDLE)
+        TH_STAGE(rn->scan_t0, TH_ST_SCAN, t);
 }
 
 /*
@@ -657,11 +788,16 @@ static void maybe_scan(struct th_route_nats *rn, uint64_t now)
     const struct th_counters_sh *c = &rn->reg->hdr->counters;
     uint64_t stamp = atomic_load_explicit(&c->connections_opened, memory_order_acquire) +
                      atomic_load_explicit(&c->connections_closed, memory_order_acquire);
-    if (stamp == rn->scan_stamp && now < rn->next_full_scan)
+    if (rn->scanning || (stamp == rn->scan_stamp && now < rn->next_full_scan))
         return;
     rn->scan_stamp = stamp;
     rn->next_full_scan = now + 10 * SCAN_NS;
-    interest_scan(rn);
+    rn->scan_mark++;
+    rn->nmarked = 0;
+    rn->scan_pos = 0;
+    rn->scanning = SCAN_SLOTS; /* its steps follow the flushes (nats_flush) */
+    rn->scan_next = now;       /* the first at once */
+    rn->scan_t0 = now;
 }
 
 /* Broker back: the others may have come and gone meanwhile; ask again. */
@@ -819,12 +955,12 @@ static int ask_holders(struct th_route_nats *rn, uint32_t i, const char *user, s
                        const char *frame, size_t flen, uint64_t nseq)
 {
     struct pend *p = &rn->pend[i];
-    char subj[SUBJ_MAX], reply[sizeof(rn->inbox) + 24];
+    char subj[SUBJ_MAX], reply[sizeof(rn->inbox) + 26];
     char *msg = malloc(MSG_HDR + flen);
     if (!msg)
         return 0;
     user_subject(subj, user, ulen);
-    snprintf(reply, sizeof(reply), "%s.%u_%u", rn->inbox, i, p->gen);
+    snprintf(reply, sizeof(reply), "%s.a.%u_%u", rn->inbox, i, p->gen);
     memcpy(msg, "TN1", 4); /* with its NUL: notifier/cluster_msg.h */
     for (int k = 0; k < 8; k++)
         msg[4 + k] = (char)(nseq >> (8 * k));
@@ -832,6 +968,12 @@ static int ask_holders(struct th_route_nats *rn, uint32_t i, const char *user, s
     p->t_pub = th_mono_ns();
     natsStatus s = natsConnection_PublishRequest(rn->nc, subj, reply, msg, (int)(MSG_HDR + flen));
     free(msg);
+#ifdef TETHER_STAGES
+    p->st_tns = th_stage_tns(frame, flen);
+    TH_STAGE(p->st_tns, TH_ST_R_PUB, th_mono_ns());
+    if (rn->st_npub < sizeof(rn->st_pub) / sizeof(rn->st_pub[0]))
+        rn->st_pub[rn->st_npub++] = p->st_tns;
+#endif
     if (s != NATS_OK) {
         th_warn("[Cluster] node %s: publish for user %.*s failed: %s", rn->cfg->node, (int)ulen,
                 user, natsStatus_GetText(s));
@@ -895,6 +1037,7 @@ static void apply_reply(struct th_route_nats *rn, uint32_t idx, uint32_t gen,
         return; /* a node answers once */
     node_heard(rn, rp->id, NULL);
     th_hist_add(&rn->confirm, now - p->t_pub);
+    TH_STAGE(p->st_tns, TH_ST_R_REPLY, now);
     if (rp->status == 200 && rp->confirmed) {
         p->remote_conf += rp->confirmed;
         p->remote_nodes++;
@@ -1011,10 +1154,10 @@ static int nats_presence(struct th_route *r, const char *user, size_t ulen,
             q->wait[q->nwait] = rn->nodes[k].id;
             q->answered[q->nwait++] = 0;
         }
-    char body[8 + 2 * TH_USER_MAX], reply[sizeof(rn->inbox) + 24];
+    char body[8 + 2 * TH_USER_MAX], reply[sizeof(rn->inbox) + 26];
     memcpy(body, "TP1 ", 4);
     size_t n = 4 + th_cm_hex_put(body + 4, user, ulen);
-    snprintf(reply, sizeof(reply), "%s.p%u_%u", rn->inbox, i, q->gen);
+    snprintf(reply, sizeof(reply), "%s.a.p%u_%u", rn->inbox, i, q->gen);
     if (natsConnection_PublishRequest(rn->nc, SUBJ_PRESENCE, reply, body, (int)n) != NATS_OK) {
         pres_finish(rn, i, 1);
         return 0;
@@ -1113,14 +1256,24 @@ static void on_presence_answer(struct th_route_nats *rn, natsMsg *m, uint32_t id
 
 /* ---- replies on our inbox ------------------------------------------------------ */
 
+/* What follows "<inbox>." in subj, or NULL when subj is not on our inbox (the reply path
+ * and the loop thread's filter both ask). */
+static const char *inbox_token(const struct th_route_nats *rn, const char *subj)
+{
+    size_t il = strlen(rn->inbox);
+    return il && strncmp(subj, rn->inbox, il) == 0 && subj[il] == '.' ? subj + il + 1 : NULL;
+}
+
 static void on_reply(struct th_route_nats *rn, natsMsg *m)
 {
-    const char *subj = natsMsg_GetSubject(m);
-    size_t il = strlen(rn->inbox);
+    const char *tok = inbox_token(rn, natsMsg_GetSubject(m));
     uint32_t idx = 0, gen = 0;
     int kind = -EINVAL;
-    if (strncmp(subj, rn->inbox, il) == 0 && subj[il] == '.')
-        kind = th_cm_reply_token(subj + il + 1, &idx, &gen);
+    if (tok) {
+        if (tok[0] == 'a' && tok[1] == '.')
+            tok += 2; /* "<inbox>.a.*": single replies ("<inbox>.a.b": a batch from before) */
+        kind = th_cm_reply_token(tok, &idx, &gen);
+    }
     if (kind == 'b')
         on_reply_batch(rn, m);
     else if (kind == 'p' && idx < NPRES)
@@ -1150,23 +1303,23 @@ static void batches_send(struct th_route_nats *rn)
 }
 
 /*
- * Add one confirmation to the batch for the asker whose inbox is
- * reply[0..plen); 0, or -ENOSPC (no batch free: answer alone).
+ * Add one confirmation to the batch for the asker whose batch subject is
+ * subj[0..slen) (th_cm_batch_subject); 0, or -ENOSPC (no batch free: answer
+ * alone).
  */
-static int batch_add(struct th_route_nats *rn, const char *reply, size_t plen, const char *line,
+static int batch_add(struct th_route_nats *rn, const char *subj, size_t slen, const char *line,
                      size_t llen)
 {
     struct batch *bt = NULL;
     for (unsigned i = 0; i < rn->nbatch && !bt; i++)
-        if (rn->batch[i].plen == plen && memcmp(rn->batch[i].subj, reply, plen) == 0)
+        if (rn->batch[i].slen == slen && memcmp(rn->batch[i].subj, subj, slen) == 0)
             bt = &rn->batch[i];
     if (!bt) {
-        if (rn->nbatch == NBATCH || plen + 3 > sizeof(bt->subj))
+        if (rn->nbatch == NBATCH || slen + 1 > sizeof(bt->subj))
             return -ENOSPC;
         bt = &rn->batch[rn->nbatch++];
-        memcpy(bt->subj, reply, plen);
-        memcpy(bt->subj + plen, ".b", 3);
-        bt->plen = plen;
+        memcpy(bt->subj, subj, slen + 1);
+        bt->slen = slen;
     }
     if (!bt->b.len)
         th_buf_printf(&bt->b, "TR3 %s\n", rn->me_hex);
@@ -1179,7 +1332,7 @@ static int batch_add(struct th_route_nats *rn, const char *reply, size_t plen, c
 /*
  * "<idx>_<gen> <status> <confirmed> <peers...>" into the asker's batch (who
  * else it should wait for), or alone as "TR2 ..." when the reply subject is
- * not of the "<inbox>.<idx>_<gen>" form.
+ * not of the "<inbox>[.a].<idx>_<gen>" form.
  */
 static void on_remote_done(void *arg, const struct th_route_result *res)
 {
@@ -1194,10 +1347,11 @@ static void on_remote_done(void *arg, const struct th_route_result *res)
             peers[np++] = it->peers[k];
     const char *dot = strrchr(rm->reply, '.');
     uint32_t idx, gen;
-    char line[TH_CM_LINE_MAX];
-    if (dot && th_cm_reply_token(dot + 1, &idx, &gen) == 'd') {
+    char line[TH_CM_LINE_MAX], bsubj[sizeof(rm->reply)];
+    int bl = th_cm_batch_subject(rm->reply, bsubj, sizeof(bsubj));
+    if (bl > 0 && th_cm_reply_token(dot + 1, &idx, &gen) == 'd') {
         size_t n = th_cm_reply_line_put(line, idx, gen, (unsigned)res->status, conf, peers, np);
-        if (batch_add(rn, rm->reply, (size_t)(dot - rm->reply), line, n) == 0)
+        if (batch_add(rn, bsubj, (size_t)bl, line, n) == 0)
             goto done;
     }
     char body[64 + MAX_PEERS * 17];
@@ -1225,15 +1379,17 @@ static void on_request(struct th_route_nats *rn, natsMsg *m, const char *user, i
     const char *reply = natsMsg_GetReply(m), *frame;
     size_t flen;
     uint64_t nseq;
-    if (n <= 0 || (unsigned)n > MSG_MAX ||
-        th_cm_request(natsMsg_GetData(m), (size_t)n, &nseq, &frame, &flen) < 0) {
-        bad_input(rn, "request size");
+    if (n <= 0 || th_cm_request(natsMsg_GetData(m), (size_t)n, &nseq, &frame, &flen) < 0) {
+        bad_input(rn, "request: frame empty, over the handoff's size or not UTF-8");
         return;
     }
     if (!reply || strlen(reply) >= sizeof(((struct remote *)0)->reply)) {
         bad_input(rn, "reply inbox");
         return;
     }
+    TH_STAGE(th_stage_tns(frame, flen), TH_ST_R_WAKE, th_stage_wake_ns);
+    TH_STAGE(th_stage_tns(frame, flen), TH_ST_R_POLL, rn->st_poll_ns);
+    TH_STAGE(th_stage_tns(frame, flen), TH_ST_R_REQ, th_mono_ns());
     struct remote *rm = malloc(sizeof(*rm));
     if (!rm)
         return; /* the asker times out: 503 */
@@ -1338,16 +1494,9 @@ static void broker_came_up(struct th_route_nats *rn, int reconnect)
 
 static void drain_queue(struct th_route_nats *rn)
 {
-    struct ev *e = atomic_exchange_explicit(&rn->qhead, NULL, memory_order_acquire), *prev = NULL;
-    while (e) { /* newest first: oldest first */
-        struct ev *next = e->next;
-        e->next = prev;
-        prev = e;
-        e = next;
-    }
-    e = prev;
+    struct ev *e = (struct ev *)th_mpsc_take(&rn->qhead);
     while (e) {
-        struct ev *next = e->next;
+        struct ev *next = (struct ev *)e->link.next;
         switch (rn->closing ? -1 : e->kind) {
         case EV_USER:
             on_user_subject(rn, e->msg);
@@ -1374,10 +1523,97 @@ static void drain_queue(struct th_route_nats *rn)
             break;
         }
         if (e->msg)
-            natsMsg_Destroy(e->msg);
+            msg_done(rn, e->msg);
         free(e);
         e = next;
     }
+}
+
+/* ---- messages taken on the loop thread (libnats' message filter) ----------- */
+
+/*
+ * libnats 3.4 parses what the loop reads inside ProcessReadEvent and, before
+ * it looks for the subscription, hands every message to the connection's
+ * message filter, which may keep it (*msg = NULL). That hook
+ * (natsConn_setFilterWithClosure) is not in nats.h: it is looked up at
+ * start and used only with libnats 3.4.x, whose processMsg was read for
+ * this; else (or with TETHER_NATS_NO_FILTER=1, a diagnostic) messages take
+ * the subscriptions' path as before. The filter only notes the message
+ * (it runs inside libnats' parser); the loop handles what it noted right
+ * after ProcessReadEvent returns, in the order the broker sent it. The
+ * subscriptions stay: they are what makes the server route a user's
+ * subject here (interest), and the path when the filter is not ours.
+ */
+typedef void (*filter_fn)(natsConnection *nc, natsMsg **msg, void *closure);
+typedef void (*set_filter_fn)(natsConnection *nc, filter_fn f, void *closure);
+
+static int our_subject(const struct th_route_nats *rn, const char *subj)
+{
+    return strncmp(subj, "tether.", 7) == 0 || inbox_token(rn, subj) != NULL;
+}
+
+static void on_parsed(natsConnection *nc, natsMsg **msg, void *closure)
+{
+    (void)nc;
+    struct th_route_nats *rn = closure;
+    if (!*msg || !pthread_equal(pthread_self(), rn->loop_thread) ||
+        !our_subject(rn, natsMsg_GetSubject(*msg)))
+        return; /* libnats delivers it to the subscription */
+    if (rn->ntaken == rn->taken_cap) {
+        unsigned cap = rn->taken_cap ? 2 * rn->taken_cap : 64;
+        natsMsg **t = realloc(rn->taken, cap * sizeof(*t));
+        if (!t)
+            return;
+        rn->taken = t;
+        rn->taken_cap = cap;
+    }
+    rn->taken[rn->ntaken++] = *msg;
+    *msg = NULL;
+}
+
+static void filter_install(struct th_route_nats *rn)
+{
+    set_filter_fn set = NULL;
+    void *sym = dlsym(RTLD_DEFAULT, "natsConn_setFilterWithClosure");
+    const char *v = nats_GetVersion(), *off = getenv("TETHER_NATS_NO_FILTER");
+    memcpy(&set, &sym, sizeof(set));
+    if (!set || !v || strncmp(v, "3.4.", 4) != 0 || (off && strcmp(off, "1") == 0)) {
+        th_info("[Cluster] node %s: broker messages reach the loop through libnats' delivery "
+                "thread (libnats %s)",
+                rn->cfg->node, v ? v : "?");
+        return;
+    }
+    set(rn->nc, on_parsed, rn);
+    rn->filtered = 1;
+    th_info("[Cluster] node %s: broker messages handled on the loop thread (libnats %s)",
+            rn->cfg->node, v);
+}
+
+static void handle_msg(struct th_route_nats *rn, natsMsg *m)
+{
+    const char *subj = natsMsg_GetSubject(m);
+    if (strncmp(subj, SUBJ_PREFIX, sizeof(SUBJ_PREFIX) - 1) == 0)
+        on_user_subject(rn, m);
+    else if (strcmp(subj, SUBJ_NODES) == 0)
+        on_nodes(rn, m);
+    else if (strcmp(subj, SUBJ_PRESENCE) == 0)
+        on_presence_question(rn, m);
+    else if (strncmp(subj, "tether.", 7) == 0)
+        bad_input(rn, "subject");
+    else
+        on_reply(rn, m);
+}
+
+/* What the filter noted during the last read, oldest first (a handler never reads). */
+static void taken_run(struct th_route_nats *rn)
+{
+    for (unsigned i = 0; i < rn->ntaken; i++) {
+        natsMsg *m = rn->taken[i];
+        if (!rn->closing)
+            handle_msg(rn, m);
+        msg_done(rn, m);
+    }
+    rn->ntaken = 0;
 }
 
 /* ---- the loop's side of the interface --------------------------------------- */
@@ -1452,9 +1688,41 @@ static void el_sync(struct th_route_nats *rn)
     if (st.wr && st.sock >= 0 && !rn->pout.armed) {
         natsConnection_ProcessWriteEvent(rn->nc);
         st = el_get(rn);
+#ifdef TETHER_STAGES
+        for (unsigned k = 0; k < rn->st_npub; k++)
+            TH_STAGE(rn->st_pub[k], TH_ST_R_WRITTEN, th_mono_ns());
+        rn->st_npub = 0;
+#endif
     }
     el_poll(rn, &rn->pin, SOCK_IN_IDX, POLLIN, &st, st.rd);
     el_poll(rn, &rn->pout, SOCK_OUT_IDX, POLLOUT, &st, st.wr);
+}
+
+/*
+ * Batched replies ("<inbox>.b"), taken on the loop thread right after the
+ * read that parsed them: a synchronous subscription (libnats only appends
+ * to its list; it signals nobody, since nobody ever waits on it), so they
+ * skip the delivery thread and its wake-ups. Pending is read first:
+ * NextMsg on an empty subscription sets libnats' thread-local error.
+ */
+static void inbox_take(struct th_route_nats *rn)
+{
+    int n = 0;
+    natsMsg *m;
+    if (!rn->inbox_sub || natsSubscription_GetPending(rn->inbox_sub, &n, NULL) != NATS_OK)
+        return;
+    while (n > 0) {
+        natsStatus s = natsSubscription_NextMsg(&m, rn->inbox_sub, 0);
+        if (s == NATS_SLOW_CONSUMER) { /* said once after a drop; the next call goes on */
+            bad_input(rn, "replies dropped by libnats (slow consumer)");
+            continue;
+        }
+        if (s != NATS_OK)
+            return;
+        n--;
+        on_reply(rn, m);
+        msg_done(rn, m);
+    }
 }
 
 /* A poll on the socket came back: hand the event to libnats if it is still that socket's. */
@@ -1465,9 +1733,14 @@ static void el_on_poll(struct th_route_nats *rn, struct elpoll *p, uint32_t seq,
     p->armed = 0;
     int current = !p->cancelling && res >= 0 && p->gen == el_get(rn).gen;
     p->cancelling = 0;
-    if (current && in)
+    if (current && in) {
+#ifdef TETHER_STAGES
+        rn->st_poll_ns = th_mono_ns();
+#endif
         natsConnection_ProcessReadEvent(rn->nc); /* reads once; the poll is armed again below */
-    else if (current)
+        taken_run(rn);
+        inbox_take(rn);
+    } else if (current)
         natsConnection_ProcessWriteEvent(rn->nc);
     el_sync(rn);
 }
@@ -1498,12 +1771,20 @@ static void nats_flush(struct th_route *r)
     rn->local->ops->flush(rn->local); /* first: a leg it fails at once confirms below */
     batches_send(rn);
     el_sync(rn);
+    /* After this iteration's output left, before the wait; an iteration woken by I/O in the gap
+     * does not take a step. */
+    if (rn->scanning && th_mono_ns() >= rn->scan_next) {
+        scan_step(rn);
+        el_sync(rn); /* its subscriptions and hellos */
+    }
 }
 
 static uint64_t nats_next_deadline(struct th_route *r)
 {
     struct th_route_nats *rn = (struct th_route_nats *)r;
     uint64_t d = rn->local->ops->next_deadline(rn->local);
+    if (rn->scanning && rn->scan_next < d)
+        d = rn->scan_next; /* a pass in progress: its next step after the gap */
     if (rn->next_scan < d)
         d = rn->next_scan;
     if (rn->next_hb < d)
@@ -1533,6 +1814,7 @@ static void nats_expire(struct th_route *r, uint64_t now)
             pres_check(rn, i, now);
     if (now >= rn->next_scan) {
         rn->next_scan = now + SCAN_NS;
+        msgs_free(rn); /* a slow trickle's handled messages are not kept longer */
         maybe_scan(rn, now);
     }
     if (now >= rn->next_hb) {
@@ -1627,30 +1909,16 @@ static void say_leaving(struct th_route_nats *rn)
  */
 static void drain_connection(struct th_route_nats *rn)
 {
+    /*
+     * Nobody takes the synchronous inbox's batches now, and its drain would
+     * only end when someone did: unsubscribed first (its queued replies are
+     * freed with it), so the drain waits for the other subscriptions alone.
+     */
+    if (rn->inbox_sub)
+        natsSubscription_Unsubscribe(rn->inbox_sub);
     if (!broker_up(rn) || natsConnection_DrainTimeout(rn->nc, 1000) != NATS_OK)
         return;
     el_pump(rn, 1500, closed);
-}
-
-/* libnats' delivery thread has dispatched a closed subscription's last message. */
-static void sub_closed(void *closure)
-{
-    atomic_fetch_sub_explicit((_Atomic unsigned *)closure, 1, memory_order_release);
-}
-
-/*
- * Close a subscription the drain did not (the broker was away). Its close
- * is a control message posted to libnats' global delivery pool; one still
- * queued when nats_CloseAndWait stops the pool is never freed (LeakSanitizer
- * saw it after a cut broker connection), so *open counts the closes whose
- * on-complete callback, run by the pool after it, has not come yet.
- */
-static void sub_close(natsSubscription *sub, _Atomic unsigned *open)
-{
-    atomic_fetch_add_explicit(open, 1, memory_order_relaxed);
-    if (natsSubscription_SetOnCompleteCB(sub, sub_closed, (void *)open) != NATS_OK)
-        atomic_fetch_sub_explicit(open, 1, memory_order_relaxed); /* closed already (drained) */
-    natsSubscription_Destroy(sub);
 }
 
 static void nats_destroy(struct th_route *r)
@@ -1665,16 +1933,14 @@ static void nats_destroy(struct th_route *r)
     for (unsigned i = 0; i < NBUCKET; i++)
         for (struct interest *it = rn->bucket[i], *next; it; it = next) {
             next = it->next;
-            sub_close(it->sub, &open);
+            th_nats_sub_close(it->sub, &open);
             free(it);
         }
-    natsSubscription *subs[] = {rn->inbox_sub, rn->nodes_sub, rn->pres_sub};
-    for (unsigned i = 0; i < 3; i++)
+    natsSubscription *subs[] = {rn->reply_sub, rn->inbox_sub, rn->nodes_sub, rn->pres_sub};
+    for (unsigned i = 0; i < 4; i++)
         if (subs[i])
-            sub_close(subs[i], &open);
-    /* Bounded: a pool that never gets to them only costs the leak again. */
-    for (int ms = 0; ms < 1000 && atomic_load_explicit(&open, memory_order_acquire); ms++)
-        poll(NULL, 0, 1);
+            th_nats_sub_close(subs[i], &open);
+    th_nats_closes_wait(&open, 1000);
     if (rn->nc) {
         natsConnection_Close(rn->nc);
         natsConnection_Destroy(rn->nc);
@@ -1687,6 +1953,8 @@ static void nats_destroy(struct th_route *r)
      * nats_CloseAndWait crashes in libnats' message GC.
      */
     rn->closing = 1;
+    taken_run(rn); /* noted while stopping (el_pump): only destroyed */
+    msgs_free(rn);
     drain_queue(rn);
     nats_CloseAndWait(2000);            /* every libnats thread gone: the queue is ours alone */
     drain_queue(rn);                    /* replies to other nodes are dropped with the connection */
@@ -1695,6 +1963,7 @@ static void nats_destroy(struct th_route *r)
         next = rm->next;
         free(rm);
     }
+    free(rn->taken);
     for (uint32_t i = 0; i < NPRES; i++)
         free(rn->pres[i].conns);
     for (unsigned i = 0; i < NBATCH; i++)
@@ -1745,9 +2014,11 @@ static int setup_subscriptions(struct th_route_nats *rn)
         return -ENOMEM;
     snprintf(rn->inbox, sizeof(rn->inbox), "%s", inbox);
     natsInbox_Destroy(inbox);
-    char wild[sizeof(rn->inbox) + 4];
-    snprintf(wild, sizeof(wild), "%s.*", rn->inbox);
-    if ((s = natsConnection_Subscribe(&rn->inbox_sub, rn->nc, wild, on_reply_msg, rn)) != NATS_OK ||
+    char wild[sizeof(rn->inbox) + 8], bsubj[sizeof(rn->inbox) + 4];
+    snprintf(wild, sizeof(wild), "%s.a.*", rn->inbox);
+    snprintf(bsubj, sizeof(bsubj), "%s.b", rn->inbox);
+    if ((s = natsConnection_Subscribe(&rn->reply_sub, rn->nc, wild, on_reply_msg, rn)) != NATS_OK ||
+        (s = natsConnection_SubscribeSync(&rn->inbox_sub, rn->nc, bsubj)) != NATS_OK ||
         (s = natsConnection_Subscribe(&rn->nodes_sub, rn->nc, SUBJ_NODES, on_nodes_msg, rn)) !=
             NATS_OK ||
         (s = natsConnection_Subscribe(&rn->pres_sub, rn->nc, SUBJ_PRESENCE, on_presence_msg, rn)) !=
@@ -1769,6 +2040,8 @@ static int setup(struct th_route_nats *rn)
     th_info("[Cluster] node %s: Attempting NATS connection to %s", rn->cfg->node,
             rn->cfg->nats_urls);
     natsStatus s = natsConnection_Connect(&rn->nc, rn->opts);
+    if (s == NATS_OK || s == NATS_NOT_YET_CONNECTED)
+        filter_install(rn); /* before any subscription: nothing parsed yet */
     if (s == NATS_OK) {
         th_info("[Cluster] node %s: NATS IS connected", rn->cfg->node);
     } else if (s == NATS_NOT_YET_CONNECTED) {

@@ -768,6 +768,22 @@ static void item_start(struct item *it, const struct th_notify *n0, uint64_t now
     item_deliver(it, f->p, f->len, S->mbx_on && !it->pos ? TH_HO_F_NOT_STORED : 0);
 }
 
+/*
+ * A single notification's hint, given as soon as its user id is known: the
+ * user's index group (the route's lookup, shm/registry.h) and mailbox record
+ * (the store) are first read only after the log line, and the lookup after
+ * the store and the render too, microseconds later. Each was a cache and
+ * TLB miss (~250 ns on this VM with 4 KiB pages) waited for at its read;
+ * started here, they arrive while that work runs. Hints only.
+ */
+static void prefetch_one(const struct th_notify *n)
+{
+    uint32_t h = th_user_hash(n->user, n->ulen);
+    th_reg_prefetch_user(S->reg, h, 0);
+    if (S->mbx_on && !S->js)
+        th_mbx_prefetch(&S->mbx, h, 0);
+}
+
 static void handle_notify(struct resp *r, const struct th_api_req *req)
 {
     char err[256];
@@ -789,6 +805,9 @@ static void handle_notify(struct resp *r, const struct th_api_req *req)
     }
     TH_STAGE((uintptr_t)&r->items[0], TH_ST_N_RECV, r->c->last_active);
     TH_STAGE((uintptr_t)&r->items[0], TH_ST_N_PARSED, th_mono_ns());
+    TH_STAGE(th_stage_tns(req->body, req->body_len), TH_ST_H_WAKE, th_stage_wake_ns);
+    TH_STAGE(th_stage_tns(req->body, req->body_len), TH_ST_H_RECV, r->c->last_active);
+    prefetch_one(&n);
     r->pending++; /* hold: a synchronous answer must not emit mid-setup */
     item_start(&r->items[0], &n, th_now_ns());
     json_decref(root);
@@ -804,11 +823,13 @@ static void handle_notify(struct resp *r, const struct th_api_req *req)
  * several users overlap instead of queueing (each was a few hundred ns,
  * most of a store and of a lookup): the registry index line BATCH_FAR items
  * ahead, then, once that line is in, the slots it names and the user's
- * mailbox record BATCH_NEAR items ahead (shm/registry.h
- * th_reg_prefetch_user, shm/mailbox.h th_mbx_prefetch). Hints only.
+ * mailbox record BATCH_NEAR items ahead, then the ring slot and the oldest
+ * entry a full ring's store evicts (shm/registry.h th_reg_prefetch_user,
+ * shm/mailbox.h th_mbx_prefetch). Hints only.
  */
 #define BATCH_FAR 8
 #define BATCH_NEAR 4
+#define BATCH_RING 2    /* the mailbox ring slot an eviction reads; its entry 1 ahead */
 #define BATCH_HASHES 16 /* ring of the hashes in flight: > BATCH_FAR */
 
 static void batch_begin(void)
@@ -834,8 +855,12 @@ static void batch_prefetch(const struct th_notify *items, size_t n, size_t i, ui
         uint32_t h = hash[(i + BATCH_NEAR) % BATCH_HASHES];
         th_reg_prefetch_user(S->reg, h, 1);
         if (S->mbx_on && !S->js)
-            th_mbx_prefetch(&S->mbx, h);
+            th_mbx_prefetch(&S->mbx, h, 0);
     }
+    if (S->mbx_on && !S->js && i + BATCH_RING < n)
+        th_mbx_prefetch(&S->mbx, hash[(i + BATCH_RING) % BATCH_HASHES], 1);
+    if (S->mbx_on && !S->js && i + 1 < n)
+        th_mbx_prefetch(&S->mbx, hash[(i + 1) % BATCH_HASHES], 2);
 }
 
 /* A batch the fast path takes (all or nothing): 1 when started, 0 when jansson must parse it. */
@@ -1469,7 +1494,9 @@ static void loop(void)
         if (until > now + TH_HEARTBEAT_NS / 2)
             until = now + TH_HEARTBEAT_NS / 2;
         counters_flush(); /* before the answers queued in this iteration leave */
+        TH_STAGE_ITER();
         th_uring_wait(&S->ring, until > now ? until - now : 0); /* failures are logged */
+        TH_STAGE_WOKE();
         struct io_uring_cqe *cqe;
         unsigned head, seen = 0;
         io_uring_for_each_cqe(&S->ring, head, cqe)

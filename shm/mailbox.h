@@ -307,12 +307,17 @@ int th_mbx_writer_begin(struct th_mbx *m, pid_t pid, uint64_t now_ns, char *err,
 void th_mbx_writer_end(struct th_mbx *m);
 
 /*
- * A hint, nothing else: start loading the record user would be looked for
- * in first, so that th_mbx_prepare a few notifications later finds it in
- * the cache. A batch calls it for the items ahead of the one it stores
- * (the record's first touch, a cache miss, was most of a store's time).
+ * A hint, nothing else: start loading what storing a notification for the
+ * user with this hash (th_user_hash) will touch, so that it is in the cache
+ * when th_mbx_prepare/th_mbx_commit come a few notifications later. stage
+ * 0: the record the user would be looked for in first (its first touch, a
+ * cache miss, was most of a store's time); 1 (a few users after the stage 0
+ * call, once the record is in): when that record is the user's and its ring
+ * is full, the ring slot the store evicts from and reuses; 2 (after stage
+ * 1): the oldest entry that slot names (the eviction reads its header). A
+ * batch calls the stages for the items ahead of the one it stores.
  */
-void th_mbx_prefetch(const struct th_mbx *m, uint32_t hash); /* hash: th_user_hash of the user */
+void th_mbx_prefetch(const struct th_mbx *m, uint32_t hash, int stage);
 
 /* A seq reserved for one user by th_mbx_prepare, used by th_mbx_commit. */
 struct th_mbx_ticket {

@@ -79,6 +79,41 @@ static struct th_mbx_user *owner_front(struct th_mbx *m, uint64_t pos, uint32_t 
     return r;
 }
 
+static uint32_t relaxed32(const _Atomic uint32_t *p)
+{
+    return atomic_load_explicit(p, memory_order_relaxed);
+}
+
+/*
+ * Hints for the next reclaims, nothing else. A full log reclaims about one
+ * entry per store, and each reclaim was a chain of misses: the tail entry's
+ * header names its owner's record, whose tail names the ring slot compared
+ * (owner_front). Each reclaim asks for the next ones one link further down
+ * that chain, so every link has a store's time to arrive: the ring slot for
+ * the entry now at the tail (its record was asked for by the previous
+ * call), the record of the entry after it (whose header was), and the
+ * header after that. It only reads the mapped segment: a position past head
+ * or a torn size wastes a hint, never changes a result.
+ */
+static void reclaim_ahead(const struct th_mbx *m, uint64_t tail, uint64_t head)
+{
+    const struct th_mbx_hdr *h = m->hdr;
+    const struct th_mbx_entry *e = th_mbx_ent(m, tail);
+    uint32_t size = relaxed32(&e->size), rec = relaxed32(&e->rec);
+    if (rec < h->nusers) {
+        const struct th_mbx_user *r = th_mbx_rec(m, rec);
+        __builtin_prefetch(&r->ring[relaxed(&r->tail) % h->per_user], 0);
+    }
+    if (size < 64 || size % 64 || size >= head - tail)
+        return;
+    e = th_mbx_ent(m, tail + size);
+    uint32_t size2 = relaxed32(&e->size), rec2 = relaxed32(&e->rec);
+    if (rec2 < h->nusers)
+        __builtin_prefetch(th_mbx_rec(m, rec2), 0);
+    if (size2 >= 64 && size2 % 64 == 0 && size2 < head - tail - size)
+        __builtin_prefetch(th_mbx_ent(m, tail + size + size2), 0);
+}
+
 /*
  * Reclaim the entry at the log's tail: drop it from its user first (if it is
  * still held), then move tail. With only_expired, stop (return 0) at an
@@ -109,6 +144,8 @@ static int reclaim_one(struct th_mbx *m, uint64_t now_ns, int only_expired)
         }
     }
     th_mbx_st(&h->tail, tail + size);
+    if (size < head - tail)
+        reclaim_ahead(m, tail + size, head);
     return 1;
 }
 
@@ -202,13 +239,25 @@ static uint32_t user_record(struct th_mbx *m, const char *user, size_t ulen, uin
     return pick;
 }
 
-void th_mbx_prefetch(const struct th_mbx *m, uint32_t hash)
+void th_mbx_prefetch(const struct th_mbx *m, uint32_t hash, int stage)
 {
     if (!m->writable || !m->gen)
         return;
-    const char *r = (const char *)th_mbx_rec(m, th_mbx_probe(m, hash, 0));
-    __builtin_prefetch(r, 1);                                      /* lengths, hash, counters */
-    __builtin_prefetch(r + offsetof(struct th_mbx_user, user), 0); /* the name compared */
+    const struct th_mbx_user *r = th_mbx_rec(m, th_mbx_probe(m, hash, 0));
+    if (stage == 0) {
+        __builtin_prefetch(r, 1);       /* lengths, hash, counters */
+        __builtin_prefetch(r->user, 0); /* the name compared */
+        return;
+    }
+    /* A full ring: the store drops the oldest ref, whose slot takes the new one. */
+    uint32_t per = m->hdr->per_user;
+    uint64_t t = relaxed(&r->tail);
+    if (relaxed32(&r->user_hash) != hash || relaxed(&r->head) - t < per)
+        return;
+    if (stage == 1)
+        __builtin_prefetch(&r->ring[t % per], 1);
+    else
+        __builtin_prefetch(th_mbx_ent(m, th_mbx_ref_pos(relaxed(&r->ring[t % per]))), 0);
 }
 
 int th_mbx_prepare(struct th_mbx *m, const char *user, size_t ulen, uint64_t now_ns,

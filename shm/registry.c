@@ -65,10 +65,12 @@ static uint32_t pow2_at_least(uint64_t n)
     return p > UINT32_MAX ? 0 : (uint32_t)p;
 }
 
-/* Append a part of n elements of size each, 64-byte aligned; returns its offset or 0. */
-static uint64_t add_part(size_t *total, size_t n, size_t each)
+/* Append a part of n elements of size each, aligned to align (64 or 128); its offset or 0. */
+static uint64_t add_part(size_t *total, size_t n, size_t each, size_t align)
 {
     size_t bytes, off = align64(*total);
+    if (off % align)
+        off += 64;
     if (mul_size(n, each, &bytes) || off < *total)
         return 0;
     *total = off;
@@ -92,10 +94,11 @@ size_t th_reg_layout(uint32_t nslots, struct th_reg_hdr *out)
     /* One disconnect record per 16 slots: a hint table, not an archive. */
     h.ndisc = pow2_at_least(nslots / 16 < 1024 ? 1024 : nslots / 16);
     size_t total = sizeof(struct th_reg_hdr);
-    h.off_index = add_part(&total, h.nbuckets, sizeof(uint32_t));
-    h.off_freemap = add_part(&total, (nslots + 63) / 64, sizeof(uint64_t));
-    h.off_disc = add_part(&total, h.ndisc, sizeof(struct th_disc));
-    h.off_slots = add_part(&total, nslots, sizeof(struct th_slot));
+    /* Index groups start on 128 bytes, so none straddles a page (one TLB entry a group). */
+    h.off_index = add_part(&total, h.nbuckets, sizeof(uint64_t), TH_REG_LINE_BYTES);
+    h.off_freemap = add_part(&total, (nslots + 63) / 64, sizeof(uint64_t), 64);
+    h.off_disc = add_part(&total, h.ndisc, sizeof(struct th_disc), 64);
+    h.off_slots = add_part(&total, nslots, sizeof(struct th_slot), 64);
     if (!h.nbuckets || !h.off_index || !h.off_freemap || !h.off_disc || !h.off_slots)
         return 0;
     h.total_size = total;
@@ -130,6 +133,9 @@ pid_t th_reg_self(void)
     return p;
 }
 
+/* include/linux/sched.h: set at the start of do_exit, before the files (sockets) close. */
+#define PROC_PF_EXITING 0x00000004ul
+
 uint64_t th_proc_stat(pid_t pid, char *state)
 {
     char path[64], buf[1024];
@@ -147,9 +153,12 @@ uint64_t th_proc_stat(pid_t pid, char *state)
     if (!p || !p[1] || !p[2])
         return 0;
     *state = p[2];
+    unsigned long flags = 0;
     for (int field = 2; *p && field < 22; p++) /* p sits on field 2's end */
-        if (*p == ' ')
-            field++;
+        if (*p == ' ' && ++field == 9)
+            flags = strtoul(p + 1, NULL, 10);
+    if (*state != 'Z' && (flags & PROC_PF_EXITING))
+        *state = 'X'; /* exiting: see th_proc_stat in registry.h */
     return strtoull(p, NULL, 10);
 }
 
@@ -161,7 +170,8 @@ uint64_t th_proc_start_time(pid_t pid)
 
 /*
  * A zombie (killed, not yet reaped by its parent) still answers kill(pid, 0)
- * and keeps its start time, but will never write again: it counts as dead.
+ * and keeps its start time, but will never write again: it counts as dead,
+ * and so does a process still exiting (th_proc_stat says 'X').
  * That matters in the window between a kill -9 and the supervisor's
  * waitpid: a JetStream cache whose writer is a zombie is stale, and a resume
  * must not be answered from it as if it were mirrored (cluster_jetstream);
@@ -236,6 +246,15 @@ void th_reg_counter_dec(_Atomic uint32_t *ctr)
         ;
 }
 
+void th_reg_counts_dec(_Atomic uint64_t *counts, uint64_t one)
+{
+    uint64_t v = atomic_load_explicit(counts, memory_order_relaxed);
+    /* Saturating per half: a half at 0 stays 0 and never borrows from the other. */
+    while ((one == 1 ? th_reg_count_spill(v) : th_reg_count_back(v)) > 0 &&
+           !atomic_compare_exchange_weak(counts, &v, v - one))
+        ;
+}
+
 const char *th_slot_state_name(unsigned state)
 {
     static const char *names[] = {"free", "claiming", "live", "releasing"};
@@ -263,7 +282,7 @@ static void reg_bind(struct th_reg *r, void *base, size_t size, int writable)
     r->size = size;
     r->writable = writable;
     r->hdr = base;
-    r->index = (_Atomic uint32_t *)((char *)base + r->hdr->off_index);
+    r->index = (_Atomic uint64_t *)((char *)base + r->hdr->off_index);
     r->freemap = (_Atomic uint64_t *)((char *)base + r->hdr->off_freemap);
     r->disc = (struct th_disc *)((char *)base + r->hdr->off_disc);
     r->slots = (struct th_slot *)((char *)base + r->hdr->off_slots);

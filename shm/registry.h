@@ -7,10 +7,13 @@
  *
  *   struct th_reg_hdr     magic, version, sizes, creator, boot epoch,
  *                         worker and role tables, counters
- *   index[]               uint32 words, 4 x slots rounded up to a power
- *                         of two (at least 32), in lines of 15 buckets and
- *                         a spill count: user hash -> slot, for lookups by
- *                         user (one cache line per lookup, usually)
+ *   index[]               64-bit words, 4 x slots rounded up to a power
+ *                         of two (at least 32), in groups of a count word
+ *                         and 15 buckets (128 bytes, 128-aligned: two cache
+ *                         lines in one page): user hash -> (owner worker,
+ *                         slot), so the notify path finds a user's workers
+ *                         without reading any slot (one cache line per
+ *                         lookup, usually)
  *   freemap[]             one bit per slot, "probably free" hints for claim
  *   disc[]                recent disconnects: user -> LastSeen after the
  *                         last connection of that user went away
@@ -54,7 +57,9 @@
  *   tear).
  *
  * slot user/user_hash/conn_id/connected_at/bucket/ticket: written only
- *   while the slot is CLAIMING by the claimer; read under the ctl seqlock.
+ *   while the slot is CLAIMING by the claimer; read under the ctl seqlock
+ *   (by every lookup that checks slots, and by the owner worker confirming
+ *   a handoff named by user id: th_reg_confirm).
  *
  * THE PER-USER CAP (--max-conns-per-user N) holds however claims interleave,
  *   across processes, without a lock. A claimer (1) fills its slot and index
@@ -73,9 +78,10 @@
  *   own ticket is the smallest past N releases its own slot (th_reg_claim
  *   returns 1: the caller closes that connection with 4001 at once). The
  *   released victims' owners learn it from the claimer (4001 through the
- *   control socket); a worker also closes, each second, any connection whose
- *   slot no longer carries its generation, so a lost request leaves no
- *   socket without a slot for long. Over-eviction can happen only when a
+ *   control socket); a worker also closes, at its once-a-second pass after
+ *   such a release (counted in its th_proc_sh.released), any connection
+ *   whose slot no longer carries its generation, so a lost request leaves
+ *   no socket without a slot for long. Over-eviction can happen only when a
  *   victim was also being closed by its client at that moment.
  *   Dead claimer: killed before (3), its slot is CLAIMING with a dead actor,
  *   repaired as above and never counted. Killed after (3), its LIVE slot
@@ -83,43 +89,72 @@
  *   then the user may hold one slot over N per such dead claimer (slots the
  *   dead claim would have released were seen by any later claim, and the
  *   dead claimer's own slot is the one that goes). Victims it released but
- *   never told the owner about are closed by the owner's per-second check.
+ *   never told the owner about are closed by the owner's slot check (the
+ *   released count if it raised it, else the check's slow rotation).
  *
- * index[] (64-byte lines of 16 words: word 0 the line's spill count, words
- *   1-15 buckets; a bucket is 0 = empty, else th_index_entry(hash, slot): an
- *   occupied bit, the hash's top 7 bits, the slot in the low 24). Each user
- *   hash has a first and a second line (its "window", 30 buckets). A claimer
- *   CASes an empty bucket of its first line while that line has at least 6
- *   empty buckets; past that it takes the emptier of the two lines (two
- *   choices keep any line from filling up, even with a user's 8 devices in
- *   one line). Before it CASes a bucket of its second line it raises the
- *   first line's spill count (seq_cst fetch_add). A releaser CASes its bucket
- *   back to 0 and, if it was in the second line, then lowers the first
- *   line's spill. So spill
- *   >= the entries that spilled from that line, at every instant: a lookup
- *   reads its first line (one cache line, one page) and the second only when
- *   spill > 0 (0.4% of lookups at 1M slots half full with 2 devices a user,
- *   0.8% full with 1, 5% full with 2). The loads and the
- *   claimer's fetch_add and LIVE publish are seq_cst, so a lookup that starts
- *   after a publish sees that claim's spill (the cap protocol's argument).
- *   No tombstones, no probe chains; entries whose 7-bit tag differs are
- *   skipped without touching their slots, then each candidate slot is
- *   confirmed under the seqlock (line 0 of the slot only, see struct
- *   th_slot). A claimer dying between the bucket CAS and LIVE leaves a
- *   bucket pointing at a non-LIVE slot: readers ignore it, and the repairing
+ * index[] (128-byte groups of 16 64-bit words, one group never straddles a
+ *   page: word 0 the group's count word, words 1-7 the buckets of its front
+ *   cache line, 8-15 those of its back line; a bucket is 0 = empty, else
+ *   th_index_entry(hash, worker, slot): an occupied bit, the user's whole
+ *   32-bit hash, the owner worker's index (6 bits) and the slot (24 bits),
+ *   written in one 64-bit CAS so a reader sees all of it or none). The count
+ *   word holds two counts, each changed by atomic RMW on the whole word and
+ *   never borrowing from the other: the spill (low 32 bits) and the back
+ *   count (high 32). Each user hash has a first and a second group (its
+ *   "window", 30 buckets). A claimer CASes an empty bucket of its first group
+ *   while that group has at least 6 empty buckets; past that it takes the
+ *   emptier of the two (two choices keep any group from filling up, even with
+ *   a user's 8 devices in one); within a group, front buckets first. Before
+ *   it CASes a bucket of its second group it raises the first group's spill
+ *   (seq_cst fetch_add), and before it CASes a back-line bucket it raises
+ *   that group's back count (if the CAS then loses, it lowers it again). A
+ *   releaser CASes its bucket back to 0 and only then lowers the counts it
+ *   raised (back count of the bucket's group; spill of the first group for a
+ *   second-group bucket). So, at every instant, spill >= the entries that
+ *   spilled from that group and back >= the entries on its back line: a
+ *   lookup reads the count word and the front line of its first group (one
+ *   cache line, one page: one memory round trip), the back line only when
+ *   back > 0 (8% of users at 1M slots half full with 2 devices a user) and
+ *   the second group only when spill > 0 (0.4% there, 0.8% full with 1
+ *   device, 5% full with 2). The loads and the claimer's fetch_adds and LIVE
+ *   publish are seq_cst, so a lookup that starts after a publish sees that
+ *   claim's counts (the cap protocol's argument).
+ *   Writers: only the claimer of a slot (bucket CAS 0 -> entry while the slot
+ *   is CLAIMING, before its LIVE publish) and whoever holds the slot
+ *   RELEASING (bucket CAS entry -> 0 before the slot goes FREE: the owner,
+ *   the janitor, a cap claimer, a repairer). The worker in an entry is the
+ *   worker the claim publishes as the LIVE owner, and a LIVE slot's owner
+ *   never changes, so an entry names the owner of every live slot it points
+ *   at. An entry pointing at a slot names that slot's current claim or the
+ *   one being released: never an older one.
+ *   Readers: th_reg_find_owners (the notify path) takes the hash-matching
+ *   entries as they are, without touching a slot: each names a worker and a
+ *   slot that held a connection of this user or of a user with the same
+ *   hash, now or a moment ago. The owner worker confirms each one against
+ *   its own slot (th_reg_confirm: LIVE, its own, exactly this id) before it
+ *   delivers, and answers "gone" otherwise; a false match (another user
+ *   with the same 32-bit hash in the same group: about 1 lookup in 10^9) or
+ *   a slot released since costs one handoff and is never a delivery to the
+ *   wrong user, and the confirmations a reply counts are exact. The other
+ *   readers (th_reg_find_user, th_reg_find_conns, the cap census, last_seen)
+ *   confirm each candidate slot under its seqlock themselves.
+ *   Dead writer: a claimer dying between the bucket CAS and LIVE leaves a
+ *   bucket pointing at a non-LIVE slot: readers that check the slot ignore
+ *   it, the owner answers "gone" to a handoff for it, and the repairing
  *   release clears every bucket of the window that points at the slot (safe:
  *   while it holds the slot nobody else can insert that slot number),
- *   lowering the spill for a second-line one. A process killed between its
- *   spill increment and its bucket CAS, or between its bucket clear and its
- *   spill decrement, leaves that spill one too high: lookups of users whose
- *   first line it is read one more line, nothing is missed; nobody repairs it
- *   (a recount could not tell a claim in flight from drift, and too low
+ *   lowering the counts as a release does. A process killed between a count
+ *   increment and its bucket CAS, or between its bucket clear and the count
+ *   decrement, leaves that count one too high: lookups of users whose group
+ *   it is read one more line (or group), nothing is missed; nobody repairs
+ *   it (a recount could not tell a claim in flight from drift, and too low
  *   would hide connections), and the next group starts from a fresh segment.
- *   If both lines are ever full (users with many devices crowding the same
- *   lines: at 1M slots with every user holding 8, from 37% of the slots on;
- *   never seen with 4 or fewer) the slot is
- *   marked unindexed and hdr->unindexed is raised; lookups then also scan the
- *   table until it drops to zero.
+ *   A bucket is one 64-bit word written by one CAS: never half an entry.
+ *   If both groups are ever full (users with many devices crowding the same
+ *   groups: at 1M slots with every user holding 8, from 37% of the slots on;
+ *   never seen with 4 or fewer) the slot is marked unindexed and
+ *   hdr->unindexed is raised; lookups then also scan the table until it
+ *   drops to zero.
  *
  * freemap[] bits: hints only; the slot's ctl decides. Release sets the bit
  *   after FREE, claim clears it after the CAS. A stale hint either costs a
@@ -163,6 +198,25 @@
  *   with it (every child has PR_SET_PDEATHSIG) and the next group
  *   initialises a fresh segment, so a hung_ns or adopter it leaves is never
  *   acted on; a worker that dies with full set is reset on reap.
+ *   starved_ns: written only by the supervisor: the wall-clock time it found
+ *   the process starved (heartbeat older than --hung-after, but runnable and
+ *   waiting for a CPU: left running, and left out of the steering set while
+ *   another worker can take clients), 0 while not; cleared when it beats
+ *   again and on reap. It sits in what was the entry's padding (the
+ *   layout's offsets and sizes are those of version 3, and a segment
+ *   made before it reads 0 there). Readers go through th_proc_starved(),
+ *   which counts a heartbeat newer than starved_ns as not starved, so a
+ *   stamp a dead supervisor left is never believed. Read for /healthz.
+ *   released (workers only): raised by one atomic add by whoever releases
+ *   a LIVE slot of this worker through th_reg_release without being that
+ *   worker's process (a cap claimer in another worker, the janitor), after
+ *   the slot is FREE; read by the worker once a second, which then checks
+ *   every connection's slot at once instead of waiting for its slow
+ *   rotation (a connection whose slot went must not stay open looking
+ *   connected). A releaser killed between its release and the add leaves
+ *   the count short by one: that connection is found by the worker's
+ *   rotation (every slot within a minute) or at its next inbound frame. Also
+ *   in the old padding (offset 168, the entry still 192 bytes).
  *   A worker must publish workers[w].pid before its first claim: repair takes
  *   LIVE slots of an index whose pid is 0 or dead for orphans, and it loads
  *   ctl before the pid, so a new incarnation's slots never look orphaned.
@@ -186,8 +240,9 @@
 
 #define TH_REG_MAGIC 0x3147455248544554ULL /* "TETHREG1" little-endian */
 /* 2: slot ticket, hdr->tickets (the cap protocol); 3: index lines carry a spill count,
- * a slot's line 0 holds what a lookup reads */
-#define TH_REG_VERSION 3
+ * a slot's line 0 holds what a lookup reads; 4: 64-bit index entries with the owner
+ * worker and the whole hash, in 128-byte groups */
+#define TH_REG_VERSION 4
 #define TH_MAX_WORKERS 64
 #define TH_NO_SLOT UINT32_MAX
 
@@ -207,8 +262,10 @@ struct th_proc_sh {
     _Atomic uint64_t restarts;     /* incremented by the supervisor */
     char sock_path[108];           /* workers: control socket (sockaddr_un path) */
     _Atomic uint64_t hung_ns;      /* supervisor: realtime it was declared hung, 0 = not */
-    _Atomic int32_t adopter; /* supervisor: 1 + worker serving this one's listener, 0 = none */
-    _Atomic uint32_t full;   /* the worker: 1 while its connection table is full */
+    _Atomic int32_t adopter;     /* supervisor: 1 + worker serving this one's listener, 0 = none */
+    _Atomic uint32_t full;       /* the worker: 1 while its connection table is full */
+    _Atomic uint64_t starved_ns; /* supervisor: realtime it found it starved, 0 = not */
+    _Atomic uint64_t released;   /* workers: its LIVE slots released by another process */
 } __attribute__((aligned(64)));
 
 /* Every role's loop stamps its heartbeat at least this often. */
@@ -245,7 +302,7 @@ struct th_reg_hdr {
     uint32_t slot_size; /* sizeof(struct th_slot), checked on attach */
     uint64_t total_size;
     uint32_t nslots;
-    uint32_t nbuckets;           /* power of two */
+    uint32_t nbuckets;           /* 64-bit index words (spill counts and buckets), power of two */
     uint32_t ndisc;              /* power of two */
     uint32_t nworkers;           /* configured workers */
     _Atomic int32_t creator_pid; /* the supervisor that initialised it */
@@ -265,11 +322,12 @@ struct th_reg_hdr {
 } __attribute__((aligned(64)));
 
 /*
- * Line 0 holds everything a lookup by user reads (state, owner, conn_id, the
- * id's length and its first 48 bytes), so finding a user whose id is at most
- * 48 bytes costs one cache line of the slot. Line 1 holds what changes often
- * (last_seen, stamped on every inbound frame) or is read rarely, so a
- * worker's touch never invalidates the line the notifier looks up.
+ * Line 0 holds everything a confirmation by user reads (state, owner,
+ * conn_id, the id's length and its first 48 bytes: th_reg_confirm, run by
+ * the owner worker for each handoff, and th_reg_find_conns), so confirming a
+ * user whose id is at most 48 bytes costs one cache line of the slot. Line 1 holds what changes
+ * often (last_seen, stamped on every inbound frame) or is read rarely, so a worker's touch never
+ * invalidates the line the notifier looks up.
  */
 struct th_slot {
     _Atomic uint64_t ctl;     /* see protocol above */
@@ -310,7 +368,7 @@ struct th_reg {
     size_t size;
     int writable;
     struct th_reg_hdr *hdr;
-    _Atomic uint32_t *index;
+    _Atomic uint64_t *index;
     _Atomic uint64_t *freemap;
     struct th_disc *disc;
     struct th_slot *slots;
@@ -407,20 +465,53 @@ struct th_conn_ref {
 /*
  * Every live slot of a user (up to max), like th_reg_find_user but copying
  * only line 0 of each slot (struct th_slot): for an id of at most
- * TH_SLOT_HOT_USER bytes a present user costs its index line and one line
- * per connection. Returns the count, at most max.
+ * TH_SLOT_HOT_USER bytes a present user costs its index group and one line
+ * per connection. Exact (each slot confirmed here, gen known): for callers
+ * that must read the slots anyway (the JetStream catch-up filters on
+ * connected_at); the notify path uses th_reg_find_owners. Returns the count,
+ * at most max.
  */
 int th_reg_find_conns(const struct th_reg *r, const char *user, size_t ulen,
                       struct th_conn_ref *out, int max);
 
+/* A candidate connection as the index names it: its slot and owner worker, not yet confirmed. */
+struct th_owner_ref {
+    uint32_t slot;
+    uint16_t worker;
+};
+
+/*
+ * The notify path's lookup: every index entry of a user (up to max) as
+ * (slot, owner worker), read from the user's index group alone (usually one
+ * group of two adjacent lines, one page: one memory round trip), no slot
+ * touched. A candidate is not yet a connection: it may be a slot released a
+ * moment ago or, rarely, another user with the same hash; the owner worker
+ * decides with th_reg_confirm before it delivers (TH_HO_F_USER,
+ * shm/rt/channel.h). While some slot is unindexed (hdr->unindexed > 0,
+ * rare) the table scan adds the unindexed slots that hold this user.
+ * Returns the count, at most max.
+ */
+int th_reg_find_owners(const struct th_reg *r, const char *user, size_t ulen,
+                       struct th_owner_ref *out, int max);
+
+/*
+ * The owner's check of a candidate: is slot LIVE, owned by worker, and held
+ * by exactly this user id? Reads line 0 of the slot (and line 1 for an id
+ * longer than TH_SLOT_HOT_USER) under the seqlock. Returns 1 with *out (its
+ * handle, gen included, and conn_id), else 0.
+ */
+int th_reg_confirm(const struct th_reg *r, uint32_t slot, uint16_t worker, const char *user,
+                   size_t ulen, struct th_conn_ref *out);
+
 /*
  * Start fetching what a lookup of the user with this hash (th_user_hash)
  * will read, without waiting for it and with no effect on any result: with
- * slots = 0 its index line; with slots = 1 also line 0 of every slot its
- * index line names with the user's tag (the index line should have arrived
- * by then: call it a few users after the slots = 0 call). A caller with
- * several users to look up (a batch) runs this pipeline a few users ahead,
- * so their cache and TLB misses overlap instead of queueing.
+ * slots = 0 its index group (both lines); with slots = 1 its second group
+ * when the first one's spill count says it will be read (the first group
+ * should have arrived by then: call it a few users after the slots = 0
+ * call). th_reg_find_owners reads nothing else. A caller with several users
+ * to look up (a batch) runs this pipeline a few users ahead, so their cache
+ * and TLB misses overlap instead of queueing.
  */
 void th_reg_prefetch_user(const struct th_reg *r, uint32_t hash, int slots);
 
@@ -433,6 +524,13 @@ int th_reg_last_seen(const struct th_reg *r, const char *user, size_t ulen, uint
 /* Visit every live slot in slot order; stop early if fn returns nonzero. */
 typedef int (*th_reg_visit_fn)(const struct th_conn_info *ci, void *arg);
 void th_reg_foreach(const struct th_reg *r, th_reg_visit_fn fn, void *arg);
+/*
+ * The same over slots [first, first + count) (clipped to the table), for a
+ * caller that spreads one pass over several steps; returns the slot to go
+ * on from (the table's size once the pass is done).
+ */
+uint32_t th_reg_foreach_range(const struct th_reg *r, uint32_t first, uint32_t count,
+                              th_reg_visit_fn fn, void *arg);
 
 /*
  * Release every LIVE slot owned by a worker index, and finish any slot left
@@ -465,10 +563,20 @@ static inline int th_proc_hung(const struct th_proc_sh *p)
     uint64_t hung = atomic_load_explicit(&p->hung_ns, memory_order_acquire);
     return hung && atomic_load_explicit(&p->heartbeat_ns, memory_order_relaxed) <= hung;
 }
+/* Found starved by the supervisor (starved_ns) and not beaten since (see th_proc_hung). */
+static inline int th_proc_starved(const struct th_proc_sh *p)
+{
+    uint64_t st = atomic_load_explicit(&p->starved_ns, memory_order_acquire);
+    return st && atomic_load_explicit(&p->heartbeat_ns, memory_order_relaxed) <= st;
+}
 /*
  * Field 3 (state letter: R, S, D, T, Z, ...) and field 22 (start time, clock
  * ticks after boot) of /proc/PID/stat; *state 0 and 0 returned when
- * unreadable (gone, or no /proc). The one parser of that file.
+ * unreadable (gone, or no /proc). The one parser of that file. A process
+ * that is exiting (PF_EXITING in field 9: killed, its threads and files
+ * being torn down, its sockets closing, but not yet a zombie and shown R
+ * or D) reads as 'X': it never runs user code again, and for milliseconds
+ * after a kill -9 of a big process it would otherwise look alive.
  */
 uint64_t th_proc_stat(pid_t pid, char *state);
 /* Start time of pid in clock ticks since boot (/proc/pid/stat field 22), 0 if unknown. */
@@ -496,20 +604,32 @@ uint32_t th_reg_count_used(const struct th_reg *r);
 /* Readable name of a slot state ("free", "claiming", "live", "releasing"). */
 const char *th_slot_state_name(unsigned state);
 
-/* Index entries: occupied bit 31, a 7-bit tag (hash >> 25), the slot in the low 24 bits. */
+/*
+ * Index entries (64-bit): occupied bit 63, the user's 32-bit hash in bits
+ * 30-61, the owner worker in bits 24-29, the slot in the low 24 bits.
+ */
 #define TH_INDEX_SLOT_BITS 24
-static inline uint32_t th_index_entry(uint32_t hash, uint32_t slot)
+#define TH_INDEX_WORKER_SHIFT 24
+#define TH_INDEX_HASH_SHIFT 30
+_Static_assert(TH_MAX_WORKERS <= 1 << (TH_INDEX_HASH_SHIFT - TH_INDEX_WORKER_SHIFT),
+               "a worker index fits an index entry");
+static inline uint64_t th_index_entry(uint32_t hash, uint16_t worker, uint32_t slot)
 {
-    return 0x80000000u | (hash >> 25 << TH_INDEX_SLOT_BITS) | slot;
+    return 1ull << 63 | (uint64_t)hash << TH_INDEX_HASH_SHIFT |
+           (uint64_t)(worker & (TH_MAX_WORKERS - 1)) << TH_INDEX_WORKER_SHIFT | slot;
 }
 /* The slot an entry points at, or TH_NO_SLOT for an empty bucket. */
-static inline uint32_t th_index_slot(uint32_t entry)
+static inline uint32_t th_index_slot(uint64_t entry)
 {
-    return entry ? entry & ((1u << TH_INDEX_SLOT_BITS) - 1) : TH_NO_SLOT;
+    return entry ? (uint32_t)entry & ((1u << TH_INDEX_SLOT_BITS) - 1) : TH_NO_SLOT;
 }
-static inline int th_index_tag_matches(uint32_t entry, uint32_t hash)
+static inline uint16_t th_index_worker(uint64_t entry)
 {
-    return ((entry >> TH_INDEX_SLOT_BITS) & 0x7f) == hash >> 25;
+    return (uint16_t)((entry >> TH_INDEX_WORKER_SHIFT) & (TH_MAX_WORKERS - 1));
+}
+static inline int th_index_tag_matches(uint64_t entry, uint32_t hash)
+{
+    return (uint32_t)(entry >> TH_INDEX_HASH_SHIFT) == hash;
 }
 
 /* ctl word helpers. th_ctl_owner is meaningful only while FREE or LIVE. */

@@ -9,7 +9,27 @@
 
 #include "shm/registry.h"
 
-#define TH_REG_LINE 16u    /* index words per 64-byte cache line: the spill count, 15 buckets */
+/*
+ * Index words per group (a "line" in the names below: 128 bytes of 64-bit
+ * words, two cache lines in one page): the count word, then 15 buckets, 7 on
+ * the group's front cache line with the count word and 8 on its back line.
+ * The count word holds the spill count (low 32 bits: entries of this group's
+ * users living in their second group) and the back count (high 32 bits:
+ * entries in this group's back line), so a lookup reads the front line alone
+ * while both are 0.
+ */
+#define TH_REG_LINE 16u
+#define TH_REG_LINE_BYTES (TH_REG_LINE * sizeof(uint64_t))
+#define TH_REG_FRONT 8u              /* words on the front line: the count word and buckets 1-7 */
+#define TH_REG_BACK_ONE (1ull << 32) /* one entry in a back count */
+static inline uint32_t th_reg_count_spill(uint64_t counts)
+{
+    return (uint32_t)counts;
+}
+static inline uint32_t th_reg_count_back(uint64_t counts)
+{
+    return (uint32_t)(counts >> 32);
+}
 #define TH_REG_BUCKETS 15u /* buckets per line */
 #define TH_REG_WINDOW 30u  /* buckets a user may use: its first line, then its second */
 /* A claimer takes its first line while this many of its buckets are empty, else the emptier line.
@@ -37,6 +57,8 @@ int th_reg_force_release(struct th_reg *r, uint32_t i, uint64_t c);
 
 /* Saturating decrement of a header counter (drift must not wrap to 4 billion). */
 void th_reg_counter_dec(_Atomic uint32_t *ctr);
+/* The same for one half of a count word: one (1) off the spill or TH_REG_BACK_ONE off the back. */
+void th_reg_counts_dec(_Atomic uint64_t *counts, uint64_t one);
 
 static inline uint32_t th_reg_window(void)
 {
@@ -63,13 +85,14 @@ static inline uint32_t th_reg_bucket(const struct th_reg *r, uint32_t h, uint32_
     return th_reg_line(r, h, k >= TH_REG_BUCKETS) * TH_REG_LINE + 1 + k % TH_REG_BUCKETS;
 }
 
-/* The spill count of a user hash's first line: entries of that line living in their second. */
-static inline _Atomic uint32_t *th_reg_spill(const struct th_reg *r, uint32_t h)
+/* The count word of a user hash's first line (its spill: entries of that line living in their
+ * second; th_reg_count_spill). */
+static inline _Atomic uint64_t *th_reg_spill(const struct th_reg *r, uint32_t h)
 {
     return &r->index[th_reg_line(r, h, 0) * TH_REG_LINE];
 }
 
-/* Is index word b a line's spill count (not a bucket)? */
+/* Is index word b a line's count word (not a bucket)? */
 static inline int th_reg_is_spill(uint32_t b)
 {
     return b % TH_REG_LINE == 0;

@@ -74,11 +74,19 @@ uint64_t th_reg_peek(const struct th_reg *r, uint32_t i, struct th_conn_info *ou
 
 void th_reg_foreach(const struct th_reg *r, th_reg_visit_fn fn, void *arg)
 {
+    th_reg_foreach_range(r, 0, r->hdr->nslots, fn, arg);
+}
+
+uint32_t th_reg_foreach_range(const struct th_reg *r, uint32_t first, uint32_t count,
+                              th_reg_visit_fn fn, void *arg)
+{
     struct th_conn_info ci;
-    uint32_t hash, flags;
-    for (uint32_t i = 0; i < r->hdr->nslots; i++)
+    uint32_t hash, flags, n = r->hdr->nslots;
+    uint32_t end = first < n && count < n - first ? first + count : n;
+    for (uint32_t i = first; i < end; i++)
         if (read_slot(r, i, &ci, &hash, &flags) && fn(&ci, arg))
-            return;
+            return i + 1;
+    return end;
 }
 
 /* ---- lookups by user ---- */
@@ -125,38 +133,57 @@ static int seen(const uint32_t *cand, uint32_t nc, uint32_t slot)
     return 0;
 }
 
-/* Tag matches of one index line, added to cand (each slot once), their slots prefetched. */
+/* How much of each candidate slot the caller will read (what gather prefetches). */
+enum slot_reads { READS_NO_SLOT, READS_LINE0, READS_BOTH_LINES };
+
+/*
+ * Hash matches of one index group, added to cand (each slot once, its owner
+ * in owner when given), their slots prefetched as the caller will read them:
+ * its front line, and its back line only while the group's back count says
+ * an entry may be there. *spill (if given) gets the group's spill count.
+ */
 static uint32_t gather_line(const struct th_reg *r, const struct user_key *k, uint32_t line,
-                            uint32_t *cand, uint32_t nc, int both_lines)
+                            uint32_t *cand, uint16_t *owner, uint32_t nc, enum slot_reads reads,
+                            uint32_t *spill)
 {
     uint32_t n = r->hdr->nslots;
-    for (uint32_t j = 1; j < TH_REG_LINE; j++) {
+    const _Atomic uint64_t *g = &r->index[line * TH_REG_LINE];
+    /* seq_cst, before the buckets: an entry of a claim published before we started is on the
+     * front line, or its back count is here already (raised before its bucket CAS). */
+    uint64_t counts = atomic_load_explicit(&g[0], memory_order_seq_cst);
+    uint32_t end = th_reg_count_back(counts) ? TH_REG_LINE : TH_REG_FRONT;
+    for (uint32_t j = 1; j < end; j++) {
         /* seq_cst for the cap protocol (see read_slot); a plain move on x86. */
-        uint32_t v = atomic_load_explicit(&r->index[line * TH_REG_LINE + j], memory_order_seq_cst);
+        uint64_t v = atomic_load_explicit(&g[j], memory_order_seq_cst);
         uint32_t i = th_index_slot(v);
         if (!v || !th_index_tag_matches(v, k->hash) || i >= n || seen(cand, nc, i))
             continue;
+        if (owner)
+            owner[nc] = th_index_worker(v);
         cand[nc++] = i;
-        __builtin_prefetch(&r->slots[i]);
-        if (both_lines)
+        if (reads != READS_NO_SLOT)
+            __builtin_prefetch(&r->slots[i]);
+        if (reads == READS_BOTH_LINES)
             __builtin_prefetch((const char *)&r->slots[i] + 64);
     }
+    if (spill)
+        *spill = th_reg_count_spill(counts);
     return nc;
 }
 
 /*
- * The candidate slots of a user: the tag matches in its first index line,
- * and in its second only when the first line's spill count says some entry
- * of this line went there. both_lines: the caller reads whole slots.
+ * The candidate slots of a user: the hash matches in its first index group,
+ * and in its second only when the first group's spill count says some entry
+ * of this group went there (each group's back line only when its back count
+ * is not 0): usually one cache line.
  */
 static uint32_t gather(const struct th_reg *r, const struct user_key *k,
-                       uint32_t cand[TH_REG_WINDOW], int both_lines)
+                       uint32_t cand[TH_REG_WINDOW], uint16_t *owner, enum slot_reads reads)
 {
-    uint32_t l1 = th_reg_line(r, k->hash, 0);
-    uint32_t spill = atomic_load_explicit(&r->index[l1 * TH_REG_LINE], memory_order_seq_cst);
-    uint32_t nc = gather_line(r, k, l1, cand, 0, both_lines);
+    uint32_t spill;
+    uint32_t nc = gather_line(r, k, th_reg_line(r, k->hash, 0), cand, owner, 0, reads, &spill);
     if (spill)
-        nc = gather_line(r, k, th_reg_line(r, k->hash, 1), cand, nc, both_lines);
+        nc = gather_line(r, k, th_reg_line(r, k->hash, 1), cand, owner, nc, reads, NULL);
     return nc;
 }
 
@@ -170,7 +197,7 @@ static int each_user_slot(const struct th_reg *r, const struct user_key *k, th_r
 {
     struct th_conn_info ci;
     uint32_t hash, flags, cand[TH_REG_WINDOW];
-    uint32_t nc = gather(r, k, cand, 1);
+    uint32_t nc = gather(r, k, cand, NULL, READS_BOTH_LINES);
     for (uint32_t c = 0; c < nc; c++) {
         if (!read_slot(r, cand[c], &ci, &hash, &flags) || (flags & TH_SLOT_F_UNINDEXED) ||
             !key_matches(k, &ci, hash))
@@ -260,7 +287,8 @@ int th_reg_find_conns(const struct th_reg *r, const char *user, size_t ulen,
     struct user_key k = {user, ulen, th_user_hash(user, ulen)};
     uint64_t kw[TH_USER_MAX / 8] = {0};
     memcpy(kw, user, ulen);
-    uint32_t cand[TH_REG_WINDOW], nc = gather(r, &k, cand, ulen > TH_SLOT_HOT_USER);
+    uint32_t cand[TH_REG_WINDOW],
+        nc = gather(r, &k, cand, NULL, ulen > TH_SLOT_HOT_USER ? READS_BOTH_LINES : READS_LINE0);
     int n = 0;
     for (uint32_t c = 0; c < nc && n < max; c++)
         n += read_hot(r, cand[c], &k, kw, &out[n]);
@@ -274,18 +302,73 @@ int th_reg_find_conns(const struct th_reg *r, const char *user, size_t ulen,
     return n;
 }
 
+/* Keep candidate (slot, owner) unless it is there already; returns the new count. */
+static int owner_add(struct th_owner_ref *out, int n, uint32_t slot, uint16_t worker)
+{
+    for (int j = 0; j < n; j++)
+        if (out[j].slot == slot)
+            return n;
+    out[n] = (struct th_owner_ref){slot, worker};
+    return n + 1;
+}
+
+struct collect_owner {
+    struct th_owner_ref *out;
+    int max, n;
+};
+
+static int collect_owner(const struct th_conn_info *ci, void *arg)
+{
+    struct collect_owner *c = arg;
+    c->n = owner_add(c->out, c->n, ci->slot, ci->worker);
+    return c->n >= c->max;
+}
+
+int th_reg_find_owners(const struct th_reg *r, const char *user, size_t ulen,
+                       struct th_owner_ref *out, int max)
+{
+    if (!valid_user(user, ulen) || max <= 0)
+        return 0;
+    struct user_key k = {user, ulen, th_user_hash(user, ulen)};
+    uint32_t cand[TH_REG_WINDOW];
+    uint16_t owner[TH_REG_WINDOW];
+    uint32_t nc = gather(r, &k, cand, owner, READS_NO_SLOT);
+    int n = 0;
+    for (uint32_t c = 0; c < nc && n < max; c++)
+        out[n++] = (struct th_owner_ref){cand[c], owner[c]};
+    /* Read after the index, as each_user_slot does. Some slot is unindexed (rare): the table
+     * scan adds the ones that hold this user (confirmed slots; the owner confirms again). */
+    if (n < max && atomic_load_explicit(&r->hdr->unindexed, memory_order_seq_cst) != 0) {
+        struct collect_owner c = {out, max, n};
+        scan_unindexed(r, &k, collect_owner, &c);
+        n = c.n;
+    }
+    return n;
+}
+
+int th_reg_confirm(const struct th_reg *r, uint32_t slot, uint16_t worker, const char *user,
+                   size_t ulen, struct th_conn_ref *out)
+{
+    if (!valid_user(user, ulen) || slot >= r->hdr->nslots)
+        return 0;
+    struct user_key k = {user, ulen, 0};
+    uint64_t kw[TH_USER_MAX / 8] = {0};
+    memcpy(kw, user, ulen);
+    return read_hot(r, slot, &k, kw, out) && out->worker == worker;
+}
+
 void th_reg_prefetch_user(const struct th_reg *r, uint32_t hash, int slots)
 {
-    const _Atomic uint32_t *line = &r->index[th_reg_line(r, hash, 0) * TH_REG_LINE];
+    const _Atomic uint64_t *g = &r->index[th_reg_line(r, hash, 0) * TH_REG_LINE];
     if (!slots) {
-        __builtin_prefetch(line);
+        __builtin_prefetch((const void *)g);
         return;
     }
-    for (uint32_t j = 1; j < TH_REG_LINE; j++) { /* a hint: relaxed, nothing decided on it */
-        uint32_t v = atomic_load_explicit(&line[j], RELAXED);
-        if (v && th_index_tag_matches(v, hash) && th_index_slot(v) < r->hdr->nslots)
-            __builtin_prefetch(&r->slots[th_index_slot(v)]);
-    }
+    uint64_t counts = atomic_load_explicit(g, RELAXED); /* a hint: nothing decided on it */
+    if (th_reg_count_back(counts))
+        __builtin_prefetch((const void *)(g + TH_REG_FRONT));
+    if (th_reg_count_spill(counts))
+        __builtin_prefetch((const void *)&r->index[th_reg_line(r, hash, 1) * TH_REG_LINE]);
 }
 
 /* ---- disconnect records ---- */
@@ -423,28 +506,40 @@ static uint32_t line_room(const struct th_reg *r, uint32_t hash, int second)
     return room;
 }
 
-/* CAS slot i's entry into an empty bucket of one of the hash's lines; 1 when it went in. */
-static int line_insert(struct th_reg *r, uint32_t i, uint32_t hash, int second)
+/*
+ * CAS slot i's entry into an empty bucket of one of the hash's lines, front
+ * buckets first; 1 when it went in. A back bucket's line counts it first
+ * (so the count never lags the entry) and uncounts it if the CAS lost.
+ */
+static int line_insert(struct th_reg *r, uint32_t i, uint32_t hash, uint16_t worker, int second)
 {
     for (uint32_t j = 0; j < TH_REG_BUCKETS; j++) {
-        uint32_t b = th_reg_bucket(r, hash, (uint32_t)second * TH_REG_BUCKETS + j), empty = 0;
-        if (atomic_load_explicit(&r->index[b], RELAXED) == 0 &&
-            atomic_compare_exchange_strong(&r->index[b], &empty, th_index_entry(hash, i))) {
+        uint32_t b = th_reg_bucket(r, hash, (uint32_t)second * TH_REG_BUCKETS + j);
+        uint64_t empty = 0;
+        if (atomic_load_explicit(&r->index[b], RELAXED) != 0)
+            continue;
+        _Atomic uint64_t *counts = &r->index[b - b % TH_REG_LINE];
+        int back = b % TH_REG_LINE >= TH_REG_FRONT;
+        if (back)
+            atomic_fetch_add(counts, TH_REG_BACK_ONE);
+        if (atomic_compare_exchange_strong(&r->index[b], &empty, th_index_entry(hash, worker, i))) {
             atomic_store_explicit(&r->slots[i].bucket, b, RELAXED);
             return 1;
         }
+        if (back)
+            th_reg_counts_dec(counts, TH_REG_BACK_ONE);
     }
     return 0;
 }
 
 /* Into the second line, its spill counted first (so the count never lags the entry). */
-static int spill_insert(struct th_reg *r, uint32_t i, uint32_t hash)
+static int spill_insert(struct th_reg *r, uint32_t i, uint32_t hash, uint16_t worker)
 {
-    _Atomic uint32_t *spill = th_reg_spill(r, hash);
+    _Atomic uint64_t *spill = th_reg_spill(r, hash);
     atomic_fetch_add(spill, 1);
-    if (line_insert(r, i, hash, 1))
+    if (line_insert(r, i, hash, worker, 1))
         return 1;
-    th_reg_counter_dec(spill); /* nothing spilled after all */
+    th_reg_counts_dec(spill, 1); /* nothing spilled after all */
     return 0;
 }
 
@@ -455,14 +550,14 @@ static int spill_insert(struct th_reg *r, uint32_t i, uint32_t hash)
  * filled both lines of some user at 1M slots half full). Both full marks the
  * slot unindexed.
  */
-static void index_insert(struct th_reg *r, uint32_t i, uint32_t hash)
+static void index_insert(struct th_reg *r, uint32_t i, uint32_t hash, uint16_t worker)
 {
     uint32_t room = line_room(r, hash, 0);
     int done;
     if (room >= TH_REG_FIRST_ROOM || line_room(r, hash, 1) <= room)
-        done = line_insert(r, i, hash, 0) || spill_insert(r, i, hash);
+        done = line_insert(r, i, hash, worker, 0) || spill_insert(r, i, hash, worker);
     else
-        done = spill_insert(r, i, hash) || line_insert(r, i, hash, 0);
+        done = spill_insert(r, i, hash, worker) || line_insert(r, i, hash, worker, 0);
     if (done)
         return;
     /* Count first: a crash here over-counts (lookups scan more), never under-counts. */
@@ -524,7 +619,7 @@ int th_reg_claim(struct th_reg *r, const char *user, size_t ulen, uint16_t worke
     if (i == TH_NO_SLOT)
         return -ENOSPC;
     fill_slot(&r->slots[i], &k, conn_id, now_ns);
-    index_insert(r, i, k.hash);
+    index_insert(r, i, k.hash, worker); /* the owner the LIVE publish below names */
     uint64_t ticket = atomic_fetch_add(&r->hdr->tickets, 1) + 1;
     atomic_store_explicit(&r->slots[i].ticket, ticket, REL);
     /* seq_cst, not just release: see THE PER-USER CAP in registry.h. */
@@ -553,10 +648,14 @@ static void index_remove(struct th_reg *r, uint32_t i, uint32_t hash)
 {
     for (uint32_t j = 0, win = th_reg_window(); j < win; j++) {
         uint32_t b = th_reg_bucket(r, hash, j);
-        uint32_t v = atomic_load_explicit(&r->index[b], RELAXED);
-        if (v && th_index_slot(v) == i && /* any tag: we hold the slot, nobody else inserts it */
-            atomic_compare_exchange_strong(&r->index[b], &v, 0) && j >= TH_REG_BUCKETS)
-            th_reg_counter_dec(th_reg_spill(r, hash));
+        uint64_t v = atomic_load_explicit(&r->index[b], RELAXED);
+        if (!v || th_index_slot(v) != i || /* any tag: we hold the slot, nobody else inserts it */
+            !atomic_compare_exchange_strong(&r->index[b], &v, 0))
+            continue;
+        if (b % TH_REG_LINE >= TH_REG_FRONT) /* after the clear: counts never lag entries */
+            th_reg_counts_dec(&r->index[b - b % TH_REG_LINE], TH_REG_BACK_ONE);
+        if (j >= TH_REG_BUCKETS)
+            th_reg_counts_dec(th_reg_spill(r, hash), 1);
     }
     atomic_store_explicit(&r->slots[i].bucket, TH_NO_SLOT, RELAXED);
     if (atomic_load_explicit(&r->slots[i].flags, RELAXED) & TH_SLOT_F_UNINDEXED) {
@@ -606,5 +705,12 @@ int th_reg_release(struct th_reg *r, struct th_handle h)
     uint64_t c = atomic_load_explicit(&r->slots[h.slot].ctl, memory_order_acquire);
     if (th_ctl_gen(c) != h.gen || th_ctl_state(c) != TH_SLOT_LIVE)
         return -ESTALE;
-    return th_reg_force_release(r, h.slot, c) ? 0 : -ESTALE;
+    if (!th_reg_force_release(r, h.slot, c))
+        return -ESTALE;
+    /* Someone else's connection: tell its worker (registry.h, th_proc_sh.released). */
+    uint16_t owner = th_ctl_owner(c);
+    if (owner < TH_MAX_WORKERS &&
+        atomic_load_explicit(&r->hdr->workers[owner].pid, RELAXED) != th_reg_self())
+        atomic_fetch_add_explicit(&r->hdr->workers[owner].released, 1, memory_order_release);
+    return 0;
 }

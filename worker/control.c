@@ -154,8 +154,36 @@ static int lookup_conn(struct worker *w, uint32_t conn1, uint32_t slot, uint32_t
     return (int)(conn1 - 1);
 }
 
-static uint16_t handle(struct worker *w, const struct th_ho_msg *m, const uint8_t *payload)
+/*
+ * A delivery named by (slot, user id) (TH_HO_F_USER): the notifier took the
+ * slot from the index without reading it, so the slot may have been released
+ * or reused since, or (rarely) be another user's with the same hash. Ours only
+ * if the slot is live, owned by us, holds exactly this id, and is the slot of
+ * a connection we hold under that generation.
+ */
+static int lookup_user(struct worker *w, uint32_t slot, const uint8_t *user, size_t ulen)
 {
+    struct th_conn_ref ref;
+    if (!th_reg_confirm(w->reg, slot, (uint16_t)w->index, (const char *)user, ulen, &ref))
+        return -1;
+    return lookup(w, slot, ref.gen);
+}
+
+static uint16_t handle(struct worker *w, struct th_ho_msg *m, const uint8_t *payload)
+{
+    if (m->type == TH_HO_DELIVER && (m->code & TH_HO_F_USER)) {
+        size_t ulen = m->conn;
+        if (ulen == 0 || ulen > TH_USER_MAX || ulen > m->len)
+            return TH_HO_BAD;
+        int idx = lookup_user(w, m->slot, payload, ulen);
+        if (idx < 0)
+            return TH_HO_GONE;
+        struct conn *c = &w->conns[idx];
+        m->len -= (uint32_t)ulen; /* the frame follows the id */
+        if (c->state != CS_OPEN || w->queued_bytes + m->len + 10 > WK_QUEUE_BUDGET)
+            return TH_HO_BUSY;
+        return wk_resume_deliver(w, (uint32_t)idx, m, payload + ulen);
+    }
     int idx = lookup(w, m->slot, m->gen);
     if (idx < 0 && m->type == TH_HO_CLOSE)
         idx = lookup_conn(w, m->conn, m->slot, m->gen);
@@ -244,6 +272,14 @@ void wk_ctl_on_recv(struct worker *w, uint32_t i, uint32_t gen, int res)
     /* A packet over the limit was cut short: it cannot be trusted, not even its seq. */
     unsigned k = (size_t)res > TH_HO_MAX_PACKET ? 0 : packet(w, c->buf, (size_t)res, c->rep);
     if (k) {
+        /*
+         * The frames this packet queued get their sends ahead of the reply:
+         * the kernel issues a submission's SQEs in order, and the reply wakes
+         * the notifier (and through it the HTTP answer, or a confirmation to
+         * another node), work that need not run before the client has its
+         * frame.
+         */
+        wk_conn_flush_all(w);
         struct io_uring_sqe *sqe = th_uring_sqe(&w->ring);
         if (!sqe) {
             ctl_drop(w, i);

@@ -43,7 +43,7 @@ struct wk_replay {
     char user[TH_USER_MAX];
 };
 
-static int cache_behind(struct wk_resume *r, const struct th_resume_req *rr);
+static int cache_behind(const struct worker *w, const struct th_resume_req *rr);
 static void resume_pending(struct worker *w, uint32_t idx, int stale);
 
 struct rp_ref {
@@ -319,7 +319,7 @@ int wk_resume_run(struct worker *w)
                                        .since = c->rp->since,
                                        .epoch = c->rp->epoch,
                                        .epoch_len = c->rp->epoch_len};
-            int behind = cache_behind(r, &rr);
+            int behind = cache_behind(w, &rr);
             if (behind && w->mono_ns < c->rp->wait_until) {
                 r->list[kept++] = ref; /* the loop wakes every 50 ms at least */
                 continue;
@@ -429,16 +429,33 @@ static void resume_now(struct worker *w, uint32_t idx, const struct th_resume_re
     }
 }
 
-/* Is the cache behind what this client resumes from (see struct wk_replay)? */
-static int cache_behind(struct wk_resume *r, const struct th_resume_req *rr)
+/*
+ * Did the cache's writer (the notifier) run lately? Its loop beats every
+ * TH_HEARTBEAT_NS / 5. A notifier stopped or hung keeps a live pid but
+ * mirrors nothing, while other nodes store on; a resume answered from its
+ * cache then misses what they stored, and when the supervisor replaces it
+ * the successor hands those seqs only to connections older than them
+ * (th_route_local_deliver_by), not to the resumed one: a gap under
+ * recovered:true. A busy notifier only makes a resume wait for its next beat.
+ */
+static int writer_running(const struct worker *w)
 {
+    uint64_t hb = atomic_load_explicit(&w->reg->hdr->roles[TH_ROLE_NOTIFIER].heartbeat_ns,
+                                       memory_order_relaxed);
+    return hb && (w->now_ns < hb || w->now_ns - hb <= TH_HEARTBEAT_NS);
+}
+
+/* Is the cache behind what this client resumes from (see struct wk_replay)? */
+static int cache_behind(const struct worker *w, const struct th_resume_req *rr)
+{
+    const struct wk_resume *r = w->rs;
     uint64_t at;
     int filled;
     char ep[TH_MBX_EPOCH_LEN + 1];
     if (!r || !th_mbx_source(&r->mbx, &at, &filled))
         return 0;
-    if (!filled || !th_mbx_writer_alive(&r->mbx))
-        return 1; /* filling, or its notifier is dead: other nodes store on, nobody mirrors */
+    if (!filled || !th_mbx_writer_alive(&r->mbx) || !writer_running(w))
+        return 1; /* filling, or its notifier is dead or stopped: others store, nobody mirrors */
     th_mbx_epoch(&r->mbx, ep);
     return epoch_matches(rr, ep) && rr->since > at;
 }
@@ -448,7 +465,7 @@ void wk_resume_start(struct worker *w, uint32_t idx, const struct th_resume_req 
 {
     if (!rr->want)
         return;
-    if (cache_behind(w->rs, rr) && rr->epoch_len <= TH_EPOCH_MAX) {
+    if (cache_behind(w, rr) && rr->epoch_len <= TH_EPOCH_MAX) {
         struct wk_replay *rp = rp_start(w, idx, rr->since, user, ulen, 0);
         if (rp) {
             rp->pending = 1;

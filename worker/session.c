@@ -154,6 +154,13 @@ static void app_ping(struct worker *w, uint32_t idx)
 /* One client text message: a JSON object with a "type". */
 static void app_text(struct worker *w, uint32_t idx, const uint8_t *p, size_t n)
 {
+    /* The ping every client sends, byte for byte as the README spells it: answered without
+     * building a JSON tree (any other spelling of it goes through the parser below). */
+    static const char ping[] = "{\"type\":\"ping\"}";
+    if (n == sizeof(ping) - 1 && !memcmp(p, ping, n)) {
+        app_ping(w, idx);
+        return;
+    }
     json_error_t jerr;
     json_t *root = json_loadb((const char *)p, n, JSON_REJECT_DUPLICATES, &jerr);
     const char *type = root ? json_string_value(json_object_get(root, "type")) : NULL;
@@ -209,7 +216,8 @@ void wk_ws_input(struct worker *w, uint32_t idx, uint8_t *p, size_t n)
 /*
  * Close a connection whose slot a claim released for the per-user cap:
  * directly when it is ours, else through its worker's control socket
- * (fire-and-forget; the owner's per-second slot check is the fallback).
+ * (fire-and-forget; the owner's slot check in wk_conn_tick, at its next
+ * tick once the release is counted in th_proc_sh.released, is the fallback).
  */
 void wk_evict(struct worker *w, const struct th_conn_info *victim, uint16_t code)
 {

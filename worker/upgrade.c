@@ -104,8 +104,10 @@ static void accept_upgrade(struct worker *w, uint32_t idx, const struct th_str *
     c->h = h;
     c->flags |= rc == 0 ? CF_REGISTERED : 0;
     c->state = CS_OPEN;
-    c->deadline_s = 0;
-    c->exp_s = cl->exp <= 0 ? 0 : cl->exp > UINT32_MAX ? UINT32_MAX : (uint32_t)cl->exp;
+    wk_conn_opened(w, idx,
+                   cl->exp <= 0           ? 0
+                   : cl->exp > UINT32_MAX ? UINT32_MAX
+                                          : (uint32_t)cl->exp);
     atomic_fetch_add_explicit(&w->reg->hdr->counters.connections_opened, 1, memory_order_relaxed);
     char acc[29], resp[160];
     th_ws_accept_key(key->p, key->n, acc);

@@ -42,6 +42,15 @@
 #define WK_CLOSE_WAIT_S 5u /* after our close frame: wait this long for the peer */
 /* All send queues of one worker together: past this, whoever adds is closed (or BUSY). */
 #define WK_QUEUE_BUDGET (256ull << 20)
+/*
+ * A pong or a notification to an idle connection takes a send queue and a
+ * WK_SQ_SMALL-byte buffer and gives both back once sent, so at scale every
+ * ping was two mallocs and two frees on cold allocator state; the worker
+ * keeps up to WK_SQ_CACHE of each on a free list instead (LIFO: the ones
+ * reused are the ones still in cache).
+ */
+#define WK_SQ_SMALL 256u
+#define WK_SQ_CACHE 512u
 
 /* The kind of a user_data (th_ud_make in shm/rt/uring.h: kind | index | generation). */
 enum wk_op {
@@ -78,7 +87,7 @@ enum conn_flag {
 /* Outbound bytes of one connection: allocated on demand, freed once drained. */
 struct sendq {
     uint8_t *fly; /* buffer handed to the kernel: never moved while CF_SENDING */
-    uint32_t fly_len, fly_off;
+    uint32_t fly_len, fly_off, fly_cap;
     uint8_t *pend; /* bytes queued since: grows by realloc */
     uint32_t pend_len, pend_cap;
     uint8_t *plain; /* TLS only: plaintext of this batch, sealed into pend before the send */
@@ -138,9 +147,13 @@ struct worker {
     uint32_t free_head; /* free list of conn indexes (UINT32_MAX = empty) */
     uint32_t high;      /* entries ever used: the tick scans [0, high) */
     uint32_t live;      /* entries not CS_FREE */
+    uint32_t *tick_due; /* per connection: the monotonic second the tick looks at it, 0 = no need */
     uint32_t *flush;    /* connections with bytes to send after this batch */
     uint32_t nflush;
-    uint64_t queued_bytes; /* sum of wk_conn_queued() over all connections */
+    uint64_t queued_bytes;               /* sum of wk_conn_queued() over all connections */
+    struct sendq *sq_cache[WK_SQ_CACHE]; /* free send queues (conn.c) */
+    uint8_t *small_cache[WK_SQ_CACHE];   /* free WK_SQ_SMALL-byte buffers */
+    uint32_t n_sq_cache, n_small_cache;
 
     struct ctl_client ctl[WK_MAX_CTL];
     int peer_fd[TH_MAX_WORKERS]; /* lazily opened, non-blocking, to other workers */
@@ -159,12 +172,13 @@ struct worker {
 
     uint32_t feeding; /* connection whose reader is running (its buffer must stay), or UINT32_MAX */
     int accepting;    /* multishot accept armed */
-    uint32_t accept_gen;   /* generation of the current accept request */
-    int accept_paused;     /* EMFILE/ENFILE, table full or no SQE: re-arm at the next tick */
-    int ctl_accept_paused; /* control accept could not be armed: retried at the next tick */
-    uint64_t beat_mono;    /* last heartbeat stamp (monotonic ns) */
-    uint64_t adopting;     /* peers whose adopter the supervisor made us */
-    uint64_t adopt_mask;   /* ... of those, the ones with a readiness poll armed */
+    uint32_t accept_gen;    /* generation of the current accept request */
+    int accept_paused;      /* EMFILE/ENFILE, table full or no SQE: re-arm at the next tick */
+    int ctl_accept_paused;  /* control accept could not be armed: retried at the next tick */
+    uint64_t beat_mono;     /* last heartbeat stamp (monotonic ns) */
+    uint64_t released_seen; /* th_proc_sh.released at the last tick (conn.c) */
+    uint64_t adopting;      /* peers whose adopter the supervisor made us */
+    uint64_t adopt_mask;    /* ... of those, the ones with a readiness poll armed */
     uint32_t adopt_gen[TH_MAX_WORKERS]; /* generation of each adopted listener's poll */
     int draining;
     uint32_t drain_deadline_s;
@@ -195,7 +209,9 @@ void wk_conn_finish(struct worker *w, uint32_t idx);
 void wk_conn_abort(struct worker *w, uint32_t idx);
 void wk_conn_maybe_free(struct worker *w, uint32_t idx);
 void wk_conn_unregister(struct worker *w, uint32_t idx);
+void wk_conn_cache_free(struct worker *w);
 void wk_conn_tick(struct worker *w);
+void wk_conn_opened(struct worker *w, uint32_t idx, uint32_t exp_s);
 size_t wk_conn_user(const struct worker *w, const struct conn *c, char out[TH_USER_MAX + 1]);
 
 /* upgrade.c */

@@ -18,7 +18,11 @@
  *
  * The worker checks (slot, gen) against the connection it holds in that
  * slot, so a message for a connection that went away never reaches another
- * connection that reuses the slot: it answers TH_HO_GONE instead.
+ * connection that reuses the slot: it answers TH_HO_GONE instead. A
+ * delivery found through the registry index alone (TH_HO_F_USER: the
+ * notifier never read the slot, so it knows no gen) names the user instead,
+ * and the worker delivers only if that slot is live, its own and holds
+ * exactly that user id (th_reg_confirm), else TH_HO_GONE.
  */
 #ifndef TETHER_SHM_RT_CHANNEL_H
 #define TETHER_SHM_RT_CHANNEL_H
@@ -78,6 +82,14 @@ struct th_ho_msg {
  * the same frame, sent once). Without a previous request it is TH_HO_BAD.
  */
 #define TH_HO_F_SAME_FRAME 2u
+/*
+ * USER: gen is unknown (sent 0, ignored); conn is the user id's length (1 to
+ * TH_USER_MAX) and the payload is the id followed by the frame (len counts
+ * both; with SAME_FRAME, the previous request's id and frame). The worker
+ * confirms the id against its slot (above). An id length of 0, past 64 or
+ * past len is TH_HO_BAD.
+ */
+#define TH_HO_F_USER 4u
 
 /*
  * Connect to worker index's control socket (SOCK_CLOEXEC; SOCK_NONBLOCK when

@@ -7,6 +7,8 @@
 #ifdef TETHER_STAGES
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_RECORDS (1u << 20)
@@ -29,6 +31,45 @@ void th_stage_mark(uint64_t key, enum th_stage st, uint64_t mono_ns)
         return;
     }
     recs[nrecs++] = (struct rec){key, mono_ns, (uint32_t)st};
+}
+
+uint64_t th_stage_wake_ns;
+static uint64_t cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t wake_cpu;
+
+void th_stage_woke(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    th_stage_wake_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    wake_cpu = cpu_ns();
+}
+
+void th_stage_iter(void)
+{
+    uint64_t w = th_stage_wake_ns, c = wake_cpu;
+    th_stage_woke();
+    if (w && th_stage_wake_ns - w > 200000) {
+        th_stage_mark(w, TH_ST_ITER, th_stage_wake_ns);
+        th_stage_mark(w, TH_ST_ITER_CPU, wake_cpu - c);
+    }
+}
+
+uint64_t th_stage_tns(const void *p, size_t n)
+{
+    const char *t = memmem(p, n, "\"t_ns\":", 7);
+    if (!t)
+        return 0;
+    uint64_t v = 0;
+    for (t += 7; t < (const char *)p + n && *t >= '0' && *t <= '9'; t++)
+        v = v * 10 + (uint64_t)(*t - '0');
+    return v;
 }
 
 void th_stage_flush(void)

@@ -13,7 +13,9 @@ clients.
   tether_broker_reconnects_total counts it.
 - SIGSTOP of every process of node c: users held on c alone get 503, users
   held on a and c get 200 with a's connection (nodes 1), users on b get 200,
-  each answer bounded (no hang); after SIGCONT c answers again (nodes 2).
+  each answer bounded (no hang; a 503 because a running node confirmed
+  late on a loaded machine is asked again: delivered()); after SIGCONT c
+  answers again (nodes 2).
   Node c runs with --hung-after 600 so its own supervisor does not replace
   its just-resumed workers (that is the hung issue's business, not this one).
 - kill -9 of node c's whole process group: its clients reconnect to a and
@@ -48,6 +50,23 @@ async def timed_notify(group, user, data):
     t0 = time.monotonic()
     st, body = await notify(group, user, data)
     return st, body, time.monotonic() - t0
+
+
+async def delivered(tc, group, user, want, data, tries=5):
+    """A notify whose user is held on running nodes only: 200 with (connections,
+    nodes) == want, every answer within the bound. A 503 "unavailable" is what
+    CONTRACT.md (Backend API, Cluster) has a node answer when a running node's
+    confirmation missed the handoff timeout, which a loaded machine causes
+    (seen under ASan at load 12: b confirmed a's request after 200 ms): that
+    request is made again, at most tries times. A fault that keeps b's users
+    from being reached still fails every time; a 404 or another count at once."""
+    for i in range(tries):
+        st, body, dt = await timed_notify(group, user, data)
+        tc.assertLess(dt, HANDOFF_S + MARGIN_S)
+        if (st, body.get("status")) == (503, "unavailable") and i + 1 < tries:
+            continue
+        tc.assertEqual((st, body.get("connections"), body.get("nodes")), (200,) + want, body)
+        return body
 
 
 
@@ -168,12 +187,8 @@ class ClusterFaults(unittest.TestCase):
                     st, body, dt = await timed_notify(self.a, "only-c", {"r": rounds})
                     self.assertEqual((st, body["status"]), (503, "unavailable"), body)
                     self.assertLess(dt, HANDOFF_S + MARGIN_S)
-                    st, body, dt = await timed_notify(self.b, "both-ac", {"r": rounds})
-                    self.assertEqual((st, body["connections"], body["nodes"]), (200, 1, 1), body)
-                    self.assertLess(dt, HANDOFF_S + MARGIN_S)
-                    st, body, dt = await timed_notify(self.a, "only-b", {"r": rounds})
-                    self.assertEqual((st, body["connections"], body["nodes"]), (200, 1, 1), body)
-                    self.assertLess(dt, HANDOFF_S + MARGIN_S)
+                    await delivered(self, self.b, "both-ac", (1, 1), {"r": rounds})
+                    await delivered(self, self.a, "only-b", (1, 1), {"r": rounds})
                     await asyncio.sleep(0.2)
                 os.killpg(self.c.proc.pid, signal.SIGCONT)
                 self.__class__.stopped = False
@@ -206,9 +221,7 @@ class ClusterFaults(unittest.TestCase):
                 self.assertEqual(st, 200, body)
                 os.killpg(self.c.proc.pid, signal.SIGKILL)
                 await in_thread(self.c.proc.wait, 10)
-                st, body, dt = await timed_notify(self.b, "k-shared", {"n": "after"})
-                self.assertEqual((st, body["connections"], body["nodes"]), (200, 1, 1), body)
-                self.assertLess(dt, HANDOFF_S + MARGIN_S)
+                await delivered(self, self.b, "k-shared", (1, 1), {"n": "after"})
                 for ws in wss:  # their node is gone
                     await ws.close()
                 worst = 0.0

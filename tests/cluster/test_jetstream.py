@@ -18,6 +18,15 @@ with --nats and the mailbox on; Debian's python3-websockets as the client.
 - a node's notifier (its mirror) killed with SIGKILL while another node
   stores for its client: a resume there waits for the restarted notifier's
   refill and gets everything (recovered true);
+- a message put in the stream by a raw NATS client with a frame that is not
+  UTF-8, or a Tether-At inside a character, is dropped by the mirrors: the
+  user's client never gets it (and stays connected), a resume never replays it;
+- a Tether-Ttl past --mailbox-ttl (whose nanoseconds wrap around 2^64) keeps
+  the cached entry --mailbox-ttl, not a wrapped fraction of a second;
+- a node's notifier SIGSTOPped while another node stores for its client: a
+  resume there waits (the notifier's pid is alive but it mirrors nothing),
+  the supervisor replaces it after --hung-after, and the resume gets every
+  notification (recovered true);
 - JetStream away (nats-server stopped): a user held here still gets the
   frame and the reply says "stored":false; a user held nowhere gets 503,
   never 202; the server back (same store): stores work again, same epoch.
@@ -40,7 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import harness as th  # noqa: E402
 from harness.aio import connect, in_thread, nothing_more, notify, wait_connected  # noqa: E402
 from harness.faults import role_pids  # noqa: E402
-from harness.nats import NatsServer, finish_all, kill_group  # noqa: E402
+from harness.nats import NatsServer, bare_send, finish_all, kill_group  # noqa: E402
 
 CAUGHT_UP = "JetStream mirror caught up"
 
@@ -105,6 +114,17 @@ class JetStreamMailbox(unittest.TestCase):
         st, body = g.notify(user, data, nid=nid)
         self.assertIn(st, (200, 202), body)
         self.assertNotIn("stored", body)  # "stored":false only when JetStream failed
+        return body
+
+    def post_stored(self, g, user, data):
+        """post, where the user's node may still be subscribed for a moment after
+        its notifier was SIGKILLed (the broker has not yet seen the socket close):
+        the asking node then waits for a confirmation that cannot come and answers
+        503 at the handoff timeout, honestly, with the seq it stored."""
+        st, body = g.notify(user, data)
+        self.assertIn(st, (200, 202, 503), body)
+        self.assertIn("seq", body, body)
+        self.assertNotIn("stored", body)
         return body
 
     def test_1_offline_then_resume_on_another_node(self):
@@ -265,32 +285,138 @@ class JetStreamMailbox(unittest.TestCase):
                 await ws.close()
         th.aio.run(go(), timeout=90)
 
+    async def seen_then_gone(self, user):
+        """user's client on b gets one notification stored through c and
+        leaves (its connection gone from b's registry): returns b's epoch, that
+        notification's answer and the CAUGHT_UP lines b has logged so far."""
+        ws, r, _ = await resume(self.b, user, 0)
+        epoch = r["epoch"]
+        await wait_connected(self.b, user, 1)
+        first = self.post(self.c, user, {"n": 0})
+        self.assertEqual((await recv_json(ws))["seq"], first["seq"])
+        await ws.close()
+        await wait_for_gone(self.b, user)
+        return epoch, first, self.b.log().count(CAUGHT_UP)
+
+    async def refilled(self, ws, r, epoch, seqs, caught):
+        """After b's notifier was replaced: the resume answered r got every seq
+        in seqs, in order, under its epoch (or said it was not recovered, only
+        after the worker logged why: a slow restart), and b's new notifier
+        caught up (one more CAUGHT_UP line than caught). Closes ws."""
+        try:
+            if not r["recovered"]:
+                self.assertIn("cluster mailbox cache is still behind", self.b.log(), r)
+            else:
+                self.assertEqual(r["epoch"], epoch, r)
+                frames = [await recv_json(ws) for _ in seqs]
+                self.assertEqual([f["seq"] for f in frames], seqs)
+        finally:
+            await ws.close()
+        self.assertTrue(th.wait_until(lambda: self.b.log().count(CAUGHT_UP) > caught, 20))
+
     def test_6_notifier_killed_cache_refills(self):
         """b's notifier (its mirror) SIGKILLed while others store for b's client:
         a resume on b waits for the new notifier's refill, nothing missing."""
         async def go():
-            ws, r, _ = await resume(self.b, "js-frank", 0)
-            epoch = r["epoch"]
-            await wait_connected(self.b, "js-frank", 1)
-            first = self.post(self.c, "js-frank", {"n": 0})
-            self.assertEqual((await recv_json(ws))["seq"], first["seq"])
-            await ws.close()
-            await wait_for_gone(self.b, "js-frank")
-            caught = self.b.log().count(CAUGHT_UP)
+            epoch, first, caught = await self.seen_then_gone("js-frank")
             os.kill(role_pids(self.b)["tether-notifier"], signal.SIGKILL)
-            seqs = [self.post(self.c, "js-frank", {"n": i})["seq"] for i in (1, 2, 3)]
+            seqs = [self.post_stored(self.c, "js-frank", {"n": i})["seq"] for i in (1, 2, 3)]
             # At once: the worker waits (up to 10 s) while b's notifier is dead or refilling.
             ws, r, frames = await resume(self.b, "js-frank", first["seq"], epoch, n=0, timeout=20)
+            await self.refilled(ws, r, epoch, seqs, caught)
+        th.aio.run(go(), timeout=60)
+
+    def test_6b_notifier_stopped_then_replaced(self):
+        """b's notifier SIGSTOPped (alive by its pid, mirroring nothing) while c
+        stores for b's client: a resume on b meanwhile waits for the cache instead
+        of answering from it; the supervisor replaces the stopped notifier after
+        --hung-after and the resume then gets everything, nothing missing. (It was
+        answered at once, recovered true with nothing replayed, and the successor
+        handed the three only to connections older than them: a gap.)"""
+        async def go():
+            epoch, first, caught = await self.seen_then_gone("js-gina")
+            pid = role_pids(self.b)["tether-notifier"]
+            os.kill(pid, signal.SIGSTOP)
             try:
-                if not r["recovered"]:  # allowed only after the worker said why (a slow restart)
-                    self.assertIn("cluster mailbox cache is still behind", self.b.log(), r)
-                else:
-                    self.assertEqual(r["epoch"], epoch, r)
-                    frames = [await recv_json(ws) for _ in range(3)]
-                    self.assertEqual([f["seq"] for f in frames], seqs)
+                # The scenario is a notifier stopped for longer than a heartbeat (the worker
+                # tells a stopped one by its beat, TH_HEARTBEAT_NS): a time, not a condition.
+                await asyncio.sleep(0.3)
+                seqs = [self.post_stored(self.c, "js-gina", {"n": i})["seq"] for i in (1, 2, 3)]
+                ws, r, frames = await resume(self.b, "js-gina", first["seq"], epoch, n=0,
+                                             timeout=30)
+                # Stopped until the supervisor replaces it (a SIGCONT before would let it
+                # mirror on and hand the three over live, hiding the gap).
+                self.assertTrue(th.wait_until(
+                    lambda: role_pids(self.b).get("tether-notifier") not in (None, pid), 30))
+            finally:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            await self.refilled(ws, r, epoch, seqs, caught)
+        th.aio.run(go(), timeout=90)
+
+    def test_7_stream_frames_clients_cannot_take(self):
+        """Anyone allowed to publish on tether.m.* can put bytes in the stream: a
+        message whose frame is not UTF-8, or whose Tether-At would splice seq and
+        epoch into the middle of a character, is dropped by every mirror (counted,
+        logged) instead of going to the user's client as a text frame (which the
+        client must fail its connection on) or into the cache for replays."""
+        user = "js-bad"
+        hexu = user.encode().hex()
+        bad = [(b'{"type":"x","id":"bad1","data":"\xff"}', 1),
+               ('{"type":"x","id":"bad2","data":"\u00e9"}'.encode(), 33)]  # inside the e-acute
+        async def go():
+            ws = await connect(self.a.ws_url(user))
+            try:
+                await wait_connected(self.a, user, 1)
+                logged = self.a.log().count("dropped a malformed stream message")
+                for k, (body, at) in enumerate(bad):
+                    await in_thread(hpub, self.nats.port, "tether.m." + hexu, [
+                        ("Nats-Msg-Id", "%s-%s" % (hexu, ("bad%d" % (k + 1)).encode().hex())),
+                        ("Tether-At", str(at)), ("Tether-Ttl", "60")], body)
+                self.assertTrue(th.wait_until(lambda: self.a.log().count(
+                    "dropped a malformed stream message") > logged, 10), self.a.log()[-3000:])
+                body = self.post(self.b, user, {"n": 1})
+                while True:  # nothing before it but frames that parse
+                    msg = await recv_json(ws)
+                    self.assertNotIn(msg.get("id"), ("bad1", "bad2"), msg)
+                    if msg.get("id") == body["id"]:
+                        break
+                self.assertEqual(msg["data"], {"n": 1})
             finally:
                 await ws.close()
-            self.assertTrue(th.wait_until(lambda: self.b.log().count(CAUGHT_UP) > caught, 20))
+            # One frame, replayed or live: c's mirror may apply b's store just
+            # after the resume's snapshot (resume() says why that is gap-free).
+            ws, r, frames = await resume(self.c, user, 0, n=1)
+            try:
+                self.assertEqual([f["id"] for f in frames], [body["id"]], (r, frames))
+                self.assertTrue(await nothing_more(ws), "the frame came twice")
+            finally:
+                await ws.close()
+        th.aio.run(go(), timeout=60)
+
+    def test_8_stream_ttl_past_the_mailbox_ttl(self):
+        """Tether-Ttl is at most --mailbox-ttl when a node writes it; a larger one
+        from another publisher keeps the entry --mailbox-ttl, no longer and no
+        shorter: 18446744074 s times 10^9 wraps around 2^64 to 0.29 s, and the
+        mirrors used to drop the entry from their caches that soon."""
+        user = "js-ttl"
+        hexu = user.encode().hex()
+        body = b'{"type":"x","id":"ttl1","data":{}}'
+        async def go():
+            await in_thread(hpub, self.nats.port, "tether.m." + hexu, [
+                ("Nats-Msg-Id", "%s-%s" % (hexu, b"ttl1".hex())),
+                ("Tether-At", str(len(b'{"type":"x","id":"ttl1"'))),
+                ("Tether-Ttl", "18446744074")], body)
+            self.assertTrue(th.wait_until(lambda: self.c.api("GET", "/v1/presence/" + user)[1]
+                                          .get("mailbox", {}).get("seq", 0) > 0, 10))
+            await asyncio.sleep(1.0)  # the time the bug needed: past the wrapped 0.29 s
+            ws, r, frames = await resume(self.c, user, 0)
+            try:
+                self.assertEqual([f["id"] for f in frames], ["ttl1"], (r, frames))
+            finally:
+                await ws.close()
         th.aio.run(go(), timeout=60)
 
     def test_9_jetstream_down(self):
@@ -328,6 +454,14 @@ class JetStreamMailbox(unittest.TestCase):
             finally:
                 await ws.close()
         th.aio.run(go(), timeout=60)
+
+
+def hpub(port, subject, headers, payload):
+    """Publish one message with NATS headers from a bare protocol client."""
+    hdr = b"NATS/1.0\r\n" + b"".join(b"%s: %s\r\n" % (k.encode(), v.encode())
+                                      for k, v in headers) + b"\r\n"
+    bare_send(port, b"HPUB %s %d %d\r\n%s%s\r\n"
+              % (subject.encode(), len(hdr), len(hdr) + len(payload), hdr, payload), headers=True)
 
 
 async def wait_for_gone(g, user, timeout=5):

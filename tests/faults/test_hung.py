@@ -14,7 +14,9 @@ by its heartbeat alone and replaced the same way. A stopped janitor and a
 stopped notifier are replaced within the bound and no client of a worker
 is disconnected. A worker that is starved (runnable, kept waiting for a CPU
 well past --hung-after, as on an overcommitted machine) is not hung: it is
-neither declared nor killed, and its clients stay connected and served.
+neither declared nor killed, and its clients stay connected and served;
+while it is starved, new clients go to the other worker and /healthz flags
+it "starved" (not "hung"); once it beats again it takes clients again.
 """
 import asyncio
 import os
@@ -328,6 +330,39 @@ class Hung(unittest.TestCase):
             th.aio.run(go(), 60)
 
     @unittest.skipUnless(Starve.possible(), "needs root (nice -20), two CPUs and /proc/PID/schedstat")
+    async def starved_is_left_out(self, g, victim, name, starving):
+        """While `victim` is starved: /healthz flags it starved (not hung; the
+        status still counts its old heartbeat as down), the steering set is
+        the other worker alone, and clients connecting meanwhile all land
+        there and are answered. Returns those clients (open)."""
+        other = 1 - victim
+        at = starving.search(g.log()).end()
+        alone = re.compile(r"new clients go to workers %d\n" % other)
+        self.assertTrue(await wait_for(lambda: alone.search(g.log(), at), 10), events(g))
+
+        def flagged():
+            st, hb = healthz(g)
+            return hb and st == 503 and name in hb["starved"] and name not in hb["hung"] and \
+                [w["starved"] for w in hb["workers"] if w["index"] == victim] == [True]
+        self.assertTrue(await wait_for(flagged, 10, 0.1), healthz(g))
+        steer_lines = re.compile(r"new clients go to workers [0-9,]+\n")
+
+        def still_alone():  # the set has not changed back since (the victim did not beat)
+            lines = steer_lines.findall(g.log(), at)
+            return bool(lines) and lines[-1] == "new clients go to workers %d\n" % other
+        fresh = []
+        for k in range(8):
+            if not still_alone():
+                break
+            f = await in_thread(wsraw.WS, g.port, g.token("fresh-%d" % k))
+            fresh.append(f)
+            self.assertEqual((await in_thread(f.app_ping, 10))["type"], "pong")
+        d = await in_thread(g.dump)
+        where = {c["user_id"]: c["worker"] for c in d["connections"]}
+        self.assertGreaterEqual(len(fresh), 6, "the victim beat again too soon:\n" + events(g))
+        self.assertEqual({where["fresh-%d" % k] for k in range(len(fresh))}, {other}, where)
+        return fresh
+
     def test_starved_worker_is_left_running(self):
         """A worker kept runnable but off the CPU (harness.faults.Starve, fed
         by a client flooding it with acks so it always has work) is not
@@ -364,6 +399,7 @@ class Hung(unittest.TestCase):
                     # killed at --hung-after).
                     ok = await wait_for(lambda: starving.search(g.log()), 30, 0.1)
                     self.assertTrue(ok, "never starved past --hung-after:\n" + events(g))
+                    fresh = await self.starved_is_left_out(g, victim, name, starving)
                     self.assertTrue(await wait_for(old_heartbeat, 30, 0.1), seen)
                 finally:
                     starve.stop()
@@ -373,6 +409,13 @@ class Hung(unittest.TestCase):
                                   % (re.escape(name), pid))
                 self.assertTrue(await wait_for(lambda: back.search(g.log()), 30, 0.1), events(g))
                 self.assertTrue(await wait_for(lambda: healthz(g)[0] == 200, 10), healthz(g))
+                # Beating again: steered to again, and no longer flagged.
+                both = re.compile(r"new clients go to workers 0,1\n")
+                at = back.search(g.log()).end()
+                self.assertTrue(await wait_for(lambda: both.search(g.log(), at), 10), events(g))
+                st, hb = healthz(g)
+                self.assertEqual(hb["starved"], [], hb)
+                self.assertFalse(any(w["starved"] for w in hb["workers"]), hb)
                 st, hb = healthz(g)
                 self.assertEqual([w["pid"] for w in hb["workers"] if w["index"] == victim], [pid])
                 log = g.log()
@@ -386,11 +429,14 @@ class Hung(unittest.TestCase):
                 await self.reachable(g, clients, clients, "fed")
                 self.assertEqual((await in_thread(ws.app_ping, 10))["type"], "pong")
                 ws.close()
+                for f in fresh:
+                    self.assertEqual((await in_thread(f.app_ping, 10))["type"], "pong")
+                    f.close()
                 for c in clients.values():
                     await c.close()
                 print("\nstarved worker: heartbeat %.1f s old at most, %d acks flooded, left "
-                      "running (%d of its clients kept)" % (seen["age"], flood.sent, len(victims)),
-                      file=sys.stderr)
+                      "running (%d of its clients kept, %d new clients steered to the other)"
+                      % (seen["age"], flood.sent, len(victims), len(fresh)), file=sys.stderr)
             th.aio.run(go(), 120)
 
 

@@ -85,9 +85,13 @@ class KillRoles(unittest.TestCase):
         self.g.__exit__(None, None, None)
 
     async def open_spread(self):
-        """Clients until every worker serves at least one (the kernel picks the worker)."""
+        """Clients until every worker serves at least one (the kernel picks the
+        worker among those the supervisor steers to: each open waits until
+        that is every worker)."""
         clients = {}
         for i in range(40):
+            self.assertTrue(await wait_for(self.g.steered_to_all, 10),
+                            "new clients never went to every worker")
             u = "user-%d" % i
             clients[u] = await Client(self.g, u, ping_every=0.5).open()
             if len(clients) >= 6:

@@ -6,11 +6,13 @@
  * exact copy; ASan), an accepted message (a reply, each line of a batch of
  * replies) re-encodes to a string the same parser accepts again with the
  * same fields (ids and users round-trip
- * through their hex forms), counts stay within their bounds, and a refusal
+ * through their hex forms), counts stay within their bounds, an accepted
+ * request's frame is 1 to TH_CM_FRAME_MAX bytes of UTF-8, and a refusal
  * is -EINVAL.
  */
 #include "tests/fuzz/fuzz.h"
 #include "notifier/cluster_msg.h"
+#include "shm/proto/utf8.h"
 
 #include <errno.h>
 
@@ -109,7 +111,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *frame;
     size_t flen;
     if (th_cm_request(copy, size - 1, &nseq, &frame, &flen) == 0)
-        FUZZ_CHECK(flen + TH_CM_REQ_HDR == size - 1, "frame length");
+        FUZZ_CHECK(flen + TH_CM_REQ_HDR == size - 1 && flen >= 1 && flen <= TH_CM_FRAME_MAX &&
+                       th_utf8_feed(TH_UTF8_ACCEPT, (const uint8_t *)frame, flen) == TH_UTF8_ACCEPT,
+                   "frame: length and UTF-8");
     char s[BUF];
     if (th_cm_text(copy, size - 1, s, sizeof(s)) >= 0) {
         int flag;
@@ -132,6 +136,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             th_cm_holder(s, &id, &flag);
             int k = th_cm_reply_token(s, &i, &g);
             FUZZ_CHECK(k == 'b' || k == 'p' || k == 'd' || k == -EINVAL, "%d", k);
+            char bs[64];
+            int bl = th_cm_batch_subject(s, bs, sizeof(bs));
+            FUZZ_CHECK(bl == -EINVAL || ((size_t)bl == strlen(bs) && bl >= 2 &&
+                                         memcmp(bs + bl - 2, ".b", 2) == 0 &&
+                                         strncmp(bs, s, (size_t)bl - 2) == 0),
+                       "batch subject %d", bl);
         }
     }
     free(copy);

@@ -150,13 +150,21 @@ static int date_ok(double v)
 
 static int claims_ok(json_t *pj, char *sub, size_t *sub_len);
 
+/* The claims with their numbers as reals, as the verifier reads them: NumericDate is
+ * any JSON number, and an unknown claim holding an integer past 2^63 is still valid
+ * JSON (jansson's default would reject it as "too big integer"). */
+static json_t *load_claims(const char *p, size_t pn)
+{
+    return json_loadb(p, pn, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, NULL);
+}
+
 /* The contract's verdict on a signed token made of these two JSON texts. */
 static int reference_ok(const char *h, size_t hn, const char *p, size_t pn, char *sub,
                         size_t *sub_len)
 {
     int ok = 0;
     json_t *hj = json_loadb(h, hn, JSON_REJECT_DUPLICATES, NULL);
-    json_t *pj = json_loadb(p, pn, JSON_REJECT_DUPLICATES, NULL);
+    json_t *pj = load_claims(p, pn);
     if (!json_is_object(hj) || !json_is_object(pj))
         goto out;
     json_t *alg = json_object_get(hj, "alg");
@@ -292,7 +300,7 @@ static void mode_eddsa(const uint8_t *p, size_t pn)
     free(tok);
     struct th_jwt_claims c;
     int r = th_jwt_verify_keys(exact, o, &mixed, NULL, NOW, &c);
-    json_t *pj = json_loadb((const char *)p, pn, JSON_REJECT_DUPLICATES, NULL);
+    json_t *pj = load_claims((const char *)p, pn);
     char sub[65];
     size_t sub_len = 0;
     int ref = o <= TH_JWT_MAX_TOKEN && json_is_object(pj) && claims_ok(pj, sub, &sub_len);

@@ -16,6 +16,7 @@ import http.client
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -94,6 +95,7 @@ class Group:
         ssl.SSLContext for a group started with --api-tls-cert (api() then
         speaks https://, api_url says so)."""
         self.api_ssl = api_ssl
+        self.workers = workers
         self.tmp = tempfile.mkdtemp(prefix="tether-it-")
         self.bin_dir = bin_dir or BIN
         port_fn = port_fn or free_port
@@ -199,10 +201,22 @@ class Group:
         self.close()
         if exc_type is None:
             self.check_sanitizers()
-        elif sanitizer.reports(self.log()):
+            return False
+        if sanitizer.reports(self.log()):
             # The test already failed; still show the report it may explain.
             print("\n".join(sanitizer.reports(self.log())), file=sys.stderr)
+        self.print_warnings()
         return False
+
+    def print_warnings(self, last=40):
+        """After a failure: the group's WARN and ERROR lines (a hung or killed
+        role, a handoff that timed out) where ctest --output-on-failure keeps
+        them; the log itself is in a temporary directory CI does not keep."""
+        lines = [line for line in self.log().splitlines() if " WARN " in line or " ERROR " in line]
+        print("group %s, log %s: %d WARN/ERROR lines%s" % (self.shm_name, self.log_path, len(lines),
+              ", the last %d:" % last if len(lines) > last else ":"), file=sys.stderr)
+        for line in lines[-last:]:
+            print("  " + line[:300], file=sys.stderr)
 
     # -- clients -----------------------------------------------------------
     def token(self, user, **kw):
@@ -265,6 +279,15 @@ class Group:
                 return f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def steered_to_all(self):
+        """True when the supervisor's last steering line names every worker:
+        /healthz is 200 once each worker has beaten, but the supervisor puts a
+        worker into the steering set at its next tick (and leaves a starved
+        one out), so a test that needs clients on every worker waits for this
+        first (the line is info: the group must log at info or debug)."""
+        lines = re.findall(r"new clients go to workers ([0-9,]+)\n", self.log())
+        return bool(lines) and lines[-1] == ",".join(str(w) for w in range(self.workers))
 
     def wait_log(self, needle, timeout=10):
         deadline = time.time() + timeout

@@ -193,6 +193,25 @@ class Cut:
         self.lsock.close()
 
 
+def bare_send(port, commands, headers=False):
+    """Send NATS protocol commands (bytes: PUB/HPUB lines with their payloads)
+    from a bare client that is not libnats, as anyone allowed on the broker
+    could, and wait for the server's PONG: every command was taken (a -ERR
+    fails the test)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        f = s.makefile("rb")
+        f.readline()  # INFO
+        connect = b'CONNECT {"verbose":false,"pedantic":false%s}\r\n' % (
+            b',"headers":true' if headers else b"")
+        s.sendall(connect + commands + b"PING\r\n")
+        while True:
+            line = f.readline()
+            if not line or line.startswith(b"PONG"):
+                return
+            if line.startswith(b"-ERR"):
+                raise AssertionError(line)
+
+
 def js_api(port, subject, body=b"", timeout=5):
     """One JetStream API request over a plain NATS connection: the reply's JSON."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:

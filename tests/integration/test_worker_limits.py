@@ -7,6 +7,7 @@ on a live connection.
 """
 import asyncio
 import os
+import subprocess
 import sys
 import unittest
 
@@ -66,6 +67,31 @@ class Limits(unittest.TestCase):
                 for ws in held[1:] + [extra]:
                     await ws.close()
             run(go())
+            stop_and_check(self, g)
+
+    def test_slot_released_elsewhere_4001(self):
+        # Another process releases a silent client's slot and tells nobody (the janitor's
+        # direct release while a worker does not answer, or a cap claim whose 4001 request
+        # got lost): the owner worker finds out by itself and closes the connection with
+        # 4001, while the other client on the same worker stays served. The wait is a bound,
+        # not a measure: the owner looks at the next tick after the release is counted.
+        helper = os.path.join(os.path.dirname(os.environ.get("TETHER_BIN", "build/bin")), "tests",
+                              "th_release_slot")
+        with Group(workers=1) as g:
+            async def go():
+                victim = await connect(g.ws_url("l-lost"))
+                other = await connect(g.ws_url("l-kept"))
+                self.assertTrue(wait_until(lambda: len(slots_of(g)) == 2, timeout=5))
+                r = subprocess.run([helper, g.shm_name, "l-lost"], capture_output=True, text=True,
+                                   timeout=30)
+                self.assertEqual((r.returncode, r.stdout.strip()), (0, "1"), r.stderr)
+                self.assertEqual(await closed_code(victim, timeout=30), 4001)
+                self.assertEqual(slots_of(g, "l-lost"), [])
+                self.assertEqual((await app_ping(other))["type"], "pong")
+                self.assertEqual(len(slots_of(g, "l-kept")), 1)
+                await other.close()
+            run(go(), timeout=60)
+            self.assertIn("lost registry slot", g.log())
             stop_and_check(self, g)
 
     def test_token_expiry_1008(self):

@@ -178,6 +178,54 @@ class Session(GroupTestCase):
             s.send(req(41, code=2, payload=b"") + req(42))
             self.assertEqual([(r[2], r[5]) for r in replies(s)], [(3, 41)])
 
+    def test_delivery_by_user_is_confirmed_against_the_slot(self):
+        """TH_HO_F_USER (shm/rt/channel.h): the notifier names (slot, user id)
+        without a gen; the owner delivers only when its slot holds exactly
+        that id, answers GONE for any other id, prefix or slot, and BAD for an
+        id length of 0, past 64 or past the payload."""
+        hdr = "<IHHIIQIIQ"
+        size = struct.calcsize(hdr)
+        user = "s-byuser-" + "x" * 45  # 54 bytes: past the 48 on the slot's first line
+
+        def req(seq, slot, uid, frame=b'{"n":1}', code=4, ulen=None, length=None):
+            body = uid.encode() + frame
+            n = len(body) if length is None else length
+            ul = len(uid.encode()) if ulen is None else ulen
+            return struct.pack(hdr, 0x54480001, 1, code, slot, 0, seq, n, ul, 0) + body
+
+        def replies(s):
+            data = s.recv(1 << 16)
+            self.assertEqual(len(data) % size, 0, data)
+            return [(r[2], r[5]) for r in (struct.unpack(hdr, data[i:i + size]) for i in range(0, len(data), size))]
+
+        async def go():
+            ws = await connect(self.g.ws_url(user))
+            row = wait_until(lambda: slots_of(self.g, user), timeout=5)[0]
+            slot, w = row["slot"], row["worker"]
+            other = slot - 1 if slot > 0 else slot + 1
+            path = os.path.join(self.g.env["TETHER_RUNTIME_DIR"], "worker-%d.sock" % w)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+                s.settimeout(5)
+                s.connect(path)
+                s.send(req(1, slot, user, b'{"n":1}'))
+                self.assertEqual(replies(s), [(0, 1)])
+                self.assertEqual(json.loads(await asyncio.wait_for(ws.recv(), 5)), {"n": 1})
+                # Another id (last byte, a prefix, a longer one), another slot: GONE, nothing sent.
+                s.send(req(2, slot, user[:-1] + "y") + req(3, slot, user[:-1]) + req(4, slot, user + "z")
+                       + req(5, other, user))
+                self.assertEqual(replies(s), [(1, 2), (1, 3), (1, 4), (1, 5)])
+                # SAME_FRAME with USER: the previous request's id and frame (conn: the id's length).
+                same = struct.pack(hdr, 0x54480001, 1, 4 | 2, slot, 0, 7, 0, len(user), 0)
+                s.send(req(6, slot, user, b'{"n":2}') + same)
+                self.assertEqual(replies(s), [(0, 6), (0, 7)])
+                self.assertEqual(json.loads(await asyncio.wait_for(ws.recv(), 5)), {"n": 2})
+                self.assertEqual(json.loads(await asyncio.wait_for(ws.recv(), 5)), {"n": 2})
+                # Bad id lengths: BAD (parsing goes on after each).
+                s.send(req(8, slot, user, ulen=0) + req(9, slot, user, ulen=65) + req(10, slot, "ab", frame=b"", ulen=3))
+                self.assertEqual(replies(s), [(3, 8), (3, 9), (3, 10)])
+            self.assertEqual((await app_ping(ws))["type"], "pong")  # nothing else arrived before it
+            await ws.close()
+        run(go())
 
 if __name__ == "__main__":
     unittest.main()

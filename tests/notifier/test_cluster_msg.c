@@ -60,8 +60,31 @@ Test(cluster_msg, request_header)
     cr_assert_eq(fl, 2);
     cr_assert(f == msg + 12);
     cr_assert_eq(th_cm_request(msg, 11, &nseq, &f, &fl), -EINVAL, "short header");
+    cr_assert_eq(th_cm_request(msg, 12, &nseq, &f, &fl), -EINVAL, "no frame");
     cr_assert(th_cm_is_request(msg, 11));
     cr_assert(!th_cm_is_request("TN1 x", 5));
+}
+
+/* The frame goes to clients as a text frame: UTF-8 only, and no larger than the handoff takes. */
+Test(cluster_msg, request_frame_is_utf8_within_the_handoff)
+{
+    static char msg[TH_CM_REQ_HDR + TH_CM_FRAME_MAX + 1] = "TN1";
+    uint64_t nseq;
+    const char *f;
+    size_t fl;
+    memcpy(msg + 12, "\"\xc3\xa9\"", 4);
+    cr_assert_eq(th_cm_request(msg, 16, &nseq, &f, &fl), 0, "two-byte sequence");
+    memcpy(msg + 12, "\"\xff\"", 3);
+    cr_assert_eq(th_cm_request(msg, 15, &nseq, &f, &fl), -EINVAL, "0xff");
+    memcpy(msg + 12, "\"\xc3\"", 3);
+    cr_assert_eq(th_cm_request(msg, 15, &nseq, &f, &fl), -EINVAL, "cut sequence");
+    memcpy(msg + 12, "\"\xed\xa0\x80\"", 5);
+    cr_assert_eq(th_cm_request(msg, 17, &nseq, &f, &fl), -EINVAL, "surrogate");
+    memset(msg + 12, 'a', TH_CM_FRAME_MAX + 1);
+    cr_assert_eq(th_cm_request(msg, TH_CM_REQ_HDR + TH_CM_FRAME_MAX, &nseq, &f, &fl), 0);
+    cr_assert_eq(fl, TH_CM_FRAME_MAX);
+    cr_assert_eq(th_cm_request(msg, sizeof(msg), &nseq, &f, &fl), -EINVAL, "one byte over");
+    cr_assert(TH_CM_FRAME_MAX + TH_USER_MAX <= TH_HO_MAX_PAYLOAD);
 }
 
 Test(cluster_msg, replies)
@@ -206,4 +229,26 @@ Test(cluster_msg, reply_tokens)
                          "_3", "12_3x", "p",  "4294967296_1", "1_-1"};
     for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++)
         cr_assert_eq(th_cm_reply_token(bad[k], &i, &g), -EINVAL, "%s", bad[k]);
+}
+
+Test(cluster_msg, batch_subjects)
+{
+    char out[32];
+    /* An asker of now: single replies on "<I>.a.*", batches on "<I>.b". */
+    cr_assert_eq(th_cm_batch_subject("_INBOX.x.a.12_34", out, sizeof(out)), 10);
+    cr_assert_str_eq(out, "_INBOX.x.b");
+    /* An asker of before (one "<I>.*" subscription): "<I>.b" as before. */
+    cr_assert_eq(th_cm_batch_subject("_INBOX.x.12_34", out, sizeof(out)), 10);
+    cr_assert_str_eq(out, "_INBOX.x.b");
+    /* ".a" is only the asker's marker as a whole token. */
+    cr_assert_eq(th_cm_batch_subject("_INBOX.xa.1_2", out, sizeof(out)), 11);
+    cr_assert_str_eq(out, "_INBOX.xa.b");
+    cr_assert_eq(th_cm_batch_subject("a.1_2", out, sizeof(out)), 3);
+    cr_assert_str_eq(out, "a.b");
+    /* Bounded by cap with the NUL: 10 + 1 fits 11, not 10. */
+    cr_assert_eq(th_cm_batch_subject("_INBOX.x.a.1_2", out, 11), 10);
+    cr_assert_eq(th_cm_batch_subject("_INBOX.x.a.1_2", out, 10), -EINVAL);
+    const char *bad[] = {"", "1_2", ".1_2", "_INBOX.x.b", "_INBOX.x.p1_2", "_INBOX.x.a.", "x.a.1_"};
+    for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++)
+        cr_assert_eq(th_cm_batch_subject(bad[k], out, sizeof(out)), -EINVAL, "%s", bad[k]);
 }

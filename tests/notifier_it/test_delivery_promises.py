@@ -50,13 +50,15 @@ async def open_ws(g, user):
 
 async def devices_on_both_workers(tc, g, user, tries=40):
     """Connect devices of user until presence shows one on each of the 2
-    workers (the kernel picks the worker), then close the extras: returns
-    {worker index: websocket}."""
+    workers (the kernel picks the worker among those the supervisor steers
+    to: each connect waits until that is both), then close the extras:
+    returns {worker index: websocket}."""
     def per_worker():
         conns = g.api("GET", "/v1/presence/" + user)[1]["connections"]
         return [sum(1 for c in conns if c["worker"] == w) for w in (0, 1)]
     by_worker, extra, counts = {}, [], [0, 0]
     for _ in range(tries):
+        tc.assertTrue(await wait_for(g.steered_to_all, 10), "new clients never went to both workers")
         ws = await open_ws(g, user)
         n = sum(counts) + 1
         tc.assertTrue(await wait_for(lambda: sum(per_worker()) == n, 10), "presence never showed %d" % n)

@@ -14,6 +14,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import harness as th  # noqa: E402
 from harness.aio import api, connect_user, notify, wait_connected  # noqa: E402
 
+
+
+def user_hash(uid):
+    """th_user_hash (shm/registry.c): FNV-1a, then murmur3's fmix32."""
+    h = 2166136261
+    for c in uid.encode():
+        h = ((h ^ c) * 16777619) & 0xFFFFFFFF
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 # These suites test what a user without a live connection gets today (404):
@@ -134,6 +148,34 @@ class Delivery(unittest.TestCase):
             self.assertEqual([f["id"] for f in frames], [body["results"][k]["id"] for k in (0, 2, 4, 6)])
             for f in frames:
                 self.assertRegex(f["timestamp"], RFC3339)
+            await ws.close()
+        self.run_async(go())
+
+    def test_hash_twin_is_not_this_user(self):
+        """Two ids with the same registry hash (th_user_hash): the notify
+        path's index-only lookup names the connected twin's slot for the other
+        one too, and the owner worker's check against its slot turns it away:
+        404 with nothing delivered, never a frame to the wrong user; the real
+        user still gets exactly its own notifications, singly and in a batch."""
+        twin, other = "nmnazuedof", "cufsryzrur"  # found by a birthday search over random ids
+        self.assertEqual(user_hash(twin), user_hash(other), "the pair no longer collides")
+
+        async def go():
+            ws = await connect_user(self.g, twin)
+            await wait_connected(self.g, twin, 1)
+            st, body = await notify(self.g, other, {"for": "other"})
+            self.assertEqual((st, body), (404, {"status": "not_connected", "user_id": other, "last_seen": None}))
+            st, body = await api(self.g, "POST", "/v1/notify/batch",
+                                 [{"user_id": u, "type": "t", "data": {"for": u}} for u in (other, twin, other)])
+            self.assertEqual(st, 200, body)
+            self.assertEqual([r["code"] for r in body["results"]], [404, 200, 404])
+            self.assertEqual(body["results"][1]["connections"], 1)
+            st, body = await notify(self.g, twin, {"for": "twin"})
+            self.assertEqual((st, body["connections"]), (200, 1), body)
+            frames = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(2)]
+            self.assertEqual([f["data"] for f in frames], [{"for": twin}, {"for": "twin"}])
+            st, pres = await api(self.g, "GET", "/v1/presence/" + other)
+            self.assertEqual((st, pres["connected"]), (200, False), pres)
             await ws.close()
         self.run_async(go())
 

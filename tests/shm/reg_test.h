@@ -110,12 +110,37 @@ static inline uint32_t reg_test_spilled_from(const struct th_reg *r, uint32_t l)
 {
     uint32_t n = 0;
     for (uint32_t b = 0; b < r->hdr->nbuckets; b++) {
-        uint32_t v = atomic_load(&r->index[b]);
+        uint64_t v = atomic_load(&r->index[b]);
         if (th_reg_is_spill(b) || !v || th_index_slot(v) >= r->hdr->nslots)
             continue;
         uint32_t h = atomic_load(&r->slots[th_index_slot(v)].user_hash);
         n += th_reg_line(r, h, 0) == l && b / TH_REG_LINE != l;
     }
+    return n;
+}
+
+/*
+ * The notify path's answer as the owner workers settle it (layout version
+ * 4): the th_reg_find_owners candidates that th_reg_confirm accepts for the
+ * worker the index named. Must equal th_reg_find_user's slots at any quiet
+ * instant, also right after a writer was killed halfway. Returns the count.
+ */
+static inline int reg_test_confirmed(const struct th_reg *r, const char *user, size_t len,
+                                     struct th_conn_ref *out, int max)
+{
+    struct th_owner_ref ow[64];
+    int n = th_reg_find_owners(r, user, len, ow, 64), k = 0;
+    for (int i = 0; i < n && k < max; i++)
+        k += th_reg_confirm(r, ow[i].slot, ow[i].worker, user, len, &out[k]);
+    return k;
+}
+
+/* Entries in the back line of r's index line l: what its back count must never be below. */
+static inline uint32_t reg_test_back_of(const struct th_reg *r, uint32_t l)
+{
+    uint32_t n = 0;
+    for (uint32_t j = TH_REG_FRONT; j < TH_REG_LINE; j++)
+        n += atomic_load(&r->index[l * TH_REG_LINE + j]) != 0;
     return n;
 }
 

@@ -59,7 +59,8 @@ Test(registry, layout_sizes_and_limits)
     /* The parts follow one another in the documented order without overlap. */
     cr_assert_eq(h.ndisc, 1024);
     cr_assert_geq(h.off_index, sizeof(struct th_reg_hdr));
-    cr_assert_geq(h.off_freemap, h.off_index + h.nbuckets * sizeof(uint32_t));
+    cr_assert_eq(h.off_index % 128, 0, "index groups never straddle a page");
+    cr_assert_geq(h.off_freemap, h.off_index + h.nbuckets * sizeof(uint64_t));
     cr_assert_geq(h.off_disc, h.off_freemap + (1000 + 63) / 64 * sizeof(uint64_t));
     cr_assert_geq(h.off_slots, h.off_disc + h.ndisc * sizeof(struct th_disc));
     cr_assert_leq(h.off_slots + 1000 * sizeof(struct th_slot), sz);
@@ -68,6 +69,65 @@ Test(registry, layout_sizes_and_limits)
     cr_assert_gt(th_reg_layout(1u << 20, NULL), 0);
     cr_assert_gt(th_reg_layout(1u << 24, NULL), 0, "the largest --slots");
     cr_assert_eq(th_reg_layout((1u << 24) + 1, NULL), 0, "a slot number must fit an index entry");
+}
+
+/*
+ * starved_ns lives in what was th_proc_sh's padding: the entry keeps its
+ * version-3 size and offsets. A starved stamp counts only while no heartbeat
+ * came after it, so one a dead supervisor left is never believed.
+ */
+Test(registry, proc_starved_flag_and_layout)
+{
+    cr_assert_eq(sizeof(struct th_proc_sh), 192);
+    cr_assert_eq(offsetof(struct th_proc_sh, full), 156);
+    cr_assert_eq(offsetof(struct th_proc_sh, starved_ns), 160);
+    struct th_proc_sh p;
+    memset(&p, 0, sizeof(p));
+    atomic_store(&p.heartbeat_ns, 1000);
+    cr_assert_not(th_proc_starved(&p), "never found starved");
+    atomic_store(&p.starved_ns, 4000);
+    cr_assert(th_proc_starved(&p), "found starved, no beat since");
+    atomic_store(&p.heartbeat_ns, 4000);
+    cr_assert(th_proc_starved(&p), "the beat it was judged on");
+    atomic_store(&p.heartbeat_ns, 4001);
+    cr_assert_not(th_proc_starved(&p), "beat again: a stale stamp is not believed");
+    cr_assert_not(th_proc_hung(&p), "starved is not hung");
+}
+
+/*
+ * A LIVE slot released by a process other than its worker's (a cap claimer
+ * in another worker, the janitor) raises that worker's th_proc_sh.released,
+ * so the worker checks its slots at its next tick; the worker's own
+ * releases, and a release of a slot already gone, do not.
+ */
+Test(registry, release_by_another_process_counts_for_the_owner)
+{
+    cr_assert_eq(offsetof(struct th_proc_sh, released), 168, "in the version-3 padding");
+    reg_test_create(&reg, name, sizeof(name), "released", 64);
+    publish_self(&reg, 0);
+    cr_assert_eq(th_reg_release(&reg, claim_ok("own", 0, 100)), 0);
+    cr_assert_eq(atomic_load(&reg.hdr->workers[0].released), 0, "the owner's own release");
+    struct th_handle h = claim_ok("victim", 0, 100);
+    pid_t p = fork();
+    if (p == 0) { /* another process: the janitor, or a claimer in another worker */
+        struct th_reg r;
+        char err[256];
+        if (th_reg_attach(&r, name, 1, err, sizeof(err)) != 0)
+            _exit(2);
+        int first = th_reg_release(&r, h), again = th_reg_release(&r, h);
+        _exit(first == 0 && again == -ESTALE ? 0 : 1);
+    }
+    int st;
+    cr_assert_eq(waitpid(p, &st, 0), p);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child's releases: %d", st);
+    cr_assert_eq(atomic_load(&reg.hdr->workers[0].released), 1, "one release, counted once");
+    struct th_conn_info ci;
+    cr_assert_eq(th_reg_read(&reg, h.slot, &ci), 0, "the slot is free");
+    /* A worker that is not this process (here: one whose pid is gone). */
+    atomic_store(&reg.hdr->workers[1].pid, dead_pid());
+    cr_assert_eq(th_reg_release(&reg, claim_ok("theirs", 1, 100)), 0);
+    cr_assert_eq(atomic_load(&reg.hdr->workers[1].released), 1);
+    cr_assert_eq(atomic_load(&reg.hdr->workers[0].released), 1, "nobody else's count moves");
 }
 
 /* ---- create / attach ---- */
@@ -136,6 +196,10 @@ static void bad_version(struct th_reg_hdr *h)
 {
     h->version = TH_REG_VERSION + 1;
 }
+static void older_version(struct th_reg_hdr *h)
+{
+    h->version = 3; /* the layout before 64-bit index entries */
+}
 static void bad_slot_size(struct th_reg_hdr *h)
 {
     h->slot_size = 96;
@@ -156,6 +220,12 @@ Test(registry, attach_refuses_wrong_magic)
 Test(registry, attach_refuses_wrong_version)
 {
     expect_refused(bad_version, -EPROTO, "version");
+}
+Test(registry, attach_refuses_a_version_3_segment_clearly)
+{
+    char words[96];
+    snprintf(words, sizeof(words), "layout version 3, this build reads version %d", TH_REG_VERSION);
+    expect_refused(older_version, -EPROTO, words);
 }
 Test(registry, attach_refuses_wrong_slot_size)
 {
@@ -488,6 +558,42 @@ Test(registry, touch_read_and_foreach)
     cr_assert_eq(v.seen, 2, "stops when the visitor says so");
 }
 
+/* A pass in ranges (the cluster route's interest scan) meets what one foreach meets. */
+Test(registry, foreach_range_in_steps_meets_every_live_slot_once)
+{
+    reg_test_create(&reg, name, sizeof(name), "range", 64);
+    publish_self(&reg, 1);
+    struct th_handle h[20];
+    char user[TH_USER_MAX + 1];
+    for (uint32_t k = 0; k < 20; k++) {
+        size_t len = test_user(k, user);
+        cr_assert_eq(th_reg_claim(&reg, user, len, 1, 100 + k, 1000, 0, &h[k], NULL, NULL), 0);
+    }
+    for (uint32_t k = 0; k < 20; k += 3)
+        th_reg_release(&reg, h[k]);
+    struct visit_log all = {0}, part = {0};
+    th_reg_foreach(&reg, visit, &all);
+    cr_assert_eq(all.seen, 13);
+    uint32_t pos = 0, steps = 0, n = reg.hdr->nslots;
+    while (pos < n) {
+        uint32_t next = th_reg_foreach_range(&reg, pos, 5, visit, &part);
+        cr_assert_eq(next, pos + 5 < n ? pos + 5 : n, "a step ends where it was told to");
+        pos = next;
+        steps++;
+    }
+    cr_assert_eq(steps, (n + 4) / 5);
+    cr_assert_eq(part.seen, all.seen, "the steps together meet every live slot once");
+    cr_assert_eq(part.last, all.last);
+    struct visit_log none = {0};
+    cr_assert_eq(th_reg_foreach_range(&reg, n, 5, visit, &none), n, "past the end: nothing");
+    cr_assert_eq(none.seen, 0);
+    cr_assert_eq(th_reg_foreach_range(&reg, n - 2, UINT32_MAX, visit, &none), n, "clipped");
+    struct visit_log stop = {.stop_at = 2};
+    uint32_t at = th_reg_foreach_range(&reg, 0, n, visit, &stop);
+    cr_assert_eq(stop.seen, 2, "stops when the visitor says so");
+    cr_assert_eq(at, stop.last + 1, "and says where to go on from");
+}
+
 Test(registry, last_seen_from_live_slots_then_disconnect_record)
 {
     reg_test_create(&reg, name, sizeof(name), "seen", 64);
@@ -517,7 +623,7 @@ static uint32_t dave_window_full(const char *tag)
     uint32_t h = th_user_hash("dave", 4);
     /* Entries pointing at free slots: readers ignore those. */
     for (uint32_t j = 0; j < th_reg_window(); j++)
-        atomic_store(&reg.index[th_reg_bucket(&reg, h, j)], th_index_entry(h, 200));
+        atomic_store(&reg.index[th_reg_bucket(&reg, h, j)], th_index_entry(h, 0, 200));
     return h;
 }
 
@@ -541,7 +647,7 @@ Test(registry, release_clears_its_index_entry)
     publish_self(&reg, 0);
     struct th_handle e = claim_ok("erin", 0, 1);
     uint32_t b = atomic_load(&reg.slots[e.slot].bucket);
-    cr_assert_eq(atomic_load(&reg.index[b]), th_index_entry(th_user_hash("erin", 4), e.slot));
+    cr_assert_eq(atomic_load(&reg.index[b]), th_index_entry(th_user_hash("erin", 4), 0, e.slot));
     th_reg_release(&reg, e);
     for (uint32_t i = 0; i < reg.hdr->nbuckets; i++)
         cr_assert_eq(atomic_load(&reg.index[i]), 0, "bucket %u", i);
@@ -549,21 +655,33 @@ Test(registry, release_clears_its_index_entry)
 
 /* ---- the notify path's lookup (th_reg_find_conns) and the spill counts ---- */
 
-/* find_conns and find_user agree on every user: same slots, generations, owners, conn ids. */
-static void same_answer(const char *user, size_t len, int want)
+/* Every ref is one of find_user's connections, each at most once. */
+static void same_refs(const char *user, size_t len, const struct th_conn_info *ci,
+                      const struct th_conn_ref *cr, int n, const char *what)
 {
-    struct th_conn_info ci[8];
-    struct th_conn_ref cr[8];
-    int n = th_reg_find_user(&reg, user, len, ci, 8);
-    cr_assert_eq(th_reg_find_conns(&reg, user, len, cr, 8), n, "%.*s", (int)len, user);
-    cr_assert_eq(n, want, "%.*s", (int)len, user);
     for (int i = 0; i < n; i++) {
         int found = 0;
         for (int j = 0; j < n; j++)
             found += ci[j].slot == cr[i].slot && ci[j].gen == cr[i].gen &&
                      ci[j].worker == cr[i].worker && ci[j].conn_id == cr[i].conn_id;
-        cr_assert_eq(found, 1, "%.*s: ref %d", (int)len, user, i);
+        cr_assert_eq(found, 1, "%.*s: %s ref %d", (int)len, user, what, i);
     }
+}
+
+/*
+ * find_conns, and find_owners as the owners confirm it, agree with find_user
+ * on every user: same slots, generations, owners, conn ids.
+ */
+static void same_answer(const char *user, size_t len, int want)
+{
+    struct th_conn_info ci[8];
+    struct th_conn_ref cr[8];
+    int n = th_reg_find_user(&reg, user, len, ci, 8);
+    cr_assert_eq(n, want, "%.*s", (int)len, user);
+    cr_assert_eq(th_reg_find_conns(&reg, user, len, cr, 8), n, "%.*s", (int)len, user);
+    same_refs(user, len, ci, cr, n, "find_conns");
+    cr_assert_eq(reg_test_confirmed(&reg, user, len, cr, 8), n, "%.*s", (int)len, user);
+    same_refs(user, len, ci, cr, n, "confirmed");
 }
 
 Test(registry, find_conns_matches_find_user_for_every_id_length)
@@ -621,9 +739,17 @@ Test(registry, a_full_first_line_spills_into_the_second_and_back)
             cr_assert_eq(b / TH_REG_LINE, l, "user %d goes into its first line", i);
         else
             cr_assert(b != TH_NO_SLOT && b / TH_REG_LINE != l, "user %d spills", i);
-        cr_assert_eq(atomic_load(&reg.index[l]), reg_test_spilled_from(&reg, l),
+        uint64_t counts = atomic_load(&reg.index[l]);
+        cr_assert_eq(th_reg_count_spill(counts), reg_test_spilled_from(&reg, l),
                      "spill count after %d", i);
-        cr_assert_eq(atomic_load(&reg.index[l]), (uint32_t)(i < 10 ? 0 : i - 9), "user %d", i);
+        cr_assert_eq(th_reg_count_spill(counts), (uint32_t)(i < 10 ? 0 : i - 9), "user %d", i);
+        cr_assert_eq(th_reg_count_back(counts), reg_test_back_of(&reg, l), "back count after %d",
+                     i);
+        cr_assert_eq(th_reg_count_back(counts),
+                     (uint32_t)(i < 7    ? 0
+                                : i < 10 ? i - 6
+                                         : 3),
+                     "user %d: the front line's 7 buckets first", i);
     }
     /* Their second lines differ (other hash bits), so none of them was full. */
     cr_assert_eq(atomic_load(&reg.hdr->unindexed), 0);
@@ -635,8 +761,11 @@ Test(registry, a_full_first_line_spills_into_the_second_and_back)
     }
     for (int i = 0; i < 40; i++) { /* release the first-line ones first: spills stay counted */
         cr_assert_eq(th_reg_release(&reg, h[i]), 0);
-        cr_assert_eq(atomic_load(&reg.index[l]), reg_test_spilled_from(&reg, l),
+        uint64_t counts = atomic_load(&reg.index[l]);
+        cr_assert_eq(th_reg_count_spill(counts), reg_test_spilled_from(&reg, l),
                      "spill count after release %d", i);
+        cr_assert_eq(th_reg_count_back(counts), reg_test_back_of(&reg, l),
+                     "back count after release %d", i);
     }
     cr_assert_eq(atomic_load(&reg.index[l]), 0);
     cr_assert_eq(atomic_load(&reg.hdr->unindexed), 0);
@@ -751,7 +880,8 @@ static void leave_half_done(uint32_t i, uint8_t st, const char *user)
     atomic_store(&s->user_hash, h);
     th_user_store(s->user, user, strlen(user));
     atomic_store(&s->user_len, strlen(user));
-    atomic_store(&reg.index[th_reg_bucket(&reg, h, 3)], th_index_entry(h, i)); /* it had inserted */
+    atomic_store(&reg.index[th_reg_bucket(&reg, h, 3)],
+                 th_index_entry(h, 0, i)); /* it had inserted */
     atomic_fetch_and(&reg.freemap[i / 64], ~(1ull << (i % 64)));
 }
 
@@ -773,8 +903,9 @@ Test(registry, repair_finishes_claiming_and_releasing_of_dead_actors)
     cr_assert_eq(th_ctl_state(atomic_load(&reg.slots[rel.slot].ctl)), TH_SLOT_FREE);
     cr_assert(atomic_load(&reg.freemap[0]) & (1ull << 10), "free hint restored");
     for (uint32_t b = 0; b < reg.hdr->nbuckets; b++) {
-        uint32_t v = atomic_load(&reg.index[b]);
-        cr_assert(v == 0 || th_index_slot(v) == live.slot, "bucket %u still points at %u", b, v);
+        uint64_t v = atomic_load(&reg.index[b]);
+        cr_assert(v == 0 || th_index_slot(v) == live.slot, "bucket %u still points at %u", b,
+                  th_index_slot(v));
     }
     cr_assert_eq(atomic_load(&reg.hdr->used), 1);
     uint64_t ns;
@@ -869,4 +1000,145 @@ Test(registry, self_pid_is_refreshed_in_fork_children)
     int st;
     waitpid(p, &st, 0);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+/* ---- the notify path's index-only lookup (th_reg_find_owners) and the owner's check ---- */
+
+/*
+ * Two different ids with the same th_user_hash (a birthday search over random
+ * 10-letter ids: about 8 colliding pairs expected among 2^18 32-bit hashes;
+ * ids that differ in a few bytes only, like "c-1" and "c-2", never collide
+ * under FNV-1a, so they would find none).
+ */
+struct hash_id {
+    uint32_t hash;
+    char id[12];
+};
+static int hash_id_cmp(const void *x, const void *y)
+{
+    const struct hash_id *a = x, *b = y;
+    return a->hash != b->hash ? (a->hash > b->hash) - (a->hash < b->hash) : strcmp(a->id, b->id);
+}
+static void colliding_ids(char a[12], char b[12])
+{
+    enum { N = 1 << 18 };
+    struct hash_id *v = malloc(N * sizeof(*v));
+    cr_assert_not_null(v);
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (uint32_t k = 0; k < N; k++) {
+        for (int c = 0; c < 10; c++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            v[k].id[c] = (char)('a' + (x >> 33) % 26);
+        }
+        v[k].id[10] = 0;
+        v[k].hash = th_user_hash(v[k].id, 10);
+    }
+    qsort(v, N, sizeof(*v), hash_id_cmp);
+    uint32_t i = 0;
+    while (i + 1 < N && (v[i].hash != v[i + 1].hash || !strcmp(v[i].id, v[i + 1].id)))
+        i++;
+    cr_assert_lt(i + 1, N, "no two of %d ids share a hash", N);
+    memcpy(a, v[i].id, 11);
+    memcpy(b, v[i + 1].id, 11);
+    free(v);
+    cr_assert_str_neq(a, b);
+    cr_assert_eq(th_user_hash(a, strlen(a)), th_user_hash(b, strlen(b)));
+}
+
+Test(registry, a_hash_twin_is_a_candidate_the_owner_refuses)
+{
+    char a[12], b[12];
+    colliding_ids(a, b);
+    reg_test_create(&reg, name, sizeof(name), "twin", 64);
+    publish_self(&reg, 2);
+    struct th_handle h;
+    cr_assert_eq(th_reg_claim(&reg, a, strlen(a), 2, 5, 1, 0, &h, NULL, NULL), 0);
+    struct th_owner_ref ow[4];
+    /* The index cannot tell the twins apart: b's lookup names a's slot and owner. */
+    cr_assert_eq(th_reg_find_owners(&reg, b, strlen(b), ow, 4), 1, "%s and %s", a, b);
+    cr_assert_eq(ow[0].slot, h.slot);
+    cr_assert_eq(ow[0].worker, 2);
+    cr_assert_eq(th_reg_find_owners(&reg, a, strlen(a), ow, 4), 1);
+    /* The owner's check can. */
+    struct th_conn_ref cr;
+    cr_assert_eq(th_reg_confirm(&reg, h.slot, 2, b, strlen(b), &cr), 0, "not b's connection");
+    cr_assert_eq(th_reg_confirm(&reg, h.slot, 2, a, strlen(a), &cr), 1);
+    cr_assert_eq(cr.slot, h.slot);
+    cr_assert_eq(cr.gen, h.gen);
+    cr_assert_eq(cr.worker, 2);
+    cr_assert_eq(cr.conn_id, 5);
+    cr_assert_eq(th_reg_confirm(&reg, h.slot, 1, a, strlen(a), &cr), 0, "another worker's slot");
+    same_answer(a, strlen(a), 1);
+    same_answer(b, strlen(b), 0);
+    /* Released, then reused by b: a's stale candidate is refused, b's confirmed. */
+    cr_assert_eq(th_reg_release(&reg, h), 0);
+    cr_assert_eq(th_reg_find_owners(&reg, a, strlen(a), ow, 4), 0, "its entry went with it");
+    cr_assert_eq(th_reg_confirm(&reg, h.slot, 2, a, strlen(a), &cr), 0, "a free slot");
+    struct th_handle hb;
+    cr_assert_eq(th_reg_claim(&reg, b, strlen(b), 2, 6, 1, 0, &hb, NULL, NULL), 0);
+    if (hb.slot == h.slot)
+        cr_assert_eq(th_reg_confirm(&reg, h.slot, 2, a, strlen(a), &cr), 0, "b holds it now");
+    same_answer(b, strlen(b), 1);
+    same_answer(a, strlen(a), 0);
+}
+
+Test(registry, find_owners_reads_what_the_claim_wrote_and_nothing_of_the_slot)
+{
+    reg_test_create(&reg, name, sizeof(name), "owners", 64);
+    publish_self(&reg, 0);
+    publish_self(&reg, 63);
+    struct th_handle h0 = claim_ok("olga", 0, 1), h63 = claim_ok("olga", 63, 1);
+    uint32_t hash = th_user_hash("olga", 4);
+    cr_assert_eq(atomic_load(&reg.index[atomic_load(&reg.slots[h63.slot].bucket)]),
+                 th_index_entry(hash, 63, h63.slot), "the highest worker index fits");
+    /* Wipe both slots' line 0 (as if it were not there to read): the index alone answers. */
+    struct th_slot s0 = reg.slots[h0.slot], s63 = reg.slots[h63.slot];
+    memset(&reg.slots[h0.slot], 0, 64);
+    memset(&reg.slots[h63.slot], 0, 64);
+    struct th_owner_ref ow[4];
+    cr_assert_eq(th_reg_find_owners(&reg, "olga", 4, ow, 4), 2);
+    cr_assert(ow[0].slot != ow[1].slot);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(ow[i].worker, ow[i].slot == h0.slot ? 0 : 63);
+    cr_assert_eq(th_reg_find_owners(&reg, "olga", 4, ow, 1), 1, "at most max");
+    cr_assert_eq(th_reg_find_owners(&reg, "olg", 3, ow, 4), 0);
+    cr_assert_eq(th_reg_find_owners(&reg, "", 0, ow, 4), 0, "empty id");
+    memcpy(&reg.slots[h0.slot], &s0, 64);
+    memcpy(&reg.slots[h63.slot], &s63, 64);
+    same_answer("olga", 4, 2);
+}
+
+Test(registry, confirm_checks_every_byte_of_long_ids)
+{
+    reg_test_create(&reg, name, sizeof(name), "confirm", 64);
+    publish_self(&reg, 0);
+    char user[TH_USER_MAX + 1];
+    size_t len = test_user(58, user); /* 64 bytes: 16 of them on line 1 */
+    struct th_handle h;
+    cr_assert_eq(th_reg_claim(&reg, user, len, 0, 1, 1, 0, &h, NULL, NULL), 0);
+    struct th_conn_ref cr;
+    cr_assert_eq(th_reg_confirm(&reg, h.slot, 0, user, len, &cr), 1);
+    user[len - 1] ^= 1;
+    cr_assert_eq(th_reg_confirm(&reg, h.slot, 0, user, len, &cr), 0, "last byte differs");
+    user[len - 1] ^= 1;
+    cr_assert_eq(th_reg_confirm(&reg, h.slot, 0, user, len - 1, &cr), 0, "a prefix");
+    cr_assert_eq(th_reg_confirm(&reg, h.slot, 0, user, 0, &cr), 0, "empty id");
+    cr_assert_eq(th_reg_confirm(&reg, reg.hdr->nslots, 0, user, len, &cr), 0, "no such slot");
+}
+
+/* A claimer killed after its bucket CAS, before LIVE: its entry names a slot the owner refuses. */
+Test(registry, an_entry_of_a_dead_claimer_is_refused_then_repaired)
+{
+    reg_test_create(&reg, name, sizeof(name), "deadclaim", 64);
+    publish_self(&reg, 0);
+    leave_half_done(12, TH_SLOT_CLAIMING, "ivan");
+    atomic_fetch_add(&reg.hdr->used, 1);
+    struct th_owner_ref ow[2];
+    cr_assert_eq(th_reg_find_owners(&reg, "ivan", 4, ow, 2), 1, "the index has its entry");
+    struct th_conn_ref cr;
+    cr_assert_eq(th_reg_confirm(&reg, ow[0].slot, ow[0].worker, "ivan", 4, &cr), 0,
+                 "not LIVE: the owner answers gone");
+    same_answer("ivan", 4, 0);
+    cr_assert_eq(th_reg_repair(&reg), 1);
+    cr_assert_eq(th_reg_find_owners(&reg, "ivan", 4, ow, 2), 0, "repair cleared the entry");
 }

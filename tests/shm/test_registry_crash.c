@@ -14,8 +14,15 @@
  * The writers' users crowd one index line, so first lines fill and entries
  * spill into second lines all the time; right after each kill, before any
  * repair, every line's spill count must be at least the entries that spilled
- * from it and every LIVE slot must be found by both lookups (a spill count
+ * from it, its back count at least the entries on its back cache line, and
+ * every LIVE slot must be found by every lookup (a spill count
  * too low would hide connections; one left too high only costs a line).
+ * The notify path's lookup (th_reg_find_owners, the index alone) is checked
+ * there too, as the owner workers settle it: every index entry of a LIVE
+ * slot names that slot's owner and its user's hash, and the candidates
+ * th_reg_confirm accepts are exactly th_reg_find_user's slots, while the
+ * ones it refuses (entries of slots a killed writer left CLAIMING or
+ * RELEASING) are counted.
  *
  * A plain program (exit 0 = pass), like the stress test.
  */
@@ -116,14 +123,15 @@ static void check_round(uint16_t w0, uint16_t w1, int round)
 static void check_index(void)
 {
     for (uint32_t b = 0; b < reg.hdr->nbuckets; b++) {
-        uint32_t v = atomic_load(&reg.index[b]);
+        uint64_t v = atomic_load(&reg.index[b]);
         struct th_conn_info ci;
         if (v == 0 || th_reg_is_spill(b))
             continue;
         uint32_t i = th_index_slot(v);
         check(i < NSLOTS && th_reg_read(&reg, i, &ci), "bucket %u points at a dead slot", b);
         uint32_t h = th_user_hash(ci.user, ci.user_len);
-        check(in_window(b, h) && v == th_index_entry(h, i), "bucket %u: wrong window or tag", b);
+        check(in_window(b, h) && v == th_index_entry(h, ci.worker, i),
+              "bucket %u: wrong window, hash or owner", b);
         check(atomic_load(&reg.slots[i].bucket) == b, "slot %u does not own bucket %u", i, b);
     }
 }
@@ -174,6 +182,7 @@ struct stats {
     int half_done_slots, odd_records, drifted_rounds;
     int spilled_rounds, spill_high_rounds; /* kills with entries spilled / a count left high */
     int drift_recounted; /* drifted rounds whose repair recounted (and had to fix) used */
+    int refused;         /* find_owners candidates the owner's check refused, after kills */
 };
 
 /* Every kind of damage a kill can leave was left at least once. */
@@ -187,21 +196,45 @@ static void check_lookups_after_kill(struct stats *s, int round)
 {
     int spilled = 0, high = 0;
     for (uint32_t l = 0; l < reg.hdr->nbuckets / TH_REG_LINE; l++) {
-        uint32_t want = reg_test_spilled_from(&reg, l),
-                 got = atomic_load(&reg.index[l * TH_REG_LINE]);
+        uint32_t want = reg_test_spilled_from(&reg, l), back = reg_test_back_of(&reg, l);
+        uint64_t counts = atomic_load(&reg.index[l * TH_REG_LINE]);
+        uint32_t got = th_reg_count_spill(counts), got_back = th_reg_count_back(counts);
         check(got >= want, "round %d: line %u spill count %u below its %u spilled entries", round,
               l, got, want);
+        check(got_back >= back, "round %d: line %u back count %u below its %u back entries", round,
+              l, got_back, back);
         spilled |= want > 0;
-        high |= got > want;
+        high |= got > want || got_back > back;
     }
     s->spilled_rounds += spilled;
     s->spill_high_rounds += high;
+    for (uint32_t b = 0; b < reg.hdr->nbuckets; b++) { /* an entry of a LIVE slot names its owner */
+        uint64_t v = atomic_load(&reg.index[b]);
+        struct th_conn_info ci;
+        if (th_reg_is_spill(b) || v == 0 || !th_reg_read(&reg, th_index_slot(v), &ci))
+            continue;
+        check(th_index_worker(v) == ci.worker &&
+                  th_index_tag_matches(v, th_user_hash(ci.user, ci.user_len)),
+              "round %d: bucket %u names worker %u for slot %u of worker %u (or another hash)",
+              round, b, th_index_worker(v), ci.slot, ci.worker);
+    }
     for (uint32_t i = 0; i < NSLOTS; i++) {
         struct th_conn_info me, ci[8];
         struct th_conn_ref cr[8];
+        struct th_owner_ref ow[64];
         if (!th_reg_read(&reg, i, &me))
             continue;
-        int n = th_reg_find_user(&reg, me.user, me.user_len, ci, 8), found = 0;
+        int owners = th_reg_find_owners(&reg, me.user, me.user_len, ow, 64);
+        int confirmed = reg_test_confirmed(&reg, me.user, me.user_len, cr, 8), found = 0;
+        for (int j = 0; j < confirmed; j++)
+            found |= cr[j].slot == i && cr[j].gen == me.gen && cr[j].worker == me.worker;
+        check(found, "round %d: live slot %u not confirmed through th_reg_find_owners", round, i);
+        check(confirmed == th_reg_find_user(&reg, me.user, me.user_len, ci, 8),
+              "round %d: %d confirmed candidates of slot %u's user, find_user says otherwise",
+              round, confirmed, i);
+        s->refused += owners - confirmed;
+        int n = th_reg_find_user(&reg, me.user, me.user_len, ci, 8);
+        found = 0;
         for (int j = 0; j < n && j < 8; j++)
             found |= ci[j].slot == i && ci[j].gen == me.gen;
         check(found, "round %d: live slot %u not found by th_reg_find_user", round, i);
@@ -303,9 +336,10 @@ int main(void)
     check_all_claimable();
     printf("crash: %d rounds; kills left %d half-done slots, %d odd disconnect records, "
            "counter drift in %d rounds (%d recounted in the round); spilled entries in %d rounds, "
-           "a spill count left high in %d; repairs counted %llu; all recovered\n",
+           "a spill count left high in %d; index candidates refused by the owner's check %d; "
+           "repairs counted %llu; all recovered\n",
            rounds, s.half_done_slots, s.odd_records, s.drifted_rounds, s.drift_recounted,
-           s.spilled_rounds, s.spill_high_rounds,
+           s.spilled_rounds, s.spill_high_rounds, s.refused,
            (unsigned long long)atomic_load(&reg.hdr->counters.repairs));
     th_reg_unlink(name);
     return 0;

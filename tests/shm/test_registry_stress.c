@@ -12,7 +12,8 @@
  * everything), and the repair must find nothing to release. The users
  * crowd a quarter of the index lines, so entries spill into second lines
  * and some windows fill (lookups scan) while readers look them up with both
- * th_reg_find_user and the notify path's th_reg_find_conns; every spill
+ * th_reg_find_user, th_reg_find_conns and the notify path's
+ * th_reg_find_owners + th_reg_confirm; every spill
  * count must be back to 0 at the end.
  *
  * A plain program (exit 0 = pass), not Criterion: Criterion cannot start
@@ -208,6 +209,31 @@ static void reader_lookup(const struct th_reg *r, uint32_t k)
         for (int j = 0; j < i; j++)
             if (cr[j].slot == cr[i].slot && cr[j].gen == cr[i].gen)
                 violation("find_conns returned a connection twice", k, cr[i].slot);
+    }
+    /*
+     * The notify path since layout version 4: the index alone names (slot,
+     * owner); an entry is written once and cleared before its slot is reused,
+     * so every candidate names this user's writer, whatever the slot holds by
+     * now. What the owner's check confirms is bounded as above, each once.
+     */
+    struct th_owner_ref ow[8];
+    c0 = atomic_load(&claims_started[k]);
+    int no = th_reg_find_owners(r, user, len, ow, 8);
+    n = 0;
+    for (int i = 0; i < no; i++) {
+        if (ow[i].worker != k / 1000)
+            violation("find_owners named another writer", k, ow[i].worker);
+        n += th_reg_confirm(r, ow[i].slot, ow[i].worker, user, len, &cr[n]);
+    }
+    c1 = atomic_load(&claims_started[k]);
+    if ((uint32_t)n > PER_USER + (c1 - c0) || (c1 == 0 && n > 0))
+        violation("confirmed: more connections than were claimed", k, (uint32_t)n);
+    for (int i = 0; i < n; i++) {
+        if (cr[i].conn_id != k || cr[i].worker != k / 1000)
+            violation("confirmed another user's slot", k, cr[i].conn_id);
+        for (int j = 0; j < i; j++)
+            if (cr[j].slot == cr[i].slot && cr[j].gen == cr[i].gen)
+                violation("confirmed a connection twice", k, cr[i].slot);
     }
 }
 

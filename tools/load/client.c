@@ -3,9 +3,15 @@
  * the WebSocket clients at a paced rate, pings them (evenly spread over the
  * interval, or as fast as possible with one ping outstanding per connection),
  * posts notifications to the backend API over keep-alive connections and
- * times both kinds of answer. Received data comes through one multishot recv
- * per socket over a provided-buffer ring (registered by hand: liburing 2.3
- * has no io_uring_setup_buf_ring). Nothing blocks but the ring wait.
+ * times both kinds of answer. Received data comes through one multishot
+ * recvmsg per socket over a provided-buffer ring (registered by hand: liburing
+ * 2.3 has no io_uring_setup_buf_ring), each read carrying the kernel's
+ * receive timestamp (SO_TIMESTAMPNS), so a pong or a notification is timed
+ * from when it reached this host, not from when this process got round to
+ * it. That is what lets an interval run sleep between its pacing ticks
+ * instead of waking for every pong (see next_wake): at a million clients the
+ * load generator shares two cores with the server, and a wake-up per pong
+ * was a large part of its cost. Nothing blocks but the ring wait.
  *
  * Notifications go only to users of this process, so the send timestamp
  * (CLOCK_MONOTONIC, carried as data.t_ns) and the arrival time are read in
@@ -21,16 +27,18 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "shm/rt/stage.h"
 #include "tools/load/load.h"
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #define BUF_ENTRIES 4096
-#define BUF_SIZE 2048
+#define BUF_SIZE 2048 /* a recvmsg header and one timestamp cmsg, then the bytes */
 #define BGID 7
 #define MAX_INFLIGHT 256 /* handshakes under way at once */
 #define HS_MAX 4096
@@ -206,6 +214,10 @@ struct child {
     enum phase phase;
     uint64_t t0, run_t0, drain_t0, last_progress;
     uint64_t ping_sched, notify_sched;
+    struct msghdr rmsg;   /* the multishot recvmsg's template: no name, one timestamp cmsg */
+    uint64_t rx_ns;       /* monotonic arrival of the bytes being parsed (kernel stamp) */
+    int64_t real_to_mono; /* CLOCK_MONOTONIC - CLOCK_REALTIME, read once per loop iteration */
+    int batch_wait;       /* interval pings: wait for pacing ticks, not for each completion */
     unsigned api_rr;
     uint64_t rng;
     int saturate;
@@ -394,6 +406,7 @@ static void conn_start(struct child *ch, long i)
     }
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(c->fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one); /* arrival times */
     struct io_uring_sqe *sqe = get_sqe(ch);
     io_uring_prep_connect(sqe, c->fd, (struct sockaddr *)&ch->o->ws_addr, sizeof ch->o->ws_addr);
     io_uring_sqe_set_data64(sqe, ud_pack_gen(OP_CONNECT, (uint32_t)i, c->gen));
@@ -402,7 +415,7 @@ static void conn_start(struct child *ch, long i)
 static void arm_recv(struct child *ch, long i)
 {
     struct io_uring_sqe *sqe = get_sqe(ch);
-    io_uring_prep_recv_multishot(sqe, ch->conns[i].fd, NULL, 0, 0);
+    io_uring_prep_recvmsg_multishot(sqe, ch->conns[i].fd, &ch->rmsg, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = BGID;
     io_uring_sqe_set_data64(sqe, ud_pack_gen(OP_RECV, (uint32_t)i, ch->conns[i].gen));
@@ -488,7 +501,7 @@ static void send_ping(struct child *ch, long i, uint64_t now)
 static void on_text(struct child *ch, long i, const char *p, size_t n)
 {
     struct conn *c = &ch->conns[i];
-    uint64_t now = load_mono_ns();
+    uint64_t now = ch->rx_ns; /* when the frame reached this host */
     const char *t = memmem(p, n, "\"t_ns\":", 7);
     if (ch->o->resume && !memmem(p, n, "\"pong\"", 6)) {
         uint64_t num;
@@ -512,14 +525,15 @@ static void on_text(struct child *ch, long i, const char *p, size_t n)
         }
         ch->c.notifications_received++;
         lh_record(&ch->delivery, now > sent ? now - sent : 0);
+        TH_STAGE(sent, TH_ST_L_RX, now);
     } else if (memmem(p, n, "\"pong\"", 6)) {
         ch->c.pongs_received++;
         if (c->ping_out) {
-            lh_record(&ch->rtt, now - c->ping_ns);
+            lh_record(&ch->rtt, now > c->ping_ns ? now - c->ping_ns : 0);
             c->ping_out = 0;
         }
         if (ch->saturate && ch->phase == PH_RUN)
-            send_ping(ch, i, now);
+            send_ping(ch, i, load_mono_ns());
     } else {
         ch->c.other_messages++;
     }
@@ -655,17 +669,57 @@ static void plain_bytes(struct child *ch, long i, const char *p, size_t n)
 
 static void tls_input(struct child *ch, long i, const char *p, size_t n);
 
+/*
+ * One read's buffer: the recvmsg header, the timestamp cmsg, the bytes.
+ * Sets ch->rx_ns to the kernel's arrival time (the clock now when there is
+ * none) and returns the bytes' length (0: the peer's EOF), -1 when malformed.
+ */
+static long rx_unpack(struct child *ch, char *buf, int res, char **data)
+{
+    struct io_uring_recvmsg_out *o = io_uring_recvmsg_validate(buf, res, &ch->rmsg);
+    if (!o)
+        return -1;
+    ch->rx_ns = 0;
+    for (struct cmsghdr *cm = io_uring_recvmsg_cmsg_firsthdr(o, &ch->rmsg); cm;
+         cm = io_uring_recvmsg_cmsg_nexthdr(o, &ch->rmsg, cm)) {
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS &&
+            cm->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
+            struct timespec ts;
+            memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+            int64_t real = (int64_t)ts.tv_sec * 1000000000ll + ts.tv_nsec;
+            if (real > 0)
+                ch->rx_ns = (uint64_t)(real + ch->real_to_mono);
+        }
+    }
+    uint64_t now = load_mono_ns();
+    if (!ch->rx_ns || ch->rx_ns > now)
+        ch->rx_ns = now; /* no stamp (or a clock step): the latest it can be */
+    *data = io_uring_recvmsg_payload(o, &ch->rmsg);
+    return (long)io_uring_recvmsg_payload_length(o, res, &ch->rmsg);
+}
+
 static void on_recv(struct child *ch, long i, struct io_uring_cqe *cqe)
 {
     struct conn *c = &ch->conns[i];
     int res = cqe->res;
     if (cqe->flags & IORING_CQE_F_BUFFER) {
         unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-        if (res > 0 && c->ssl)
-            tls_input(ch, i, ch->bufs + (size_t)bid * BUF_SIZE, (size_t)res);
-        else if (res > 0)
-            plain_bytes(ch, i, ch->bufs + (size_t)bid * BUF_SIZE, (size_t)res);
+        char *data = NULL;
+        long n = res > 0 ? rx_unpack(ch, ch->bufs + (size_t)bid * BUF_SIZE, res, &data) : 0;
+        if (n > 0 && c->ssl)
+            tls_input(ch, i, data, (size_t)n);
+        else if (n > 0)
+            plain_bytes(ch, i, data, (size_t)n);
         buf_recycle(ch, bid);
+        if (n <= 0 && res > 0)
+            res = n < 0 ? -EBADMSG : 0; /* EOF (no bytes) or a malformed read: over */
+        if (res <= 0 && c->state != CS_DEAD) {
+            if (c->state == CS_HANDSHAKE && ch->hs_errors_shown++ < 3)
+                fprintf(stderr, "tether-load: connection closed during the handshake: %s\n",
+                        res ? strerror(-res) : "EOF");
+            conn_kill(ch, c, c->state == CS_OPEN);
+            return;
+        }
     }
     if (c->state == CS_DEAD || (cqe->flags & IORING_CQE_F_MORE))
         return;
@@ -1143,6 +1197,8 @@ static void wire_send(struct child *ch, long i, const void *p, size_t n, enum op
         io_uring_prep_send(sqe, c->fd, p, n, MSG_NOSIGNAL);
         io_uring_sqe_set_data64(sqe, op == OP_PING_SEND ? ud_pack_gen(op, (uint32_t)i, c->gen)
                                                         : ud_pack(op, (uint32_t)i));
+        if (op == OP_PING_SEND) /* the frame is static: only a failure needs a completion */
+            sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
         return;
     }
     int ok = c->ssl && SSL_write(c->ssl, p, (int)n) == (int)n;
@@ -1471,8 +1527,21 @@ static void step(struct child *ch, uint64_t now)
  * most of them with nothing due, on the machine it shares with the server.
  * A ping's round trip is timed from when it is actually sent, so nothing
  * measured moves; each client still pings every --ping-interval on average.
+ *
+ * While interval pings run (batch_wait), the wait does not end at each
+ * completion either: it asks for BATCH_WAIT_NR of them, so the kernel
+ * (IORING_SETUP_DEFER_TASKRUN) leaves the process asleep while pongs arrive
+ * and it wakes at the next pacing tick, BATCH_PACE_NS apart, to take them all
+ * at once. The pongs' and notifications' arrival times come from the
+ * kernel's receive timestamps (rx_unpack), so the batching delays nothing
+ * that is measured; it costs a notification's API connection up to a tick
+ * per request, hence batching only when the notify rate leaves room for
+ * that (child_setup). Connects, --saturate, --resume and the drain wake for
+ * every completion as before.
  */
-#define PACE_NS 5000000ull /* paced sends at most 5 ms late */
+#define PACE_NS 5000000ull        /* paced sends at most 5 ms late */
+#define BATCH_PACE_NS 10000000ull /* ... 10 ms while batching the waits */
+#define BATCH_WAIT_NR 1024u       /* < BUF_ENTRIES: the reads it waits for each hold a buffer */
 #define WAIT_MAX_NS 100000000ull
 
 static uint64_t due_at(uint64_t start, uint64_t n, double per_s)
@@ -1485,6 +1554,8 @@ static uint64_t next_wake(const struct child *ch, uint64_t now)
     uint64_t soon = now + PACE_NS, wake = now + WAIT_MAX_NS;
     if (ch->phase == PH_CONNECT || ch->phase == PH_DRAIN || ch->o->resume)
         return soon; /* pacing connects, waiting to settle, rescanning reconnects */
+    if (ch->batch_wait)
+        soon = now + BATCH_PACE_NS;
     if (ch->phase != PH_RUN)
         return wake;
     if (now < ch->run_t0)
@@ -1495,9 +1566,10 @@ static uint64_t next_wake(const struct child *ch, uint64_t now)
         (t = due_at(ch->run_t0, ch->ping_sched + 1, (double)ch->count / ch->o->ping_interval)) <
             wake)
         wake = t;
+    uint64_t note = 0; /* the next notification's send time, kept exact (below) */
     if (ch->notify_rate > 0 &&
         (t = due_at(ch->run_t0, ch->notify_sched + 1, ch->notify_rate)) < wake)
-        wake = t;
+        wake = note = t;
     if (ch->o->drop_rate > 0 &&
         (t = due_at(ch->run_t0, ch->drop_sched + 1, ch->o->drop_rate / ch->o->procs)) < wake)
         wake = t;
@@ -1506,7 +1578,15 @@ static uint64_t next_wake(const struct child *ch, uint64_t now)
             wake = ch->api[k].retry_ns;
     if (ch->last_progress + 1000000000ull < wake)
         wake = ch->last_progress + 1000000000ull;
-    return wake < soon ? soon : wake;
+    wake = wake < soon ? soon : wake;
+    /*
+     * A notification leaves when it is due, not at the next tick: sent in
+     * bursts of a tick's worth, each would queue behind the others in the
+     * server and the delivery figures would time that queue, not the server
+     * (a few wake-ups a millisecond at most; --million posts 20 a second).
+     * One already late (every API connection busy) waits for the tick.
+     */
+    return note > now && note < wake ? note : wake;
 }
 
 static int child_setup(struct child *ch)
@@ -1526,6 +1606,10 @@ static int child_setup(struct child *ch)
     snprintf(ch->trk.idpfx, sizeof ch->trk.idpfx, "%s-p%d-", ch->o->user_prefix, ch->id);
     ch->saturate = !ch->o->idle && ch->o->ping_interval <= 0;
     ch->notify_rate = ch->o->notify_rate / ch->o->procs;
+    /* batched waits: an API connection then takes up to a tick per request; leave 4x room */
+    ch->batch_wait = !ch->saturate && !ch->o->resume &&
+                     ch->notify_rate * 4 <= ch->o->api_conns * (1e9 / BATCH_PACE_NS);
+    ch->rmsg.msg_controllen = CMSG_SPACE(sizeof(struct timespec));
     ch->rng = 0x9e3779b97f4a7c15ull ^ ((uint64_t)getpid() << 20) ^ (uint64_t)ch->id;
     ch->t0 = load_mono_ns();
     ch->c.target = (uint64_t)ch->count;
@@ -1534,7 +1618,8 @@ static int child_setup(struct child *ch)
     return 0;
 }
 
-int load_child_run(const struct load_opts *o, int id, long first, long count, int report_fd)
+int load_child_run(const struct load_opts *o, int id, long first, long count, int report_fd,
+                   int hold_fd)
 {
     static struct child ch; /* one per process; histograms are large */
     ch.o = o;
@@ -1554,7 +1639,12 @@ int load_child_run(const struct load_opts *o, int id, long first, long count, in
         struct __kernel_timespec ts = {.tv_sec = (long long)(wait / 1000000000ull),
                                        .tv_nsec = (long long)(wait % 1000000000ull)};
         struct io_uring_cqe *cqe;
-        io_uring_submit_and_wait_timeout(&ch.ring, &cqe, 1, &ts, NULL);
+        unsigned nr = ch.batch_wait && ch.phase == PH_RUN ? BATCH_WAIT_NR : 1;
+        io_uring_submit_and_wait_timeout(&ch.ring, &cqe, nr, &ts, NULL);
+        struct timespec rt;
+        clock_gettime(CLOCK_REALTIME, &rt); /* for the kernel's receive stamps (rx_unpack) */
+        ch.real_to_mono =
+            (int64_t)load_mono_ns() - ((int64_t)rt.tv_sec * 1000000000ll + rt.tv_nsec);
         unsigned head, n = 0;
         io_uring_for_each_cqe(&ch.ring, head, cqe)
         {
@@ -1567,5 +1657,8 @@ int load_child_run(const struct load_opts *o, int id, long first, long count, in
     if (!o->resume) /* (--resume counts every reconnect in connections_ok) */
         ch.c.connect_errors += ch.c.target - ch.c.connections_ok - ch.c.connect_errors;
     report(&ch, LR_FINAL);
+    char b;
+    while (read(hold_fd, &b, 1) < 0 && errno == EINTR) /* EOF: every process has reported */
+        ;
     return 0;
 }

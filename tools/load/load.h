@@ -91,8 +91,10 @@ struct load_rec {
     struct load_counts c;
 };
 
-/* Child side: run the loop for connections [first, first+count), report on fd. */
-int load_child_run(const struct load_opts *o, int child, long first, long count, int report_fd);
+/* Child side: run the loop for connections [first, first+count), report on fd; after the final
+ * report, hold the connections until hold_fd reads EOF (the parent has every final report). */
+int load_child_run(const struct load_opts *o, int child, long first, long count, int report_fd,
+                   int hold_fd);
 
 /* HS256 token for sub, signed with libcrypto HMAC. Returns length or -1. */
 int load_sign_token(const char *sub, const uint8_t *secret, size_t secret_len, char *out,

@@ -138,6 +138,27 @@ static void check_memory(struct out *o, const struct th_sysenv *e, const struct 
             (double)s->segment_bytes / (1 << 30), (double)e->mem_total / (1 << 30));
 }
 
+/*
+ * Every segment received walks one chain of the TCP established hash, sized
+ * at boot from memory (262,144 buckets on 24 GiB). Past about 2 sockets a
+ * chain the walk is measurable: at 12 it was 8.9% of the workers' CPU, at 0.2
+ * 1.3% (README "Sizing"). Wanted: a bucket per connection.
+ */
+static void check_ehash(struct out *o, const struct th_sysenv *e, const struct th_scale *s)
+{
+    if (!e->ehash || s->slots <= 2 * e->ehash)
+        return;
+    uint64_t want = 1;
+    while (want < s->slots)
+        want <<= 1;
+    say(o, 1,
+        "the TCP established hash has %llu buckets: --slots %u connections make chains of %.1f "
+        "sockets, walked on every segment received; boot with thash_entries=%llu, or run the group "
+        "in a network namespace created after sysctl -w net.ipv4.tcp_child_ehash_entries=%llu",
+        (unsigned long long)e->ehash, s->slots, (double)s->slots / (double)e->ehash,
+        (unsigned long long)want, (unsigned long long)want);
+}
+
 /* Not the server's limit (accepted sockets use no ephemeral port), but a load
  * generator on this host needs source addresses for it: a note, not a warning. */
 static void note_ports(struct out *o, const struct th_sysenv *e, const struct th_scale *s)
@@ -163,6 +184,7 @@ int th_limits_check(const struct th_sysenv *env, const struct th_scale *scale, t
     check_tcp_mem(&o, env, scale);
     check_conntrack(&o, env, scale);
     check_memory(&o, env, scale);
+    check_ehash(&o, env, scale);
     note_ports(&o, env, scale);
     return o.warnings;
 }
@@ -214,6 +236,15 @@ void th_sysenv_read(struct th_sysenv *e)
     read_nums("/proc/sys/net/ipv4/ip_local_port_range", &e->port_lo, &e->port_hi, NULL);
     read_nums("/proc/sys/net/netfilter/nf_conntrack_max", &e->conntrack_max, NULL, NULL);
     read_nums("/proc/sys/net/netfilter/nf_conntrack_count", &e->conntrack_count, NULL, NULL);
+    /* Negative: this namespace shares the host's table (of that many buckets). */
+    FILE *f = fopen("/proc/sys/net/ipv4/tcp_ehash_entries", "re");
+    long long eh = 0;
+    if (f) {
+        if (fscanf(f, "%lld", &eh) != 1)
+            eh = 0;
+        fclose(f);
+    }
+    e->ehash = (uint64_t)(eh < 0 ? -eh : eh);
     long ps = sysconf(_SC_PAGESIZE);
     e->page_size = ps > 0 ? (uint64_t)ps : 4096;
     e->mem_total = meminfo_total();

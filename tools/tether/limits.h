@@ -37,6 +37,7 @@ struct th_sysenv {
     uint64_t conntrack_max;          /* net.netfilter.nf_conntrack_max, when loaded */
     uint64_t conntrack_count;        /* > 0: connections are being tracked */
     uint64_t mem_total;              /* bytes, /proc/meminfo MemTotal */
+    uint64_t ehash;                  /* TCP established hash buckets (net.ipv4.tcp_ehash_entries) */
 };
 
 /* What the configuration asks for. */

@@ -323,6 +323,7 @@ static void child_died(struct th_child *c, int status, uint64_t now_mono)
     atomic_store(&sh->pid, 0);
     atomic_store(&sh->hung_ns,
                  0); /* after pid: a reader never sees a live pid undeclared by mistake */
+    atomic_store(&sh->starved_ns, 0);
     if (c->killed)
         c->replaced_pid = c->pid;
     c->pid = 0;
@@ -418,6 +419,8 @@ static uint64_t heartbeat_age(struct th_child *c, uint64_t now_mono)
         }
         c->hb_seen = hb;
         c->hb_mono = now_mono;
+        if (c->starved_mono)
+            atomic_store(&child_sh(c)->starved_ns, 0);
         c->quiet_mono = c->starved_mono = 0;
     } else {
         struct th_hang_sample s;
@@ -452,6 +455,7 @@ static int starved(struct th_child *c, uint64_t now_mono, uint64_t age, const ch
         const struct th_hang_window *w = &c->quiet;
         char ago[32], ran[32], span[32];
         c->starved_mono = now_mono;
+        atomic_store(&child_sh(c)->starved_ns, th_now_ns());
         th_fmt_duration(ago, sizeof(ago), age);
         th_fmt_duration(ran, sizeof(ran), w->last.cpu_ns - w->first.cpu_ns);
         th_fmt_duration(span, sizeof(span), elapsed);
@@ -514,11 +518,27 @@ static void watch_children(uint64_t now_mono)
     }
 }
 
-/* A worker new clients may go to: running, published (it has beaten), not hung, not full. */
-static int steerable(const struct th_child *c)
+/*
+ * A worker new clients may go to: running, published (it has beaten), not
+ * hung, not full, and (with_starved 0) not starved: a worker waiting seconds
+ * for a CPU would leave a new client's upgrade waiting as long, while
+ * another may be getting its share.
+ */
+static int steerable(const struct th_child *c, int with_starved)
 {
     return c->pid > 0 && !c->hung_mono && !c->killed && c->hb_seen != 0 &&
+           (with_starved || !c->starved_mono) &&
            !atomic_load_explicit(&child_sh(c)->full, memory_order_relaxed);
+}
+
+/* The workers steerable(with_starved), as a mask of their indexes. */
+static uint64_t steer_set(int with_starved)
+{
+    uint64_t mask = 0;
+    for (int i = 0; i < S.nkids; i++)
+        if (S.kids[i].worker >= 0 && steerable(&S.kids[i], with_starved))
+            mask |= 1ull << S.kids[i].worker;
+    return mask;
 }
 
 /* The live worker that takes over worker w's queue: the next steerable one after it. */
@@ -535,14 +555,15 @@ static int32_t pick_adopter(unsigned w, uint64_t mask)
 /*
  * Regenerate the steering program when the set changes, and give every
  * worker outside the set an adopter for what is already queued on its
- * listener (it stays named until the worker is back in the set).
+ * listener (it stays named until the worker is back in the set). Starved
+ * workers are left out while any other can take clients; when every one
+ * that could is starved, they all stay in (a slow worker beats none).
  */
 static void steer(void)
 {
-    uint64_t mask = 0;
-    for (int i = 0; i < S.nkids; i++)
-        if (S.kids[i].worker >= 0 && steerable(&S.kids[i]))
-            mask |= 1ull << S.kids[i].worker;
+    uint64_t mask = steer_set(0);
+    if (!mask)
+        mask = steer_set(1);
     if (!S.steered || mask != S.steer_mask) {
         int rc = th_listeners_steer(S.listen_fds[0], S.cfg->workers, mask);
         if (rc < 0) {
