@@ -92,10 +92,13 @@ test('kill -9 of the worker while notifications flow: nothing lost, nothing twic
   for (let i = 0; i < 120; i++) {
     if (i === 40) process.kill(g.workerPidOf('rk'), 'SIGKILL'); // mid-stream: frames in flight die with it
     if (i === 80) {
-      // Again, and keep the client away while 20 more are stored.
+      // Again, once the client is back from the first kill (the 40 posts in
+      // between may finish before it reconnects on a loaded machine), and
+      // keep it away while 20 more are stored. Holding it off before it is
+      // back would keep it away for good.
+      const pid = await waitFor(() => rec.connected >= 2 && g.workerPidOf('rk'), 10000, 'the reconnect after the first kill');
       hold.on = true;
-      await waitFor(() => g.workerPidOf('rk'), 10000, 'the connection');
-      process.kill(g.workerPidOf('rk'), 'SIGKILL');
+      process.kill(pid, 'SIGKILL');
     }
     if (i === 100) hold.on = false;
     seqs.push(await send(g, 'rk', i));
