@@ -254,12 +254,20 @@ export class Group {
     return JSON.parse(execFileSync(path.join(BIN, 'tether-dump'), args, { encoding: 'utf8', timeout: 30000 }));
   }
 
-  /** The pid of the worker that holds `user`'s (single) connection, or null. */
+  /**
+   * The pid of the live worker that holds `user`'s single connection, or
+   * null while there is none, or more than one. After a kill -9 the dead
+   * worker's slot stays in the registry until the supervisor reaps it and
+   * reclaims its slots; a client quicker to reconnect than that shows two
+   * connections, and the dead one may come first (slot order): its pid is
+   * then a zombie a SIGKILL does nothing to. So a caller waits for this.
+   */
   workerPidOf(user) {
     const d = this.dump(user);
-    const c = d.connections.find((x) => x.user_id === user);
-    if (!c) return null;
-    return d.workers.find((w) => w.index === c.worker)?.pid ?? null;
+    const mine = d.connections.filter((x) => x.user_id === user);
+    if (mine.length !== 1) return null;
+    const w = d.workers.find((x) => x.index === mine[0].worker);
+    return w && w.alive && w.pid > 0 ? w.pid : null;
   }
 
   async metric(name) {
