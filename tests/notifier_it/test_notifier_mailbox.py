@@ -269,11 +269,16 @@ class Startup(unittest.TestCase):
 
 class Bounds(unittest.TestCase):
     def test_ttl_expiry(self):
-        with th.Group(workers=1, extra_args=["--mailbox-ttl", "2"]) as g:
+        # The TTL is also how long the test has between the first store and
+        # the look at both: with 2 s, a test process that waited 2.2 s for a
+        # CPU there (provoked with a sleep) saw [] instead of [1, 2].
+        ttl = 5
+        with th.Group(workers=1, extra_args=["--mailbox-ttl", str(ttl)]) as g:
             self.assertEqual(g.notify("t1")[0], 202)
-            self.assertEqual(g.notify("t1")[1]["expires_in_s"], 2)
+            self.assertEqual(g.notify("t1")[1]["expires_in_s"], ttl)
             self.assertEqual(seqs_of(g, "t1"), [1, 2])
-            self.assertTrue(th.wait_until(lambda: metric(g, 'tether_mailbox_evicted_total{reason="ttl"}') == 2, 6))
+            self.assertTrue(th.wait_until(lambda: metric(g, 'tether_mailbox_evicted_total{reason="ttl"}') == 2,
+                                          ttl + 4))
             st, p = g.api("GET", "/v1/presence/t1")
             self.assertEqual(p["mailbox"], {"pending": 0, "seq": 2})
             self.assertEqual(metric(g, "tether_mailbox_entries"), 0)
