@@ -643,7 +643,11 @@ static void lost_upto(struct th_mjs *j, uint64_t upto, const char *how)
 /*
  * j->out (seq) to this node's live connections of user. While catching up
  * (after the notifier or the broker connection was down) the message may be
- * old: only connections that were there when it was stored (ts) get it.
+ * old: only connections that were there when it was stored (ts), or that
+ * resumed, get it (th_route_local_deliver_by). A resume answered while this
+ * node's mirror lagged (a running notifier, its cache past since but not yet
+ * at a seq another node stored) was promised it by the live mirror; if the
+ * notifier dies first, this is how it reaches that client.
  */
 static void hand_on(struct th_mjs *j, const char *user, size_t ulen, uint64_t seq, uint64_t ts,
                     int catching)

@@ -115,13 +115,16 @@ struct th_route *th_route_local_new(const struct th_config *cfg, struct th_reg *
                                     struct io_uring *ring);
 
 /*
- * The local route's deliver, reaching only the user's connections that were
- * there by connected_by (realtime ns: their slot's connected_at is not
- * later). For a notification stored then and handed over only now (the
- * JetStream mirror catching up after its notifier or broker connection was
- * down): a client that connected since without asking for a replay does not
- * get older notifications as live ones, and one that resumed got them from
- * the mailbox. local must come from th_route_local_new. As deliver().
+ * The local route's deliver for a notification stored at connected_by
+ * (realtime ns) and handed over only now (the JetStream mirror catching up
+ * after its notifier or broker connection was down): the user's
+ * connections that were there by then (their slot's connected_at is not
+ * later) get it, and later ones only if they resumed (TH_HO_F_IF_RESUMED:
+ * their worker decides). A client that connected since without asking for
+ * a replay does not get older notifications as live ones; one that resumed
+ * may have been answered from a cache that did not hold it yet, and its
+ * worker drops it by seq if the replay sent it. local must come from
+ * th_route_local_new. As deliver().
  */
 int th_route_local_deliver_by(struct th_route *local, uint64_t connected_by, const char *user,
                               size_t ulen, const char *frame, size_t flen, uint64_t nseq,

@@ -29,8 +29,11 @@
  * own slot before it delivers: a stale or falsely matching entry comes back
  * GONE, never as a delivery to someone else, and only confirmed legs count.
  * The one path that reads the slots here is th_route_local_deliver_by (the
- * JetStream catch-up): it filters on the slot's connected_at, so it takes
- * exact (slot, gen) legs from th_reg_find_conns as before.
+ * JetStream catch-up): it sorts on the slot's connected_at, so it takes
+ * exact (slot, gen) legs from th_reg_find_conns as before. A connection
+ * there by connected_by gets the frame; a later one gets it with
+ * TH_HO_F_IF_RESUMED, and its worker delivers only if it resumed (only
+ * the worker knows that, and the seq rules there drop what it had).
  *
  * A worker the supervisor declared hung (th_proc_sh.hung_ns: stopped, or
  * its heartbeat is --hung-after old) gets no leg: that leg fails at once,
@@ -74,6 +77,7 @@ struct leg {
     uint32_t slot, gen;
     uint16_t worker;
     uint8_t state;
+    uint8_t flags; /* TH_HO_F_IF_RESUMED, or 0: this leg's own bits of the request's code */
 };
 
 struct job {
@@ -425,15 +429,16 @@ static int pack(struct route_local *rl, struct chan *c, size_t *scanned, int roo
             continue;
         }
         struct job *j = &rl->jobs[i];
-        /* Another connection of the user the previous request was for: its frame once. */
+        /* Another connection of the user the previous request was for: its frame once
+           (its own flags may differ: only the payload is shared). */
         int same = k && j->frame == prev;
         size_t ulen = j->by_user ? j->ulen : 0, plen = same ? 0 : ulen + j->flen;
         if (k && bytes + sizeof(*hdr) + plen > PACK_BYTES)
             break; /* the next packet takes it */
         ++*scanned;
         bytes += sizeof(*hdr) + plen;
-        unsigned code =
-            j->ho_flags | (same ? TH_HO_F_SAME_FRAME : 0) | (j->by_user ? TH_HO_F_USER : 0);
+        unsigned code = j->ho_flags | j->legs[n].flags | (same ? TH_HO_F_SAME_FRAME : 0) |
+                        (j->by_user ? TH_HO_F_USER : 0);
         hdr[k] = (struct th_ho_msg){.magic = TH_HO_MAGIC,
                                     .type = TH_HO_DELIVER,
                                     .slot = j->legs[n].slot,
@@ -530,20 +535,26 @@ static void leg_start(struct route_local *rl, uint32_t i, unsigned n)
 
 /* ---- route operations --------------------------------------------------- */
 
+/*
+ * A catch-up leg's own flags: a connection that came after the frame was
+ * stored gets it only if it resumed (TH_HO_F_IF_RESUMED; connected_at is
+ * on the slot's line 1, read only on this path). If the slot was reused
+ * meanwhile its gen no longer matches and the worker answers GONE anyway.
+ */
+static uint8_t late_flags(const struct route_local *rl, uint32_t slot)
+{
+    uint64_t at = atomic_load_explicit(&rl->reg->slots[slot].connected_at, memory_order_relaxed);
+    return at > rl->connected_by ? TH_HO_F_IF_RESUMED : 0;
+}
+
 static int local_deliver(struct th_route *r, const char *user, size_t ulen, const char *frame,
                          size_t flen, uint64_t nseq, unsigned ho_flags, th_route_done_fn done,
                          void *arg)
 {
     struct route_local *rl = (struct route_local *)r;
     int n;
-    if (rl->connected_by) { /* late hand-over: reads the slots (connected_at on line 1) */
+    if (rl->connected_by) { /* late hand-over: every live connection, sorted below */
         n = th_reg_find_conns(rl->reg, user, ulen, rl->infos, rl->ninfos);
-        int kept = 0;
-        for (int k = 0; k < n; k++)
-            if (atomic_load_explicit(&rl->reg->slots[rl->infos[k].slot].connected_at,
-                                     memory_order_relaxed) <= rl->connected_by)
-                rl->infos[kept++] = rl->infos[k];
-        n = kept;
     } else {
         n = th_reg_find_owners(rl->reg, user, ulen, rl->owners, rl->ninfos);
     }
@@ -584,9 +595,10 @@ static int local_deliver(struct th_route *r, const char *user, size_t ulen, cons
     j->deadline = 0; /* dated by the flush that sends its legs (local_flush) */
     j->by_user = !rl->connected_by;
     for (int k = 0; k < n; k++)
-        j->legs[k] =
-            j->by_user ? (struct leg){rl->owners[k].slot, 0, rl->owners[k].worker, 0}
-                       : (struct leg){rl->infos[k].slot, rl->infos[k].gen, rl->infos[k].worker, 0};
+        j->legs[k] = j->by_user
+                         ? (struct leg){rl->owners[k].slot, 0, rl->owners[k].worker, 0, 0}
+                         : (struct leg){rl->infos[k].slot, rl->infos[k].gen, rl->infos[k].worker, 0,
+                                        late_flags(rl, rl->infos[k].slot)};
     /* The stage records' link from the caller's key (its arg) to the first leg's seq. */
     TH_STAGE(seq_make(j->gen, i, 0), TH_ST_LINK, (uintptr_t)arg);
     TH_STAGE(seq_make(j->gen, i, 0), TH_ST_N_RENDERED, th_mono_ns());

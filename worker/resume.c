@@ -226,6 +226,8 @@ static uint16_t deliver_seq(struct worker *w, uint32_t idx, uint64_t nseq, const
 uint16_t wk_resume_deliver(struct worker *w, uint32_t idx, const struct th_ho_msg *m,
                            const uint8_t *payload)
 {
+    if ((m->code & TH_HO_F_IF_RESUMED) && !(w->conns[idx].flags & CF_RESUMED))
+        return TH_HO_GONE; /* stored before this client connected without since: not news */
     if (m->nseq == 0 || (m->code & TH_HO_F_NOT_STORED)) {
         wk_conn_send_frame(w, idx, TH_WS_TEXT, payload, m->len);
         return w->conns[idx].state == CS_OPEN ? TH_HO_OK : TH_HO_BUSY;
@@ -432,11 +434,12 @@ static void resume_now(struct worker *w, uint32_t idx, const struct th_resume_re
 /*
  * Did the cache's writer (the notifier) run lately? Its loop beats every
  * TH_HEARTBEAT_NS / 5. A notifier stopped or hung keeps a live pid but
- * mirrors nothing, while other nodes store on; a resume answered from its
- * cache then misses what they stored, and when the supervisor replaces it
- * the successor hands those seqs only to connections older than them
- * (th_route_local_deliver_by), not to the resumed one: a gap under
- * recovered:true. A busy notifier only makes a resume wait for its next beat.
+ * mirrors nothing, while other nodes store on. A resume answered from its
+ * cache stays gap-free (what the cache lacks reaches the client once this
+ * notifier, or the successor the supervisor starts after --hung-after,
+ * applies it: TH_HO_F_IF_RESUMED), but only that late; waiting here lets
+ * the replay carry it instead. A busy notifier only makes a resume wait
+ * for its next beat.
  */
 static int writer_running(const struct worker *w)
 {
@@ -465,6 +468,14 @@ void wk_resume_start(struct worker *w, uint32_t idx, const struct th_resume_req 
 {
     if (!rr->want)
         return;
+    /*
+     * From here on, catch-up frames stored before this connection came
+     * (TH_HO_F_IF_RESUMED) are for it too: the snapshot below, or the one a
+     * pending resume takes later, may miss what the notifier applies only
+     * after it, and the seq rules drop what the replay sends. Set before the
+     * snapshot in this loop turn, so no such frame is taken before it.
+     */
+    w->conns[idx].flags |= CF_RESUMED;
     if (cache_behind(w, rr) && rr->epoch_len <= TH_EPOCH_MAX) {
         struct wk_replay *rp = rp_start(w, idx, rr->since, user, ulen, 0);
         if (rp) {

@@ -24,6 +24,12 @@
  * recovered:false already, the connection is closed with 1011: the client
  * resumes and learns recovered:false instead of carrying on with a hole.
  *
+ * A frame the JetStream catch-up marks TH_HO_F_IF_RESUMED (stored before
+ * this connection came, handed over only now) goes through these rules if
+ * the connection resumed (CF_RESUMED: set with the resume, before its
+ * snapshot), and is answered TH_HO_GONE otherwise: a resume answered from
+ * a cache that lagged is owed it, a client that came without since is not.
+ *
  * Frames without a seq (mailbox off) or not stored (ttl_s 0:
  * TH_HO_F_NOT_STORED) are sent as they come, outside this ordering.
  */

@@ -79,6 +79,7 @@ enum conn_flag {
     CF_REGISTERED = 1u << 3,  /* holds registry slot h */
     CF_FIN_SENT = 1u << 4,    /* shutdown(SHUT_WR) done */
     CF_SEQ_KNOWN = 1u << 5,   /* seq_hi is the last seq queued to this client (worker/resume.h) */
+    CF_RESUMED = 1u << 6,     /* its client asked for a replay (TH_HO_F_IF_RESUMED, resume.h) */
     CF_SNIFFED = 1u << 12,    /* first bytes seen: TLS (tls set) or plain (worker/tls.c) */
     CF_TLS_ACTIVE = 1u << 13, /* TLS traffic since the last tick */
     CF_TLS_BUSY = 1u << 14,   /* libssl keeps its record buffers (worker/tls.c) */

@@ -90,6 +90,15 @@ struct th_ho_msg {
  * past len is TH_HO_BAD.
  */
 #define TH_HO_F_USER 4u
+/*
+ * IF_RESUMED: deliver only if the connection resumed (its client asked for
+ * a replay, so the worker knows its place in the mailbox: worker/resume.h),
+ * else answer TH_HO_GONE. The JetStream catch-up (th_route_local_deliver_by)
+ * hands a notification stored before a connection connected only on these
+ * terms: not news for a client that connected without since, but one that
+ * resumed may have been answered from a cache that did not hold it yet.
+ */
+#define TH_HO_F_IF_RESUMED 8u
 
 /*
  * Connect to worker index's control socket (SOCK_CLOEXEC; SOCK_NONBLOCK when

@@ -25,6 +25,13 @@ with JetStream, two tether groups per class, python3-websockets clients.
   notifier is down until it expired. A resume there from before it
   answers recovered:false (it was true from the stale cache before), one
   from after it stays recovered:true.
+- A resume answered recovered:true from a running notifier's cache while
+  its mirror lags (the node's broker connections stalled in the relay: no
+  timing window to hit) gets what another node stored before it, in order,
+  each once, even when the notifier is killed before applying them: the
+  successor's catch-up hands them to the resumed connection too (the
+  worker takes them only for a connection that resumed), and a client that
+  connected without since meanwhile does not get them.
 Waits are bounded conditions (frames, the stream's first seq, log lines).
 """
 import contextlib
@@ -298,6 +305,69 @@ class Expired(Base):
             await ws.close()
             self.assertFalse(r["recovered"], "seq %d expired unmirrored: %s" % (m, r))
             self.assertTrue(th.wait_until(lambda: self.b.log().count(NO_REFILL) > kept, 20))
+        th.aio.run(go(), timeout=90)
+
+
+
+class Lagging(Base):
+    """b's broker connections go through the relay (harness.nats.Cut), which
+    can stall them: b's notifier keeps running and beating, its mirror
+    simply gets nothing more."""
+    CUT = True
+
+    def test_1_resumed_while_the_mirror_lagged_then_notifier_killed(self):
+        """Gap: a resume answered from a running notifier's cache while its mirror
+        lags (another node stored after since, not mirrored here yet) is
+        recovered:true; the live mirror would hand those over as it applies them.
+        If the notifier dies first, its successor applies them while catching up
+        and handed them only to connections that were there when they were
+        stored: not the resumed one, which then never got them."""
+        async def go():
+            user = "gp-lag"
+            ws0, r0, _ = await resume(self.b, user, 0)
+            epoch = r0["epoch"]
+            await wait_connected(self.b, user, 1)
+            first = self.post(self.a, user, {"n": 0})
+            self.assertEqual((await recv_json(ws0))["seq"], first["seq"])
+            await ws0.close()
+            await wait_for_gone(self.b, user)
+            kept = self.b.log().count(NO_REFILL)
+            self.cut.stall()
+            ws = plain = None
+            try:
+                # 503 with a seq is stored too: b may still be subscribed to the user's
+                # subject (see notifier_down), and its answer cannot pass the relay.
+                seqs = [self.post(self.a, user, {"n": i}, ok=(200, 202, 503))["seq"]
+                        for i in (1, 2, 3)]
+                ws = await connect(resume_url(self.b, user, first["seq"], epoch))
+                r = await recv_json(ws)
+                # The window itself: answered at once from the lagging cache (b's
+                # notifier beats and its mirror is past since), which holds none of them.
+                self.assertEqual((r["type"], r["recovered"], r["replay"]),
+                                 ("resumed", True, 0), r)
+                # Connected after they were stored, without since: not news for it.
+                plain = await connect(self.b.ws_url(user))
+                await local_count(self.b, user, 2)
+                os.kill(role_pids(self.b)["tether-notifier"], signal.SIGKILL)
+            finally:
+                self.cut.unstall()
+            try:
+                frames = [await recv_json(ws, 30) for _ in seqs]
+                self.assertEqual([f["seq"] for f in frames], seqs, frames)
+                self.assertEqual([f["data"]["n"] for f in frames], [1, 2, 3])
+                self.assertTrue(all(f["epoch"] == epoch for f in frames), frames)
+                self.assertTrue(th.wait_until(lambda: self.b.log().count(NO_REFILL) > kept, 20),
+                                "the restarted notifier refilled the whole stream")
+                for w in (ws, plain):
+                    await nothing_more(w, 1.0)  # none twice, none to the plain connection
+                # 503 with a seq is stored too: b's route may still be re-subscribing.
+                last = self.post(self.a, user, {"n": 4}, ok=(200, 202, 503))
+                for w in (ws, plain):
+                    self.assertEqual((await recv_json(w, 30))["seq"], last["seq"])
+            finally:
+                for w in (ws, plain):
+                    if w:
+                        await w.close()
         th.aio.run(go(), timeout=90)
 
 

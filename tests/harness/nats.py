@@ -106,7 +106,10 @@ class NatsServer:
 class Cut:
     """A TCP relay 127.0.0.1:port -> 127.0.0.1:target in a thread. cut():
     every relayed connection is closed at once and new ones are closed on
-    accept until mend(). url is what a node gets as --nats."""
+    accept until mend(). stall(): the connections relayed now carry nothing
+    more either way (kept open, their bytes left in the kernel's buffers)
+    until unstall(); connections made meanwhile are relayed as usual. url is
+    what a node gets as --nats."""
 
     def __init__(self, target_port):
         self.target = target_port
@@ -117,6 +120,7 @@ class Cut:
         self.port = self.lsock.getsockname()[1]
         self.is_cut = False
         self.pairs = {}  # socket -> its peer
+        self.stalled = set()  # sockets taken out of the selector by stall()
         self.lock = threading.Lock()
         self.stopping = False
         self.sel = selectors.DefaultSelector()
@@ -134,6 +138,7 @@ class Cut:
             if x is None:
                 continue
             self.pairs.pop(x, None)
+            self.stalled.discard(x)
             try:
                 self.sel.unregister(x)
             except (KeyError, ValueError):
@@ -163,8 +168,8 @@ class Cut:
                         self.sel.register(c, selectors.EVENT_READ)
                         self.sel.register(u, selectors.EVENT_READ)
                         continue
-                    if s not in self.pairs:
-                        continue
+                    if s not in self.pairs or s in self.stalled:
+                        continue  # (stalled after this select returned it)
                     try:
                         data = s.recv(65536)
                         if data:
@@ -180,6 +185,22 @@ class Cut:
         deadline = time.time() + 5
         while self.pairs and time.time() < deadline:
             time.sleep(0.02)
+
+    def stall(self):
+        """Stop relaying on every connection open now. The relay thread reads
+        only what select() returns, so once the sockets are out of the
+        selector (under the lock it handles each socket under) nothing
+        more of theirs is read or forwarded."""
+        with self.lock:
+            for s in list(self.pairs):
+                self.sel.unregister(s)
+                self.stalled.add(s)
+
+    def unstall(self):
+        with self.lock:
+            for s in list(self.stalled):
+                self.sel.register(s, selectors.EVENT_READ)
+            self.stalled.clear()
 
     def mend(self):
         with self.lock:
