@@ -81,10 +81,10 @@ static void sweep_once(struct th_sweeper *sw, struct sweep_summary *sum)
     if (st.repaired > 0)
         th_info("janitor: released %d slots left by dead processes", st.repaired);
     if (st.stale > 0)
-        th_info(
-            "janitor: evicted %u stale connections (%u closed by their worker, %u released here, "
-            "%u already gone) in a %.1f ms sweep",
-            st.stale, st.closed, st.released, st.vanished, (double)st.duration_ns / 1e6);
+        th_info("janitor: evicted %u of %u stale connections (%u closed by their worker, %u "
+                "released here, %u already gone, %u heard from after all) in a %.1f ms sweep",
+                st.closed + st.released, st.stale, st.closed, st.released, st.vanished, st.kept,
+                (double)st.duration_ns / 1e6);
     th_debug("janitor: sweep of %u live connections took %.3f ms (%u stale, %d repaired)", st.live,
              (double)st.duration_ns / 1e6, st.stale, st.repaired);
 }

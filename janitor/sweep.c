@@ -14,6 +14,15 @@
  * (th_proc_sh.hung_ns) is not asked at all. The janitor's heartbeat is
  * stamped while a sweep runs and while it waits for replies, so a long
  * sweep is never taken for a hung janitor.
+ *
+ * A verdict of stale is a reading of LastSeen, and LastSeen is stamped by
+ * the worker when it parses a frame: a worker starved past --stale-after has
+ * not stamped the pings of clients that kept pinging. So the request carries
+ * the LastSeen it judged, the worker refuses it (TH_HO_KEPT) when it holds
+ * newer input (worker/conn.c wk_conn_heard_since), and a slot released here
+ * after a timeout is released only if its LastSeen is still the one judged.
+ * The contract's "Removing stale connection" line is logged once an eviction
+ * has taken place, not when it is asked for.
  */
 #include "janitor/sweep.h"
 #include "shm/rt/clock.h"
@@ -82,29 +91,61 @@ static int worker_fd(struct th_sweeper *s, unsigned w)
     return fd;
 }
 
-/* The slot's eviction is settled here: release it if it still carries h's generation. */
-static void release_here(struct th_sweeper *s, struct th_handle h, struct th_sweep_stats *st)
+/* The contract's line for an eviction that took place (closed by the worker or released here). */
+static void log_evicted(const struct th_inflight *e)
 {
-    if (th_reg_release(s->reg, h) != 0) {
+    char ts[40];
+    th_fmt_rfc3339(ts, sizeof(ts), e->last_seen);
+    th_info("[ConnectionManager] Removing stale connection: %s (LastSeen: %s)", e->user, ts);
+}
+
+/* Heard from after all: a worker's TH_HO_KEPT, or its LastSeen moved before we released it. */
+static void kept(const struct th_inflight *e, unsigned w, struct th_sweep_stats *st)
+{
+    char ts[40];
+    th_fmt_rfc3339(ts, sizeof(ts), e->last_seen);
+    th_info("janitor: not evicting %s: heard from after the sweep read LastSeen %s (worker[%u] had "
+            "not read its frames yet)",
+            e->user, ts, w);
+    st->kept++;
+}
+
+/*
+ * The slot's eviction is settled here: release it if it still carries e's
+ * generation and its LastSeen is still the one judged stale (a worker that
+ * did not answer in time may have caught up on its input since).
+ */
+static void release_here(struct th_sweeper *s, const struct th_inflight *e, unsigned w,
+                         struct th_sweep_stats *st)
+{
+    struct th_conn_info ci;
+    if (th_reg_read(s->reg, e->h.slot, &ci) && ci.gen == e->h.gen && ci.last_seen != e->last_seen)
+        return kept(e, w, st);
+    if (th_reg_release(s->reg, e->h) != 0) {
         st->vanished++; /* closed or reused meanwhile: nothing was evicted */
         return;
     }
+    log_evicted(e);
     st->released++;
     atomic_fetch_add_explicit(&s->reg->hdr->counters.stale_evictions, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->reg->hdr->counters.connections_closed, 1, memory_order_relaxed);
 }
 
-/* A worker's answer to one eviction. */
-static void settle(struct th_sweeper *s, struct th_handle h, int status, struct th_sweep_stats *st)
+/* Worker w's answer to one eviction. */
+static void settle(struct th_sweeper *s, const struct th_inflight *e, unsigned w, int status,
+                   struct th_sweep_stats *st)
 {
+    if (status == TH_HO_KEPT)
+        return kept(e, w, st);
     if (status == TH_HO_OK || status == TH_HO_BUSY) {
         /* The worker closes with 4000 and releases the slot itself. */
+        log_evicted(e);
         st->closed++;
         atomic_fetch_add_explicit(&s->reg->hdr->counters.stale_evictions, 1, memory_order_relaxed);
         return;
     }
     /* GONE or BAD: the worker does not hold it (any more); nobody else will free it. */
-    release_here(s, h, st);
+    release_here(s, e, w, st);
 }
 
 /* Worker w stopped answering: settle everything in flight here and stop asking it this sweep. */
@@ -117,7 +158,7 @@ static void give_up(struct th_sweeper *s, unsigned w, int err, struct th_sweep_s
             w, strerror(-err));
     s->silent[w] = 1;
     for (int i = 0; i < s->nq[w]; i++)
-        release_here(s, s->q[w][i].h, st);
+        release_here(s, &s->q[w][i], w, st);
     s->nq[w] = 0;
     if (err != -ETIMEDOUT) /* a timed-out connection stays: late replies are skipped by seq */
         drop_fd(s, w);
@@ -130,7 +171,7 @@ static void take_reply(struct th_sweeper *s, unsigned w, const struct th_ho_msg 
     for (int i = 0; i < s->nq[w]; i++) {
         if (s->q[w][i].seq != r->seq)
             continue;
-        settle(s, s->q[w][i].h, r->code, st);
+        settle(s, &s->q[w][i], w, r->code, st);
         s->q[w][i] = s->q[w][--s->nq[w]];
         return;
     }
@@ -160,42 +201,49 @@ static void collect(struct th_sweeper *s, unsigned w, struct th_sweep_stats *st)
     }
 }
 
-/* Send worker w a 4000 close for h; collect the replies whenever the window fills. */
-static void submit(struct th_sweeper *s, unsigned w, struct th_handle h, struct th_sweep_stats *st)
+/* Send worker w a 4000 close for ci; collect the replies whenever the window fills. */
+static void submit(struct th_sweeper *s, const struct th_conn_info *ci, struct th_sweep_stats *st)
 {
+    unsigned w = ci->worker;
+    struct th_inflight e = {.h = {.slot = ci->slot, .gen = ci->gen},
+                            .last_seen = ci->last_seen,
+                            .user_len = (uint32_t)ci->user_len};
+    memcpy(e.user, ci->user, ci->user_len + 1);
     if (w >= TH_MAX_WORKERS || s->silent[w])
-        return release_here(s, h, st);
+        return release_here(s, &e, w, st);
     if (th_proc_hung(&s->reg->hdr->workers[w])) {
         th_warn("janitor: worker[%u] is declared hung: releasing its stale slots directly for the "
                 "rest of this sweep",
                 w);
         s->silent[w] = 1; /* give_up settles what is in flight without a second warning */
         give_up(s, w, -ETIMEDOUT, st);
-        return release_here(s, h, st);
+        return release_here(s, &e, w, st);
     }
     if (s->nq[w] > 0 && s->fd_pid[w] != atomic_load(&s->reg->hdr->workers[w].pid)) {
         /* Restarted since: the requests in flight died with the old incarnation. */
         for (int i = 0; i < s->nq[w]; i++)
-            release_here(s, s->q[w][i].h, st);
+            release_here(s, &s->q[w][i], w, st);
         s->nq[w] = 0;
     }
     int fd = worker_fd(s, w);
     if (fd < 0) {
         give_up(s, w, fd, st);
-        return release_here(s, h, st);
+        return release_here(s, &e, w, st);
     }
+    e.seq = ++s->seq;
     struct th_ho_msg m = {.magic = TH_HO_MAGIC,
                           .type = TH_HO_CLOSE,
                           .code = TH_WS_STALE,
-                          .slot = h.slot,
-                          .gen = h.gen,
-                          .seq = ++s->seq};
+                          .slot = e.h.slot,
+                          .gen = e.h.gen,
+                          .seq = e.seq,
+                          .nseq = e.last_seen};
     int rc = th_ho_send(fd, &m, NULL);
     if (rc < 0) {
         give_up(s, w, rc, st);
-        return release_here(s, h, st);
+        return release_here(s, &e, w, st);
     }
-    s->q[w][s->nq[w]++] = (struct th_inflight){.h = h, .seq = m.seq};
+    s->q[w][s->nq[w]++] = e;
     if (s->nq[w] == TH_EVICT_WINDOW)
         collect(s, w, st);
 }
@@ -229,11 +277,8 @@ static int visit(const struct th_conn_info *ci, void *arg)
     }
     if (ci->last_seen >= x->now_ns || x->now_ns - ci->last_seen <= x->s->stale_ns)
         return 0;
-    char ts[40];
-    th_fmt_rfc3339(ts, sizeof(ts), ci->last_seen);
-    th_info("[ConnectionManager] Removing stale connection: %s (LastSeen: %s)", ci->user, ts);
     x->st->stale++;
-    submit(x->s, ci->worker, (struct th_handle){.slot = ci->slot, .gen = ci->gen}, x->st);
+    submit(x->s, ci, x->st);
     return 0;
 }
 

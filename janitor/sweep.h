@@ -16,9 +16,13 @@
 /* Evictions in flight per worker: requests are pipelined, replies matched by seq. */
 #define TH_EVICT_WINDOW 64
 
+/* One eviction asked of a worker: what the contract's log line names once it is settled. */
 struct th_inflight {
     struct th_handle h;
     uint64_t seq;
+    uint64_t last_seen; /* the LastSeen judged stale */
+    uint32_t user_len;
+    char user[TH_USER_MAX + 1];
 };
 
 struct th_sweeper {
@@ -36,10 +40,11 @@ struct th_sweeper {
 
 struct th_sweep_stats {
     uint32_t live;     /* live slots seen */
-    uint32_t stale;    /* stale connections found (each logged) */
-    uint32_t closed;   /* ... closed by their worker */
-    uint32_t released; /* ... released here: worker silent, dead or lost it */
+    uint32_t stale;    /* stale connections found */
+    uint32_t closed;   /* ... closed by their worker (each logged) */
+    uint32_t released; /* ... released here: worker silent, dead or lost it (each logged) */
     uint32_t vanished; /* ... gone before anyone acted (closed meanwhile) */
+    uint32_t kept;     /* ... heard from after all (TH_HO_KEPT, or LastSeen moved) */
     int repaired;      /* slots released by th_reg_repair */
     uint64_t duration_ns;
 };

@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -381,6 +382,37 @@ static int slot_still_ours(const struct worker *w, const struct conn *c)
 {
     uint64_t ctl = atomic_load_explicit(&w->reg->slots[c->h.slot].ctl, memory_order_relaxed);
     return th_ctl_gen(ctl) == c->h.gen && th_ctl_state(ctl) == TH_SLOT_LIVE;
+}
+
+/*
+ * Has connection idx been heard from after the janitor judged it stale on
+ * LastSeen judged_ns (0: unknown)? Asked before a 4000 close (control.c),
+ * because a worker starved past --stale-after (a loaded box, a page-fault
+ * storm) has not stamped the pings of clients that kept pinging: their
+ * frames wait in its ring or socket, and closing them would evict exactly
+ * the clients the janitor must keep. Heard from: the slot's LastSeen moved
+ * (a frame parsed since the janitor's read), a recv completion of this
+ * connection waits in the completion ring behind the request being
+ * handled, or bytes wait unread in the socket (its multishot recv ran out
+ * of buffers). Only the ring's own consumer (this thread) walks it, without
+ * advancing it.
+ */
+int wk_conn_heard_since(struct worker *w, uint32_t idx, uint64_t judged_ns)
+{
+    struct conn *c = &w->conns[idx];
+    if (judged_ns && atomic_load_explicit(&w->reg->slots[c->h.slot].last_seen,
+                                          memory_order_relaxed) != judged_ns)
+        return 1;
+    uint64_t want = th_ud_make(OP_RECV, idx, c->gen);
+    struct io_uring_cqe *cqe;
+    unsigned head;
+    io_uring_for_each_cqe(&w->ring, head, cqe)
+    {
+        if (cqe->user_data == want && cqe->res > 0)
+            return 1;
+    }
+    int unread = 0;
+    return ioctl(c->fd, FIONREAD, &unread) == 0 && unread > 0;
 }
 
 /*

@@ -202,6 +202,8 @@ static uint16_t handle(struct worker *w, struct th_ho_msg *m, const uint8_t *pay
             return TH_HO_BAD;
         if (idx < 0)
             return TH_HO_GONE;
+        if (m->code == TH_WS_STALE && wk_conn_heard_since(w, (uint32_t)idx, m->nseq))
+            return TH_HO_KEPT; /* the janitor's verdict is older than what we hold unread */
         wk_conn_close(w, (uint32_t)idx, m->code);
         return TH_HO_OK;
     }

@@ -210,6 +210,7 @@ void wk_conn_finish(struct worker *w, uint32_t idx);
 void wk_conn_abort(struct worker *w, uint32_t idx);
 void wk_conn_maybe_free(struct worker *w, uint32_t idx);
 void wk_conn_unregister(struct worker *w, uint32_t idx);
+int wk_conn_heard_since(struct worker *w, uint32_t idx, uint64_t judged_ns);
 void wk_conn_cache_free(struct worker *w);
 void wk_conn_tick(struct worker *w);
 void wk_conn_opened(struct worker *w, uint32_t idx, uint32_t exp_s);

@@ -54,6 +54,13 @@ enum th_ho_status {
     TH_HO_GONE = 1, /* no such connection (slot released or reused: generation differs) */
     TH_HO_BUSY = 2, /* connection closing or its send queue is over the cap */
     TH_HO_BAD = 3,  /* malformed request */
+    /*
+     * A stale close (TH_HO_CLOSE, 4000) refused: the connection was heard
+     * from after the janitor read its LastSeen (the slot's LastSeen moved, or
+     * its bytes wait unread behind a worker that was starved). Still open,
+     * still registered; the next sweep judges it again.
+     */
+    TH_HO_KEPT = 4,
 };
 
 struct th_ho_msg {
@@ -67,7 +74,9 @@ struct th_ho_msg {
     /* TH_HO_CLOSE: the owner's connection index + 1, for a slot a claimer
      * already released for the per-user cap (0: find it through the slot). */
     uint32_t conn;
-    uint64_t nseq; /* TH_HO_DELIVER: the notification's per-user mailbox seq, 0 = none */
+    /* TH_HO_DELIVER: the notification's per-user mailbox seq, 0 = none.
+     * TH_HO_CLOSE with 4000: the LastSeen the janitor judged stale (0 = unknown). */
+    uint64_t nseq;
 };
 
 /*

@@ -87,7 +87,12 @@ Test(janitor_config, threshold_not_above_sweep_is_refused)
 
 /* ---- sweeps -------------------------------------------------------------- */
 
-enum fake_mode { ANSWER_OK, ANSWER_GONE, NEVER_ANSWER };
+/*
+ * ANSWER_KEPT: refuses as a worker holding newer input does. TOUCH_SILENT:
+ * stamps the slot's LastSeen (the worker caught up on its input) but does not
+ * answer in time.
+ */
+enum fake_mode { ANSWER_OK, ANSWER_GONE, ANSWER_KEPT, NEVER_ANSWER, TOUCH_SILENT };
 
 struct fake_worker {
     int lfd;
@@ -135,12 +140,15 @@ static void *fake_serve(void *arg)
         while (recv(fd, &m, sizeof(m), 0) == (ssize_t)sizeof(m)) {
             __atomic_add_fetch(&fw->requests, 1, __ATOMIC_SEQ_CST);
             fw->last = m;
-            if (fw->mode == NEVER_ANSWER)
+            if (fw->mode == TOUCH_SILENT)
+                th_reg_touch(&reg, (struct th_handle){.slot = m.slot, .gen = m.gen}, th_now_ns());
+            if (fw->mode == NEVER_ANSWER || fw->mode == TOUCH_SILENT)
                 continue;
-            struct th_ho_msg r = {.magic = TH_HO_MAGIC,
-                                  .type = TH_HO_REPLY,
-                                  .seq = m.seq,
-                                  .code = fw->mode == ANSWER_OK ? TH_HO_OK : TH_HO_GONE};
+            uint16_t code = fw->mode == ANSWER_OK     ? TH_HO_OK
+                            : fw->mode == ANSWER_KEPT ? TH_HO_KEPT
+                                                      : TH_HO_GONE;
+            struct th_ho_msg r = {
+                .magic = TH_HO_MAGIC, .type = TH_HO_REPLY, .seq = m.seq, .code = code};
             send(fd, &r, sizeof(r), MSG_NOSIGNAL);
         }
         close(fd);
@@ -196,6 +204,7 @@ Test(sweep, stale_connection_is_sent_4000_fresh_one_is_left)
     cr_assert_eq(fw.last.code, 4000);
     cr_assert_eq(fw.last.slot, old.slot);
     cr_assert_eq(fw.last.gen, old.gen);
+    cr_assert_eq(fw.last.nseq, now - 20 * TH_NS_PER_S, "the request names the LastSeen judged");
     /* The worker releases on close; the janitor must not have. */
     cr_assert(slot_live(old));
     cr_assert(slot_live(fresh));
@@ -218,6 +227,59 @@ Test(sweep, slot_the_worker_no_longer_holds_is_released_here)
     th_sweep(&sw, now, &st);
     cr_assert_eq(st.released, 1);
     cr_assert_not(slot_live(h));
+    th_sweeper_close(&sw);
+    shutdown(fw.lfd, SHUT_RDWR);
+    close(fw.lfd);
+    pthread_join(fw.thr, NULL);
+}
+
+/* The worker refuses (it holds input newer than the LastSeen judged): nothing evicted, logged. */
+Test(sweep, worker_that_heard_from_it_since_keeps_it)
+{
+    log_to_file();
+    struct fake_worker fw = {0};
+    fake_start(&fw, 0, ANSWER_KEPT);
+    uint64_t now = th_now_ns();
+    struct th_handle h = claim("late-pinger", 0, now - 20 * TH_NS_PER_S);
+    struct th_sweeper sw;
+    struct th_sweep_stats st;
+    th_sweeper_init(&sw, shm_name, &reg, 10, 500);
+    th_sweep(&sw, now, &st);
+    cr_assert_eq(st.stale, 1);
+    cr_assert_eq(st.kept, 1);
+    cr_assert_eq(st.closed + st.released, 0);
+    cr_assert(slot_live(h), "a kept connection keeps its slot");
+    cr_assert_eq(atomic_load(&reg.hdr->counters.stale_evictions), 0);
+    const char *log = read_log();
+    cr_assert_null(strstr(log, "Removing stale connection"), "%s", log);
+    cr_assert_not_null(strstr(log, "janitor: not evicting late-pinger"), "%s", log);
+    th_sweeper_close(&sw);
+    shutdown(fw.lfd, SHUT_RDWR);
+    close(fw.lfd);
+    pthread_join(fw.thr, NULL);
+}
+
+/*
+ * A worker too slow to answer, but which caught up on its input (stamped
+ * LastSeen) meanwhile: the slot is not released behind its back. A slot whose
+ * LastSeen did not move is (silent_worker_costs_one_window_per_sweep).
+ */
+Test(sweep, slow_worker_that_caught_up_keeps_its_slot)
+{
+    log_to_file();
+    struct fake_worker fw = {0};
+    fake_start(&fw, 0, TOUCH_SILENT);
+    uint64_t now = th_now_ns();
+    struct th_handle h = claim("caught-up", 0, now - 20 * TH_NS_PER_S);
+    struct th_sweeper sw;
+    struct th_sweep_stats st;
+    th_sweeper_init(&sw, shm_name, &reg, 10, 100);
+    th_sweep(&sw, now, &st);
+    cr_assert_eq(fw.requests, 1);
+    cr_assert_eq(st.kept, 1, "kept %u released %u", st.kept, st.released);
+    cr_assert(slot_live(h));
+    cr_assert_eq(atomic_load(&reg.hdr->counters.stale_evictions), 0);
+    cr_assert_null(strstr(read_log(), "Removing stale connection"));
     th_sweeper_close(&sw);
     shutdown(fw.lfd, SHUT_RDWR);
     close(fw.lfd);
