@@ -188,7 +188,9 @@ struct th_mjs {
     int caught_up;  /* mirror reached catch_to */
     uint64_t epoch; /* the stream's */
     char epoch_hex[TH_MBX_EPOCH_LEN + 1];
-    uint64_t at_seq;   /* mirror: every stream seq up to it applied or gone */
+    /* mirror: every stream seq up to it applied or gone. Written by the loop
+       only, read by the set-up thread (watch_mirror): every store is atomic. */
+    uint64_t at_seq;
     uint64_t catch_to; /* the stream's last seq when found */
     /*
      * A lower bound on the stream timestamp of every message after at_seq
@@ -784,7 +786,7 @@ static void on_setup(struct th_mjs *j, uint64_t epoch, uint64_t floor, uint64_t 
        to connected clients as news. */
     th_mbx_set_source_epoch(j->cache, 0);
     th_mbx_reset(j->cache, 0, floor);
-    j->at_seq = floor;
+    __atomic_store_n(&j->at_seq, floor, __ATOMIC_RELAXED);
     th_mbx_set_source_seq(j->cache, floor);
     set_stream(j, epoch, last, first_ts);
     j->quiet = 1; /* the stream's content is not news to connected clients */
@@ -807,7 +809,7 @@ static void on_keep(struct th_mjs *j, uint64_t epoch, uint64_t floor, uint64_t l
                     uint64_t first_ts)
 {
     set_stream(j, epoch, last, first_ts);
-    j->at_seq = j->left_at;
+    __atomic_store_n(&j->at_seq, j->left_at, __ATOMIC_RELAXED);
     j->quiet = 0;
     j->rehand_from = j->left_handed;
     j->rehand_to = j->left_at;

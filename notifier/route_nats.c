@@ -1246,6 +1246,8 @@ static void on_presence_answer(struct th_route_nats *rn, natsMsg *m, uint32_t id
         bad_input(rn, "presence lines");
     if (h.has_last_seen && (!q->has_ls || h.last_seen > q->ls))
         q->has_ls = 1, q->ls = h.last_seen;
+    if (k == q->nwait && k < MAX_NODES)
+        q->wait[q->nwait++] = h.id; /* not waited for (no heartbeat yet): a repeat is dropped */
     if (k < q->nwait)
         q->answered[k] = 1;
     q->nans++;

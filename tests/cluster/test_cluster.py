@@ -216,6 +216,41 @@ class Cluster(unittest.TestCase):
             self.assertEqual((st, pres["connected"], pres["last_seen"]), (200, False, None), pres)
         th.aio.run(go())
 
+    def test_4b_presence_answer_counted_once(self):
+        """A node's presence answer counts once: a repeat adds no connection,
+        also from a node this one has no heartbeat of yet (so is not waiting
+        for). A raw client plays two nodes: f1, whose heartbeat makes a wait
+        for it and which answers last, and f2, unknown to a, which answers
+        twice before it (one connection, the same publisher: in that order)."""
+        ids = {"fake1": "00000000000000f1", "fake2": "00000000000000f2"}
+        watch = RawWatch(self.nats.port, "tether.p")
+        try:
+            for _ in range(5):  # until a had taken f1's heartbeat before it asked
+                raw_publish(self.nats.port, [("tether.n", b"TK1 %s fake1" % ids["fake1"].encode())])
+                time.sleep(0.2)
+                n0, box = len(watch.seen), {}
+                asker = threading.Thread(target=lambda: box.update(
+                    r=self.a.api("GET", "/v1/presence/dup-user")))
+                asker.start()
+                reply = watch.until(lambda seen: len(seen) > n0)[n0][0]
+                now = time.time_ns()
+
+                def answer(name):
+                    body = b"TQ1 %s 1 %d %s\n0 %d %d\n" % (ids[name].encode(), now, name.encode(), now, now)
+                    return b"PUB %s %d\r\n%s\r\n" % (reply.encode(), len(body), body)
+
+                watch.s.sendall(answer("fake2") * 2 + answer("fake1"))
+                asker.join(2 * TIMEOUT_MS / 1000)
+                st, pres = box["r"]
+                nodes = sorted(c["node"] for c in pres["connections"])
+                if "fake1" in nodes:
+                    break
+            self.assertEqual(st, 200, pres)
+            self.assertEqual(nodes, ["fake1", "fake2"], pres)
+        finally:
+            raw_publish(self.nats.port, [("tether.n", b"TX1 %s" % i.encode()) for i in ids.values()])
+            watch.close()
+
     def test_5_health_and_metrics(self):
         for g in self.nodes:
             st, h = g.api("GET", "/healthz")
