@@ -393,9 +393,10 @@ static int slot_still_ours(const struct worker *w, const struct conn *c)
  * the clients the janitor must keep. Heard from: the slot's LastSeen moved
  * (a frame parsed since the janitor's read), a recv completion of this
  * connection waits in the completion ring behind the request being
- * handled, or bytes wait unread in the socket (its multishot recv ran out
- * of buffers). Only the ring's own consumer (this thread) walks it, without
- * advancing it.
+ * handled, or bytes wait unread in the socket (they came after this loop
+ * turn's io_uring_enter, so with DEFER_TASKRUN the recv that takes them has
+ * not run yet; or the multishot recv ran out of buffers). Only the ring's
+ * own consumer (this thread) walks it, without advancing it.
  */
 int wk_conn_heard_since(struct worker *w, uint32_t idx, uint64_t judged_ns)
 {
