@@ -205,9 +205,7 @@ static void collect(struct th_sweeper *s, unsigned w, struct th_sweep_stats *st)
 static void submit(struct th_sweeper *s, const struct th_conn_info *ci, struct th_sweep_stats *st)
 {
     unsigned w = ci->worker;
-    struct th_inflight e = {.h = {.slot = ci->slot, .gen = ci->gen},
-                            .last_seen = ci->last_seen,
-                            .user_len = (uint32_t)ci->user_len};
+    struct th_inflight e = {.h = {.slot = ci->slot, .gen = ci->gen}, .last_seen = ci->last_seen};
     memcpy(e.user, ci->user, ci->user_len + 1);
     if (w >= TH_MAX_WORKERS || s->silent[w])
         return release_here(s, &e, w, st);

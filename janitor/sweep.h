@@ -20,9 +20,8 @@
 struct th_inflight {
     struct th_handle h;
     uint64_t seq;
-    uint64_t last_seen; /* the LastSeen judged stale */
-    uint32_t user_len;
-    char user[TH_USER_MAX + 1];
+    uint64_t last_seen;         /* the LastSeen judged stale */
+    char user[TH_USER_MAX + 1]; /* NUL-terminated */
 };
 
 struct th_sweeper {

@@ -81,24 +81,27 @@ class Stale(unittest.TestCase):
                     s.settimeout(10)
                     s.connect(path)
 
-                    def ask(row, seq, judged):
+                    def request(row, seq, judged):
                         s.send(struct.pack(HO, 0x54480001, HO_CLOSE, WS_STALE, row["slot"], row["gen"],
                                            seq, 0, 0, judged))
+
+                    def reply(seq):
                         r = struct.unpack(HO, s.recv(64))
                         self.assertEqual(r[5], seq)
                         return r[2]
+
+                    def ask(row, seq, judged):
+                        request(row, seq, judged)
+                        return reply(seq)
 
                     def frozen_ask():
                         # Freeze and thaw from one thread (ptrace is per thread); the ping is
                         # sent by the event loop while the worker is held.
                         f = Freeze(worker).freeze()
                         sent.result(10)
-                        s.send(struct.pack(HO, 0x54480001, HO_CLOSE, WS_STALE, b["slot"], b["gen"],
-                                           1, 0, 0, 0))
+                        request(b, 1, 0)
                         f.thaw()
-                        r = struct.unpack(HO, s.recv(64))
-                        self.assertEqual(r[5], 1)
-                        return r[2]
+                        return reply(1)
 
                     sent = concurrent.futures.Future()
 
