@@ -104,8 +104,8 @@ static void kept(const struct th_inflight *e, unsigned w, struct th_sweep_stats 
 {
     char ts[40];
     th_fmt_rfc3339(ts, sizeof(ts), e->last_seen);
-    th_info("janitor: not evicting %s: heard from after the sweep read LastSeen %s (worker[%u] had "
-            "not read its frames yet)",
+    th_info("janitor: not evicting %s: heard from after the sweep read LastSeen %s (worker[%u] "
+            "holds newer frames of it)",
             e->user, ts, w);
     st->kept++;
 }
